@@ -1,0 +1,1 @@
+"""The miniature Colony backend (only what the migrations need)."""

@@ -1,0 +1,168 @@
+//! Every command and flag, declared in one place (rust-analyzer's xtask style).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Deploy Colony (backend, frontend, PostgreSQL) to Kubernetes with its database migrations, in one command.",
+    long_about = "Deploy Colony (backend, frontend, PostgreSQL) to Kubernetes with its database migrations, in one command.\n\n\
+        `deploy` builds and pushes both images, backs the database up, runs `helm upgrade --install` with the \
+        image digests pinned, watches the rollout and verifies that the migrations ran. Environments are \
+        described in deploy.toml at the root of the checkout.",
+    after_help = "Examples:\n  \
+        cargo xtask deploy colony-dev --dry-run   print the plan, touch nothing\n  \
+        cargo xtask doctor                        check every prerequisite, with fixes\n  \
+        cargo xtask verify colony-dev             check the running release's migrations\n  \
+        cargo xtask rollback --to 0001_baseline   downgrade the schema, then the app",
+    version
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build, push, back up, `helm upgrade --install`, watch the rollout, verify.
+    #[command(after_help = "Examples:\n  \
+        cargo xtask deploy colony-dev --dry-run\n  \
+        cargo xtask deploy colony-dev --yes\n  \
+        COLONY_REGISTRY=127.0.0.1:5000 cargo xtask deploy colony-dev --dry-run")]
+    Deploy(DeployArgs),
+    /// Build the backend and frontend images through the Docker Engine API.
+    #[command(after_help = "Example:\n  cargo xtask build colony-dev")]
+    Build(StageArgs),
+    /// Push the built images to the environment's registry and print their digests.
+    #[command(after_help = "Example:\n  cargo xtask push colony-dev")]
+    Push(StageArgs),
+    /// Back up the environment's database with scripts/backup-db.sh.
+    #[command(after_help = "Example:\n  cargo xtask backup colony-dev")]
+    Backup(StageArgs),
+    /// Check that the newest pods run the expected Alembic head and that their migrations completed.
+    #[command(
+        after_help = "Examples:\n  cargo xtask verify\n  cargo xtask verify colony-dev --json"
+    )]
+    Verify(VerifyArgs),
+    /// Downgrade the schema in the running release (after a backup), then roll the app back.
+    #[command(after_help = "Examples:\n  \
+        cargo xtask rollback --to 0001_baseline\n  \
+        cargo xtask rollback colony-dev --steps 1 --yes")]
+    Rollback(RollbackArgs),
+    /// Show the release history with each revision's deploy record, the schema revision and the pods.
+    #[command(after_help = "Example:\n  cargo xtask status colony-dev")]
+    Status(StageArgs),
+    /// Check every prerequisite (Docker, registry, kubectl and its context, helm, disk) and say how to fix each.
+    #[command(after_help = "Examples:\n  cargo xtask doctor\n  cargo xtask doctor colony-dev")]
+    Doctor(StageArgs),
+}
+
+/// Which environment, and the overrides of its deploy.toml entry.
+/// Precedence: flag, then COLONY_* variable, then deploy.toml.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EnvOverrides {
+    /// The environments file [default: deploy.toml at the root of the checkout].
+    #[arg(long, env = "COLONY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kubernetes namespace.
+    #[arg(long, env = "COLONY_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Helm release name.
+    #[arg(long, env = "COLONY_RELEASE")]
+    pub release: Option<String>,
+    /// The kube context that must be current.
+    #[arg(long, env = "COLONY_KUBE_CONTEXT")]
+    pub kube_context: Option<String>,
+    /// Image registry, host[:port][/path].
+    #[arg(long, env = "COLONY_REGISTRY")]
+    pub registry: Option<String>,
+    /// Helm values file (repeatable; replaces the configured list).
+    /// COLONY_VALUES takes a comma-separated list.
+    #[arg(
+        short = 'f',
+        long = "values",
+        env = "COLONY_VALUES",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Environment from deploy.toml, e.g. colony-dev.
+    pub env: String,
+    /// Print every step and command line, touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Deploy the images already in the registry for this commit instead of building.
+    #[arg(long)]
+    pub skip_build: bool,
+    /// Skip the database backup (refused unless --yes is also given).
+    #[arg(long)]
+    pub no_backup: bool,
+    #[command(flatten)]
+    pub env_overrides: EnvOverrides,
+}
+
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    /// Environment from deploy.toml [default: the file's default_environment].
+    pub env: Option<String>,
+    #[command(flatten)]
+    pub env_overrides: EnvOverrides,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Environment from deploy.toml [default: the file's default_environment].
+    pub env: Option<String>,
+    /// Print the checks as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub env_overrides: EnvOverrides,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["to", "steps"]))]
+pub struct RollbackArgs {
+    /// Environment from deploy.toml [default: the file's default_environment].
+    pub env: Option<String>,
+    /// Alembic revision to downgrade to, e.g. 0001_baseline.
+    #[arg(long, value_name = "REVISION")]
+    pub to: Option<String>,
+    /// Downgrade this many revisions from the current head.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub steps: Option<u32>,
+    /// Do not ask for confirmation (required without a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    #[command(flatten)]
+    pub env_overrides: EnvOverrides,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rollback_needs_exactly_one_target() {
+        assert!(Cli::try_parse_from(["xtask", "rollback"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "rollback", "--to", "a", "--steps", "1"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "rollback", "--steps", "0"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "rollback", "--to", "0001_baseline"]).is_ok());
+    }
+}

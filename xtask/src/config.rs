@@ -1,0 +1,463 @@
+//! Environments: deploy.toml, overridden by COLONY_* variables and flags.
+//!
+//! Parsing and validation are pure (text in, `Environment` or a list of
+//! problems out); only `load` touches the file system. Unknown keys are
+//! errors, so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::Deserialize;
+
+use crate::cli::EnvOverrides;
+use crate::error::input_error;
+use crate::names;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    default_environment: Option<String>,
+    #[serde(default)]
+    environments: BTreeMap<String, EnvironmentEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvironmentEntry {
+    namespace: String,
+    release: String,
+    kube_context: String,
+    registry: String,
+    #[serde(default)]
+    values: Vec<String>,
+    chart: Option<String>,
+    alembic_versions: Option<String>,
+    backup_dir: Option<String>,
+    helm_timeout: Option<String>,
+    #[serde(default)]
+    images: ImagesEntry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImagesEntry {
+    #[serde(default)]
+    backend: ImageEntry,
+    #[serde(default)]
+    frontend: ImageEntry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageEntry {
+    context: Option<String>,
+    dockerfile: Option<String>,
+    repository: Option<String>,
+    #[serde(default)]
+    build_args: BTreeMap<String, String>,
+    #[serde(default)]
+    also_tag_latest: bool,
+}
+
+/// One environment, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub name: String,
+    /// The directory of the config file; relative paths start here and
+    /// commands run here.
+    pub root: PathBuf,
+    pub config_file: PathBuf,
+    pub namespace: String,
+    pub release: String,
+    pub kube_context: String,
+    pub registry: String,
+    pub values: Vec<ValuesFile>,
+    /// Relative to `root`, as Helm is given it.
+    pub chart: String,
+    pub alembic_versions: PathBuf,
+    pub backup_dir: PathBuf,
+    pub helm_timeout: String,
+    pub images: Vec<Image>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ValuesFile {
+    /// `~` expanded, relative paths joined to the root.
+    pub path: PathBuf,
+    pub exists: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// `backend` or `frontend`: also the chart's values key.
+    pub component: &'static str,
+    /// Build context, relative to the root.
+    pub context: PathBuf,
+    /// Dockerfile, relative to the context.
+    pub dockerfile: PathBuf,
+    /// `registry/repository`, without tag.
+    pub reference: String,
+    pub build_args: BTreeMap<String, String>,
+    pub also_tag_latest: bool,
+}
+
+impl Environment {
+    pub fn missing_values_files(&self) -> Vec<&Path> {
+        self.values
+            .iter()
+            .filter(|v| !v.exists)
+            .map(|v| v.path.as_path())
+            .collect()
+    }
+
+    /// For commands that act: every values file must exist.
+    pub fn require_values_files(&self) -> Result<()> {
+        match self.missing_values_files().as_slice() {
+            [] => Ok(()),
+            missing => Err(input_error(format!(
+                "{}\n  create it, or point --values / COLONY_VALUES at the right file",
+                missing
+                    .iter()
+                    .map(|p| format!("values file {} does not exist", p.display()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ))),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn image(&self, component: &str) -> &Image {
+        self.images
+            .iter()
+            .find(|i| i.component == component)
+            .expect("images are always backend and frontend")
+    }
+}
+
+/// The root of this checkout: the parent of xtask's own manifest directory
+/// (matklad's cargo-xtask convention).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Reads the config file and resolves one environment (`None`: the file's
+/// `default_environment`).
+pub fn load(env_name: Option<&str>, overrides: &EnvOverrides) -> Result<Environment> {
+    let config_file = match &overrides.config {
+        Some(path) => std::path::absolute(path)?,
+        None => workspace_root().join("deploy.toml"),
+    };
+    let text = std::fs::read_to_string(&config_file).map_err(|e| {
+        input_error(format!(
+            "cannot read the environments file {}: {e}\n  it describes each environment; see README.md, or pass --config FILE",
+            config_file.display()
+        ))
+    })?;
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let root = config_file.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mut env = resolve(&text, &config_file, env_name, overrides, home.as_deref())?;
+    env.root = root;
+    for values in &mut env.values {
+        values.exists = values.path.is_file();
+    }
+    Ok(env)
+}
+
+/// Pure: config text + overrides → a validated environment (file existence
+/// not yet checked).
+fn resolve(
+    text: &str,
+    config_file: &Path,
+    env_name: Option<&str>,
+    overrides: &EnvOverrides,
+    home: Option<&Path>,
+) -> Result<Environment> {
+    let shown = config_file.display();
+    let file: ConfigFile = toml::from_str(text)
+        .map_err(|e| input_error(format!("{shown} is not a valid environments file: {e}")))?;
+    let name = match env_name.or(file.default_environment.as_deref()) {
+        Some(name) => name.to_string(),
+        None => {
+            return Err(input_error(format!(
+                "no environment given and {shown} sets no default_environment"
+            )))
+        }
+    };
+    let known = || {
+        file.environments
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(entry) = file.environments.get(&name) else {
+        return Err(input_error(format!(
+            "unknown environment {name:?}: {shown} defines {}",
+            if file.environments.is_empty() {
+                "none".to_string()
+            } else {
+                known()
+            }
+        )));
+    };
+    let root = config_file.parent().unwrap_or(Path::new("/"));
+    let expand = |p: &str| expand_path(p, root, home);
+    let pick = |flag: &Option<String>, file_value: &str| {
+        flag.clone().unwrap_or_else(|| file_value.to_string())
+    };
+
+    let registry = pick(&overrides.registry, &entry.registry);
+    let values_as_written = if overrides.values.is_empty() {
+        entry.values.clone()
+    } else {
+        overrides.values.clone()
+    };
+    let env = Environment {
+        name: name.clone(),
+        root: root.to_path_buf(),
+        config_file: config_file.to_path_buf(),
+        namespace: pick(&overrides.namespace, &entry.namespace),
+        release: pick(&overrides.release, &entry.release),
+        kube_context: pick(&overrides.kube_context, &entry.kube_context),
+        values: values_as_written
+            .iter()
+            .map(|v| ValuesFile {
+                path: expand(v),
+                exists: false,
+            })
+            .collect(),
+        chart: entry.chart.clone().unwrap_or_else(|| "helm/colony".into()),
+        alembic_versions: PathBuf::from(
+            entry
+                .alembic_versions
+                .as_deref()
+                .unwrap_or("backend/alembic/versions"),
+        ),
+        backup_dir: expand(
+            entry
+                .backup_dir
+                .as_deref()
+                .unwrap_or("~/.local/state/colony/backups"),
+        ),
+        helm_timeout: entry.helm_timeout.clone().unwrap_or_else(|| "10m".into()),
+        images: vec![
+            image("backend", &entry.images.backend, &registry),
+            image("frontend", &entry.images.frontend, &registry),
+        ],
+        registry,
+    };
+    let problems = problems(&env);
+    if problems.is_empty() {
+        Ok(env)
+    } else {
+        Err(input_error(format!(
+            "environment {name:?} in {shown} is invalid:\n  - {}",
+            problems.join("\n  - ")
+        )))
+    }
+}
+
+fn image(component: &'static str, entry: &ImageEntry, registry: &str) -> Image {
+    let repository = entry
+        .repository
+        .clone()
+        .unwrap_or_else(|| format!("colony-{component}"));
+    Image {
+        component,
+        context: PathBuf::from(entry.context.as_deref().unwrap_or(component)),
+        dockerfile: PathBuf::from(entry.dockerfile.as_deref().unwrap_or("Dockerfile")),
+        reference: format!("{}/{repository}", registry.trim_end_matches('/')),
+        build_args: entry.build_args.clone(),
+        also_tag_latest: entry.also_tag_latest,
+    }
+}
+
+fn problems(env: &Environment) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut check = |result: Result<(), String>| {
+        if let Err(problem) = result {
+            problems.push(problem);
+        }
+    };
+    check(names::check_namespace(&env.namespace));
+    check(names::check_release(&env.release));
+    check(names::check_kube_context(&env.kube_context));
+    let registry_ok = names::check_registry(&env.registry);
+    let registry_valid = registry_ok.is_ok();
+    check(registry_ok);
+    if registry_valid {
+        for image in &env.images {
+            let repository =
+                image.reference[env.registry.trim_end_matches('/').len() + 1..].to_string();
+            check(names::check_repository(&repository));
+        }
+    }
+    check(check_duration(&env.helm_timeout));
+    problems
+}
+
+/// Helm takes Go durations; we accept the common subset (e.g. 90s, 10m, 1h30m).
+fn check_duration(text: &str) -> Result<(), String> {
+    let ok = !text.is_empty()
+        && text.ends_with(['s', 'm', 'h'])
+        && text
+            .chars()
+            .all(|c| c.is_ascii_digit() || "smh".contains(c))
+        && text.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "helm_timeout {text:?} is not a duration like 90s, 10m or 1h30m"
+        ))
+    }
+}
+
+/// `~/x` → `$HOME/x`; relative paths are relative to the config's directory.
+fn expand_path(path: &str, root: &Path, home: Option<&Path>) -> PathBuf {
+    match (path.strip_prefix("~/"), home) {
+        (Some(rest), Some(home)) => home.join(rest),
+        _ if path == "~" && home.is_some() => home.map(Path::to_path_buf).unwrap_or_default(),
+        _ => root.join(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+default_environment = "colony-dev"
+
+[environments.colony-dev]
+namespace = "colony-dev"
+release = "colony"
+kube_context = "homelab"
+registry = "registry.homelab.lan:5000"
+values = ["~/homelab/colony-dev/my-values.yaml", "helm/extra.yaml"]
+
+[environments.colony-dev.images.backend]
+build_args = { PYTHON_VERSION = "3.12" }
+
+[environments.staging]
+namespace = "colony-staging"
+release = "colony"
+kube_context = "staging"
+registry = "ghcr.io/colony-app"
+"#;
+
+    fn resolve_with(env: Option<&str>, overrides: EnvOverrides) -> Result<Environment> {
+        resolve(
+            CONFIG,
+            Path::new("/repo/deploy.toml"),
+            env,
+            &overrides,
+            Some(Path::new("/home/dev")),
+        )
+    }
+
+    fn error_of(result: Result<Environment>) -> (String, i32) {
+        let err = result.unwrap_err();
+        (format!("{err:#}"), crate::error::exit_code(&err))
+    }
+
+    #[test]
+    fn resolves_defaults_and_expands_paths() {
+        let env = resolve_with(None, EnvOverrides::default()).unwrap();
+        assert_eq!(env.name, "colony-dev");
+        assert_eq!(
+            env.values[0].path,
+            Path::new("/home/dev/homelab/colony-dev/my-values.yaml")
+        );
+        assert_eq!(env.values[1].path, Path::new("/repo/helm/extra.yaml"));
+        assert_eq!(env.chart, "helm/colony");
+        assert_eq!(env.alembic_versions, Path::new("backend/alembic/versions"));
+        let backend = env.image("backend");
+        assert_eq!(
+            backend.reference,
+            "registry.homelab.lan:5000/colony-backend"
+        );
+        assert_eq!(backend.context, Path::new("backend"));
+        assert_eq!(backend.build_args["PYTHON_VERSION"], "3.12");
+        assert_eq!(
+            env.image("frontend").reference,
+            "registry.homelab.lan:5000/colony-frontend"
+        );
+    }
+
+    #[test]
+    fn overrides_win() {
+        let overrides = EnvOverrides {
+            namespace: Some("colony-test".into()),
+            registry: Some("127.0.0.1:5000".into()),
+            values: vec!["/tmp/v.yaml".into()],
+            ..Default::default()
+        };
+        let env = resolve_with(Some("staging"), overrides).unwrap();
+        assert_eq!(env.namespace, "colony-test");
+        assert_eq!(
+            env.image("backend").reference,
+            "127.0.0.1:5000/colony-backend"
+        );
+        assert_eq!(env.values.len(), 1);
+    }
+
+    #[test]
+    fn unknown_environment_lists_the_known_ones() {
+        let (message, code) = error_of(resolve_with(Some("prod"), EnvOverrides::default()));
+        assert_eq!(code, 2);
+        assert!(
+            message.contains(
+                "unknown environment \"prod\": /repo/deploy.toml defines colony-dev, staging"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let text = CONFIG.replace(
+            "kube_context = \"homelab\"",
+            "kube_context = \"homelab\"\nnamspace = \"x\"",
+        );
+        let err = resolve(
+            &text,
+            Path::new("/repo/deploy.toml"),
+            None,
+            &EnvOverrides::default(),
+            None,
+        )
+        .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("unknown field `namspace`"), "{message}");
+        assert_eq!(crate::error::exit_code(&err), 2);
+    }
+
+    #[test]
+    fn every_invalid_name_is_reported() {
+        let overrides = EnvOverrides {
+            namespace: Some("Colony_Dev".into()),
+            release: Some("-colony".into()),
+            registry: Some("".into()),
+            ..Default::default()
+        };
+        let (message, code) = error_of(resolve_with(None, overrides));
+        assert_eq!(code, 2);
+        assert!(
+            message.contains("namespace \"Colony_Dev\" is not a valid DNS-1123 label"),
+            "{message}"
+        );
+        assert!(message.contains("release name \"-colony\""), "{message}");
+        assert!(message.contains("registry is empty"), "{message}");
+    }
+
+    #[test]
+    fn durations() {
+        assert!(check_duration("10m").is_ok() && check_duration("1h30m").is_ok());
+        assert!(check_duration("10").is_err() && check_duration("ten minutes").is_err());
+    }
+}

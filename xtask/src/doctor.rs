@@ -1,0 +1,360 @@
+//! `cargo xtask doctor [<env>]`: one line per prerequisite, each with the
+//! command that fixes it. Exit 1 when something required is missing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use xshell::{cmd, Shell};
+
+use crate::cli::StageArgs;
+use crate::config::{self, Environment};
+use crate::{helm, redact, registry};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    /// Works, but worth knowing; does not fail the doctor.
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub level: Level,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &'static str, detail: impl Into<String>) -> Check {
+        Check {
+            name,
+            level: Level::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+    fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            name,
+            level: Level::Fail,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+    fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            name,
+            level: Level::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+const TEST_BED_HINT: &str =
+    "for the test bed: scripts/test-bed.sh up && eval \"$(scripts/test-bed.sh env)\"";
+/// Below this, a database backup may not fit.
+const MIN_FREE_BYTES: u64 = 1 << 30;
+
+pub fn run(args: StageArgs) -> Result<()> {
+    let sh = Shell::new()?;
+    let env = config::load(args.env.as_deref(), &args.env_overrides);
+    let mut checks = vec![match &env {
+        Ok(env) => Check::ok(
+            "config",
+            format!(
+                "environment {} from {}",
+                env.name,
+                env.config_file.display()
+            ),
+        ),
+        Err(e) => Check::fail(
+            "config",
+            format!("{e:#}"),
+            "fix deploy.toml, or pass --config / an environment name",
+        ),
+    }];
+    checks.push(docker_check());
+    checks.push(git_check(&sh));
+    checks.push(helm_check(&sh));
+    checks.push(kubectl_check(&sh, env.as_ref().ok()));
+    checks.push(pg_restore_check(&sh));
+    if let Ok(env) = &env {
+        checks.push(registry_check(env));
+        checks.push(disk_check(&sh, &env.backup_dir));
+    }
+    print!("{}", render(&checks));
+    let failed = checks.iter().filter(|c| c.level == Level::Fail).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} prerequisite(s) missing; each FAIL line above says how to fix it");
+    }
+    Ok(())
+}
+
+pub fn render(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for check in checks {
+        let level = match check.level {
+            Level::Ok => "ok",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        out.push_str(&format!(
+            "{level:<5} {:<11} {}\n",
+            check.name,
+            check.detail.replace('\n', "\n                  ")
+        ));
+        if let Some(fix) = &check.fix {
+            out.push_str(&format!("                  fix: {fix}\n"));
+        }
+    }
+    out
+}
+
+fn docker_check() -> Check {
+    let host =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let host = redact::mask_url(&host);
+    let fix = format!("start the Docker daemon (systemctl start docker) or point DOCKER_HOST at one; {TEST_BED_HINT}");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return Check::fail("docker", format!("cannot start an async runtime: {e}"), fix),
+    };
+    let answer = runtime.block_on(async {
+        let docker = bollard::Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
+        let probe = async {
+            let docker = docker.negotiate_version().await?;
+            docker.version().await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), probe).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer within 5 s".to_string()),
+        }
+    });
+    match answer {
+        Ok(version) => Check::ok(
+            "docker",
+            format!(
+                "Docker Engine {} (API {}) at {host}",
+                version.version.unwrap_or_default(),
+                version.api_version.unwrap_or_default()
+            ),
+        ),
+        Err(e) => Check::fail(
+            "docker",
+            format!("no Docker daemon at {host}: {}", redact::mask_all(&e)),
+            fix,
+        ),
+    }
+}
+
+fn registry_check(env: &Environment) -> Check {
+    match registry::ping(&env.registry) {
+        Ok(200) => Check::ok(
+            "registry",
+            format!("{} answers the registry API", env.registry),
+        ),
+        Ok(_) => Check::ok(
+            "registry",
+            format!("{} answers and requires login", env.registry),
+        ),
+        Err(e) => Check::fail(
+            "registry",
+            format!("{} does not answer: {e}", env.registry),
+            format!(
+                "check `registry` for {} in {} (or COLONY_REGISTRY); {TEST_BED_HINT}",
+                env.name,
+                env.config_file.display()
+            ),
+        ),
+    }
+}
+
+fn git_check(sh: &Shell) -> Check {
+    match cmd!(sh, "git --version").quiet().ignore_stderr().read() {
+        Ok(version) => Check::ok("git", version),
+        Err(_) => Check::fail(
+            "git",
+            "git not found on PATH (image tags come from the commit)",
+            "apt-get install git",
+        ),
+    }
+}
+
+fn helm_check(sh: &Shell) -> Check {
+    let fix = format!("install Helm 3 or 4 (https://helm.sh/docs/intro/install/); {TEST_BED_HINT} puts one in PATH");
+    match helm::detect_version(sh) {
+        Some(version) if version.major >= 3 => {
+            Check::ok("helm", format!("{} (Helm {})", version.text, version.major))
+        }
+        Some(version) => Check::fail(
+            "helm",
+            format!("{} is too old: Helm 3 or 4 is needed", version.text),
+            fix,
+        ),
+        None => Check::fail("helm", "helm not found on PATH", fix),
+    }
+}
+
+fn kubectl_check(sh: &Shell, env: Option<&Environment>) -> Check {
+    let version = cmd!(sh, "kubectl version --client -o json")
+        .quiet()
+        .ignore_stderr()
+        .read();
+    let Ok(version) = version else {
+        return Check::fail(
+            "kubectl",
+            "kubectl not found on PATH",
+            format!("install kubectl (https://kubernetes.io/docs/tasks/tools/); {TEST_BED_HINT}"),
+        );
+    };
+    let version = serde_json::from_str::<serde_json::Value>(&version)
+        .ok()
+        .and_then(|v| v["clientVersion"]["gitVersion"].as_str().map(String::from))
+        .unwrap_or_else(|| "unknown version".into());
+    let current = cmd!(sh, "kubectl config current-context")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .ok();
+    context_check(
+        &version,
+        current.as_deref(),
+        env.map(|e| (e.name.as_str(), e.kube_context.as_str())),
+    )
+}
+
+/// Compares the current kube context with the one the environment names. Pure.
+pub fn context_check(version: &str, current: Option<&str>, wanted: Option<(&str, &str)>) -> Check {
+    match (current, wanted) {
+        (Some(current), Some((_, wanted))) if current == wanted => {
+            Check::ok("kubectl", format!("{version}; current context {current}"))
+        }
+        (current, Some((env, wanted))) => Check::fail(
+            "kubectl",
+            format!(
+                "{version}; current context is {}, but {env} deploys to context {wanted}",
+                current.map_or("not set".to_string(), |c| format!("{c:?}"))
+            ),
+            format!("kubectl config use-context {wanted}"),
+        ),
+        (Some(current), None) => {
+            Check::ok("kubectl", format!("{version}; current context {current}"))
+        }
+        (None, None) => Check::warn(
+            "kubectl",
+            format!("{version}; no current context"),
+            "kubectl config use-context <name>",
+        ),
+    }
+}
+
+fn pg_restore_check(sh: &Shell) -> Check {
+    match cmd!(sh, "pg_restore --version")
+        .quiet()
+        .ignore_stderr()
+        .read()
+    {
+        Ok(version) => Check::ok("pg_restore", format!("{version} (checks every backup)")),
+        Err(_) => Check::fail(
+            "pg_restore",
+            "pg_restore not found on PATH: backups cannot be checked",
+            "apt-get install postgresql-client",
+        ),
+    }
+}
+
+fn disk_check(sh: &Shell, backup_dir: &Path) -> Check {
+    let existing = nearest_existing(backup_dir);
+    let output = cmd!(sh, "df -Pk {existing}").quiet().ignore_stderr().read();
+    match output.ok().as_deref().and_then(parse_df_available_bytes) {
+        Some(bytes) if bytes >= MIN_FREE_BYTES => Check::ok(
+            "disk",
+            format!(
+                "{} free for backups in {}",
+                human_bytes(bytes),
+                backup_dir.display()
+            ),
+        ),
+        Some(bytes) => Check::warn(
+            "disk",
+            format!(
+                "only {} free for backups in {}",
+                human_bytes(bytes),
+                backup_dir.display()
+            ),
+            "free some space, or set backup_dir in deploy.toml to a larger disk",
+        ),
+        None => Check::warn(
+            "disk",
+            format!("cannot tell the free space of {}", existing.display()),
+            "check that df works",
+        ),
+    }
+}
+
+fn nearest_existing(path: &Path) -> PathBuf {
+    path.ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf()
+}
+
+/// The "Available" column of `df -Pk` (1024-byte blocks), in bytes. Pure.
+pub fn parse_df_available_bytes(output: &str) -> Option<u64> {
+    let line = output.lines().nth(1)?;
+    let kib: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const GIB: f64 = (1u64 << 30) as f64;
+    const MIB: f64 = (1u64 << 20) as f64;
+    if bytes as f64 >= GIB {
+        format!("{:.1} GiB", bytes as f64 / GIB)
+    } else {
+        format!("{:.0} MiB", bytes as f64 / MIB)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_mismatch_names_both_and_the_fix() {
+        let check = context_check("v1.33.9", Some("prod"), Some(("colony-dev", "homelab")));
+        assert_eq!(check.level, Level::Fail);
+        assert!(
+            check.detail.contains("\"prod\"") && check.detail.contains("homelab"),
+            "{}",
+            check.detail
+        );
+        assert_eq!(
+            check.fix.as_deref(),
+            Some("kubectl config use-context homelab")
+        );
+        assert_eq!(
+            context_check("v1", Some("homelab"), Some(("colony-dev", "homelab"))).level,
+            Level::Ok
+        );
+        assert_eq!(
+            context_check("v1", None, Some(("colony-dev", "homelab"))).level,
+            Level::Fail
+        );
+    }
+
+    #[test]
+    fn parses_df() {
+        let output = "Filesystem     1024-blocks      Used Available Capacity Mounted on\n/dev/vda 263174212 11234 83886080 13% /\n";
+        assert_eq!(parse_df_available_bytes(output), Some(83886080 * 1024));
+        assert_eq!(parse_df_available_bytes("nonsense"), None);
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+}

@@ -1,0 +1,41 @@
+//! How failures reach the user: a message and an exit code.
+//!
+//! Exit 2 means the input was wrong and nothing ran (clap uses 2 for usage
+//! errors too); exit 1 means something failed while running.
+
+use std::fmt;
+
+/// Bad input (unknown environment, invalid name, missing file…), found
+/// before any command ran.
+#[derive(Debug)]
+pub struct InputError(pub String);
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// Shorthand: `return Err(input_error(...))`.
+pub fn input_error(message: impl Into<String>) -> anyhow::Error {
+    InputError(message.into()).into()
+}
+
+/// The exit code for an error that reached `main`.
+pub fn exit_code(error: &anyhow::Error) -> i32 {
+    if error.chain().any(|cause| cause.is::<InputError>()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// A stage whose work a later issue builds. Says so plainly, never pretends.
+pub fn not_built_yet(stage: &str, instead: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "`cargo xtask {stage}` is not built yet: this version only validates its arguments and \
+         the environment. Until it is, {instead}"
+    )
+}

@@ -1,0 +1,148 @@
+//! The `helm` command lines the product runs. Pure argv builders, so the plan
+//! printed by `--dry-run` is exactly what a deploy runs.
+
+use std::path::Path;
+
+use xshell::{cmd, Shell};
+
+use crate::config::Environment;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelmVersion {
+    pub major: u32,
+    /// As Helm prints it, e.g. `v4.1.4`.
+    pub text: String,
+}
+
+/// Parses `helm version --template '{{.Version}}'` output.
+pub fn parse_version(output: &str) -> Option<HelmVersion> {
+    let text = output.trim();
+    let major = text.strip_prefix('v')?.split('.').next()?.parse().ok()?;
+    Some(HelmVersion {
+        major,
+        text: text.to_string(),
+    })
+}
+
+/// The installed Helm's version, or None when `helm` is missing or odd.
+pub fn detect_version(sh: &Shell) -> Option<HelmVersion> {
+    let template = "{{.Version}}";
+    let output = cmd!(sh, "helm version --template {template}")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .ok()?;
+    parse_version(&output)
+}
+
+/// What the release records about the deploy (shown by `helm get values`
+/// and, through the chart, as annotations on the pods).
+#[derive(Debug, Clone)]
+pub struct DeployRecord {
+    pub git_sha: String,
+    pub alembic_head: String,
+    pub backup_file: String,
+}
+
+/// One image as the chart receives it.
+#[derive(Debug, Clone)]
+pub struct PinnedImage {
+    pub component: String,
+    /// `registry/repository`, without tag.
+    pub repository: String,
+    pub tag: String,
+    /// `sha256:…`; the chart prefers it to the tag.
+    pub digest: String,
+}
+
+/// `helm upgrade --install` with the images pinned and the record set.
+/// Helm 4 waits for nothing by default, so the wait strategy is explicit.
+pub fn upgrade_install_args(
+    env: &Environment,
+    images: &[PinnedImage],
+    record: &DeployRecord,
+    helm_major: u32,
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "helm".into(),
+        "upgrade".into(),
+        "--install".into(),
+        env.release.clone(),
+        chart_path(&env.chart),
+        "--namespace".into(),
+        env.namespace.clone(),
+        "--create-namespace".into(),
+        "--kube-context".into(),
+        env.kube_context.clone(),
+    ];
+    for values in &env.values {
+        args.push("-f".into());
+        args.push(values.path.display().to_string());
+    }
+    let mut set = |key: String, value: &str| {
+        args.push("--set-string".into());
+        args.push(format!("{key}={value}"));
+    };
+    for image in images {
+        let c = &image.component;
+        set(format!("{c}.image.repository"), &image.repository);
+        set(format!("{c}.image.tag"), &image.tag);
+        set(format!("{c}.image.digest"), &image.digest);
+    }
+    set("deployRecord.gitSha".into(), &record.git_sha);
+    set("deployRecord.alembicHead".into(), &record.alembic_head);
+    set("deployRecord.backupFile".into(), &record.backup_file);
+    if helm_major >= 4 {
+        args.push("--wait=watcher".into());
+    } else {
+        args.push("--wait".into());
+    }
+    args.push("--timeout".into());
+    args.push(env.helm_timeout.clone());
+    args
+}
+
+/// `helm status` as JSON, to refuse a release stuck in `pending-*`.
+pub fn status_args(env: &Environment) -> Vec<String> {
+    [
+        "helm",
+        "status",
+        &env.release,
+        "--namespace",
+        &env.namespace,
+        "--kube-context",
+        &env.kube_context,
+        "-o",
+        "json",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Helm treats a bare name as a repository chart; a local chart needs a path.
+fn chart_path(chart: &str) -> String {
+    if Path::new(chart).is_absolute() || chart.starts_with("./") || chart.starts_with("../") {
+        chart.to_string()
+    } else {
+        format!("./{chart}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_helm_versions() {
+        assert_eq!(parse_version("v4.1.4\n").unwrap().major, 4);
+        assert_eq!(parse_version("v3.15.0").unwrap().major, 3);
+        assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn local_charts_are_paths() {
+        assert_eq!(chart_path("helm/colony"), "./helm/colony");
+        assert_eq!(chart_path("./helm/colony"), "./helm/colony");
+        assert_eq!(chart_path("/abs/chart"), "/abs/chart");
+    }
+}

@@ -1,0 +1,76 @@
+//! The `kubectl` command lines the product runs. Every one names the
+//! environment's context and namespace explicitly, so a context switched in
+//! another terminal mid-deploy cannot redirect it.
+
+use crate::config::Environment;
+
+/// The label selector of one component's pods, from the chart's standard labels.
+pub fn component_selector(env: &Environment, component: &str) -> String {
+    format!(
+        "app.kubernetes.io/instance={},app.kubernetes.io/component={component}",
+        env.release
+    )
+}
+
+pub fn current_context_args() -> Vec<String> {
+    ["kubectl", "config", "current-context"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn kubectl(env: &Environment, rest: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "kubectl",
+        "--context",
+        &env.kube_context,
+        "--namespace",
+        &env.namespace,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(rest.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The backend's ReplicaSets; the newest one's `pod-template-hash` names the
+/// pods to verify (never `deploy/…`, which picks the oldest healthy pod).
+pub fn backend_replicasets_args(env: &Environment) -> Vec<String> {
+    kubectl(
+        env,
+        &[
+            "get",
+            "replicasets",
+            "--selector",
+            &component_selector(env, "backend"),
+            "-o",
+            "json",
+        ],
+    )
+}
+
+pub fn pods_of_replicaset_args(env: &Environment, pod_template_hash: &str) -> Vec<String> {
+    let selector = format!(
+        "{},pod-template-hash={pod_template_hash}",
+        component_selector(env, "backend")
+    );
+    kubectl(env, &["get", "pods", "--selector", &selector, "-o", "json"])
+}
+
+pub fn alembic_current_args(env: &Environment, pod: &str) -> Vec<String> {
+    kubectl(
+        env,
+        &[
+            "exec",
+            pod,
+            "--container",
+            "backend",
+            "--",
+            "alembic",
+            "current",
+        ],
+    )
+}
+
+pub fn migrations_log_args(env: &Environment, pod: &str) -> Vec<String> {
+    kubectl(env, &["logs", pod, "--container", "run-migrations"])
+}

@@ -1,0 +1,41 @@
+//! `cargo xtask`: Colony's deploy tool. One module per command; this file
+//! only parses the command line and maps errors to exit codes.
+
+mod cli;
+mod config;
+mod deploy;
+mod doctor;
+mod error;
+mod git;
+mod helm;
+mod kube;
+mod names;
+mod plan;
+mod redact;
+mod registry;
+mod rollback;
+mod stages;
+mod verify;
+mod versions;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Deploy(args) => deploy::run(args),
+        Command::Build(args) => stages::build(args),
+        Command::Push(args) => stages::push(args),
+        Command::Backup(args) => stages::backup(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Rollback(args) => rollback::run(args),
+        Command::Status(args) => stages::status(args),
+        Command::Doctor(args) => doctor::run(args),
+    };
+    if let Err(error) = result {
+        eprintln!("error: {}", redact::mask_all(&format!("{error:#}")));
+        std::process::exit(error::exit_code(&error));
+    }
+}

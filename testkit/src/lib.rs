@@ -1,0 +1,233 @@
+//! Test support shared by the workspace's integration tests.
+//!
+//! `TestBed::get()` returns the addresses and paths of the services that
+//! `scripts/test-bed.sh up` started. A missing service is a loud panic with the
+//! command that fixes it, never a silent skip: in CI every service is there.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The test bed, as `scripts/test-bed.sh env` describes it.
+#[derive(Debug, Clone)]
+pub struct TestBed {
+    pub dir: PathBuf,
+    pub docker_host: String,
+    /// `127.0.0.1:<port>`, plain HTTP.
+    pub registry: String,
+    /// `postgresql://postgres@127.0.0.1:<port>` (no database name).
+    pub database_url_base: String,
+    pub pg_bin: PathBuf,
+    pub venv: PathBuf,
+    pub alembic: PathBuf,
+    pub helm: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+const HOW_TO_START: &str =
+    "start it with `scripts/test-bed.sh up` (or run everything with `scripts/test-bed.sh test`)";
+
+impl TestBed {
+    /// Reads the variables from the environment, or else from the bed's `env`
+    /// file, so that a plain `cargo test` works once the bed is up.
+    pub fn get() -> &'static TestBed {
+        static BED: OnceLock<TestBed> = OnceLock::new();
+        BED.get_or_init(|| {
+            Self::load().unwrap_or_else(|problem| panic!("test bed: {problem}; {HOW_TO_START}"))
+        })
+    }
+
+    fn load() -> Result<TestBed, String> {
+        let dir =
+            std::env::var("COLONY_TEST_BED_DIR").unwrap_or_else(|_| "/tmp/colony-test-bed".into());
+        let file_vars = read_env_file(&Path::new(&dir).join("env"));
+        let var = |name: &str| -> Result<String, String> {
+            std::env::var(name)
+                .ok()
+                .or_else(|| file_vars.get(name).cloned())
+                .ok_or_else(|| format!("{name} is not set and {dir}/env does not define it"))
+        };
+        let bed = TestBed {
+            dir: PathBuf::from(&dir),
+            docker_host: var("DOCKER_HOST")?,
+            registry: var("COLONY_TEST_REGISTRY")?,
+            database_url_base: var("COLONY_TEST_DATABASE_URL")?,
+            pg_bin: var("COLONY_TEST_PG_BIN")?.into(),
+            venv: var("COLONY_TEST_VENV")?.into(),
+            alembic: var("COLONY_TEST_ALEMBIC")?.into(),
+            helm: var("COLONY_TEST_HELM")?.into(),
+            kubectl: var("COLONY_TEST_KUBECTL")?.into(),
+        };
+        for tool in [&bed.alembic, &bed.helm, &bed.kubectl] {
+            if !tool.is_file() {
+                return Err(format!("{} does not exist", tool.display()));
+            }
+        }
+        Ok(bed)
+    }
+
+    /// The directory holding the bed's `helm` and `kubectl`, for a test PATH.
+    pub fn kube_tools_dir(&self) -> PathBuf {
+        self.helm
+            .parent()
+            .expect("helm has a parent directory")
+            .to_path_buf()
+    }
+}
+
+/// `export KEY=VALUE` lines, as `scripts/test-bed.sh env` writes them.
+fn read_env_file(path: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The root of this workspace.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit sits in the workspace")
+        .to_path_buf()
+}
+
+/// Where a program is on the current PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// A directory to use as the whole PATH of a child process: symlinks to
+/// exactly the tools named, so a test controls which ones "are installed".
+pub struct ToolDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl ToolDir {
+    /// `tools`: names found on the current PATH, or (name, path) pairs.
+    pub fn new(from_path: &[&str], explicit: &[(&str, &Path)]) -> ToolDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for name in from_path {
+            let target = which(name).unwrap_or_else(|| {
+                panic!("{name} is not on PATH; scripts/test-bed.sh up installs it")
+            });
+            std::os::unix::fs::symlink(target, dir.path().join(name)).expect("symlink");
+        }
+        for (name, target) in explicit {
+            std::os::unix::fs::symlink(target, dir.path().join(name)).expect("symlink");
+        }
+        ToolDir { dir }
+    }
+
+    /// Adds an executable that records each call (argv, one line) into
+    /// `calls.log` beside it and fails: a tool that must not be run.
+    pub fn with_recorders(self, names: &[&str]) -> ToolDir {
+        for name in names {
+            let script = self.dir.path().join(name);
+            let log = self.calls_log();
+            std::fs::write(
+                &script,
+                format!(
+                    "#!/bin/sh\necho \"{name} $*\" >> '{}'\nexit 97\n",
+                    log.display()
+                ),
+            )
+            .expect("write recorder");
+            set_executable(&script);
+        }
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn calls_log(&self) -> PathBuf {
+        self.dir.path().join("calls.log")
+    }
+
+    /// What the recorders saw, one call a line.
+    pub fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.calls_log())
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+fn set_executable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// A miniature Colony monorepo in a temp dir: testdata/colony plus this
+/// workspace's helm/ and scripts/, committed with a fixed identity and date
+/// so that its commit (and so the image tags) is the same on every machine.
+pub struct ColonyRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl ColonyRepo {
+    pub fn create() -> ColonyRepo {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = workspace_root();
+        copy_tree(&root.join("testdata/colony"), dir.path());
+        for extra in ["helm", "scripts"] {
+            if root.join(extra).is_dir() {
+                copy_tree(&root.join(extra), &dir.path().join(extra));
+            }
+        }
+        let repo = ColonyRepo { dir };
+        repo.git(&["init", "-q"]);
+        repo.git(&["add", "-A"]);
+        repo.git(&["commit", "-q", "-m", "Colony fixture"]);
+        repo
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.root().join("deploy.toml")
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new("git")
+            .args(args)
+            .current_dir(self.root())
+            .env("GIT_AUTHOR_NAME", "Colony Tests")
+            .env("GIT_AUTHOR_EMAIL", "tests@colony.invalid")
+            .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+            .env("GIT_COMMITTER_NAME", "Colony Tests")
+            .env("GIT_COMMITTER_EMAIL", "tests@colony.invalid")
+            .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .expect("git runs");
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read fixture dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy fixture file");
+        }
+    }
+}

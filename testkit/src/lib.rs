@@ -20,7 +20,10 @@ pub struct TestBed {
     pub pg_bin: PathBuf,
     pub venv: PathBuf,
     pub alembic: PathBuf,
+    /// Helm 4, the default.
     pub helm: PathBuf,
+    /// Helm 3, for what must work with both majors.
+    pub helm3: PathBuf,
     pub kubectl: PathBuf,
 }
 
@@ -56,9 +59,10 @@ impl TestBed {
             venv: var("COLONY_TEST_VENV")?.into(),
             alembic: var("COLONY_TEST_ALEMBIC")?.into(),
             helm: var("COLONY_TEST_HELM")?.into(),
+            helm3: var("COLONY_TEST_HELM3")?.into(),
             kubectl: var("COLONY_TEST_KUBECTL")?.into(),
         };
-        for tool in [&bed.alembic, &bed.helm, &bed.kubectl] {
+        for tool in [&bed.alembic, &bed.helm, &bed.helm3, &bed.kubectl] {
             if !tool.is_file() {
                 return Err(format!("{} does not exist", tool.display()));
             }

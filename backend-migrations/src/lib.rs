@@ -1,8 +1,23 @@
 //! Colony's database migration support.
 //!
-//! `revisions` reads the Alembic revision graph from a `versions/` directory
-//! without Python; `xtask` uses it to know the expected head and to validate
-//! rollback targets without a cluster. The `run-migrations` runner that the
-//! chart's init container runs is built on top of it (see DESIGN.md §4).
+//! Dependency-free, usable by xtask without a database stack:
+//! - `revisions`: the Alembic revision graph, read from `versions/` as text;
+//! - `alembic_ini`: finding the Alembic project as `alembic` does;
+//! - `decide`: what to do for a given database state (pure);
+//! - `redact`: masking passwords in URLs.
+//!
+//! With the `runner` feature (default): the `run-migrations` program that the
+//! chart's init container runs (DESIGN.md §4): `db` (connect, lock, inspect,
+//! stamp), `alembic` (the child process) and `runner` (the sequence).
 
+pub mod alembic_ini;
+pub mod decide;
+pub mod redact;
 pub mod revisions;
+
+#[cfg(feature = "runner")]
+pub mod alembic;
+#[cfg(feature = "runner")]
+pub mod db;
+#[cfg(feature = "runner")]
+pub mod runner;

@@ -77,16 +77,25 @@ pub struct RevisionGraph {
 impl RevisionGraph {
     /// Reads every `*.py` script of `dir` (not recursing, as Alembic's default).
     pub fn load(dir: &Path) -> Result<Self, GraphError> {
-        let io_error = |e: std::io::Error| GraphError::Io {
-            path: dir.to_path_buf(),
-            message: e.to_string(),
-        };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(io_error)?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|ext| ext == "py") && p.is_file())
-            .collect();
-        files.sort();
+        Self::load_dirs(&[dir.to_path_buf()])
+    }
+
+    /// One graph from several version locations (Alembic's `version_locations`).
+    pub fn load_dirs(dirs: &[PathBuf]) -> Result<Self, GraphError> {
+        let mut files = Vec::new();
+        for dir in dirs {
+            let entries = std::fs::read_dir(dir).map_err(|e| GraphError::Io {
+                path: dir.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            let mut scripts: Vec<PathBuf> = entries
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|ext| ext == "py") && p.is_file())
+                .collect();
+            scripts.sort();
+            files.extend(scripts);
+        }
+        let dir = dirs.first().cloned().unwrap_or_default();
         let mut revisions = Vec::new();
         for file in files {
             let text = std::fs::read_to_string(&file).map_err(|e| GraphError::Io {
@@ -98,9 +107,7 @@ impl RevisionGraph {
             }
         }
         if revisions.is_empty() {
-            return Err(GraphError::Empty {
-                dir: dir.to_path_buf(),
-            });
+            return Err(GraphError::Empty { dir });
         }
         Self::from_revisions(revisions)
     }

@@ -235,3 +235,106 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+impl TestBed {
+    /// A new, empty database on the bed's PostgreSQL; returns its URL.
+    pub fn create_database(&self, prefix: &str) -> String {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        self.psql(
+            &format!("{}/postgres", self.database_url_base),
+            &format!("CREATE DATABASE {name}"),
+        );
+        format!("{}/{name}", self.database_url_base)
+    }
+
+    /// Runs SQL with the real psql and returns its unaligned output.
+    pub fn psql(&self, url: &str, sql: &str) -> String {
+        let output = std::process::Command::new("psql")
+            .args([url, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql runs (scripts/test-bed.sh up installs it)");
+        assert!(
+            output.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// Runs a SQL file with psql.
+    pub fn psql_file(&self, url: &str, file: &Path) {
+        let output = std::process::Command::new("psql")
+            .args([url, "-XAtq", "-v", "ON_ERROR_STOP=1", "-f"])
+            .arg(file)
+            .output()
+            .expect("psql runs");
+        assert!(
+            output.status.success(),
+            "psql -f {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// A copy of the fixture's backend (alembic.ini, alembic/, app/) that a test
+/// may change, e.g. by adding a revision.
+pub fn backend_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_tree(
+        &workspace_root().join("testdata/colony/backend"),
+        dir.path(),
+    );
+    dir
+}
+
+/// Forwards TCP connections from a local port to `upstream`: a database that
+/// "comes up" when the forwarder starts.
+pub struct TcpForwarder {
+    pub port: u16,
+}
+
+impl TcpForwarder {
+    /// A port nothing listens on (yet).
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port()
+    }
+
+    /// Starts listening on `port` and forwarding to `upstream` (host:port),
+    /// in background threads that live as long as the test process.
+    pub fn start(port: u16, upstream: String) -> TcpForwarder {
+        let listener =
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the forwarder's port");
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (mut client_read, mut server_write) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let (mut server_read, mut client_write) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_read, &mut server_write);
+                    let _ = server_write.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_read, &mut client_write);
+                    let _ = client_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        TcpForwarder { port }
+    }
+}

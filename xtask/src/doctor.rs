@@ -9,7 +9,9 @@ use xshell::{cmd, Shell};
 
 use crate::cli::StageArgs;
 use crate::config::{self, Environment};
-use crate::{helm, redact, registry};
+use backend_migrations::redact;
+
+use crate::{helm, registry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {

@@ -11,7 +11,6 @@ mod helm;
 mod kube;
 mod names;
 mod plan;
-mod redact;
 mod registry;
 mod rollback;
 mod stages;
@@ -35,7 +34,10 @@ fn main() {
         Command::Doctor(args) => doctor::run(args),
     };
     if let Err(error) = result {
-        eprintln!("error: {}", redact::mask_all(&format!("{error:#}")));
+        eprintln!(
+            "error: {}",
+            backend_migrations::redact::mask_all(&format!("{error:#}"))
+        );
         std::process::exit(error::exit_code(&error));
     }
 }

@@ -82,7 +82,7 @@ pub fn check_registry(registry: &str) -> Result<(), String> {
     if registry.contains("://") {
         return Err(format!(
             "registry {:?} must be host[:port][/path], without a scheme",
-            crate::redact::mask_url(registry)
+            backend_migrations::redact::mask_url(registry)
         ));
     }
     if registry.contains('@') {

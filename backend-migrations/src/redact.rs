@@ -1,4 +1,5 @@
 //! Secrets never reach output: passwords in URLs are masked everywhere.
+//! Shared by the runner and xtask (dependency-free).
 
 /// `scheme://user:secret@host/…` → `scheme://user:***@host/…`. Text without
 /// a password is returned as it is.

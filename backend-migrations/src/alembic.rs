@@ -1,0 +1,222 @@
+//! Running `alembic upgrade head` as a child process: output streamed line
+//! by line (passwords masked), exit status kept, and a failure explained.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::redact::mask_all;
+
+/// How Alembic is invoked: `alembic`, `uv run alembic`, a path…
+#[derive(Debug, Clone)]
+pub struct AlembicCommand {
+    pub program: String,
+    pub leading_args: Vec<String>,
+}
+
+impl AlembicCommand {
+    /// Splits on whitespace (`uv run alembic` → `uv` + [`run`, `alembic`]).
+    pub fn parse(text: &str) -> Result<AlembicCommand, String> {
+        let mut words = text.split_whitespace().map(String::from);
+        let program = words.next().ok_or("--alembic-cmd is empty")?;
+        Ok(AlembicCommand {
+            program,
+            leading_args: words.collect(),
+        })
+    }
+}
+
+/// What a finished run left behind.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    /// The last lines of its output (stdout's, then stderr's), for explaining
+    /// a failure; and the last "Running upgrade" line, which a long Python
+    /// traceback would push out of the tail.
+    pub tail: Vec<String>,
+}
+
+const TAIL_LINES: usize = 60;
+
+/// Runs `<alembic> [-c config] <args…>` with DATABASE_URL set; forwards
+/// SIGTERM/SIGINT to it (a pod being stopped) and waits for it to exit.
+pub async fn run(
+    command: &AlembicCommand,
+    config: Option<&Path>,
+    database_url: &str,
+    args: &[&str],
+) -> Result<Outcome, String> {
+    let mut process = Command::new(&command.program);
+    process.args(&command.leading_args);
+    if let Some(config) = config {
+        process.arg("-c").arg(config);
+    }
+    process
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = process.spawn().map_err(|e| {
+        format!(
+            "cannot start `{}`: {e} (set --alembic-cmd to how Alembic runs in this image)",
+            command.program
+        )
+    })?;
+    let stdout = child
+        .stdout
+        .take()
+        .map(|out| tokio::spawn(forward(out, false)));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|err| tokio::spawn(forward(err, true)));
+
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let status = tokio::select! {
+        status = child.wait() => status.map_err(|e| e.to_string())?,
+        _ = terminate.recv() => return Err(stop(&mut child, "SIGTERM").await),
+        _ = interrupt.recv() => return Err(stop(&mut child, "SIGINT").await),
+    };
+    let mut tail = Vec::new();
+    for task in [stdout, stderr].into_iter().flatten() {
+        tail.extend(task.await.unwrap_or_default());
+    }
+    Ok(Outcome { status, tail })
+}
+
+async fn stop(child: &mut tokio::process::Child, signal_name: &str) -> String {
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    format!("stopped by {signal_name} while Alembic was running; the migration in progress was rolled back by PostgreSQL")
+}
+
+/// Copies lines to our stdout/stderr as they come; keeps the last ones, and
+/// the last "Running upgrade" line first of all.
+async fn forward(stream: impl AsyncRead + Unpin, to_stderr: bool) -> Vec<String> {
+    let mut lines = BufReader::new(stream).lines();
+    let mut tail = VecDeque::with_capacity(TAIL_LINES);
+    let mut last_step: Option<String> = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let line = mask_all(&line);
+        if to_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+        if line.contains("Running upgrade ") {
+            last_step = Some(line.clone());
+        }
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    last_step.into_iter().chain(tail).collect()
+}
+
+/// Explains a failed `alembic upgrade head` from its output and the
+/// revision the database is at afterwards. Pure.
+pub fn explain_failure(tail: &[String], current: Option<&str>, stamped: bool) -> String {
+    let failing = tail
+        .iter()
+        .rev()
+        .find_map(|line| line.split("Running upgrade ").nth(1))
+        .and_then(|step| step.split(" -> ").nth(1))
+        .map(|to| to.split([',', ' ']).next().unwrap_or(to).to_string());
+    let state = match (current, stamped) {
+        (Some(rev), true) => {
+            format!("The database was stamped (pre-Alembic schema) and is now at {rev}")
+        }
+        (Some(rev), false) => format!("The database is now at {rev}"),
+        (None, _) => "The database has no Alembic revision yet".to_string(),
+    };
+    let migration = failing
+        .as_deref()
+        .map_or(String::new(), |rev| format!(" in {rev}"));
+    if let Some(table) = tail.iter().find_map(|line| existing_relation(line)) {
+        let (what, rev) = (
+            table.clone(),
+            failing.as_deref().unwrap_or("<that revision>"),
+        );
+        return format!(
+            "alembic upgrade head failed{migration}: table {what} already exists. {state}. \
+             {what} was probably created outside Alembic (e.g. by create_all from newer models). \
+             If it already matches what {rev} creates, record that with `alembic stamp {rev}`; \
+             otherwise back up, rename or drop {what}, and rerun."
+        );
+    }
+    let last = tail
+        .iter()
+        .rev()
+        .find(|l| l.contains("Error") || l.starts_with("FAILED"))
+        .cloned();
+    format!(
+        "alembic upgrade head failed{migration}. {state}; each migration runs in its own transaction, so the failed one left nothing behind.{}",
+        last.map_or(String::new(), |l| format!(" Last error: {l}"))
+    )
+}
+
+/// `relation "activity_log" already exists` → `activity_log`.
+fn existing_relation(line: &str) -> Option<String> {
+    let rest = line.split("relation \"").nth(1)?;
+    let (name, after) = rest.split_once('"')?;
+    after
+        .trim_start()
+        .starts_with("already exists")
+        .then(|| name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_split_on_whitespace() {
+        let uv = AlembicCommand::parse("uv run alembic").unwrap();
+        assert_eq!((uv.program.as_str(), uv.leading_args.len()), ("uv", 2));
+        assert!(AlembicCommand::parse("  ").is_err());
+    }
+
+    #[test]
+    fn a_duplicate_table_is_named_with_the_state_and_the_fix() {
+        let tail: Vec<String> = [
+            "INFO  [alembic.runtime.migration] Running upgrade 0001_baseline -> 0002_activity_and_comments, Activity log",
+            "sqlalchemy.exc.ProgrammingError: (psycopg.errors.DuplicateTable) relation \"activity_log\" already exists",
+        ]
+        .map(String::from)
+        .to_vec();
+        let message = explain_failure(&tail, Some("0001_baseline"), true);
+        assert!(
+            message.contains(
+                "failed in 0002_activity_and_comments: table activity_log already exists"
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains("stamped (pre-Alembic schema) and is now at 0001_baseline"),
+            "{message}"
+        );
+        assert!(
+            message.contains("`alembic stamp 0002_activity_and_comments`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn other_failures_keep_the_last_error() {
+        let tail = vec!["RuntimeError: boom".to_string()];
+        let message = explain_failure(&tail, None, false);
+        assert!(
+            message.contains("no Alembic revision yet")
+                && message.contains("Last error: RuntimeError: boom"),
+            "{message}"
+        );
+    }
+}

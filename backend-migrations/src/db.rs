@@ -1,0 +1,187 @@
+//! The database side of the runner: connect with bounded retry, the
+//! migration lock, inspection and the baseline stamp. Small functions over a
+//! real `PgConnection`; the decisions live in `decide`.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{Connection, Row};
+
+use crate::decide::DatabaseState;
+use crate::redact::mask_all;
+
+/// The session-level advisory lock every runner takes: the ASCII bytes of
+/// "colonymg" as an i64, so it is recognisable in `pg_locks`.
+pub const LOCK_KEY: i64 = i64::from_be_bytes(*b"colonymg");
+
+/// Parsed connection settings, with what messages may show of them.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub options: PgConnectOptions,
+    /// `host:port`, for messages (never the password).
+    pub address: String,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| {
+                format!(
+                    "DATABASE_URL {} is not a valid PostgreSQL URL: {}",
+                    mask_all(url),
+                    mask_all(&e.to_string())
+                )
+            })?
+            .application_name("run-migrations");
+        let address = format!("{}:{}", options.get_host(), options.get_port());
+        Ok(Target { options, address })
+    }
+}
+
+/// Connects, retrying with backoff until `wait` is over (the database may
+/// start after the pod). Logs at most once every few seconds.
+pub async fn connect_with_retry(target: &Target, wait: Duration) -> Result<PgConnection, String> {
+    const LOG_EVERY: Duration = Duration::from_secs(5);
+    let start = Instant::now();
+    let deadline = start + wait;
+    let mut backoff = Duration::from_millis(100);
+    let mut last_log: Option<Instant> = None;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let attempt = tokio::time::timeout(
+            remaining.min(Duration::from_secs(5)),
+            PgConnection::connect_with(&target.options),
+        );
+        let error = match attempt.await {
+            Ok(Ok(connection)) => {
+                if last_log.is_some() {
+                    println!(
+                        "run-migrations: the database answered after {:.1} s",
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(connection);
+            }
+            Ok(Err(e)) => mask_all(&e.to_string()),
+            Err(_) => "no answer within 5 s".to_string(),
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(format!(
+                "the database at {} did not accept connections within {} s: {error}",
+                target.address,
+                wait.as_secs()
+            ));
+        }
+        if last_log.is_none_or(|at| now.duration_since(at) >= LOG_EVERY) {
+            println!(
+                "run-migrations: waiting for the database at {} ({error}); {} s left",
+                target.address,
+                deadline.saturating_duration_since(now).as_secs()
+            );
+            last_log = Some(now);
+        }
+        tokio::time::sleep(backoff.min(deadline.saturating_duration_since(now))).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Takes the migration lock on `connection`, polling until `wait` is over.
+/// The lock lives as long as the session: it is released by `unlock` or,
+/// on any other exit, when the connection closes.
+pub async fn lock(connection: &mut PgConnection, wait: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + wait;
+    let mut logged = false;
+    loop {
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LOCK_KEY)
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(|e| format!("cannot take the migration lock: {e}"))?;
+        if taken {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "another runner held the migration lock (advisory lock {LOCK_KEY}) for more than {} s; \
+                 if none is running, find the session with `SELECT pid FROM pg_locks WHERE locktype = 'advisory'`",
+                wait.as_secs()
+            ));
+        }
+        if !logged {
+            println!(
+                "run-migrations: another runner holds the migration lock; waiting up to {} s",
+                wait.as_secs()
+            );
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn unlock(connection: &mut PgConnection) -> Result<(), String> {
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK_KEY)
+        .execute(connection)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("cannot release the migration lock: {e}"))
+}
+
+/// Reads `alembic_version` (if it exists) and which legacy tables exist.
+pub async fn inspect(
+    connection: &mut PgConnection,
+    legacy_tables: &[String],
+) -> Result<DatabaseState, String> {
+    let error = |e: sqlx::Error| format!("cannot inspect the database: {e}");
+    let versions = if table_exists(connection, "alembic_version")
+        .await
+        .map_err(error)?
+    {
+        let rows = sqlx::query("SELECT version_num FROM alembic_version ORDER BY version_num")
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(error)?;
+        Some(rows.iter().map(|row| row.get::<String, _>(0)).collect())
+    } else {
+        None
+    };
+    let mut present = Vec::new();
+    for table in legacy_tables {
+        if table_exists(connection, table).await.map_err(error)? {
+            present.push(table.clone());
+        }
+    }
+    Ok(DatabaseState {
+        versions,
+        legacy_tables: present,
+    })
+}
+
+async fn table_exists(connection: &mut PgConnection, table: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(connection)
+        .await
+}
+
+/// Creates `alembic_version` exactly as Alembic does and records `revision`,
+/// in one transaction: either both happen or neither.
+pub async fn stamp(connection: &mut PgConnection, revision: &str) -> Result<(), String> {
+    let error = |e: sqlx::Error| format!("cannot stamp {revision}: {e}");
+    let mut transaction = connection.begin().await.map_err(error)?;
+    sqlx::query(
+        "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, \
+         CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))",
+    )
+    .execute(&mut *transaction)
+    .await
+    .map_err(error)?;
+    sqlx::query("INSERT INTO alembic_version (version_num) VALUES ($1)")
+        .bind(revision)
+        .execute(&mut *transaction)
+        .await
+        .map_err(error)?;
+    transaction.commit().await.map_err(error)
+}

@@ -1,0 +1,259 @@
+//! The run-migrations sequence (DESIGN.md §4): connect, lock, inspect,
+//! decide, stamp, upgrade, release, "Migrations complete.".
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sqlx::postgres::PgConnection;
+use sqlx::Connection;
+
+use crate::alembic::{self, AlembicCommand};
+use crate::alembic_ini::{self, AlembicProject};
+use crate::db::{self, Target};
+use crate::decide::{decide, DatabaseState, Decision};
+use crate::revisions::RevisionGraph;
+
+/// What the runner was told, after the command line and environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub alembic_config: Option<PathBuf>,
+    pub alembic_command: String,
+    pub wait_timeout: Duration,
+    pub lock_timeout: Duration,
+    pub legacy_tables: Vec<String>,
+    pub baseline: String,
+}
+
+/// A failure and the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: ExitCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Alembic failed (or said it succeeded without reaching the head).
+    MigrationFailed = 1,
+    /// Bad flags, URL or Alembic project: nothing was touched.
+    BadInput = 2,
+    DatabaseUnreachable = 3,
+    LockTimeout = 4,
+    /// A database state that must not be changed automatically.
+    Refused = 5,
+}
+
+fn fail(code: ExitCode) -> impl Fn(String) -> Failure {
+    move |message| Failure { code, message }
+}
+
+/// Everything checked before the database is touched.
+struct Prepared {
+    target: Target,
+    project: AlembicProject,
+    graph: RevisionGraph,
+    alembic: AlembicCommand,
+}
+
+fn prepare(settings: &Settings) -> Result<Prepared, Failure> {
+    let bad = fail(ExitCode::BadInput);
+    for table in &settings.legacy_tables {
+        check_table_name(table).map_err(&bad)?;
+    }
+    let target = Target::parse(&settings.database_url).map_err(&bad)?;
+    let cwd = std::env::current_dir().map_err(|e| bad(e.to_string()))?;
+    let project =
+        alembic_ini::find(settings.alembic_config.as_deref(), &cwd).map_err(|e| bad(e.0))?;
+    let graph = RevisionGraph::load_dirs(&project.version_dirs).map_err(|e| bad(e.to_string()))?;
+    // Several heads is a problem of the scripts, not of the database: refuse
+    // before connecting.
+    graph.head().map_err(|e| bad(e.to_string()))?;
+    let alembic = AlembicCommand::parse(&settings.alembic_command).map_err(&bad)?;
+    Ok(Prepared {
+        target,
+        project,
+        graph,
+        alembic,
+    })
+}
+
+/// `schema.table` or `table`, identifiers only: the names go into messages
+/// and `to_regclass`, and a typo should fail here, not silently not match.
+fn check_table_name(name: &str) -> Result<(), String> {
+    let ident = |part: &str| {
+        part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if name.split('.').count() <= 2 && name.split('.').all(ident) {
+        Ok(())
+    } else {
+        Err(format!("--legacy-table {name:?} is not a table name (letters, digits, _ and an optional schema.)"))
+    }
+}
+
+/// The whole run. Prints progress; the caller prints `Migrations complete.`
+/// on Ok.
+pub async fn run(settings: &Settings) -> Result<(), Failure> {
+    let prepared = prepare(settings)?;
+    println!(
+        "run-migrations: {} declares head {}; connecting to the database at {}",
+        prepared.project.config_file.display(),
+        prepared.graph.head().unwrap_or_default(),
+        prepared.target.address
+    );
+    let mut connection = db::connect_with_retry(&prepared.target, settings.wait_timeout)
+        .await
+        .map_err(fail(ExitCode::DatabaseUnreachable))?;
+    db::lock(&mut connection, settings.lock_timeout)
+        .await
+        .map_err(fail(ExitCode::LockTimeout))?;
+    println!("run-migrations: migration lock taken");
+    let result = migrate_locked(&mut connection, settings, &prepared).await;
+    // Released on every path; closing the session would release it too.
+    let unlocked = db::unlock(&mut connection).await;
+    let _ = connection.close().await;
+    result?;
+    unlocked.map_err(fail(ExitCode::MigrationFailed))
+}
+
+async fn migrate_locked(
+    connection: &mut PgConnection,
+    settings: &Settings,
+    prepared: &Prepared,
+) -> Result<(), Failure> {
+    let state = db::inspect(connection, &settings.legacy_tables)
+        .await
+        .map_err(fail(ExitCode::MigrationFailed))?;
+    let decision = decide(&state, &prepared.graph, &settings.baseline);
+    println!("run-migrations: {}", describe(&state));
+    let (from, stamped) = match decision {
+        Decision::AtHead { head } => {
+            println!("run-migrations: already at head {head}; nothing to run");
+            return Ok(());
+        }
+        Decision::Refuse { reason } => return Err(fail(ExitCode::Refused)(reason)),
+        Decision::Upgrade { from, .. } => (from, false),
+        Decision::StampThenUpgrade { baseline, .. } => {
+            println!(
+                "Detected pre-Alembic schema; stamping {baseline} so the activity-log migration applies on top of the existing tables."
+            );
+            db::stamp(connection, &baseline)
+                .await
+                .map_err(fail(ExitCode::MigrationFailed))?;
+            (Some(baseline), true)
+        }
+    };
+    upgrade(connection, settings, prepared, from.as_deref(), stamped).await
+}
+
+async fn upgrade(
+    connection: &mut PgConnection,
+    settings: &Settings,
+    prepared: &Prepared,
+    from: Option<&str>,
+    stamped: bool,
+) -> Result<(), Failure> {
+    let failed = fail(ExitCode::MigrationFailed);
+    println!(
+        "run-migrations: running {} upgrade head",
+        settings.alembic_command
+    );
+    let outcome = alembic::run(
+        &prepared.alembic,
+        settings.alembic_config.as_deref(),
+        &settings.database_url,
+        &["upgrade", "head"],
+    )
+    .await
+    .map_err(&failed)?;
+    if !outcome.status.success() {
+        let exit = outcome
+            .status
+            .code()
+            .map_or("a signal".to_string(), |c| format!("exit status {c}"));
+        // Earlier migrations of this run may have committed: report where
+        // the database really is, not where it started.
+        let now = match db::inspect(connection, &[]).await {
+            Ok(DatabaseState {
+                versions: Some(rows),
+                ..
+            }) => rows.first().cloned(),
+            _ => from.map(String::from),
+        };
+        let explanation = alembic::explain_failure(&outcome.tail, now.as_deref(), stamped);
+        return Err(failed(format!("{explanation} ({exit})")));
+    }
+    // Trust, but check: the database must now be at the head the scripts declare.
+    let after = db::inspect(connection, &[]).await.map_err(&failed)?;
+    let head = prepared.graph.head().unwrap_or_default();
+    match after.versions.as_deref() {
+        Some([now]) if now == head => {
+            println!("run-migrations: database at {head} (head)");
+            Ok(())
+        }
+        other => Err(failed(format!(
+            "alembic upgrade head exited 0 but the database is at {other:?}, not {head}: check that env.py uses DATABASE_URL"
+        ))),
+    }
+}
+
+fn describe(state: &DatabaseState) -> String {
+    let revision = match state.versions.as_deref() {
+        None => "no alembic_version table".to_string(),
+        Some([]) => "an empty alembic_version table".to_string(),
+        Some(rows) => format!("revision {}", rows.join(", ")),
+    };
+    let legacy = if state.legacy_tables.is_empty() {
+        "no legacy tables".to_string()
+    } else {
+        format!("legacy tables {}", state.legacy_tables.join(", "))
+    };
+    format!("database has {revision}, {legacy}")
+}
+
+/// What `run` would do, without the lock and without changing anything.
+pub async fn status(settings: &Settings) -> Result<serde_json::Value, Failure> {
+    let prepared = prepare(settings)?;
+    let mut connection = db::connect_with_retry(&prepared.target, settings.wait_timeout)
+        .await
+        .map_err(fail(ExitCode::DatabaseUnreachable))?;
+    let state = db::inspect(&mut connection, &settings.legacy_tables)
+        .await
+        .map_err(fail(ExitCode::MigrationFailed))?;
+    let _ = connection.close().await;
+    let decision = decide(&state, &prepared.graph, &settings.baseline);
+    let reason = match &decision {
+        Decision::Refuse { reason } => Some(reason.clone()),
+        _ => None,
+    };
+    Ok(serde_json::json!({
+        "database": prepared.target.address,
+        "revisions": state.versions,
+        "legacy_tables": state.legacy_tables,
+        "head": prepared.graph.head().ok(),
+        "action": decision.action(),
+        "reason": reason,
+        "summary": describe(&state),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        assert!(check_table_name("households").is_ok());
+        assert!(check_table_name("public.households").is_ok());
+        for bad in [
+            "",
+            "households; drop table x",
+            "a.b.c",
+            "1abc",
+            "house holds",
+        ] {
+            assert!(check_table_name(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,564 @@
+//! run-migrations against the test bed's real PostgreSQL and real Alembic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use backend_migrations::db::LOCK_KEY;
+use testkit::{TcpForwarder, TestBed};
+
+const HEAD: &str = "0002_activity_and_comments";
+const DETECTION: &str = "Detected pre-Alembic schema; stamping 0001_baseline so the activity-log migration applies on top of the existing tables.";
+
+struct Finished {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Finished {
+    fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+    fn last_line(&self) -> &str {
+        self.stdout.lines().last().unwrap_or_default()
+    }
+}
+
+impl From<Output> for Finished {
+    fn from(output: Output) -> Finished {
+        Finished {
+            code: output.status.code().expect("exited"),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+/// `run-migrations` in `backend` (which holds alembic.ini), as the chart runs it.
+fn runner(backend: &Path, url: &str, extra: &[&str]) -> Command {
+    let bed = TestBed::get();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_run-migrations"));
+    command
+        .current_dir(backend)
+        .env_remove("ALEMBIC_CONFIG")
+        .env("DATABASE_URL", url)
+        .env("RUN_MIGRATIONS_ALEMBIC_CMD", &bed.alembic)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn run(backend: &Path, url: &str, extra: &[&str]) -> Finished {
+    runner(backend, url, extra)
+        .output()
+        .expect("run-migrations runs")
+        .into()
+}
+
+fn alembic_current(backend: &Path, url: &str) -> String {
+    let output = Command::new(&TestBed::get().alembic)
+        .arg("current")
+        .current_dir(backend)
+        .env("DATABASE_URL", url)
+        .output()
+        .expect("alembic runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn fixture_backend() -> PathBuf {
+    testkit::workspace_root().join("testdata/colony/backend")
+}
+
+fn pre_alembic_database() -> String {
+    let bed = TestBed::get();
+    let url = bed.create_database("pre_alembic");
+    bed.psql_file(
+        &url,
+        &testkit::workspace_root().join("testdata/colony/pre-alembic.sql"),
+    );
+    url
+}
+
+fn legacy_rows(url: &str) -> String {
+    TestBed::get().psql(
+        url,
+        "SELECT (SELECT count(*) FROM households) || '/' || (SELECT count(*) FROM members) || '/' || (SELECT count(*) FROM chores)",
+    )
+}
+
+fn assert_success(finished: &Finished) {
+    assert_eq!(
+        finished.code,
+        0,
+        "run-migrations failed:\n{}",
+        finished.all()
+    );
+    assert_eq!(
+        finished.last_line(),
+        "Migrations complete.",
+        "{}",
+        finished.all()
+    );
+}
+
+#[test]
+fn a_fresh_database_gets_both_revisions() {
+    let url = TestBed::get().create_database("fresh");
+    let finished = run(&fixture_backend(), &url, &[]);
+    assert_success(&finished);
+    assert!(
+        finished
+            .stderr
+            .contains("Running upgrade  -> 0001_baseline"),
+        "{}",
+        finished.all()
+    );
+    assert!(finished
+        .stderr
+        .contains("Running upgrade 0001_baseline -> 0002_activity_and_comments"));
+    assert!(!finished.all().contains("Detected pre-Alembic"));
+    assert_eq!(
+        alembic_current(&fixture_backend(), &url),
+        format!("{HEAD} (head)")
+    );
+}
+
+#[test]
+fn a_pre_alembic_database_is_stamped_then_upgraded_keeping_its_rows() {
+    let url = pre_alembic_database();
+    let before = legacy_rows(&url);
+    let finished = run(&fixture_backend(), &url, &[]);
+    assert_success(&finished);
+    assert!(finished.stdout.contains(DETECTION), "{}", finished.all());
+    assert!(
+        !finished.stderr.contains("-> 0001_baseline"),
+        "the baseline must be stamped, not run"
+    );
+    assert!(finished
+        .stderr
+        .contains("Running upgrade 0001_baseline -> 0002_activity_and_comments"));
+    assert_eq!(legacy_rows(&url), before);
+    assert_eq!(before, "3/4/5");
+    assert_eq!(
+        alembic_current(&fixture_backend(), &url),
+        format!("{HEAD} (head)")
+    );
+    // Stamped exactly as Alembic creates the table.
+    let definition = TestBed::get().psql(
+        &url,
+        "SELECT conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'alembic_version'::regclass",
+    );
+    assert_eq!(definition, "alembic_version_pkc PRIMARY KEY (version_num)");
+}
+
+#[test]
+fn at_head_a_second_run_changes_nothing_and_starts_no_python() {
+    let url = TestBed::get().create_database("at_head");
+    assert_success(&run(&fixture_backend(), &url, &[]));
+    let marker_dir = tempfile::tempdir().unwrap();
+    let marker = marker_dir.path().join("alembic-was-called");
+    let recorder = marker_dir.path().join("alembic");
+    std::fs::write(
+        &recorder,
+        format!(
+            "#!/bin/sh\ntouch '{}'\nexec '{}' \"$@\"\n",
+            marker.display(),
+            TestBed::get().alembic.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &recorder,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+
+    let finished = run(
+        &fixture_backend(),
+        &url,
+        &["--alembic-cmd", recorder.to_str().unwrap()],
+    );
+    assert_success(&finished);
+    assert!(
+        finished
+            .stdout
+            .contains("already at head 0002_activity_and_comments"),
+        "{}",
+        finished.all()
+    );
+    assert!(
+        !marker.exists(),
+        "Alembic was started although the database was at head"
+    );
+    assert_eq!(
+        alembic_current(&fixture_backend(), &url),
+        format!("{HEAD} (head)")
+    );
+}
+
+#[test]
+fn at_baseline_only_the_second_revision_runs() {
+    let url = TestBed::get().create_database("at_baseline");
+    let output = Command::new(&TestBed::get().alembic)
+        .args(["upgrade", "0001_baseline"])
+        .current_dir(fixture_backend())
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let finished = run(&fixture_backend(), &url, &[]);
+    assert_success(&finished);
+    assert!(
+        !finished.stderr.contains("-> 0001_baseline"),
+        "{}",
+        finished.all()
+    );
+    assert_eq!(
+        finished.stderr.matches("Running upgrade").count(),
+        1,
+        "{}",
+        finished.all()
+    );
+    assert!(finished
+        .stderr
+        .contains("Running upgrade 0001_baseline -> 0002_activity_and_comments"));
+}
+
+fn run_concurrently(url: &str, runners: usize) -> Vec<Finished> {
+    let children: Vec<Child> = (0..runners)
+        .map(|_| {
+            runner(&fixture_backend(), url, &[])
+                .spawn()
+                .expect("spawn run-migrations")
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|child| child.wait_with_output().expect("wait").into())
+        .collect()
+}
+
+#[test]
+fn eight_runners_at_once_on_a_fresh_and_on_a_pre_alembic_database() {
+    for (url, pre_alembic) in [
+        (TestBed::get().create_database("concurrent_fresh"), false),
+        (pre_alembic_database(), true),
+    ] {
+        let results = run_concurrently(&url, 8);
+        for finished in &results {
+            assert_success(finished);
+        }
+        let all: String = results.iter().map(Finished::all).collect();
+        assert_eq!(
+            all.matches("Running upgrade 0001_baseline -> 0002_activity_and_comments")
+                .count(),
+            1,
+            "{all}"
+        );
+        if pre_alembic {
+            assert_eq!(all.matches(DETECTION).count(), 1, "{all}");
+            assert_eq!(
+                all.matches("Running upgrade  -> 0001_baseline").count(),
+                0,
+                "{all}"
+            );
+            assert_eq!(legacy_rows(&url), "3/4/5");
+        } else {
+            assert_eq!(
+                all.matches("Running upgrade  -> 0001_baseline").count(),
+                1,
+                "{all}"
+            );
+        }
+        assert_eq!(all.matches("already at head").count(), 7, "{all}");
+        assert_eq!(
+            alembic_current(&fixture_backend(), &url),
+            format!("{HEAD} (head)")
+        );
+    }
+}
+
+#[test]
+fn a_database_that_comes_up_late_is_waited_for() {
+    let bed = TestBed::get();
+    let url = bed.create_database("late");
+    let upstream = url
+        .trim_start_matches("postgresql://postgres@")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let database = url.rsplit('/').next().unwrap();
+    let port = TcpForwarder::free_port();
+    let late_url = format!("postgresql://postgres@127.0.0.1:{port}/{database}");
+    let child = runner(&fixture_backend(), &late_url, &["--wait-timeout", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let _forwarder = TcpForwarder::start(port, upstream);
+    let finished: Finished = child.wait_with_output().unwrap().into();
+    assert_success(&finished);
+    assert!(
+        finished
+            .stdout
+            .contains(&format!("waiting for the database at 127.0.0.1:{port}")),
+        "{}",
+        finished.all()
+    );
+    assert!(
+        finished.stdout.contains("the database answered after"),
+        "{}",
+        finished.all()
+    );
+}
+
+#[test]
+fn a_database_that_never_comes_fails_within_the_wait_timeout_without_the_password() {
+    let port = TcpForwarder::free_port();
+    let url = format!("postgresql://colony:pa55word-never-shown@127.0.0.1:{port}/colony");
+    let started = Instant::now();
+    let finished = run(&fixture_backend(), &url, &["--wait-timeout", "3"]);
+    let took = started.elapsed();
+    assert_eq!(finished.code, 3, "{}", finished.all());
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert!(
+        finished.stderr.contains(&format!(
+            "the database at 127.0.0.1:{port} did not accept connections within 3 s"
+        )),
+        "{}",
+        finished.all()
+    );
+    assert!(!finished.all().contains("pa55word-never-shown"));
+    assert!(!finished.all().contains("Migrations complete."));
+}
+
+/// A copy of the backend with a third revision that raises.
+fn backend_with_broken_revision() -> tempfile::TempDir {
+    let backend = testkit::backend_copy();
+    std::fs::write(
+        backend.path().join("alembic/versions/0003_broken.py"),
+        "revision = '0003_broken'\ndown_revision = '0002_activity_and_comments'\n\n\
+         from alembic import op\n\n\ndef upgrade():\n    op.execute('CREATE TABLE half_done (id INT)')\n    \
+         raise RuntimeError('this migration is broken on purpose')\n\n\ndef downgrade():\n    pass\n",
+    )
+    .unwrap();
+    backend
+}
+
+#[test]
+fn a_failing_migration_exits_non_zero_releases_the_lock_and_keeps_the_version() {
+    let bed = TestBed::get();
+    let url = bed.create_database("failing");
+    assert_success(&run(&fixture_backend(), &url, &[]));
+    let broken = backend_with_broken_revision();
+
+    let finished = run(broken.path(), &url, &[]);
+    assert_eq!(finished.code, 1, "{}", finished.all());
+    assert!(!finished.all().contains("Migrations complete."));
+    assert!(
+        finished
+            .stderr
+            .contains("alembic upgrade head failed in 0003_broken"),
+        "{}",
+        finished.all()
+    );
+    assert!(
+        finished
+            .stderr
+            .contains("this migration is broken on purpose"),
+        "{}",
+        finished.all()
+    );
+    assert_eq!(
+        bed.psql(&url, "SELECT version_num FROM alembic_version"),
+        HEAD
+    );
+    assert_eq!(
+        bed.psql(&url, "SELECT to_regclass('half_done') IS NULL"),
+        "t",
+        "the failed migration left a table"
+    );
+    // Another session can take the lock at once: it was released.
+    assert_eq!(
+        bed.psql(&url, &format!("SELECT pg_try_advisory_lock({LOCK_KEY})")),
+        "t"
+    );
+}
+
+#[test]
+fn a_pre_alembic_database_with_a_newer_table_stops_with_a_precise_message() {
+    let bed = TestBed::get();
+    let url = pre_alembic_database();
+    // create_all() from newer models made one of 0002's tables already.
+    bed.psql(&url, "CREATE TABLE activity_log (id SERIAL PRIMARY KEY, household_id INT, message TEXT, created_at TIMESTAMPTZ)");
+    let finished = run(&fixture_backend(), &url, &[]);
+    assert_eq!(finished.code, 1, "{}", finished.all());
+    let error = finished.stderr.lines().last().unwrap_or_default();
+    assert!(
+        error.starts_with(
+            "run-migrations: error: alembic upgrade head failed in 0002_activity_and_comments"
+        ),
+        "{error}"
+    );
+    assert!(
+        error.contains("table activity_log already exists"),
+        "{error}"
+    );
+    assert!(
+        error.contains("stamped (pre-Alembic schema) and is now at 0001_baseline"),
+        "{error}"
+    );
+    assert!(
+        error.contains("`alembic stamp 0002_activity_and_comments`"),
+        "{error}"
+    );
+    assert_eq!(
+        bed.psql(&url, "SELECT version_num FROM alembic_version"),
+        "0001_baseline"
+    );
+    assert_eq!(legacy_rows(&url), "3/4/5");
+}
+
+/// Bad input: the given exit code and message, and the database untouched.
+fn assert_bad_input(backend: &Path, url: &str, extra: &[&str], code: i32, message: &str) {
+    let finished = run(backend, url, extra);
+    assert_eq!(finished.code, code, "{extra:?}: {}", finished.all());
+    assert!(
+        finished.stderr.contains(message),
+        "{extra:?}: expected {message:?} in {}",
+        finished.all()
+    );
+    assert!(!finished.all().contains("Migrations complete."));
+}
+
+#[test]
+fn bad_inputs_are_refused_before_anything_is_written() {
+    let bed = TestBed::get();
+    let url = bed.create_database("bad_inputs");
+    let untouched = || {
+        assert_eq!(
+            bed.psql(&url, "SELECT to_regclass('alembic_version') IS NULL"),
+            "t"
+        )
+    };
+
+    assert_bad_input(
+        &fixture_backend(),
+        "postgresql://colony:pa55word@db:notaport/colony",
+        &[],
+        2,
+        "is not a valid PostgreSQL URL",
+    );
+    assert!(!run(
+        &fixture_backend(),
+        "postgresql://colony:pa55word@db:notaport/colony",
+        &[]
+    )
+    .all()
+    .contains("pa55word"));
+    assert_bad_input(
+        &fixture_backend(),
+        &url,
+        &["--legacy-table", "households; DROP TABLE x"],
+        2,
+        "is not a table name",
+    );
+    assert_bad_input(
+        &fixture_backend(),
+        &url,
+        &["--wait-timeout", "soon"],
+        2,
+        "is not a number of seconds",
+    );
+    untouched();
+
+    let no_project = tempfile::tempdir().unwrap();
+    assert_bad_input(
+        no_project.path(),
+        &url,
+        &[],
+        2,
+        "cannot read the Alembic config",
+    );
+    let no_versions = tempfile::tempdir().unwrap();
+    std::fs::write(
+        no_versions.path().join("alembic.ini"),
+        "[alembic]\nscript_location = %(here)s/missing\n",
+    )
+    .unwrap();
+    assert_bad_input(
+        no_versions.path(),
+        &url,
+        &[],
+        2,
+        "cannot read Alembic versions at",
+    );
+
+    let forked = testkit::backend_copy();
+    for branch in ["0003_a", "0003_b"] {
+        std::fs::write(
+            forked.path().join(format!("alembic/versions/{branch}.py")),
+            format!("revision = '{branch}'\ndown_revision = '0002_activity_and_comments'\n"),
+        )
+        .unwrap();
+    }
+    assert_bad_input(
+        forked.path(),
+        &url,
+        &[],
+        2,
+        "the revision graph has 2 heads (0003_a, 0003_b)",
+    );
+    untouched();
+}
+
+#[test]
+fn a_revision_the_scripts_do_not_know_is_refused() {
+    let bed = TestBed::get();
+    let url = bed.create_database("newer");
+    bed.psql(
+        &url,
+        "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY); INSERT INTO alembic_version VALUES ('0003_from_the_future')",
+    );
+    let finished = run(&fixture_backend(), &url, &[]);
+    assert_eq!(finished.code, 5, "{}", finished.all());
+    assert!(
+        finished
+            .stderr
+            .contains("revision 0003_from_the_future, which these migration scripts do not know"),
+        "{}",
+        finished.all()
+    );
+    assert_eq!(
+        bed.psql(&url, "SELECT version_num FROM alembic_version"),
+        "0003_from_the_future"
+    );
+}
+
+#[test]
+fn status_says_what_a_run_would_do_without_doing_it() {
+    let url = pre_alembic_database();
+    let output = runner(&fixture_backend(), &url, &["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["action"], "stamp-and-upgrade");
+    assert_eq!(status["head"], HEAD);
+    assert_eq!(status["legacy_tables"], serde_json::json!(["households"]));
+    assert_eq!(
+        TestBed::get().psql(&url, "SELECT to_regclass('alembic_version') IS NULL"),
+        "t"
+    );
+}

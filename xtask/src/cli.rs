@@ -34,11 +34,19 @@ pub enum Command {
         COLONY_REGISTRY=127.0.0.1:5000 cargo xtask deploy colony-dev --dry-run")]
     Deploy(DeployArgs),
     /// Build the backend and frontend images through the Docker Engine API.
-    #[command(after_help = "Example:\n  cargo xtask build colony-dev")]
-    Build(StageArgs),
-    /// Push the built images to the environment's registry and print their digests.
-    #[command(after_help = "Example:\n  cargo xtask push colony-dev")]
-    Push(StageArgs),
+    #[command(
+        after_help = "Tags are immutable: the commit's short sha, with a content-hash suffix when the \
+        build context has uncommitted changes. An image whose tag the registry already holds is skipped.\n\n\
+        Examples:\n  cargo xtask build colony-dev\n  DOCKER_HOST=unix:///tmp/docker.sock cargo xtask build --jobs 1"
+    )]
+    Build(ImageArgs),
+    /// Build (unless the registry has the tag) and push both images; print their digests.
+    #[command(
+        after_help = "Credentials come from the Docker config (DOCKER_CONFIG or ~/.docker/config.json: \
+        auths, credHelpers, credsStore), as `docker login` writes them.\n\n\
+        Examples:\n  cargo xtask push colony-dev\n  COLONY_REGISTRY=127.0.0.1:5000 cargo xtask push"
+    )]
+    Push(ImageArgs),
     /// Back up the environment's database with scripts/backup-db.sh.
     #[command(after_help = "Example:\n  cargo xtask backup colony-dev")]
     Backup(StageArgs),
@@ -115,6 +123,24 @@ pub struct DeployArgs {
 pub struct StageArgs {
     /// Environment from deploy.toml [default: the file's default_environment].
     pub env: Option<String>,
+    #[command(flatten)]
+    pub env_overrides: EnvOverrides,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// Environment from deploy.toml [default: the file's default_environment].
+    pub env: Option<String>,
+    /// How many images build (and push) at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
+    /// The run-migrations binary to layer into the backend image
+    /// [default: `cargo build --release` it from this workspace].
+    #[arg(long, env = "COLONY_RUN_MIGRATIONS_BIN", value_name = "FILE")]
+    pub migrations_binary: Option<PathBuf>,
+    /// Print the result (tags, digests, timings) as JSON.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub env_overrides: EnvOverrides,
 }

@@ -3,14 +3,19 @@
 
 mod cli;
 mod config;
+mod context;
 mod deploy;
+mod docker;
+mod dockerignore;
 mod doctor;
 mod error;
 mod git;
 mod helm;
+mod images;
 mod kube;
 mod names;
 mod plan;
+mod progress;
 mod registry;
 mod rollback;
 mod stages;

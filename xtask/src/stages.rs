@@ -1,32 +1,42 @@
-//! `build`, `push`, `backup`, `status`: one stage alone. Each validates its
-//! environment now and says plainly that its work is not built yet.
+//! `build`, `push`, `backup`, `status`: one stage alone. `backup` and
+//! `status` validate their environment and say plainly that their work is
+//! not built yet.
 
 use anyhow::Result;
 
-use crate::cli::StageArgs;
+use crate::cli::{ImageArgs, StageArgs};
 use crate::config;
 use crate::error::not_built_yet;
+use crate::images::{self, Stage};
 
-pub fn build(args: StageArgs) -> Result<()> {
-    let env = config::load(args.env.as_deref(), &args.env_overrides)?;
-    Err(not_built_yet(
-        "build",
-        &format!(
-            "`cargo xtask deploy {} --dry-run` shows the images and tags it will build.",
-            env.name
-        ),
-    ))
+pub fn build(args: ImageArgs) -> Result<()> {
+    images_stage(args, Stage::Build)
 }
 
-pub fn push(args: StageArgs) -> Result<()> {
+pub fn push(args: ImageArgs) -> Result<()> {
+    images_stage(args, Stage::Push)
+}
+
+fn images_stage(args: ImageArgs, stage: Stage) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
-    Err(not_built_yet(
-        "push",
-        &format!(
-            "`cargo xtask deploy {} --dry-run` shows where the images will be pushed.",
-            env.name
-        ),
-    ))
+    let options = images::Options {
+        stage,
+        jobs: args.jobs.into(),
+        migrations_binary: args.migrations_binary,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let reports = runtime.block_on(images::run(&env, &options))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&images::to_json(&reports))?
+        );
+    } else {
+        print!("{}", images::render_table(&reports));
+    }
+    Ok(())
 }
 
 pub fn backup(args: StageArgs) -> Result<()> {

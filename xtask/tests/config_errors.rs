@@ -152,7 +152,7 @@ fn rollback_targets_and_confirmation() {
 #[test]
 fn stages_not_built_yet_say_so_and_fail() {
     let case = Case::new();
-    for stage in ["build", "push", "backup", "status"] {
+    for stage in ["backup", "status"] {
         let run = case.run(&[stage, "colony-dev"]);
         assert_eq!(run.code, 1, "{stage}: {}", run.all());
         assert!(
@@ -163,4 +163,13 @@ fn stages_not_built_yet_say_so_and_fail() {
         );
     }
     assert_eq!(case.tools.calls(), Vec::<String>::new());
+}
+
+#[test]
+fn image_stages_refuse_a_missing_dockerfile_before_running_anything() {
+    let case = Case::new();
+    std::fs::remove_file(case.repo.root().join("frontend/Dockerfile")).unwrap();
+    for stage in ["build", "push"] {
+        case.assert_refused(&[stage], "frontend Dockerfile");
+    }
 }

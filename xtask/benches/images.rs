@@ -1,0 +1,148 @@
+//! `cargo bench -p xtask --bench images`: the image stages on the test bed.
+//! Prints figures; speed goals live here, never in tests.
+//!
+//! - two images with ~200 MB contexts: `xtask push` vs `docker build` +
+//!   `docker push` by the CLI one after the other (same daemon, same run);
+//!   goal <= 0.7x, never above 1.05x
+//! - no-op rerun of `xtask push`; goal < 2 s
+//! - peak RSS of `xtask build` on a 1 GiB context; goal <= 64 MiB
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::{ColonyRepo, TestBed};
+
+const MIB: u64 = 1024 * 1024;
+
+/// Incompressible bytes, different for each seed (so no layer is shared
+/// between the runs being compared).
+fn write_random(path: &Path, bytes: u64, seed: u64) {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut chunk = vec![0u8; MIB as usize];
+    for _ in 0..bytes / MIB {
+        for word in chunk.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        file.write_all(&chunk).unwrap();
+    }
+}
+
+fn repo_with_data(prefix: &str, backend_mib: u64, frontend_mib: u64, seed: u64) -> ColonyRepo {
+    let repo = ColonyRepo::create();
+    repo.use_repositories(prefix);
+    write_random(
+        &repo.root().join("backend/app/data.bin"),
+        backend_mib * MIB,
+        seed,
+    );
+    write_random(
+        &repo.root().join("frontend/data.bin"),
+        frontend_mib * MIB,
+        seed + 1,
+    );
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "data"]);
+    repo
+}
+
+// The child is reaped by wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn xtask(repo: &ColonyRepo, command: &str) -> (Duration, u64) {
+    let bed = TestBed::get();
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([command, "--json"])
+        .current_dir(repo.root())
+        .env("DOCKER_HOST", &bed.docker_host)
+        .env("COLONY_CONFIG", "deploy.toml")
+        .env("COLONY_REGISTRY", &bed.registry)
+        .env(
+            "COLONY_RUN_MIGRATIONS_BIN",
+            testkit::run_migrations_binary(),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (status, peak_rss) = wait_with_rusage(child.id() as i32);
+    assert_eq!(status, 0, "xtask {command} failed");
+    (started.elapsed(), peak_rss)
+}
+
+/// Waits for `pid`; returns its exit status and peak RSS in bytes.
+fn wait_with_rusage(pid: i32) -> (i32, u64) {
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4");
+    (libc::WEXITSTATUS(status), usage.ru_maxrss as u64 * 1024)
+}
+
+fn docker_cli(repo: &ColonyRepo, prefix: &str) -> Duration {
+    let bed = TestBed::get();
+    let tag = repo.git(&["rev-parse", "--short=12", "HEAD"]);
+    let started = Instant::now();
+    for component in ["backend", "frontend"] {
+        let image = format!("{}/{prefix}-{component}:{tag}", bed.registry);
+        for args in [
+            vec!["build", "-q", "-t", &image, component],
+            vec!["push", "-q", &image],
+        ] {
+            let status = Command::new("docker")
+                .args(&args)
+                .current_dir(repo.root())
+                .env("DOCKER_HOST", &bed.docker_host)
+                // The same (classic) builder the Engine API build uses.
+                .env("DOCKER_BUILDKIT", "0")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("the docker CLI runs");
+            assert!(status.success(), "docker {args:?} failed");
+        }
+    }
+    started.elapsed()
+}
+
+fn main() {
+    let run = std::process::id();
+    println!("test bed: {}", TestBed::get().docker_host);
+
+    let ours_repo = repo_with_data(&format!("bench{run}-xtask"), 200, 200, 1);
+    let cli_repo = repo_with_data(&format!("bench{run}-cli"), 200, 200, 3);
+    let (ours, _) = xtask(&ours_repo, "push");
+    let cli = docker_cli(&cli_repo, &format!("bench{run}-cli"));
+    let ratio = ours.as_secs_f64() / cli.as_secs_f64();
+    println!(
+        "2 x 200 MiB contexts: xtask push {:.1} s, docker build + push (CLI, sequential) {:.1} s: ratio {ratio:.2}x (goal <= 0.7x, never > 1.05x) {}",
+        ours.as_secs_f64(),
+        cli.as_secs_f64(),
+        if ratio <= 0.7 { "met" } else if ratio <= 1.05 { "within the bound" } else { "MISSED" }
+    );
+
+    let (noop, _) = xtask(&ours_repo, "push");
+    println!(
+        "no-op rerun: xtask push {:.2} s (goal < 2 s) {}",
+        noop.as_secs_f64(),
+        if noop < Duration::from_secs(2) {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+
+    let big = repo_with_data(&format!("bench{run}-big"), 1, 1024, 5);
+    let (took, peak) = xtask(&big, "build");
+    println!(
+        "1 GiB context: xtask build {:.1} s, peak RSS {:.1} MiB (goal <= 64 MiB) {}",
+        took.as_secs_f64(),
+        peak as f64 / MIB as f64,
+        if peak <= 64 * MIB { "met" } else { "MISSED" }
+    );
+}

@@ -1,0 +1,171 @@
+//! Build contexts as tar streams: the files of a directory that
+//! `.dockerignore` lets through, written by a blocking thread into a small
+//! bounded channel, so a context of any size costs a few chunks of memory.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::mpsc;
+
+use crate::dockerignore::DockerIgnore;
+
+/// Chunks in flight between the tar writer and the Docker API request.
+const CHANNEL_CHUNKS: usize = 4;
+const CHUNK_SIZE: usize = 64 * 1024;
+
+/// The files of `context` that go to the daemon, relative and sorted
+/// (directories before their contents). The Dockerfile and `.dockerignore`
+/// always go, as the Docker CLI sends them even when ignored.
+pub fn list_files(context: &Path, dockerfile: &Path) -> io::Result<Vec<PathBuf>> {
+    let ignore = match std::fs::read_to_string(context.join(".dockerignore")) {
+        Ok(text) => DockerIgnore::parse(&text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => DockerIgnore::default(),
+        Err(e) => return Err(e),
+    };
+    let always = [PathBuf::from(".dockerignore"), dockerfile.to_path_buf()];
+    let mut files = Vec::new();
+    walk(context, Path::new(""), &ignore, &always, &mut files)?;
+    Ok(files)
+}
+
+fn walk(
+    root: &Path,
+    dir: &Path,
+    ignore: &DockerIgnore,
+    always: &[PathBuf],
+    out: &mut Vec<PathBuf>,
+) -> io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(root.join(dir))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let relative = dir.join(entry.file_name());
+        let as_text = relative.to_string_lossy().replace('\\', "/");
+        let excluded = ignore.is_excluded(&as_text) && !always.contains(&relative);
+        let is_dir = entry.file_type()?.is_dir();
+        if !excluded {
+            out.push(relative.clone());
+        }
+        // An excluded directory may still hold a re-included file.
+        if is_dir && (!excluded || ignore.has_reinclusions()) {
+            walk(root, &relative, ignore, always, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// A tar of `files` (relative to `root`), streamed; `sent` counts the bytes
+/// that left.
+pub fn tar_stream(
+    root: PathBuf,
+    files: Vec<PathBuf>,
+    sent: Arc<AtomicU64>,
+) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
+    let (sender, receiver) = mpsc::channel(CHANNEL_CHUNKS);
+    tokio::task::spawn_blocking(move || {
+        let writer = ChannelWriter {
+            sender: sender.clone(),
+            buffer: Vec::with_capacity(CHUNK_SIZE),
+            sent,
+        };
+        if let Err(e) = write_tar(writer, &root, &files) {
+            let _ = sender.blocking_send(Err(e));
+        }
+    });
+    futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|chunk| (chunk, receiver))
+    })
+}
+
+/// Deterministic headers (fixed mtime, uid 0), so an unchanged tree gives
+/// the daemon the same layer cache keys on every machine.
+fn write_tar(writer: ChannelWriter, root: &Path, files: &[PathBuf]) -> io::Result<()> {
+    let mut tar = tar::Builder::new(writer);
+    tar.follow_symlinks(false);
+    tar.mode(tar::HeaderMode::Deterministic);
+    for file in files {
+        tar.append_path_with_name(root.join(file), file)?;
+    }
+    let mut writer = tar.into_inner()?;
+    writer.flush()
+}
+
+/// Blocking writer half: fills a chunk, hands it to the async side, waits
+/// when the channel is full (backpressure from the daemon's upload speed).
+struct ChannelWriter {
+    sender: mpsc::Sender<Result<Bytes, io::Error>>,
+    buffer: Vec<u8>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= CHUNK_SIZE {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_SIZE));
+        self.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        self.sender
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the Docker daemon stopped reading the build context",
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_what_dockerignore_lets_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for file in [
+            "Dockerfile",
+            "app.py",
+            "notes.md",
+            "README.md",
+            "cache/a.bin",
+            "cache/keep.txt",
+            ".dockerignore",
+        ] {
+            std::fs::create_dir_all(root.join(file).parent().unwrap()).unwrap();
+            std::fs::write(root.join(file), "x").unwrap();
+        }
+        std::fs::write(
+            root.join(".dockerignore"),
+            "*.md\n!README.md\ncache\n!cache/keep.txt\nDockerfile\n.dockerignore\n",
+        )
+        .unwrap();
+        let files: Vec<String> = list_files(root, Path::new("Dockerfile"))
+            .unwrap()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ".dockerignore",
+                "Dockerfile",
+                "README.md",
+                "app.py",
+                "cache/keep.txt"
+            ]
+        );
+    }
+}

@@ -1,0 +1,539 @@
+//! The image stages: for each of backend and frontend, skip when the
+//! registry already holds the tag, else build (the backend with the
+//! run-migrations binary layered on top), then push and read the digest the
+//! registry serves. Both images build at once and push at once (`--jobs`);
+//! nothing is pushed unless every build succeeded.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bollard::Docker;
+use tokio::sync::Semaphore;
+
+use crate::config::{Environment, Image};
+use crate::docker::{self, BuildEvent, BuildRequest};
+use crate::progress::{Line, Progress};
+use crate::registry::{self, Credential, RegistryClient};
+use crate::{context, git};
+
+/// Where the init container finds the runner in the backend image.
+pub const MIGRATIONS_BINARY_IN_IMAGE: &str = "/usr/local/bin/run-migrations";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Build,
+    Push,
+}
+
+pub struct Options {
+    pub stage: Stage,
+    pub jobs: usize,
+    /// The run-migrations binary to layer into the backend image; None:
+    /// `cargo build --release` it from this workspace.
+    pub migrations_binary: Option<PathBuf>,
+}
+
+/// What happened to one image.
+#[derive(Debug, Clone)]
+pub struct ImageReport {
+    pub component: &'static str,
+    pub repository: String,
+    pub tag: String,
+    /// `sha256:…` as the registry serves it (after push or when skipped).
+    pub digest: Option<String>,
+    pub size: Option<u64>,
+    pub build: StepOutcome,
+    pub push: StepOutcome,
+    /// Push `latest` too (deploy.toml's also_tag_latest).
+    pub also_tag_latest: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutcome {
+    Done(Duration),
+    Skipped(&'static str),
+    NotRun,
+}
+
+/// The tag of each image of `env`, from git.
+pub fn tags(env: &Environment) -> Result<Vec<(&'static str, String)>> {
+    let sh = xshell::Shell::new()?;
+    let commit = git::head(&sh, &env.root).ok_or_else(|| {
+        anyhow!(
+            "{} is not a git checkout with a commit: image tags come from the commit",
+            env.root.display()
+        )
+    })?;
+    env.images
+        .iter()
+        .map(|image| {
+            Ok((
+                image.component,
+                git::image_tag(
+                    &commit,
+                    &git::context_state(&sh, &env.root, &image.context)?,
+                ),
+            ))
+        })
+        .collect()
+}
+
+pub async fn run(env: &Environment, options: &Options) -> Result<Vec<ImageReport>> {
+    check_contexts(env)?;
+    let tags = tags(env)?;
+    let docker = docker::connect().await.map_err(|e| anyhow!(e))?;
+    let host = registry::host_of(&env.registry).to_string();
+    let credential = registry::credential_for(&host).map_err(|e| anyhow!(e))?;
+    let progress = Progress::new();
+    let jobs = Arc::new(Semaphore::new(options.jobs.max(1)));
+
+    // Phase 1: registry check and build, all images at once.
+    let mut builds = tokio::task::JoinSet::new();
+    for image in env.images.clone() {
+        let tag = tags
+            .iter()
+            .find(|(c, _)| *c == image.component)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default();
+        let task = BuildTask {
+            docker: docker.clone(),
+            root: env.root.clone(),
+            line: Arc::new(progress.line(image.component)),
+            image,
+            tag,
+            credential: credential.clone(),
+            stage: options.stage,
+            migrations_binary: options.migrations_binary.clone(),
+        };
+        let jobs = jobs.clone();
+        builds.spawn(async move {
+            let _permit = jobs.acquire_owned().await;
+            task.run().await
+        });
+    }
+    let mut reports = Vec::new();
+    let mut failures = Vec::new();
+    while let Some(joined) = builds.join_next().await {
+        match joined.context("an image task panicked")? {
+            Ok(report) => reports.push(report),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    if !failures.is_empty() {
+        bail!("{}\nnothing was pushed", failures.join("\n"));
+    }
+    reports.sort_by_key(|r| if r.component == "backend" { 0 } else { 1 });
+    if options.stage == Stage::Push {
+        push_all(
+            &docker,
+            &env.registry,
+            credential,
+            &mut reports,
+            &progress,
+            &jobs,
+        )
+        .await?;
+    }
+    Ok(reports)
+}
+
+fn check_contexts(env: &Environment) -> Result<()> {
+    for image in &env.images {
+        let dir = env.root.join(&image.context);
+        if !dir.join(&image.dockerfile).is_file() {
+            return Err(crate::error::input_error(format!(
+                "{} Dockerfile {} does not exist (set images.{}.context / dockerfile in {})",
+                image.component,
+                dir.join(&image.dockerfile).display(),
+                image.component,
+                env.config_file.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+struct BuildTask {
+    docker: Docker,
+    root: PathBuf,
+    image: Image,
+    tag: String,
+    credential: Option<Credential>,
+    stage: Stage,
+    migrations_binary: Option<PathBuf>,
+    line: Arc<Line>,
+}
+
+impl BuildTask {
+    async fn run(self) -> Result<ImageReport> {
+        let mut report = ImageReport {
+            component: self.image.component,
+            repository: self.image.reference.clone(),
+            tag: self.tag.clone(),
+            digest: None,
+            size: None,
+            build: StepOutcome::NotRun,
+            push: StepOutcome::NotRun,
+            also_tag_latest: self.image.also_tag_latest,
+        };
+        match self.registry_digest().await {
+            Ok(Some(digest)) => {
+                self.line.finish(&format!(
+                    "{}:{} is already in the registry; build and push skipped",
+                    report.repository, report.tag
+                ));
+                report.digest = Some(digest);
+                report.build = StepOutcome::Skipped("in registry");
+                report.push = StepOutcome::Skipped("in registry");
+                return Ok(report);
+            }
+            Ok(None) => {}
+            // Building alone does not need the registry; pushing does.
+            Err(e) if self.stage == Stage::Build => self
+                .line
+                .log(&format!("registry not checked ({e}); building")),
+            Err(e) => return Err(anyhow!("{}: {e}", self.image.component)),
+        }
+        let started = Instant::now();
+        let target = format!("{}:{}", self.image.reference, self.tag);
+        if self.image.component == "backend" {
+            let app = format!("colony-build/backend-app:{}", self.tag);
+            self.build_context(&app).await?;
+            self.layer_migrations(&app, &target).await?;
+        } else {
+            self.build_context(&target).await?;
+        }
+        if self.image.also_tag_latest {
+            self.tag_latest(&target).await?;
+        }
+        report.build = StepOutcome::Done(started.elapsed());
+        report.size = docker::inspect(&self.docker, &target)
+            .await
+            .ok()
+            .flatten()
+            .map(|f| f.size);
+        self.line.finish(&format!(
+            "built {target} in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(report)
+    }
+
+    async fn registry_digest(&self) -> Result<Option<String>, String> {
+        let client = RegistryClient::new(&self.image.reference, self.credential.clone());
+        let path = repository_path(&self.image.reference).to_string();
+        let tag = self.tag.clone();
+        tokio::task::spawn_blocking(move || client.manifest_digest(&path, &tag))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    async fn build_context(&self, target: &str) -> Result<()> {
+        let dir = self.root.join(&self.image.context);
+        let dockerfile = self.image.dockerfile.clone();
+        self.build_dir(&dir, &dockerfile, target, &self.image.build_args)
+            .await
+    }
+
+    async fn build_dir(
+        &self,
+        dir: &Path,
+        dockerfile: &Path,
+        target: &str,
+        args: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        let files = {
+            let (dir, dockerfile) = (dir.to_path_buf(), dockerfile.to_path_buf());
+            tokio::task::spawn_blocking(move || context::list_files(&dir, &dockerfile)).await??
+        };
+        let sent = Arc::new(AtomicU64::new(0));
+        let stream = context::tar_stream(dir.to_path_buf(), files, sent.clone());
+        let build_args: HashMap<String, String> = args.clone().into_iter().collect();
+        let dockerfile = dockerfile.to_string_lossy().replace('\\', "/");
+        let request = BuildRequest {
+            tag: target,
+            dockerfile: &dockerfile,
+            build_args: &build_args,
+        };
+        let line = self.line.clone();
+        self.line.log(&format!("building {target}"));
+        docker::build(&self.docker, &request, stream, |event| match event {
+            BuildEvent::Step(step) => line.log(step),
+            BuildEvent::Output(output) => line.set(&format!(
+                "{} sent; {output}",
+                human_bytes(sent.load(Ordering::Relaxed))
+            )),
+        })
+        .await
+        .map_err(|failure| anyhow!("{} image build {failure}", self.image.component))?;
+        Ok(())
+    }
+
+    /// `FROM <app image>` + `COPY run-migrations`: the application's own
+    /// Dockerfile stays untouched. The binary is built on this machine, so
+    /// the image must be of this machine's platform.
+    async fn layer_migrations(&self, app: &str, target: &str) -> Result<()> {
+        let facts = docker::inspect(&self.docker, app)
+            .await
+            .map_err(|e| anyhow!(e))?;
+        let (os, architecture) = docker::host_platform();
+        if let Some(facts) = facts.filter(|f| !f.os.is_empty()) {
+            if facts.os != os || facts.architecture != architecture {
+                bail!(
+                    "the backend image is {}/{} but run-migrations is built on this {os}/{architecture} machine and \
+                     could not run in it; build on a {}/{} machine (or set COLONY_RUN_MIGRATIONS_BIN to a binary for it)",
+                    facts.os, facts.architecture, facts.os, facts.architecture
+                );
+            }
+        }
+        let binary = match &self.migrations_binary {
+            Some(path) => path.clone(),
+            None => {
+                self.line
+                    .log("building run-migrations (cargo build --release)");
+                build_migrations_binary().await?
+            }
+        };
+        let layer = tempfile::tempdir()?;
+        std::fs::copy(&binary, layer.path().join("run-migrations"))
+            .with_context(|| format!("copying the run-migrations binary {}", binary.display()))?;
+        std::fs::write(
+            layer.path().join("Dockerfile"),
+            format!("FROM {app}\nCOPY run-migrations {MIGRATIONS_BINARY_IN_IMAGE}\n"),
+        )?;
+        self.build_dir(
+            layer.path(),
+            Path::new("Dockerfile"),
+            target,
+            &Default::default(),
+        )
+        .await
+    }
+
+    async fn tag_latest(&self, target: &str) -> Result<()> {
+        let options = bollard::query_parameters::TagImageOptionsBuilder::default()
+            .repo(&self.image.reference)
+            .tag("latest")
+            .build();
+        self.docker
+            .tag_image(target, Some(options))
+            .await
+            .with_context(|| format!("tagging {target} as latest"))
+    }
+}
+
+/// `cargo build --release -p backend-migrations --bin run-migrations` in
+/// this workspace; returns the binary's path.
+async fn build_migrations_binary() -> Result<PathBuf> {
+    let workspace = crate::config::workspace_root();
+    let status =
+        tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--package",
+                "backend-migrations",
+                "--bin",
+                "run-migrations",
+            ])
+            .current_dir(&workspace)
+            .status()
+            .await
+            .context("running cargo to build run-migrations")?;
+    if !status.success() {
+        bail!("cargo build of run-migrations failed ({status})");
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    Ok(target_dir.join("release/run-migrations"))
+}
+
+async fn push_all(
+    docker: &Docker,
+    registry: &str,
+    credential: Option<Credential>,
+    reports: &mut [ImageReport],
+    progress: &Progress,
+    jobs: &Arc<Semaphore>,
+) -> Result<()> {
+    let mut pushes = tokio::task::JoinSet::new();
+    for (index, report) in reports.iter().enumerate() {
+        if report.digest.is_some() {
+            continue; // already in the registry
+        }
+        let (docker, credential, jobs) = (docker.clone(), credential.clone(), jobs.clone());
+        let (repository, tag) = (report.repository.clone(), report.tag.clone());
+        let line = progress.line(report.component);
+        let latest = report.also_tag_latest;
+        let registry = registry.to_string();
+        pushes.spawn(async move {
+            let _permit = jobs.acquire_owned().await;
+            let started = Instant::now();
+            line.log(&format!("pushing {repository}:{tag}"));
+            docker::push(&docker, &repository, &tag, credential.as_ref(), |p| {
+                line.set(&format!(
+                    "{} layers pushed; {} of {}",
+                    p.layers_done,
+                    human_bytes(p.current),
+                    human_bytes(p.total)
+                ))
+            })
+            .await?;
+            if latest {
+                docker::push(&docker, &repository, "latest", credential.as_ref(), |_| {}).await?;
+            }
+            let pushed = started.elapsed();
+            let client = RegistryClient::new(&registry, credential);
+            let path = repository_path(&repository).to_string();
+            let tag_for_lookup = tag.clone();
+            let digest =
+                tokio::task::spawn_blocking(move || client.manifest_digest(&path, &tag_for_lookup))
+                    .await
+                    .map_err(|e| e.to_string())??
+                    .ok_or_else(|| {
+                        format!("the registry does not list {repository}:{tag} after the push")
+                    })?;
+            line.finish(&format!(
+                "pushed {repository}:{tag} in {:.1} s: {digest}",
+                pushed.as_secs_f64()
+            ));
+            Ok::<_, String>((index, digest, pushed))
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = pushes.join_next().await {
+        match joined.context("a push task panicked")? {
+            Ok((index, digest, took)) => {
+                reports[index].digest = Some(digest);
+                reports[index].push = StepOutcome::Done(took);
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("{}", failures.join("\n")))
+    }
+}
+
+/// The reports as JSON, for scripts (`--json`). Pure.
+pub fn to_json(reports: &[ImageReport]) -> serde_json::Value {
+    let outcome = |o: &StepOutcome| match o {
+        StepOutcome::Done(d) => serde_json::json!({"status": "done", "seconds": d.as_secs_f64()}),
+        StepOutcome::Skipped(why) => serde_json::json!({"status": "skipped", "reason": why}),
+        StepOutcome::NotRun => serde_json::json!({"status": "not run"}),
+    };
+    reports
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "component": r.component,
+                "repository": r.repository,
+                "tag": r.tag,
+                "digest": r.digest,
+                "pinned": r.digest.as_ref().map(|d| format!("{}@{d}", r.repository)),
+                "size": r.size,
+                "build": outcome(&r.build),
+                "push": outcome(&r.push),
+            })
+        })
+        .collect()
+}
+
+/// `127.0.0.1:5000/team/colony-backend` → `team/colony-backend`.
+pub fn repository_path(reference: &str) -> &str {
+    reference
+        .split_once('/')
+        .map_or(reference, |(_, path)| path)
+}
+
+/// The table printed after the image stages. Pure.
+pub fn render_table(reports: &[ImageReport]) -> String {
+    let outcome = |o: &StepOutcome| match o {
+        StepOutcome::Done(d) => format!("{:.1} s", d.as_secs_f64()),
+        StepOutcome::Skipped(why) => format!("skipped ({why})"),
+        StepOutcome::NotRun => "-".into(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<9} {:<34} {:<73} {:>9}  {:<22} push",
+        "image", "tag", "digest", "size", "build"
+    );
+    for r in reports {
+        let _ = writeln!(
+            out,
+            "{:<9} {:<34} {:<73} {:>9}  {:<22} {}",
+            r.component,
+            r.tag,
+            r.digest.as_deref().unwrap_or("-"),
+            r.size.map_or("-".into(), human_bytes),
+            outcome(&r.build),
+            outcome(&r.push)
+        );
+    }
+    out
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_paths_drop_the_host() {
+        assert_eq!(
+            repository_path("127.0.0.1:5000/colony-backend"),
+            "colony-backend"
+        );
+        assert_eq!(
+            repository_path("ghcr.io/colony-app/colony-backend"),
+            "colony-app/colony-backend"
+        );
+    }
+
+    #[test]
+    fn the_table_shows_each_outcome() {
+        let report = ImageReport {
+            component: "backend",
+            repository: "r/colony-backend".into(),
+            tag: "0123456789ab".into(),
+            digest: Some(format!("sha256:{}", "a".repeat(64))),
+            size: Some(5 * 1024 * 1024),
+            build: StepOutcome::Done(Duration::from_millis(4200)),
+            push: StepOutcome::Skipped("in registry"),
+            also_tag_latest: false,
+        };
+        let table = render_table(&[report]);
+        assert!(table.contains("backend   0123456789ab"), "{table}");
+        assert!(
+            table.contains("5.0 MiB")
+                && table.contains("4.2 s")
+                && table.contains("skipped (in registry)"),
+            "{table}"
+        );
+        assert_eq!(human_bytes(512), "512 B");
+    }
+}

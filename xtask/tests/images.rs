@@ -1,0 +1,375 @@
+//! `cargo xtask build` / `push` against the test bed's real Docker daemon
+//! and registries (one open, one behind htpasswd).
+
+mod common;
+
+use std::io::Read;
+
+use common::{xtask, Run};
+use serde_json::Value;
+use testkit::{ColonyRepo, TestBed, ToolDir};
+
+/// A fixture repo whose images have repository names of their own, new on
+/// every run (the fixture's commit, and so its tags, never change, and the
+/// bed's registry outlives a test run).
+fn repo_named(prefix: &str) -> ColonyRepo {
+    let repo = ColonyRepo::create();
+    repo.use_repositories(&unique(prefix));
+    repo
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// The repository name `repo_named` gave to a component.
+fn repository(repo: &ColonyRepo, component: &str) -> String {
+    let text = std::fs::read_to_string(repo.config()).unwrap();
+    let marker = format!("-{component}\"");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("repository = ") && l.ends_with(&marker))
+        .unwrap();
+    line.trim_start_matches("repository = ")
+        .trim_matches('"')
+        .to_string()
+}
+
+fn images(repo: &ColonyRepo, command: &str, registry: &str, extra_env: &[(&str, &str)]) -> Run {
+    let bed = TestBed::get();
+    let tools = ToolDir::new(&["git"], &[]);
+    let binary = testkit::run_migrations_binary();
+    let home = repo.root().join(".home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut env = vec![
+        ("PATH", tools.path().to_str().unwrap().to_string()),
+        ("HOME", home.to_str().unwrap().to_string()),
+        ("DOCKER_HOST", bed.docker_host.clone()),
+        ("COLONY_CONFIG", "deploy.toml".to_string()),
+        ("COLONY_REGISTRY", registry.to_string()),
+        (
+            "COLONY_RUN_MIGRATIONS_BIN",
+            binary.to_str().unwrap().to_string(),
+        ),
+    ];
+    env.extend(extra_env.iter().map(|(k, v)| (*k, v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    xtask(repo.root(), &[command, "--json"], &env)
+}
+
+fn reports(run: &Run) -> Vec<Value> {
+    assert_eq!(run.code, 0, "{}", run.all());
+    serde_json::from_str::<Value>(&run.stdout)
+        .expect("JSON on stdout")
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn report<'a>(reports: &'a [Value], component: &str) -> &'a Value {
+    reports
+        .iter()
+        .find(|r| r["component"] == component)
+        .unwrap()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// What the registry serves for `name:tag`: (digest, manifest).
+fn manifest(registry: &str, name: &str, tag: &str) -> Option<(String, Value)> {
+    let url = format!("http://{registry}/v2/{name}/manifests/{tag}");
+    let mut response = agent()
+        .get(&url)
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .call()
+        .unwrap();
+    if response.status().as_u16() == 404 {
+        return None;
+    }
+    assert_eq!(response.status().as_u16(), 200, "{url}");
+    let digest = response
+        .headers()
+        .get("docker-content-digest")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = response.body_mut().read_to_string().unwrap();
+    Some((digest, serde_json::from_str(&body).unwrap()))
+}
+
+fn catalog(registry: &str) -> Vec<String> {
+    let body = agent()
+        .get(&format!("http://{registry}/v2/_catalog"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let value: Value = serde_json::from_str(&body).unwrap();
+    value["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every file path in the image's layers, as pushed to the registry.
+fn files_in_image(registry: &str, name: &str, tag: &str) -> Vec<String> {
+    let (_, manifest) = manifest(registry, name, tag).expect("the image is in the registry");
+    let mut files = Vec::new();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let digest = layer["digest"].as_str().unwrap();
+        let mut blob = Vec::new();
+        agent()
+            .get(&format!("http://{registry}/v2/{name}/blobs/{digest}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .as_reader()
+            .read_to_end(&mut blob)
+            .unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(blob.as_slice()));
+        for entry in archive.entries().unwrap() {
+            files.push(entry.unwrap().path().unwrap().display().to_string());
+        }
+    }
+    files
+}
+
+#[test]
+fn both_images_are_built_pushed_and_pinned_by_the_digest_the_registry_serves() {
+    let bed = TestBed::get();
+    let repo = repo_named("pushed");
+    let reports = reports(&images(&repo, "push", &bed.registry, &[]));
+    let sha = repo.git(&["rev-parse", "--short=12", "HEAD"]);
+    for component in ["backend", "frontend"] {
+        let report = report(&reports, component);
+        assert_eq!(report["tag"], sha.as_str());
+        assert_eq!(report["build"]["status"], "done", "{report}");
+        assert_eq!(report["push"]["status"], "done", "{report}");
+        let name = repository(&repo, component);
+        let (served, _) = manifest(&bed.registry, &name, &sha).expect("pushed");
+        assert_eq!(
+            report["digest"],
+            served.as_str(),
+            "{component}: reported digest differs from the registry's"
+        );
+        assert_eq!(
+            report["pinned"],
+            format!("{}/{name}@{served}", bed.registry).as_str()
+        );
+    }
+    // The backend image carries the runner the init container runs.
+    let files = files_in_image(&bed.registry, &repository(&repo, "backend"), &sha);
+    assert!(
+        files.iter().any(|f| f == "usr/local/bin/run-migrations"),
+        "{files:?}"
+    );
+    assert!(
+        files
+            .iter()
+            .any(|f| f == "app/alembic/versions/0002_activity_and_comments.py"),
+        "{files:?}"
+    );
+}
+
+#[test]
+fn dockerignore_keeps_files_out_and_exceptions_in() {
+    let bed = TestBed::get();
+    let repo = repo_named("ignored");
+    reports(&images(&repo, "push", &bed.registry, &[]));
+    let sha = repo.git(&["rev-parse", "--short=12", "HEAD"]);
+    let files = files_in_image(&bed.registry, &repository(&repo, "frontend"), &sha);
+    assert!(
+        files.iter().any(|f| f == "usr/share/colony/index.html"),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f == "usr/share/colony/README.md"),
+        "the !README.md exception: {files:?}"
+    );
+    assert!(
+        !files.iter().any(|f| f.ends_with("notes.md")),
+        "*.md must be excluded: {files:?}"
+    );
+}
+
+#[test]
+fn a_dockerfile_error_names_the_step_and_pushes_nothing() {
+    let bed = TestBed::get();
+    let repo = repo_named("broken");
+    std::fs::write(
+        repo.root().join("frontend/Dockerfile"),
+        "FROM scratch\nCOPY does-not-exist.txt /x\n",
+    )
+    .unwrap();
+    let run = images(&repo, "push", &bed.registry, &[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("frontend image build failed at Step 2/2 : COPY does-not-exist.txt /x"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("nothing was pushed"), "{}", run.stderr);
+    assert!(
+        run.stdout.is_empty(),
+        "a result was reported: {}",
+        run.stdout
+    );
+    let catalog = catalog(&bed.registry);
+    for component in ["backend", "frontend"] {
+        let name = repository(&repo, component);
+        assert!(
+            !catalog.contains(&name),
+            "{name} pushed despite the failure: {catalog:?}"
+        );
+    }
+}
+
+#[test]
+fn a_registry_that_is_down_is_a_clear_error_and_nothing_is_reported_as_done() {
+    let port = testkit::TcpForwarder::free_port();
+    let registry = format!("127.0.0.1:{port}");
+    let run = images(&repo_named("down"), "push", &registry, &[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains(&format!("registry {registry} does not answer")),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(!run.stderr.contains("pushed "), "{}", run.stderr);
+}
+
+#[test]
+fn an_htpasswd_registry_takes_the_docker_config_credentials_and_never_shows_them() {
+    let bed = TestBed::get();
+    let docker_config = |password: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = base64_encode(&format!("{}:{password}", bed.auth_user));
+        std::fs::write(
+            dir.path().join("config.json"),
+            format!(
+                "{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}",
+                bed.auth_registry
+            ),
+        )
+        .unwrap();
+        dir
+    };
+    let good = docker_config(&bed.auth_password);
+    let repo = repo_named("authed");
+    let run = images(
+        &repo,
+        "push",
+        &bed.auth_registry,
+        &[("DOCKER_CONFIG", good.path().to_str().unwrap())],
+    );
+    assert!(
+        !run.all().contains(&bed.auth_password),
+        "the password was printed"
+    );
+    let reports = reports(&run);
+    assert_eq!(report(&reports, "backend")["push"]["status"], "done");
+
+    let wrong = docker_config("not-the-password-0451");
+    let run = images(
+        &repo_named("authed-wrong"),
+        "push",
+        &bed.auth_registry,
+        &[("DOCKER_CONFIG", wrong.path().to_str().unwrap())],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr.contains("refused the credentials"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("docker login {}", bed.auth_registry)),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.all().contains("not-the-password-0451") && !run.all().contains(&bed.auth_password)
+    );
+
+    let none = tempfile::tempdir().unwrap();
+    let run = images(
+        &repo_named("authed-none"),
+        "push",
+        &bed.auth_registry,
+        &[("DOCKER_CONFIG", none.path().to_str().unwrap())],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stderr.contains("requires a login"), "{}", run.stderr);
+}
+
+fn base64_encode(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[test]
+fn a_second_run_with_nothing_changed_skips_both_images() {
+    let bed = TestBed::get();
+    let repo = repo_named("rerun");
+    let first = reports(&images(&repo, "push", &bed.registry, &[]));
+    let second = reports(&images(&repo, "push", &bed.registry, &[]));
+    for component in ["backend", "frontend"] {
+        let again = report(&second, component);
+        assert_eq!(again["build"]["status"], "skipped", "{again}");
+        assert_eq!(again["push"]["status"], "skipped", "{again}");
+        assert_eq!(
+            again["digest"],
+            report(&first, component)["digest"],
+            "the skipped image keeps its digest"
+        );
+    }
+}
+
+#[test]
+fn a_dirty_tree_gets_its_own_tag_per_content() {
+    let bed = TestBed::get();
+    let repo = repo_named("dirty");
+    let clean = reports(&images(&repo, "build", &bed.registry, &[]));
+    std::fs::write(repo.root().join("frontend/extra.html"), "<p>one</p>").unwrap();
+    let first = reports(&images(&repo, "build", &bed.registry, &[]));
+    std::fs::write(repo.root().join("frontend/extra.html"), "<p>two</p>").unwrap();
+    let second = reports(&images(&repo, "build", &bed.registry, &[]));
+    let tag = |reports: &[Value]| {
+        report(reports, "frontend")["tag"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        tag(&first).starts_with(&format!("{}-dirty-", tag(&clean))),
+        "{}",
+        tag(&first)
+    );
+    assert_ne!(tag(&first), tag(&second));
+    assert_eq!(
+        report(&second, "backend")["tag"],
+        report(&clean, "backend")["tag"],
+        "backend context is clean"
+    );
+    assert_eq!(report(&first, "frontend")["build"]["status"], "done");
+}

@@ -4,6 +4,8 @@
 //! `scripts/test-bed.sh up` started. A missing service is a loud panic with the
 //! command that fixes it, never a silent skip: in CI every service is there.
 
+pub mod sim;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -346,36 +348,46 @@ impl TcpForwarder {
     }
 }
 
+/// `cargo build` of one binary of this workspace, from inside a test. The
+/// variables cargo sets for the running test are removed, so the build sees
+/// the environment a developer's own `cargo build` sees and finds its
+/// artifacts fresh instead of rebuilding them.
+pub fn cargo_build_binary(package: &str, binary: &str) -> PathBuf {
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    command
+        .args(["build", "--quiet", "--package", package, "--bin", binary])
+        .current_dir(&root);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR")
+            || key == "OUT_DIR"
+        {
+            command.env_remove(&key);
+        }
+    }
+    let status = command.status().expect("cargo runs");
+    assert!(status.success(), "building {binary} failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target.join("debug").join(binary)
+}
+
 /// The run-migrations binary, built from this workspace (debug) and
 /// stripped, so that layering it into test images stays quick.
 pub fn run_migrations_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
         .get_or_init(|| {
-            let root = workspace_root();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = std::process::Command::new(cargo)
-                .args([
-                    "build",
-                    "--quiet",
-                    "--package",
-                    "backend-migrations",
-                    "--bin",
-                    "run-migrations",
-                ])
-                .current_dir(&root)
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building run-migrations failed");
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("target"));
+            let built = cargo_build_binary("backend-migrations", "run-migrations");
             let stripped = std::env::temp_dir()
                 .join(format!("run-migrations-stripped-{}", std::process::id()));
             let status = std::process::Command::new("strip")
                 .arg("-o")
                 .arg(&stripped)
-                .arg(target.join("debug/run-migrations"))
+                .arg(built)
                 .status()
                 .expect("strip runs (binutils)");
             assert!(status.success(), "strip failed");

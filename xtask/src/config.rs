@@ -327,8 +327,20 @@ fn expand_path(path: &str, root: &Path, home: Option<&Path>) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The colony-dev environment of the test config, for other modules' tests.
+    pub(crate) fn environment() -> Environment {
+        resolve(
+            CONFIG,
+            Path::new("/repo/deploy.toml"),
+            None,
+            &EnvOverrides::default(),
+            Some(Path::new("/home/dev")),
+        )
+        .unwrap()
+    }
 
     const CONFIG: &str = r#"
 default_environment = "colony-dev"

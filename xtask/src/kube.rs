@@ -32,6 +32,20 @@ fn kubectl(env: &Environment, rest: &[&str]) -> Vec<String> {
     args
 }
 
+pub fn backend_deployments_args(env: &Environment) -> Vec<String> {
+    kubectl(
+        env,
+        &[
+            "get",
+            "deployments",
+            "--selector",
+            &component_selector(env, "backend"),
+            "-o",
+            "json",
+        ],
+    )
+}
+
 /// The backend's ReplicaSets; the newest one's `pod-template-hash` names the
 /// pods to verify (never `deploy/…`, which picks the oldest healthy pod).
 pub fn backend_replicasets_args(env: &Environment) -> Vec<String> {

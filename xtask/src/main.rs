@@ -1,7 +1,9 @@
 //! `cargo xtask`: Colony's deploy tool. One module per command; this file
 //! only parses the command line and maps errors to exit codes.
 
+mod backup;
 mod cli;
+mod cluster;
 mod config;
 mod context;
 mod deploy;
@@ -32,7 +34,7 @@ fn main() {
         Command::Deploy(args) => deploy::run(args),
         Command::Build(args) => stages::build(args),
         Command::Push(args) => stages::push(args),
-        Command::Backup(args) => stages::backup(args),
+        Command::Backup(args) => backup::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Rollback(args) => rollback::run(args),
         Command::Status(args) => stages::status(args),

@@ -56,7 +56,7 @@ pub enum Item {
     Note(String),
 }
 
-pub const BACKUP_SCRIPT: &str = "scripts/backup-db.sh";
+pub const BACKUP_SCRIPT: &str = crate::backup::SCRIPT;
 const FAILURE_STATES: &str =
     "Init:CrashLoopBackOff, Init:Error, ErrImagePull, ImagePullBackOff, CrashLoopBackOff";
 
@@ -144,14 +144,7 @@ pub fn deploy_plan(env: &Environment, facts: &DeployFacts) -> Plan {
         },
         Step {
             title: "Back up the database (alongside steps 2-3; must succeed before step 5)".into(),
-            items: vec![run(
-                vec![
-                    BACKUP_SCRIPT.into(),
-                    env.namespace.clone(),
-                    env.backup_dir.display().to_string(),
-                ],
-                Some("last line: the backup file's path"),
-            )],
+            items: vec![run(crate::backup::script_args(env), Some("last line: the backup file's path"))],
         },
         Step {
             title: "Install or upgrade the release, digests pinned".into(),

@@ -1,6 +1,5 @@
-//! `build`, `push`, `backup`, `status`: one stage alone. `backup` and
-//! `status` validate their environment and say plainly that their work is
-//! not built yet.
+//! `build`, `push`, `status`: one stage alone. `status` validates its
+//! environment and says plainly that its work is not built yet.
 
 use anyhow::Result;
 
@@ -37,17 +36,6 @@ fn images_stage(args: ImageArgs, stage: Stage) -> Result<()> {
         print!("{}", images::render_table(&reports));
     }
     Ok(())
-}
-
-pub fn backup(args: StageArgs) -> Result<()> {
-    let env = config::load(args.env.as_deref(), &args.env_overrides)?;
-    Err(not_built_yet(
-        "backup",
-        &format!(
-            "back up by hand with `kubectl --context {} --namespace {} exec <database pod> -- pg_dump -Fc`.",
-            env.kube_context, env.namespace
-        ),
-    ))
 }
 
 pub fn status(args: StageArgs) -> Result<()> {

@@ -1,23 +1,504 @@
-//! `cargo xtask verify [<env>]`: validates the environment and the expected
-//! head today; the checks against the cluster land with the simulated cluster.
+//! `cargo xtask verify [<env>]`: the newest backend pods run the expected
+//! Alembic head and their `run-migrations` init container completed.
+//!
+//! Facts are read through kubectl (`gather`), then judged by a pure
+//! function (`evaluate`), so every verdict is unit-tested.
+
+use std::fmt::Write as _;
 
 use anyhow::Result;
+use serde_json::{json, Value};
 
 use crate::cli::VerifyArgs;
-use crate::error::{input_error, not_built_yet};
+use crate::cluster::{self, Backend};
+use crate::config::Environment;
+use crate::error::input_error;
 use crate::{config, kube, plan, versions};
+
+pub const COMPLETE: &str = "Migrations complete.";
+const DETECTION: &str = "Detected pre-Alembic schema";
+
+/// What verify looked at.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub expected_head: String,
+    pub backend: Backend,
+    /// The pod of the newest ReplicaSet that was examined.
+    pub pod: Option<String>,
+    /// `alembic current` in that pod: (exit code, stdout, stderr).
+    pub alembic_current: Option<cluster::Output>,
+    /// The `run-migrations` log of each pod of the newest ReplicaSet (the
+    /// examined pod first): only one replica migrates or stamps, the others
+    /// find the head, and every one must have completed.
+    pub migrations_logs: Vec<(String, Option<String>)>,
+}
+
+/// At most this many pods' logs are read.
+const MAX_LOGS: usize = 10;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+    /// The command to run next when the check failed.
+    pub next: Option<String>,
+}
 
 pub fn run(args: VerifyArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
-    let head = versions::expected_head(&env)
+    let expected_head = versions::expected_head(&env)
         .map_err(|why| input_error(format!("cannot verify {}: {why}", env.name)))?;
-    let pod = "<newest backend pod>";
-    Err(not_built_yet(
-        "verify",
-        &format!(
-            "check by hand that `{}` prints `{head} (head)` and that `{}` ends with `Migrations complete.`",
-            plan::display_argv(&kube::alembic_current_args(&env, pod)),
-            plan::display_argv(&kube::migrations_log_args(&env, pod)),
-        ),
-    ))
+    let facts = gather(&env, expected_head)?;
+    let checks = evaluate(&env, &facts);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&env, &facts, &checks))?
+        );
+    } else {
+        print!("{}", render(&env, &facts, &checks));
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} checks failed", checks.len());
+    }
+    Ok(())
+}
+
+/// Reads the cluster: the Deployment, its newest ReplicaSet's pods, and in
+/// one of those pods `alembic current` and the run-migrations log.
+pub fn gather(env: &Environment, expected_head: String) -> Result<Facts> {
+    let backend = Backend::read(env)?;
+    let pod = choose_pod(&backend.pods).map(|p| cluster::name(p).to_string());
+    let running = pod.as_ref().is_some_and(|name| {
+        backend
+            .pods
+            .iter()
+            .any(|p| cluster::name(p) == name && p["status"]["phase"] == "Running")
+    });
+    let alembic_current = match (&pod, running) {
+        (Some(name), true) => Some(cluster::run(&kube::alembic_current_args(env, name))?),
+        _ => None,
+    };
+    let mut names: Vec<String> = pod.iter().cloned().collect();
+    names.extend(
+        backend
+            .pods
+            .iter()
+            .map(|p| cluster::name(p).to_string())
+            .filter(|n| Some(n) != pod.as_ref()),
+    );
+    let mut migrations_logs = Vec::new();
+    for name in names.into_iter().take(MAX_LOGS) {
+        let output = cluster::run(&kube::migrations_log_args(env, &name))?;
+        migrations_logs.push((name, (output.code == 0).then_some(output.stdout)));
+    }
+    Ok(Facts {
+        expected_head,
+        backend,
+        pod,
+        alembic_current,
+        migrations_logs,
+    })
+}
+
+/// A ready pod if there is one, else a running one, else the first: the
+/// one whose init log explains the rollout.
+fn choose_pod(pods: &[Value]) -> Option<&Value> {
+    pods.iter()
+        .find(|p| cluster::pod_ready(p))
+        .or_else(|| pods.iter().find(|p| p["status"]["phase"] == "Running"))
+        .or_else(|| pods.iter().find(|p| cluster::pod_problem(p).is_some()))
+        .or_else(|| pods.first())
+}
+
+/// The verdicts. Pure.
+pub fn evaluate(env: &Environment, facts: &Facts) -> Vec<Check> {
+    let describe_pods = format!(
+        "kubectl --context {} --namespace {} get pods --selector {}",
+        env.kube_context,
+        env.namespace,
+        kube::component_selector(env, "backend")
+    );
+    let mut checks = Vec::new();
+    let Some(deployment) = &facts.backend.deployment else {
+        checks.push(Check {
+            name: "backend deployment",
+            ok: false,
+            detail: format!(
+                "no Deployment labelled {} in namespace {}",
+                kube::component_selector(env, "backend"),
+                env.namespace
+            ),
+            next: Some(format!("cargo xtask deploy {}", env.name)),
+        });
+        return checks;
+    };
+    let newest = cluster::newest_replicaset(&facts.backend.replicasets);
+    checks.push(Check {
+        name: "backend deployment",
+        ok: newest.is_some(),
+        detail: match newest {
+            Some(rs) => format!(
+                "{}, newest ReplicaSet {} (revision {})",
+                cluster::name(deployment),
+                cluster::name(rs),
+                rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                    .as_str()
+                    .unwrap_or("?")
+            ),
+            None => format!("{} has no ReplicaSet yet", cluster::name(deployment)),
+        },
+        next: newest.is_none().then(|| describe_pods.clone()),
+    });
+    checks.push(rollout_check(facts, deployment, &describe_pods));
+    checks.push(alembic_check(env, facts));
+    checks.push(log_check(env, facts));
+    checks
+}
+
+fn rollout_check(facts: &Facts, deployment: &Value, describe_pods: &str) -> Check {
+    let wanted = deployment["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+    let ready = facts
+        .backend
+        .pods
+        .iter()
+        .filter(|p| cluster::pod_ready(p))
+        .count();
+    let newest = cluster::newest_replicaset(&facts.backend.replicasets)
+        .map(cluster::name)
+        .unwrap_or_default();
+    let old_pods: u64 = facts
+        .backend
+        .replicasets
+        .iter()
+        .filter(|rs| cluster::name(rs) != newest)
+        .map(|rs| rs["status"]["replicas"].as_u64().unwrap_or(0))
+        .sum();
+    let problems: Vec<String> = facts
+        .backend
+        .pods
+        .iter()
+        .filter_map(|p| {
+            let problem = cluster::pod_problem(p)?;
+            let exit = problem.exit_code.map_or(String::new(), |c| {
+                format!(", {} exited {c}", problem.container)
+            });
+            Some(format!("{} {}{exit}", cluster::name(p), problem.reason))
+        })
+        .collect();
+    let ok = ready >= wanted && old_pods == 0 && problems.is_empty();
+    let mut detail = format!("{ready}/{wanted} pods of the newest ReplicaSet ready");
+    if old_pods > 0 {
+        let _ = write!(
+            detail,
+            "; {old_pods} pod(s) of an older ReplicaSet still serving"
+        );
+    }
+    if !problems.is_empty() {
+        let _ = write!(detail, "; {}", problems.join("; "));
+    }
+    Check {
+        name: "rollout complete",
+        ok,
+        detail,
+        next: (!ok).then(|| describe_pods.to_string()),
+    }
+}
+
+fn alembic_check(env: &Environment, facts: &Facts) -> Check {
+    let expected = format!("{} (head)", facts.expected_head);
+    let (Some(pod), Some(output)) = (&facts.pod, &facts.alembic_current) else {
+        return Check {
+            name: "alembic current",
+            ok: false,
+            detail: format!("no running pod in the newest ReplicaSet to ask; expected {expected}"),
+            next: facts
+                .pod
+                .as_ref()
+                .map(|p| plan::display_argv(&kube::migrations_log_args(env, p))),
+        };
+    };
+    let answer = output
+        .stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or_default()
+        .to_string();
+    let ok = output.code == 0 && answer == expected;
+    let detail = if output.code != 0 {
+        format!(
+            "`alembic current` in {pod} exited {}: {}",
+            output.code,
+            output.stderr.trim().lines().last().unwrap_or_default()
+        )
+    } else if ok {
+        format!("{answer} in {pod}")
+    } else if answer.is_empty() {
+        format!(
+            "the database has no Alembic revision; expected {}",
+            facts.expected_head
+        )
+    } else {
+        format!(
+            "the database is at {}, expected {} (head)",
+            answer.trim_end_matches(" (head)"),
+            facts.expected_head
+        )
+    };
+    Check {
+        name: "alembic current",
+        ok,
+        detail,
+        next: (!ok).then(|| plan::display_argv(&kube::migrations_log_args(env, pod))),
+    }
+}
+
+fn log_check(env: &Environment, facts: &Facts) -> Check {
+    let last_line = |log: &str| {
+        log.lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let Some((first_pod, _)) = facts.migrations_logs.first() else {
+        return Check {
+            name: "migrations log",
+            ok: false,
+            detail: "no pod in the newest ReplicaSet".into(),
+            next: None,
+        };
+    };
+    let unfinished: Vec<(&String, String)> = facts
+        .migrations_logs
+        .iter()
+        .map(|(pod, log)| (pod, last_line(log.as_deref().unwrap_or_default())))
+        .filter(|(_, last)| last != COMPLETE)
+        .collect();
+    let stamped_by = facts
+        .migrations_logs
+        .iter()
+        .find(|(_, log)| {
+            log.as_deref()
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with(DETECTION))
+        })
+        .map(|(pod, _)| pod);
+    let pods = facts.migrations_logs.len();
+    match unfinished.first() {
+        None => Check {
+            name: "migrations log",
+            ok: true,
+            detail: match stamped_by {
+                Some(pod) => format!("{pods}/{pods} end with \"{COMPLETE}\"; {pod} stamped the pre-Alembic schema first"),
+                None => format!("{pods}/{pods} end with \"{COMPLETE}\"; no stamp was needed"),
+            },
+            next: None,
+        },
+        Some((pod, last)) => Check {
+            name: "migrations log",
+            ok: false,
+            detail: if last.is_empty() {
+                format!("{pod}: the run-migrations log is empty (still starting?)")
+            } else {
+                format!("{pod}: ends with \"{last}\", not \"{COMPLETE}\"")
+            },
+            next: Some(plan::display_argv(&kube::migrations_log_args(env, if unfinished.is_empty() { first_pod } else { pod }))),
+        },
+    }
+}
+
+pub fn render(env: &Environment, facts: &Facts, checks: &[Check]) -> String {
+    let mut out = format!(
+        "Verify {} (namespace {}, release {})\n",
+        env.name, env.namespace, env.release
+    );
+    for check in checks {
+        let _ = writeln!(
+            out,
+            "  {} {:<19} {}",
+            if check.ok { "✓" } else { "✗" },
+            check.name,
+            check.detail
+        );
+        if let Some(next) = &check.next {
+            let _ = writeln!(out, "      next: {next}");
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed == 0 {
+        let _ = writeln!(out, "All {} checks passed.", checks.len());
+    } else if let Some((pod, Some(log))) = facts.migrations_logs.first() {
+        // The newest pod's own log, never an older pod's.
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nrun-migrations log of {pod} (last {} lines):",
+            tail.len()
+        );
+        for line in tail {
+            let _ = writeln!(out, "  | {line}");
+        }
+    }
+    out
+}
+
+pub fn to_json(env: &Environment, facts: &Facts, checks: &[Check]) -> Value {
+    json!({
+        "environment": env.name,
+        "namespace": env.namespace,
+        "release": env.release,
+        "expected_head": facts.expected_head,
+        "pod": facts.pod,
+        "passed": checks.iter().all(|c| c.ok),
+        "checks": checks.iter().map(|c| json!({"name": c.name, "ok": c.ok, "detail": c.detail, "next": c.next})).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Output;
+
+    fn env() -> Environment {
+        crate::config::tests::environment()
+    }
+
+    fn pod(name: &str, ready: bool, init_failed: bool) -> Value {
+        let init_state = if init_failed {
+            json!({"waiting": {"reason": "CrashLoopBackOff"}})
+        } else {
+            json!({"terminated": {"exitCode": 0, "reason": "Completed"}})
+        };
+        json!({
+            "metadata": {"name": name},
+            "status": {
+                "phase": if init_failed { "Pending" } else { "Running" },
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                "initContainerStatuses": [{"name": "run-migrations", "state": init_state,
+                    "lastState": if init_failed { json!({"terminated": {"exitCode": 1}}) } else { json!({}) }}],
+            }
+        })
+    }
+
+    fn rs(name: &str, revision: u64, replicas: u64) -> Value {
+        json!({"metadata": {"name": name, "annotations": {"deployment.kubernetes.io/revision": revision.to_string()},
+               "labels": {"pod-template-hash": name}}, "status": {"replicas": replicas}})
+    }
+
+    fn facts(current: &str, log: &str) -> Facts {
+        Facts {
+            expected_head: "0002_activity_and_comments".into(),
+            backend: Backend {
+                deployment: Some(
+                    json!({"metadata": {"name": "colony-backend"}, "spec": {"replicas": 1}}),
+                ),
+                replicasets: vec![
+                    rs("colony-backend-new", 2, 1),
+                    rs("colony-backend-old", 1, 0),
+                ],
+                pods: vec![pod("colony-backend-new-abcde", true, false)],
+            },
+            pod: Some("colony-backend-new-abcde".into()),
+            alembic_current: Some(Output {
+                code: 0,
+                stdout: format!("{current}\n"),
+                stderr: String::new(),
+            }),
+            migrations_logs: vec![("colony-backend-new-abcde".into(), Some(log.into()))],
+        }
+    }
+
+    const GOOD_LOG: &str =
+        "Detected pre-Alembic schema; stamping 0001_baseline so …\nMigrations complete.\n";
+
+    #[test]
+    fn a_healthy_release_passes_every_check_and_reports_the_stamp() {
+        let checks = evaluate(
+            &env(),
+            &facts("0002_activity_and_comments (head)", GOOD_LOG),
+        );
+        assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
+        assert!(
+            checks[3]
+                .detail
+                .contains("colony-backend-new-abcde stamped the pre-Alembic schema first"),
+            "{}",
+            checks[3].detail
+        );
+    }
+
+    #[test]
+    fn a_database_behind_head_names_both_revisions() {
+        let checks = evaluate(&env(), &facts("0001_baseline", GOOD_LOG));
+        let alembic = &checks[2];
+        assert!(!alembic.ok);
+        assert_eq!(
+            alembic.detail,
+            "the database is at 0001_baseline, expected 0002_activity_and_comments (head)"
+        );
+        assert!(alembic
+            .next
+            .as_deref()
+            .unwrap()
+            .contains("logs colony-backend-new-abcde --container run-migrations"));
+    }
+
+    #[test]
+    fn a_crash_looping_new_replicaset_fails_even_with_old_pods_serving() {
+        let mut facts = facts("", "Traceback…\nRuntimeError: boom\n");
+        facts.backend.replicasets = vec![
+            rs("colony-backend-new", 2, 1),
+            rs("colony-backend-old", 1, 1),
+        ];
+        facts.backend.pods = vec![pod("colony-backend-new-abcde", false, true)];
+        facts.alembic_current = None;
+        let checks = evaluate(&env(), &facts);
+        let rollout = &checks[1];
+        assert!(!rollout.ok);
+        assert!(
+            rollout
+                .detail
+                .contains("1 pod(s) of an older ReplicaSet still serving"),
+            "{}",
+            rollout.detail
+        );
+        assert!(
+            rollout
+                .detail
+                .contains("Init:CrashLoopBackOff, run-migrations exited 1"),
+            "{}",
+            rollout.detail
+        );
+        assert!(!checks[2].ok && !checks[3].ok);
+        let text = render(&env(), &facts, &checks);
+        assert!(
+            text.contains("run-migrations log of colony-backend-new-abcde"),
+            "{text}"
+        );
+        assert!(text.contains("RuntimeError: boom"), "{text}");
+    }
+
+    #[test]
+    fn no_deployment_says_to_deploy() {
+        let mut facts = facts("", "");
+        facts.backend.deployment = None;
+        let checks = evaluate(&env(), &facts);
+        assert_eq!(checks.len(), 1);
+        assert_eq!(
+            checks[0].next.as_deref(),
+            Some("cargo xtask deploy colony-dev")
+        );
+    }
 }

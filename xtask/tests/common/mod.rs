@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod stack;
+
 use std::path::Path;
 use std::process::{Command, Output};
 

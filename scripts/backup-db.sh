@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Back up Colony's database to a custom-format pg_dump archive.
+#
+#   scripts/backup-db.sh [--context CTX] [--release NAME] [--db-user U] [--db-name D] <namespace> [out-dir]
+#
+# In-chart PostgreSQL: finds the database pod by its labels
+# (app.kubernetes.io/component=database, and app.kubernetes.io/instance=NAME
+# with --release) and runs `pg_dump -Fc` in it through `kubectl exec`.
+# External database: set DATABASE_URL and pg_dump runs here instead.
+#
+# Writes <out-dir>/<namespace>-<UTC timestamp>.dump (mode 0600; out-dir
+# defaults to the current directory), checks it with `pg_restore --list`,
+# and prints its path as the last line. On any failure it exits non-zero and
+# leaves no file under the final name.
+set -euo pipefail
+
+usage() {
+  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+die() { printf 'backup-db: error: %s\n' "$*" >&2; exit 1; }
+
+context="" release="" db_user=colony db_name=colony
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --context) context=${2:?--context needs a value}; shift 2 ;;
+    --release) release=${2:?--release needs a value}; shift 2 ;;
+    --db-user) db_user=${2:?--db-user needs a value}; shift 2 ;;
+    --db-name) db_name=${2:?--db-name needs a value}; shift 2 ;;
+    -h|--help) usage ;;
+    --) shift; break ;;
+    -*) printf 'backup-db: unknown option %s\n' "$1" >&2; usage ;;
+    *) break ;;
+  esac
+done
+if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; fi
+namespace=$1
+out_dir=${2:-.}
+[[ $namespace =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]] || die "namespace \"$namespace\" is not a valid DNS-1123 label"
+
+kubectl_args=(--namespace "$namespace")
+[ -n "$context" ] && kubectl_args=(--context "$context" "${kubectl_args[@]}")
+
+umask 077
+mkdir -p "$out_dir"
+final="$out_dir/$namespace-$(date -u +%Y%m%dT%H%M%SZ).dump"
+partial="$final.partial"
+[ -e "$final" ] && die "$final already exists"
+trap 'rm -f "$partial"' EXIT
+
+if [ -n "${DATABASE_URL:-}" ]; then
+  printf 'backup-db: pg_dump of the external database (DATABASE_URL)\n' >&2
+  pg_dump -Fc --dbname="$DATABASE_URL" > "$partial" || die "pg_dump failed"
+else
+  selector=app.kubernetes.io/component=database
+  [ -n "$release" ] && selector="$selector,app.kubernetes.io/instance=$release"
+  pod=$(kubectl "${kubectl_args[@]}" get pods --selector "$selector" -o name | head -n 1)
+  [ -n "$pod" ] || die "no database pod labelled $selector in namespace $namespace; for an external database set DATABASE_URL"
+  printf 'backup-db: pg_dump in %s\n' "$pod" >&2
+  kubectl "${kubectl_args[@]}" exec "${pod#pod/}" -- pg_dump -Fc --username "$db_user" "$db_name" > "$partial" \
+    || die "pg_dump in $pod failed"
+fi
+
+[ -s "$partial" ] || die "pg_dump wrote nothing"
+pg_restore --list "$partial" > /dev/null || die "the dump is not a readable archive (pg_restore --list failed)"
+chmod 600 "$partial"
+mv "$partial" "$final"
+trap - EXIT
+printf '%s\n' "$final"

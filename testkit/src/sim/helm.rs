@@ -1,0 +1,543 @@
+//! The simulated `helm`: releases and revisions kept in the state, charts
+//! rendered by the real `helm template`, outputs shaped like Helm 4's.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::args::{self, Parsed};
+use super::cluster::{self, PodCondition};
+use super::pod;
+use super::state::{now_ms, timestamp, Config, Dir, Revision, State};
+
+const VALUE_FLAGS: &[&str] = &[
+    "-n",
+    "--namespace",
+    "--kube-context",
+    "-f",
+    "--values",
+    "--set",
+    "--set-string",
+    "--set-file",
+    "--timeout",
+    "-o",
+    "--output",
+    "--revision",
+    "--max",
+    "--version",
+    "--template",
+];
+
+/// Runs one `helm` call; returns its exit code.
+pub fn main(dir: &Dir, argv: &[String]) -> i32 {
+    let config = match dir.config() {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    let parsed = args::parse(argv, VALUE_FLAGS);
+    let command = parsed
+        .positional
+        .first()
+        .map(String::as_str)
+        .unwrap_or_default();
+    // Local commands: the real helm answers.
+    if matches!(command, "version" | "template" | "lint") {
+        return passthrough(&config, argv);
+    }
+    if let Err(e) = args::check_with_real_tool(dir, &config.real_helm, "helm", argv) {
+        return fail(&e);
+    }
+    if let Some(context) = parsed.value(&["--kube-context"]) {
+        if context != config.context {
+            return fail(&format!(
+                "Error: Kubernetes cluster unreachable: context \"{context}\" does not exist"
+            ));
+        }
+    }
+    let namespace = parsed
+        .value(&["-n", "--namespace"])
+        .unwrap_or_else(|| "default".into());
+    let result = match command {
+        "upgrade" => upgrade(dir, &config, &parsed, &namespace),
+        "status" => status(dir, &parsed, &namespace),
+        "history" => history(dir, &parsed, &namespace),
+        "get" => get_values(dir, &parsed, &namespace),
+        "rollback" => rollback(dir, &config, &parsed, &namespace),
+        other => Err(format!(
+            "Error: the simulated cluster does not implement `helm {other}`"
+        )),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(message) => fail(&message),
+    }
+}
+
+fn fail(message: &str) -> i32 {
+    eprintln!("{message}");
+    1
+}
+
+fn passthrough(config: &Config, argv: &[String]) -> i32 {
+    Command::new(&config.real_helm)
+        .args(argv)
+        .status()
+        .map(|s| s.code().unwrap_or(1))
+        .unwrap_or(1)
+}
+
+fn key(namespace: &str, release: &str) -> String {
+    format!("{namespace}/{release}")
+}
+
+fn release_name(parsed: &Parsed) -> Result<String, String> {
+    parsed
+        .positional
+        .get(1)
+        .cloned()
+        .ok_or_else(|| "Error: release name is required".into())
+}
+
+fn upgrade(dir: &Dir, config: &Config, parsed: &Parsed, namespace: &str) -> Result<(), String> {
+    let release = release_name(parsed)?;
+    let chart = parsed
+        .positional
+        .get(2)
+        .cloned()
+        .ok_or("Error: \"helm upgrade\" requires 2 arguments")?;
+    let install = parsed.has(&["--install", "-i"]);
+    let existing = dir
+        .read()
+        .releases
+        .get(&key(namespace, &release))
+        .cloned()
+        .unwrap_or_default();
+    let upgrading = !existing.is_empty();
+    if !upgrading && !install {
+        return Err(format!(
+            "Error: UPGRADE FAILED: \"{release}\" has no deployed releases"
+        ));
+    }
+    let failed = |e: &str| {
+        format!(
+            "Error: {}: {}",
+            if upgrading {
+                "UPGRADE FAILED"
+            } else {
+                "INSTALLATION FAILED"
+            },
+            e.trim_start_matches("Error: ")
+        )
+    };
+    if existing
+        .last()
+        .is_some_and(|r| r.status.starts_with("pending-"))
+    {
+        return Err(failed(
+            "another operation (install/upgrade/rollback) is in progress",
+        ));
+    }
+    let manifest = render(config, &release, &chart, namespace, parsed).map_err(|e| failed(&e))?;
+    let values = user_values(parsed).map_err(|e| failed(&e))?;
+    let documents = parse_manifest(&manifest)?;
+    let (chart_name, app_version) = chart_metadata(&chart);
+    let revision = dir.update(|state| -> Result<u32, String> {
+        if !state.namespaces.iter().any(|n| n == namespace) {
+            if !parsed.has(&["--create-namespace"]) {
+                return Err(failed(&format!(
+                    "create: failed to create: namespaces \"{namespace}\" not found"
+                )));
+            }
+            state.namespaces.push(namespace.to_string());
+        }
+        let revisions = state.releases.entry(key(namespace, &release)).or_default();
+        let number = revisions.last().map_or(1, |r| r.revision + 1);
+        revisions.push(Revision {
+            revision: number,
+            status: if upgrading {
+                "pending-upgrade"
+            } else {
+                "pending-install"
+            }
+            .into(),
+            chart: chart_name.clone(),
+            app_version: app_version.clone(),
+            updated: timestamp(now_ms()),
+            description: if upgrading {
+                "Preparing upgrade"
+            } else {
+                "Initial install underway"
+            }
+            .into(),
+            values: values.clone(),
+            manifest: manifest.clone(),
+        });
+        Ok(number)
+    })?;
+    if !upgrading {
+        println!("Release \"{release}\" does not exist. Installing it now.");
+    }
+    apply_and_wait(
+        dir,
+        config,
+        parsed,
+        namespace,
+        &release,
+        revision,
+        &documents,
+        if upgrading { "Upgrade" } else { "Install" },
+    )?;
+    if upgrading {
+        println!("Release \"{release}\" has been upgraded. Happy Helming!");
+    }
+    print_summary(&release, namespace, revision);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_and_wait(
+    dir: &Dir,
+    config: &Config,
+    parsed: &Parsed,
+    namespace: &str,
+    release: &str,
+    revision: u32,
+    documents: &[Value],
+    action: &str,
+) -> Result<(), String> {
+    let started = dir.update(|state| cluster::apply(state, config, dir, namespace, documents));
+    for pod in &started {
+        pod::start_detached(dir, pod);
+    }
+    // Helm 4 waits only when asked (its default strategy is hookOnly).
+    let wait = parsed.flags.get("--wait").is_some_and(|v| {
+        v.iter()
+            .any(|w| w.is_empty() || w == "true" || w == "watcher" || w == "legacy")
+    });
+    let timeout = parsed
+        .value(&["--timeout"])
+        .and_then(|t| args::duration(&t))
+        .unwrap_or(Duration::from_secs(300));
+    let outcome = if wait {
+        wait_ready(dir, config, namespace, timeout)
+    } else {
+        Ok(())
+    };
+    let (status, description) = match &outcome {
+        Ok(()) => ("deployed".to_string(), format!("{action} complete")),
+        Err(why) => (
+            "failed".to_string(),
+            format!("{action} \"{release}\" failed: {why}"),
+        ),
+    };
+    dir.update(|state| finish_revision(state, namespace, release, revision, &status, &description));
+    outcome.map_err(|why| {
+        format!(
+            "Error: {}: {why}",
+            if action == "Install" {
+                "INSTALLATION FAILED"
+            } else {
+                "UPGRADE FAILED"
+            }
+        )
+    })
+}
+
+fn finish_revision(
+    state: &mut State,
+    namespace: &str,
+    release: &str,
+    revision: u32,
+    status: &str,
+    description: &str,
+) {
+    let revisions = state.releases.entry(key(namespace, release)).or_default();
+    for r in revisions.iter_mut() {
+        if r.revision == revision {
+            r.status = status.to_string();
+            r.description = description.to_string();
+            r.updated = timestamp(now_ms());
+        } else if status == "deployed" && r.status == "deployed" {
+            r.status = "superseded".into();
+        }
+    }
+}
+
+/// Polls until every workload's newest pods are ready, or the timeout.
+fn wait_ready(
+    dir: &Dir,
+    config: &Config,
+    namespace: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let not_ready = dir.update(|state| {
+            cluster::progress(state, dir, config);
+            state
+                .pods
+                .iter()
+                .filter(|p| !p.deleted && p.namespace == namespace)
+                .filter(|p| {
+                    let newest = state
+                        .replicasets
+                        .iter()
+                        .filter(|rs| rs.namespace == namespace)
+                        .filter(|rs| {
+                            state
+                                .replicasets
+                                .iter()
+                                .any(|r| r.name == p.replicaset && r.deployment == rs.deployment)
+                        })
+                        .max_by_key(|rs| rs.revision)
+                        .map(|rs| rs.name.clone());
+                    newest.as_deref() == Some(p.replicaset.as_str())
+                })
+                .filter(|p| {
+                    cluster::condition(dir, config, p) != PodCondition::Running { ready: true }
+                })
+                .map(|p| p.name.clone())
+                .collect::<Vec<_>>()
+        });
+        if not_ready.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("resource not ready, name: {}, kind: Pod, status: InProgress: context deadline exceeded", not_ready[0]));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn print_summary(release: &str, namespace: &str, revision: u32) {
+    println!("NAME: {release}\nLAST DEPLOYED: {}\nNAMESPACE: {namespace}\nSTATUS: deployed\nREVISION: {revision}\nTEST SUITE: None", timestamp(now_ms()));
+}
+
+/// The real `helm template` with the upgrade's chart and values.
+fn render(
+    config: &Config,
+    release: &str,
+    chart: &str,
+    namespace: &str,
+    parsed: &Parsed,
+) -> Result<String, String> {
+    let mut command = Command::new(&config.real_helm);
+    command.args(["template", release, chart, "--namespace", namespace]);
+    for file in parsed.values(&["-f", "--values"]) {
+        command.args(["-f", &file]);
+    }
+    for (flag, names) in [("--set", ["--set"]), ("--set-string", ["--set-string"])] {
+        for value in parsed.values(&names) {
+            command.args([flag, &value]);
+        }
+    }
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn parse_manifest(manifest: &str) -> Result<Vec<Value>, String> {
+    serde_yaml_ng::Deserializer::from_str(manifest)
+        .map(|doc| {
+            serde::Deserialize::deserialize(doc).map_err(|e: serde_yaml_ng::Error| e.to_string())
+        })
+        .filter(|doc| !matches!(doc, Ok(Value::Null)))
+        .collect()
+}
+
+/// `-f` files merged, then `--set`/`--set-string` paths: what `helm get
+/// values` calls user-supplied.
+fn user_values(parsed: &Parsed) -> Result<Value, String> {
+    let mut values = json!({});
+    for file in parsed.values(&["-f", "--values"]) {
+        let text = std::fs::read_to_string(&file).map_err(|e| format!("open {file}: {e}"))?;
+        let parsed: Value = serde_yaml_ng::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
+        merge(&mut values, parsed);
+    }
+    for assignment in parsed.values(&["--set", "--set-string"]) {
+        let (path, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| format!("failed parsing --set data: {assignment}"))?;
+        let mut target = &mut values;
+        for part in path.split('.') {
+            target = target
+                .as_object_mut()
+                .ok_or("set path through a non-map")?
+                .entry(part.to_string())
+                .or_insert_with(|| json!({}));
+        }
+        *target = Value::String(value.to_string());
+    }
+    Ok(values)
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(into), Value::Object(from)) => {
+            for (k, v) in from {
+                merge(into.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, from) => *slot = from,
+    }
+}
+
+fn chart_metadata(chart: &str) -> (String, String) {
+    let text =
+        std::fs::read_to_string(std::path::Path::new(chart).join("Chart.yaml")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.trim().trim_matches('"').to_string())
+            .unwrap_or_default()
+    };
+    (
+        format!("{}-{}", field("name"), field("version")),
+        field("appVersion"),
+    )
+}
+
+fn revisions(dir: &Dir, namespace: &str, release: &str) -> Result<Vec<Revision>, String> {
+    match dir.read().releases.get(&key(namespace, release)) {
+        Some(revisions) if !revisions.is_empty() => Ok(revisions.clone()),
+        _ => Err("Error: release: not found".into()),
+    }
+}
+
+fn status(dir: &Dir, parsed: &Parsed, namespace: &str) -> Result<(), String> {
+    let release = release_name(parsed)?;
+    let revisions = revisions(dir, namespace, &release)?;
+    let latest = revisions.last().expect("not empty");
+    let first = revisions.first().expect("not empty");
+    let body = json!({
+        "name": release,
+        "info": {"first_deployed": first.updated, "last_deployed": latest.updated, "deleted": "",
+                 "description": latest.description, "status": latest.status, "notes": ""},
+        "config": latest.values,
+        "version": latest.revision,
+        "namespace": namespace,
+    });
+    if parsed.value(&["-o", "--output"]).as_deref() == Some("json") {
+        println!("{body}");
+    } else {
+        println!(
+            "NAME: {release}\nLAST DEPLOYED: {}\nNAMESPACE: {namespace}\nSTATUS: {}\nREVISION: {}",
+            latest.updated, latest.status, latest.revision
+        );
+    }
+    Ok(())
+}
+
+fn history(dir: &Dir, parsed: &Parsed, namespace: &str) -> Result<(), String> {
+    let release = release_name(parsed)?;
+    let revisions = revisions(dir, namespace, &release)?;
+    let rows: Vec<Value> = revisions
+        .iter()
+        .map(|r| {
+            json!({"revision": r.revision, "updated": r.updated, "status": r.status, "chart": r.chart,
+                   "app_version": r.app_version, "description": r.description})
+        })
+        .collect();
+    if parsed.value(&["-o", "--output"]).as_deref() == Some("json") {
+        println!("{}", Value::Array(rows));
+    } else {
+        println!("REVISION\tUPDATED\tSTATUS\tCHART\tAPP VERSION\tDESCRIPTION");
+        for r in &revisions {
+            println!(
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                r.revision, r.updated, r.status, r.chart, r.app_version, r.description
+            );
+        }
+    }
+    Ok(())
+}
+
+fn get_values(dir: &Dir, parsed: &Parsed, namespace: &str) -> Result<(), String> {
+    if parsed.positional.get(1).map(String::as_str) != Some("values") {
+        return Err("Error: the simulated cluster implements only `helm get values`".into());
+    }
+    let release = parsed
+        .positional
+        .get(2)
+        .cloned()
+        .ok_or("Error: release name is required")?;
+    let revisions = revisions(dir, namespace, &release)?;
+    let wanted = parsed
+        .value(&["--revision"])
+        .and_then(|r| r.parse::<u32>().ok());
+    let revision = match wanted {
+        Some(n) => revisions
+            .iter()
+            .find(|r| r.revision == n)
+            .ok_or("Error: release: not found")?,
+        None => revisions.last().expect("not empty"),
+    };
+    if parsed.value(&["-o", "--output"]).as_deref() == Some("json") {
+        println!("{}", revision.values);
+    } else {
+        println!(
+            "USER-SUPPLIED VALUES:\n{}",
+            serde_yaml_ng::to_string(&revision.values).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn rollback(dir: &Dir, config: &Config, parsed: &Parsed, namespace: &str) -> Result<(), String> {
+    let release = release_name(parsed)?;
+    let revisions = revisions(dir, namespace, &release)?;
+    let latest = revisions.last().expect("not empty").clone();
+    if latest.status.starts_with("pending-") {
+        return Err("Error: another operation (install/upgrade/rollback) is in progress".into());
+    }
+    let target = match parsed.positional.get(2).and_then(|r| r.parse::<u32>().ok()) {
+        Some(0) | None => revisions
+            .iter()
+            .rev()
+            .nth(1)
+            .cloned()
+            .ok_or("Error: no revision to roll back to")?,
+        Some(n) => revisions
+            .iter()
+            .find(|r| r.revision == n)
+            .cloned()
+            .ok_or(format!("Error: release has no {n} version"))?,
+    };
+    let documents = parse_manifest(&target.manifest)?;
+    let number = latest.revision + 1;
+    dir.update(|state| {
+        state
+            .releases
+            .entry(key(namespace, &release))
+            .or_default()
+            .push(Revision {
+                revision: number,
+                status: "pending-rollback".into(),
+                updated: timestamp(now_ms()),
+                description: format!("Rollback to {}", target.revision),
+                ..target.clone()
+            });
+    });
+    apply_and_wait(
+        dir, config, parsed, namespace, &release, number, &documents, "Rollback",
+    )
+    .map_err(|e| e.replace("UPGRADE FAILED", "ROLLBACK FAILED"))?;
+    dir.update(|state| {
+        finish_revision(
+            state,
+            namespace,
+            &release,
+            number,
+            "deployed",
+            &format!("Rollback to {}", target.revision),
+        )
+    });
+    println!("Rollback was a success! Happy Helming!");
+    Ok(())
+}

@@ -1,0 +1,388 @@
+//! The simulated `kubectl`: `get` in kubectl's JSON shapes, `logs` from
+//! what the init containers really printed, `exec` running the real command
+//! in the pod's image against the real database.
+
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use super::args::{self, Parsed};
+use super::cluster::{self, PodCondition};
+use super::image::find_in_image;
+use super::state::{Config, Dir, Pod, State};
+
+const VALUE_FLAGS: &[&str] = &[
+    "--context",
+    "-n",
+    "--namespace",
+    "-l",
+    "--selector",
+    "-o",
+    "--output",
+    "-c",
+    "--container",
+    "--field-selector",
+    "--request-timeout",
+    "--tail",
+    "--since",
+    "--sort-by",
+];
+
+pub fn main(dir: &Dir, argv: &[String]) -> i32 {
+    let config = match dir.config() {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    let parsed = args::parse(argv, VALUE_FLAGS);
+    let verb = parsed.positional.first().cloned().unwrap_or_default();
+    if verb == "config" {
+        return config_command(&config, &parsed);
+    }
+    if verb == "version" {
+        return Command::new(&config.real_kubectl)
+            .args(argv)
+            .status()
+            .map(|s| s.code().unwrap_or(1))
+            .unwrap_or(1);
+    }
+    if let Err(e) = args::check_with_real_tool(dir, &config.real_kubectl, "kubectl", argv) {
+        return fail(&e);
+    }
+    if let Some(context) = parsed.value(&["--context"]) {
+        if context != config.context {
+            return fail(&format!("error: context \"{context}\" does not exist"));
+        }
+    }
+    let namespace = parsed
+        .value(&["-n", "--namespace"])
+        .unwrap_or_else(|| "default".into());
+    let state = dir.update(|state| {
+        cluster::progress(state, dir, &config);
+        state.clone()
+    });
+    let result = match verb.as_str() {
+        "get" => get(dir, &config, &state, &parsed, &namespace),
+        "logs" => logs(dir, &state, &parsed, &namespace),
+        "exec" => return exec(&config, dir, &state, &parsed, &namespace),
+        other => Err(format!(
+            "error: the simulated cluster does not implement `kubectl {other}`"
+        )),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(message) => fail(&message),
+    }
+}
+
+fn fail(message: &str) -> i32 {
+    eprintln!("{message}");
+    1
+}
+
+fn config_command(config: &Config, parsed: &Parsed) -> i32 {
+    match parsed.positional.get(1).map(String::as_str) {
+        Some("current-context") if config.context.is_empty() => {
+            fail("error: current-context is not set")
+        }
+        Some("current-context") => {
+            println!("{}", config.context);
+            0
+        }
+        other => fail(&format!(
+            "error: the simulated cluster does not implement `kubectl config {}`",
+            other.unwrap_or("")
+        )),
+    }
+}
+
+fn live_pods<'a>(state: &'a State, namespace: &str) -> impl Iterator<Item = &'a Pod> {
+    let namespace = namespace.to_string();
+    state
+        .pods
+        .iter()
+        .filter(move |p| !p.deleted && p.namespace == namespace)
+}
+
+fn get(
+    dir: &Dir,
+    config: &Config,
+    state: &State,
+    parsed: &Parsed,
+    namespace: &str,
+) -> Result<(), String> {
+    let kind = parsed.positional.get(1).cloned().unwrap_or_default();
+    let name = parsed.positional.get(2).cloned();
+    let selector = parsed.value(&["-l", "--selector"]).unwrap_or_default();
+    let matches = |n: &str, labels: &std::collections::BTreeMap<String, String>| {
+        name.as_deref().is_none_or(|wanted| wanted == n)
+            && cluster::selector_matches(&selector, labels)
+    };
+    let (resource, items): (&str, Vec<(String, Value)>) = match kind.as_str() {
+        "pods" | "pod" | "po" => (
+            "pod",
+            live_pods(state, namespace)
+                .filter(|p| matches(&p.name, &p.labels))
+                .map(|p| (p.name.clone(), cluster::pod_json(dir, config, p)))
+                .collect(),
+        ),
+        "replicasets" | "replicaset" | "rs" => (
+            "replicaset.apps",
+            state
+                .replicasets
+                .iter()
+                .filter(|rs| rs.namespace == namespace && matches(&rs.name, &rs.labels))
+                .map(|rs| {
+                    (
+                        rs.name.clone(),
+                        cluster::replicaset_json(state, dir, config, rs),
+                    )
+                })
+                .collect(),
+        ),
+        "deployments" | "deployment" | "deploy" | "statefulsets" | "statefulset" | "sts" => {
+            let wanted = if kind.starts_with("deploy") {
+                "Deployment"
+            } else {
+                "StatefulSet"
+            };
+            (
+                if wanted == "Deployment" {
+                    "deployment.apps"
+                } else {
+                    "statefulset.apps"
+                },
+                state
+                    .deployments
+                    .iter()
+                    .filter(|d| {
+                        d.kind == wanted && d.namespace == namespace && matches(&d.name, &d.labels)
+                    })
+                    .map(|d| {
+                        (
+                            d.name.clone(),
+                            cluster::deployment_json(state, dir, config, d),
+                        )
+                    })
+                    .collect(),
+            )
+        }
+        "events" | "event" | "ev" => {
+            let field = parsed.value(&["--field-selector"]).unwrap_or_default();
+            let involved = field.strip_prefix("involvedObject.name=").map(String::from);
+            (
+                "event",
+                live_pods(state, namespace)
+                    .filter(|p| involved.as_deref().is_none_or(|n| n == p.name))
+                    .flat_map(|p| cluster::events_json(dir, config, p))
+                    .map(|e| (String::new(), e))
+                    .collect(),
+            )
+        }
+        other => {
+            return Err(format!(
+                "error: the server doesn't have a resource type \"{other}\""
+            ))
+        }
+    };
+    if let (Some(wanted), true) = (&name, items.is_empty()) {
+        return Err(format!(
+            "Error from server (NotFound): {}s \"{wanted}\" not found",
+            resource.split('.').next().unwrap_or(resource)
+        ));
+    }
+    match parsed.value(&["-o", "--output"]).as_deref() {
+        Some("json") if name.is_some() => {
+            println!("{}", serde_json::to_string_pretty(&items[0].1).unwrap())
+        }
+        Some("json") => println!(
+            "{}",
+            serde_json::to_string_pretty(&cluster::list(items.into_iter().map(|i| i.1).collect()))
+                .unwrap()
+        ),
+        Some("name") => items.iter().for_each(|(n, _)| println!("{}/{n}", resource)),
+        _ if items.is_empty() => eprintln!("No resources found in {namespace} namespace."),
+        _ => print_table(&kind, &items),
+    }
+    Ok(())
+}
+
+fn print_table(kind: &str, items: &[(String, Value)]) {
+    if kind.starts_with("po") {
+        println!(
+            "{:<48} {:<7} {:<24} {:<9}",
+            "NAME", "READY", "STATUS", "RESTARTS"
+        );
+        for (name, pod) in items {
+            let ready = pod["status"]["conditions"][1]["status"] == "True";
+            println!(
+                "{name:<48} {:<7} {:<24} {:<9}",
+                if ready { "1/1" } else { "0/1" },
+                pod_status_text(pod),
+                restarts(pod)
+            );
+        }
+    } else {
+        println!("NAME");
+        items.iter().for_each(|(n, _)| println!("{n}"));
+    }
+}
+
+/// The STATUS column kubectl derives (`Init:CrashLoopBackOff`, `Running`…).
+fn pod_status_text(pod: &Value) -> String {
+    let reason = |statuses: &Value| {
+        statuses
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|s| s["state"]["waiting"]["reason"].as_str().map(String::from))
+    };
+    if let Some(r) = reason(&pod["status"]["initContainerStatuses"]) {
+        return format!("Init:{r}");
+    }
+    reason(&pod["status"]["containerStatuses"])
+        .unwrap_or_else(|| pod["status"]["phase"].as_str().unwrap_or("").to_string())
+}
+
+fn restarts(pod: &Value) -> u64 {
+    pod["status"]["initContainerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["restartCount"].as_u64())
+        .sum()
+}
+
+fn find_pod<'a>(state: &'a State, namespace: &str, name: &str) -> Result<&'a Pod, String> {
+    live_pods(state, namespace)
+        .find(|p| p.name == name)
+        .ok_or_else(|| format!("Error from server (NotFound): pods \"{name}\" not found"))
+}
+
+fn logs(dir: &Dir, state: &State, parsed: &Parsed, namespace: &str) -> Result<(), String> {
+    let name = parsed
+        .positional
+        .get(1)
+        .ok_or("error: expected 'logs [-f] [-p] (POD | TYPE/NAME) [-c CONTAINER]'")?;
+    let pod = find_pod(state, namespace, name.trim_start_matches("pod/"))?;
+    let container = parsed
+        .value(&["-c", "--container"])
+        .or_else(|| pod.spec["containers"][0]["name"].as_str().map(String::from))
+        .unwrap_or_default();
+    let known = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|k| pod.spec[*k].as_array().cloned().unwrap_or_default())
+        .any(|c| c["name"] == container.as_str());
+    if !known {
+        return Err(format!(
+            "error: container {container} is not valid for pod {}",
+            pod.name
+        ));
+    }
+    let text =
+        std::fs::read_to_string(cluster::log_path(dir, &pod.name, &container)).unwrap_or_default();
+    let tail = parsed
+        .value(&["--tail"])
+        .and_then(|t| t.parse::<usize>().ok());
+    let lines: Vec<&str> = text.lines().collect();
+    let start = tail.map_or(0, |n| lines.len().saturating_sub(n));
+    for line in &lines[start..] {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn exec(config: &Config, dir: &Dir, state: &State, parsed: &Parsed, namespace: &str) -> i32 {
+    let Some(name) = parsed.positional.get(1) else {
+        return fail(
+            "error: expected 'exec (POD | TYPE/NAME) [-c CONTAINER] [flags] -- COMMAND [args...]'",
+        );
+    };
+    let pod = match find_pod(state, namespace, name.trim_start_matches("pod/")) {
+        Ok(pod) => pod,
+        Err(e) => return fail(&e),
+    };
+    let Some(program) = parsed.command.first().cloned() else {
+        return fail("error: you must specify at least one command for the container");
+    };
+    if pod.database {
+        return database_exec(config, &parsed.command);
+    }
+    let container_name = parsed.value(&["-c", "--container"]).unwrap_or_default();
+    let container = pod.spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| container_name.is_empty() || c["name"] == container_name.as_str())
+        .cloned()
+        .unwrap_or(Value::Null);
+    if !matches!(
+        cluster::condition(dir, config, pod),
+        PodCondition::Running { .. }
+    ) || container.is_null()
+    {
+        return fail(&format!(
+            "error: unable to upgrade connection: container not found (\"{container_name}\")"
+        ));
+    }
+    let rootfs = pod.rootfs.clone().unwrap_or_default();
+    // The image's own file first; Python tools come from the bed's venv.
+    let executable = find_in_image(&rootfs, &program)
+        .or_else(|| Some(config.venv.join("bin").join(&program)).filter(|p| p.is_file()))
+        .map(|p| p.into_os_string())
+        .unwrap_or_else(|| program.clone().into());
+    let status = Command::new(executable)
+        .args(&parsed.command[1..])
+        .current_dir(cluster::working_dir(pod, &container).unwrap_or(rootfs))
+        .env_clear()
+        .envs(cluster::container_env(config, &container))
+        .status();
+    match status {
+        Ok(status) => status.code().unwrap_or(137),
+        Err(e) => fail(&format!(
+            "OCI runtime exec failed: exec failed: unable to start container process: exec: \"{program}\": {e}: unknown"
+        )),
+    }
+}
+
+/// `pg_dump`/`pg_restore`/`psql` in the database pod: the bed's tools, with
+/// the pod-local connection options replaced by the bed's database URL.
+fn database_exec(config: &Config, command: &[String]) -> i32 {
+    let tool = command[0].as_str();
+    if !matches!(tool, "pg_dump" | "pg_restore" | "psql" | "pg_isready") {
+        return fail(&format!(
+            "OCI runtime exec failed: exec: \"{tool}\": not in the simulated database pod"
+        ));
+    }
+    if tool == "pg_dump" && config.faults.pg_dump_fails {
+        eprintln!("pg_dump: error: connection to server on socket \"/var/run/postgresql/.s.PGSQL.5432\" failed: FATAL:  the database system is shutting down");
+        return 1;
+    }
+    let mut rest = Vec::new();
+    let mut args = command[1..].iter();
+    let mut positional = Vec::new();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-U" | "-h" | "-p" | "-d" | "--username" | "--host" | "--port" | "--dbname" => {
+                args.next();
+            }
+            a if a.starts_with("--username=")
+                || a.starts_with("--dbname=")
+                || a.starts_with("--host=")
+                || a.starts_with("--port=") => {}
+            a if !a.starts_with('-') => positional.push(a.to_string()),
+            a => rest.push(a.to_string()),
+        }
+    }
+    // pg_restore's positional argument is its input file; the others' is the database.
+    if tool == "pg_restore" {
+        rest.extend(positional);
+    }
+    let status = Command::new(config.pg_bin.join(tool))
+        .arg(format!("--dbname={}", config.database_url))
+        .args(rest)
+        .stdin(Stdio::inherit())
+        .status();
+    status
+        .map(|s| s.code().unwrap_or(1))
+        .unwrap_or_else(|e| fail(&e.to_string()))
+}

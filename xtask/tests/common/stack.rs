@@ -1,0 +1,182 @@
+//! A whole stack for end-to-end tests: the Colony fixture repo, the bed's
+//! registry, Docker and PostgreSQL, and a simulated cluster in front of them.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+use testkit::sim::SimCluster;
+use testkit::{ColonyRepo, TestBed};
+
+use super::{xtask, Run};
+
+pub const CONTEXT: &str = "homelab";
+pub const NAMESPACE: &str = "colony-dev";
+
+pub struct Stack {
+    pub repo: ColonyRepo,
+    pub sim: SimCluster,
+    pub database_url: String,
+    pub home: tempfile::TempDir,
+}
+
+impl Stack {
+    /// A fresh database (or one made by `setup_sql`) behind a new cluster.
+    pub fn new(setup_sql: Option<&str>) -> Stack {
+        let bed = TestBed::get();
+        let database_url = bed.create_database("stack");
+        if let Some(file) = setup_sql {
+            bed.psql_file(&database_url, &testkit::workspace_root().join(file));
+        }
+        let repo = ColonyRepo::create();
+        repo.use_repositories("e2e-colony");
+        let home = tempfile::tempdir().unwrap();
+        let values = home.path().join("homelab/colony-dev/my-values.yaml");
+        std::fs::create_dir_all(values.parent().unwrap()).unwrap();
+        std::fs::write(&values, "backend:\n  replicas: 2\n").unwrap();
+        let sim = SimCluster::new(CONTEXT, &database_url);
+        Stack {
+            repo,
+            sim,
+            database_url,
+            home,
+        }
+    }
+
+    pub fn values_file(&self) -> PathBuf {
+        self.home.path().join("homelab/colony-dev/my-values.yaml")
+    }
+
+    pub fn backup_dir(&self) -> PathBuf {
+        self.home.path().join("backups")
+    }
+
+    /// The environment every process of the stack runs with.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let bed = TestBed::get();
+        let path = format!(
+            "{}:{}",
+            self.sim.bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut env = vec![
+            ("PATH".to_string(), path),
+            ("HOME".to_string(), self.home.path().display().to_string()),
+            ("DOCKER_HOST".to_string(), bed.docker_host.clone()),
+            ("COLONY_CONFIG".to_string(), "deploy.toml".to_string()),
+            ("COLONY_REGISTRY".to_string(), bed.registry.clone()),
+            (
+                "COLONY_RUN_MIGRATIONS_BIN".to_string(),
+                testkit::run_migrations_binary().display().to_string(),
+            ),
+        ];
+        env.extend(self.sim.env());
+        env
+    }
+
+    pub fn xtask(&self, args: &[&str]) -> Run {
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        xtask(self.repo.root(), args, &env)
+    }
+
+    /// Builds and pushes the repo's images; returns `pinned` references by component.
+    pub fn push_images(&self) -> Vec<(String, String, String, String)> {
+        let run = self.xtask(&["push", "--json"]);
+        assert_eq!(run.code, 0, "push failed:\n{}", run.all());
+        let reports: Value = serde_json::from_str(&run.stdout).unwrap();
+        reports
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["component"].as_str().unwrap().to_string(),
+                    r["repository"].as_str().unwrap().to_string(),
+                    r["tag"].as_str().unwrap().to_string(),
+                    r["digest"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// `helm upgrade --install` through the simulated cluster, as a user
+    /// following the runbook would, with the pushed images pinned.
+    pub fn helm_install(&self, extra: &[&str]) -> std::process::Output {
+        let images = self.push_images();
+        let mut args: Vec<String> = [
+            "upgrade",
+            "--install",
+            "colony",
+            "./helm/colony",
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+            "--kube-context",
+            CONTEXT,
+            "-f",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.push(self.values_file().display().to_string());
+        for (component, repository, tag, digest) in images {
+            for (key, value) in [("repository", repository), ("tag", tag), ("digest", digest)] {
+                args.push("--set-string".into());
+                args.push(format!("{component}.image.{key}={value}"));
+            }
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let output = Command::new("helm")
+            .args(&args)
+            .current_dir(self.repo.root())
+            .envs(self.env())
+            .output()
+            .expect("helm (simulated) runs");
+        self.sim.settle();
+        output
+    }
+
+    /// Runs Alembic on the host against the stack's database, with the
+    /// fixture's scripts.
+    pub fn alembic(&self, args: &[&str]) -> String {
+        let output = Command::new(&TestBed::get().alembic)
+            .args(args)
+            .current_dir(testkit::workspace_root().join("testdata/colony/backend"))
+            .env("DATABASE_URL", &self.database_url)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "alembic {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        TestBed::get().psql(&self.database_url, sql)
+    }
+
+    /// The calls recorded by the simulated cluster, one `tool arg arg…` string each.
+    pub fn calls(&self) -> Vec<String> {
+        self.sim
+            .calls()
+            .into_iter()
+            .map(|(tool, argv)| format!("{tool} {}", argv.join(" ")))
+            .collect()
+    }
+}
+
+/// Asserts that `wanted` appear in `calls` in this order (others may come between).
+pub fn assert_in_order(calls: &[String], wanted: &[&str]) {
+    let mut position = 0;
+    for want in wanted {
+        match calls[position..].iter().position(|c| c.contains(want)) {
+            Some(found) => position += found + 1,
+            None => panic!(
+                "no call containing {want:?} after position {position} in:\n{}",
+                calls.join("\n")
+            ),
+        }
+    }
+}

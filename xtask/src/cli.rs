@@ -115,6 +115,13 @@ pub struct DeployArgs {
     /// Skip the database backup (refused unless --yes is also given).
     #[arg(long)]
     pub no_backup: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The run-migrations binary to layer into the backend image
+    /// [default: `cargo build --release` it from this workspace].
+    #[arg(long, env = "COLONY_RUN_MIGRATIONS_BIN", value_name = "FILE")]
+    pub migrations_binary: Option<PathBuf>,
     #[command(flatten)]
     pub env_overrides: EnvOverrides,
 }

@@ -300,6 +300,29 @@ fn problems(env: &Environment) -> Vec<String> {
     problems
 }
 
+/// A Go duration of the accepted subset (`90s`, `10m`, `1h30m`).
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    check_duration(text).ok()?;
+    let mut total = 0u64;
+    let mut number = 0u64;
+    for c in text.chars() {
+        match c {
+            '0'..='9' => number = number * 10 + u64::from(c as u8 - b'0'),
+            'h' | 'm' | 's' => {
+                total += number
+                    * match c {
+                        'h' => 3600,
+                        'm' => 60,
+                        _ => 1,
+                    };
+                number = 0;
+            }
+            _ => return None,
+        }
+    }
+    Some(std::time::Duration::from_secs(total))
+}
+
 /// Helm takes Go durations; we accept the common subset (e.g. 90s, 10m, 1h30m).
 fn check_duration(text: &str) -> Result<(), String> {
     let ok = !text.is_empty()
@@ -470,6 +493,8 @@ registry = "ghcr.io/colony-app"
     #[test]
     fn durations() {
         assert!(check_duration("10m").is_ok() && check_duration("1h30m").is_ok());
+        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
+        assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
         assert!(check_duration("10").is_err() && check_duration("ten minutes").is_err());
     }
 }

@@ -31,11 +31,3 @@ pub fn exit_code(error: &anyhow::Error) -> i32 {
         1
     }
 }
-
-/// A stage whose work a later issue builds. Says so plainly, never pretends.
-pub fn not_built_yet(stage: &str, instead: &str) -> anyhow::Error {
-    anyhow::anyhow!(
-        "`cargo xtask {stage}` is not built yet: this version only validates its arguments and \
-         the environment. Until it is, {instead}"
-    )
-}

@@ -119,6 +119,47 @@ pub fn status_args(env: &Environment) -> Vec<String> {
     .to_vec()
 }
 
+pub fn history_args(env: &Environment) -> Vec<String> {
+    release_command(env, &["history"], &["-o", "json"])
+}
+
+pub fn get_values_args(env: &Environment, revision: u32) -> Vec<String> {
+    release_command(
+        env,
+        &["get", "values"],
+        &["--revision", &revision.to_string(), "-o", "json"],
+    )
+}
+
+/// `helm rollback <release> <revision>`, waiting as the upgrade does.
+pub fn rollback_args(env: &Environment, revision: u32, helm_major: u32) -> Vec<String> {
+    let wait = if helm_major >= 4 {
+        "--wait=watcher"
+    } else {
+        "--wait"
+    };
+    release_command(
+        env,
+        &["rollback"],
+        &[&revision.to_string(), wait, "--timeout", &env.helm_timeout],
+    )
+}
+
+/// `helm <verb…> <release> <extra…> --namespace … --kube-context …`.
+fn release_command(env: &Environment, verb: &[&str], extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["helm".into()];
+    args.extend(verb.iter().map(|s| s.to_string()));
+    args.push(env.release.clone());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend([
+        "--namespace".into(),
+        env.namespace.clone(),
+        "--kube-context".into(),
+        env.kube_context.clone(),
+    ]);
+    args
+}
+
 /// Helm treats a bare name as a repository chart; a local chart needs a path.
 fn chart_path(chart: &str) -> String {
     if Path::new(chart).is_absolute() || chart.starts_with("./") || chart.starts_with("../") {

@@ -28,6 +28,8 @@ pub const MIGRATIONS_BINARY_IN_IMAGE: &str = "/usr/local/bin/run-migrations";
 pub enum Stage {
     Build,
     Push,
+    /// `deploy --skip-build`: the registry must already hold every tag.
+    UseExisting,
 }
 
 pub struct Options {
@@ -191,6 +193,13 @@ impl BuildTask {
                 report.build = StepOutcome::Skipped("in registry");
                 report.push = StepOutcome::Skipped("in registry");
                 return Ok(report);
+            }
+            Ok(None) if self.stage == Stage::UseExisting => {
+                return Err(anyhow!(
+                "{}:{} is not in the registry; deploy without --skip-build to build and push it",
+                report.repository,
+                report.tag
+            ))
             }
             Ok(None) => {}
             // Building alone does not need the registry; pushing does.

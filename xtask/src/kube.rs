@@ -85,6 +85,25 @@ pub fn alembic_current_args(env: &Environment, pod: &str) -> Vec<String> {
     )
 }
 
+pub fn container_log_args(env: &Environment, pod: &str, container: &str) -> Vec<String> {
+    kubectl(env, &["logs", pod, "--container", container])
+}
+
+pub fn pod_events_args(env: &Environment, pod: &str) -> Vec<String> {
+    let field = format!("involvedObject.name={pod}");
+    kubectl(
+        env,
+        &["get", "events", "--field-selector", &field, "-o", "json"],
+    )
+}
+
+/// Runs a command in the backend container of `pod`.
+pub fn backend_exec_args(env: &Environment, pod: &str, command: &[&str]) -> Vec<String> {
+    let mut rest = vec!["exec", pod, "--container", "backend", "--"];
+    rest.extend_from_slice(command);
+    kubectl(env, &rest)
+}
+
 pub fn migrations_log_args(env: &Environment, pod: &str) -> Vec<String> {
     kubectl(env, &["logs", pod, "--container", "run-migrations"])
 }

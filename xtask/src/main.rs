@@ -19,8 +19,11 @@ mod names;
 mod plan;
 mod progress;
 mod registry;
+mod release;
 mod rollback;
+mod rollout;
 mod stages;
+mod status;
 mod verify;
 mod versions;
 
@@ -37,7 +40,7 @@ fn main() {
         Command::Backup(args) => backup::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Rollback(args) => rollback::run(args),
-        Command::Status(args) => stages::status(args),
+        Command::Status(args) => status::run(args),
         Command::Doctor(args) => doctor::run(args),
     };
     if let Err(error) = result {

@@ -1,15 +1,23 @@
-//! `cargo xtask rollback [<env>] --to <rev> | --steps N`: refuses bad targets
-//! and unconfirmed runs before anything happens. The downgrade itself lands
-//! with the deploy/rollback issue.
+//! `cargo xtask rollback [<env>] --to <rev> | --steps N`: back up, run
+//! `alembic downgrade` in a pod of the *current* release (its scripts know
+//! how to go down), check the revision, then roll the app back to the newest
+//! earlier Helm revision whose recorded head is the target — so that the
+//! next pod start does not upgrade the database again.
 
 use std::io::IsTerminal;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Result};
 use backend_migrations::revisions::RevisionGraph;
 
 use crate::cli::RollbackArgs;
-use crate::error::{input_error, not_built_yet};
-use crate::{config, names, versions};
+use crate::cluster::{self, Backend};
+use crate::config::Environment;
+use crate::error::input_error;
+use crate::release::{self, ReleaseState};
+use crate::rollout::{self, Assessment};
+use crate::{backup, config, helm, kube, names, plan, verify, versions};
 
 pub fn run(args: RollbackArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
@@ -20,16 +28,159 @@ pub fn run(args: RollbackArgs) -> Result<()> {
         (None, Some(steps)) => target_by_steps(&graph, steps)?,
         (None, None) => unreachable!("clap requires --to or --steps"),
     };
-    if !args.yes && !std::io::stdin().is_terminal() {
+    confirm(&env, &target, args.yes)?;
+
+    release::check_context(&env)?;
+    let revision = match release::check_not_pending(&env)? {
+        ReleaseState::Installed { revision, .. } => revision,
+        ReleaseState::NotInstalled => bail!(
+            "release {} is not installed in {}: nothing to roll back",
+            env.release,
+            env.namespace
+        ),
+    };
+    let pod = running_pod(&env)?;
+    let before = alembic_current(&env, &pod)?;
+    eprintln!("rollback: {} is at {before}; target {target}", env.name);
+
+    let backup = backup::take(&env)?;
+    eprintln!("rollback: backup {}", backup.path.display());
+
+    if before.trim_end_matches(" (head)") != target {
+        downgrade(&env, &pod, &target)?;
+    }
+    let now = alembic_current(&env, &pod)?;
+    if now.trim_end_matches(" (head)") != target {
+        bail!(
+            "after `alembic downgrade {target}` the database reports {now:?}; the backup is {}",
+            backup.path.display()
+        );
+    }
+
+    let Some(app_revision) = revision_with_head(&env, revision, &target)? else {
+        bail!(
+            "the database is now at {target} (backup {}), but no earlier Helm revision of {} recorded head {target}. \
+             The current release's run-migrations would upgrade the database again the next time a backend pod \
+             starts. Deploy a build whose Alembic versions end at {target} (`cargo xtask deploy {}` from that commit), \
+             or undo with `alembic upgrade head` in a backend pod",
+            backup.path.display(),
+            env.release,
+            env.name
+        );
+    };
+    roll_app_back(&env, app_revision)?;
+
+    let facts = verify::gather(&env, target.clone())?;
+    let checks = verify::evaluate(&env, &facts);
+    print!("{}", verify::render(&env, &facts, &checks));
+    if checks.iter().any(|c| !c.ok) {
+        bail!("the rollback finished but verify failed against {target}: see the checks above");
+    }
+    println!(
+        "Rolled back {}: database {} -> {target} (backup {}); release revision {revision} -> rollback to {app_revision}",
+        env.name,
+        before.trim_end_matches(" (head)"),
+        backup.path.display()
+    );
+    Ok(())
+}
+
+/// Destructive: ask on a terminal, else require `--yes`.
+fn confirm(env: &Environment, target: &str, yes: bool) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
         return Err(input_error(format!(
             "rollback to {target} downgrades the database of {}; there is no terminal to confirm on, so pass --yes",
             env.name
         )));
     }
-    Err(not_built_yet(
-        "rollback",
-        &format!("the target {target} is valid; downgrade by hand with `alembic downgrade {target}` in a backend pod of the current release, after a backup."),
-    ))
+    eprint!(
+        "Downgrade the database of {} to {target} (after a backup), then roll the app back? [y/N] ",
+        env.name
+    );
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(input_error("not confirmed; nothing was changed"))
+    }
+}
+
+/// A ready pod of the current release's newest ReplicaSet.
+fn running_pod(env: &Environment) -> Result<String> {
+    let backend = Backend::read(env)?;
+    backend
+        .pods
+        .iter()
+        .find(|p| cluster::pod_ready(p))
+        .map(|p| cluster::name(p).to_string())
+        .ok_or_else(|| anyhow!("no ready backend pod in the newest ReplicaSet to run Alembic in: `cargo xtask verify {}`", env.name))
+}
+
+fn alembic_current(env: &Environment, pod: &str) -> Result<String> {
+    let output = cluster::run(&kube::alembic_current_args(env, pod))?;
+    if output.code != 0 {
+        bail!(
+            "`alembic current` in {pod} failed: {}",
+            output.stderr.trim()
+        );
+    }
+    Ok(output
+        .stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or_default()
+        .to_string())
+}
+
+fn downgrade(env: &Environment, pod: &str, target: &str) -> Result<()> {
+    let argv = kube::backend_exec_args(env, pod, &["alembic", "downgrade", target]);
+    eprintln!("$ {}", plan::display_argv(&argv));
+    let status = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("`alembic downgrade {target}` in {pod} failed ({status}); the database is as the output above left it");
+    }
+    Ok(())
+}
+
+/// The newest revision before `current` whose deploy record says `head`.
+fn revision_with_head(env: &Environment, current: u32, head: &str) -> Result<Option<u32>> {
+    let mut history = release::history(env)?;
+    history.sort_by_key(|h| std::cmp::Reverse(h.revision));
+    for entry in history.iter().filter(|h| h.revision < current) {
+        if release::record(env, entry.revision)?.alembic_head == head {
+            return Ok(Some(entry.revision));
+        }
+    }
+    Ok(None)
+}
+
+fn roll_app_back(env: &Environment, revision: u32) -> Result<()> {
+    let major = helm::detect_version(&xshell::Shell::new()?).map_or(4, |v| v.major);
+    let argv = helm::rollback_args(env, revision, major);
+    eprintln!("$ {}", plan::display_argv(&argv));
+    let output = cluster::run(&argv)?;
+    if output.code != 0 {
+        bail!("helm rollback failed: {}", output.stderr.trim());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let timeout = config::parse_duration(&env.helm_timeout).unwrap_or(Duration::from_secs(600));
+    match runtime.block_on(rollout::watch(env, 0, false, timeout, |_| {}))? {
+        Assessment::Complete => Ok(()),
+        Assessment::Failed { pod, problem } => {
+            bail!("{}", rollout::explain_failure(env, &pod, &problem))
+        }
+        Assessment::Waiting(why) => bail!("the rolled-back release did not become ready: {why}"),
+    }
 }
 
 fn check_target(graph: &RevisionGraph, to: &str) -> Result<String> {

@@ -1,11 +1,9 @@
-//! `build`, `push`, `status`: one stage alone. `status` validates its
-//! environment and says plainly that its work is not built yet.
+//! `build` and `push`: the image stages alone.
 
 use anyhow::Result;
 
-use crate::cli::{ImageArgs, StageArgs};
+use crate::cli::ImageArgs;
 use crate::config;
-use crate::error::not_built_yet;
 use crate::images::{self, Stage};
 
 pub fn build(args: ImageArgs) -> Result<()> {
@@ -36,15 +34,4 @@ fn images_stage(args: ImageArgs, stage: Stage) -> Result<()> {
         print!("{}", images::render_table(&reports));
     }
     Ok(())
-}
-
-pub fn status(args: StageArgs) -> Result<()> {
-    let env = config::load(args.env.as_deref(), &args.env_overrides)?;
-    Err(not_built_yet(
-        "status",
-        &format!(
-            "`helm history {} --namespace {} --kube-context {}` lists the releases.",
-            env.release, env.namespace, env.kube_context
-        ),
-    ))
 }

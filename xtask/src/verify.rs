@@ -33,6 +33,18 @@ pub struct Facts {
     pub migrations_logs: Vec<(String, Option<String>)>,
 }
 
+impl Facts {
+    /// The runner's pre-Alembic detection line, if a pod logged it.
+    pub fn detection_line(&self) -> Option<String> {
+        self.migrations_logs
+            .iter()
+            .filter_map(|(_, log)| log.as_deref())
+            .flat_map(str::lines)
+            .find(|l| l.starts_with(DETECTION))
+            .map(String::from)
+    }
+}
+
 /// At most this many pods' logs are read.
 const MAX_LOGS: usize = 10;
 

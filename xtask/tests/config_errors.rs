@@ -150,19 +150,6 @@ fn rollback_targets_and_confirmation() {
 }
 
 #[test]
-fn a_stage_not_built_yet_says_so_and_fails() {
-    let case = Case::new();
-    let run = case.run(&["status", "colony-dev"]);
-    assert_eq!(run.code, 1, "{}", run.all());
-    assert!(
-        run.stderr.contains("`cargo xtask status` is not built yet"),
-        "{}",
-        run.stderr
-    );
-    assert_eq!(case.tools.calls(), Vec::<String>::new());
-}
-
-#[test]
 fn image_stages_refuse_a_missing_dockerfile_before_running_anything() {
     let case = Case::new();
     std::fs::remove_file(case.repo.root().join("frontend/Dockerfile")).unwrap();

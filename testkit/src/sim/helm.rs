@@ -2,6 +2,7 @@
 //! rendered by the real `helm template`, outputs shaped like Helm 4's.
 
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -264,6 +265,28 @@ fn finish_revision(
     }
 }
 
+static TERMINATED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_terminate(_: libc::c_int) {
+    TERMINATED.store(true, Ordering::SeqCst);
+}
+
+/// Like Helm, a SIGTERM while waiting ends the wait and marks the release
+/// failed instead of leaving it pending.
+fn catch_terminate() {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(
+            libc::SIGTERM,
+            on_terminate as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGINT,
+            on_terminate as *const () as libc::sighandler_t,
+        );
+    }
+}
+
 /// Polls until every workload's newest pods are ready, or the timeout.
 fn wait_ready(
     dir: &Dir,
@@ -272,7 +295,11 @@ fn wait_ready(
     timeout: Duration,
 ) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
+    catch_terminate();
     loop {
+        if TERMINATED.load(Ordering::SeqCst) {
+            return Err("context canceled".into());
+        }
         let not_ready = dir.update(|state| {
             cluster::progress(state, dir, config);
             state

@@ -1,0 +1,211 @@
+//! The Helm release as `helm status`, `helm history` and `helm get values`
+//! describe it, and the preflight checks that read it.
+
+use anyhow::{anyhow, bail, Result};
+use serde_json::Value;
+
+use crate::cluster;
+use crate::config::Environment;
+use crate::error::input_error;
+use crate::{helm, kube, plan};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReleaseState {
+    NotInstalled,
+    Installed { status: String, revision: u32 },
+}
+
+/// `helm status`: not installed, or its status and revision.
+pub fn state(env: &Environment) -> Result<ReleaseState> {
+    let argv = helm::status_args(env);
+    let output = cluster::run(&argv)?;
+    if output.code != 0 {
+        if output.stderr.contains("release: not found") {
+            return Ok(ReleaseState::NotInstalled);
+        }
+        bail!(
+            "`{}` failed: {}",
+            plan::display_argv(&argv),
+            output.stderr.trim()
+        );
+    }
+    let status: Value = serde_json::from_str(&output.stdout)?;
+    Ok(ReleaseState::Installed {
+        status: status["info"]["status"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string(),
+        revision: status["version"].as_u64().unwrap_or(0) as u32,
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub revision: u32,
+    pub status: String,
+    pub updated: String,
+    pub description: String,
+}
+
+pub fn history(env: &Environment) -> Result<Vec<HistoryEntry>> {
+    let rows = cluster::json(&helm::history_args(env))?;
+    Ok(rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|row| HistoryEntry {
+            revision: row["revision"].as_u64().unwrap_or(0) as u32,
+            status: row["status"].as_str().unwrap_or_default().to_string(),
+            updated: row["updated"].as_str().unwrap_or_default().to_string(),
+            description: row["description"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect())
+}
+
+/// What `cargo xtask deploy` stored in a revision's values.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub git_sha: String,
+    pub alembic_head: String,
+    pub backup_file: String,
+    pub backend_image: String,
+    pub frontend_image: String,
+}
+
+pub fn record(env: &Environment, revision: u32) -> Result<Record> {
+    let values = cluster::json(&helm::get_values_args(env, revision))?;
+    Ok(record_from_values(&values))
+}
+
+/// Pure: the deploy record inside a release's user-supplied values.
+pub fn record_from_values(values: &Value) -> Record {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let image = |component: &str| {
+        let image = &values[component]["image"];
+        match (
+            image["repository"].as_str(),
+            image["digest"].as_str(),
+            image["tag"].as_str(),
+        ) {
+            (Some(repo), Some(digest), _) if !digest.is_empty() => format!("{repo}@{digest}"),
+            (Some(repo), _, Some(tag)) => format!("{repo}:{tag}"),
+            _ => String::new(),
+        }
+    };
+    Record {
+        git_sha: text(&values["deployRecord"]["gitSha"]),
+        alembic_head: text(&values["deployRecord"]["alembicHead"]),
+        backup_file: text(&values["deployRecord"]["backupFile"]),
+        backend_image: image("backend"),
+        frontend_image: image("frontend"),
+    }
+}
+
+/// The kube context must be the environment's: refuse naming both.
+pub fn check_context(env: &Environment) -> Result<()> {
+    let output = cluster::run(&kube::current_context_args())?;
+    let current = output.stdout.trim();
+    if output.code != 0 || current != env.kube_context {
+        return Err(input_error(format!(
+            "the current kube context is {}, but {} deploys to {}: run `kubectl config use-context {}` (or fix kube_context in {})",
+            if current.is_empty() { "not set".to_string() } else { format!("{current:?}") },
+            env.name,
+            env.kube_context,
+            env.kube_context,
+            env.config_file.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A release left `pending-*` blocks every later operation: say exactly
+/// how to get out. Pure.
+pub fn pending_recovery(env: &Environment, status: &str, history: &[HistoryEntry]) -> String {
+    let target = history
+        .iter()
+        .rev()
+        .find(|h| h.status == "deployed" || h.status == "superseded");
+    let how = match (status, target) {
+        ("pending-install", _) | (_, None) => format!(
+            "nothing was ever deployed successfully: `helm uninstall {} --namespace {} --kube-context {}`, then deploy again",
+            env.release, env.namespace, env.kube_context
+        ),
+        (_, Some(entry)) => format!(
+            "roll back to the last good revision {rev}: `helm rollback {} {rev} --namespace {} --kube-context {}`, then deploy again",
+            env.release,
+            env.namespace,
+            env.kube_context,
+            rev = entry.revision
+        ),
+    };
+    format!(
+        "release {} in {} is {status}: an earlier install, upgrade or rollback was interrupted, and Helm refuses every \
+         other operation until it is resolved ({how})",
+        env.release, env.namespace
+    )
+}
+
+/// Preflight: the release must not be pending.
+pub fn check_not_pending(env: &Environment) -> Result<ReleaseState> {
+    let state = state(env)?;
+    if let ReleaseState::Installed { status, .. } = &state {
+        if status.starts_with("pending-") {
+            let history = history(env).unwrap_or_default();
+            return Err(anyhow!(pending_recovery(env, status, &history)));
+        }
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(revision: u32, status: &str) -> HistoryEntry {
+        HistoryEntry {
+            revision,
+            status: status.into(),
+            updated: String::new(),
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_pending_upgrade_names_the_revision_to_roll_back_to() {
+        let env = crate::config::tests::environment();
+        let history = [
+            entry(1, "superseded"),
+            entry(2, "deployed"),
+            entry(3, "pending-upgrade"),
+        ];
+        let message = pending_recovery(&env, "pending-upgrade", &history);
+        assert!(message.contains("is pending-upgrade"), "{message}");
+        assert!(
+            message
+                .contains("`helm rollback colony 2 --namespace colony-dev --kube-context homelab`"),
+            "{message}"
+        );
+        let first = pending_recovery(&env, "pending-install", &[entry(1, "pending-install")]);
+        assert!(
+            first.contains("helm uninstall colony --namespace colony-dev --kube-context homelab"),
+            "{first}"
+        );
+    }
+
+    #[test]
+    fn records_come_from_the_values() {
+        let values = json!({
+            "backend": {"image": {"repository": "r/b", "tag": "t", "digest": "sha256:1"}},
+            "frontend": {"image": {"repository": "r/f", "tag": "t"}},
+            "deployRecord": {"gitSha": "abc", "alembicHead": "0002_x", "backupFile": "/b.dump"}
+        });
+        let record = record_from_values(&values);
+        assert_eq!(record.backend_image, "r/b@sha256:1");
+        assert_eq!(record.frontend_image, "r/f:t");
+        assert_eq!(
+            (record.git_sha.as_str(), record.alembic_head.as_str()),
+            ("abc", "0002_x")
+        );
+    }
+}

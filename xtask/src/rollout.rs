@@ -1,0 +1,227 @@
+//! Watching a rollout ourselves, alongside Helm: the newest backend
+//! ReplicaSet's pods either all become ready, or one of them enters a state
+//! that waiting will not fix — then we stop within seconds, not at Helm's
+//! timeout, and explain with the failing container's log and the pod's events.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::cluster::{self, Backend, PodProblem};
+use crate::config::Environment;
+use crate::kube;
+
+/// States that will not get better by waiting (Skaffold's and kubedog's list).
+const FATAL: &[&str] = &[
+    "CrashLoopBackOff",
+    "Error",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Assessment {
+    /// Still rolling out; why, for the progress line.
+    Waiting(String),
+    Failed {
+        pod: String,
+        problem: PodProblem,
+    },
+    Complete,
+}
+
+/// The newest ReplicaSet's revision before the deploy, so a rollout that
+/// has not created its ReplicaSet yet is not mistaken for complete.
+pub fn newest_revision(backend: &Backend) -> u64 {
+    cluster::newest_replicaset(&backend.replicasets)
+        .map(revision)
+        .unwrap_or(0)
+}
+
+fn revision(rs: &Value) -> u64 {
+    rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Judges one look at the cluster. `expect_new`: Helm changed the pod
+/// template, so a ReplicaSet newer than `before` must appear. Pure.
+pub fn assess(backend: &Backend, before: u64, expect_new: bool) -> Assessment {
+    let Some(deployment) = &backend.deployment else {
+        return Assessment::Waiting("waiting for the backend Deployment".into());
+    };
+    let Some(newest) = cluster::newest_replicaset(&backend.replicasets) else {
+        return Assessment::Waiting("waiting for the first ReplicaSet".into());
+    };
+    if expect_new && revision(newest) <= before {
+        return Assessment::Waiting("waiting for the new ReplicaSet".into());
+    }
+    for pod in &backend.pods {
+        if let Some(problem) = cluster::pod_problem(pod) {
+            if FATAL.iter().any(|f| problem.reason.ends_with(f)) {
+                return Assessment::Failed {
+                    pod: cluster::name(pod).to_string(),
+                    problem,
+                };
+            }
+        }
+    }
+    let wanted = deployment["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+    let ready = backend
+        .pods
+        .iter()
+        .filter(|p| cluster::pod_ready(p))
+        .count();
+    let old: u64 = backend
+        .replicasets
+        .iter()
+        .filter(|rs| cluster::name(rs) != cluster::name(newest))
+        .map(|rs| rs["status"]["replicas"].as_u64().unwrap_or(0))
+        .sum();
+    if ready >= wanted && old == 0 {
+        Assessment::Complete
+    } else {
+        Assessment::Waiting(format!(
+            "{ready}/{wanted} new pods ready, {old} old pod(s) left"
+        ))
+    }
+}
+
+/// Polls until the rollout completes or fails, or `timeout` passes.
+pub async fn watch(
+    env: &Environment,
+    before: u64,
+    expect_new: bool,
+    timeout: Duration,
+    mut on_wait: impl FnMut(&str),
+) -> Result<Assessment> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let env_for_read = env.clone();
+        let backend = tokio::task::spawn_blocking(move || Backend::read(&env_for_read)).await??;
+        match assess(&backend, before, expect_new) {
+            Assessment::Waiting(why) if Instant::now() < deadline => on_wait(&why),
+            Assessment::Waiting(why) => {
+                return Ok(Assessment::Waiting(format!("timed out: {why}")))
+            }
+            done => return Ok(done),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The failing container's log, exit code and the pod's events.
+pub fn explain_failure(env: &Environment, pod: &str, problem: &PodProblem) -> String {
+    let mut out = format!("pod {pod} is in {}", problem.reason);
+    if let Some(code) = problem.exit_code {
+        let _ = write!(
+            out,
+            ": container {} exited with code {code}",
+            problem.container
+        );
+    } else if !problem.message.is_empty() {
+        let _ = write!(out, ": {}", problem.message);
+    }
+    if problem.reason.contains("CrashLoopBackOff") || problem.reason.contains("Error") {
+        let log = cluster::run(&kube::container_log_args(env, pod, &problem.container))
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(25)..];
+        let _ = writeln!(
+            out,
+            "\n\n{} log of {pod} (last {} lines):",
+            problem.container,
+            tail.len()
+        );
+        for line in tail {
+            let _ = writeln!(out, "  | {line}");
+        }
+    }
+    if let Ok(events) = cluster::json(&kube::pod_events_args(env, pod)) {
+        let events = cluster::items(&events);
+        if !events.is_empty() {
+            let _ = writeln!(out, "\nevents of {pod}:");
+            for event in events.iter().rev().take(8).rev() {
+                let _ = writeln!(
+                    out,
+                    "  {} {}: {}",
+                    event["type"].as_str().unwrap_or_default(),
+                    event["reason"].as_str().unwrap_or_default(),
+                    event["message"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn backend(rs_revisions: &[(u64, u64)], pods: Vec<Value>) -> Backend {
+        Backend {
+            deployment: Some(json!({"spec": {"replicas": 1}})),
+            replicasets: rs_revisions
+                .iter()
+                .map(|(rev, replicas)| {
+                    json!({"metadata": {"name": format!("rs{rev}"), "annotations": {"deployment.kubernetes.io/revision": rev.to_string()}},
+                           "status": {"replicas": replicas}})
+                })
+                .collect(),
+            pods,
+        }
+    }
+
+    fn pod(ready: bool, init_waiting: Option<&str>) -> Value {
+        json!({"metadata": {"name": "p"}, "status": {
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+            "initContainerStatuses": init_waiting.map(|r| vec![json!({"name": "run-migrations",
+                "state": {"waiting": {"reason": r}}, "lastState": {"terminated": {"exitCode": 1}}})]).unwrap_or_default()}})
+    }
+
+    #[test]
+    fn waits_for_the_new_replicaset_before_judging() {
+        let old_only = backend(&[(1, 1)], vec![pod(true, None)]);
+        assert!(matches!(assess(&old_only, 1, true), Assessment::Waiting(_)));
+        assert_eq!(assess(&old_only, 1, false), Assessment::Complete);
+    }
+
+    #[test]
+    fn a_crash_loop_fails_at_once_even_while_old_pods_serve() {
+        let crashing = backend(
+            &[(1, 1), (2, 1)],
+            vec![pod(false, Some("CrashLoopBackOff"))],
+        );
+        match assess(&crashing, 1, true) {
+            Assessment::Failed { problem, .. } => {
+                assert_eq!(problem.reason, "Init:CrashLoopBackOff");
+                assert_eq!(problem.exit_code, Some(1));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn complete_only_when_old_pods_are_gone() {
+        let overlapping = backend(&[(1, 1), (2, 1)], vec![pod(true, None)]);
+        assert!(matches!(
+            assess(&overlapping, 1, true),
+            Assessment::Waiting(_)
+        ));
+        let done = backend(&[(1, 0), (2, 1)], vec![pod(true, None)]);
+        assert_eq!(assess(&done, 1, true), Assessment::Complete);
+        let initializing = backend(&[(1, 0), (2, 1)], vec![pod(false, Some("PodInitializing"))]);
+        assert!(matches!(
+            assess(&initializing, 1, true),
+            Assessment::Waiting(_)
+        ));
+    }
+}

@@ -1,0 +1,335 @@
+//! deploy, rollback and status end to end: the real xtask against the
+//! simulated cluster, with the real registry, Docker, PostgreSQL, Alembic,
+//! helm and run-migrations behind it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::stack::{assert_in_order, Stack, NAMESPACE};
+
+const DETECTION: &str = "Detected pre-Alembic schema; stamping 0001_baseline so the activity-log migration applies on top of the existing tables.";
+
+fn deploy(stack: &Stack) -> common::Run {
+    stack.xtask(&["deploy", "colony-dev", "--yes"])
+}
+
+fn helm_upgrades(stack: &Stack) -> usize {
+    stack
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("helm upgrade --install"))
+        .count()
+}
+
+fn revisions(stack: &Stack) -> usize {
+    stack
+        .sim
+        .state()
+        .releases
+        .get(&format!("{NAMESPACE}/colony"))
+        .map_or(0, Vec::len)
+}
+
+#[test]
+fn a_fresh_cluster_deploys_verifies_and_redeploys_with_nothing_to_build() {
+    let stack = Stack::new(None);
+    let first = deploy(&stack);
+    assert_eq!(first.code, 0, "{}", first.all());
+    assert!(first.stdout.contains("Deployed colony-dev to homelab/colony-dev: Helm revision 1, Alembic 0002_activity_and_comments (head)"), "{}", first.stdout);
+    assert!(
+        first
+            .stdout
+            .contains("skipped: first install, no database to back up yet"),
+        "{}",
+        first.stdout
+    );
+    assert!(
+        first.stdout.contains("4/4 checks passed"),
+        "{}",
+        first.stdout
+    );
+
+    let upgrade = stack
+        .calls()
+        .into_iter()
+        .find(|c| c.starts_with("helm upgrade --install"))
+        .unwrap();
+    assert!(
+        upgrade.contains("--set-string backend.image.digest=sha256:"),
+        "{upgrade}"
+    );
+    assert!(
+        upgrade.contains("--set-string frontend.image.digest=sha256:"),
+        "{upgrade}"
+    );
+    assert!(!upgrade.contains("latest"), "{upgrade}");
+    assert!(
+        upgrade.contains("--wait=watcher"),
+        "Helm 4 waits for nothing without it: {upgrade}"
+    );
+    assert!(
+        upgrade.contains("deployRecord.alembicHead=0002_activity_and_comments"),
+        "{upgrade}"
+    );
+
+    let verify = stack.xtask(&["verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+
+    // No change: both images are in the registry, the database is backed up
+    // before Helm runs, and the deploy is verified again.
+    let again = stack.xtask(&["deploy", "colony-dev", "--yes", "--json"]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    let summary: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
+    for image in summary["images"].as_array().unwrap() {
+        assert_eq!(image["build"]["status"], "skipped", "{image}");
+    }
+    let backup = summary["backup"].as_str().expect("a backup on redeploy");
+    assert!(std::path::Path::new(backup).is_file());
+    assert_eq!(summary["helm_revision"], 2);
+    let calls = stack.calls();
+    let second_upgrade = calls
+        .iter()
+        .rposition(|c| c.starts_with("helm upgrade --install"))
+        .unwrap();
+    let dump = calls
+        .iter()
+        .rposition(|c| c.contains("-- pg_dump -Fc"))
+        .expect("the backup ran");
+    assert!(
+        dump < second_upgrade,
+        "the backup must finish before helm upgrade:\n{}",
+        calls.join("\n")
+    );
+    assert!(
+        calls[second_upgrade].contains(&format!("deployRecord.backupFile={backup}")),
+        "{}",
+        calls[second_upgrade]
+    );
+
+    let status = stack.xtask(&["status"]);
+    assert_eq!(status.code, 0, "{}", status.all());
+    assert!(
+        status.stdout.contains("0002_activity_and_comments (head)"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains(&format!("backup  {backup}")),
+        "{}",
+        status.stdout
+    );
+}
+
+#[test]
+fn a_pre_alembic_cluster_is_stamped_and_keeps_its_rows() {
+    let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
+    let run = deploy(&stack);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains(DETECTION), "{}", run.stdout);
+    let verify = stack.xtask(&["verify"]);
+    assert!(
+        verify.stdout.contains("0002_activity_and_comments (head)"),
+        "{}",
+        verify.stdout
+    );
+    assert_eq!(
+        stack.psql("SELECT count(*) || '/' || (SELECT count(*) FROM chores) FROM households"),
+        "3/5"
+    );
+}
+
+#[test]
+fn a_failing_migration_stops_the_deploy_long_before_the_helm_timeout() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    std::fs::write(
+        stack.repo.root().join("backend/alembic/versions/0003_broken.py"),
+        "revision = '0003_broken'\ndown_revision = '0002_activity_and_comments'\n\n\
+         def upgrade():\n    raise RuntimeError('this migration is broken on purpose')\n\n\ndef downgrade():\n    pass\n",
+    )
+    .unwrap();
+    stack.repo.git(&["add", "-A"]);
+    stack.repo.git(&["commit", "-q", "-m", "broken migration"]);
+
+    let started = Instant::now();
+    let run = deploy(&stack);
+    let took = started.elapsed();
+    assert_eq!(run.code, 1, "{}", run.all());
+    // helm_timeout is 10m; the deploy must not wait for it.
+    assert!(took < Duration::from_secs(90), "took {took:?}");
+    assert!(
+        run.stderr.contains("Init:CrashLoopBackOff"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("container run-migrations exited with code 1"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("this migration is broken on purpose"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("events of colony-backend-"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        stack.psql("SELECT version_num FROM alembic_version"),
+        "0002_activity_and_comments"
+    );
+    // Helm was stopped and marked the release failed, not pending.
+    let status = &stack.sim.state().releases[&format!("{NAMESPACE}/colony")]
+        .last()
+        .unwrap()
+        .status
+        .clone();
+    assert_eq!(status, "failed");
+}
+
+#[test]
+fn preflight_failures_stop_before_helm_and_change_nothing() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    assert_eq!(deploy(&stack).code, 0);
+    let before = (helm_upgrades(&stack), revisions(&stack));
+
+    stack.sim.set_context("prod");
+    let run = deploy(&stack);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("the current kube context is \"prod\", but colony-dev deploys to homelab"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("kubectl config use-context homelab"),
+        "{}",
+        run.stderr
+    );
+    stack.sim.set_context("homelab");
+
+    stack
+        .sim
+        .set_release_status(NAMESPACE, "colony", "pending-upgrade");
+    let run = deploy(&stack);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stderr.contains("is pending-upgrade"), "{}", run.stderr);
+    assert!(run.stderr.contains("roll back to the last good revision 1: `helm rollback colony 1 --namespace colony-dev --kube-context homelab`"), "{}", run.stderr);
+    stack
+        .sim
+        .set_release_status(NAMESPACE, "colony", "deployed");
+
+    stack.sim.faults(|f| f.pg_dump_fails = true);
+    let run = deploy(&stack);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("the backup failed, so Helm was not run"),
+        "{}",
+        run.stderr
+    );
+    stack.sim.faults(|f| f.pg_dump_fails = false);
+
+    let closed = testkit::TcpForwarder::free_port();
+    let run = stack.xtask(&[
+        "deploy",
+        "colony-dev",
+        "--yes",
+        "--registry",
+        &format!("127.0.0.1:{closed}"),
+    ]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stderr.contains("does not answer"), "{}", run.stderr);
+    assert!(run.stderr.contains("so Helm was not run"), "{}", run.stderr);
+
+    assert_eq!(
+        (helm_upgrades(&stack), revisions(&stack)),
+        before,
+        "a failed preflight reached Helm"
+    );
+}
+
+#[test]
+fn rollback_to_the_baseline_downgrades_then_rolls_the_app_back() {
+    let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
+    // The baseline era: a build whose migrations end at 0001_baseline.
+    stack.repo.git(&[
+        "rm",
+        "-q",
+        "backend/alembic/versions/0002_activity_and_comments.py",
+    ]);
+    stack.repo.git(&["commit", "-q", "-m", "baseline era"]);
+    assert_eq!(deploy(&stack).code, 0);
+    stack.repo.git(&["revert", "--no-edit", "HEAD"]);
+    let run = deploy(&stack);
+    assert_eq!(run.code, 0, "{}", run.all());
+    stack.psql("INSERT INTO activity_log (household_id, message) VALUES (1, 'bins out')");
+
+    let run = stack.xtask(&["rollback", "--to", "0001_baseline", "--yes"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let backups: Vec<_> = std::fs::read_dir(stack.backup_dir()).unwrap().collect();
+    assert!(backups.len() >= 2, "a backup before the downgrade");
+    assert_eq!(
+        stack
+            .psql("SELECT to_regclass('activity_log') IS NULL AND to_regclass('comments') IS NULL"),
+        "t"
+    );
+    assert_eq!(stack.psql("SELECT count(*) FROM households"), "3");
+    // The baseline-era release is current again, and its scripts end at 0001.
+    let releases = stack.sim.state().releases[&format!("{NAMESPACE}/colony")].clone();
+    let current = releases.last().unwrap();
+    assert_eq!(current.status, "deployed");
+    assert_eq!(current.description, "Rollback to 1");
+    assert!(
+        run.stdout.contains("0001_baseline (head)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("All 4 checks passed."),
+        "{}",
+        run.stdout
+    );
+    assert_in_order(
+        &stack.calls(),
+        &[
+            "-- pg_dump -Fc",
+            "-- alembic downgrade 0001_baseline",
+            "helm rollback colony 1",
+            "-- alembic current",
+        ],
+    );
+}
+
+#[test]
+fn rollback_refuses_an_unknown_revision_or_no_confirmation_before_touching_anything() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    let calls_before = stack.calls().len();
+    let run = stack.xtask(&["rollback", "--to", "0000_nope", "--yes"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains("unknown revision \"0000_nope\""),
+        "{}",
+        run.stderr
+    );
+    let run = stack.xtask(&["rollback", "--to", "0001_baseline"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(run.stderr.contains("pass --yes"), "{}", run.stderr);
+    assert_eq!(
+        stack.calls().len(),
+        calls_before,
+        "a refused rollback called kubectl or helm"
+    );
+    assert_eq!(
+        stack.psql("SELECT version_num FROM alembic_version"),
+        "0002_activity_and_comments"
+    );
+}

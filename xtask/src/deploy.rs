@@ -117,10 +117,7 @@ async fn deploy(env: &Environment, args: &DeployArgs, facts: &DeployFacts) -> Re
         .as_ref()
         .map(|h| h.major)
         .ok_or_else(|| anyhow!("helm is not installed: `cargo xtask doctor`"))?;
-    let expected_head = facts
-        .expected_head
-        .clone()
-        .map_err(input_error)?;
+    let expected_head = facts.expected_head.clone().map_err(input_error)?;
     let commit = facts
         .commit
         .clone()

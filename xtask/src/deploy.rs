@@ -2,7 +2,6 @@
 //! upgrade --install` with digests pinned while we watch the rollout
 //! ourselves, then verify and a summary. `--dry-run` prints the plan only.
 
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -67,27 +66,18 @@ pub fn run(args: DeployArgs) -> Result<()> {
 
 /// Deploying changes a cluster: ask on a terminal, else require `--yes`.
 fn confirm(env: &Environment, facts: &DeployFacts, yes: bool) -> Result<()> {
-    if yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(input_error(format!(
-            "deploying {} changes context {} namespace {}; there is no terminal to confirm on, so pass --yes",
-            env.name, env.kube_context, env.namespace
-        )));
-    }
     let sha = facts.commit.as_ref().map_or("?", |c| c.short.as_str());
-    eprint!(
-        "Deploy commit {sha} to {} (context {}, namespace {})? [y/N] ",
-        env.name, env.kube_context, env.namespace
-    );
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(input_error("not confirmed; nothing was changed"))
-    }
+    crate::confirm::confirm(
+        yes,
+        &format!(
+            "deploying {} changes context {} namespace {}",
+            env.name, env.kube_context, env.namespace
+        ),
+        &format!(
+            "Deploy commit {sha} to {} (context {}, namespace {})?",
+            env.name, env.kube_context, env.namespace
+        ),
+    )
 }
 
 /// One timed step of the summary.

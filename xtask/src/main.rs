@@ -5,6 +5,7 @@ mod backup;
 mod cli;
 mod cluster;
 mod config;
+mod confirm;
 mod context;
 mod deploy;
 mod docker;

@@ -4,7 +4,6 @@
 //! earlier Helm revision whose recorded head is the target — so that the
 //! next pod start does not upgrade the database again.
 
-use std::io::IsTerminal;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -87,26 +86,17 @@ pub fn run(args: RollbackArgs) -> Result<()> {
 
 /// Destructive: ask on a terminal, else require `--yes`.
 fn confirm(env: &Environment, target: &str, yes: bool) -> Result<()> {
-    if yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(input_error(format!(
-            "rollback to {target} downgrades the database of {}; there is no terminal to confirm on, so pass --yes",
+    crate::confirm::confirm(
+        yes,
+        &format!(
+            "rollback to {target} downgrades the database of {}",
             env.name
-        )));
-    }
-    eprint!(
-        "Downgrade the database of {} to {target} (after a backup), then roll the app back? [y/N] ",
-        env.name
-    );
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(input_error("not confirmed; nothing was changed"))
-    }
+        ),
+        &format!(
+            "Downgrade the database of {} to {target} (after a backup), then roll the app back?",
+            env.name
+        ),
+    )
 }
 
 /// A ready pod of the current release's newest ReplicaSet.

@@ -89,10 +89,6 @@ pub fn gather(env: &Environment, expected_head: String) -> Result<Facts> {
             .iter()
             .any(|p| cluster::name(p) == name && p["status"]["phase"] == "Running")
     });
-    let alembic_current = match (&pod, running) {
-        (Some(name), true) => Some(cluster::run(&kube::alembic_current_args(env, name))?),
-        _ => None,
-    };
     let mut names: Vec<String> = pod.iter().cloned().collect();
     names.extend(
         backend
@@ -101,11 +97,28 @@ pub fn gather(env: &Environment, expected_head: String) -> Result<Facts> {
             .map(|p| cluster::name(p).to_string())
             .filter(|n| Some(n) != pod.as_ref()),
     );
-    let mut migrations_logs = Vec::new();
-    for name in names.into_iter().take(MAX_LOGS) {
-        let output = cluster::run(&kube::migrations_log_args(env, &name))?;
-        migrations_logs.push((name, (output.code == 0).then_some(output.stdout)));
-    }
+    names.truncate(MAX_LOGS);
+    // `alembic current` (a Python start-up) and the log reads are
+    // independent: run them at once.
+    let (alembic_current, migrations_logs) = std::thread::scope(|scope| -> Result<_> {
+        let current = scope.spawn(|| match (&pod, running) {
+            (Some(name), true) => cluster::run(&kube::alembic_current_args(env, name)).map(Some),
+            _ => Ok(None),
+        });
+        let logs: Vec<_> = names
+            .iter()
+            .map(|name| scope.spawn(move || cluster::run(&kube::migrations_log_args(env, name))))
+            .collect();
+        let mut migrations_logs = Vec::new();
+        for (name, log) in names.iter().zip(logs) {
+            let output = log.join().expect("log reader panicked")?;
+            migrations_logs.push((name.clone(), (output.code == 0).then_some(output.stdout)));
+        }
+        Ok((
+            current.join().expect("alembic reader panicked")?,
+            migrations_logs,
+        ))
+    })?;
     Ok(Facts {
         expected_head,
         backend,

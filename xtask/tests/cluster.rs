@@ -83,14 +83,7 @@ fn a_crash_looping_new_replicaset_fails_verify_with_its_own_log() {
         .collect();
 
     // A new build whose migration raises: its pods crash-loop, the old ones keep serving.
-    std::fs::write(
-        stack.repo.root().join("backend/alembic/versions/0003_broken.py"),
-        "revision = '0003_broken'\ndown_revision = '0002_activity_and_comments'\n\n\
-         def upgrade():\n    raise RuntimeError('this migration is broken on purpose')\n\n\ndef downgrade():\n    pass\n",
-    )
-    .unwrap();
-    stack.repo.git(&["add", "-A"]);
-    stack.repo.git(&["commit", "-q", "-m", "broken migration"]);
+    stack.commit_broken_migration();
     let output = stack.helm_install(&[]);
     assert_installed(&output);
 

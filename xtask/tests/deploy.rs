@@ -143,14 +143,7 @@ fn a_pre_alembic_cluster_is_stamped_and_keeps_its_rows() {
 fn a_failing_migration_stops_the_deploy_long_before_the_helm_timeout() {
     let stack = Stack::new(None);
     assert_eq!(deploy(&stack).code, 0);
-    std::fs::write(
-        stack.repo.root().join("backend/alembic/versions/0003_broken.py"),
-        "revision = '0003_broken'\ndown_revision = '0002_activity_and_comments'\n\n\
-         def upgrade():\n    raise RuntimeError('this migration is broken on purpose')\n\n\ndef downgrade():\n    pass\n",
-    )
-    .unwrap();
-    stack.repo.git(&["add", "-A"]);
-    stack.repo.git(&["commit", "-q", "-m", "broken migration"]);
+    stack.commit_broken_migration();
 
     let started = Instant::now();
     let run = deploy(&stack);

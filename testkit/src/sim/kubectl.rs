@@ -252,7 +252,29 @@ fn restarts(pod: &Value) -> u64 {
         .sum()
 }
 
+/// A pod by name, or `deploy/<name>` as kubectl resolves it: the oldest
+/// ready pod of any of the Deployment's ReplicaSets — which, mid-rollout, is
+/// a pod of the previous release (the runbook's trap).
 fn find_pod<'a>(state: &'a State, namespace: &str, name: &str) -> Result<&'a Pod, String> {
+    if let Some(deployment) = name
+        .strip_prefix("deploy/")
+        .or_else(|| name.strip_prefix("deployment/"))
+    {
+        let sets: Vec<&str> = state
+            .replicasets
+            .iter()
+            .filter(|rs| rs.namespace == namespace && rs.deployment == deployment)
+            .map(|rs| rs.name.as_str())
+            .collect();
+        let mut pods: Vec<&Pod> = live_pods(state, namespace)
+            .filter(|p| sets.contains(&p.replicaset.as_str()))
+            .collect();
+        pods.sort_by_key(|p| p.created);
+        return pods.first().copied().ok_or_else(|| {
+            format!("Error from server (NotFound): deployments.apps \"{deployment}\" not found")
+        });
+    }
+    let name = name.trim_start_matches("pod/");
     live_pods(state, namespace)
         .find(|p| p.name == name)
         .ok_or_else(|| format!("Error from server (NotFound): pods \"{name}\" not found"))
@@ -263,7 +285,7 @@ fn logs(dir: &Dir, state: &State, parsed: &Parsed, namespace: &str) -> Result<()
         .positional
         .get(1)
         .ok_or("error: expected 'logs [-f] [-p] (POD | TYPE/NAME) [-c CONTAINER]'")?;
-    let pod = find_pod(state, namespace, name.trim_start_matches("pod/"))?;
+    let pod = find_pod(state, namespace, name)?;
     let container = parsed
         .value(&["-c", "--container"])
         .or_else(|| pod.spec["containers"][0]["name"].as_str().map(String::from))
@@ -297,7 +319,7 @@ fn exec(config: &Config, dir: &Dir, state: &State, parsed: &Parsed, namespace: &
             "error: expected 'exec (POD | TYPE/NAME) [-c CONTAINER] [flags] -- COMMAND [args...]'",
         );
     };
-    let pod = match find_pod(state, namespace, name.trim_start_matches("pod/")) {
+    let pod = match find_pod(state, namespace, name) {
         Ok(pod) => pod,
         Err(e) => return fail(&e),
     };

@@ -153,6 +153,19 @@ impl Stack {
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
+    /// Commits a third revision whose upgrade raises: a build whose init
+    /// container will crash-loop.
+    pub fn commit_broken_migration(&self) {
+        std::fs::write(
+            self.repo.root().join("backend/alembic/versions/0003_broken.py"),
+            "revision = '0003_broken'\ndown_revision = '0002_activity_and_comments'\n\n\
+             def upgrade():\n    raise RuntimeError('this migration is broken on purpose')\n\n\ndef downgrade():\n    pass\n",
+        )
+        .unwrap();
+        self.repo.git(&["add", "-A"]);
+        self.repo.git(&["commit", "-q", "-m", "broken migration"]);
+    }
+
     pub fn psql(&self, sql: &str) -> String {
         TestBed::get().psql(&self.database_url, sql)
     }

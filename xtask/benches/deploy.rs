@@ -1,0 +1,225 @@
+//! `cargo bench -p xtask --bench deploy`: a deploy on the test bed and the
+//! simulated cluster, against the runbook done step by step (docker CLI build
+//! and push of each image, the backup script, `helm upgrade --install`, the
+//! two kubectl checks), same machine, same run. Prints figures.
+//!
+//! Goals: deploy <= 0.6x the runbook; a no-op redeploy <= 0.2x the deploy.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::stack::{Stack, CONTEXT, NAMESPACE};
+use testkit::TestBed;
+
+/// New content in both contexts (so both images must be built and pushed),
+/// committed: 50 MiB of incompressible bytes each, never seen before.
+fn change(stack: &Stack) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut state = nanos | 1;
+    for path in ["backend/app/data.bin", "frontend/data.bin"] {
+        let mut file =
+            std::io::BufWriter::new(std::fs::File::create(stack.repo.root().join(path)).unwrap());
+        for _ in 0..(50 * 1024 * 1024 / 8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            file.write_all(&state.to_le_bytes()).unwrap();
+        }
+    }
+    stack.repo.git(&["add", "-A"]);
+    stack
+        .repo
+        .git(&["commit", "-q", "-m", &format!("change {nanos}")]);
+}
+
+fn timed(what: &str, stack: &Stack, argv: &[&str]) -> Duration {
+    let started = Instant::now();
+    let output = Command::new(argv[0])
+        .args(&argv[1..])
+        .current_dir(stack.repo.root())
+        .envs(stack.env())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    started.elapsed()
+}
+
+/// Runs a deploy; prints its own step timings.
+fn xtask_deploy(stack: &Stack) -> Duration {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["deploy", "colony-dev", "--yes", "--json"])
+        .current_dir(stack.repo.root())
+        .envs(stack.env())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        output.status.success(),
+        "deploy failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let steps: Vec<String> = summary["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {:.2}",
+                s["name"].as_str().unwrap(),
+                s["seconds"].as_f64().unwrap()
+            )
+        })
+        .collect();
+    println!("  deploy {:.2} s: {}", took.as_secs_f64(), steps.join(", "));
+    took
+}
+
+/// The runbook, one command after another, as DESIGN.md §1 describes it.
+fn runbook(stack: &Stack) -> Duration {
+    let bed = TestBed::get();
+    let tag = stack.repo.git(&["rev-parse", "--short=12", "HEAD"]);
+    // The runbook's backend image carries its migration runner itself.
+    std::fs::copy(
+        testkit::run_migrations_binary(),
+        stack.repo.root().join("backend/run-migrations"),
+    )
+    .unwrap();
+    let dockerfile = stack.repo.root().join("backend/Dockerfile");
+    let mut text = std::fs::read_to_string(&dockerfile).unwrap();
+    if !text.contains("run-migrations") {
+        text.push_str("COPY run-migrations /usr/local/bin/run-migrations\n");
+        std::fs::write(&dockerfile, text).unwrap();
+    }
+    let image = |c: &str| format!("{}/runbook-{c}:{tag}", bed.registry);
+    let (backend, frontend) = (image("backend"), image("frontend"));
+    let values = stack.values_file().display().to_string();
+    let backups = stack.backup_dir().display().to_string();
+    let started = Instant::now();
+    let docker = |args: &[&str]| {
+        let status = Command::new("docker")
+            .args(args)
+            .current_dir(stack.repo.root())
+            .env("DOCKER_HOST", &bed.docker_host)
+            .env("DOCKER_BUILDKIT", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "docker {args:?}");
+    };
+    docker(&["build", "-q", "-t", &backend, "backend"]);
+    docker(&["push", "-q", &backend]);
+    docker(&["build", "-q", "-t", &frontend, "frontend"]);
+    docker(&["push", "-q", &frontend]);
+    timed(
+        "backup",
+        stack,
+        &["scripts/backup-db.sh", NAMESPACE, &backups],
+    );
+    let (backend_repo, frontend_repo) = (
+        format!("{}/runbook-backend", bed.registry),
+        format!("{}/runbook-frontend", bed.registry),
+    );
+    timed(
+        "helm",
+        stack,
+        &[
+            "helm",
+            "upgrade",
+            "--install",
+            "colony",
+            "./helm/colony",
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+            "--kube-context",
+            CONTEXT,
+            "-f",
+            &values,
+            "--set-string",
+            &format!("backend.image.repository={backend_repo}"),
+            "--set-string",
+            &format!("backend.image.tag={tag}"),
+            "--set-string",
+            &format!("frontend.image.repository={frontend_repo}"),
+            "--set-string",
+            &format!("frontend.image.tag={tag}"),
+            "--wait=watcher",
+            "--timeout",
+            "10m",
+        ],
+    );
+    timed(
+        "alembic current",
+        stack,
+        &[
+            "kubectl",
+            "--namespace",
+            NAMESPACE,
+            "exec",
+            "deploy/colony-backend",
+            "--",
+            "alembic",
+            "current",
+        ],
+    );
+    timed(
+        "logs",
+        stack,
+        &[
+            "kubectl",
+            "--namespace",
+            NAMESPACE,
+            "logs",
+            "deploy/colony-backend",
+            "-c",
+            "run-migrations",
+        ],
+    );
+    started.elapsed()
+}
+
+fn main() {
+    let ours = Stack::new(Some("testdata/colony/pre-alembic.sql"));
+    let theirs = Stack::new(Some("testdata/colony/pre-alembic.sql"));
+    // Both start from an installed release, so the backup has a database.
+    change(&ours);
+    xtask_deploy(&ours);
+    change(&theirs);
+    xtask_deploy(&theirs);
+
+    change(&ours);
+    let deploy = xtask_deploy(&ours);
+    change(&theirs);
+    let manual = runbook(&theirs);
+    let noop = xtask_deploy(&ours);
+
+    let ratio = deploy.as_secs_f64() / manual.as_secs_f64();
+    println!(
+        "deploy {:.1} s vs runbook step by step {:.1} s: ratio {ratio:.2}x (goal <= 0.6x) {}",
+        deploy.as_secs_f64(),
+        manual.as_secs_f64(),
+        if ratio <= 0.6 { "met" } else { "MISSED" }
+    );
+    let noop_ratio = noop.as_secs_f64() / deploy.as_secs_f64();
+    println!(
+        "no-op redeploy {:.1} s: {noop_ratio:.2}x of the deploy (goal <= 0.2x) {}",
+        noop.as_secs_f64(),
+        if noop_ratio <= 0.2 { "met" } else { "MISSED" }
+    );
+}

@@ -326,3 +326,45 @@ fn rollback_refuses_an_unknown_revision_or_no_confirmation_before_touching_anyth
         "0002_activity_and_comments"
     );
 }
+
+#[test]
+fn an_image_that_cannot_be_pulled_fails_fast_with_the_events() {
+    let stack = Stack::new(None);
+    stack.sim.faults(|f| f.image_pull_failure = true);
+    let started = Instant::now();
+    let run = deploy(&stack);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "waited for Helm's timeout"
+    );
+    assert!(
+        run.stderr.contains("ErrImagePull") || run.stderr.contains("ImagePullBackOff"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("events of colony-backend-"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("injected fault: image pull failure"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn slow_readiness_is_waited_for_not_reported_as_a_failure() {
+    let stack = Stack::new(None);
+    stack.sim.faults(|f| f.readiness_delay_ms = 3000);
+    let started = Instant::now();
+    let run = deploy(&stack);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "reported ready before the pods were"
+    );
+    assert!(run.stdout.contains("4/4 checks passed"), "{}", run.stdout);
+}

@@ -213,7 +213,9 @@ fn at_baseline_only_the_second_revision_runs() {
         .output()
         .unwrap();
     assert!(output.status.success());
-    let finished = run(&fixture_backend(), &url, &[]);
+    // A command of several words, as `uv run alembic` is.
+    let wrapped = format!("env {}", TestBed::get().alembic.display());
+    let finished = run(&fixture_backend(), &url, &["--alembic-cmd", &wrapped]);
     assert_success(&finished);
     assert!(
         !finished.stderr.contains("-> 0001_baseline"),

@@ -81,6 +81,14 @@ impl Backend {
     }
 }
 
+/// The last non-empty line of a command's output (`alembic current`, a log).
+pub fn last_line(text: &str) -> &str {
+    text.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or_default()
+}
+
 pub fn items(list: &Value) -> Vec<Value> {
     list["items"].as_array().cloned().unwrap_or_default()
 }

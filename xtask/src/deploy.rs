@@ -138,7 +138,20 @@ async fn deploy(env: &Environment, args: &DeployArgs, facts: &DeployFacts) -> Re
     let backup_wanted = !args.no_backup
         && (release_state != ReleaseState::NotInstalled
             || std::env::var_os("DATABASE_URL").is_some());
-    let images_task = images::run(env, &options);
+    // The plan already read the tags from git (and checked every context).
+    let tags: Vec<(&'static str, String)> = env
+        .images
+        .iter()
+        .map(|image| {
+            let tag = facts
+                .images
+                .iter()
+                .find(|f| f.component == image.component)
+                .and_then(|f| f.tag.clone());
+            (image.component, tag.unwrap_or_default())
+        })
+        .collect();
+    let images_task = images::run(env, &tags, &options);
     let backup_task = async {
         if !backup_wanted {
             return Ok(None);
@@ -437,6 +450,6 @@ pub fn gather_facts(sh: &Shell, env: &Environment) -> Result<DeployFacts> {
         expected_head: versions::expected_head(env),
         helm: helm::detect_version(sh),
         chart_exists: env.root.join(&env.chart).join("Chart.yaml").is_file(),
-        backup_script_exists: env.root.join(plan::BACKUP_SCRIPT).is_file(),
+        backup_script_exists: env.root.join(backup::SCRIPT).is_file(),
     })
 }

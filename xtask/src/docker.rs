@@ -22,20 +22,25 @@ pub fn daemon_address() -> String {
 /// Connects and negotiates the API version (the test bed's daemon speaks
 /// 1.41, current ones more); an unreachable daemon is one line with the fix.
 pub async fn connect() -> Result<Docker, String> {
-    let unreachable = |why: String| {
+    probe().await.map_err(|why| {
         format!(
             "no Docker daemon at {}: {why}. Start it (systemctl start docker) or point DOCKER_HOST at one; `cargo xtask doctor` checks it",
             daemon_address()
         )
+    })
+}
+
+/// Connect, negotiate and ping; the error is only why (masked), for callers
+/// that word the failure themselves (`doctor`).
+pub async fn probe() -> Result<Docker, String> {
+    let docker = Docker::connect_with_local_defaults().map_err(|e| mask_all(&e.to_string()))?;
+    let answered = async {
+        let docker = docker.negotiate_version().await?;
+        docker.ping().await.map(|_| docker)
     };
-    let docker = Docker::connect_with_local_defaults().map_err(|e| unreachable(e.to_string()))?;
-    match tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version()).await {
-        Ok(Ok(docker)) => match docker.ping().await {
-            Ok(_) => Ok(docker),
-            Err(e) => Err(unreachable(e.to_string())),
-        },
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable("no answer within 10 s".into())),
+    match tokio::time::timeout(Duration::from_secs(10), answered).await {
+        Ok(result) => result.map_err(|e| mask_all(&e.to_string())),
+        Err(_) => Err("no answer within 10 s".into()),
     }
 }
 

@@ -2,7 +2,6 @@
 //! command that fixes it. Exit 1 when something required is missing.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Result;
 use xshell::{cmd, Shell};
@@ -11,7 +10,7 @@ use crate::cli::StageArgs;
 use crate::config::{self, Environment};
 use backend_migrations::redact;
 
-use crate::{helm, registry};
+use crate::{docker, helm, registry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -117,9 +116,7 @@ pub fn render(checks: &[Check]) -> String {
 }
 
 fn docker_check() -> Check {
-    let host =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
-    let host = redact::mask_url(&host);
+    let host = docker::daemon_address();
     let fix = format!("start the Docker daemon (systemctl start docker) or point DOCKER_HOST at one; {TEST_BED_HINT}");
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -129,15 +126,11 @@ fn docker_check() -> Check {
         Err(e) => return Check::fail("docker", format!("cannot start an async runtime: {e}"), fix),
     };
     let answer = runtime.block_on(async {
-        let docker = bollard::Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
-        let probe = async {
-            let docker = docker.negotiate_version().await?;
-            docker.version().await
-        };
-        match tokio::time::timeout(Duration::from_secs(5), probe).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(_) => Err("no answer within 5 s".to_string()),
-        }
+        let docker = docker::probe().await?;
+        docker
+            .version()
+            .await
+            .map_err(|e| redact::mask_all(&e.to_string()))
     });
     match answer {
         Ok(version) => Check::ok(
@@ -148,11 +141,7 @@ fn docker_check() -> Check {
                 version.api_version.unwrap_or_default()
             ),
         ),
-        Err(e) => Check::fail(
-            "docker",
-            format!("no Docker daemon at {host}: {}", redact::mask_all(&e)),
-            fix,
-        ),
+        Err(e) => Check::fail("docker", format!("no Docker daemon at {host}: {e}"), fix),
     }
 }
 

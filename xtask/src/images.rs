@@ -85,9 +85,13 @@ pub fn tags(env: &Environment) -> Result<Vec<(&'static str, String)>> {
         .collect()
 }
 
-pub async fn run(env: &Environment, options: &Options) -> Result<Vec<ImageReport>> {
-    check_contexts(env)?;
-    let tags = tags(env)?;
+/// Runs the stages for `tags` (component → tag, from `tags` or the deploy
+/// plan's facts, so git is read once); the contexts were checked by the caller.
+pub async fn run(
+    env: &Environment,
+    tags: &[(&'static str, String)],
+    options: &Options,
+) -> Result<Vec<ImageReport>> {
     let docker = docker::connect().await.map_err(|e| anyhow!(e))?;
     let host = registry::host_of(&env.registry).to_string();
     let credential = registry::credential_for(&host).map_err(|e| anyhow!(e))?;
@@ -144,7 +148,7 @@ pub async fn run(env: &Environment, options: &Options) -> Result<Vec<ImageReport
     Ok(reports)
 }
 
-fn check_contexts(env: &Environment) -> Result<()> {
+pub fn check_contexts(env: &Environment) -> Result<()> {
     for image in &env.images {
         let dir = env.root.join(&image.context);
         if !dir.join(&image.dockerfile).is_file() {

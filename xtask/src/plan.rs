@@ -56,7 +56,6 @@ pub enum Item {
     Note(String),
 }
 
-pub const BACKUP_SCRIPT: &str = crate::backup::SCRIPT;
 const FAILURE_STATES: &str =
     "Init:CrashLoopBackOff, Init:Error, ErrImagePull, ImagePullBackOff, CrashLoopBackOff";
 
@@ -261,7 +260,7 @@ fn missing(env: &Environment, facts: &DeployFacts) -> Vec<String> {
         missing.push(format!("chart {} does not exist", env.chart));
     }
     if !facts.backup_script_exists {
-        missing.push(format!("{BACKUP_SCRIPT} does not exist"));
+        missing.push(format!("{} does not exist", crate::backup::SCRIPT));
     }
     missing
 }

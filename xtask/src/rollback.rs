@@ -118,13 +118,7 @@ fn alembic_current(env: &Environment, pod: &str) -> Result<String> {
             output.stderr.trim()
         );
     }
-    Ok(output
-        .stdout
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .unwrap_or_default()
-        .to_string())
+    Ok(cluster::last_line(&output.stdout).to_string())
 }
 
 fn downgrade(env: &Environment, pod: &str, target: &str) -> Result<()> {

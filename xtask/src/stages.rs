@@ -24,7 +24,9 @@ fn images_stage(args: ImageArgs, stage: Stage) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let reports = runtime.block_on(images::run(&env, &options))?;
+    images::check_contexts(&env)?;
+    let tags = images::tags(&env)?;
+    let reports = runtime.block_on(images::run(&env, &tags, &options))?;
     if args.json {
         println!(
             "{}",

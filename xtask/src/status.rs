@@ -45,12 +45,10 @@ pub fn run(args: StageArgs) -> Result<()> {
             }
             if let Some(pod) = backend.pods.iter().find(|p| cluster::pod_ready(p)) {
                 let current = cluster::run(&kube::alembic_current_args(&env, cluster::name(pod)))?;
-                let revision = current
-                    .stdout
-                    .lines()
-                    .map(str::trim)
-                    .rfind(|l| !l.is_empty())
-                    .unwrap_or("none");
+                let revision = match cluster::last_line(&current.stdout) {
+                    "" => "none",
+                    line => line,
+                };
                 let _ = writeln!(
                     out,
                     "\ndatabase: {revision} (alembic current in {})",

@@ -245,13 +245,7 @@ fn alembic_check(env: &Environment, facts: &Facts) -> Check {
                 .map(|p| plan::display_argv(&kube::migrations_log_args(env, p))),
         };
     };
-    let answer = output
-        .stdout
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .unwrap_or_default()
-        .to_string();
+    let answer = cluster::last_line(&output.stdout).to_string();
     let ok = output.code == 0 && answer == expected;
     let detail = if output.code != 0 {
         format!(
@@ -282,13 +276,7 @@ fn alembic_check(env: &Environment, facts: &Facts) -> Check {
 }
 
 fn log_check(env: &Environment, facts: &Facts) -> Check {
-    let last_line = |log: &str| {
-        log.lines()
-            .map(str::trim)
-            .rfind(|l| !l.is_empty())
-            .unwrap_or_default()
-            .to_string()
-    };
+    let last_line = |log: &str| cluster::last_line(log).to_string();
     let Some((first_pod, _)) = facts.migrations_logs.first() else {
         return Check {
             name: "migrations log",

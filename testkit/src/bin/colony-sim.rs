@@ -14,6 +14,9 @@ fn main() -> ExitCode {
         .and_then(|n| n.to_str())
         .unwrap_or_default()
         .to_string();
+    if tool == "colony-sim" && argv.first().map(String::as_str) == Some("init") {
+        return init(&argv[1..]);
+    }
     let dir = match Dir::from_env() {
         Ok(dir) => dir,
         Err(e) => {
@@ -40,9 +43,32 @@ fn main() -> ExitCode {
             helm::main(&dir, &argv)
         }
         (other, _) => {
-            eprintln!("colony-sim must be called as kubectl or helm, not {other}");
+            eprintln!(
+                "colony-sim must be called as kubectl or helm (or `colony-sim init`), not {other}"
+            );
             2
         }
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// `colony-sim init STATE_DIR CONTEXT DATABASE_URL`: a new simulated cluster
+/// on the test bed; prints the directory to put first on PATH.
+fn init(args: &[String]) -> ExitCode {
+    let [state, context, database_url] = args else {
+        eprintln!("usage: colony-sim init STATE_DIR CONTEXT DATABASE_URL");
+        return ExitCode::from(2);
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("colony-sim: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let state = std::path::Path::new(state);
+    let bin = state.join("bin");
+    testkit::sim::init(state, &bin, context, database_url, &exe);
+    println!("{}", bin.display());
+    ExitCode::SUCCESS
 }

@@ -80,6 +80,7 @@ pub fn apply(
             labels: labels_of(&doc["metadata"]["labels"]),
             annotations: labels_of(&doc["metadata"]["annotations"]),
             selector: labels_of(&doc["spec"]["selector"]["matchLabels"]),
+            external_annotations: Default::default(),
             replicas,
             generation: 1,
             kind: kind.to_string(),
@@ -95,6 +96,7 @@ pub fn apply(
                 let generation = existing.generation + u64::from(changed);
                 *existing = Deployment {
                     generation,
+                    external_annotations: std::mem::take(&mut existing.external_annotations),
                     ..record
                 };
             }
@@ -545,7 +547,7 @@ pub fn deployment_json(
             "name": deployment.name,
             "namespace": deployment.namespace,
             "labels": deployment.labels,
-            "annotations": deployment.annotations,
+            "annotations": deployment.annotations.iter().chain(&deployment.external_annotations).collect::<BTreeMap<_, _>>(),
             "generation": deployment.generation,
         },
         "spec": {"replicas": deployment.replicas, "selector": {"matchLabels": deployment.selector}},

@@ -64,6 +64,7 @@ pub fn main(dir: &Dir, argv: &[String]) -> i32 {
         "get" => get(dir, &config, &state, &parsed, &namespace),
         "logs" => logs(dir, &state, &parsed, &namespace),
         "exec" => return exec(&config, dir, &state, &parsed, &namespace),
+        "annotate" => annotate(dir, &parsed, &namespace),
         other => Err(format!(
             "error: the simulated cluster does not implement `kubectl {other}`"
         )),
@@ -77,6 +78,54 @@ pub fn main(dir: &Dir, argv: &[String]) -> i32 {
 fn fail(message: &str) -> i32 {
     eprintln!("{message}");
     1
+}
+
+/// `kubectl annotate deployment NAME [--overwrite] k=v… | k-`: metadata
+/// only; no pod restarts.
+fn annotate(dir: &Dir, parsed: &Parsed, namespace: &str) -> Result<(), String> {
+    let kind = parsed.positional.get(1).cloned().unwrap_or_default();
+    if !matches!(kind.as_str(), "deployment" | "deployments" | "deploy") {
+        return Err(format!(
+            "error: the simulated cluster annotates deployments only, not {kind:?}"
+        ));
+    }
+    let name = parsed
+        .positional
+        .get(2)
+        .cloned()
+        .ok_or("error: you must specify the resource name")?;
+    let overwrite = parsed.has(&["--overwrite"]);
+    dir.update(|state| {
+        let deployment = state
+            .deployments
+            .iter_mut()
+            .find(|d| d.namespace == namespace && d.name == name && d.kind == "Deployment")
+            .ok_or_else(|| {
+                format!("Error from server (NotFound): deployments.apps \"{name}\" not found")
+            })?;
+        for change in &parsed.positional[3..] {
+            if let Some(key) = change.strip_suffix('-') {
+                deployment.external_annotations.remove(key);
+                continue;
+            }
+            let (key, value) = change
+                .split_once('=')
+                .ok_or_else(|| format!("error: invalid annotation spec {change:?}"))?;
+            let exists = deployment.annotations.contains_key(key)
+                || deployment.external_annotations.contains_key(key);
+            if exists && !overwrite {
+                return Err(format!(
+                    "error: --overwrite is false but found the following declared annotation(s): '{key}' already has a value"
+                ));
+            }
+            deployment
+                .external_annotations
+                .insert(key.to_string(), value.to_string());
+        }
+        Ok(())
+    })?;
+    println!("deployment.apps/{name} annotated");
+    Ok(())
 }
 
 fn config_command(config: &Config, parsed: &Parsed) -> i32 {

@@ -34,26 +34,9 @@ impl SimCluster {
     /// A cluster whose current context is `context` and whose databases are
     /// all `database_url`.
     pub fn new(context: &str, database_url: &str) -> SimCluster {
-        let bed = TestBed::get();
         let dir = tempfile::tempdir().expect("temp dir");
-        let state = Dir::new(dir.path());
-        let config = Config {
-            context: context.to_string(),
-            database_url: database_url.to_string(),
-            venv: bed.venv.clone(),
-            pg_bin: bed.pg_bin.clone(),
-            real_helm: bed.helm.clone(),
-            real_kubectl: bed.kubectl.clone(),
-            closed_port: crate::TcpForwarder::free_port(),
-            faults: Faults::default(),
-        };
-        state.write_config(&config);
-        args::write_kubeconfig(&state, &config);
         let bin = tempfile::tempdir().expect("temp dir");
-        let exe = sim_binary();
-        for tool in ["kubectl", "helm"] {
-            std::os::unix::fs::symlink(&exe, bin.path().join(tool)).expect("symlink");
-        }
+        let state = init(dir.path(), bin.path(), context, database_url, &sim_binary());
         SimCluster { dir, bin, state }
     }
 
@@ -124,6 +107,39 @@ impl SimCluster {
         }
         panic!("init containers still running after 120 s");
     }
+}
+
+/// Makes a simulated cluster in `state_dir` on the test bed, with `kubectl`
+/// and `helm` (symlinks to `exe`, the colony-sim binary) in `bin_dir`. Used
+/// by the tests and by `colony-sim init` (the demo).
+pub fn init(
+    state_dir: &Path,
+    bin_dir: &Path,
+    context: &str,
+    database_url: &str,
+    exe: &Path,
+) -> Dir {
+    let bed = TestBed::get();
+    let state = Dir::new(state_dir);
+    let config = Config {
+        context: context.to_string(),
+        database_url: database_url.to_string(),
+        venv: bed.venv.clone(),
+        pg_bin: bed.pg_bin.clone(),
+        real_helm: bed.helm.clone(),
+        real_kubectl: bed.kubectl.clone(),
+        closed_port: crate::TcpForwarder::free_port(),
+        faults: Faults::default(),
+    };
+    state.write_config(&config);
+    args::write_kubeconfig(&state, &config);
+    std::fs::create_dir_all(bin_dir).expect("bin dir");
+    for tool in ["kubectl", "helm"] {
+        let link = bin_dir.join(tool);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(exe, link).expect("symlink");
+    }
+    state
 }
 
 /// The `colony-sim` executable (built once per test process).

@@ -73,6 +73,10 @@ pub struct Deployment {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub selector: BTreeMap<String, String>,
+    /// Set by `kubectl annotate`: not in any manifest, so Helm's applies
+    /// keep them (as its three-way merge does on a real cluster).
+    #[serde(default)]
+    pub external_annotations: BTreeMap<String, String>,
     pub replicas: u32,
     pub generation: u64,
     /// Kind as rendered: Deployment or StatefulSet.

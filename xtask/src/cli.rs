@@ -28,10 +28,21 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build, push, back up, `helm upgrade --install`, watch the rollout, verify.
-    #[command(after_help = "Examples:\n  \
+    #[command(
+        long_about = "Build, push, back up, `helm upgrade --install`, watch the rollout, verify.\n\n\
+        First it reads (and changes nothing): git, the registry's digests for this commit's tags, the \
+        release and its deploy record, the database's revision in a running pod. From those it decides \
+        a plan and prints it: which migrations will run, whether a backup is needed, every command. \
+        Then it asks, and runs exactly those steps. `--dry-run` prints the same plan and stops.\n\n\
+        When the registry already holds this commit's images with the digests the release runs, and \
+        the chart and values files are unchanged, there is nothing to deploy: no Helm revision, no \
+        backup; the running release is verified instead (`--force` deploys anyway).",
+        after_help = "Examples:\n  \
         cargo xtask deploy colony-dev --dry-run\n  \
+        cargo xtask deploy colony-dev --dry-run --json | jq .steps\n  \
         cargo xtask deploy colony-dev --yes\n  \
-        COLONY_REGISTRY=127.0.0.1:5000 cargo xtask deploy colony-dev --dry-run")]
+        COLONY_REGISTRY=127.0.0.1:5000 cargo xtask deploy colony-dev --dry-run"
+    )]
     Deploy(DeployArgs),
     /// Build the backend and frontend images through the Docker Engine API.
     #[command(
@@ -52,13 +63,29 @@ pub enum Command {
     Backup(StageArgs),
     /// Check that the newest pods run the expected Alembic head and that their migrations completed.
     #[command(
-        after_help = "Examples:\n  cargo xtask verify\n  cargo xtask verify colony-dev --json"
+        long_about = "Check that the newest pods run the expected Alembic head and that their migrations completed.\n\n\
+        The expected head is the running release's: the record a rollback left for the current Helm \
+        revision, else that revision's deploy record, else (said so in the output) the head of the \
+        checkout's versions directory. `--expect` overrides all of them.",
+        after_help = "Examples:\n  cargo xtask verify\n  cargo xtask verify colony-dev --json\n  \
+        cargo xtask verify colony-dev --expect 0001_baseline"
     )]
     Verify(VerifyArgs),
     /// Downgrade the schema in the running release (after a backup), then roll the app back.
-    #[command(after_help = "Examples:\n  \
-        cargo xtask rollback --to 0001_baseline\n  \
-        cargo xtask rollback colony-dev --steps 1 --yes")]
+    #[command(
+        long_about = "Downgrade the schema in the running release (after a backup), then roll the app back.\n\n\
+        The whole plan is decided before anything changes: the target revision; the Helm revision the \
+        app returns to (the newest earlier `deployed`/`superseded` revision whose deploy record names \
+        the target as its head, or the one given with --app-revision, e.g. a revision installed by hand \
+        before this tool); the backup; `alembic downgrade` in a pod of the current release (its scripts \
+        know how to go down); `helm rollback`; a record of the expected head for verify; verify. When \
+        it cannot finish, it refuses with nothing changed (exit 2). A target equal to the database's \
+        revision is nothing to do (exit 0).",
+        after_help = "Examples:\n  \
+        cargo xtask rollback --to 0001_baseline --dry-run\n  \
+        cargo xtask rollback colony-dev --to 0001_baseline --app-revision 1 --yes\n  \
+        cargo xtask rollback colony-dev --steps 1 --yes"
+    )]
     Rollback(RollbackArgs),
     /// Show the release history with each revision's deploy record, the schema revision and the pods.
     #[command(after_help = "Example:\n  cargo xtask status colony-dev")]
@@ -115,7 +142,10 @@ pub struct DeployArgs {
     /// Skip the database backup (refused unless --yes is also given).
     #[arg(long)]
     pub no_backup: bool,
-    /// Print the summary as JSON.
+    /// Deploy even when nothing changed (a new Helm revision and a backup).
+    #[arg(long)]
+    pub force: bool,
+    /// Print the summary (or, with --dry-run, the plan) as JSON.
     #[arg(long)]
     pub json: bool,
     /// The run-migrations binary to layer into the backend image
@@ -156,6 +186,9 @@ pub struct ImageArgs {
 pub struct VerifyArgs {
     /// Environment from deploy.toml [default: the file's default_environment].
     pub env: Option<String>,
+    /// Expect this Alembic revision instead of the running release's recorded head.
+    #[arg(long, value_name = "REVISION")]
+    pub expect: Option<String>,
     /// Print the checks as JSON.
     #[arg(long)]
     pub json: bool,
@@ -171,9 +204,19 @@ pub struct RollbackArgs {
     /// Alembic revision to downgrade to, e.g. 0001_baseline.
     #[arg(long, value_name = "REVISION")]
     pub to: Option<String>,
-    /// Downgrade this many revisions from the current head.
+    /// Downgrade this many revisions below the database's current revision.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub steps: Option<u32>,
+    /// The Helm revision the app returns to, when no earlier revision recorded
+    /// the target head (e.g. one installed by hand before this tool).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub app_revision: Option<u32>,
+    /// Print the plan, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run, print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Do not ask for confirmation (required without a terminal).
     #[arg(long, short = 'y')]
     pub yes: bool,

@@ -7,6 +7,17 @@ use anyhow::Result;
 
 use crate::error::input_error;
 
+/// Refuses at once, before anything is read, when a confirmation will be
+/// needed and there is no terminal to ask on.
+pub fn require_terminal_or_yes(yes: bool, what: &str) -> Result<()> {
+    if yes || std::io::stdin().is_terminal() {
+        return Ok(());
+    }
+    Err(input_error(format!(
+        "{what}; there is no terminal to confirm on, so pass --yes"
+    )))
+}
+
 /// `what` describes the change ("deploying colony-dev changes …").
 pub fn confirm(yes: bool, what: &str, question: &str) -> Result<()> {
     if yes {

@@ -1,6 +1,6 @@
-//! `cargo xtask deploy <env>`: preflight, images and backup at once, `helm
-//! upgrade --install` with digests pinned while we watch the rollout
-//! ourselves, then verify and a summary. `--dry-run` prints the plan only.
+//! `cargo xtask deploy <env>`: gather facts (read-only), decide the plan
+//! (`plan::deploy_plan`), print it, then execute its steps one by one as
+//! printed. `--dry-run` prints the same plan and stops.
 
 use std::time::{Duration, Instant};
 
@@ -9,57 +9,94 @@ use serde_json::json;
 use xshell::Shell;
 
 use crate::cli::DeployArgs;
+use crate::cluster::{self, Backend};
 use crate::config::{self, Environment};
 use crate::error::input_error;
 use crate::helm::{DeployRecord, PinnedImage};
 use crate::images::{self, ImageReport, Stage};
-use crate::plan::{self, DeployFacts, ImageFacts};
-use crate::release::{self, ReleaseState};
+use crate::plan::{
+    self, ClusterFacts, DeployFacts, DeployOptions, DeploySpec, ImageFacts, Plan, StepKind,
+};
+use crate::registry::{self, RegistryClient};
 use crate::rollout::{self, Assessment};
-use crate::{backup, cluster, git, helm, verify, versions};
+use crate::{backup, git, helm, inputs, kube, release, schema, verify, versions};
 
 pub fn run(args: DeployArgs) -> Result<()> {
+    let started = Instant::now();
     let env = config::load(Some(&args.env), &args.env_overrides)?;
     if args.no_backup && !args.yes {
         return Err(input_error(
             "--no-backup deploys without a way back if a migration goes wrong; pass --yes with it to confirm",
         ));
     }
+    let options = DeployOptions {
+        force: args.force,
+        skip_build: args.skip_build,
+        no_backup: args.no_backup,
+    };
     if !args.dry_run {
+        // Local problems first: they need no cluster to refuse.
         env.require_values_files()?;
     }
     let sh = Shell::new()?;
-    let facts = gather_facts(&sh, &env)?;
-    let plan = plan::deploy_plan(&env, &facts);
+    let facts = gather_facts(&sh, &env);
+    let (plan, spec) = plan::deploy_plan(&env, &facts, options);
     if args.dry_run {
-        print!("{}", plan.render());
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print!("{}", plan.render(true));
+        }
         return Ok(());
     }
     if !plan.missing.is_empty() {
         return Err(input_error(format!(
-            "cannot deploy {}:\n  - {}\n  `cargo xtask deploy {} --dry-run` shows the whole plan",
+            "cannot deploy {}; nothing was changed:\n  - {}\n  `cargo xtask deploy {} --dry-run` shows the whole plan",
             env.name,
             plan.missing.join("\n  - "),
             env.name
         )));
     }
-    confirm(&env, &facts, args.yes)?;
+    let facts_took = started.elapsed();
+    // The plan goes where the user reads; with --json, stdout is the summary only.
+    if args.json {
+        eprint!("{}", plan.render(false));
+    } else {
+        print!("{}", plan.render(false));
+    }
+    let changes = plan.steps.iter().any(|s| s.kind != StepKind::Verify);
+    if changes {
+        confirm(&env, &facts, args.yes)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let summary = runtime.block_on(async {
+    let execution = Execution {
+        env: &env,
+        spec: &spec,
+        observed: facts.cluster.as_ref().ok().and_then(|c| c.observed.clone()),
+        skip_build: args.skip_build,
+        migrations_binary: args.migrations_binary.clone(),
+    };
+    let mut summary = runtime.block_on(async {
         tokio::select! {
-            result = deploy(&env, &args, &facts) => result,
+            result = execution.run(&plan) => result,
             _ = tokio::signal::ctrl_c() => Err(anyhow!(
                 "interrupted: child processes were stopped. If Helm had started, the release may be left pending: \
                  `cargo xtask status {}` shows it", env.name
             )),
         }
     })?;
+    summary.facts_took = facts_took;
+    summary.decision = plan.decision.clone();
+    summary.reason = plan.reason.clone();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary.to_json(&env))?);
     } else {
         print!("{}", summary.render(&env));
+    }
+    if !summary.verified() {
+        bail!("verify failed: see the checks above");
     }
     Ok(())
 }
@@ -74,209 +111,458 @@ fn confirm(env: &Environment, facts: &DeployFacts, yes: bool) -> Result<()> {
             env.name, env.kube_context, env.namespace
         ),
         &format!(
-            "Deploy commit {sha} to {} (context {}, namespace {})?",
+            "Deploy commit {sha} to {} (context {}, namespace {}) as planned above?",
             env.name, env.kube_context, env.namespace
         ),
     )
 }
 
-/// One timed step of the summary.
+// ------------------------------------------------------------------ facts
+
+/// Reads everything the plan depends on: git, the build contexts, the
+/// registry's digests, the chart and values, the release and its record,
+/// the database's revision. Reads only; independent reads run at once.
+/// A fact that cannot be read is recorded as such (the plan lists it).
+pub fn gather_facts(sh: &Shell, env: &Environment) -> DeployFacts {
+    let commit = git::head(sh, &env.root);
+    let tags: Vec<Option<Result<String, String>>> = env
+        .images
+        .iter()
+        .map(|image| {
+            commit.as_ref().map(|commit| {
+                git::context_state(sh, &env.root, &image.context)
+                    .map(|state| git::image_tag(commit, &state))
+                    .map_err(|e| format!("{e:#}"))
+            })
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        let cluster = scope.spawn(|| cluster_facts(env));
+        let helm = scope.spawn(|| helm::detect_version(&Shell::new().ok()?));
+        let digests: Vec<_> = env
+            .images
+            .iter()
+            .zip(&tags)
+            .map(|(image, tag)| {
+                scope.spawn(move || match tag {
+                    Some(Ok(tag)) => registry_digest(env, &image.reference, tag),
+                    _ => Ok(None),
+                })
+            })
+            .collect();
+        let images = env
+            .images
+            .iter()
+            .zip(&tags)
+            .zip(digests)
+            .map(|((image, tag), digest)| {
+                let context_dir = env.root.join(&image.context);
+                let tag = tag.clone().transpose();
+                ImageFacts {
+                    component: image.component,
+                    context_exists: context_dir.is_dir(),
+                    dockerfile_exists: context_dir.join(&image.dockerfile).is_file(),
+                    registry_digest: match &tag {
+                        Err(why) => Err(why.clone()),
+                        Ok(_) => digest.join().expect("registry reader panicked"),
+                    },
+                    tag: tag.ok().flatten(),
+                }
+            })
+            .collect();
+        let chart_exists = env.root.join(&env.chart).join("Chart.yaml").is_file();
+        DeployFacts {
+            commit: commit.clone(),
+            images,
+            graph: versions::load_graph(env),
+            helm: helm.join().expect("helm probe panicked"),
+            chart_exists,
+            backup_script_exists: env.root.join(backup::SCRIPT).is_file(),
+            inputs_hash: if chart_exists {
+                inputs::hash(env).map_err(|e| format!("{e:#}"))
+            } else {
+                Err("no chart".into())
+            },
+            cluster: cluster.join().expect("cluster reader panicked"),
+            external_database: std::env::var_os("DATABASE_URL").is_some(),
+        }
+    })
+}
+
+/// The registry's digest of `reference:tag` (None: it does not hold it).
+fn registry_digest(
+    env: &Environment,
+    reference: &str,
+    tag: &str,
+) -> Result<Option<String>, String> {
+    let host = registry::host_of(&env.registry).to_string();
+    let credential = registry::credential_for(&host)?;
+    RegistryClient::new(reference, credential)
+        .manifest_digest(images::repository_path(reference), tag)
+}
+
+/// The cluster's side of the facts. The context must be the environment's
+/// and the release must not be pending: either is a refusal (Err).
+fn cluster_facts(env: &Environment) -> Result<ClusterFacts, String> {
+    release::check_context(env).map_err(|e| format!("{e:#}"))?;
+    std::thread::scope(|scope| {
+        let release = scope.spawn(|| release::current(env));
+        let database_pods = scope.spawn(|| cluster::run(&kube::database_pods_args(env)));
+        // Verify's reads of the running pods, made now: the database's
+        // revision comes from its `alembic current`, and a no-op reuses them.
+        let database = scope.spawn(|| {
+            let backend = Backend::read(env).map_err(|e| format!("{e:#}"))?;
+            let Some(pod) = schema::ready_pod(&backend) else {
+                let why = "no ready backend pod to ask".to_string();
+                return Ok::<_, String>((schema::DatabaseRevision::Unknown { why }, None));
+            };
+            let unknown = verify::Expectation {
+                head: String::new(),
+                source: verify::Source::Flag,
+            };
+            let observed =
+                verify::gather_from(env, unknown, backend).map_err(|e| format!("{e:#}"))?;
+            let database = match &observed.alembic_current {
+                Some(output) => schema::from_observed(env, &pod, output),
+                None => schema::read(env, &pod),
+            };
+            Ok((database, Some(observed)))
+        });
+        let release = release
+            .join()
+            .expect("release reader panicked")
+            .map_err(|e| format!("{e:#}"))?;
+        if let Some(current) = &release {
+            if current.status.starts_with("pending-") {
+                let history = release::history(env).unwrap_or_default();
+                return Err(release::pending_recovery(env, &current.status, &history));
+            }
+        }
+        let (database, observed) = database.join().expect("database reader panicked")?;
+        let database_pod_exists = database_pods
+            .join()
+            .expect("pod reader panicked")
+            .is_ok_and(|o| o.code == 0 && !o.stdout.trim().is_empty());
+        Ok(ClusterFacts {
+            release,
+            database,
+            observed,
+            database_pod_exists,
+        })
+    })
+}
+
+// -------------------------------------------------------------- execution
+
+/// Runs a plan's steps in order (a group of `alongside_previous` steps at
+/// once), filling in what only execution learns: digests and the backup.
+struct Execution<'a> {
+    env: &'a Environment,
+    spec: &'a DeploySpec,
+    /// Verify's reads from the facts phase: current only while Helm has not run.
+    observed: Option<verify::Facts>,
+    skip_build: bool,
+    migrations_binary: Option<std::path::PathBuf>,
+}
+
+/// What the steps so far produced.
+#[derive(Default)]
+struct Summary {
+    decision: String,
+    reason: String,
+    facts_took: Duration,
+    steps: Vec<TimedStep>,
+    images: Vec<ImageReport>,
+    backup: Option<backup::Backup>,
+    helm_revision: u32,
+    verify: Option<(verify::Facts, Vec<verify::Check>)>,
+}
+
+/// One executed step of the summary.
 #[derive(Debug, Clone)]
-struct Step {
-    name: &'static str,
+struct TimedStep {
+    kind: StepKind,
     took: Duration,
     note: String,
 }
 
-struct Summary {
-    steps: Vec<Step>,
-    images: Vec<ImageReport>,
-    backup: Option<backup::Backup>,
-    helm_revision: u32,
-    alembic: String,
-    checks: Vec<verify::Check>,
-    /// The runner's detection line when it stamped a pre-Alembic schema.
-    stamped: Option<String>,
+enum Output {
+    Images(Vec<ImageReport>),
+    Backup(backup::Backup),
+    HelmRevision(u32),
+    Nothing,
+    Verified(Box<(verify::Facts, Vec<verify::Check>)>),
 }
 
-async fn deploy(env: &Environment, args: &DeployArgs, facts: &DeployFacts) -> Result<Summary> {
-    let mut steps = Vec::new();
-    let started = Instant::now();
-    let helm_major = facts
-        .helm
-        .as_ref()
-        .map(|h| h.major)
-        .ok_or_else(|| anyhow!("helm is not installed: `cargo xtask doctor`"))?;
-    let expected_head = facts.expected_head.clone().map_err(input_error)?;
-    let commit = facts
-        .commit
-        .clone()
-        .ok_or_else(|| anyhow!("no git commit to deploy"))?;
-    let env_for_checks = env.clone();
-    let release_state = tokio::task::spawn_blocking(move || -> Result<ReleaseState> {
-        release::check_context(&env_for_checks)?;
-        release::check_not_pending(&env_for_checks)
-    })
-    .await??;
-    steps.push(Step {
-        name: "preflight",
-        took: started.elapsed(),
-        note: preflight_note(&release_state),
-    });
-
-    // Images and backup at once; Helm starts only when both succeeded.
-    let stage_started = Instant::now();
-    let options = images::Options {
-        stage: if args.skip_build {
-            Stage::UseExisting
-        } else {
-            Stage::Push
-        },
-        jobs: 2,
-        migrations_binary: args.migrations_binary.clone(),
-    };
-    let backup_wanted = !args.no_backup
-        && (release_state != ReleaseState::NotInstalled
-            || std::env::var_os("DATABASE_URL").is_some());
-    // The plan already read the tags from git (and checked every context).
-    let tags: Vec<(&'static str, String)> = env
-        .images
-        .iter()
-        .map(|image| {
-            let tag = facts
-                .images
-                .iter()
-                .find(|f| f.component == image.component)
-                .and_then(|f| f.tag.clone());
-            (image.component, tag.unwrap_or_default())
-        })
-        .collect();
-    let images_task = images::run(env, &tags, &options);
-    let backup_task = async {
-        if !backup_wanted {
-            return Ok(None);
+impl Execution<'_> {
+    async fn run(&self, plan: &Plan) -> Result<Summary> {
+        let mut summary = Summary {
+            helm_revision: self.spec.revision_before,
+            ..Summary::default()
+        };
+        for group in plan.groups() {
+            let results = futures_util::future::join_all(group.iter().map(|step| async {
+                let started = Instant::now();
+                let output = self.step(step.kind, &summary).await;
+                (step.kind, started.elapsed(), output)
+            }))
+            .await;
+            // Every step of the group has finished; the first failure stops the plan.
+            let mut outputs = Vec::new();
+            for (kind, took, output) in results {
+                outputs.push((kind, took, output?));
+            }
+            for (kind, took, output) in outputs {
+                let note = summary.record(output);
+                summary.steps.push(TimedStep { kind, took, note });
+            }
         }
-        let env = env.clone();
-        tokio::task::spawn_blocking(move || backup::take(&env))
-            .await?
-            .map(Some)
-    };
-    let (image_reports, backup) = tokio::join!(images_task, backup_task);
-    let image_reports = image_reports
-        .context("the image stage failed, so Helm was not run and the cluster is unchanged")?;
-    let backup =
-        backup.context("the backup failed, so Helm was not run and the cluster is unchanged")?;
-    steps.push(Step {
-        name: "images",
-        took: stage_started.elapsed(),
-        note: image_reports
-            .iter()
-            .map(|r| {
-                format!(
-                    "{} {}",
-                    r.component,
-                    if r.push == images::StepOutcome::Skipped("in registry") {
-                        "in registry"
+        Ok(summary)
+    }
+
+    async fn step(&self, kind: StepKind, done: &Summary) -> Result<Output> {
+        let env = self.env;
+        match kind {
+            StepKind::Images => {
+                let options = images::Options {
+                    stage: if self.skip_build {
+                        Stage::UseExisting
                     } else {
-                        "pushed"
+                        Stage::Push
+                    },
+                    jobs: 2,
+                    migrations_binary: self.migrations_binary.clone(),
+                };
+                let reports = images::run(env, &self.spec.tags, &options).await.context(
+                    "the image stage failed, so Helm was not run and the cluster is unchanged",
+                )?;
+                Ok(Output::Images(reports))
+            }
+            StepKind::Backup => {
+                let env = env.clone();
+                let backup = tokio::task::spawn_blocking(move || backup::take(&env))
+                    .await?
+                    .context(
+                        "the backup failed, so Helm was not run and the cluster is unchanged",
+                    )?;
+                Ok(Output::Backup(backup))
+            }
+            StepKind::HelmUpgrade => {
+                let argv = helm::upgrade_install_args(
+                    env,
+                    &self.pinned(done)?,
+                    &self.record(done),
+                    self.spec.helm_major,
+                );
+                run_helm_watching_rollout(env, &argv).await?;
+                Ok(Output::HelmRevision(self.spec.revision_before + 1))
+            }
+            StepKind::Rollout => {
+                match rollout::watch(env, 0, false, env_timeout(env), |_| {}).await? {
+                    Assessment::Complete => Ok(Output::Nothing),
+                    Assessment::Failed { pod, problem } => {
+                        bail!("{}", rollout::explain_failure(env, &pod, &problem))
                     }
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-    });
-    steps.push(Step {
-        name: "backup",
-        took: backup.as_ref().map_or(Duration::ZERO, |b| b.took),
-        note: match (&backup, backup_wanted) {
-            (Some(b), _) => b.path.display().to_string(),
-            (None, _) if args.no_backup => "skipped (--no-backup)".into(),
-            (None, _) => "skipped: first install, no database to back up yet".into(),
-        },
-    });
-
-    // Helm, with our own rollout watch alongside.
-    let pinned: Vec<PinnedImage> = image_reports
-        .iter()
-        .map(|r| PinnedImage {
-            component: r.component.to_string(),
-            repository: r.repository.clone(),
-            tag: r.tag.clone(),
-            digest: r.digest.clone().unwrap_or_default(),
-        })
-        .collect();
-    let record = DeployRecord {
-        git_sha: commit.sha.clone(),
-        alembic_head: expected_head.clone(),
-        backup_file: backup
-            .as_ref()
-            .map(|b| b.path.display().to_string())
-            .unwrap_or_default(),
-    };
-    let argv = helm::upgrade_install_args(env, &pinned, &record, helm_major);
-    let helm_started = Instant::now();
-    run_helm_watching_rollout(env, &argv).await?;
-    steps.push(Step {
-        name: "helm upgrade",
-        took: helm_started.elapsed(),
-        note: "--install, digests pinned".into(),
-    });
-
-    let rollout_started = Instant::now();
-    let timeout =
-        crate::config::parse_duration(&env.helm_timeout).unwrap_or(Duration::from_secs(600));
-    match rollout::watch(env, 0, false, timeout, |_| {}).await? {
-        Assessment::Complete => {}
-        Assessment::Failed { pod, problem } => {
-            bail!("{}", rollout::explain_failure(env, &pod, &problem))
+                    Assessment::Waiting(why) => bail!("the rollout did not complete: {why}"),
+                }
+            }
+            StepKind::Verify => {
+                let env = env.clone();
+                let expectation = self.expectation(done);
+                let unchanged = done.helm_revision == self.spec.revision_before;
+                let observed = self.observed.clone().filter(|_| unchanged);
+                let (facts, checks) = tokio::task::spawn_blocking(move || -> Result<_> {
+                    let facts = match observed {
+                        Some(observed) => verify::Facts {
+                            expected: expectation,
+                            ..observed
+                        },
+                        None => verify::gather(&env, expectation)?,
+                    };
+                    let checks = verify::evaluate(&env, &facts);
+                    Ok((facts, checks))
+                })
+                .await??;
+                Ok(Output::Verified(Box::new((facts, checks))))
+            }
+            other => bail!("a deploy plan has no {} step", other.name()),
         }
-        Assessment::Waiting(why) => bail!("the rollout did not complete: {why}"),
     }
-    steps.push(Step {
-        name: "rollout",
-        took: rollout_started.elapsed(),
-        note: "newest ReplicaSet ready, no old pods".into(),
-    });
 
-    let verify_started = Instant::now();
-    let env_for_verify = env.clone();
-    let head = expected_head.clone();
-    let (facts, checks) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let facts = verify::gather(&env_for_verify, head)?;
-        let checks = verify::evaluate(&env_for_verify, &facts);
-        Ok((facts, checks))
-    })
-    .await??;
-    if checks.iter().any(|c| !c.ok) {
-        eprint!("{}", verify::render(env, &facts, &checks));
-        bail!("the deploy finished but verify failed: see the checks above");
+    /// The images as Helm gets them: the plan's digests, or the pushed ones.
+    fn pinned(&self, done: &Summary) -> Result<Vec<PinnedImage>> {
+        self.spec
+            .pinned
+            .iter()
+            .map(|planned| {
+                let mut pinned = planned.clone();
+                if let Some(report) = done
+                    .images
+                    .iter()
+                    .find(|r| r.component == planned.component)
+                {
+                    pinned.digest = report.digest.clone().ok_or_else(|| {
+                        anyhow!("{} has no digest after the image stage", planned.component)
+                    })?;
+                }
+                if pinned.digest == plan::DIGEST_PLACEHOLDER {
+                    bail!(
+                        "{} was never pushed, so there is no digest to pin",
+                        planned.component
+                    );
+                }
+                Ok(pinned)
+            })
+            .collect()
     }
-    steps.push(Step {
-        name: "verify",
-        took: verify_started.elapsed(),
-        note: "all checks passed".into(),
-    });
-    let helm_revision = match release::state(env)? {
-        ReleaseState::Installed { revision, .. } => revision,
-        ReleaseState::NotInstalled => 0,
-    };
-    Ok(Summary {
-        steps,
-        images: image_reports,
-        backup,
-        helm_revision,
-        alembic: format!("{expected_head} (head)"),
-        stamped: facts.detection_line(),
-        checks,
-    })
+
+    fn record(&self, done: &Summary) -> DeployRecord {
+        DeployRecord {
+            backup_file: done
+                .backup
+                .as_ref()
+                .map(|b| b.path.display().to_string())
+                .unwrap_or_default(),
+            ..self.spec.record.clone()
+        }
+    }
+
+    /// A deploy verifies against the head it recorded; a no-op against the
+    /// running revision's record (the same thing, read from the release).
+    fn expectation(&self, done: &Summary) -> verify::Expectation {
+        verify::Expectation {
+            head: self.spec.verify_head.clone(),
+            source: verify::Source::DeployRecord {
+                revision: done.helm_revision,
+            },
+        }
+    }
 }
 
-fn preflight_note(state: &ReleaseState) -> String {
-    match state {
-        ReleaseState::NotInstalled => "context ok; first install".into(),
-        ReleaseState::Installed { status, revision } => {
-            format!("context ok; release at revision {revision} ({status})")
+fn env_timeout(env: &Environment) -> Duration {
+    config::parse_duration(&env.helm_timeout).unwrap_or(Duration::from_secs(600))
+}
+
+impl Summary {
+    /// Keeps a step's output; returns the note for the summary table.
+    fn record(&mut self, output: Output) -> String {
+        match output {
+            Output::Images(reports) => {
+                let note = reports
+                    .iter()
+                    .map(|r| {
+                        let pushed = matches!(r.push, images::StepOutcome::Done(_));
+                        format!(
+                            "{} {}",
+                            r.component,
+                            if pushed { "pushed" } else { "in registry" }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.images = reports;
+                note
+            }
+            Output::Backup(backup) => {
+                let note = backup.path.display().to_string();
+                self.backup = Some(backup);
+                note
+            }
+            Output::HelmRevision(revision) => {
+                self.helm_revision = revision;
+                format!("revision {revision}, digests pinned")
+            }
+            Output::Nothing => "newest ReplicaSet ready, no old pods".into(),
+            Output::Verified(verified) => {
+                let (_, checks) = &*verified;
+                let passed = checks.iter().filter(|c| c.ok).count();
+                let note = format!("{passed}/{} checks passed", checks.len());
+                self.verify = Some(*verified);
+                note
+            }
         }
+    }
+
+    fn verified(&self) -> bool {
+        self.verify
+            .as_ref()
+            .is_some_and(|(_, checks)| checks.iter().all(|c| c.ok))
+    }
+
+    fn render(&self, env: &Environment) -> String {
+        let mut out = String::new();
+        if let Some((facts, checks)) = &self.verify {
+            out.push('\n');
+            out.push_str(&verify::render(env, facts, checks));
+        }
+        let total: Duration = self.facts_took + self.steps.iter().map(|s| s.took).sum::<Duration>();
+        if self.decision == "nothing to deploy" {
+            out.push_str(&format!(
+                "\nNothing to deploy to {}: {}\n",
+                env.name, self.reason
+            ));
+        } else {
+            let head = self
+                .verify
+                .as_ref()
+                .map_or(String::new(), |(facts, _)| facts.expected.head.clone());
+            out.push_str(&format!(
+                "\nDeployed {} to {}/{}: Helm revision {}, Alembic {head} (head)\n",
+                env.name, env.kube_context, env.namespace, self.helm_revision
+            ));
+        }
+        out.push('\n');
+        out.push_str(&format!(
+            "  {:<13} {:>6.1} s  read-only: git, registry, release, database\n",
+            "facts",
+            self.facts_took.as_secs_f64()
+        ));
+        for step in &self.steps {
+            out.push_str(&format!(
+                "  {:<13} {:>6.1} s  {}\n",
+                step.kind.name(),
+                step.took.as_secs_f64(),
+                step.note
+            ));
+        }
+        out.push_str(&format!(
+            "  {:<13} {:>6.1} s\n\n",
+            "total",
+            total.as_secs_f64()
+        ));
+        for image in &self.images {
+            if let Some(digest) = &image.digest {
+                out.push_str(&format!(
+                    "  {:<9} {}@{digest}\n",
+                    image.component, image.repository
+                ));
+            }
+        }
+        if let Some(backup) = &self.backup {
+            out.push_str(&format!("  {:<9} {}\n", "backup", backup.path.display()));
+        }
+        if let Some(line) = self.verify.as_ref().and_then(|(f, _)| f.detection_line()) {
+            out.push_str(&format!("  {:<9} {line}\n", "stamp"));
+        }
+        out
+    }
+
+    fn to_json(&self, env: &Environment) -> serde_json::Value {
+        json!({
+            "environment": env.name,
+            "namespace": env.namespace,
+            "release": env.release,
+            "decision": self.decision,
+            "reason": self.reason,
+            "helm_revision": self.helm_revision,
+            "alembic": self.verify.as_ref().map(|(f, _)| format!("{} (head)", f.expected.head)),
+            "backup": self.backup.as_ref().map(|b| b.path.display().to_string()),
+            "stamped": self.verify.as_ref().and_then(|(f, _)| f.detection_line()),
+            "verified": self.verified(),
+            "images": images::to_json(&self.images),
+            "facts_seconds": self.facts_took.as_secs_f64(),
+            "steps": self.steps.iter().map(|s| json!({"name": s.kind.name(), "seconds": s.took.as_secs_f64(), "note": s.note})).collect::<Vec<_>>(),
+        })
     }
 }
 
@@ -286,7 +572,7 @@ fn preflight_note(state: &ReleaseState) -> String {
 async fn run_helm_watching_rollout(env: &Environment, argv: &[String]) -> Result<()> {
     let before = {
         let env = env.clone();
-        tokio::task::spawn_blocking(move || cluster::Backend::read(&env))
+        tokio::task::spawn_blocking(move || Backend::read(&env))
             .await?
             .map(|b| rollout::newest_revision(&b))
             .unwrap_or(0)
@@ -313,9 +599,7 @@ async fn run_helm_watching_rollout(env: &Environment, argv: &[String]) -> Result
         }
         text
     });
-    let timeout =
-        crate::config::parse_duration(&env.helm_timeout).unwrap_or(Duration::from_secs(600));
-    let watch = rollout::watch(env, before, true, timeout, |_| {});
+    let watch = rollout::watch(env, before, true, env_timeout(env), |_| {});
     tokio::pin!(watch);
     let status = tokio::select! {
         status = child.wait() => status?,
@@ -361,95 +645,4 @@ fn indent(text: &str) -> String {
         .map(|l| format!("  {l}"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-impl Summary {
-    fn render(&self, env: &Environment) -> String {
-        let total: Duration = self.steps.iter().map(|s| s.took).sum();
-        let mut out = format!(
-            "\nDeployed {} to {}/{}: Helm revision {}, Alembic {}\n\n",
-            env.name, env.kube_context, env.namespace, self.helm_revision, self.alembic
-        );
-        for step in &self.steps {
-            out.push_str(&format!(
-                "  {:<13} {:>6.1} s  {}\n",
-                step.name,
-                step.took.as_secs_f64(),
-                step.note
-            ));
-        }
-        out.push_str(&format!(
-            "  {:<13} {:>6.1} s\n\n",
-            "total",
-            total.as_secs_f64()
-        ));
-        for image in &self.images {
-            out.push_str(&format!(
-                "  {:<9} {}\n",
-                image.component,
-                image
-                    .digest
-                    .as_ref()
-                    .map_or(String::new(), |d| format!("{}@{d}", image.repository))
-            ));
-        }
-        if let Some(backup) = &self.backup {
-            out.push_str(&format!("  {:<9} {}\n", "backup", backup.path.display()));
-        }
-        if let Some(line) = &self.stamped {
-            out.push_str(&format!("  {:<9} {line}\n", "stamp"));
-        }
-        out.push_str(&format!(
-            "  {:<9} {}/{} checks passed\n",
-            "verify",
-            self.checks.iter().filter(|c| c.ok).count(),
-            self.checks.len()
-        ));
-        out
-    }
-
-    fn to_json(&self, env: &Environment) -> serde_json::Value {
-        json!({
-            "environment": env.name,
-            "namespace": env.namespace,
-            "release": env.release,
-            "helm_revision": self.helm_revision,
-            "alembic": self.alembic,
-            "backup": self.backup.as_ref().map(|b| b.path.display().to_string()),
-            "stamped": self.stamped,
-            "images": images::to_json(&self.images),
-            "steps": self.steps.iter().map(|s| json!({"name": s.name, "seconds": s.took.as_secs_f64(), "note": s.note})).collect::<Vec<_>>(),
-        })
-    }
-}
-
-/// Reads what the plan depends on: git, the build contexts, the Alembic
-/// versions, the installed Helm. Reads only; changes nothing.
-pub fn gather_facts(sh: &Shell, env: &Environment) -> Result<DeployFacts> {
-    let commit = git::head(sh, &env.root);
-    let mut images = Vec::new();
-    for image in &env.images {
-        let context_dir = env.root.join(&image.context);
-        let tag = match &commit {
-            Some(commit) => Some(git::image_tag(
-                commit,
-                &git::context_state(sh, &env.root, &image.context)?,
-            )),
-            None => None,
-        };
-        images.push(ImageFacts {
-            component: image.component.to_string(),
-            tag,
-            context_exists: context_dir.is_dir(),
-            dockerfile_exists: context_dir.join(&image.dockerfile).is_file(),
-        });
-    }
-    Ok(DeployFacts {
-        commit,
-        images,
-        expected_head: versions::expected_head(env),
-        helm: helm::detect_version(sh),
-        chart_exists: env.root.join(&env.chart).join("Chart.yaml").is_file(),
-        backup_script_exists: env.root.join(backup::SCRIPT).is_file(),
-    })
 }

@@ -37,15 +37,17 @@ pub fn detect_version(sh: &Shell) -> Option<HelmVersion> {
 
 /// What the release records about the deploy (shown by `helm get values`
 /// and, through the chart, as annotations on the pods).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DeployRecord {
     pub git_sha: String,
     pub alembic_head: String,
     pub backup_file: String,
+    /// `inputs_hash` of the chart and values files: the no-op check.
+    pub inputs_hash: String,
 }
 
 /// One image as the chart receives it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PinnedImage {
     pub component: String,
     /// `registry/repository`, without tag.
@@ -92,6 +94,7 @@ pub fn upgrade_install_args(
     set("deployRecord.gitSha".into(), &record.git_sha);
     set("deployRecord.alembicHead".into(), &record.alembic_head);
     set("deployRecord.backupFile".into(), &record.backup_file);
+    set("deployRecord.inputsHash".into(), &record.inputs_hash);
     if helm_major >= 4 {
         args.push("--wait=watcher".into());
     } else {

@@ -107,3 +107,45 @@ pub fn backend_exec_args(env: &Environment, pod: &str, command: &[&str]) -> Vec<
 pub fn migrations_log_args(env: &Environment, pod: &str) -> Vec<String> {
     kubectl(env, &["logs", pod, "--container", "run-migrations"])
 }
+
+/// `kubectl annotate deployment NAME --overwrite k=v…`: metadata only, so
+/// no pod restarts.
+pub fn annotate_deployment_args(
+    env: &Environment,
+    deployment: &str,
+    annotations: &[(&str, &str)],
+) -> Vec<String> {
+    let pairs: Vec<String> = annotations
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let mut rest = vec!["annotate", "deployment", deployment, "--overwrite"];
+    rest.extend(pairs.iter().map(String::as_str));
+    kubectl(env, &rest)
+}
+
+/// The release's in-chart database pods (`-o name`): is there a database
+/// to back up before a first install?
+pub fn database_pods_args(env: &Environment) -> Vec<String> {
+    kubectl(
+        env,
+        &[
+            "get",
+            "pods",
+            "--selector",
+            &component_selector(env, "database"),
+            "-o",
+            "name",
+        ],
+    )
+}
+
+/// What the runner in a backend pod sees in the database (no Python, no
+/// change): `run-migrations status --json`.
+pub fn migrations_status_args(env: &Environment, pod: &str) -> Vec<String> {
+    backend_exec_args(
+        env,
+        pod,
+        &["run-migrations", "status", "--json", "--wait-timeout", "5"],
+    )
+}

@@ -1,51 +1,144 @@
-//! The deploy plan: every step and command line, decided from the
-//! environment and a few facts gathered beforehand. Pure, so `--dry-run`
-//! prints exactly what a deploy would run and tests can snapshot it.
+//! The deploy plan: decided from the environment and the facts gathered
+//! beforehand (read-only), printed by `--dry-run` (text or JSON) and then
+//! executed step by step by `deploy`, which runs exactly these steps. Pure,
+//! so every decision is unit-tested and the dry run is what runs.
 
 use std::fmt::Write as _;
+
+use backend_migrations::revisions::RevisionGraph;
+use serde::Serialize;
 
 use crate::config::Environment;
 use crate::git::Commit;
 use crate::helm::{self, DeployRecord, HelmVersion, PinnedImage};
 use crate::kube;
+use crate::release::Current;
+use crate::schema::DatabaseRevision;
+use crate::versions;
 
-/// What was learned about the checkout and the machine before planning.
+/// What was learned before planning, all read-only: the checkout, the
+/// registry, the release and the database.
 #[derive(Debug, Clone)]
 pub struct DeployFacts {
     pub commit: Option<Commit>,
     pub images: Vec<ImageFacts>,
-    /// The head declared by the Alembic versions directory, or why unknown.
-    pub expected_head: Result<String, String>,
+    /// The checkout's Alembic revision graph, or why it cannot be read.
+    pub graph: Result<RevisionGraph, String>,
     pub helm: Option<HelmVersion>,
     pub chart_exists: bool,
     pub backup_script_exists: bool,
+    /// `inputs::hash` of the chart and values files.
+    pub inputs_hash: Result<String, String>,
+    /// The cluster's side, or why it could not be read (a refusal).
+    pub cluster: Result<ClusterFacts, String>,
+    /// `DATABASE_URL` is set: the backup script dumps that (external) database.
+    pub external_database: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct ImageFacts {
-    pub component: String,
+    pub component: &'static str,
     /// None when there is no commit to tag from.
     pub tag: Option<String>,
     pub context_exists: bool,
     pub dockerfile_exists: bool,
+    /// The registry's digest for `tag`: Ok(None) when it does not hold it.
+    pub registry_digest: Result<Option<String>, String>,
 }
 
 #[derive(Debug, Clone)]
+pub struct ClusterFacts {
+    /// None: the release is not installed.
+    pub release: Option<Current>,
+    pub database: DatabaseRevision,
+    /// What verify reads, read once with the facts (the database's revision
+    /// comes from its `alembic current`): a no-op verifies with it.
+    pub observed: Option<crate::verify::Facts>,
+    /// An in-chart database pod of this release exists (matters before a
+    /// first install: there may be data to back up).
+    pub database_pod_exists: bool,
+}
+
+/// How the user asked to deploy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeployOptions {
+    pub force: bool,
+    pub skip_build: bool,
+    pub no_backup: bool,
+}
+
+/// A plan: facts shown, what blocks it, its decision, and its steps.
+#[derive(Debug, Clone, Serialize)]
 pub struct Plan {
-    pub env_name: String,
+    pub command: &'static str,
+    pub environment: String,
+    #[serde(serialize_with = "facts_as_map")]
     pub facts: Vec<(&'static str, String)>,
-    /// What a real deploy needs and this checkout or machine lacks.
+    /// What stops the plan from running (a refusal, exit 2).
     pub missing: Vec<String>,
+    /// `deploy`, `nothing to deploy`, `rollback`, `nothing to do`.
+    pub decision: String,
+    /// Why, in a sentence.
+    pub reason: String,
+    /// What happens to the database schema, line by line.
+    pub schema: Vec<String>,
     pub steps: Vec<Step>,
 }
 
-#[derive(Debug, Clone)]
+fn facts_as_map<S: serde::Serializer>(
+    facts: &[(&'static str, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(facts.len()))?;
+    for (key, value) in facts {
+        map.serialize_entry(key, value)?;
+    }
+    map.end()
+}
+
+/// One step: what the executor runs for `kind`, shown as `items`.
+#[derive(Debug, Clone, Serialize)]
 pub struct Step {
+    pub kind: StepKind,
     pub title: String,
+    /// Runs at the same time as the step before it.
+    pub alongside_previous: bool,
     pub items: Vec<Item>,
 }
 
-#[derive(Debug, Clone)]
+/// The steps the executors know. A plan is a list of these; a run reports
+/// the same list, which is how tests hold the dry run equal to the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepKind {
+    Images,
+    Backup,
+    HelmUpgrade,
+    Rollout,
+    Downgrade,
+    HelmRollback,
+    RecordHead,
+    Verify,
+}
+
+impl StepKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Images => "images",
+            StepKind::Backup => "backup",
+            StepKind::HelmUpgrade => "helm-upgrade",
+            StepKind::Rollout => "rollout",
+            StepKind::Downgrade => "downgrade",
+            StepKind::HelmRollback => "helm-rollback",
+            StepKind::RecordHead => "record-head",
+            StepKind::Verify => "verify",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Item {
     /// A process, as argv, and what its output must show.
     Run {
@@ -53,178 +146,487 @@ pub enum Item {
         expect: Option<String>,
     },
     /// Work done in-process (Docker Engine API calls) or a rule.
-    Note(String),
+    Note { text: String },
+}
+
+fn run(argv: Vec<String>, expect: Option<&str>) -> Item {
+    Item::Run {
+        argv,
+        expect: expect.map(String::from),
+    }
+}
+
+fn note(text: impl Into<String>) -> Item {
+    Item::Note { text: text.into() }
+}
+
+/// What the deploy executor needs beyond the step list: the values that
+/// fill the Helm command once the images are pushed and the backup taken.
+#[derive(Debug, Clone)]
+pub struct DeploySpec {
+    /// Component and tag of each image.
+    pub tags: Vec<(&'static str, String)>,
+    /// The digests the plan already knows (the registry holds the tag).
+    pub pinned: Vec<PinnedImage>,
+    pub record: DeployRecord,
+    pub helm_major: u32,
+    /// The release's revision before the deploy (0: first install).
+    pub revision_before: u32,
+    /// The head verify expects: the new record's, or for a no-op the
+    /// running revision's.
+    pub verify_head: String,
 }
 
 const FAILURE_STATES: &str =
     "Init:CrashLoopBackOff, Init:Error, ErrImagePull, ImagePullBackOff, CrashLoopBackOff";
 
-pub fn deploy_plan(env: &Environment, facts: &DeployFacts) -> Plan {
-    let sha = facts
-        .commit
-        .as_ref()
-        .map_or("<no commit>".to_string(), |c| c.short.clone());
-    let head = facts
-        .expected_head
-        .clone()
-        .unwrap_or_else(|_| "<unknown>".into());
-    let helm_major = facts.helm.as_ref().map_or(4, |h| h.major);
-    let pinned = pinned_images(env, facts);
-    let record = DeployRecord {
-        git_sha: facts
-            .commit
-            .as_ref()
-            .map_or("<no commit>".into(), |c| c.sha.clone()),
-        alembic_head: head.clone(),
-        backup_file: "<path printed by the backup>".into(),
-    };
-    let run = |argv: Vec<String>, expect: Option<&str>| Item::Run {
-        argv,
-        expect: expect.map(String::from),
-    };
-    let note = |text: String| Item::Note(text);
+/// Placeholders the executor fills in; the dry run shows them as they are.
+pub const DIGEST_PLACEHOLDER: &str = "<digest of the pushed image>";
+pub const BACKUP_PLACEHOLDER: &str = "<path printed by the backup>";
 
-    let mut build_items = Vec::new();
-    let mut push_items = Vec::new();
-    for (image, pinned) in env.images.iter().zip(&pinned) {
+/// Decides the deploy. Pure.
+pub fn deploy_plan(
+    env: &Environment,
+    facts: &DeployFacts,
+    options: DeployOptions,
+) -> (Plan, DeploySpec) {
+    let head = expected_head(facts);
+    let spec = deploy_spec(env, facts, &head);
+    let mut missing = missing(env, facts);
+    let schema = schema_lines(facts, &head, &mut missing);
+    let mut spec = spec;
+    let (decision, reason, steps) = match nothing_to_deploy(env, facts, options) {
+        Some((reason, recorded_head)) => {
+            // Verify what runs: the running revision's recorded head.
+            spec.verify_head = recorded_head.clone();
+            (
+                "nothing to deploy",
+                reason,
+                vec![verify_step(env, &Ok(recorded_head))],
+            )
+        }
+        None => {
+            let (backup, why_backup) = backup_decision(facts, options);
+            let mut steps = vec![images_step(env, &spec, options)];
+            if backup {
+                steps.push(backup_step(env));
+            }
+            steps.push(helm_step(env, &spec));
+            steps.push(rollout_step(env));
+            steps.push(verify_step(env, &head));
+            ("deploy", why_backup, steps)
+        }
+    };
+    let plan = Plan {
+        command: "deploy",
+        environment: env.name.clone(),
+        facts: fact_lines(env, facts, &head),
+        missing,
+        decision: decision.into(),
+        reason,
+        schema,
+        steps,
+    };
+    (plan, spec)
+}
+
+fn expected_head(facts: &DeployFacts) -> Result<String, String> {
+    match &facts.graph {
+        Ok(graph) => graph.head().map(str::to_string).map_err(|e| e.to_string()),
+        Err(why) => Err(why.clone()),
+    }
+}
+
+fn deploy_spec(
+    env: &Environment,
+    facts: &DeployFacts,
+    head: &Result<String, String>,
+) -> DeploySpec {
+    let tags: Vec<(&'static str, String)> = env
+        .images
+        .iter()
+        .map(|image| {
+            let tag = image_facts(facts, image.component)
+                .and_then(|f| f.tag.clone())
+                .unwrap_or_else(|| "<no commit to tag from>".into());
+            (image.component, tag)
+        })
+        .collect();
+    let pinned = env
+        .images
+        .iter()
+        .zip(&tags)
+        .map(|(image, (_, tag))| PinnedImage {
+            component: image.component.to_string(),
+            repository: image.reference.clone(),
+            tag: tag.clone(),
+            digest: image_facts(facts, image.component)
+                .and_then(|f| f.registry_digest.clone().ok().flatten())
+                .unwrap_or_else(|| DIGEST_PLACEHOLDER.into()),
+        })
+        .collect();
+    let cluster = facts.cluster.as_ref().ok();
+    let head = head.clone().unwrap_or_else(|_| "<unknown>".into());
+    DeploySpec {
+        verify_head: head.clone(),
+        tags,
+        pinned,
+        record: DeployRecord {
+            git_sha: facts
+                .commit
+                .as_ref()
+                .map_or("<no commit>".into(), |c| c.sha.clone()),
+            alembic_head: head,
+            backup_file: BACKUP_PLACEHOLDER.into(),
+            inputs_hash: facts.inputs_hash.clone().unwrap_or_default(),
+        },
+        helm_major: facts.helm.as_ref().map_or(4, |h| h.major),
+        revision_before: cluster
+            .and_then(|c| c.release.as_ref())
+            .map_or(0, |r| r.revision),
+    }
+}
+
+fn image_facts<'a>(facts: &'a DeployFacts, component: &str) -> Option<&'a ImageFacts> {
+    facts.images.iter().find(|f| f.component == component)
+}
+
+/// Why nothing needs deploying, if nothing does: the registry holds this
+/// commit's images with the digests the release runs, the chart and values
+/// are the ones it was deployed with, and it is healthy (`deployed`).
+pub fn nothing_to_deploy(
+    env: &Environment,
+    facts: &DeployFacts,
+    options: DeployOptions,
+) -> Option<(String, String)> {
+    if options.force {
+        return None;
+    }
+    let release = facts.cluster.as_ref().ok()?.release.as_ref()?;
+    if release.status != "deployed" {
+        return None;
+    }
+    let record = &release.record;
+    let inputs = facts.inputs_hash.as_ref().ok()?;
+    if record.inputs_hash.is_empty() || &record.inputs_hash != inputs {
+        return None;
+    }
+    for image in &env.images {
+        let digest = image_facts(facts, image.component)?
+            .registry_digest
+            .as_ref()
+            .ok()?
+            .as_ref()?;
+        if record.image(image.component) != format!("{}@{digest}", image.reference) {
+            return None;
+        }
+    }
+    Some((
+        format!(
+            "revision {} already runs these images (same digests), chart and values; `--force` deploys anyway",
+            release.revision
+        ),
+        record.alembic_head.clone(),
+    ))
+}
+
+/// Back up whenever the release changes and there is a database: every
+/// upgrade, and a first install beside an existing database.
+fn backup_decision(facts: &DeployFacts, options: DeployOptions) -> (bool, String) {
+    if options.no_backup {
+        return (false, "deploy without a backup (--no-backup)".into());
+    }
+    let Ok(cluster) = &facts.cluster else {
+        return (true, "back up, then deploy".into());
+    };
+    match &cluster.release {
+        Some(release) => (
+            true,
+            format!(
+                "upgrade revision {} ({}): back up first",
+                release.revision, release.status
+            ),
+        ),
+        None if cluster.database_pod_exists => (
+            true,
+            "first install beside an existing database pod: back it up first".into(),
+        ),
+        None if facts.external_database => (
+            true,
+            "first install with an external database (DATABASE_URL): back it up first".into(),
+        ),
+        None => (
+            false,
+            "first install: no database pod and no DATABASE_URL, so nothing to back up".into(),
+        ),
+    }
+}
+
+/// What the deploy does to the schema, from the database's revision to the
+/// checkout's head; a database these scripts cannot migrate blocks the plan.
+fn schema_lines(
+    facts: &DeployFacts,
+    head: &Result<String, String>,
+    missing: &mut Vec<String>,
+) -> Vec<String> {
+    let (Ok(graph), Ok(head)) = (&facts.graph, head) else {
+        return vec!["unknown: the checkout's Alembic head is unknown".into()];
+    };
+    let database = match &facts.cluster {
+        Ok(cluster) => cluster.database.clone(),
+        Err(_) => DatabaseRevision::Unknown {
+            why: "the cluster could not be read".into(),
+        },
+    };
+    let apply = |from: Option<&str>| -> Vec<String> {
+        graph
+            .upgrade_path(from, head)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|id| match versions::message(graph, id) {
+                m if m.is_empty() => format!("apply {id}"),
+                m => format!("apply {id}: {m}"),
+            })
+            .collect()
+    };
+    let base = graph
+        .upgrade_path(None, head)
+        .and_then(|path| path.first().map(|b| b.to_string()))
+        .unwrap_or_default();
+    match &database {
+        DatabaseRevision::At { revision } if revision == head => {
+            vec![format!("unchanged: the database is at {head} already")]
+        }
+        DatabaseRevision::At { revision } if graph.contains(revision) => {
+            let mut lines = vec![format!(
+                "the database is at {revision}; the init container will"
+            )];
+            lines.extend(apply(Some(revision)));
+            lines
+        }
+        DatabaseRevision::At { revision } => {
+            missing.push(format!(
+                "the database is at {revision}, which this checkout's migrations do not know (they end at {head}):                  a newer build migrated it, and this build's init container would refuse to start. Deploy that                  build, or roll the schema back with the release that knows it (`cargo xtask rollback --to {head}`)"
+            ));
+            vec![format!(
+                "refused: the database is at {revision}, unknown to these scripts"
+            )]
+        }
+        DatabaseRevision::NoRevision {
+            legacy_tables: Some(tables),
+        } if !tables.is_empty() => {
+            let mut lines = vec![format!(
+                "a pre-Alembic schema ({}): the init container will stamp {base}, then",
+                tables.join(", ")
+            )];
+            lines.extend(apply(Some(&base)));
+            lines
+        }
+        DatabaseRevision::NoRevision { legacy_tables } => {
+            let mut lines = vec![match legacy_tables {
+                Some(_) => "an empty database: the init container will".to_string(),
+                None => format!(
+                    "no Alembic revision: the init container will stamp {base} first if it finds the pre-Alembic tables, then"
+                ),
+            }];
+            lines.extend(apply(None));
+            lines
+        }
+        DatabaseRevision::Unknown { why } => vec![format!(
+            "database revision unknown ({why}); the init container will bring it to {head}"
+        )],
+    }
+}
+
+fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> Step {
+    let mut items = Vec::new();
+    for (image, pinned) in env.images.iter().zip(&spec.pinned) {
+        let reference = format!("{}:{}", pinned.repository, pinned.tag);
+        if pinned.digest != DIGEST_PLACEHOLDER {
+            items.push(note(format!(
+                "{:<8} {reference} is in the registry ({}): nothing to build or push",
+                image.component, pinned.digest
+            )));
+            continue;
+        }
+        if options.skip_build {
+            items.push(note(format!(
+                "{:<8} {reference} must already be in the registry (--skip-build)",
+                image.component
+            )));
+            continue;
+        }
         let context = image.context.display();
-        build_items.push(note(format!(
-            "{:<8} context {context}/, Dockerfile {context}/{} -> {}:{}",
+        items.push(note(format!(
+            "{:<8} build context {context}/, Dockerfile {context}/{}, push -> {reference}",
             image.component,
             image.dockerfile.display(),
-            pinned.repository,
-            pinned.tag,
         )));
         if !image.build_args.is_empty() {
             // Keys only: values may be tokens.
             let keys: Vec<&str> = image.build_args.keys().map(String::as_str).collect();
-            build_items.push(note(format!("           build args: {}", keys.join(", "))));
+            items.push(note(format!("           build args: {}", keys.join(", "))));
         }
         if image.component == "backend" {
-            build_items.push(note(
-                "           then layer the run-migrations binary on top (FROM that image, COPY run-migrations)".into(),
+            items.push(note(
+                "           then layer the run-migrations binary on top (FROM that image, COPY run-migrations)",
             ));
         }
         if image.also_tag_latest {
-            build_items.push(note(format!(
+            items.push(note(format!(
                 "           also tagged {}:latest",
                 pinned.repository
             )));
         }
-        push_items.push(note(format!(
-            "{:<8} {}:{}",
-            image.component, pinned.repository, pinned.tag
-        )));
     }
-    build_items.push(note(
-        "an image whose tag the registry already holds is neither built nor pushed".into(),
+    items.push(note(
+        "each digest (sha256:…) is read back from the registry and pinned in the Helm command",
     ));
-    push_items.push(note(
-        "each digest (sha256:…) is read back from the registry and pinned in step 5".into(),
-    ));
-
-    let pod = "<newest backend pod>";
-    let steps = vec![
-        Step {
-            title: "Preflight (changes nothing)".into(),
-            items: vec![
-                run(kube::current_context_args(), Some(&format!("{} (refuse otherwise)", env.kube_context))),
-                run(helm::status_args(env), Some("not pending-install/upgrade/rollback (refuse otherwise)")),
-                note("Docker Engine API: ping and negotiate the API version (DOCKER_HOST or the default socket)".into()),
-            ],
-        },
-        Step {
-            title: "Build both images at once (Docker Engine API)".into(),
-            items: build_items,
-        },
-        Step {
-            title: "Push both images at once".into(),
-            items: push_items,
-        },
-        Step {
-            title: "Back up the database (alongside steps 2-3; must succeed before step 5)".into(),
-            items: vec![run(crate::backup::script_args(env), Some("last line: the backup file's path"))],
-        },
-        Step {
-            title: "Install or upgrade the release, digests pinned".into(),
-            items: vec![run(helm::upgrade_install_args(env, &pinned, &record, helm_major), None)],
-        },
-        Step {
-            title: "Watch the rollout of the newest ReplicaSet (alongside Helm)".into(),
-            items: vec![
-                run(kube::backend_replicasets_args(env), Some("newest ReplicaSet's pod-template-hash")),
-                run(kube::pods_of_replicaset_args(env, "<hash>"), Some("all pods Ready")),
-                note(format!(
-                    "stop at once on {FAILURE_STATES}: print the failing container's log, exit code and the pod's events"
-                )),
-            ],
-        },
-        Step {
-            title: "Verify the newest pods".into(),
-            items: vec![
-                run(kube::alembic_current_args(env, pod), Some(&format!("{head} (head)"))),
-                run(kube::migrations_log_args(env, pod), Some("last line: Migrations complete.")),
-            ],
-        },
-    ];
-
-    Plan {
-        env_name: env.name.clone(),
-        facts: vec![
-            (
-                "environment",
-                format!("{} (from {})", env.name, env.config_file.display()),
-            ),
-            (
-                "cluster",
-                format!(
-                    "context {}, namespace {}, release {}",
-                    env.kube_context, env.namespace, env.release
-                ),
-            ),
-            ("registry", env.registry.clone()),
-            ("git commit", sha),
-            (
-                "Alembic head",
-                format!("{head} (from {})", env.alembic_versions.display()),
-            ),
-            (
-                "helm",
-                facts
-                    .helm
-                    .as_ref()
-                    .map_or("not found; planned for Helm 4".to_string(), |h| {
-                        h.text.clone()
-                    }),
-            ),
-        ],
-        missing: missing(env, facts),
-        steps,
+    Step {
+        kind: StepKind::Images,
+        title:
+            "Build and push the images that the registry lacks (Docker Engine API, both at once)"
+                .into(),
+        alongside_previous: false,
+        items,
     }
 }
 
-fn pinned_images(env: &Environment, facts: &DeployFacts) -> Vec<PinnedImage> {
-    env.images
-        .iter()
-        .map(|image| {
-            let tag = facts
-                .images
-                .iter()
-                .find(|f| f.component == image.component)
-                .and_then(|f| f.tag.clone())
-                .unwrap_or_else(|| "<no commit to tag from>".into());
-            PinnedImage {
-                component: image.component.to_string(),
-                repository: image.reference.clone(),
-                tag,
-                digest: format!("<digest of the pushed {} image>", image.component),
-            }
-        })
-        .collect()
+fn backup_step(env: &Environment) -> Step {
+    Step {
+        kind: StepKind::Backup,
+        title: "Back up the database (alongside the images; must succeed before Helm)".into(),
+        alongside_previous: true,
+        items: vec![run(
+            crate::backup::script_args(env),
+            Some("last line: the backup file's path"),
+        )],
+    }
+}
+
+fn helm_step(env: &Environment, spec: &DeploySpec) -> Step {
+    Step {
+        kind: StepKind::HelmUpgrade,
+        title: "Install or upgrade the release, digests pinned, watching the new pods".into(),
+        alongside_previous: false,
+        items: vec![
+            run(
+                helm::upgrade_install_args(env, &spec.pinned, &spec.record, spec.helm_major),
+                None,
+            ),
+            note(format!(
+                "meanwhile, stop Helm at once on {FAILURE_STATES}: print the failing container's log, exit code and the pod's events"
+            )),
+        ],
+    }
+}
+
+fn rollout_step(env: &Environment) -> Step {
+    Step {
+        kind: StepKind::Rollout,
+        title: "Wait for the rollout of the newest ReplicaSet".into(),
+        alongside_previous: false,
+        items: vec![
+            run(
+                kube::backend_replicasets_args(env),
+                Some("newest ReplicaSet's pod-template-hash"),
+            ),
+            run(
+                kube::pods_of_replicaset_args(env, "<hash>"),
+                Some("all pods Ready, no pod of an older ReplicaSet left"),
+            ),
+        ],
+    }
+}
+
+/// Verify the newest pods against `head` (the deploy record's head).
+pub fn verify_step(env: &Environment, head: &Result<String, String>) -> Step {
+    let head = head.clone().unwrap_or_else(|_| "<unknown>".into());
+    let pod = "<newest backend pod>";
+    Step {
+        kind: StepKind::Verify,
+        title: "Verify the newest pods".into(),
+        alongside_previous: false,
+        items: vec![
+            run(
+                kube::alembic_current_args(env, pod),
+                Some(&format!("{head} (head)")),
+            ),
+            run(
+                kube::migrations_log_args(env, pod),
+                Some("last line: Migrations complete."),
+            ),
+        ],
+    }
+}
+
+fn fact_lines(
+    env: &Environment,
+    facts: &DeployFacts,
+    head: &Result<String, String>,
+) -> Vec<(&'static str, String)> {
+    let sha = facts
+        .commit
+        .as_ref()
+        .map_or("<no commit>".to_string(), |c| c.short.clone());
+    let (release, database) = match &facts.cluster {
+        Ok(cluster) => (
+            match &cluster.release {
+                Some(r) if r.record.has_head() => format!(
+                    "revision {} ({}), deployed from {} with head {}",
+                    r.revision,
+                    r.status,
+                    r.record.git_sha.chars().take(12).collect::<String>(),
+                    r.record.alembic_head
+                ),
+                Some(r) => format!("revision {} ({}), no deploy record", r.revision, r.status),
+                None => "not installed".into(),
+            },
+            cluster.database.describe(),
+        ),
+        Err(_) => ("unknown (see Missing)".into(), "unknown".into()),
+    };
+    vec![
+        (
+            "environment",
+            format!("{} (from {})", env.name, env.config_file.display()),
+        ),
+        (
+            "cluster",
+            format!(
+                "context {}, namespace {}, release {}",
+                env.kube_context, env.namespace, env.release
+            ),
+        ),
+        ("release", release),
+        ("database", database),
+        ("registry", env.registry.clone()),
+        ("git commit", sha),
+        (
+            "Alembic head",
+            format!(
+                "{} (from {})",
+                head.clone().unwrap_or_else(|_| "<unknown>".into()),
+                env.alembic_versions.display()
+            ),
+        ),
+        (
+            "helm",
+            facts
+                .helm
+                .as_ref()
+                .map_or("not found; planned for Helm 4".to_string(), |h| {
+                    h.text.clone()
+                }),
+        ),
+    ]
 }
 
 fn missing(env: &Environment, facts: &DeployFacts) -> Vec<String> {
     let mut missing = Vec::new();
+    if let Err(why) = &facts.cluster {
+        missing.push(why.clone());
+    }
     for path in env.missing_values_files() {
         missing.push(format!("values file {} does not exist", path.display()));
     }
@@ -246,8 +648,14 @@ fn missing(env: &Environment, facts: &DeployFacts) -> Vec<String> {
                 image.dockerfile.display()
             ));
         }
+        if let Err(why) = &found.registry_digest {
+            missing.push(format!(
+                "{}: registry {} does not answer: {why} (`cargo xtask doctor` checks it)",
+                image.component, env.registry
+            ));
+        }
     }
-    if let Err(why) = &facts.expected_head {
+    if let Err(why) = expected_head(facts) {
         missing.push(format!("expected Alembic head unknown: {why}"));
     }
     if facts.commit.is_none() {
@@ -258,20 +666,36 @@ fn missing(env: &Environment, facts: &DeployFacts) -> Vec<String> {
     }
     if !facts.chart_exists {
         missing.push(format!("chart {} does not exist", env.chart));
+    } else if let Err(why) = &facts.inputs_hash {
+        missing.push(why.clone());
     }
     if !facts.backup_script_exists {
         missing.push(format!("{} does not exist", crate::backup::SCRIPT));
+    }
+    if facts.helm.is_none() {
+        missing.push("helm is not installed (`cargo xtask doctor`)".into());
     }
     missing
 }
 
 impl Plan {
-    pub fn render(&self) -> String {
+    /// The plan as text: what `--dry-run` prints, and what a real run
+    /// prints before it asks and executes.
+    pub fn render(&self, dry_run: bool) -> String {
         let mut out = String::new();
+        let title = match self.command {
+            "rollback" => "Rollback plan",
+            _ => "Deploy plan",
+        };
         let _ = writeln!(
             out,
-            "Deploy plan for {} (dry run: nothing below is executed)\n",
-            self.env_name
+            "{title} for {}{}\n",
+            self.environment,
+            if dry_run {
+                " (dry run: nothing below is executed)"
+            } else {
+                ""
+            }
         );
         for (key, value) in &self.facts {
             let _ = writeln!(out, "  {key:<13}{value}");
@@ -279,10 +703,18 @@ impl Plan {
         if !self.missing.is_empty() {
             let _ = writeln!(
                 out,
-                "\nMissing (a real deploy stops here until these are fixed):"
+                "\nMissing (a real {} stops here until these are fixed):",
+                self.command
             );
             for item in &self.missing {
                 let _ = writeln!(out, "  ! {item}");
+            }
+        }
+        let _ = writeln!(out, "\nDecision: {}: {}", self.decision, self.reason);
+        if !self.schema.is_empty() {
+            let _ = writeln!(out, "\nSchema:");
+            for line in &self.schema {
+                let _ = writeln!(out, "  {line}");
             }
         }
         for (number, step) in self.steps.iter().enumerate() {
@@ -296,16 +728,34 @@ impl Plan {
                         }
                     }
                     // An indented note continues the one above it.
-                    Item::Note(text) if text.starts_with(' ') => {
+                    Item::Note { text } if text.starts_with(' ') => {
                         let _ = writeln!(out, "   {text}");
                     }
-                    Item::Note(text) => {
+                    Item::Note { text } => {
                         let _ = writeln!(out, "   - {text}");
                     }
                 }
             }
         }
         out
+    }
+
+    /// The step kinds in order: what a run of this plan reports it ran.
+    #[cfg(test)]
+    pub fn step_names(&self) -> Vec<&'static str> {
+        self.steps.iter().map(|s| s.kind.name()).collect()
+    }
+
+    /// Consecutive steps that run together (`alongside_previous`).
+    pub fn groups(&self) -> Vec<Vec<&Step>> {
+        let mut groups: Vec<Vec<&Step>> = Vec::new();
+        for step in &self.steps {
+            match groups.last_mut() {
+                Some(group) if step.alongside_previous => group.push(step),
+                _ => groups.push(vec![step]),
+            }
+        }
+        groups
     }
 }
 
@@ -354,6 +804,249 @@ fn shell_quote(arg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::release::Record;
+    use backend_migrations::revisions::Revision;
+
+    fn env() -> Environment {
+        let mut env = crate::config::tests::environment();
+        for values in &mut env.values {
+            values.exists = true;
+        }
+        env
+    }
+
+    fn graph() -> RevisionGraph {
+        let rev = |id: &str, down: &[&str]| Revision {
+            id: id.into(),
+            down: down.iter().map(|s| s.to_string()).collect(),
+            file: format!("/nonexistent/{id}.py").into(),
+        };
+        RevisionGraph::from_revisions(vec![
+            rev("0001_baseline", &[]),
+            rev("0002_activity_and_comments", &["0001_baseline"]),
+        ])
+        .unwrap()
+    }
+
+    const BACKEND_DIGEST: &str = "sha256:b";
+    const FRONTEND_DIGEST: &str = "sha256:f";
+
+    /// The release runs exactly what the registry holds for this commit.
+    fn facts(database: DatabaseRevision) -> DeployFacts {
+        let env = env();
+        let image = |component: &'static str, digest: &str| ImageFacts {
+            component,
+            tag: Some("abc".into()),
+            context_exists: true,
+            dockerfile_exists: true,
+            registry_digest: Ok(Some(digest.into())),
+        };
+        DeployFacts {
+            commit: Some(Commit {
+                sha: "abcdef".into(),
+                short: "abc".into(),
+            }),
+            images: vec![
+                image("backend", BACKEND_DIGEST),
+                image("frontend", FRONTEND_DIGEST),
+            ],
+            graph: Ok(graph()),
+            helm: Some(HelmVersion {
+                major: 4,
+                text: "v4.1.4".into(),
+            }),
+            chart_exists: true,
+            backup_script_exists: true,
+            inputs_hash: Ok("sha256:inputs".into()),
+            cluster: Ok(ClusterFacts {
+                release: Some(Current {
+                    revision: 3,
+                    status: "deployed".into(),
+                    record: Record {
+                        alembic_head: "0002_activity_and_comments".into(),
+                        inputs_hash: "sha256:inputs".into(),
+                        backend_image: format!(
+                            "{}@{BACKEND_DIGEST}",
+                            env.image("backend").reference
+                        ),
+                        frontend_image: format!(
+                            "{}@{FRONTEND_DIGEST}",
+                            env.image("frontend").reference
+                        ),
+                        ..Record::default()
+                    },
+                }),
+                database,
+                observed: None,
+                database_pod_exists: true,
+            }),
+            external_database: false,
+        }
+    }
+
+    fn at(revision: &str) -> DatabaseRevision {
+        DatabaseRevision::At {
+            revision: revision.into(),
+        }
+    }
+
+    fn planned(facts: &DeployFacts, options: DeployOptions) -> Plan {
+        deploy_plan(&env(), facts, options).0
+    }
+
+    fn names(plan: &Plan) -> Vec<&'static str> {
+        plan.step_names()
+    }
+
+    #[test]
+    fn the_same_digests_chart_and_values_are_nothing_to_deploy_unless_forced() {
+        let facts = facts(at("0002_activity_and_comments"));
+        let plan = planned(&facts, DeployOptions::default());
+        assert_eq!(plan.decision, "nothing to deploy");
+        assert_eq!(names(&plan), ["verify"]);
+        let forced = planned(
+            &facts,
+            DeployOptions {
+                force: true,
+                ..DeployOptions::default()
+            },
+        );
+        assert_eq!(
+            names(&forced),
+            ["images", "backup", "helm-upgrade", "rollout", "verify"]
+        );
+    }
+
+    #[test]
+    fn any_difference_from_the_running_revision_is_a_deploy() {
+        let mut changed_inputs = facts(at("0002_activity_and_comments"));
+        changed_inputs.inputs_hash = Ok("sha256:other".into());
+        let mut new_image = facts(at("0002_activity_and_comments"));
+        new_image.images[1].registry_digest = Ok(None);
+        let mut failed = facts(at("0002_activity_and_comments"));
+        if let Ok(cluster) = &mut failed.cluster {
+            cluster.release.as_mut().unwrap().status = "failed".into();
+        }
+        let mut unrecorded = facts(at("0002_activity_and_comments"));
+        if let Ok(cluster) = &mut unrecorded.cluster {
+            cluster.release.as_mut().unwrap().record = Record::default();
+        }
+        for (why, facts) in [
+            ("chart or values", changed_inputs),
+            ("an image the registry lacks", new_image),
+            ("a failed release", failed),
+            ("a release installed by hand", unrecorded),
+        ] {
+            let plan = planned(&facts, DeployOptions::default());
+            assert_eq!(plan.decision, "deploy", "{why}");
+            assert!(
+                names(&plan).contains(&"backup"),
+                "{why}: an upgrade backs up"
+            );
+        }
+    }
+
+    #[test]
+    fn a_first_install_backs_up_only_an_existing_database() {
+        let first_install = |pod: bool, external: bool| {
+            let mut facts = facts(DatabaseRevision::Unknown {
+                why: "no pod".into(),
+            });
+            facts.external_database = external;
+            if let Ok(cluster) = &mut facts.cluster {
+                cluster.release = None;
+                cluster.database_pod_exists = pod;
+            }
+            names(&planned(&facts, DeployOptions::default())).contains(&"backup")
+        };
+        assert!(!first_install(false, false));
+        assert!(first_install(true, false));
+        assert!(first_install(false, true));
+        let mut facts = facts(at("0001_baseline"));
+        facts.inputs_hash = Ok("sha256:other".into());
+        let no_backup = planned(
+            &facts,
+            DeployOptions {
+                no_backup: true,
+                ..DeployOptions::default()
+            },
+        );
+        assert!(!names(&no_backup).contains(&"backup"));
+    }
+
+    #[test]
+    fn the_schema_lines_name_the_migrations_and_the_stamp() {
+        let mut from_baseline = facts(at("0001_baseline"));
+        from_baseline.inputs_hash = Ok("sha256:other".into());
+        let plan = planned(&from_baseline, DeployOptions::default());
+        assert_eq!(
+            plan.schema,
+            [
+                "the database is at 0001_baseline; the init container will",
+                "apply 0002_activity_and_comments"
+            ]
+        );
+        let pre_alembic = facts(DatabaseRevision::NoRevision {
+            legacy_tables: Some(vec!["households".into()]),
+        });
+        let plan = planned(&pre_alembic, DeployOptions::default());
+        assert_eq!(
+            plan.schema,
+            [
+                "a pre-Alembic schema (households): the init container will stamp 0001_baseline, then",
+                "apply 0002_activity_and_comments"
+            ]
+        );
+        assert!(plan.missing.is_empty(), "{:?}", plan.missing);
+    }
+
+    #[test]
+    fn a_database_ahead_of_the_scripts_blocks_the_deploy() {
+        let plan = planned(
+            &facts(at("0003_from_a_newer_build")),
+            DeployOptions::default(),
+        );
+        assert!(
+            plan.missing.iter().any(|m| m.contains("the database is at 0003_from_a_newer_build, which this checkout's migrations do not know")),
+            "{:?}",
+            plan.missing
+        );
+    }
+
+    #[test]
+    fn a_cluster_that_cannot_be_read_is_listed_and_the_plan_still_shows() {
+        let mut facts = facts(at("0002_activity_and_comments"));
+        facts.cluster = Err("the current kube context is \"prod\"".into());
+        let plan = planned(&facts, DeployOptions::default());
+        assert_eq!(plan.missing, ["the current kube context is \"prod\""]);
+        assert_eq!(plan.decision, "deploy");
+        let text = plan.render(true);
+        assert!(
+            text.contains("release      unknown (see Missing)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn groups_run_alongside_steps_together() {
+        let mut facts = facts(at("0002_activity_and_comments"));
+        facts.inputs_hash = Ok("sha256:other".into());
+        let plan = planned(&facts, DeployOptions::default());
+        let groups: Vec<Vec<&str>> = plan
+            .groups()
+            .iter()
+            .map(|g| g.iter().map(|s| s.kind.name()).collect())
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                vec!["images", "backup"],
+                vec!["helm-upgrade"],
+                vec!["rollout"],
+                vec!["verify"]
+            ]
+        );
+    }
 
     #[test]
     fn quoting_is_only_where_needed() {

@@ -1,7 +1,8 @@
 //! The Helm release as `helm status`, `helm history` and `helm get values`
 //! describe it, and the preflight checks that read it.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::cluster;
@@ -39,12 +40,22 @@ pub fn state(env: &Environment) -> Result<ReleaseState> {
     })
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct HistoryEntry {
     pub revision: u32,
     pub status: String,
     pub updated: String,
     pub description: String,
+    /// `colony-0.1.0`, as Helm names the chart and its version.
+    pub chart: String,
+}
+
+impl HistoryEntry {
+    /// A revision the app can return to: it once ran successfully. A
+    /// `failed` or `pending-*` revision never did.
+    pub fn was_good(&self) -> bool {
+        matches!(self.status.as_str(), "deployed" | "superseded")
+    }
 }
 
 pub fn history(env: &Environment) -> Result<Vec<HistoryEntry>> {
@@ -58,18 +69,105 @@ pub fn history(env: &Environment) -> Result<Vec<HistoryEntry>> {
             status: row["status"].as_str().unwrap_or_default().to_string(),
             updated: row["updated"].as_str().unwrap_or_default().to_string(),
             description: row["description"].as_str().unwrap_or_default().to_string(),
+            chart: row["chart"].as_str().unwrap_or_default().to_string(),
         })
         .collect())
 }
 
-/// What `cargo xtask deploy` stored in a revision's values.
-#[derive(Debug, Clone, Default)]
+/// What `cargo xtask deploy` stored in a revision's values. A revision
+/// installed by hand (the runbook's `helm upgrade`) has an empty record but
+/// still its image references.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Record {
     pub git_sha: String,
     pub alembic_head: String,
     pub backup_file: String,
+    pub inputs_hash: String,
     pub backend_image: String,
     pub frontend_image: String,
+}
+
+impl Record {
+    /// Whether this tool deployed the revision (and so recorded its head).
+    pub fn has_head(&self) -> bool {
+        !self.alembic_head.is_empty()
+    }
+
+    pub fn image(&self, component: &str) -> &str {
+        match component {
+            "backend" => &self.backend_image,
+            _ => &self.frontend_image,
+        }
+    }
+}
+
+/// The release as it is now: its newest revision and that revision's record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Current {
+    pub revision: u32,
+    pub status: String,
+    pub record: Record,
+}
+
+/// `helm status` plus the record of the current revision; None when the
+/// release is not installed. Read-only.
+pub fn current(env: &Environment) -> Result<Option<Current>> {
+    match state(env)? {
+        ReleaseState::NotInstalled => Ok(None),
+        ReleaseState::Installed { status, revision } => Ok(Some(Current {
+            record: record(env, revision)?,
+            revision,
+            status,
+        })),
+    }
+}
+
+/// One revision of the history with its record.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedRevision {
+    #[serde(flatten)]
+    pub entry: HistoryEntry,
+    pub record: Record,
+}
+
+/// The whole history, each revision with its record (read concurrently:
+/// one `helm get values` per revision). Oldest first.
+pub fn history_with_records(env: &Environment) -> Result<Vec<RecordedRevision>> {
+    let history = history(env)?;
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = history
+            .iter()
+            .map(|entry| scope.spawn(move || record(env, entry.revision)))
+            .collect();
+        history
+            .iter()
+            .zip(readers)
+            .map(|(entry, reader)| {
+                Ok(RecordedRevision {
+                    entry: entry.clone(),
+                    record: reader.join().expect("record reader panicked")?,
+                })
+            })
+            .collect()
+    })
+}
+
+/// Where a rollback records the head its app revision expects, on the
+/// backend Deployment (`kubectl annotate` changes no pod). Tied to the Helm
+/// revision the rollback created: a later upgrade makes it stale, and
+/// annotations set outside Helm survive upgrades, so the revision is checked.
+pub const ROLLBACK_REVISION_ANNOTATION: &str = "colony.dev/rollback-helm-revision";
+pub const ROLLBACK_HEAD_ANNOTATION: &str = "colony.dev/rollback-alembic-head";
+
+/// The rollback's record on a Deployment: (Helm revision, Alembic head). Pure.
+pub fn rollback_record(deployment: &Value) -> Option<(u32, String)> {
+    let annotations = &deployment["metadata"]["annotations"];
+    let revision = annotations[ROLLBACK_REVISION_ANNOTATION]
+        .as_str()?
+        .parse()
+        .ok()?;
+    let head = annotations[ROLLBACK_HEAD_ANNOTATION].as_str()?;
+    Some((revision, head.to_string()))
 }
 
 pub fn record(env: &Environment, revision: u32) -> Result<Record> {
@@ -96,6 +194,7 @@ pub fn record_from_values(values: &Value) -> Record {
         git_sha: text(&values["deployRecord"]["gitSha"]),
         alembic_head: text(&values["deployRecord"]["alembicHead"]),
         backup_file: text(&values["deployRecord"]["backupFile"]),
+        inputs_hash: text(&values["deployRecord"]["inputsHash"]),
         backend_image: image("backend"),
         frontend_image: image("frontend"),
     }
@@ -151,7 +250,8 @@ pub fn check_not_pending(env: &Environment) -> Result<ReleaseState> {
     if let ReleaseState::Installed { status, .. } = &state {
         if status.starts_with("pending-") {
             let history = history(env).unwrap_or_default();
-            return Err(anyhow!(pending_recovery(env, status, &history)));
+            // Nothing was changed: a refusal (exit 2), like a wrong context.
+            return Err(input_error(pending_recovery(env, status, &history)));
         }
     }
     Ok(state)
@@ -166,8 +266,7 @@ mod tests {
         HistoryEntry {
             revision,
             status: status.into(),
-            updated: String::new(),
-            description: String::new(),
+            ..HistoryEntry::default()
         }
     }
 

@@ -1,159 +1,286 @@
-//! `cargo xtask rollback [<env>] --to <rev> | --steps N`: back up, run
-//! `alembic downgrade` in a pod of the *current* release (its scripts know
-//! how to go down), check the revision, then roll the app back to the newest
-//! earlier Helm revision whose recorded head is the target — so that the
-//! next pod start does not upgrade the database again.
+//! `cargo xtask rollback [<env>] --to <rev> | --steps N`: gather facts
+//! (read-only), decide the whole plan (`rollback_plan::decide`), print it,
+//! confirm, then run its steps as printed: back up, `alembic downgrade` in a
+//! pod of the *current* release (its scripts know how to go down), `helm
+//! rollback` to a revision whose code expects the target, record the
+//! expected head for verify, verify.
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Result};
-use backend_migrations::revisions::RevisionGraph;
+use anyhow::{bail, Context, Result};
+use serde_json::json;
 
 use crate::cli::RollbackArgs;
 use crate::cluster::{self, Backend};
-use crate::config::Environment;
+use crate::config::{self, Environment};
 use crate::error::input_error;
+use crate::plan::{self, Item, Plan, StepKind};
 use crate::release::{self, ReleaseState};
+use crate::rollback_plan::{self, Decision, Request, RollbackFacts, RollbackSpec, Target};
 use crate::rollout::{self, Assessment};
-use crate::{backup, config, helm, kube, names, plan, verify, versions};
+use crate::{backup, helm, schema, verify, versions};
 
 pub fn run(args: RollbackArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
-    let graph = versions::load_graph(&env)
-        .map_err(|why| input_error(format!("cannot plan a rollback: {why}")))?;
-    let target = match (&args.to, args.steps) {
-        (Some(to), _) => check_target(&graph, to)?,
-        (None, Some(steps)) => target_by_steps(&graph, steps)?,
-        (None, None) => unreachable!("clap requires --to or --steps"),
+    let request = Request {
+        target: match (&args.to, args.steps) {
+            (Some(to), _) => Target::To(to.clone()),
+            (None, Some(steps)) => Target::Steps(steps),
+            (None, None) => unreachable!("clap requires --to or --steps"),
+        },
+        app_revision: args.app_revision,
     };
-    confirm(&env, &target, args.yes)?;
-
-    release::check_context(&env)?;
-    let revision = match release::check_not_pending(&env)? {
-        ReleaseState::Installed { revision, .. } => revision,
-        ReleaseState::NotInstalled => bail!(
-            "release {} is not installed in {}: nothing to roll back",
-            env.release,
-            env.namespace
-        ),
-    };
-    let pod = running_pod(&env)?;
-    let before = alembic_current(&env, &pod)?;
-    eprintln!("rollback: {} is at {before}; target {target}", env.name);
-
-    let backup = backup::take(&env)?;
-    eprintln!("rollback: backup {}", backup.path.display());
-
-    if before.trim_end_matches(" (head)") != target {
-        downgrade(&env, &pod, &target)?;
+    // A malformed or unknown revision is refused before any process runs.
+    if let Target::To(to) = &request.target {
+        crate::names::check_revision(to).map_err(input_error)?;
+        let graph = versions::load_graph(&env)
+            .map_err(|why| input_error(format!("cannot plan a rollback: {why}")))?;
+        rollback_plan::check_known(&graph, to).map_err(input_error)?;
     }
-    let now = alembic_current(&env, &pod)?;
-    if now.trim_end_matches(" (head)") != target {
-        bail!(
-            "after `alembic downgrade {target}` the database reports {now:?}; the backup is {}",
-            backup.path.display()
+    if !args.dry_run {
+        crate::confirm::require_terminal_or_yes(
+            args.yes,
+            &format!("a rollback downgrades the database of {}", env.name),
+        )?;
+    }
+    let facts = gather_facts(&env)?;
+    let (plan, spec) = match rollback_plan::decide(&env, &facts, &request) {
+        Decision::Refuse(why) => return Err(input_error(why)),
+        Decision::NothingToDo(why) => {
+            println!("{}: {why}", env.name);
+            return Ok(());
+        }
+        Decision::Rollback(planned) => *planned,
+    };
+    if args.dry_run {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print!("{}", plan.render(true));
+        }
+        return Ok(());
+    }
+    if args.json {
+        eprint!("{}", plan.render(false));
+    } else {
+        print!("{}", plan.render(false));
+    }
+    confirm(&env, &spec, args.yes)?;
+    let executed = execute(&env, &plan, &spec, args.json)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "environment": env.name,
+                "from": spec.from,
+                "target": spec.target,
+                "app_revision": spec.app_revision,
+                "helm_revision": spec.new_revision,
+                "backup": executed.backup.as_ref().map(|b| b.path.display().to_string()),
+                "verified": executed.verified,
+                "steps": executed.steps.iter().map(|(kind, took)| json!({"name": kind.name(), "seconds": took.as_secs_f64()})).collect::<Vec<_>>(),
+            }))?
+        );
+    } else {
+        println!(
+            "Rolled back {}: database {} -> {} (backup {}); app at Helm revision {} (rollback to {})",
+            env.name,
+            spec.from,
+            spec.target,
+            executed
+                .backup
+                .as_ref()
+                .map_or("-".into(), |b| b.path.display().to_string()),
+            spec.new_revision,
+            spec.app_revision
         );
     }
-
-    let Some(app_revision) = revision_with_head(&env, revision, &target)? else {
+    if !executed.verified {
         bail!(
-            "the database is now at {target} (backup {}), but no earlier Helm revision of {} recorded head {target}. \
-             The current release's run-migrations would upgrade the database again the next time a backend pod \
-             starts. Deploy a build whose Alembic versions end at {target} (`cargo xtask deploy {}` from that commit), \
-             or undo with `alembic upgrade head` in a backend pod",
-            backup.path.display(),
-            env.release,
-            env.name
+            "the rollback finished but verify failed against {}: see the checks above",
+            spec.target
         );
-    };
-    roll_app_back(&env, app_revision)?;
-
-    let facts = verify::gather(&env, target.clone())?;
-    let checks = verify::evaluate(&env, &facts);
-    print!("{}", verify::render(&env, &facts, &checks));
-    if checks.iter().any(|c| !c.ok) {
-        bail!("the rollback finished but verify failed against {target}: see the checks above");
     }
-    println!(
-        "Rolled back {}: database {} -> {target} (backup {}); release revision {revision} -> rollback to {app_revision}",
-        env.name,
-        before.trim_end_matches(" (head)"),
-        backup.path.display()
-    );
     Ok(())
 }
 
 /// Destructive: ask on a terminal, else require `--yes`.
-fn confirm(env: &Environment, target: &str, yes: bool) -> Result<()> {
+fn confirm(env: &Environment, spec: &RollbackSpec, yes: bool) -> Result<()> {
     crate::confirm::confirm(
         yes,
         &format!(
-            "rollback to {target} downgrades the database of {}",
-            env.name
+            "rollback to {} downgrades the database of {}",
+            spec.target, env.name
         ),
         &format!(
-            "Downgrade the database of {} to {target} (after a backup), then roll the app back?",
-            env.name
+            "Downgrade the database of {} to {} (after a backup), then return the app to revision {}?",
+            env.name, spec.target, spec.app_revision
         ),
     )
 }
 
-/// A ready pod of the current release's newest ReplicaSet.
-fn running_pod(env: &Environment) -> Result<String> {
-    let backend = Backend::read(env)?;
-    backend
-        .pods
-        .iter()
-        .find(|p| cluster::pod_ready(p))
-        .map(|p| cluster::name(p).to_string())
-        .ok_or_else(|| anyhow!("no ready backend pod in the newest ReplicaSet to run Alembic in: `cargo xtask verify {}`", env.name))
+/// Reads the release, its history with records, the backend and the
+/// database's revision. Changes nothing; refuses what cannot be rolled back.
+fn gather_facts(env: &Environment) -> Result<RollbackFacts> {
+    release::check_context(env)?;
+    let current = match release::check_not_pending(env)? {
+        ReleaseState::NotInstalled => {
+            return Err(input_error(format!(
+                "release {} is not installed in {}: nothing to roll back",
+                env.release, env.namespace
+            )))
+        }
+        ReleaseState::Installed { .. } => release::current(env)?.context("the release vanished")?,
+    };
+    let (history, backend) = std::thread::scope(|scope| {
+        let history = scope.spawn(|| release::history_with_records(env));
+        let backend = Backend::read(env);
+        (history.join().expect("history reader panicked"), backend)
+    });
+    let (history, backend) = (history?, backend?);
+    let pod = schema::ready_pod(&backend);
+    let database = match &pod {
+        Some(pod) => schema::read(env, pod),
+        None => schema::DatabaseRevision::Unknown {
+            why: "no ready backend pod to ask".into(),
+        },
+    };
+    Ok(RollbackFacts {
+        graph: versions::load_graph(env),
+        current,
+        history,
+        pod,
+        deployment: backend
+            .deployment
+            .as_ref()
+            .map(|d| cluster::name(d).to_string()),
+        database,
+        helm_major: helm::detect_version(&xshell::Shell::new()?).map_or(4, |v| v.major),
+    })
 }
 
-fn alembic_current(env: &Environment, pod: &str) -> Result<String> {
-    let output = cluster::run(&kube::alembic_current_args(env, pod))?;
-    if output.code != 0 {
-        bail!(
-            "`alembic current` in {pod} failed: {}",
-            output.stderr.trim()
-        );
+struct Executed {
+    steps: Vec<(StepKind, Duration)>,
+    backup: Option<backup::Backup>,
+    verified: bool,
+}
+
+/// Runs the plan's steps in order, each one's commands as the plan shows them.
+/// With `json`, stdout is kept for the summary; the checks go to stderr.
+fn execute(env: &Environment, plan: &Plan, spec: &RollbackSpec, json: bool) -> Result<Executed> {
+    let mut executed = Executed {
+        steps: Vec::new(),
+        backup: None,
+        verified: false,
+    };
+    for step in &plan.steps {
+        let started = Instant::now();
+        eprintln!("rollback: {}", step.title);
+        match step.kind {
+            StepKind::Backup => {
+                let backup = backup::take(env).context("the backup failed; nothing was changed")?;
+                eprintln!("rollback: backup {}", backup.path.display());
+                executed.backup = Some(backup);
+            }
+            StepKind::Downgrade => downgrade(step, spec, &executed)?,
+            StepKind::HelmRollback => roll_app_back(env, step, spec)?,
+            StepKind::RecordHead => {
+                run_items(step, "recording the expected head")?;
+            }
+            StepKind::Verify => {
+                let expectation = verify::Expectation {
+                    head: spec.target.clone(),
+                    source: verify::Source::RollbackRecord {
+                        revision: spec.new_revision,
+                    },
+                };
+                let facts = verify::gather(env, expectation)?;
+                let checks = verify::evaluate(env, &facts);
+                let table = verify::render(env, &facts, &checks);
+                if json {
+                    eprint!("{table}");
+                } else {
+                    print!("{table}");
+                }
+                executed.verified = checks.iter().all(|c| c.ok);
+            }
+            other => bail!("a rollback plan has no {} step", other.name()),
+        }
+        executed.steps.push((step.kind, started.elapsed()));
     }
-    Ok(cluster::last_line(&output.stdout).to_string())
+    Ok(executed)
 }
 
-fn downgrade(env: &Environment, pod: &str, target: &str) -> Result<()> {
-    let argv = kube::backend_exec_args(env, pod, &["alembic", "downgrade", target]);
-    eprintln!("$ {}", plan::display_argv(&argv));
-    let status = Command::new(&argv[0])
-        .args(&argv[1..])
+/// The plan's argvs of one step, in order; output captured.
+fn run_items(step: &plan::Step, what: &str) -> Result<Vec<cluster::Output>> {
+    let mut outputs = Vec::new();
+    for item in &step.items {
+        if let Item::Run { argv, .. } = item {
+            eprintln!("$ {}", plan::display_argv(argv));
+            let output = cluster::run(argv)?;
+            if output.code != 0 {
+                bail!("{what} failed: {}", output.stderr.trim());
+            }
+            outputs.push(output);
+        }
+    }
+    Ok(outputs)
+}
+
+/// `alembic downgrade` (output shown as it runs), then `alembic current`
+/// must report the target.
+fn downgrade(step: &plan::Step, spec: &RollbackSpec, done: &Executed) -> Result<()> {
+    let backup = done
+        .backup
+        .as_ref()
+        .map_or("-".into(), |b| b.path.display().to_string());
+    let argvs: Vec<&Vec<String>> = step
+        .items
+        .iter()
+        .filter_map(|item| match item {
+            Item::Run { argv, .. } => Some(argv),
+            Item::Note { .. } => None,
+        })
+        .collect();
+    let [downgrade, current] = argvs.as_slice() else {
+        bail!("the downgrade step must hold the downgrade and the check");
+    };
+    eprintln!("$ {}", plan::display_argv(downgrade));
+    let status = Command::new(&downgrade[0])
+        .args(&downgrade[1..])
         .stdin(Stdio::null())
         .status()?;
     if !status.success() {
-        bail!("`alembic downgrade {target}` in {pod} failed ({status}); the database is as the output above left it");
+        bail!(
+            "`alembic downgrade {}` in {} failed ({status}); the database is as the output above left it, and the \
+             app was not rolled back. The backup is {backup} (`scripts/restore-db.sh` restores it)",
+            spec.target,
+            spec.pod
+        );
+    }
+    let output = cluster::run(current)?;
+    let now = schema::from_alembic_current(&output.stdout);
+    if output.code != 0 || now.revision() != Some(spec.target.as_str()) {
+        bail!(
+            "after `alembic downgrade {}` the database reports {:?} ({}); the app was not rolled back; backup {backup}",
+            spec.target,
+            cluster::last_line(&output.stdout),
+            output.stderr.trim()
+        );
     }
     Ok(())
 }
 
-/// The newest revision before `current` whose deploy record says `head`.
-fn revision_with_head(env: &Environment, current: u32, head: &str) -> Result<Option<u32>> {
-    let mut history = release::history(env)?;
-    history.sort_by_key(|h| std::cmp::Reverse(h.revision));
-    for entry in history.iter().filter(|h| h.revision < current) {
-        if release::record(env, entry.revision)?.alembic_head == head {
-            return Ok(Some(entry.revision));
-        }
-    }
-    Ok(None)
-}
-
-fn roll_app_back(env: &Environment, revision: u32) -> Result<()> {
-    let major = helm::detect_version(&xshell::Shell::new()?).map_or(4, |v| v.major);
-    let argv = helm::rollback_args(env, revision, major);
-    eprintln!("$ {}", plan::display_argv(&argv));
-    let output = cluster::run(&argv)?;
-    if output.code != 0 {
-        bail!("helm rollback failed: {}", output.stderr.trim());
-    }
+/// `helm rollback` as planned, then wait until the returned revision's pods
+/// are ready.
+fn roll_app_back(env: &Environment, step: &plan::Step, spec: &RollbackSpec) -> Result<()> {
+    run_items(step, "helm rollback").with_context(|| {
+        format!(
+            "the database is at {} but the app was not rolled back: retry with `helm rollback {} {} --namespace {} --kube-context {}`",
+            spec.target, env.release, spec.app_revision, env.namespace, env.kube_context
+        )
+    })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -164,71 +291,5 @@ fn roll_app_back(env: &Environment, revision: u32) -> Result<()> {
             bail!("{}", rollout::explain_failure(env, &pod, &problem))
         }
         Assessment::Waiting(why) => bail!("the rolled-back release did not become ready: {why}"),
-    }
-}
-
-fn check_target(graph: &RevisionGraph, to: &str) -> Result<String> {
-    names::check_revision(to).map_err(input_error)?;
-    if !graph.contains(to) {
-        return Err(input_error(format!(
-            "unknown revision {to:?}: the versions directory declares {}",
-            graph.ids().collect::<Vec<_>>().join(", ")
-        )));
-    }
-    Ok(to.to_string())
-}
-
-/// N steps below the head, following first parents.
-fn target_by_steps(graph: &RevisionGraph, steps: u32) -> Result<String> {
-    let mut current = graph
-        .head()
-        .map_err(|e| input_error(e.to_string()))?
-        .to_string();
-    for taken in 0..steps {
-        let parent = graph.get(&current).and_then(|r| r.down.first()).cloned();
-        current = parent.ok_or_else(|| {
-            input_error(format!(
-                "--steps {steps} goes below the first revision ({current} is the base after {taken} step(s))"
-            ))
-        })?;
-    }
-    Ok(current)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use backend_migrations::revisions::Revision;
-
-    fn graph() -> RevisionGraph {
-        let rev = |id: &str, down: &[&str]| Revision {
-            id: id.into(),
-            down: down.iter().map(|s| s.to_string()).collect(),
-            file: format!("{id}.py").into(),
-        };
-        RevisionGraph::from_revisions(vec![
-            rev("0001_baseline", &[]),
-            rev("0002_activity_and_comments", &["0001_baseline"]),
-        ])
-        .unwrap()
-    }
-
-    #[test]
-    fn targets() {
-        assert_eq!(
-            check_target(&graph(), "0001_baseline").unwrap(),
-            "0001_baseline"
-        );
-        let unknown = check_target(&graph(), "0003_nope").unwrap_err().to_string();
-        assert!(
-            unknown.contains("declares 0001_baseline, 0002_activity_and_comments"),
-            "{unknown}"
-        );
-        assert!(check_target(&graph(), "x; rm -rf /").is_err());
-        assert_eq!(target_by_steps(&graph(), 1).unwrap(), "0001_baseline");
-        assert!(target_by_steps(&graph(), 2)
-            .unwrap_err()
-            .to_string()
-            .contains("below the first revision"));
     }
 }

@@ -110,13 +110,14 @@ mod tests {
             status: "deployed".into(),
             updated: "2026-11-26T04:00:00Z".into(),
             description: "Upgrade complete".into(),
+            ..HistoryEntry::default()
         }];
         let records = vec![Record {
             git_sha: "0123456789abcdef".into(),
             alembic_head: "0002_activity_and_comments".into(),
             backup_file: "/b/colony-dev-x.dump".into(),
             backend_image: "r/colony-backend@sha256:1".into(),
-            frontend_image: String::new(),
+            ..Record::default()
         }];
         let text = render_history(&history, &records);
         assert!(text.contains("2    deployed         2026-11-26T04:00:00Z 0123456789ab 0002_activity_and_comments"), "{text}");

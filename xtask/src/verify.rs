@@ -13,15 +13,102 @@ use crate::cli::VerifyArgs;
 use crate::cluster::{self, Backend};
 use crate::config::Environment;
 use crate::error::input_error;
-use crate::{config, kube, plan, versions};
+use crate::release::{self, Current};
+use crate::{config, kube, names, plan, versions};
 
 pub const COMPLETE: &str = "Migrations complete.";
 const DETECTION: &str = "Detected pre-Alembic schema";
 
+/// The head the running release expects, and where that came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expectation {
+    pub head: String,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// `--expect REV`.
+    Flag,
+    /// A rollback recorded it on the backend Deployment for this revision.
+    RollbackRecord { revision: u32 },
+    /// The deploy record of this Helm revision (a rollback copies it too).
+    DeployRecord { revision: u32 },
+    /// The checkout's versions directory: a last resort, said so.
+    Checkout { why: String },
+}
+
+impl Source {
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Flag => "--expect".into(),
+            Source::RollbackRecord { revision } => {
+                format!("the rollback's record for Helm revision {revision}")
+            }
+            Source::DeployRecord { revision } => {
+                format!("the deploy record of Helm revision {revision}")
+            }
+            Source::Checkout { why } => {
+                format!("the checkout's versions directory, as a last resort: {why}")
+            }
+        }
+    }
+}
+
+/// Decides what verify expects, strongest first: the flag, the rollback's
+/// record for the current revision, the current revision's deploy record,
+/// the checkout. Pure.
+pub fn expectation(
+    flag: Option<&str>,
+    release: Option<&Current>,
+    deployment: Option<&Value>,
+    checkout: Result<String, String>,
+) -> Result<Expectation, String> {
+    if let Some(head) = flag {
+        return Ok(Expectation {
+            head: head.to_string(),
+            source: Source::Flag,
+        });
+    }
+    let Some(release) = release else {
+        return checkout.map(|head| Expectation {
+            head,
+            source: Source::Checkout {
+                why: "the release is not installed".into(),
+            },
+        });
+    };
+    if let Some((revision, head)) = deployment.and_then(release::rollback_record) {
+        if revision == release.revision {
+            return Ok(Expectation {
+                head,
+                source: Source::RollbackRecord { revision },
+            });
+        }
+    }
+    if release.record.has_head() {
+        return Ok(Expectation {
+            head: release.record.alembic_head.clone(),
+            source: Source::DeployRecord {
+                revision: release.revision,
+            },
+        });
+    }
+    checkout.map(|head| Expectation {
+        head,
+        source: Source::Checkout {
+            why: format!(
+                "Helm revision {} has no deploy record (installed by hand?)",
+                release.revision
+            ),
+        },
+    })
+}
+
 /// What verify looked at.
 #[derive(Debug, Clone)]
 pub struct Facts {
-    pub expected_head: String,
+    pub expected: Expectation,
     pub backend: Backend,
     /// The pod of the newest ReplicaSet that was examined.
     pub pod: Option<String>,
@@ -59,9 +146,24 @@ pub struct Check {
 
 pub fn run(args: VerifyArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
-    let expected_head = versions::expected_head(&env)
-        .map_err(|why| input_error(format!("cannot verify {}: {why}", env.name)))?;
-    let facts = gather(&env, expected_head)?;
+    if let Some(head) = &args.expect {
+        names::check_revision(head).map_err(input_error)?;
+    }
+    release::check_context(&env)?;
+    let (current, backend) = std::thread::scope(|scope| {
+        let current = scope.spawn(|| release::current(&env));
+        let backend = Backend::read(&env);
+        (current.join().expect("release reader panicked"), backend)
+    });
+    let (current, backend) = (current?, backend?);
+    let expected = expectation(
+        args.expect.as_deref(),
+        current.as_ref(),
+        backend.deployment.as_ref(),
+        versions::expected_head(&env),
+    )
+    .map_err(|why| input_error(format!("cannot verify {}: {why}", env.name)))?;
+    let facts = gather_from(&env, expected, backend)?;
     let checks = evaluate(&env, &facts);
     if args.json {
         println!(
@@ -80,8 +182,12 @@ pub fn run(args: VerifyArgs) -> Result<()> {
 
 /// Reads the cluster: the Deployment, its newest ReplicaSet's pods, and in
 /// one of those pods `alembic current` and the run-migrations log.
-pub fn gather(env: &Environment, expected_head: String) -> Result<Facts> {
-    let backend = Backend::read(env)?;
+pub fn gather(env: &Environment, expected: Expectation) -> Result<Facts> {
+    gather_from(env, expected, Backend::read(env)?)
+}
+
+/// Like `gather`, with the backend already read.
+pub fn gather_from(env: &Environment, expected: Expectation, backend: Backend) -> Result<Facts> {
     let pod = choose_pod(&backend.pods).map(|p| cluster::name(p).to_string());
     let running = pod.as_ref().is_some_and(|name| {
         backend
@@ -120,7 +226,7 @@ pub fn gather(env: &Environment, expected_head: String) -> Result<Facts> {
         ))
     })?;
     Ok(Facts {
-        expected_head,
+        expected,
         backend,
         pod,
         alembic_current,
@@ -233,7 +339,8 @@ fn rollout_check(facts: &Facts, deployment: &Value, describe_pods: &str) -> Chec
 }
 
 fn alembic_check(env: &Environment, facts: &Facts) -> Check {
-    let expected = format!("{} (head)", facts.expected_head);
+    let expected_head = &facts.expected.head;
+    let expected = format!("{expected_head} (head)");
     let (Some(pod), Some(output)) = (&facts.pod, &facts.alembic_current) else {
         return Check {
             name: "alembic current",
@@ -256,15 +363,11 @@ fn alembic_check(env: &Environment, facts: &Facts) -> Check {
     } else if ok {
         format!("{answer} in {pod}")
     } else if answer.is_empty() {
-        format!(
-            "the database has no Alembic revision; expected {}",
-            facts.expected_head
-        )
+        format!("the database has no Alembic revision; expected {expected_head}")
     } else {
         format!(
-            "the database is at {}, expected {} (head)",
+            "the database is at {}, expected {expected_head} (head)",
             answer.trim_end_matches(" (head)"),
-            facts.expected_head
         )
     };
     Check {
@@ -327,8 +430,12 @@ fn log_check(env: &Environment, facts: &Facts) -> Check {
 
 pub fn render(env: &Environment, facts: &Facts, checks: &[Check]) -> String {
     let mut out = format!(
-        "Verify {} (namespace {}, release {})\n",
-        env.name, env.namespace, env.release
+        "Verify {} (namespace {}, release {})\n  expecting Alembic head {} (from {})\n",
+        env.name,
+        env.namespace,
+        env.release,
+        facts.expected.head,
+        facts.expected.source.describe()
     );
     for check in checks {
         let _ = writeln!(
@@ -372,7 +479,8 @@ pub fn to_json(env: &Environment, facts: &Facts, checks: &[Check]) -> Value {
         "environment": env.name,
         "namespace": env.namespace,
         "release": env.release,
-        "expected_head": facts.expected_head,
+        "expected_head": facts.expected.head,
+        "expected_from": facts.expected.source.describe(),
         "pod": facts.pod,
         "passed": checks.iter().all(|c| c.ok),
         "checks": checks.iter().map(|c| json!({"name": c.name, "ok": c.ok, "detail": c.detail, "next": c.next})).collect::<Vec<_>>(),
@@ -412,7 +520,10 @@ mod tests {
 
     fn facts(current: &str, log: &str) -> Facts {
         Facts {
-            expected_head: "0002_activity_and_comments".into(),
+            expected: Expectation {
+                head: "0002_activity_and_comments".into(),
+                source: Source::DeployRecord { revision: 2 },
+            },
             backend: Backend {
                 deployment: Some(
                     json!({"metadata": {"name": "colony-backend"}, "spec": {"replicas": 1}}),
@@ -501,6 +612,59 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("RuntimeError: boom"), "{text}");
+    }
+
+    #[test]
+    fn the_expectation_is_the_running_releases_strongest_record() {
+        let current = |revision: u32, head: &str| Current {
+            revision,
+            status: "deployed".into(),
+            record: crate::release::Record {
+                alembic_head: head.into(),
+                ..Default::default()
+            },
+        };
+        let annotated = |revision: &str, head: &str| {
+            json!({"metadata": {"annotations": {
+                "colony.dev/rollback-helm-revision": revision,
+                "colony.dev/rollback-alembic-head": head}}})
+        };
+        let checkout = || Ok("0002_activity_and_comments".to_string());
+        let recorded = current(4, "0002_activity_and_comments");
+        let rollback = annotated("4", "0001_baseline");
+        let stale = annotated("3", "0001_baseline");
+
+        let expect = |release: Option<&Current>, deployment: Option<&Value>, flag: Option<&str>| {
+            expectation(flag, release, deployment, checkout()).unwrap()
+        };
+        assert_eq!(
+            expect(Some(&recorded), Some(&rollback), None),
+            Expectation {
+                head: "0001_baseline".into(),
+                source: Source::RollbackRecord { revision: 4 }
+            }
+        );
+        assert_eq!(
+            expect(Some(&recorded), Some(&stale), None).source,
+            Source::DeployRecord { revision: 4 },
+            "a rollback record of an older revision is stale"
+        );
+        assert_eq!(
+            expect(Some(&recorded), Some(&rollback), Some("x")).source,
+            Source::Flag
+        );
+        let unrecorded = current(2, "");
+        let last_resort = expect(Some(&unrecorded), None, None);
+        assert_eq!(last_resort.head, "0002_activity_and_comments");
+        assert!(
+            last_resort
+                .source
+                .describe()
+                .contains("last resort: Helm revision 2 has no deploy record"),
+            "{}",
+            last_resort.source.describe()
+        );
+        assert!(expectation(None, Some(&unrecorded), None, Err("no versions".into())).is_err());
     }
 
     #[test]

@@ -22,3 +22,44 @@ pub fn expected_head(env: &Environment) -> Result<String, String> {
     let graph = load_graph(env)?;
     graph.head().map(str::to_string).map_err(|e| e.to_string())
 }
+
+/// A revision's message: the first line of its script's docstring, as
+/// `alembic revision -m` writes it ("" when the script has none).
+pub fn message(graph: &RevisionGraph, id: &str) -> String {
+    graph
+        .get(id)
+        .and_then(|r| std::fs::read_to_string(&r.file).ok())
+        .map(|text| docstring_first_line(&text))
+        .unwrap_or_default()
+}
+
+/// Pure: the first non-empty line of a module's leading docstring.
+pub fn docstring_first_line(text: &str) -> String {
+    let body = text.trim_start();
+    let Some(rest) = body
+        .strip_prefix("\"\"\"")
+        .or_else(|| body.strip_prefix("'''"))
+    else {
+        return String::new();
+    };
+    rest.lines()
+        .map(|l| l.trim().trim_end_matches("\"\"\"").trim_end_matches("'''"))
+        .find(|l| !l.is_empty())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_come_from_the_docstring() {
+        assert_eq!(
+            docstring_first_line("\"\"\"Activity log and comments.\n\nRevision ID: x\n\"\"\"\n"),
+            "Activity log and comments."
+        );
+        assert_eq!(docstring_first_line("'''One line.'''\n"), "One line.");
+        assert_eq!(docstring_first_line("revision = 'x'\n"), "");
+    }
+}

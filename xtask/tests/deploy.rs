@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::stack::{assert_in_order, Stack, NAMESPACE};
+use common::stack::{assert_in_order, assert_no_mutating_call, is_mutating, Stack, NAMESPACE};
 
 const DETECTION: &str = "Detected pre-Alembic schema; stamping 0001_baseline so the activity-log migration applies on top of the existing tables.";
 
@@ -40,7 +40,7 @@ fn a_fresh_cluster_deploys_verifies_and_redeploys_with_nothing_to_build() {
     assert!(
         first
             .stdout
-            .contains("skipped: first install, no database to back up yet"),
+            .contains("first install: no database pod and no DATABASE_URL, so nothing to back up"),
         "{}",
         first.stdout
     );
@@ -76,11 +76,27 @@ fn a_fresh_cluster_deploys_verifies_and_redeploys_with_nothing_to_build() {
     let verify = stack.xtask(&["verify"]);
     assert_eq!(verify.code, 0, "{}", verify.all());
 
-    // No change: both images are in the registry, the database is backed up
-    // before Helm runs, and the deploy is verified again.
+    // Nothing changed: no Helm revision, no backup; the release is verified.
     let again = stack.xtask(&["deploy", "colony-dev", "--yes", "--json"]);
     assert_eq!(again.code, 0, "{}", again.all());
     let summary: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(summary["decision"], "nothing to deploy", "{summary}");
+    assert_eq!(summary["helm_revision"], 1);
+    assert_eq!(summary["verified"], true);
+    assert!(summary["backup"].is_null(), "{summary}");
+    assert_eq!(Stack::step_names(&again.stdout), ["verify"]);
+    assert_eq!((helm_upgrades(&stack), revisions(&stack)), (1, 1));
+    assert!(
+        again.stderr.contains("Decision: nothing to deploy"),
+        "{}",
+        again.stderr
+    );
+
+    // --force deploys anyway: both images are in the registry (not built),
+    // the database is backed up before Helm runs, and a revision is made.
+    let forced = stack.xtask(&["deploy", "colony-dev", "--yes", "--json", "--force"]);
+    assert_eq!(forced.code, 0, "{}", forced.all());
+    let summary: serde_json::Value = serde_json::from_str(&forced.stdout).unwrap();
     for image in summary["images"].as_array().unwrap() {
         assert_eq!(image["build"]["status"], "skipped", "{image}");
     }
@@ -188,12 +204,17 @@ fn a_failing_migration_stops_the_deploy_long_before_the_helm_timeout() {
 #[test]
 fn preflight_failures_stop_before_helm_and_change_nothing() {
     let stack = Stack::new(None);
+    let forced = |extra: &[&str]| {
+        let mut args = vec!["deploy", "colony-dev", "--yes", "--force"];
+        args.extend_from_slice(extra);
+        stack.xtask(&args)
+    };
     assert_eq!(deploy(&stack).code, 0);
-    assert_eq!(deploy(&stack).code, 0);
+    assert_eq!(forced(&[]).code, 0);
     let before = (helm_upgrades(&stack), revisions(&stack));
 
     stack.sim.set_context("prod");
-    let run = deploy(&stack);
+    let run = forced(&[]);
     assert_eq!(run.code, 2, "{}", run.all());
     assert!(
         run.stderr
@@ -211,8 +232,8 @@ fn preflight_failures_stop_before_helm_and_change_nothing() {
     stack
         .sim
         .set_release_status(NAMESPACE, "colony", "pending-upgrade");
-    let run = deploy(&stack);
-    assert_eq!(run.code, 1, "{}", run.all());
+    let run = forced(&[]);
+    assert_eq!(run.code, 2, "{}", run.all());
     assert!(run.stderr.contains("is pending-upgrade"), "{}", run.stderr);
     assert!(run.stderr.contains("roll back to the last good revision 1: `helm rollback colony 1 --namespace colony-dev --kube-context homelab`"), "{}", run.stderr);
     stack
@@ -220,7 +241,7 @@ fn preflight_failures_stop_before_helm_and_change_nothing() {
         .set_release_status(NAMESPACE, "colony", "deployed");
 
     stack.sim.faults(|f| f.pg_dump_fails = true);
-    let run = deploy(&stack);
+    let run = forced(&[]);
     assert_eq!(run.code, 1, "{}", run.all());
     assert!(
         run.stderr
@@ -231,16 +252,16 @@ fn preflight_failures_stop_before_helm_and_change_nothing() {
     stack.sim.faults(|f| f.pg_dump_fails = false);
 
     let closed = testkit::TcpForwarder::free_port();
-    let run = stack.xtask(&[
-        "deploy",
-        "colony-dev",
-        "--yes",
-        "--registry",
-        &format!("127.0.0.1:{closed}"),
-    ]);
-    assert_eq!(run.code, 1, "{}", run.all());
+    let backups = stack.backups();
+    let run = forced(&["--registry", &format!("127.0.0.1:{closed}")]);
+    assert_eq!(run.code, 2, "{}", run.all());
     assert!(run.stderr.contains("does not answer"), "{}", run.stderr);
-    assert!(run.stderr.contains("so Helm was not run"), "{}", run.stderr);
+    assert!(run.stderr.contains("nothing was changed"), "{}", run.stderr);
+    assert_eq!(
+        stack.backups(),
+        backups,
+        "an unreachable registry is found before the backup"
+    );
 
     assert_eq!(
         (helm_upgrades(&stack), revisions(&stack)),
@@ -296,8 +317,19 @@ fn rollback_to_the_baseline_downgrades_then_rolls_the_app_back() {
             "-- pg_dump -Fc",
             "-- alembic downgrade 0001_baseline",
             "helm rollback colony 1",
+            "annotate deployment colony-backend --overwrite colony.dev/rollback-helm-revision=3",
             "-- alembic current",
         ],
+    );
+    // A later, standalone verify expects the head of the running release.
+    let verify = stack.xtask(&["verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+    assert!(
+        verify
+            .stdout
+            .contains("expecting Alembic head 0001_baseline"),
+        "{}",
+        verify.stdout
     );
 }
 
@@ -367,4 +399,235 @@ fn slow_readiness_is_waited_for_not_reported_as_a_failure() {
         "reported ready before the pods were"
     );
     assert!(run.stdout.contains("4/4 checks passed"), "{}", run.stdout);
+}
+#[test]
+fn mutating_calls_are_told_apart_from_reads() {
+    for read in [
+        "kubectl config current-context",
+        "kubectl --context h --namespace n get pods -o json",
+        "kubectl --context h --namespace n exec p --container backend -- alembic current",
+        "kubectl --context h --namespace n exec p --container backend -- run-migrations status --json",
+        "helm status colony -o json",
+        "helm get values colony --revision 1 -o json",
+        "helm history colony -o json",
+        "helm version --template {{.Version}}",
+    ] {
+        assert!(!is_mutating(read), "{read}");
+    }
+    for write in [
+        "helm upgrade --install colony ./helm/colony",
+        "helm rollback colony 1",
+        "kubectl --context h annotate deployment d x=y",
+        "kubectl --context h --namespace n exec p -- alembic downgrade 0001_baseline",
+        "kubectl --context h --namespace n exec db-0 -- pg_dump -Fc colony",
+    ] {
+        assert!(is_mutating(write), "{write}");
+    }
+}
+
+/// The runbook's situation: revision 1 was installed by hand (`helm upgrade
+/// --install`, no deploy record) over a pre-Alembic database, with a build
+/// whose migrations end at the baseline. This tool's first deploy brings
+/// 0002; rolling back must not leave 0001 under code that needs 0002.
+#[test]
+fn a_release_installed_by_hand_is_rolled_back_to_only_when_chosen() {
+    let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
+    stack.repo.git(&[
+        "rm",
+        "-q",
+        "backend/alembic/versions/0002_activity_and_comments.py",
+    ]);
+    stack.repo.git(&["commit", "-q", "-m", "baseline era"]);
+    let installed = stack.helm_install(&["--wait=watcher"]);
+    assert!(
+        installed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    let runbook_images = stack.sim.state().releases[&format!("{NAMESPACE}/colony")][0].values
+        ["backend"]["image"]["digest"]
+        .clone();
+    stack.repo.git(&["revert", "--no-edit", "HEAD"]);
+
+    let run = deploy(&stack);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stdout
+            .contains("the database is at 0001_baseline; the init container will")
+            && run
+                .stdout
+                .contains("apply 0002_activity_and_comments: Activity log and comments on chores."),
+        "the plan names the migration it runs:\n{}",
+        run.stdout
+    );
+    stack.psql("INSERT INTO activity_log (household_id, message) VALUES (1, 'bins out')");
+    let calls = stack.calls().len();
+    let backups = stack.backups();
+
+    // No earlier revision recorded 0001: refuse, list revision 1, change nothing.
+    for args in [
+        &["rollback", "--to", "0001_baseline", "--yes"][..],
+        &["rollback", "--steps", "1", "--yes"][..],
+    ] {
+        let refused = stack.xtask(args);
+        assert_eq!(refused.code, 2, "{args:?}: {}", refused.all());
+        assert!(
+            refused
+                .stderr
+                .contains("no earlier Helm revision of colony recorded Alembic head 0001_baseline"),
+            "{}",
+            refused.stderr
+        );
+        assert!(refused.stderr.contains("revision 1"), "{}", refused.stderr);
+        assert!(
+            refused.stderr.contains("--app-revision N"),
+            "{}",
+            refused.stderr
+        );
+    }
+    assert_no_mutating_call(&stack.calls_since(calls));
+    assert_eq!(stack.backups(), backups, "a refused rollback took a backup");
+    assert_eq!(
+        stack.psql("SELECT version_num FROM alembic_version"),
+        "0002_activity_and_comments"
+    );
+    assert_eq!(stack.psql("SELECT count(*) FROM activity_log"), "1");
+
+    // Chosen: downgrade with the current release, then return to revision 1.
+    let run = stack.xtask(&[
+        "rollback",
+        "--to",
+        "0001_baseline",
+        "--app-revision",
+        "1",
+        "--yes",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(
+        stack.psql("SELECT version_num FROM alembic_version"),
+        "0001_baseline"
+    );
+    assert_eq!(
+        stack.psql("SELECT count(*) || '/' || (SELECT count(*) FROM chores) FROM households"),
+        "3/5",
+        "the legacy rows survive the downgrade"
+    );
+    assert_eq!(stack.backups(), backups + 1);
+    let releases = stack.sim.state().releases[&format!("{NAMESPACE}/colony")].clone();
+    let current = releases.last().unwrap();
+    assert_eq!(current.description, "Rollback to 1");
+    assert_eq!(current.values["backend"]["image"]["digest"], runbook_images);
+
+    let verify = stack.xtask(&["verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+    assert!(
+        verify.stdout.contains(
+            "expecting Alembic head 0001_baseline (from the rollback's record for Helm revision 3)"
+        ),
+        "{}",
+        verify.stdout
+    );
+}
+
+#[test]
+fn a_changed_values_file_template_or_commit_is_not_a_noop() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    let decision = |stack: &Stack| {
+        let run = stack.xtask(&["deploy", "colony-dev", "--dry-run", "--json"]);
+        assert_eq!(run.code, 0, "{}", run.all());
+        let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        plan["decision"].as_str().unwrap().to_string()
+    };
+    assert_eq!(decision(&stack), "nothing to deploy");
+
+    let values = std::fs::read_to_string(stack.values_file()).unwrap();
+    std::fs::write(
+        stack.values_file(),
+        format!("{values}frontend:\n  replicas: 2\n"),
+    )
+    .unwrap();
+    assert_eq!(decision(&stack), "deploy", "a changed values file");
+    std::fs::write(stack.values_file(), &values).unwrap();
+    assert_eq!(decision(&stack), "nothing to deploy");
+
+    let template = stack
+        .repo
+        .root()
+        .join("helm/colony/templates/backend-service.yaml");
+    let text = std::fs::read_to_string(&template).unwrap();
+    std::fs::write(&template, format!("{text}\n# a changed template\n")).unwrap();
+    assert_eq!(decision(&stack), "deploy", "a changed chart template");
+    std::fs::write(&template, &text).unwrap();
+
+    std::fs::write(stack.repo.root().join("frontend/notes.md"), "changed\n").unwrap();
+    stack.repo.git(&["commit", "-qam", "a new commit"]);
+    assert_eq!(decision(&stack), "deploy", "a new commit");
+    assert_eq!((helm_upgrades(&stack), revisions(&stack)), (1, 1));
+}
+
+/// The plan a dry run prints is the list of steps a run executes, for the
+/// same facts; and a dry run changes nothing.
+#[test]
+fn dry_runs_list_exactly_the_steps_that_run() {
+    let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
+    stack.repo.git(&[
+        "rm",
+        "-q",
+        "backend/alembic/versions/0002_activity_and_comments.py",
+    ]);
+    stack.repo.git(&["commit", "-q", "-m", "baseline era"]);
+    let same = |dry: &[&str], real: &[&str]| {
+        let calls = stack.calls().len();
+        let planned = stack.xtask(dry);
+        assert_eq!(planned.code, 0, "{}", planned.all());
+        assert_no_mutating_call(&stack.calls_since(calls));
+        let ran = stack.xtask(real);
+        assert_eq!(ran.code, 0, "{}", ran.all());
+        let steps = Stack::step_names(&planned.stdout);
+        assert_eq!(steps, Stack::step_names(&ran.stdout), "{real:?}");
+        steps
+    };
+    let deploy_dry = ["deploy", "colony-dev", "--dry-run", "--json"];
+    let deploy_real = ["deploy", "colony-dev", "--yes", "--json"];
+    assert_eq!(
+        same(&deploy_dry, &deploy_real),
+        ["images", "helm-upgrade", "rollout", "verify"]
+    );
+    assert_eq!(same(&deploy_dry, &deploy_real), ["verify"], "the no-op");
+    stack.repo.git(&["revert", "--no-edit", "HEAD"]);
+    assert_eq!(
+        same(&deploy_dry, &deploy_real),
+        ["images", "backup", "helm-upgrade", "rollout", "verify"]
+    );
+    assert_eq!(
+        same(
+            &["rollback", "--to", "0001_baseline", "--dry-run", "--json"],
+            &["rollback", "--to", "0001_baseline", "--yes", "--json"],
+        ),
+        [
+            "backup",
+            "downgrade",
+            "helm-rollback",
+            "record-head",
+            "verify"
+        ]
+    );
+}
+
+#[test]
+fn rollback_to_the_current_revision_is_nothing_to_do() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    let calls = stack.calls().len();
+    let run = stack.xtask(&["rollback", "--to", "0002_activity_and_comments", "--yes"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stdout
+            .contains("already at 0002_activity_and_comments; nothing to do"),
+        "{}",
+        run.stdout
+    );
+    assert_no_mutating_call(&stack.calls_since(calls));
+    assert_eq!(stack.backups(), 0);
 }

@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::stack::{assert_no_mutating_call, Stack};
 use common::{assert_snapshot, xtask};
 use testkit::{ColonyRepo, TestBed, ToolDir};
 
@@ -20,44 +21,71 @@ const SECRETS: &[(&str, &str)] = &[
 
 #[test]
 fn the_plan_for_colony_dev_matches_the_reviewed_snapshot() {
-    let repo = ColonyRepo::create();
-    let home = tempfile::tempdir().unwrap();
-    let values = home.path().join("homelab/colony-dev/my-values.yaml");
-    std::fs::create_dir_all(values.parent().unwrap()).unwrap();
-    std::fs::write(&values, "ingress:\n  enabled: true\n").unwrap();
-    // Real git and the test bed's real helm (for its version); anything
-    // that would act on a cluster, an image or a database only records.
-    let tools = ToolDir::new(&["git"], &[("helm", &TestBed::get().helm)])
-        .with_recorders(&["kubectl", "docker", "pg_dump", "alembic"]);
-
-    let mut env = vec![
-        ("PATH", tools.path().to_str().unwrap()),
-        ("HOME", home.path().to_str().unwrap()),
-        ("COLONY_CONFIG", "deploy.toml"),
-    ];
-    env.extend_from_slice(SECRETS);
-    let run = xtask(repo.root(), &["deploy", "colony-dev", "--dry-run"], &env);
+    // The real bed behind a simulated cluster with nothing installed yet:
+    // the facts (release, database, registry) are read for real.
+    let stack = Stack::new(None);
+    // A registry path no run has pushed to, so that every run plans builds.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let registry = format!("{}/snapshot-{nanos}", TestBed::get().registry);
+    let mut env = stack.env();
+    env.retain(|(k, _)| k != "COLONY_REGISTRY");
+    env.push(("COLONY_REGISTRY".into(), registry.clone()));
+    env.extend(SECRETS.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let run = xtask(
+        stack.repo.root(),
+        &["deploy", "colony-dev", "--dry-run"],
+        &env,
+    );
     assert_eq!(run.code, 0, "{}", run.all());
 
     for (name, secret) in SECRETS {
         assert!(!run.all().contains(secret), "the plan shows {name}");
     }
-    assert_eq!(
-        tools.calls(),
-        Vec::<String>::new(),
-        "the dry run ran a tool"
+    assert!(
+        !stack.calls().is_empty(),
+        "the dry run read nothing from the cluster"
     );
+    assert_no_mutating_call(&stack.calls());
 
-    // Only the temp paths and the commit (which covers this workspace's
-    // helm/ and scripts/) vary; the plan's shape is what is reviewed.
-    let sha = repo.git(&["rev-parse", "HEAD"]);
+    // Only the temp paths, the bed's registry, the commit (which covers this
+    // workspace's helm/ and scripts/) and the hash of the chart vary; the
+    // plan's shape is what is reviewed.
+    let sha = stack.repo.git(&["rev-parse", "HEAD"]);
+    let hash_start =
+        run.stdout.find("deployRecord.inputsHash=").unwrap() + "deployRecord.inputsHash=".len();
+    let hash = &run.stdout[hash_start..hash_start + 71];
     let plan = run
         .stdout
         .replace(&sha, "<git sha>")
         .replace(&sha[..12], "<short sha>")
-        .replace(home.path().to_str().unwrap(), "<home>")
-        .replace(repo.root().to_str().unwrap(), "<root>");
+        .replace(hash, "<inputs hash>")
+        .replace(&registry, "<registry>")
+        .replace(stack.home.path().to_str().unwrap(), "<home>")
+        .replace(stack.repo.root().to_str().unwrap(), "<root>");
     assert_snapshot("dry-run-colony-dev.txt", &plan);
+}
+
+#[test]
+fn the_dry_run_plan_is_also_json() {
+    let stack = Stack::new(None);
+    let run = stack.xtask(&["deploy", "colony-dev", "--dry-run", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(plan["decision"], "deploy");
+    assert_eq!(plan["facts"]["release"], "not installed");
+    assert_eq!(
+        Stack::step_names(&run.stdout),
+        ["images", "helm-upgrade", "rollout", "verify"],
+        "a first install with no database pod has nothing to back up"
+    );
+    let helm = &plan["steps"][1]["items"][0];
+    assert_eq!(helm["type"], "run");
+    assert_eq!(helm["argv"][0], "helm");
+    assert_no_mutating_call(&stack.calls());
 }
 
 #[test]
@@ -137,5 +165,12 @@ fn a_fresh_clone_without_cluster_docker_or_values_still_shows_the_plan() {
             run.stdout
         );
     }
-    assert_eq!(tools.calls(), Vec::<String>::new());
+    // No cluster here: the one read it tried (the kube context) failed,
+    // and nothing else ran.
+    assert_eq!(tools.calls(), ["kubectl config current-context"]);
+    assert!(
+        run.stdout.contains("the current kube context is not set"),
+        "{}",
+        run.stdout
+    );
 }

@@ -193,3 +193,74 @@ pub fn assert_in_order(calls: &[String], wanted: &[&str]) {
         }
     }
 }
+
+/// Whether a recorded call (`tool arg…`) can change the cluster or the
+/// database: Helm's install/upgrade/rollback/uninstall, kubectl's writes,
+/// and any `exec` but the read-only ones the tool uses for facts.
+pub fn is_mutating(call: &str) -> bool {
+    const HELM_WRITES: &[&str] = &["upgrade", "install", "rollback", "uninstall", "delete"];
+    const KUBECTL_WRITES: &[&str] = &[
+        "annotate", "apply", "create", "delete", "patch", "replace", "scale", "label", "edit",
+        "rollout", "set",
+    ];
+    let words: Vec<&str> = call.split_whitespace().collect();
+    match words.first() {
+        Some(&"helm") => words.iter().any(|w| HELM_WRITES.contains(w)),
+        Some(&"kubectl") => {
+            if let Some(position) = words.iter().position(|w| *w == "--") {
+                let command = &words[position + 1..];
+                let read_only = matches!(
+                    command,
+                    ["alembic", "current", ..] | ["run-migrations", "status", ..]
+                );
+                return !read_only;
+            }
+            words.iter().any(|w| KUBECTL_WRITES.contains(w))
+        }
+        _ => true,
+    }
+}
+
+/// Asserts that none of `calls` could change anything.
+pub fn assert_no_mutating_call(calls: &[String]) {
+    let mutating: Vec<&String> = calls.iter().filter(|c| is_mutating(c)).collect();
+    assert!(
+        mutating.is_empty(),
+        "mutating calls where none may run:\n{}",
+        mutating
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+impl Stack {
+    /// The calls recorded after the first `from`.
+    pub fn calls_since(&self, from: usize) -> Vec<String> {
+        self.calls().into_iter().skip(from).collect()
+    }
+
+    /// Backup files written so far.
+    pub fn backups(&self) -> usize {
+        std::fs::read_dir(self.backup_dir()).map_or(0, |d| d.count())
+    }
+
+    /// The step names of a `--json` output (a plan or a run's summary).
+    pub fn step_names(json_text: &str) -> Vec<String> {
+        let value: Value = serde_json::from_str(json_text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{json_text}"));
+        value["steps"]
+            .as_array()
+            .expect("a steps array")
+            .iter()
+            .map(|s| {
+                s["kind"]
+                    .as_str()
+                    .or_else(|| s["name"].as_str())
+                    .expect("a step kind or name")
+                    .to_string()
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,85 @@
+//! What Helm renders a revision from besides the images: the chart's files
+//! and the values files. Their hash goes into the deploy record, so that a
+//! deploy can tell that nothing changed since the running revision.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::config::Environment;
+
+/// `sha256:<hex>` over the chart directory (every file, by relative path,
+/// in sorted order) and each values file in the order Helm reads them.
+pub fn hash(env: &Environment) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let chart = env.root.join(&env.chart);
+    let mut files = Vec::new();
+    collect_files(&chart, &mut files)
+        .with_context(|| format!("cannot read the chart {}", chart.display()))?;
+    files.sort();
+    for file in files {
+        let relative = file.strip_prefix(&chart).unwrap_or(&file);
+        add(&mut hasher, "chart", relative, &file)?;
+    }
+    // By position, not path: the same values moved elsewhere render the same.
+    for (position, values) in env.values.iter().enumerate() {
+        add(
+            &mut hasher,
+            "values",
+            Path::new(&position.to_string()),
+            &values.path,
+        )?;
+    }
+    Ok(format!("sha256:{:x}", hasher.finalize()))
+}
+
+/// Each entry is framed (kind, name, length) so that moving bytes between
+/// files cannot produce the same hash.
+fn add(hasher: &mut Sha256, kind: &str, name: &Path, file: &Path) -> Result<()> {
+    let content = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    hasher.update(format!("{kind}\0{}\0{}\0", name.display(), content.len()));
+    hasher.update(&content);
+    Ok(())
+}
+
+fn collect_files(dir: &Path, into: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            collect_files(&entry.path(), into)?;
+        } else {
+            into.push(entry.path());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_changes_with_a_template_or_a_values_file_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let chart = dir.path().join("helm/colony/templates");
+        std::fs::create_dir_all(&chart).unwrap();
+        std::fs::write(chart.join("a.yaml"), "a: 1\n").unwrap();
+        let values = dir.path().join("values.yaml");
+        std::fs::write(&values, "x: 1\n").unwrap();
+        let mut env = crate::config::tests::environment();
+        env.root = dir.path().to_path_buf();
+        env.chart = "helm/colony".into();
+        env.values = vec![crate::config::ValuesFile {
+            path: values.clone(),
+            exists: true,
+        }];
+        let first = hash(&env).unwrap();
+        assert_eq!(hash(&env).unwrap(), first, "not deterministic");
+        std::fs::write(chart.join("a.yaml"), "a: 2\n").unwrap();
+        let template_changed = hash(&env).unwrap();
+        assert_ne!(template_changed, first);
+        std::fs::write(&values, "x: 2\n").unwrap();
+        assert_ne!(hash(&env).unwrap(), template_changed);
+    }
+}

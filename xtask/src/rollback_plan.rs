@@ -1,0 +1,614 @@
+//! The rollback plan, decided in full before anything changes: the target
+//! revision, the Helm revision the app returns to, and every command. Pure:
+//! facts in, a plan (or a refusal, or "nothing to do") out.
+
+use backend_migrations::revisions::RevisionGraph;
+
+use crate::backup;
+use crate::config::Environment;
+use crate::helm;
+use crate::kube;
+use crate::names;
+use crate::plan::{Item, Plan, Step, StepKind};
+use crate::release::{self, Current, RecordedRevision};
+use crate::schema::DatabaseRevision;
+use crate::versions;
+
+/// What was read before deciding, all read-only.
+#[derive(Debug, Clone)]
+pub struct RollbackFacts {
+    /// The checkout's revision graph (targets are checked against it).
+    pub graph: Result<RevisionGraph, String>,
+    pub current: Current,
+    /// Every revision with its record, oldest first.
+    pub history: Vec<RecordedRevision>,
+    /// A ready pod of the current release's newest ReplicaSet.
+    pub pod: Option<String>,
+    pub deployment: Option<String>,
+    pub database: DatabaseRevision,
+    pub helm_major: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum Target {
+    To(String),
+    Steps(u32),
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub target: Target,
+    pub app_revision: Option<u32>,
+}
+
+/// What the executor needs beyond the step list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollbackSpec {
+    pub from: String,
+    pub target: String,
+    pub pod: String,
+    pub app_revision: u32,
+    /// The revision `helm rollback` will create.
+    pub new_revision: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum Decision {
+    Rollback(Box<(Plan, RollbackSpec)>),
+    /// The database is at the target already; exit 0, nothing changed.
+    NothingToDo(String),
+    /// It cannot finish; exit 2, nothing changed.
+    Refuse(String),
+}
+
+pub fn decide(env: &Environment, facts: &RollbackFacts, request: &Request) -> Decision {
+    match plan(env, facts, request) {
+        Ok(decision) => decision,
+        Err(why) => Decision::Refuse(why),
+    }
+}
+
+fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<Decision, String> {
+    let graph = facts
+        .graph
+        .as_ref()
+        .map_err(|why| format!("cannot plan a rollback: {why}"))?;
+    let from = match &facts.database {
+        DatabaseRevision::At { revision } => revision.clone(),
+        other => {
+            return Err(format!(
+                "the database's revision must be known to downgrade from it, and it is {}",
+                other.describe()
+            ))
+        }
+    };
+    let target = target(graph, &from, &request.target)?;
+    if target == from {
+        return Ok(Decision::NothingToDo(format!(
+            "the database is already at {target}; nothing to do"
+        )));
+    }
+    let dropped = dropped_revisions(graph, &from, &target)?;
+    let app = app_revision(env, facts, &target, request.app_revision)?;
+    let pod = facts.pod.clone().ok_or_else(|| {
+        format!(
+            "no ready backend pod of revision {} to run `alembic downgrade` in: `cargo xtask verify {}` shows why",
+            facts.current.revision, env.name
+        )
+    })?;
+    let deployment = facts.deployment.clone().ok_or_else(|| {
+        format!(
+            "no backend Deployment of release {} in {}",
+            env.release, env.namespace
+        )
+    })?;
+    let new_revision = facts
+        .history
+        .iter()
+        .map(|r| r.entry.revision)
+        .max()
+        .unwrap_or(facts.current.revision)
+        + 1;
+    let spec = RollbackSpec {
+        from: from.clone(),
+        target: target.clone(),
+        pod,
+        app_revision: app.entry.revision,
+        new_revision,
+    };
+    let steps = steps(env, facts, &spec, &deployment, &dropped, app);
+    let plan = Plan {
+        command: "rollback",
+        environment: env.name.clone(),
+        facts: vec![
+            (
+                "cluster",
+                format!(
+                    "context {}, namespace {}, release {}",
+                    env.kube_context, env.namespace, env.release
+                ),
+            ),
+            (
+                "release",
+                format!("revision {} ({})", facts.current.revision, facts.current.status),
+            ),
+            ("database", from.clone()),
+            ("target", target.clone()),
+        ],
+        missing: Vec::new(),
+        decision: "rollback".into(),
+        reason: format!(
+            "downgrade {from} -> {target} in the current release, then return the app to revision {}",
+            spec.app_revision
+        ),
+        schema: dropped
+            .iter()
+            .map(|(id, message)| match message.as_str() {
+                "" => format!("drop {id}"),
+                m => format!("drop {id}: {m}"),
+            })
+            .collect(),
+        steps,
+    };
+    Ok(Decision::Rollback(Box::new((plan, spec))))
+}
+
+/// `--to REV` (a known revision) or `--steps N` below the database's revision.
+fn target(graph: &RevisionGraph, from: &str, target: &Target) -> Result<String, String> {
+    match target {
+        Target::To(to) => {
+            check_known(graph, to)?;
+            Ok(to.clone())
+        }
+        Target::Steps(steps) => {
+            let mut current = from.to_string();
+            for taken in 0..*steps {
+                let revision = graph.get(&current).ok_or_else(|| {
+                    format!("the database is at {current}, which the checkout's scripts do not know; use --to")
+                })?;
+                current = revision.down.first().cloned().ok_or_else(|| {
+                    format!(
+                        "--steps {steps} goes below the first revision ({current} is the base after {taken} step(s))"
+                    )
+                })?;
+            }
+            Ok(current)
+        }
+    }
+}
+
+/// A well-formed revision that the checkout's scripts declare.
+pub fn check_known(graph: &RevisionGraph, revision: &str) -> Result<(), String> {
+    names::check_revision(revision)?;
+    if !graph.contains(revision) {
+        return Err(format!(
+            "unknown revision {revision:?}: the versions directory declares {}",
+            graph.ids().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// The revisions a downgrade from `from` to `target` undoes, newest first,
+/// with their messages. `target` must lie below `from`.
+fn dropped_revisions(
+    graph: &RevisionGraph,
+    from: &str,
+    target: &str,
+) -> Result<Vec<(String, String)>, String> {
+    if !graph.contains(from) {
+        // A newer release migrated it; its pod's scripts know the way down.
+        return Ok(vec![(
+            format!("everything above {target} up to {from}"),
+            "the current release's scripts (not all in this checkout)".into(),
+        )]);
+    }
+    let path = graph.upgrade_path(Some(target), from).ok_or_else(|| {
+        format!("{target} is not below the database's revision {from}: a rollback only goes down")
+    })?;
+    Ok(path
+        .into_iter()
+        .rev()
+        .map(|id| (id.to_string(), versions::message(graph, id)))
+        .collect())
+}
+
+/// The Helm revision the app returns to: `--app-revision`, checked, or the
+/// newest earlier good revision whose record names the target.
+fn app_revision<'a>(
+    env: &Environment,
+    facts: &'a RollbackFacts,
+    target: &str,
+    chosen: Option<u32>,
+) -> Result<&'a RecordedRevision, String> {
+    let current = facts.current.revision;
+    let earlier = || facts.history.iter().filter(|r| r.entry.revision < current);
+    if let Some(chosen) = chosen {
+        let revision = facts
+            .history
+            .iter()
+            .find(|r| r.entry.revision == chosen)
+            .ok_or_else(|| {
+                format!(
+                    "--app-revision {chosen}: release {} has no revision {chosen} (`helm history {} --namespace {}`)",
+                    env.release, env.release, env.namespace
+                )
+            })?;
+        if chosen >= current {
+            return Err(format!(
+                "--app-revision {chosen}: the app can only return to a revision before the current one ({current})"
+            ));
+        }
+        if !revision.entry.was_good() {
+            return Err(format!(
+                "--app-revision {chosen}: revision {chosen} is {}; it never ran successfully",
+                revision.entry.status
+            ));
+        }
+        if revision.record.has_head() && revision.record.alembic_head != target {
+            return Err(format!(
+                "--app-revision {chosen}: revision {chosen} was deployed with head {}, not {target}: its init \
+                 container would migrate the database to {} again",
+                revision.record.alembic_head, revision.record.alembic_head
+            ));
+        }
+        return Ok(revision);
+    }
+    earlier()
+        .filter(|r| r.entry.was_good() && r.record.alembic_head == target)
+        .max_by_key(|r| r.entry.revision)
+        .ok_or_else(|| no_app_revision(env, target, earlier().collect()))
+}
+
+/// The refusal when no earlier revision recorded the target: the candidates
+/// without a record, for the user to choose with `--app-revision`.
+fn no_app_revision(env: &Environment, target: &str, earlier: Vec<&RecordedRevision>) -> String {
+    let unrecorded: Vec<String> = earlier
+        .iter()
+        .filter(|r| r.entry.was_good() && !r.record.has_head())
+        .map(|r| {
+            format!(
+                "    revision {:<3} {:<11} {}  chart {}\n        backend  {}\n        frontend {}",
+                r.entry.revision,
+                r.entry.status,
+                r.entry.updated,
+                r.entry.chart,
+                or_dash(&r.record.backend_image),
+                or_dash(&r.record.frontend_image),
+            )
+        })
+        .collect();
+    let mut message = format!(
+        "no earlier Helm revision of {} recorded Alembic head {target}, so the app has nowhere safe to return to: \
+         after the downgrade, the current release's init container would upgrade the database again. Nothing was changed.",
+        env.release
+    );
+    if unrecorded.is_empty() {
+        message.push_str(&format!(
+            "\n  Deploy a build whose migrations end at {target} instead (`cargo xtask deploy {}` from that commit).",
+            env.name
+        ));
+    } else {
+        message.push_str(&format!(
+            "\n  These earlier revisions have no deploy record (installed before this tool?):\n{}\n  \
+             If one of them runs code for {target}, choose it: `cargo xtask rollback {} --to {target} --app-revision N`",
+            unrecorded.join("\n"),
+            env.name
+        ));
+    }
+    message
+}
+
+fn or_dash(text: &str) -> &str {
+    if text.is_empty() {
+        "-"
+    } else {
+        text
+    }
+}
+
+fn steps(
+    env: &Environment,
+    facts: &RollbackFacts,
+    spec: &RollbackSpec,
+    deployment: &str,
+    dropped: &[(String, String)],
+    app: &RecordedRevision,
+) -> Vec<Step> {
+    let target = &spec.target;
+    let step = |kind, title: String, items| Step {
+        kind,
+        title,
+        alongside_previous: false,
+        items,
+    };
+    let dropped_ids: Vec<&str> = dropped.iter().map(|(id, _)| id.as_str()).collect();
+    vec![
+        step(
+            StepKind::Backup,
+            "Back up the database".into(),
+            vec![Item::Run {
+                argv: backup::script_args(env),
+                expect: Some("last line: the backup file's path".into()),
+            }],
+        ),
+        step(
+            StepKind::Downgrade,
+            format!(
+                "Downgrade the schema in {} (revision {}'s scripts know the way down)",
+                spec.pod, facts.current.revision
+            ),
+            vec![
+                Item::Run {
+                    argv: kube::backend_exec_args(
+                        env,
+                        &spec.pod,
+                        &["alembic", "downgrade", target],
+                    ),
+                    expect: Some(format!("drops {}", dropped_ids.join(", "))),
+                },
+                Item::Run {
+                    argv: kube::alembic_current_args(env, &spec.pod),
+                    expect: Some(target.clone()),
+                },
+            ],
+        ),
+        step(
+            StepKind::HelmRollback,
+            format!("Return the app to Helm revision {}", spec.app_revision),
+            vec![
+                Item::Run {
+                    argv: helm::rollback_args(env, spec.app_revision, facts.helm_major),
+                    expect: Some(format!(
+                        "revision {} is created and rolls out",
+                        spec.new_revision
+                    )),
+                },
+                Item::Note {
+                    text: format!(
+                        "revision {} runs backend {} (deploy record: {})",
+                        spec.app_revision,
+                        or_dash(&app.record.backend_image),
+                        if app.record.has_head() {
+                            format!("head {}", app.record.alembic_head)
+                        } else {
+                            "none".into()
+                        }
+                    ),
+                },
+            ],
+        ),
+        step(
+            StepKind::RecordHead,
+            "Record the expected head where verify reads it (no pod restarts)".into(),
+            vec![Item::Run {
+                argv: kube::annotate_deployment_args(
+                    env,
+                    deployment,
+                    &[
+                        (
+                            release::ROLLBACK_REVISION_ANNOTATION,
+                            &spec.new_revision.to_string(),
+                        ),
+                        (release::ROLLBACK_HEAD_ANNOTATION, target),
+                    ],
+                ),
+                expect: None,
+            }],
+        ),
+        crate::plan::verify_step(env, &Ok(target.clone())),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::{HistoryEntry, Record};
+    use backend_migrations::revisions::Revision;
+
+    fn graph() -> RevisionGraph {
+        let rev = |id: &str, down: &[&str]| Revision {
+            id: id.into(),
+            down: down.iter().map(|s| s.to_string()).collect(),
+            file: format!("{id}.py").into(),
+        };
+        RevisionGraph::from_revisions(vec![
+            rev("0001_baseline", &[]),
+            rev("0002_activity_and_comments", &["0001_baseline"]),
+        ])
+        .unwrap()
+    }
+
+    fn revision(number: u32, status: &str, head: &str) -> RecordedRevision {
+        RecordedRevision {
+            entry: HistoryEntry {
+                revision: number,
+                status: status.into(),
+                chart: "colony-0.1.0".into(),
+                ..HistoryEntry::default()
+            },
+            record: Record {
+                alembic_head: head.into(),
+                backend_image: format!("r/colony-backend@sha256:{number}"),
+                ..Record::default()
+            },
+        }
+    }
+
+    fn facts(history: Vec<RecordedRevision>, database: &str) -> RollbackFacts {
+        let last = history.last().unwrap().clone();
+        RollbackFacts {
+            graph: Ok(graph()),
+            current: Current {
+                revision: last.entry.revision,
+                status: last.entry.status.clone(),
+                record: last.record.clone(),
+            },
+            history,
+            pod: Some("colony-backend-abc-1".into()),
+            deployment: Some("colony-backend".into()),
+            database: DatabaseRevision::At {
+                revision: database.into(),
+            },
+            helm_major: 4,
+        }
+    }
+
+    fn to(target: &str, app: Option<u32>) -> Request {
+        Request {
+            target: Target::To(target.into()),
+            app_revision: app,
+        }
+    }
+
+    fn env() -> Environment {
+        crate::config::tests::environment()
+    }
+
+    fn refusal(decision: Decision) -> String {
+        match decision {
+            Decision::Refuse(why) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn spec(decision: Decision) -> RollbackSpec {
+        match decision {
+            Decision::Rollback(plan) => plan.1,
+            other => panic!("expected a rollback, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_newest_good_revision_that_recorded_the_target_is_chosen() {
+        let history = vec![
+            revision(1, "superseded", "0001_baseline"),
+            revision(2, "superseded", "0001_baseline"),
+            revision(3, "failed", "0001_baseline"),
+            revision(4, "deployed", "0002_activity_and_comments"),
+        ];
+        let decided = spec(decide(
+            &env(),
+            &facts(history, "0002_activity_and_comments"),
+            &to("0001_baseline", None),
+        ));
+        assert_eq!(decided.app_revision, 2, "a failed revision is never chosen");
+        assert_eq!(decided.new_revision, 5);
+        assert_eq!(decided.from, "0002_activity_and_comments");
+    }
+
+    #[test]
+    fn without_a_recorded_revision_it_lists_the_unrecorded_ones_and_refuses() {
+        let history = vec![
+            revision(1, "superseded", ""),
+            revision(2, "deployed", "0002_activity_and_comments"),
+        ];
+        let facts = facts(history, "0002_activity_and_comments");
+        let why = refusal(decide(&env(), &facts, &to("0001_baseline", None)));
+        assert!(
+            why.contains("no earlier Helm revision of colony recorded Alembic head 0001_baseline"),
+            "{why}"
+        );
+        assert!(why.contains("revision 1"), "{why}");
+        assert!(why.contains("r/colony-backend@sha256:1"), "{why}");
+        assert!(why.contains("--app-revision N"), "{why}");
+        // --steps 1 is the same target, the same refusal.
+        let steps = Request {
+            target: Target::Steps(1),
+            app_revision: None,
+        };
+        assert!(refusal(decide(&env(), &facts, &steps)).contains("--app-revision N"));
+        // Chosen explicitly, the unrecorded revision is accepted.
+        assert_eq!(
+            spec(decide(&env(), &facts, &to("0001_baseline", Some(1)))).app_revision,
+            1
+        );
+    }
+
+    #[test]
+    fn a_chosen_revision_that_recorded_another_head_or_failed_is_refused() {
+        let history = vec![
+            revision(1, "superseded", "0002_activity_and_comments"),
+            revision(2, "failed", ""),
+            revision(3, "deployed", "0002_activity_and_comments"),
+        ];
+        let facts = facts(history, "0002_activity_and_comments");
+        assert!(
+            refusal(decide(&env(), &facts, &to("0001_baseline", Some(1))))
+                .contains("was deployed with head 0002")
+        );
+        assert!(
+            refusal(decide(&env(), &facts, &to("0001_baseline", Some(2)))).contains("is failed")
+        );
+        assert!(
+            refusal(decide(&env(), &facts, &to("0001_baseline", Some(3))))
+                .contains("before the current one")
+        );
+        assert!(
+            refusal(decide(&env(), &facts, &to("0001_baseline", Some(9))))
+                .contains("has no revision 9")
+        );
+    }
+
+    #[test]
+    fn the_current_revision_is_nothing_to_do_and_unknown_or_higher_targets_are_refused() {
+        let history = vec![
+            revision(1, "superseded", "0001_baseline"),
+            revision(2, "deployed", "0002_activity_and_comments"),
+        ];
+        let at_head = facts(history.clone(), "0002_activity_and_comments");
+        assert!(matches!(
+            decide(&env(), &at_head, &to("0002_activity_and_comments", None)),
+            Decision::NothingToDo(ref why) if why.contains("already at 0002_activity_and_comments")
+        ));
+        assert!(refusal(decide(&env(), &at_head, &to("0000_nope", None)))
+            .contains("unknown revision \"0000_nope\""));
+        assert!(refusal(decide(&env(), &at_head, &to("x; rm -rf /", None))).contains("x; rm -rf /"));
+        let at_base = facts(history, "0001_baseline");
+        assert!(refusal(decide(
+            &env(),
+            &at_base,
+            &to("0002_activity_and_comments", None)
+        ))
+        .contains("only goes down"));
+        let too_far = Request {
+            target: Target::Steps(2),
+            app_revision: None,
+        };
+        assert!(refusal(decide(&env(), &at_head, &too_far)).contains("below the first revision"));
+    }
+
+    #[test]
+    fn the_plan_lists_every_step_in_order() {
+        let history = vec![
+            revision(1, "superseded", "0001_baseline"),
+            revision(2, "deployed", "0002_activity_and_comments"),
+        ];
+        let Decision::Rollback(planned) = decide(
+            &env(),
+            &facts(history, "0002_activity_and_comments"),
+            &to("0001_baseline", None),
+        ) else {
+            panic!("no plan");
+        };
+        let (plan, _) = *planned;
+        assert_eq!(
+            plan.step_names(),
+            [
+                "backup",
+                "downgrade",
+                "helm-rollback",
+                "record-head",
+                "verify"
+            ]
+        );
+        let text = plan.render(true);
+        assert!(text.contains("alembic downgrade 0001_baseline"), "{text}");
+        assert!(text.contains("helm rollback colony 1"), "{text}");
+        assert!(
+            text.contains("colony.dev/rollback-helm-revision=3"),
+            "{text}"
+        );
+        assert!(text.contains("drop 0002_activity_and_comments"), "{text}");
+    }
+}

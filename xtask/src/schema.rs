@@ -1,0 +1,188 @@
+//! The database's Alembic revision, as a pod of the current release sees
+//! it. Read-only: it is a fact that deploy and rollback plan from.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cluster::{self, Backend};
+use crate::config::Environment;
+use crate::kube;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum DatabaseRevision {
+    /// `alembic_version` holds this revision.
+    At { revision: String },
+    /// No Alembic revision yet. `legacy_tables`: the pre-Alembic tables the
+    /// runner found (they will be stamped); None when that is unknown.
+    NoRevision { legacy_tables: Option<Vec<String>> },
+    /// Nothing to ask, or the question failed; why.
+    Unknown { why: String },
+}
+
+impl DatabaseRevision {
+    pub fn revision(&self) -> Option<&str> {
+        match self {
+            DatabaseRevision::At { revision } => Some(revision),
+            _ => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            DatabaseRevision::At { revision } => revision.clone(),
+            DatabaseRevision::NoRevision {
+                legacy_tables: Some(tables),
+            } if !tables.is_empty() => {
+                format!(
+                    "no Alembic revision; pre-Alembic tables {}",
+                    tables.join(", ")
+                )
+            }
+            DatabaseRevision::NoRevision {
+                legacy_tables: Some(_),
+            } => "empty (no Alembic revision, no tables)".into(),
+            DatabaseRevision::NoRevision {
+                legacy_tables: None,
+            } => "no Alembic revision".into(),
+            DatabaseRevision::Unknown { why } => format!("unknown: {why}"),
+        }
+    }
+}
+
+/// A ready pod of the newest backend ReplicaSet, if any.
+pub fn ready_pod(backend: &Backend) -> Option<String> {
+    backend
+        .pods
+        .iter()
+        .find(|p| cluster::pod_ready(p))
+        .map(|p| cluster::name(p).to_string())
+}
+
+/// Asks the runner in `pod` (`run-migrations status --json`: no Python, and
+/// it sees the legacy tables too); an image without the runner falls back to
+/// `alembic current`.
+pub fn read(env: &Environment, pod: &str) -> DatabaseRevision {
+    if let Ok(output) = cluster::run(&kube::migrations_status_args(env, pod)) {
+        if output.code == 0 {
+            if let Ok(status) = serde_json::from_str::<Value>(&output.stdout) {
+                return from_runner_status(&status);
+            }
+        }
+    }
+    match cluster::run(&kube::alembic_current_args(env, pod)) {
+        Ok(output) if output.code == 0 => from_alembic_current(&output.stdout),
+        Ok(output) => DatabaseRevision::Unknown {
+            why: format!(
+                "`alembic current` in {pod} exited {}: {}",
+                output.code,
+                cluster::last_line(&output.stderr)
+            ),
+        },
+        Err(e) => DatabaseRevision::Unknown {
+            why: format!("{e:#}"),
+        },
+    }
+}
+
+/// From an `alembic current` already run in `pod` (verify's own read, so a
+/// deploy asks once): a revision when it printed one; otherwise the runner
+/// is asked, which also sees a pre-Alembic schema or a revision these
+/// scripts do not know.
+pub fn from_observed(
+    env: &Environment,
+    pod: &str,
+    alembic_current: &cluster::Output,
+) -> DatabaseRevision {
+    let answer = from_alembic_current(&alembic_current.stdout);
+    if alembic_current.code == 0 && answer.revision().is_some() {
+        return answer;
+    }
+    read(env, pod)
+}
+
+/// `run-migrations status --json`: `revisions` (null: no table) and
+/// `legacy_tables`. Pure.
+pub fn from_runner_status(status: &Value) -> DatabaseRevision {
+    let legacy: Vec<String> = status["legacy_tables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(String::from))
+        .collect();
+    match status["revisions"].as_array() {
+        None => DatabaseRevision::NoRevision {
+            legacy_tables: Some(legacy),
+        },
+        Some(rows) => match rows.as_slice() {
+            [] => DatabaseRevision::NoRevision {
+                legacy_tables: Some(legacy),
+            },
+            [one] => DatabaseRevision::At {
+                revision: one.as_str().unwrap_or_default().to_string(),
+            },
+            several => DatabaseRevision::Unknown {
+                why: format!(
+                    "alembic_version has {} rows (branches): {}",
+                    several.len(),
+                    several
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+        },
+    }
+}
+
+/// `alembic current` prints `REV (head)`, `REV`, or nothing. Pure.
+pub fn from_alembic_current(stdout: &str) -> DatabaseRevision {
+    match cluster::last_line(stdout)
+        .trim_end_matches(" (head)")
+        .trim()
+    {
+        "" => DatabaseRevision::NoRevision {
+            legacy_tables: None,
+        },
+        revision => DatabaseRevision::At {
+            revision: revision.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_runner_status_and_alembic_current_both_read() {
+        assert_eq!(
+            from_runner_status(&json!({"revisions": ["0002_x"], "legacy_tables": ["households"]})),
+            DatabaseRevision::At {
+                revision: "0002_x".into()
+            }
+        );
+        assert_eq!(
+            from_runner_status(&json!({"revisions": null, "legacy_tables": ["households"]})),
+            DatabaseRevision::NoRevision {
+                legacy_tables: Some(vec!["households".into()])
+            }
+        );
+        assert!(matches!(
+            from_runner_status(&json!({"revisions": ["a", "b"]})),
+            DatabaseRevision::Unknown { .. }
+        ));
+        assert_eq!(
+            from_alembic_current("INFO ...\n0001_baseline (head)\n").revision(),
+            Some("0001_baseline")
+        );
+        assert_eq!(
+            from_alembic_current(""),
+            DatabaseRevision::NoRevision {
+                legacy_tables: None
+            }
+        );
+    }
+}

@@ -62,15 +62,24 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// The Deployment, its ReplicaSets and the backend pods, read at once
+    /// (three independent lists); the pods kept are the newest
+    /// ReplicaSet's, by its `pod-template-hash` label.
     pub fn read(env: &Environment) -> Result<Backend> {
-        let deployments = json(&kube::backend_deployments_args(env))?;
-        let deployment = items(&deployments).first().cloned();
-        let replicasets = items(&json(&kube::backend_replicasets_args(env))?);
+        let (deployments, replicasets, pods) = std::thread::scope(|scope| {
+            let deployments = scope.spawn(|| json(&kube::backend_deployments_args(env)));
+            let replicasets = scope.spawn(|| json(&kube::backend_replicasets_args(env)));
+            let pods = json(&kube::backend_pods_args(env));
+            (
+                deployments.join().expect("deployment reader panicked"),
+                replicasets.join().expect("replicaset reader panicked"),
+                pods,
+            )
+        });
+        let deployment = items(&deployments?).first().cloned();
+        let replicasets = items(&replicasets?);
         let pods = match newest_replicaset(&replicasets) {
-            Some(rs) => items(&json(&kube::pods_of_replicaset_args(
-                env,
-                &pod_template_hash(rs),
-            ))?),
+            Some(rs) => of_replicaset(items(&pods?), &pod_template_hash(rs)),
             None => Vec::new(),
         };
         Ok(Backend {
@@ -79,6 +88,13 @@ impl Backend {
             pods,
         })
     }
+}
+
+/// The pods labelled with a ReplicaSet's `pod-template-hash`. Pure.
+pub fn of_replicaset(pods: Vec<Value>, hash: &str) -> Vec<Value> {
+    pods.into_iter()
+        .filter(|p| !hash.is_empty() && p["metadata"]["labels"]["pod-template-hash"] == hash)
+        .collect()
 }
 
 /// The last non-empty line of a command's output (`alembic current`, a log).
@@ -176,6 +192,19 @@ mod tests {
         let sets = vec![rs("a", "9"), rs("b", "10"), rs("c", "2")];
         assert_eq!(name(newest_replicaset(&sets).unwrap()), "b");
         assert_eq!(pod_template_hash(newest_replicaset(&sets).unwrap()), "b");
+    }
+
+    #[test]
+    fn only_the_newest_replicasets_pods_are_kept() {
+        let pod = |name: &str, hash: &str| json!({"metadata": {"name": name, "labels": {"pod-template-hash": hash}}});
+        let pods = vec![
+            pod("old-1", "old"),
+            pod("new-1", "new"),
+            json!({"metadata": {"name": "bare"}}),
+        ];
+        let kept = of_replicaset(pods.clone(), "new");
+        assert_eq!(kept.iter().map(name).collect::<Vec<_>>(), ["new-1"]);
+        assert!(of_replicaset(pods, "").is_empty());
     }
 
     #[test]

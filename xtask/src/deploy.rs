@@ -204,8 +204,10 @@ fn registry_digest(
 /// The cluster's side of the facts. The context must be the environment's
 /// and the release must not be pending: either is a refusal (Err).
 fn cluster_facts(env: &Environment) -> Result<ClusterFacts, String> {
-    release::check_context(env).map_err(|e| format!("{e:#}"))?;
+    // Every read names the environment's context, so the reads may start
+    // while the current context is checked; a mismatch still refuses.
     std::thread::scope(|scope| {
+        let context = scope.spawn(|| release::check_context(env));
         let release = scope.spawn(|| release::current(env));
         let database_pods = scope.spawn(|| cluster::run(&kube::database_pods_args(env)));
         // Verify's reads of the running pods, made now: the database's
@@ -228,6 +230,10 @@ fn cluster_facts(env: &Environment) -> Result<ClusterFacts, String> {
             };
             Ok((database, Some(observed)))
         });
+        context
+            .join()
+            .expect("context check panicked")
+            .map_err(|e| format!("{e:#}"))?;
         let release = release
             .join()
             .expect("release reader panicked")

@@ -62,12 +62,21 @@ pub fn backend_replicasets_args(env: &Environment) -> Vec<String> {
     )
 }
 
-pub fn pods_of_replicaset_args(env: &Environment, pod_template_hash: &str) -> Vec<String> {
-    let selector = format!(
-        "{},pod-template-hash={pod_template_hash}",
-        component_selector(env, "backend")
-    );
-    kubectl(env, &["get", "pods", "--selector", &selector, "-o", "json"])
+/// Every backend pod; the newest ReplicaSet's are picked by their
+/// `pod-template-hash` label (never `deploy/…`, which picks the oldest
+/// healthy pod).
+pub fn backend_pods_args(env: &Environment) -> Vec<String> {
+    kubectl(
+        env,
+        &[
+            "get",
+            "pods",
+            "--selector",
+            &component_selector(env, "backend"),
+            "-o",
+            "json",
+        ],
+    )
 }
 
 pub fn alembic_current_args(env: &Environment, pod: &str) -> Vec<String> {

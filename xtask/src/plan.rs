@@ -532,8 +532,8 @@ fn rollout_step(env: &Environment) -> Step {
                 Some("newest ReplicaSet's pod-template-hash"),
             ),
             run(
-                kube::pods_of_replicaset_args(env, "<hash>"),
-                Some("all pods Ready, no pod of an older ReplicaSet left"),
+                kube::backend_pods_args(env),
+                Some("its pods (that hash) all Ready, no pod of an older ReplicaSet left"),
             ),
         ],
     }

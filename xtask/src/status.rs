@@ -89,11 +89,11 @@ pub fn render_history(history: &[HistoryEntry], records: &[Record]) -> String {
             ("frontend", &record.frontend_image),
         ] {
             if !image.is_empty() {
-                let _ = writeln!(out, "       {component:<8}{image}");
+                let _ = writeln!(out, "       {component:<9}{image}");
             }
         }
         if !record.backup_file.is_empty() {
-            let _ = writeln!(out, "       backup  {}", record.backup_file);
+            let _ = writeln!(out, "       backup   {}", record.backup_file);
         }
     }
     out
@@ -122,8 +122,8 @@ mod tests {
         let text = render_history(&history, &records);
         assert!(text.contains("2    deployed         2026-11-26T04:00:00Z 0123456789ab 0002_activity_and_comments"), "{text}");
         assert!(
-            text.contains("backup  /b/colony-dev-x.dump")
-                && text.contains("backend r/colony-backend@sha256:1"),
+            text.contains("backup   /b/colony-dev-x.dump")
+                && text.contains("backend  r/colony-backend@sha256:1"),
             "{text}"
         );
     }

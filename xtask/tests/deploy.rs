@@ -131,7 +131,7 @@ fn a_fresh_cluster_deploys_verifies_and_redeploys_with_nothing_to_build() {
         status.stdout
     );
     assert!(
-        status.stdout.contains(&format!("backup  {backup}")),
+        status.stdout.contains(&format!("backup   {backup}")),
         "{}",
         status.stdout
     );

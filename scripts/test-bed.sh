@@ -4,7 +4,9 @@
 #   scripts/test-bed.sh up     install what is missing, start what is not running
 #   scripts/test-bed.sh env    print the variables the tests read (eval-able)
 #   scripts/test-bed.sh down   stop what `up` started (by pid), nothing else
-#   scripts/test-bed.sh test   up, then fmt + clippy + cargo test, then down
+#   scripts/test-bed.sh test   up, then fmt + clippy + cargo test + the demo, then down
+#   scripts/test-bed.sh demo   up, then a whole deploy story on a simulated cluster
+#                              (scripts/demo.sh; `demo --clean` removes it)
 #
 # What it brings up (see DESIGN.md section 5):
 #   - a Docker engine (only when no daemon already answers on DOCKER_HOST)
@@ -284,6 +286,31 @@ run_tests() {
   shellcheck scripts/*.sh .ci/run
   log "cargo test"
   cargo test --workspace
+  check_demo
+}
+
+# The demo is what a new user runs first: it must work end to end.
+check_demo() {
+  log "the demo (scripts/demo.sh)"
+  local out=$BED_DIR/demo.log
+  if ! "$ROOT/scripts/demo.sh" > "$out" 2>&1; then
+    tail -n 60 "$out" >&2
+    die "the demo failed (its whole output: $out)"
+  fi
+  local expected
+  for expected in \
+    "Detected pre-Alembic schema; stamping 0001_baseline" \
+    "Migrations complete." \
+    "apply 0002_activity_and_comments" \
+    "Helm revision 2, Alembic 0002_activity_and_comments (head)" \
+    "Nothing to deploy to colony-dev" \
+    "Rolled back colony-dev: database 0002_activity_and_comments -> 0001_baseline" \
+    "expecting Alembic head 0001_baseline (from the rollback's record for Helm revision 3)" \
+    "All 4 checks passed."; do
+    grep -qF -- "$expected" "$out" || { tail -n 60 "$out" >&2; die "the demo did not print: $expected"; }
+  done
+  "$ROOT/scripts/demo.sh" --clean >/dev/null
+  log "the demo: ok"
 }
 
 case "${1:-}" in
@@ -291,5 +318,10 @@ case "${1:-}" in
   down) down ;;
   env) print_env ;;
   test) run_tests ;;
-  *) echo "usage: scripts/test-bed.sh up|env|down|test" >&2; exit 2 ;;
+  demo)
+    if [ "${2:-}" = --clean ]; then exec "$ROOT/scripts/demo.sh" --clean; fi
+    up
+    exec "$ROOT/scripts/demo.sh"
+    ;;
+  *) echo "usage: scripts/test-bed.sh up|env|down|test|demo [--clean]" >&2; exit 2 ;;
 esac

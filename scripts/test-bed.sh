@@ -214,6 +214,31 @@ start_postgres() {
   head -n1 "$dir/data/postmaster.pid" > "$dir/data/postmaster.pid.bed"
 }
 
+# Hosts-file names for the registry, as a homelab has them: one that
+# resolves to 127.0.0.1 (the daemon treats it as insecure, by its default
+# 127.0.0.0/8 CIDR: plain HTTP works, as with `docker push`) and one that
+# resolves to ::1 (not in that CIDR: the daemon treats it as secure).
+HOSTS_FILE=${COLONY_TEST_HOSTS_FILE:-/etc/hosts}
+HOSTS_MARK="# colony-test-bed"
+NAMED_REGISTRY=registry.colony-bed.test
+SECURE_NAME=secure-registry.colony-bed.test
+
+add_hosts() {
+  grep -qF "$HOSTS_MARK" "$HOSTS_FILE" 2>/dev/null && return
+  [ -w "$HOSTS_FILE" ] || die "cannot write $HOSTS_FILE to add the test names $NAMED_REGISTRY and $SECURE_NAME"
+  log "adding $NAMED_REGISTRY (127.0.0.1) and $SECURE_NAME (::1) to $HOSTS_FILE"
+  printf '127.0.0.1 %s %s\n::1 %s %s\n' "$NAMED_REGISTRY" "$HOSTS_MARK" "$SECURE_NAME" "$HOSTS_MARK" >> "$HOSTS_FILE"
+}
+
+remove_hosts() {
+  grep -qF "$HOSTS_MARK" "$HOSTS_FILE" 2>/dev/null || return 0
+  log "removing the test names from $HOSTS_FILE"
+  local kept
+  kept=$(grep -vF "$HOSTS_MARK" "$HOSTS_FILE" || true)
+  # Rewrite in place: the file may be a bind mount that cannot be replaced.
+  printf '%s\n' "$kept" > "$HOSTS_FILE"
+}
+
 # ---------------------------------------------------------------- commands
 print_env() {
   [ -f "$BED_DIR/postgres/port" ] || die "the test bed is not up: run scripts/test-bed.sh up"
@@ -221,6 +246,8 @@ print_env() {
 export COLONY_TEST_BED_DIR=$BED_DIR
 export DOCKER_HOST=$(cat "$BED_DIR/docker-host")
 export COLONY_TEST_REGISTRY=$(cat "$BED_DIR/registry/addr")
+export COLONY_TEST_NAMED_REGISTRY=$NAMED_REGISTRY:$(cut -d: -f2 "$BED_DIR/registry/addr")
+export COLONY_TEST_SECURE_NAME=$SECURE_NAME
 export COLONY_TEST_AUTH_REGISTRY=$(cat "$BED_DIR/auth-registry/addr")
 export COLONY_TEST_AUTH_USER=colony
 export COLONY_TEST_AUTH_PASSWORD=$(cat "$BED_DIR/auth-registry/password")
@@ -240,6 +267,7 @@ up() {
   install_packages
   install_kube_tools
   install_python
+  add_hosts
   start_docker
   start_registry registry
   start_registry auth-registry auth
@@ -269,6 +297,7 @@ down() {
   stop_pid registry "$BED_DIR/registry/registry.pid"
   stop_pid auth-registry "$BED_DIR/auth-registry/registry.pid"
   stop_pid dockerd "$BED_DIR/docker/dockerd.pid"
+  remove_hosts
   rm -f "$BED_DIR/env"
 }
 

@@ -17,6 +17,11 @@ pub struct TestBed {
     pub docker_host: String,
     /// `127.0.0.1:<port>`, plain HTTP.
     pub registry: String,
+    /// The same registry by a hosts-file name resolving to 127.0.0.1,
+    /// `registry.colony-bed.test:<port>`: insecure by the daemon's CIDRs.
+    pub named_registry: String,
+    /// A hosts-file name resolving to ::1, which the daemon treats as secure.
+    pub secure_name: String,
     /// A second registry behind htpasswd auth, and its login.
     pub auth_registry: String,
     pub auth_user: String,
@@ -60,6 +65,8 @@ impl TestBed {
             dir: PathBuf::from(&dir),
             docker_host: var("DOCKER_HOST")?,
             registry: var("COLONY_TEST_REGISTRY")?,
+            named_registry: var("COLONY_TEST_NAMED_REGISTRY")?,
+            secure_name: var("COLONY_TEST_SECURE_NAME")?,
             auth_registry: var("COLONY_TEST_AUTH_REGISTRY")?,
             auth_user: var("COLONY_TEST_AUTH_USER")?,
             auth_password: var("COLONY_TEST_AUTH_PASSWORD")?,
@@ -324,6 +331,18 @@ impl TcpForwarder {
     pub fn start(port: u16, upstream: String) -> TcpForwarder {
         let listener =
             std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the forwarder's port");
+        Self::serve(listener, upstream)
+    }
+
+    /// Like `start`, on a free port of `address` (e.g. `::1`).
+    pub fn start_on(address: &str, upstream: String) -> TcpForwarder {
+        let listener =
+            std::net::TcpListener::bind((address, 0)).expect("bind the forwarder's address");
+        Self::serve(listener, upstream)
+    }
+
+    fn serve(listener: std::net::TcpListener, upstream: String) -> TcpForwarder {
+        let port = listener.local_addr().expect("addr").port();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let Ok(server) = std::net::TcpStream::connect(&upstream) else {

@@ -19,7 +19,7 @@ use crate::plan::{
 };
 use crate::registry::{self, RegistryClient};
 use crate::rollout::{self, Assessment};
-use crate::{backup, git, helm, inputs, kube, release, schema, verify, versions};
+use crate::{backup, docker, git, helm, inputs, kube, release, schema, verify, versions};
 
 pub fn run(args: DeployArgs) -> Result<()> {
     let started = Instant::now();
@@ -136,6 +136,9 @@ pub fn gather_facts(sh: &Shell, env: &Environment) -> DeployFacts {
             })
         })
         .collect();
+    // The registry is reached as the daemon reaches it (HTTPS, or plain HTTP
+    // for one it treats as insecure).
+    let access = &registry::access_for(&env.registry, docker::registry_view_blocking().as_ref());
     std::thread::scope(|scope| {
         let cluster = scope.spawn(|| cluster_facts(env));
         let helm = scope.spawn(|| helm::detect_version(&Shell::new().ok()?));
@@ -145,7 +148,7 @@ pub fn gather_facts(sh: &Shell, env: &Environment) -> DeployFacts {
             .zip(&tags)
             .map(|(image, tag)| {
                 scope.spawn(move || match tag {
-                    Some(Ok(tag)) => registry_digest(env, &image.reference, tag),
+                    Some(Ok(tag)) => registry_digest(env, access, &image.reference, tag),
                     _ => Ok(None),
                 })
             })
@@ -192,12 +195,13 @@ pub fn gather_facts(sh: &Shell, env: &Environment) -> DeployFacts {
 /// The registry's digest of `reference:tag` (None: it does not hold it).
 fn registry_digest(
     env: &Environment,
+    access: &registry::Access,
     reference: &str,
     tag: &str,
 ) -> Result<Option<String>, String> {
     let host = registry::host_of(&env.registry).to_string();
     let credential = registry::credential_for(&host)?;
-    RegistryClient::new(reference, credential)
+    RegistryClient::new(reference, credential, access)
         .manifest_digest(images::repository_path(reference), tag)
 }
 

@@ -44,6 +44,37 @@ pub async fn probe() -> Result<Docker, String> {
     }
 }
 
+/// What the daemon trusts for registries (`docker info`): the view that
+/// `registry::decide_access` decides from, as `docker push` does.
+pub async fn registry_view(docker: &Docker) -> Result<crate::registry::DaemonView, String> {
+    let info = docker.info().await.map_err(|e| mask_all(&e.to_string()))?;
+    let config = info.registry_config.unwrap_or_default();
+    Ok(crate::registry::DaemonView {
+        index_secure: config
+            .index_configs
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, index)| (name, index.secure.unwrap_or(true)))
+            .collect(),
+        insecure_cidrs: config
+            .insecure_registry_cidrs
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|cidr| cidr.parse().ok())
+            .collect(),
+    })
+}
+
+/// `registry_view` from synchronous code: None when no daemon answers
+/// (callers then assume Docker's defaults, and say so).
+pub fn registry_view_blocking() -> Option<crate::registry::DaemonView> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    runtime.block_on(async { registry_view(&probe().await.ok()?).await.ok() })
+}
+
 /// One line of build progress.
 pub enum BuildEvent<'a> {
     /// A Dockerfile step started, e.g. `Step 2/4 : COPY . /app`.

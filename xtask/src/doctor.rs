@@ -145,19 +145,38 @@ fn docker_check() -> Check {
     }
 }
 
+/// Pings the registry the way pushes reach it, and says which scheme and why.
 fn registry_check(env: &Environment) -> Check {
-    match registry::ping(&env.registry) {
-        Ok(200) => Check::ok(
+    let access = registry::access_for(&env.registry, docker::registry_view_blocking().as_ref());
+    let client = registry::RegistryClient::new(&env.registry, None, &access);
+    let how = |scheme: &str| {
+        format!(
+            "over {}, because {}",
+            if scheme == "http" {
+                "plain HTTP"
+            } else {
+                "HTTPS"
+            },
+            access.why
+        )
+    };
+    match client.ping() {
+        Ok(status) => Check::ok(
             "registry",
-            format!("{} answers the registry API", env.registry),
-        ),
-        Ok(_) => Check::ok(
-            "registry",
-            format!("{} answers and requires login", env.registry),
+            format!(
+                "{} answers the registry API{} {}",
+                env.registry,
+                if status == 401 {
+                    " (login required)"
+                } else {
+                    ""
+                },
+                how(client.scheme())
+            ),
         ),
         Err(e) => Check::fail(
             "registry",
-            format!("{} does not answer: {e}", env.registry),
+            e,
             format!(
                 "check `registry` for {} in {} (or COLONY_REGISTRY); {TEST_BED_HINT}",
                 env.name,

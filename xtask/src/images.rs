@@ -95,6 +95,9 @@ pub async fn run(
     let docker = docker::connect().await.map_err(|e| anyhow!(e))?;
     let host = registry::host_of(&env.registry).to_string();
     let credential = registry::credential_for(&host).map_err(|e| anyhow!(e))?;
+    // HTTPS, or plain HTTP too, exactly as the daemon will push.
+    let daemon_view = docker::registry_view(&docker).await.ok();
+    let access = registry::access_for(&env.registry, daemon_view.as_ref());
     let progress = Progress::new();
     let jobs = Arc::new(Semaphore::new(options.jobs.max(1)));
 
@@ -113,6 +116,7 @@ pub async fn run(
             image,
             tag,
             credential: credential.clone(),
+            access: access.clone(),
             stage: options.stage,
             migrations_binary: options.migrations_binary.clone(),
         };
@@ -137,8 +141,7 @@ pub async fn run(
     if options.stage == Stage::Push {
         push_all(
             &docker,
-            &env.registry,
-            credential,
+            (&env.registry, credential, &access),
             &mut reports,
             &progress,
             &jobs,
@@ -170,6 +173,7 @@ struct BuildTask {
     image: Image,
     tag: String,
     credential: Option<Credential>,
+    access: registry::Access,
     stage: Stage,
     migrations_binary: Option<PathBuf>,
     line: Arc<Line>,
@@ -238,7 +242,8 @@ impl BuildTask {
     }
 
     async fn registry_digest(&self) -> Result<Option<String>, String> {
-        let client = RegistryClient::new(&self.image.reference, self.credential.clone());
+        let client =
+            RegistryClient::new(&self.image.reference, self.credential.clone(), &self.access);
         let path = repository_path(&self.image.reference).to_string();
         let tag = self.tag.clone();
         tokio::task::spawn_blocking(move || client.manifest_digest(&path, &tag))
@@ -368,14 +373,15 @@ async fn build_migrations_binary() -> Result<PathBuf> {
     Ok(target_dir.join("release/run-migrations"))
 }
 
+/// `target`: the registry, its login and how it is reached.
 async fn push_all(
     docker: &Docker,
-    registry: &str,
-    credential: Option<Credential>,
+    target: (&str, Option<Credential>, &registry::Access),
     reports: &mut [ImageReport],
     progress: &Progress,
     jobs: &Arc<Semaphore>,
 ) -> Result<()> {
+    let (registry, credential, access) = target;
     let mut pushes = tokio::task::JoinSet::new();
     for (index, report) in reports.iter().enumerate() {
         if report.digest.is_some() {
@@ -386,6 +392,7 @@ async fn push_all(
         let line = progress.line(report.component);
         let latest = report.also_tag_latest;
         let registry = registry.to_string();
+        let access = access.clone();
         pushes.spawn(async move {
             let _permit = jobs.acquire_owned().await;
             let started = Instant::now();
@@ -403,7 +410,7 @@ async fn push_all(
                 docker::push(&docker, &repository, "latest", credential.as_ref(), |_| {}).await?;
             }
             let pushed = started.elapsed();
-            let client = RegistryClient::new(&registry, credential);
+            let client = RegistryClient::new(&registry, credential, &access);
             let path = repository_path(&repository).to_string();
             let tag_for_lookup = tag.clone();
             let digest =

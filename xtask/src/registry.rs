@@ -2,24 +2,128 @@
 //! whether a tag exists and which digest it serves, with the credentials of
 //! the standard Docker config. Credentials never reach a message.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
 use docker_credential::{CredentialRetrievalError, DockerCredential};
-
-/// Docker trusts plain HTTP for registries on the loopback interface only;
-/// everything else is HTTPS.
-pub fn base_url(registry: &str) -> String {
-    let host = host_of(registry);
-    let host_only = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    let loopback =
-        host_only == "localhost" || host_only.starts_with("127.") || host_only == "[::1]";
-    format!("{}://{host}", if loopback { "http" } else { "https" })
-}
+use ipnet::IpNet;
 
 /// `host[:port]` of a registry or an image reference.
 pub fn host_of(reference: &str) -> &str {
     reference.split('/').next().unwrap_or(reference)
+}
+
+/// What the Docker daemon is configured to trust (`docker info`'s
+/// `RegistryConfig`): per-registry `Secure` flags (insecure-registries given
+/// by name) and the insecure CIDRs (by address; 127.0.0.0/8 by default).
+#[derive(Debug, Clone, Default)]
+pub struct DaemonView {
+    pub index_secure: HashMap<String, bool>,
+    pub insecure_cidrs: Vec<IpNet>,
+}
+
+/// How we reach a registry: as the daemon would.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Access {
+    /// Plain HTTP is allowed after HTTPS fails (an insecure registry).
+    pub insecure: bool,
+    /// Why, in the daemon's terms, for doctor and errors.
+    pub why: String,
+}
+
+impl Access {
+    /// The schemes to try, in Docker's order: HTTPS first, always.
+    fn schemes(&self) -> &'static [&'static str] {
+        if self.insecure {
+            &["https", "http"]
+        } else {
+            &["https"]
+        }
+    }
+}
+
+/// Decides like the daemon (moby's `isSecureIndex`): a registry named in
+/// its configuration is what that says; otherwise it is insecure when one
+/// of its addresses lies in an insecure CIDR. Without a daemon to ask, the
+/// default configuration is assumed (loopback is insecure). Pure.
+pub fn decide_access(host: &str, daemon: Option<&DaemonView>, addresses: &[IpAddr]) -> Access {
+    let default_view;
+    let (view, whose) = match daemon {
+        Some(view) => (view, "the Docker daemon"),
+        None => {
+            default_view = DaemonView {
+                index_secure: HashMap::new(),
+                insecure_cidrs: vec!["127.0.0.0/8".parse().expect("a CIDR")],
+            };
+            (
+                &default_view,
+                "Docker's default configuration (no daemon answered to ask)",
+            )
+        }
+    };
+    if let Some(secure) = view.index_secure.get(host) {
+        return Access {
+            insecure: !secure,
+            why: if *secure {
+                format!("{whose} lists {host} as a secure registry")
+            } else {
+                format!("{whose} lists {host} in insecure-registries")
+            },
+        };
+    }
+    for address in addresses {
+        if let Some(net) = view.insecure_cidrs.iter().find(|n| n.contains(address)) {
+            return Access {
+                insecure: true,
+                why: format!(
+                    "{host} resolves to {address}, inside the insecure CIDR {net} of {whose}"
+                ),
+            };
+        }
+    }
+    Access {
+        insecure: false,
+        why: format!(
+            "{whose} treats {host} as secure: it is not in insecure-registries{}",
+            if addresses.is_empty() {
+                " (and does not resolve here)".to_string()
+            } else {
+                format!(
+                    " and resolves to {}",
+                    addresses
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ),
+    }
+}
+
+/// The addresses `host[:port]` resolves to here (none when it does not).
+pub fn resolve(host: &str) -> Vec<IpAddr> {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let mut addresses: Vec<IpAddr> = (name, 0)
+        .to_socket_addrs()
+        .map(|found| found.map(|a| a.ip()).collect())
+        .unwrap_or_default();
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
+
+/// `decide_access` for a registry, resolving its host here.
+pub fn access_for(registry: &str, daemon: Option<&DaemonView>) -> Access {
+    let host = host_of(registry);
+    decide_access(host, daemon, &resolve(host))
 }
 
 fn agent() -> ureq::Agent {
@@ -28,19 +132,6 @@ fn agent() -> ureq::Agent {
         .http_status_as_error(false)
         .build()
         .into()
-}
-
-/// `GET /v2/`: 200 (open) or 401 (auth required) both mean it answers.
-pub fn ping(registry: &str) -> Result<u16, String> {
-    let url = format!("{}/v2/", base_url(registry));
-    let response = agent()
-        .get(&url)
-        .call()
-        .map_err(|e| format!("{url}: {e}"))?;
-    match response.status().as_u16() {
-        status @ (200 | 401) => Ok(status),
-        status => Err(format!("{url} answered HTTP {status}, not a registry API")),
-    }
 }
 
 /// A registry login. Debug never shows the secret.
@@ -84,11 +175,14 @@ pub fn credential_for(host: &str) -> Result<Option<Credential>, String> {
     }
 }
 
-/// Reads manifests of one registry.
+/// Reads manifests of one registry, over HTTPS or, for a registry the
+/// daemon treats as insecure, over plain HTTP when HTTPS fails.
 pub struct RegistryClient {
     agent: ureq::Agent,
-    base: String,
     host: String,
+    access: Access,
+    /// The scheme that answered last (an index into `access.schemes()`).
+    scheme: AtomicUsize,
     credential: Option<Credential>,
 }
 
@@ -97,27 +191,91 @@ const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+js
     application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
 
 impl RegistryClient {
-    pub fn new(registry: &str, credential: Option<Credential>) -> RegistryClient {
+    pub fn new(registry: &str, credential: Option<Credential>, access: &Access) -> RegistryClient {
         RegistryClient {
             agent: agent(),
-            base: base_url(registry),
             host: host_of(registry).to_string(),
+            access: access.clone(),
+            scheme: AtomicUsize::new(0),
             credential,
+        }
+    }
+
+    /// The scheme in use (after a request), e.g. for doctor.
+    pub fn scheme(&self) -> &'static str {
+        self.access.schemes()[self.scheme.load(Ordering::Relaxed)]
+    }
+
+    /// Sends `method path` with the schemes allowed, in order; the first that
+    /// answers at all is kept. Only a transport failure moves on.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<ureq::http::Response<ureq::Body>, String> {
+        let schemes = self.access.schemes();
+        let start = self.scheme.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for (index, scheme) in schemes.iter().enumerate().skip(start) {
+            let url = format!("{scheme}://{}{path}", self.host);
+            let mut request = match method {
+                "HEAD" => self.agent.head(&url),
+                _ => self.agent.get(&url),
+            };
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            match request.call() {
+                Ok(response) => {
+                    self.scheme.store(index, Ordering::Relaxed);
+                    return Ok(response);
+                }
+                Err(e) => failures.push(format!("{scheme}: {e}")),
+            }
+        }
+        Err(if self.access.insecure {
+            format!(
+                "registry {} does not answer over HTTPS or plain HTTP ({}; {})",
+                self.host,
+                failures.join("; "),
+                self.access.why
+            )
+        } else {
+            format!(
+                "registry {host} does not answer over HTTPS ({}). HTTPS is the only way because {why}; \
+                 if it serves plain HTTP, add \"{host}\" to insecure-registries in the daemon's \
+                 /etc/docker/daemon.json and restart dockerd (as `docker push` needs too)",
+                failures.join("; "),
+                host = self.host,
+                why = self.access.why
+            )
+        })
+    }
+
+    /// `GET /v2/`: 200 (open) or 401 (auth required) both mean it answers.
+    pub fn ping(&self) -> Result<u16, String> {
+        let response = self.send("GET", "/v2/", &[])?;
+        match response.status().as_u16() {
+            status @ (200 | 401) => Ok(status),
+            status => Err(format!(
+                "{}://{}/v2/ answered HTTP {status}, not a registry API",
+                self.scheme(),
+                self.host
+            )),
         }
     }
 
     /// The digest the registry serves for `image:tag` (`image` without the
     /// host), or None when it has no such tag.
     pub fn manifest_digest(&self, image: &str, tag: &str) -> Result<Option<String>, String> {
-        let url = format!("{}/v2/{image}/manifests/{tag}", self.base);
+        let path = format!("/v2/{image}/manifests/{tag}");
         let head = |authorization: Option<&str>| {
-            let mut request = self.agent.head(&url).header("Accept", MANIFEST_TYPES);
+            let mut headers = vec![("Accept", MANIFEST_TYPES)];
             if let Some(value) = authorization {
-                request = request.header("Authorization", value);
+                headers.push(("Authorization", value));
             }
-            request
-                .call()
-                .map_err(|e| format!("registry {} does not answer: {e}", self.host))
+            self.send("HEAD", &path, &headers)
         };
         let mut response = head(None)?;
         if response.status().as_u16() == 401 {
@@ -228,15 +386,76 @@ fn parse_challenge(challenge: &str) -> Vec<(String, String)> {
 mod tests {
     use super::*;
 
+    fn daemon(named: &[(&str, bool)], cidrs: &[&str]) -> DaemonView {
+        DaemonView {
+            index_secure: named.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+            insecure_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+        }
+    }
+
     #[test]
-    fn loopback_registries_are_plain_http() {
-        assert_eq!(base_url("127.0.0.1:5000"), "http://127.0.0.1:5000");
-        assert_eq!(base_url("localhost:5000/team"), "http://localhost:5000");
-        assert_eq!(base_url("ghcr.io/colony-app"), "https://ghcr.io");
-        assert_eq!(
-            base_url("registry.homelab.lan:5000"),
-            "https://registry.homelab.lan:5000"
+    fn registries_are_insecure_exactly_when_the_daemon_says_so() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let view = daemon(
+            &[("registry.homelab.lan:5000", false), ("docker.io", true)],
+            &["127.0.0.0/8", "10.1.0.0/16"],
         );
+        let named = decide_access(
+            "registry.homelab.lan:5000",
+            Some(&view),
+            &[ip("192.168.1.5")],
+        );
+        assert!(named.insecure);
+        assert!(
+            named.why.contains("in insecure-registries"),
+            "{}",
+            named.why
+        );
+        let by_address = decide_access("nas.lan:5000", Some(&view), &[ip("10.1.2.3")]);
+        assert!(by_address.insecure);
+        assert!(
+            by_address
+                .why
+                .contains("10.1.2.3, inside the insecure CIDR 10.1.0.0/16 of the Docker daemon"),
+            "{}",
+            by_address.why
+        );
+        let loopback = decide_access(
+            "registry.homelab.test:46567",
+            Some(&view),
+            &[ip("127.0.0.1")],
+        );
+        assert!(loopback.insecure);
+        let secure = decide_access("ghcr.io", Some(&view), &[ip("140.82.1.1")]);
+        assert!(!secure.insecure);
+        assert!(
+            secure
+                .why
+                .contains("not in insecure-registries and resolves to 140.82.1.1"),
+            "{}",
+            secure.why
+        );
+        // Not listed by name, and ::1 is not in 127.0.0.0/8: secure, as for Docker.
+        assert!(!decide_access("v6.test:5000", Some(&view), &[ip("::1")]).insecure);
+        // No daemon: Docker's default, loopback only.
+        assert!(decide_access("localhost:5000", None, &[ip("127.0.0.1")]).insecure);
+        assert!(!decide_access("registry.homelab.lan:5000", None, &[]).insecure);
+        assert_eq!(
+            Access {
+                insecure: true,
+                why: String::new()
+            }
+            .schemes(),
+            ["https", "http"]
+        );
+    }
+
+    #[test]
+    fn hosts_resolve_without_their_port() {
+        assert!(resolve("127.0.0.1:5000").contains(&"127.0.0.1".parse().unwrap()));
+        assert!(resolve("[::1]:5000").contains(&"::1".parse().unwrap()));
+        assert!(resolve("localhost").iter().all(IpAddr::is_loopback));
+        assert!(resolve("no-such-host.invalid:5000").is_empty());
     }
 
     #[test]

@@ -631,3 +631,34 @@ fn rollback_to_the_current_revision_is_nothing_to_do() {
     assert_no_mutating_call(&stack.calls_since(calls));
     assert_eq!(stack.backups(), 0);
 }
+
+/// The homelab registry by name (plain HTTP, trusted by the daemon): the
+/// skip check, the digest read-back and the simulated pods' pulls all work.
+#[test]
+fn a_deploy_through_a_registry_the_daemon_treats_as_insecure() {
+    let stack = Stack::new(None);
+    let mut env = stack.env();
+    env.retain(|(k, _)| k != "COLONY_REGISTRY");
+    let registry = format!(
+        "{}/insecure-by-name",
+        testkit::TestBed::get().named_registry
+    );
+    env.push(("COLONY_REGISTRY".into(), registry.clone()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let run = common::xtask(stack.repo.root(), &["deploy", "colony-dev", "--yes"], &env);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stdout
+            .contains(&format!("backend   {registry}/e2e-colony-backend@sha256:")),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("4/4 checks passed"), "{}", run.stdout);
+    let again = common::xtask(stack.repo.root(), &["deploy", "colony-dev", "--yes"], &env);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert!(
+        again.stdout.contains("Nothing to deploy"),
+        "{}",
+        again.stdout
+    );
+}

@@ -23,6 +23,10 @@ fn kubeconfig(dir: &std::path::Path, context: &str) -> std::path::PathBuf {
 }
 
 fn doctor(tools: &ToolDir, context: &str) -> common::Run {
+    doctor_with_registry(tools, context, &TestBed::get().registry)
+}
+
+fn doctor_with_registry(tools: &ToolDir, context: &str, registry: &str) -> common::Run {
     let bed = TestBed::get();
     let repo = ColonyRepo::create();
     let home = tempfile::tempdir().unwrap();
@@ -32,7 +36,7 @@ fn doctor(tools: &ToolDir, context: &str) -> common::Run {
         ("HOME", home.path().to_str().unwrap()),
         ("KUBECONFIG", kubeconfig.to_str().unwrap()),
         ("DOCKER_HOST", bed.docker_host.as_str()),
-        ("COLONY_REGISTRY", bed.registry.as_str()),
+        ("COLONY_REGISTRY", registry),
         ("COLONY_CONFIG", "deploy.toml"),
     ];
     let run = xtask(repo.root(), &["doctor", "colony-dev"], &env);
@@ -144,9 +148,40 @@ fn an_unreachable_daemon_and_registry_fail_with_fixes() {
         run.stdout
     );
     assert!(
-        run.stdout
-            .contains("FAIL  registry    127.0.0.1:1 does not answer"),
+        run.stdout.contains(
+            "FAIL  registry    registry 127.0.0.1:1 does not answer over HTTPS or plain HTTP"
+        ),
         "{}",
         run.stdout
     );
+}
+
+#[test]
+fn the_registry_line_says_which_scheme_and_why() {
+    let bed = TestBed::get();
+    let run = doctor_with_registry(&all_tools(), "homelab", &bed.named_registry);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let expected = format!(
+        "ok    registry    {} answers the registry API over plain HTTP, because {} resolves to 127.0.0.1, \
+         inside the insecure CIDR 127.0.0.0/8 of the Docker daemon",
+        bed.named_registry, bed.named_registry
+    );
+    assert!(
+        run.stdout.contains(&expected),
+        "missing {expected:?} in:\n{}",
+        run.stdout
+    );
+
+    let forwarder = testkit::TcpForwarder::start_on("::1", bed.registry.clone());
+    let secure = format!("{}:{}", bed.secure_name, forwarder.port);
+    let run = doctor_with_registry(&all_tools(), "homelab", &secure);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stdout.contains(&format!(
+            "FAIL  registry    registry {secure} does not answer over HTTPS"
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("insecure-registries"), "{}", run.stdout);
 }

@@ -373,3 +373,53 @@ fn a_dirty_tree_gets_its_own_tag_per_content() {
     );
     assert_eq!(report(&first, "frontend")["build"]["status"], "done");
 }
+
+/// A homelab registry by name: `registry.colony-bed.test` resolves to
+/// 127.0.0.1, which the daemon treats as insecure (its default CIDR), so
+/// `docker push` uses plain HTTP; so must we, for the skip and the digests.
+#[test]
+fn a_registry_the_daemon_treats_as_insecure_works_by_name() {
+    let bed = TestBed::get();
+    let repo = repo_named("named");
+    let first = reports(&images(&repo, "push", &bed.named_registry, &[]));
+    for component in ["backend", "frontend"] {
+        let pushed = report(&first, component);
+        assert_eq!(pushed["push"]["status"], "done", "{pushed}");
+        assert!(pushed["repository"]
+            .as_str()
+            .unwrap()
+            .starts_with("registry.colony-bed.test:"));
+    }
+    let again = reports(&images(&repo, "push", &bed.named_registry, &[]));
+    for component in ["backend", "frontend"] {
+        let skipped = report(&again, component);
+        assert_eq!(skipped["build"]["status"], "skipped", "{skipped}");
+        assert_eq!(skipped["digest"], report(&first, component)["digest"]);
+    }
+}
+
+/// `secure-registry.colony-bed.test` resolves to ::1, outside the daemon's
+/// insecure CIDRs: the daemon would insist on HTTPS, and so do we, saying
+/// why and which setting changes it, with nothing built or pushed.
+#[test]
+fn a_secure_registry_speaking_plain_http_names_the_daemon_setting() {
+    let bed = TestBed::get();
+    let forwarder = testkit::TcpForwarder::start_on("::1", bed.registry.clone());
+    let registry = format!("{}:{}", bed.secure_name, forwarder.port);
+    let run = images(&repo_named("secure"), "push", &registry, &[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    for expected in [
+        &format!("registry {registry} does not answer over HTTPS"),
+        "the Docker daemon treats",
+        "not in insecure-registries",
+        &format!("add \"{registry}\" to insecure-registries"),
+    ] {
+        assert!(
+            run.stderr.contains(expected),
+            "missing {expected:?} in:\n{}",
+            run.stderr
+        );
+    }
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(!run.stderr.contains("pushed "), "{}", run.stderr);
+}

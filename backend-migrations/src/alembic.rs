@@ -28,6 +28,34 @@ impl AlembicCommand {
             leading_args: words.collect(),
         })
     }
+
+    /// The program must exist before the database is touched (a stamp
+    /// followed by "command not found" would leave half a run behind).
+    pub fn check_resolves(&self, path: Option<&std::ffi::OsStr>) -> Result<(), String> {
+        let executable = |candidate: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        };
+        let found = if self.program.contains('/') {
+            executable(Path::new(&self.program))
+        } else {
+            path.is_some_and(|path| {
+                std::env::split_paths(path).any(|dir| executable(&dir.join(&self.program)))
+            })
+        };
+        if found {
+            Ok(())
+        } else {
+            Err(format!(
+                "--alembic-cmd: {:?} is not an executable{}; install Alembic in the image or set \
+                 --alembic-cmd (RUN_MIGRATIONS_ALEMBIC_CMD), e.g. \"uv run --no-sync alembic\"",
+                self.program,
+                if self.program.contains('/') { "" } else { " on PATH" }
+            ))
+        }
+    }
 }
 
 /// What a finished run left behind.

@@ -25,6 +25,15 @@ pub struct Target {
 
 impl Target {
     pub fn parse(url: &str) -> Result<Target, String> {
+        // Anything else would be retried for the whole wait, then called
+        // unreachable: refuse it at once.
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
+            return Err(format!(
+                "DATABASE_URL {} is not a PostgreSQL URL: it must start with postgresql:// (or postgres://)",
+                mask_all(url)
+            ));
+        }
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| {
                 format!(

@@ -70,6 +70,9 @@ fn prepare(settings: &Settings) -> Result<Prepared, Failure> {
     // before connecting.
     graph.head().map_err(|e| bad(e.to_string()))?;
     let alembic = AlembicCommand::parse(&settings.alembic_command).map_err(&bad)?;
+    alembic
+        .check_resolves(std::env::var_os("PATH").as_deref())
+        .map_err(&bad)?;
     Ok(Prepared {
         target,
         project,

@@ -522,6 +522,63 @@ fn bad_inputs_are_refused_before_anything_is_written() {
 }
 
 #[test]
+fn an_alembic_command_that_does_not_exist_is_refused_before_the_stamp() {
+    let url = pre_alembic_database();
+    assert_bad_input(
+        &fixture_backend(),
+        &url,
+        &["--alembic-cmd", "nosuchalembic"],
+        2,
+        "--alembic-cmd: \"nosuchalembic\" is not an executable on PATH",
+    );
+    assert_bad_input(
+        &fixture_backend(),
+        &url,
+        &["--alembic-cmd", "/nonexistent/bin/alembic upgrade"],
+        2,
+        "is not an executable",
+    );
+    assert_eq!(
+        TestBed::get().psql(&url, "SELECT to_regclass('alembic_version') IS NULL"),
+        "t",
+        "the pre-Alembic schema was stamped"
+    );
+}
+
+#[test]
+fn a_url_that_is_not_postgresql_is_refused_at_once() {
+    let started = Instant::now();
+    assert_bad_input(
+        &fixture_backend(),
+        "http://colony:s3cr3t@db:5432/colony",
+        &[],
+        2,
+        "is not a PostgreSQL URL: it must start with postgresql://",
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "it waited for the database");
+    let run = run(&fixture_backend(), "mysql://colony:s3cr3t@db/colony", &[]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(!run.all().contains("s3cr3t"), "{}", run.all());
+}
+
+#[test]
+fn huge_or_zero_timeouts_are_refused_not_a_panic() {
+    let bed = TestBed::get();
+    let url = bed.create_database("timeouts");
+    for flag in ["--lock-timeout", "--wait-timeout"] {
+        for value in ["18446744073709551615", "86401", "0"] {
+            assert_bad_input(
+                &fixture_backend(),
+                &url,
+                &[flag, value],
+                2,
+                "is not a number of seconds from 1 to 86400",
+            );
+        }
+    }
+}
+
+#[test]
 fn a_revision_the_scripts_do_not_know_is_refused() {
     let bed = TestBed::get();
     let url = bed.create_database("newer");

@@ -38,21 +38,27 @@ pub fn script_args(env: &Environment) -> Vec<String> {
 pub fn take(env: &Environment) -> Result<Backup> {
     let argv = script_args(env);
     let started = Instant::now();
-    let output = Command::new(env.root.join(&argv[0]))
+    let mut child = Command::new(env.root.join(&argv[0]))
         .args(&argv[1..])
         .current_dir(&env.root)
         .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .with_context(|| format!("cannot run {SCRIPT}"))?;
-    if !output.status.success() {
+    // Its progress (and pg_dump's errors) are shown, masked; its stdout is the path.
+    let stderr = child.stderr.take().expect("piped stderr");
+    let relay = std::thread::spawn(move || crate::cluster::relay_lines(stderr, true));
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("piped stdout"), &mut stdout)?;
+    let status = child.wait()?;
+    let _ = relay.join();
+    if !status.success() {
         bail!(
-            "the backup failed ({}): nothing was changed; see the error above, then `cargo xtask backup {}`",
-            output.status,
+            "the backup failed ({status}): nothing was changed; see the error above, then `cargo xtask backup {}`",
             env.name
         );
     }
-    let stdout = String::from_utf8_lossy(&output.stdout);
     let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
     let size = std::fs::metadata(&path)
         .with_context(|| format!("{SCRIPT} reported {} but it does not exist", path.display()))?

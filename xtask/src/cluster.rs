@@ -38,6 +38,44 @@ pub fn run(argv: &[String]) -> Result<Output> {
     })
 }
 
+/// Runs an argv whose output the user should see as it comes (Alembic's):
+/// each line of stdout and stderr is masked and shown on ours. Returns the
+/// exit code.
+pub fn relay(argv: &[String]) -> Result<i32> {
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", argv[0]))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    std::thread::scope(|scope| {
+        scope.spawn(|| relay_lines(stdout, false));
+        scope.spawn(|| relay_lines(stderr, true));
+    });
+    Ok(child.wait()?.code().unwrap_or(-1))
+}
+
+/// Copies lines from `from` to our stdout or stderr, masked. Returns what
+/// was read, for callers that also keep it.
+pub fn relay_lines(from: impl std::io::Read, to_stderr: bool) -> String {
+    use std::io::BufRead;
+    let mut kept = String::new();
+    for line in std::io::BufReader::new(from).lines().map_while(|l| l.ok()) {
+        let line = mask_all(&line);
+        if to_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+        kept.push_str(&line);
+        kept.push('\n');
+    }
+    kept
+}
+
 /// Runs a `kubectl … -o json` argv and parses its answer.
 pub fn json(argv: &[String]) -> Result<Value> {
     let output = run(argv)?;

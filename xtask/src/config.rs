@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Result;
 use serde::Deserialize;
@@ -77,7 +78,8 @@ pub struct Environment {
     pub chart: String,
     pub alembic_versions: PathBuf,
     pub backup_dir: PathBuf,
-    pub helm_timeout: String,
+    /// Parsed once at load (`parse_timeout`); Helm gets `helm_duration` of it.
+    pub helm_timeout: Duration,
     pub images: Vec<Image>,
 }
 
@@ -243,19 +245,40 @@ fn resolve(
                 .as_deref()
                 .unwrap_or("~/.local/state/colony/backups"),
         ),
-        helm_timeout: entry.helm_timeout.clone().unwrap_or_else(|| "10m".into()),
+        helm_timeout: Duration::from_secs(600),
         images: vec![
             image("backend", &entry.images.backend, &registry),
             image("frontend", &entry.images.frontend, &registry),
         ],
         registry,
     };
-    let problems = problems(&env);
+    let mut env = env;
+    let file_name = config_file
+        .file_name()
+        .map_or(shown.to_string(), |n| n.to_string_lossy().into_owned());
+    let origins = Origins {
+        namespace: origin(&overrides.namespace, "COLONY_NAMESPACE", "--namespace", &file_name),
+        release: origin(&overrides.release, "COLONY_RELEASE", "--release", &file_name),
+        kube_context: origin(
+            &overrides.kube_context,
+            "COLONY_KUBE_CONTEXT",
+            "--kube-context",
+            &file_name,
+        ),
+        registry: origin(&overrides.registry, "COLONY_REGISTRY", "--registry", &file_name),
+    };
+    let mut problems = problems(&env, &origins);
+    if let Some(text) = &entry.helm_timeout {
+        match parse_timeout("helm_timeout", text) {
+            Ok(duration) => env.helm_timeout = duration,
+            Err(problem) => problems.push(format!("{problem} (from {file_name})")),
+        }
+    }
     if problems.is_empty() {
         Ok(env)
     } else {
         Err(input_error(format!(
-            "environment {name:?} in {shown} is invalid:\n  - {}",
+            "environment {name:?} ({shown}, flags and COLONY_* variables) is invalid:\n  - {}",
             problems.join("\n  - ")
         )))
     }
@@ -276,68 +299,71 @@ fn image(component: &'static str, entry: &ImageEntry, registry: &str) -> Image {
     }
 }
 
-fn problems(env: &Environment) -> Vec<String> {
+/// Where each overridable setting came from, for messages.
+struct Origins {
+    namespace: String,
+    release: String,
+    kube_context: String,
+    registry: String,
+}
+
+/// The flag, the COLONY_* variable (clap fills the same field from either)
+/// or the file.
+fn origin(value: &Option<String>, variable: &str, flag: &str, file: &str) -> String {
+    match value {
+        None => file.to_string(),
+        Some(v) if std::env::var(variable).ok().as_deref() == Some(v.as_str()) => variable.to_string(),
+        Some(_) => flag.to_string(),
+    }
+}
+
+fn problems(env: &Environment, origins: &Origins) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut check = |result: Result<(), String>| {
+    let mut check = |result: Result<(), String>, origin: &str| {
         if let Err(problem) = result {
-            problems.push(problem);
+            problems.push(format!("{problem} (from {origin})"));
         }
     };
-    check(names::check_namespace(&env.namespace));
-    check(names::check_release(&env.release));
-    check(names::check_kube_context(&env.kube_context));
+    check(names::check_namespace(&env.namespace), &origins.namespace);
+    check(names::check_release(&env.release), &origins.release);
+    check(names::check_kube_context(&env.kube_context), &origins.kube_context);
     let registry_ok = names::check_registry(&env.registry);
     let registry_valid = registry_ok.is_ok();
-    check(registry_ok);
+    check(registry_ok, &origins.registry);
     if registry_valid {
         for image in &env.images {
             let repository =
                 image.reference[env.registry.trim_end_matches('/').len() + 1..].to_string();
-            check(names::check_repository(&repository));
+            check(names::check_repository(&repository), "images.*.repository");
         }
     }
-    check(check_duration(&env.helm_timeout));
     problems
 }
 
-/// A Go duration of the accepted subset (`90s`, `10m`, `1h30m`).
-pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
-    check_duration(text).ok()?;
-    let mut total = 0u64;
-    let mut number = 0u64;
-    for c in text.chars() {
-        match c {
-            '0'..='9' => number = number * 10 + u64::from(c as u8 - b'0'),
-            'h' | 'm' | 's' => {
-                total += number
-                    * match c {
-                        'h' => 3600,
-                        'm' => 60,
-                        _ => 1,
-                    };
-                number = 0;
-            }
-            _ => return None,
-        }
+/// The bounds of a timeout: below a second is a typo (Helm would read
+/// `500ms` as half a second), above a day is one too.
+const TIMEOUT_BOUNDS: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+
+/// Parses a timeout once, at load, with humantime (`90s`, `10m`, `1h30m`,
+/// `1h 30m`): whole seconds from 1 s to 24 h. Everything else is refused,
+/// naming `what`, before any step runs.
+pub fn parse_timeout(what: &str, text: &str) -> Result<Duration, String> {
+    let refuse = |why: String| {
+        format!("{what} {text:?} {why}; write a duration like 90s, 10m or 1h30m (1 s to 24 h)")
+    };
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| refuse(format!("is not a duration ({e})")))?;
+    if duration.subsec_nanos() != 0 {
+        return Err(refuse("is not a whole number of seconds".into()));
     }
-    Some(std::time::Duration::from_secs(total))
+    if duration < TIMEOUT_BOUNDS.0 || duration > TIMEOUT_BOUNDS.1 {
+        return Err(refuse("is out of bounds".into()));
+    }
+    Ok(duration)
 }
 
-/// Helm takes Go durations; we accept the common subset (e.g. 90s, 10m, 1h30m).
-fn check_duration(text: &str) -> Result<(), String> {
-    let ok = !text.is_empty()
-        && text.ends_with(['s', 'm', 'h'])
-        && text
-            .chars()
-            .all(|c| c.is_ascii_digit() || "smh".contains(c))
-        && text.starts_with(|c: char| c.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "helm_timeout {text:?} is not a duration like 90s, 10m or 1h30m"
-        ))
-    }
+/// A duration as Helm's `--timeout` reads it, identically: `{n}s`.
+pub fn helm_duration(duration: Duration) -> String {
+    format!("{}s", duration.as_secs())
 }
 
 /// `~/x` → `$HOME/x`; relative paths are relative to the config's directory.
@@ -492,9 +518,25 @@ registry = "ghcr.io/colony-app"
 
     #[test]
     fn durations() {
-        assert!(check_duration("10m").is_ok() && check_duration("1h30m").is_ok());
-        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
-        assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
-        assert!(check_duration("10").is_err() && check_duration("ten minutes").is_err());
+        let parse = |text: &str| parse_timeout("helm_timeout", text);
+        assert_eq!(parse("1h30m").unwrap().as_secs(), 5400);
+        assert_eq!(parse("1h 30m").unwrap().as_secs(), 5400);
+        assert_eq!(parse("90s").unwrap().as_secs(), 90);
+        assert_eq!(helm_duration(parse("10m").unwrap()), "600s");
+        for (bad, why) in [
+            ("10", "is not a duration"),
+            ("ten minutes", "is not a duration"),
+            ("10mh", "is not a duration"),
+            ("1h99999999999999999m", ""),
+            ("99999999999999999999s", ""),
+            ("500ms", "whole number of seconds"),
+            ("1500ms", "whole number of seconds"),
+            ("25h", "is out of bounds"),
+            ("0s", "is out of bounds"),
+            ("", "is not a duration"),
+        ] {
+            let error = parse(bad).expect_err(bad);
+            assert!(error.contains(why) && error.contains("helm_timeout"), "{bad}: {error}");
+        }
     }
 }

@@ -450,7 +450,7 @@ impl Execution<'_> {
 }
 
 fn env_timeout(env: &Environment) -> Duration {
-    config::parse_duration(&env.helm_timeout).unwrap_or(Duration::from_secs(600))
+    env.helm_timeout
 }
 
 impl Summary {

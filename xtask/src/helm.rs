@@ -101,7 +101,7 @@ pub fn upgrade_install_args(
         args.push("--wait".into());
     }
     args.push("--timeout".into());
-    args.push(env.helm_timeout.clone());
+    args.push(crate::config::helm_duration(env.helm_timeout));
     args
 }
 
@@ -144,7 +144,12 @@ pub fn rollback_args(env: &Environment, revision: u32, helm_major: u32) -> Vec<S
     release_command(
         env,
         &["rollback"],
-        &[&revision.to_string(), wait, "--timeout", &env.helm_timeout],
+        &[
+            &revision.to_string(),
+            wait,
+            "--timeout",
+            &crate::config::helm_duration(env.helm_timeout),
+        ],
     )
 }
 

@@ -49,6 +49,9 @@ pub fn check_kube_context(context: &str) -> Result<(), String> {
         Err(format!(
             "kube context {context:?} must be non-empty, without spaces"
         ))
+    } else if context.starts_with('-') {
+        // It would be read as an option by kubectl and helm.
+        Err(format!("kube context {context:?} must not start with '-'"))
     } else {
         Ok(())
     }

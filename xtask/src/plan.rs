@@ -737,7 +737,7 @@ impl Plan {
                 }
             }
         }
-        out
+        backend_migrations::redact::mask_all(&out)
     }
 
     /// The step kinds in order: what a run of this plan reports it ran.
@@ -762,10 +762,12 @@ impl Plan {
 /// An argv as a shell would need it typed: plain words as they are, the
 /// rest in single quotes. Display only; processes get the argv itself.
 pub fn display_argv(argv: &[String]) -> String {
-    argv.iter()
+    let shown = argv
+        .iter()
         .map(|arg| shell_quote(arg))
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    backend_migrations::redact::mask_all(&shown)
 }
 
 /// Like `display_argv`, but a long command is continued (` \\`) before

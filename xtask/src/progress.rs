@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use backend_migrations::redact::mask_all;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 #[derive(Clone)]
@@ -46,12 +47,13 @@ impl Line {
     /// A passing state (e.g. bytes pushed): shown live, not logged.
     pub fn set(&self, message: &str) {
         if let Some(bar) = &self.bar {
-            bar.set_message(message.to_string());
+            bar.set_message(mask_all(message));
         }
     }
 
     /// A milestone: shown live on a terminal, one log line otherwise.
     pub fn log(&self, message: &str) {
+        let message = mask_all(message);
         match &self.bar {
             Some(bar) => bar.set_message(message.to_string()),
             None => eprintln!("[{}] {message}", self.name),
@@ -60,6 +62,7 @@ impl Line {
 
     /// The last word on this task; stays on screen.
     pub fn finish(&self, message: &str) {
+        let message = mask_all(message);
         match &self.bar {
             Some(bar) => bar.finish_with_message(message.to_string()),
             None => eprintln!("[{}] {message}", self.name),

@@ -5,7 +5,6 @@
 //! rollback` to a revision whose code expects the target, record the
 //! expected head for verify, verify.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -247,13 +246,10 @@ fn downgrade(step: &plan::Step, spec: &RollbackSpec, done: &Executed) -> Result<
         bail!("the downgrade step must hold the downgrade and the check");
     };
     eprintln!("$ {}", plan::display_argv(downgrade));
-    let status = Command::new(&downgrade[0])
-        .args(&downgrade[1..])
-        .stdin(Stdio::null())
-        .status()?;
-    if !status.success() {
+    let code = cluster::relay(downgrade)?;
+    if code != 0 {
         bail!(
-            "`alembic downgrade {}` in {} failed ({status}); the database is as the output above left it, and the \
+            "`alembic downgrade {}` in {} failed (exit {code}); the database is as the output above left it, and the \
              app was not rolled back. The backup is {backup} (`scripts/restore-db.sh` restores it)",
             spec.target,
             spec.pod
@@ -284,7 +280,7 @@ fn roll_app_back(env: &Environment, step: &plan::Step, spec: &RollbackSpec) -> R
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let timeout = config::parse_duration(&env.helm_timeout).unwrap_or(Duration::from_secs(600));
+    let timeout = env.helm_timeout;
     match runtime.block_on(rollout::watch(env, 0, false, timeout, |_| {}))? {
         Assessment::Complete => Ok(()),
         Assessment::Failed { pod, problem } => {

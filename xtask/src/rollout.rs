@@ -158,7 +158,7 @@ pub fn explain_failure(env: &Environment, pod: &str, problem: &PodProblem) -> St
             }
         }
     }
-    out
+    backend_migrations::redact::mask_all(&out)
 }
 
 #[cfg(test)]

@@ -471,7 +471,8 @@ pub fn render(env: &Environment, facts: &Facts, checks: &[Check]) -> String {
             let _ = writeln!(out, "  | {line}");
         }
     }
-    out
+    // The log is the runner's and Alembic's: masked again, whatever they did.
+    backend_migrations::redact::mask_all(&out)
 }
 
 pub fn to_json(env: &Environment, facts: &Facts, checks: &[Check]) -> Value {

@@ -81,12 +81,18 @@ struct SettingsArgs {
     baseline: String,
 }
 
-/// `60` or `60s`: whole seconds, at least one.
+/// The longest wait accepted: a day (longer is a typo, and would overflow
+/// the clock arithmetic).
+const MAX_SECONDS: u64 = 24 * 3600;
+
+/// `60` or `60s`: whole seconds, from 1 to a day.
 fn seconds(text: &str) -> Result<Duration, String> {
     let number = text.strip_suffix('s').unwrap_or(text);
     match number.parse::<u64>() {
-        Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
-        _ => Err(format!("{text:?} is not a number of seconds (e.g. 60)")),
+        Ok(n) if (1..=MAX_SECONDS).contains(&n) => Ok(Duration::from_secs(n)),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds from 1 to {MAX_SECONDS} (e.g. 60)"
+        )),
     }
 }
 

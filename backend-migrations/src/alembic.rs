@@ -52,7 +52,11 @@ impl AlembicCommand {
                 "--alembic-cmd: {:?} is not an executable{}; install Alembic in the image or set \
                  --alembic-cmd (RUN_MIGRATIONS_ALEMBIC_CMD), e.g. \"uv run --no-sync alembic\"",
                 self.program,
-                if self.program.contains('/') { "" } else { " on PATH" }
+                if self.program.contains('/') {
+                    ""
+                } else {
+                    " on PATH"
+                }
             ))
         }
     }

@@ -159,10 +159,7 @@ mod tests {
                 "postgresql://db/colony?user=u&password=s3cr3t",
                 "postgresql://db/colony?user=u&password=***",
             ),
-            (
-                "https://u:p%40ss@h/x?y=z",
-                "https://u:***@h/x?y=z",
-            ),
+            ("https://u:p%40ss@h/x?y=z", "https://u:***@h/x?y=z"),
             (
                 "next=postgresql%3A%2F%2Fu%3As3cr3t%40db%2Fcolony",
                 "next=postgresql%3A%2F%2Fu%3A***%40db%2Fcolony",

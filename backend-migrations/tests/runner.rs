@@ -555,7 +555,10 @@ fn a_url_that_is_not_postgresql_is_refused_at_once() {
         2,
         "is not a PostgreSQL URL: it must start with postgresql://",
     );
-    assert!(started.elapsed() < Duration::from_secs(5), "it waited for the database");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it waited for the database"
+    );
     let run = run(&fixture_backend(), "mysql://colony:s3cr3t@db/colony", &[]);
     assert_eq!(run.code, 2, "{}", run.all());
     assert!(!run.all().contains("s3cr3t"), "{}", run.all());

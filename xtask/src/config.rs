@@ -257,15 +257,30 @@ fn resolve(
         .file_name()
         .map_or(shown.to_string(), |n| n.to_string_lossy().into_owned());
     let origins = Origins {
-        namespace: origin(&overrides.namespace, "COLONY_NAMESPACE", "--namespace", &file_name),
-        release: origin(&overrides.release, "COLONY_RELEASE", "--release", &file_name),
+        namespace: origin(
+            &overrides.namespace,
+            "COLONY_NAMESPACE",
+            "--namespace",
+            &file_name,
+        ),
+        release: origin(
+            &overrides.release,
+            "COLONY_RELEASE",
+            "--release",
+            &file_name,
+        ),
         kube_context: origin(
             &overrides.kube_context,
             "COLONY_KUBE_CONTEXT",
             "--kube-context",
             &file_name,
         ),
-        registry: origin(&overrides.registry, "COLONY_REGISTRY", "--registry", &file_name),
+        registry: origin(
+            &overrides.registry,
+            "COLONY_REGISTRY",
+            "--registry",
+            &file_name,
+        ),
     };
     let mut problems = problems(&env, &origins);
     if let Some(text) = &entry.helm_timeout {
@@ -312,7 +327,9 @@ struct Origins {
 fn origin(value: &Option<String>, variable: &str, flag: &str, file: &str) -> String {
     match value {
         None => file.to_string(),
-        Some(v) if std::env::var(variable).ok().as_deref() == Some(v.as_str()) => variable.to_string(),
+        Some(v) if std::env::var(variable).ok().as_deref() == Some(v.as_str()) => {
+            variable.to_string()
+        }
         Some(_) => flag.to_string(),
     }
 }
@@ -326,7 +343,10 @@ fn problems(env: &Environment, origins: &Origins) -> Vec<String> {
     };
     check(names::check_namespace(&env.namespace), &origins.namespace);
     check(names::check_release(&env.release), &origins.release);
-    check(names::check_kube_context(&env.kube_context), &origins.kube_context);
+    check(
+        names::check_kube_context(&env.kube_context),
+        &origins.kube_context,
+    );
     let registry_ok = names::check_registry(&env.registry);
     let registry_valid = registry_ok.is_ok();
     check(registry_ok, &origins.registry);
@@ -342,7 +362,8 @@ fn problems(env: &Environment, origins: &Origins) -> Vec<String> {
 
 /// The bounds of a timeout: below a second is a typo (Helm would read
 /// `500ms` as half a second), above a day is one too.
-const TIMEOUT_BOUNDS: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+const TIMEOUT_BOUNDS: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
 
 /// Parses a timeout once, at load, with humantime (`90s`, `10m`, `1h30m`,
 /// `1h 30m`): whole seconds from 1 s to 24 h. Everything else is refused,
@@ -351,7 +372,8 @@ pub fn parse_timeout(what: &str, text: &str) -> Result<Duration, String> {
     let refuse = |why: String| {
         format!("{what} {text:?} {why}; write a duration like 90s, 10m or 1h30m (1 s to 24 h)")
     };
-    let duration = humantime::parse_duration(text.trim()).map_err(|e| refuse(format!("is not a duration ({e})")))?;
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| refuse(format!("is not a duration ({e})")))?;
     if duration.subsec_nanos() != 0 {
         return Err(refuse("is not a whole number of seconds".into()));
     }
@@ -536,7 +558,10 @@ registry = "ghcr.io/colony-app"
             ("", "is not a duration"),
         ] {
             let error = parse(bad).expect_err(bad);
-            assert!(error.contains(why) && error.contains("helm_timeout"), "{bad}: {error}");
+            assert!(
+                error.contains(why) && error.contains("helm_timeout"),
+                "{bad}: {error}"
+            );
         }
     }
 }

@@ -334,6 +334,34 @@ impl TcpForwarder {
         Self::serve(listener, upstream)
     }
 
+    /// A TCP port on 127.0.0.1 in front of a unix socket (a Docker daemon
+    /// reached as `tcp://`).
+    pub fn to_unix_socket(socket: std::path::PathBuf) -> TcpForwarder {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::os::unix::net::UnixStream::connect(&socket) else {
+                    continue;
+                };
+                let (mut client_read, mut server_write) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let (mut server_read, mut client_write) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_read, &mut server_write);
+                    let _ = server_write.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_read, &mut client_write);
+                    let _ = client_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        TcpForwarder { port }
+    }
+
     /// Like `start`, on a free port of `address` (e.g. `::1`).
     pub fn start_on(address: &str, upstream: String) -> TcpForwarder {
         let listener =

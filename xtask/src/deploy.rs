@@ -138,7 +138,8 @@ pub fn gather_facts(sh: &Shell, env: &Environment) -> DeployFacts {
         .collect();
     // The registry is reached as the daemon reaches it (HTTPS, or plain HTTP
     // for one it treats as insecure).
-    let access = &registry::access_for(&env.registry, docker::registry_view_blocking().as_ref());
+    let daemon = docker::registry_view_blocking();
+    let access = &registry::access_for(&env.registry, daemon.as_ref().ok());
     std::thread::scope(|scope| {
         let cluster = scope.spawn(|| cluster_facts(env));
         let helm = scope.spawn(|| helm::detect_version(&Shell::new().ok()?));
@@ -188,6 +189,7 @@ pub fn gather_facts(sh: &Shell, env: &Environment) -> DeployFacts {
             },
             cluster: cluster.join().expect("cluster reader panicked"),
             external_database: std::env::var_os("DATABASE_URL").is_some(),
+            docker: daemon.as_ref().map(|_| ()).map_err(Clone::clone),
         }
     })
 }

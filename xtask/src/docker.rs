@@ -14,9 +14,80 @@ use backend_migrations::redact::mask_all;
 
 use crate::registry::Credential;
 
-/// Where the daemon is, for messages.
+/// Where the daemon is, and who said so.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// `unix:///…`, `tcp://host:port`, `https://…`.
+    pub host: String,
+    /// `DOCKER_HOST`, `docker context NAME`, or the default socket.
+    pub source: String,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (from {})", mask_all(&self.host), self.source)
+    }
+}
+
+const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
+
+/// The daemon the `docker` CLI would use: `DOCKER_HOST` in any of its forms
+/// (with `DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH` for TLS), else the current
+/// Docker context's endpoint (`DOCKER_CONTEXT` or the config's
+/// `currentContext`), else the default socket.
+pub fn endpoint() -> Endpoint {
+    if let Some(host) = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
+        return Endpoint {
+            host,
+            source: "DOCKER_HOST".into(),
+        };
+    }
+    let config_dir = std::env::var_os("DOCKER_CONFIG")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".docker")));
+    let context = std::env::var("DOCKER_CONTEXT").ok();
+    match config_dir.and_then(|dir| context_endpoint(&dir, context.as_deref())) {
+        Some((name, host)) => Endpoint {
+            host,
+            source: format!("docker context {name}"),
+        },
+        None => Endpoint {
+            host: DEFAULT_SOCKET.into(),
+            source: "the default socket".into(),
+        },
+    }
+}
+
+/// The current context's Docker endpoint, as the CLI stores it:
+/// `contexts/meta/<sha256 of the name>/meta.json` → `Endpoints.docker.Host`.
+/// None for the `default` context or when nothing is configured.
+pub fn context_endpoint(
+    config_dir: &std::path::Path,
+    chosen: Option<&str>,
+) -> Option<(String, String)> {
+    use sha2::{Digest, Sha256};
+    let name = match chosen {
+        Some(name) => name.to_string(),
+        None => {
+            let config = std::fs::read_to_string(config_dir.join("config.json")).ok()?;
+            let config: serde_json::Value = serde_json::from_str(&config).ok()?;
+            config["currentContext"].as_str()?.to_string()
+        }
+    };
+    if name.is_empty() || name == "default" {
+        return None;
+    }
+    let id = format!("{:x}", Sha256::digest(name.as_bytes()));
+    let meta = std::fs::read_to_string(config_dir.join("contexts/meta").join(id).join("meta.json"))
+        .ok()?;
+    let meta: serde_json::Value = serde_json::from_str(&meta).ok()?;
+    let host = meta["Endpoints"]["docker"]["Host"].as_str()?.to_string();
+    Some((name, host))
+}
+
+/// Where the daemon is, for messages (masked).
 pub fn daemon_address() -> String {
-    mask_all(&std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into()))
+    endpoint().to_string()
 }
 
 /// Connects and negotiates the API version (the test bed's daemon speaks
@@ -33,7 +104,8 @@ pub async fn connect() -> Result<Docker, String> {
 /// Connect, negotiate and ping; the error is only why (masked), for callers
 /// that word the failure themselves (`doctor`).
 pub async fn probe() -> Result<Docker, String> {
-    let docker = Docker::connect_with_local_defaults().map_err(|e| mask_all(&e.to_string()))?;
+    let docker =
+        Docker::connect_with_host(&endpoint().host).map_err(|e| mask_all(&e.to_string()))?;
     let answered = async {
         let docker = docker.negotiate_version().await?;
         docker.ping().await.map(|_| docker)
@@ -65,14 +137,14 @@ pub async fn registry_view(docker: &Docker) -> Result<crate::registry::DaemonVie
     })
 }
 
-/// `registry_view` from synchronous code: None when no daemon answers
+/// `registry_view` from synchronous code; Err (why) when no daemon answers
 /// (callers then assume Docker's defaults, and say so).
-pub fn registry_view_blocking() -> Option<crate::registry::DaemonView> {
+pub fn registry_view_blocking() -> Result<crate::registry::DaemonView, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .ok()?;
-    runtime.block_on(async { registry_view(&probe().await.ok()?).await.ok() })
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async { registry_view(&connect().await?).await })
 }
 
 /// One line of build progress.

@@ -147,7 +147,10 @@ fn docker_check() -> Check {
 
 /// Pings the registry the way pushes reach it, and says which scheme and why.
 fn registry_check(env: &Environment) -> Check {
-    let access = registry::access_for(&env.registry, docker::registry_view_blocking().as_ref());
+    let access = registry::access_for(
+        &env.registry,
+        docker::registry_view_blocking().ok().as_ref(),
+    );
     let client = registry::RegistryClient::new(&env.registry, None, &access);
     let how = |scheme: &str| {
         format!(

@@ -33,6 +33,8 @@ pub struct DeployFacts {
     pub cluster: Result<ClusterFacts, String>,
     /// `DATABASE_URL` is set: the backup script dumps that (external) database.
     pub external_database: bool,
+    /// The Docker daemon answers (needed when an image must be built), or why not.
+    pub docker: Result<(), String>,
 }
 
 #[derive(Debug, Clone)]
@@ -192,7 +194,7 @@ pub fn deploy_plan(
 ) -> (Plan, DeploySpec) {
     let head = expected_head(facts);
     let spec = deploy_spec(env, facts, &head);
-    let mut missing = missing(env, facts);
+    let mut missing = missing(env, facts, options);
     let schema = schema_lines(facts, &head, &mut missing);
     let mut spec = spec;
     let (decision, reason, steps) = match nothing_to_deploy(env, facts, options) {
@@ -622,8 +624,38 @@ fn fact_lines(
     ]
 }
 
-fn missing(env: &Environment, facts: &DeployFacts) -> Vec<String> {
+fn missing(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Vec<String> {
     let mut missing = Vec::new();
+    // Images the registry lacks: built here (a daemon needed), or, with
+    // --skip-build, a refusal before anything (the backup) runs.
+    let lacking: Vec<&ImageFacts> = facts
+        .images
+        .iter()
+        .filter(|f| matches!(f.registry_digest, Ok(None)))
+        .collect();
+    if options.skip_build {
+        for image in &lacking {
+            missing.push(format!(
+                "--skip-build, but the registry has no {}:{}; drop --skip-build to build it, or push it first \
+                 (`cargo xtask push {}`)",
+                env.images
+                    .iter()
+                    .find(|i| i.component == image.component)
+                    .map_or("", |i| i.reference.as_str()),
+                image.tag.as_deref().unwrap_or("?"),
+                env.name
+            ));
+        }
+    } else if let (false, Err(why)) = (lacking.is_empty(), &facts.docker) {
+        missing.push(format!(
+            "no Docker daemon to build {}: {why}",
+            lacking
+                .iter()
+                .map(|i| i.component)
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ));
+    }
     if let Err(why) = &facts.cluster {
         missing.push(why.clone());
     }
@@ -883,6 +915,7 @@ mod tests {
                 database_pod_exists: true,
             }),
             external_database: false,
+            docker: Ok(()),
         }
     }
 

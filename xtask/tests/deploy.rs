@@ -662,3 +662,47 @@ fn a_deploy_through_a_registry_the_daemon_treats_as_insecure() {
         again.stdout
     );
 }
+
+/// Checks that can refuse run before the first change: a `--skip-build`
+/// whose images the registry lacks, or no daemon to build them, take no
+/// backup and call no Helm.
+#[test]
+fn skip_build_without_images_or_no_daemon_refuses_before_the_backup() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    std::fs::write(stack.repo.root().join("frontend/notes.md"), "new\n").unwrap();
+    stack
+        .repo
+        .git(&["commit", "-qam", "a commit whose images were never built"]);
+    let (calls, backups) = (stack.calls().len(), stack.backups());
+
+    let run = stack.xtask(&["deploy", "colony-dev", "--yes", "--skip-build"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains("--skip-build, but the registry has no"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("e2e-colony-frontend:"),
+        "{}",
+        run.stderr
+    );
+
+    let mut env = stack.env();
+    env.retain(|(k, _)| k != "DOCKER_HOST");
+    env.push((
+        "DOCKER_HOST".into(),
+        "unix:///nonexistent/docker.sock".into(),
+    ));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let run = common::xtask(stack.repo.root(), &["deploy", "colony-dev", "--yes"], &env);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains("no Docker daemon to build backend and frontend: no Docker daemon at unix:///nonexistent/docker.sock (from DOCKER_HOST)"),
+        "{}",
+        run.stderr
+    );
+    assert_no_mutating_call(&stack.calls_since(calls));
+    assert_eq!(stack.backups(), backups);
+}

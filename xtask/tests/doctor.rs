@@ -28,17 +28,32 @@ fn doctor(tools: &ToolDir, context: &str) -> common::Run {
 
 fn doctor_with_registry(tools: &ToolDir, context: &str, registry: &str) -> common::Run {
     let bed = TestBed::get();
+    doctor_with(
+        tools,
+        context,
+        registry,
+        &[("DOCKER_HOST", bed.docker_host.as_str())],
+    )
+}
+
+/// `doctor` with exactly these Docker variables (DOCKER_HOST, DOCKER_CONFIG…).
+fn doctor_with(
+    tools: &ToolDir,
+    context: &str,
+    registry: &str,
+    docker: &[(&str, &str)],
+) -> common::Run {
     let repo = ColonyRepo::create();
     let home = tempfile::tempdir().unwrap();
     let kubeconfig = kubeconfig(home.path(), context);
-    let env = [
+    let mut env = vec![
         ("PATH", tools.path().to_str().unwrap()),
         ("HOME", home.path().to_str().unwrap()),
         ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-        ("DOCKER_HOST", bed.docker_host.as_str()),
         ("COLONY_REGISTRY", registry),
         ("COLONY_CONFIG", "deploy.toml"),
     ];
+    env.extend_from_slice(docker);
     let run = xtask(repo.root(), &["doctor", "colony-dev"], &env);
     assert!(!run.all().contains("kube-t0ken-secret"));
     run
@@ -184,4 +199,81 @@ fn the_registry_line_says_which_scheme_and_why() {
         run.stdout
     );
     assert!(run.stdout.contains("insecure-registries"), "{}", run.stdout);
+}
+
+/// The bed's daemon socket (the tests' DOCKER_HOST is `unix://…`).
+fn bed_socket() -> std::path::PathBuf {
+    let host = &TestBed::get().docker_host;
+    std::path::PathBuf::from(
+        host.strip_prefix("unix://")
+            .expect("the bed's daemon is on a unix socket"),
+    )
+}
+
+#[test]
+fn docker_host_is_honoured_in_its_tcp_form() {
+    let forwarder = testkit::TcpForwarder::to_unix_socket(bed_socket());
+    let host = format!("tcp://127.0.0.1:{}", forwarder.port);
+    let run = doctor_with(
+        &all_tools(),
+        "homelab",
+        &TestBed::get().registry,
+        &[("DOCKER_HOST", &host)],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stdout
+            .contains(&format!("at {host} (from DOCKER_HOST)")),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn without_docker_host_the_current_docker_context_is_used() {
+    use sha2::Digest;
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("config.json"),
+        r#"{"currentContext": "bed"}"#,
+    )
+    .unwrap();
+    let id = format!("{:x}", sha2::Sha256::digest(b"bed"));
+    let meta = config.path().join("contexts/meta").join(id);
+    std::fs::create_dir_all(&meta).unwrap();
+    let socket = format!("unix://{}", bed_socket().display());
+    std::fs::write(
+        meta.join("meta.json"),
+        format!(r#"{{"Name":"bed","Metadata":{{}},"Endpoints":{{"docker":{{"Host":"{socket}","SkipTLSVerify":false}}}}}}"#),
+    )
+    .unwrap();
+    let docker_config = config.path().to_str().unwrap();
+    let run = doctor_with(
+        &all_tools(),
+        "homelab",
+        &TestBed::get().registry,
+        &[("DOCKER_CONFIG", docker_config)],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stdout
+            .contains(&format!("at {socket} (from docker context bed)")),
+        "{}",
+        run.stdout
+    );
+    // DOCKER_CONTEXT=default wins over the config: the default socket.
+    let run = doctor_with(
+        &all_tools(),
+        "homelab",
+        &TestBed::get().registry,
+        &[
+            ("DOCKER_CONFIG", docker_config),
+            ("DOCKER_CONTEXT", "default"),
+        ],
+    );
+    assert!(
+        run.stdout.contains("(from the default socket)"),
+        "{}",
+        run.stdout
+    );
 }

@@ -423,3 +423,40 @@ fn a_secure_registry_speaking_plain_http_names_the_daemon_setting() {
     assert!(run.stdout.is_empty(), "{}", run.stdout);
     assert!(!run.stderr.contains("pushed "), "{}", run.stderr);
 }
+
+/// `DOCKER_HOST=tcp://…`, which the docker CLI honours: builds go there.
+#[test]
+fn a_tcp_docker_host_is_where_images_are_built() {
+    let bed = TestBed::get();
+    let socket = bed
+        .docker_host
+        .strip_prefix("unix://")
+        .expect("a unix socket");
+    let forwarder = testkit::TcpForwarder::to_unix_socket(socket.into());
+    let host = format!("tcp://127.0.0.1:{}", forwarder.port);
+    let built = reports(&images(
+        &repo_named("tcp"),
+        "build",
+        &bed.registry,
+        &[("DOCKER_HOST", &host)],
+    ));
+    assert_eq!(
+        report(&built, "backend")["build"]["status"],
+        "done",
+        "{built:?}"
+    );
+    let closed = format!("tcp://127.0.0.1:{}", testkit::TcpForwarder::free_port());
+    let run = images(
+        &repo_named("tcp"),
+        "build",
+        &bed.registry,
+        &[("DOCKER_HOST", &closed)],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains(&format!("no Docker daemon at {closed} (from DOCKER_HOST)")),
+        "{}",
+        run.stderr
+    );
+}

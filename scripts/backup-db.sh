@@ -8,7 +8,7 @@
 # with --release) and runs `pg_dump -Fc` in it through `kubectl exec`.
 # External database: set DATABASE_URL and pg_dump runs here instead.
 #
-# Writes <out-dir>/<namespace>-<UTC timestamp>.dump (mode 0600; out-dir
+# Writes <out-dir>/<namespace>-<UTC timestamp, ns>-<random>.dump (mode 0600; out-dir
 # defaults to the current directory), checks it with `pg_restore --list`,
 # and prints its path as the last line. On any failure it exits non-zero and
 # leaves no file under the final name.
@@ -43,10 +43,14 @@ kubectl_args=(--namespace "$namespace")
 
 umask 077
 mkdir -p "$out_dir"
-final="$out_dir/$namespace-$(date -u +%Y%m%dT%H%M%SZ).dump"
-partial="$final.partial"
-[ -e "$final" ] && die "$final already exists"
+# Unique even for two backups in the same second: nanoseconds plus a
+# random suffix; each run writes its own partial file (mktemp) and only a
+# checked archive gets the final name.
+stamp=$(date -u +%Y%m%dT%H%M%S.%NZ)
+partial=$(mktemp "$out_dir/.$namespace-$stamp-XXXXXX.partial")
+final="$out_dir/$namespace-$stamp-${partial: -14:6}.dump"
 trap 'rm -f "$partial"' EXIT
+[ -e "$final" ] && die "$final already exists"
 
 if [ -n "${DATABASE_URL:-}" ]; then
   printf 'backup-db: pg_dump of the external database (DATABASE_URL)\n' >&2
@@ -64,6 +68,10 @@ fi
 [ -s "$partial" ] || die "pg_dump wrote nothing"
 pg_restore --list "$partial" > /dev/null || die "the dump is not a readable archive (pg_restore --list failed)"
 chmod 600 "$partial"
+if [ -e "$final" ]; then
+  trap - EXIT
+  die "$final appeared meanwhile; this backup is kept as $partial"
+fi
 mv "$partial" "$final"
 trap - EXIT
 printf '%s\n' "$final"

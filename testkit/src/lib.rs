@@ -257,8 +257,15 @@ impl TestBed {
     pub fn create_database(&self, prefix: &str) -> String {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        // The pid alone repeats across runs (the bed's databases outlive
+        // them): the clock makes the name new.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos()
+            % 1_000_000_000_000;
         let name = format!(
-            "{prefix}_{}_{}",
+            "{prefix}_{}_{}_{nanos}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );

@@ -164,7 +164,7 @@ fn a_backup_is_private_checked_and_restorable() {
     let dump = &dumps[0];
     let name = dump.file_name().unwrap().to_str().unwrap();
     assert!(
-        name.starts_with(&format!("{NAMESPACE}-")) && name.ends_with("Z.dump"),
+        name.starts_with(&format!("{NAMESPACE}-")) && name.ends_with(".dump") && name.contains("Z-"),
         "{name}"
     );
     assert!(
@@ -197,6 +197,28 @@ fn a_backup_is_private_checked_and_restorable() {
                   (SELECT count(*) FROM activity_log) || '/' || (SELECT version_num FROM alembic_version)";
     assert_eq!(bed.psql(&scratch, counts), stack.psql(counts));
     assert_eq!(stack.psql(counts), "3/5/2/0002_activity_and_comments");
+}
+
+#[test]
+fn backups_started_in_the_same_second_do_not_collide() {
+    let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
+    assert_installed(&stack.helm_install(&["--wait=watcher", "--timeout", "2m"]));
+    let runs: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| stack.xtask(&["backup", "colony-dev"])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for run in &runs {
+        assert_eq!(run.code, 0, "{}", run.all());
+    }
+    let mut files: Vec<String> = std::fs::read_dir(stack.backup_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 4, "four backups, four files, no partial left: {files:?}");
+    assert!(files.iter().all(|f| f.ends_with(".dump")), "{files:?}");
 }
 
 #[test]

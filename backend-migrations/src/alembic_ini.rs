@@ -45,7 +45,8 @@ pub fn find(explicit: Option<&Path>, cwd: &Path) -> Result<AlembicProject, IniEr
 /// Pure: the `[alembic]` section of `text`, read as Alembic does.
 pub fn parse(text: &str, config_file: &Path, cwd: &Path) -> Result<AlembicProject, IniError> {
     let here = config_file.parent().unwrap_or(Path::new("."));
-    let section = alembic_section(text);
+    let section =
+        alembic_section(text).map_err(|e| IniError(format!("{}: {e}", config_file.display())))?;
     let value = |key: &str| -> Result<Option<String>, IniError> {
         match section.iter().find(|(k, _)| k == key) {
             None => Ok(None),
@@ -75,29 +76,50 @@ pub fn parse(text: &str, config_file: &Path, cwd: &Path) -> Result<AlembicProjec
     })
 }
 
-/// `key = value` pairs of `[alembic]`; `;`/`#` comments and indented
-/// continuation lines are skipped (script_location is always one line).
-fn alembic_section(text: &str) -> Vec<(String, String)> {
+/// `key = value` pairs of `[alembic]`, read as Python's configparser (which
+/// Alembic uses) reads them: keys are case-insensitive (lowercased), an
+/// indented line continues the value above it, whole-line `#`/`;` comments
+/// are skipped, and a key given twice is an error.
+fn alembic_section(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut in_section = false;
-    let mut pairs = Vec::new();
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut continuing = false;
     for line in text.lines() {
         let trimmed = line.trim();
-        if trimmed.starts_with('[') {
-            in_section = trimmed == "[alembic]";
+        if trimmed.starts_with(['#', ';']) {
             continue;
         }
-        if !in_section
-            || trimmed.is_empty()
-            || trimmed.starts_with(['#', ';'])
-            || line.starts_with([' ', '\t'])
-        {
+        let indented = line.starts_with([' ', '\t']);
+        if trimmed.is_empty() {
+            continuing = false;
+            continue;
+        }
+        if indented && continuing {
+            if let Some((_, value)) = pairs.last_mut() {
+                value.push('\n');
+                value.push_str(trimmed);
+            }
+            continue;
+        }
+        if trimmed.starts_with('[') && trimmed.ends_with(']') {
+            in_section = trimmed == "[alembic]";
+            continuing = false;
+            continue;
+        }
+        continuing = false;
+        if !in_section {
             continue;
         }
         if let Some((key, value)) = trimmed.split_once(['=', ':']) {
-            pairs.push((key.trim().to_string(), value.trim().to_string()));
+            let key = key.trim().to_lowercase();
+            if pairs.iter().any(|(k, _)| *k == key) {
+                return Err(format!("option {key:?} is given twice in [alembic]"));
+            }
+            pairs.push((key, value.trim().to_string()));
+            continuing = true;
         }
     }
-    pairs
+    Ok(pairs)
 }
 
 fn expand_here(value: &str, here: &Path) -> Result<String, String> {
@@ -148,6 +170,27 @@ mod tests {
             project.version_dirs,
             vec![PathBuf::from("/app/alembic/versions")]
         );
+    }
+
+    #[test]
+    fn keys_are_case_insensitive_and_indented_lines_continue_a_value() {
+        let project = parse(
+            "[alembic]\nScript_Location = %(here)s/alembic\nVERSION_LOCATIONS =\n    %(here)s/v1\n  # a comment\n    %(here)s/v2\n\n[post_write_hooks]\n",
+            Path::new("/app/alembic.ini"),
+            Path::new("/work"),
+        )
+        .unwrap();
+        assert_eq!(project.script_location, Path::new("/app/alembic"));
+        assert_eq!(
+            project.version_dirs,
+            vec![PathBuf::from("/app/v1"), PathBuf::from("/app/v2")]
+        );
+        let twice = parse(
+            "[alembic]\nscript_location = a\nSCRIPT_LOCATION = b\n",
+            Path::new("/app/alembic.ini"),
+            Path::new("/app"),
+        );
+        assert!(twice.unwrap_err().0.contains("given twice"));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! - `revisions`: the Alembic revision graph, read from `versions/` as text;
 //! - `alembic_ini`: finding the Alembic project as `alembic` does;
 //! - `decide`: what to do for a given database state (pure);
-//! - `redact`: masking passwords in URLs.
+//! - `redact`: masking passwords in URLs and libpq settings;
+//! - `exit_codes`: what each exit code of `run-migrations` means.
 //!
 //! With the `runner` feature (default): the `run-migrations` program that the
 //! chart's init container runs (DESIGN.md §4): `db` (connect, lock, inspect,
@@ -12,6 +13,7 @@
 
 pub mod alembic_ini;
 pub mod decide;
+pub mod exit_codes;
 pub mod redact;
 pub mod revisions;
 

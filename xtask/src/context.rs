@@ -22,7 +22,12 @@ const CHUNK_SIZE: usize = 64 * 1024;
 /// always go, as the Docker CLI sends them even when ignored.
 pub fn list_files(context: &Path, dockerfile: &Path) -> io::Result<Vec<PathBuf>> {
     let ignore = match std::fs::read_to_string(context.join(".dockerignore")) {
-        Ok(text) => DockerIgnore::parse(&text),
+        Ok(text) => DockerIgnore::parse(&text).map_err(|why| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {why}", context.display()),
+            )
+        })?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => DockerIgnore::default(),
         Err(e) => return Err(e),
     };

@@ -315,7 +315,8 @@ impl RegistryClient {
     }
 
     /// The Authorization header for a `WWW-Authenticate` challenge: Basic
-    /// directly, Bearer through the token service it names.
+    /// directly, Bearer through the token service it names (Docker's token
+    /// flow; an identity token from `docker login` is an OAuth2 refresh token).
     fn authorization(&self, challenge: &str, image: &str) -> Result<String, String> {
         let login = || {
             format!(
@@ -323,34 +324,46 @@ impl RegistryClient {
                 self.host, self.host
             )
         };
+        let challenge = Challenge::parse(challenge).map_err(|e| {
+            format!(
+                "registry {} sent a WWW-Authenticate header that does not parse: {e}",
+                self.host
+            )
+        })?;
         let basic = match &self.credential {
             Some(Credential::UsernamePassword { username, password }) => Some(
                 base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")),
             ),
             _ => None,
         };
-        if challenge.to_ascii_lowercase().starts_with("basic") {
+        if challenge.scheme == "basic" {
             return basic.map(|b| format!("Basic {b}")).ok_or_else(login);
         }
-        let params = parse_challenge(challenge);
-        let realm = params
-            .iter()
-            .find(|(k, _)| k == "realm")
-            .map(|(_, v)| v.clone())
-            .ok_or_else(login)?;
-        let mut request = self
-            .agent
-            .get(&realm)
-            .query("scope", format!("repository:{image}:pull"));
-        if let Some((_, service)) = params.iter().find(|(k, _)| k == "service") {
-            request = request.query("service", service);
-        }
-        if let Some(b) = &basic {
-            request = request.header("Authorization", &format!("Basic {b}"));
-        }
-        let mut response = request
-            .call()
-            .map_err(|e| format!("token service of {}: {e}", self.host))?;
+        let realm = challenge.param("realm").ok_or_else(login)?;
+        let scope = format!("repository:{image}:pull");
+        let mut response = match &self.credential {
+            Some(Credential::IdentityToken(token)) => self
+                .agent
+                .post(realm)
+                .send_form(refresh_token_form(
+                    token,
+                    challenge.param("service"),
+                    &scope,
+                ))
+                .map_err(|e| format!("token service of {}: {e}", self.host))?,
+            _ => {
+                let mut request = self.agent.get(realm).query("scope", &scope);
+                if let Some(service) = challenge.param("service") {
+                    request = request.query("service", service);
+                }
+                if let Some(b) = &basic {
+                    request = request.header("Authorization", &format!("Basic {b}"));
+                }
+                request
+                    .call()
+                    .map_err(|e| format!("token service of {}: {e}", self.host))?
+            }
+        };
         if response.status().as_u16() != 200 {
             return Err(login());
         }
@@ -367,19 +380,54 @@ impl RegistryClient {
     }
 }
 
-/// `Bearer realm="…",service="…",scope="…"` → [(realm, …), …]. Pure.
-fn parse_challenge(challenge: &str) -> Vec<(String, String)> {
-    let params = challenge.split_once(' ').map_or("", |(_, rest)| rest);
-    params
-        .split(',')
-        .filter_map(|pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            Some((
-                key.trim().to_ascii_lowercase(),
-                value.trim().trim_matches('"').to_string(),
-            ))
+/// The form Docker posts to a token service with an identity token (OAuth2
+/// refresh-token grant). Pure.
+fn refresh_token_form<'a>(
+    token: &'a str,
+    service: Option<&'a str>,
+    scope: &'a str,
+) -> Vec<(&'static str, &'a str)> {
+    let mut form = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", token),
+        ("client_id", "colony-xtask"),
+        ("scope", scope),
+    ];
+    if let Some(service) = service {
+        form.push(("service", service));
+    }
+    form
+}
+
+/// The first challenge of a `WWW-Authenticate` header, parsed by
+/// `http-auth` (quoted values may hold commas and escapes).
+#[derive(Debug, Clone, PartialEq)]
+struct Challenge {
+    /// Lowercased: `basic`, `bearer`.
+    scheme: String,
+    params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    fn parse(header: &str) -> Result<Challenge, String> {
+        let challenges = http_auth::parse_challenges(header).map_err(|e| e.to_string())?;
+        let first = challenges.first().ok_or("no challenge in it")?;
+        Ok(Challenge {
+            scheme: first.scheme.to_ascii_lowercase(),
+            params: first
+                .params
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_unescaped()))
+                .collect(),
         })
-        .collect()
+    }
+
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 #[cfg(test)]
@@ -460,13 +508,36 @@ mod tests {
 
     #[test]
     fn bearer_challenges() {
-        let params = parse_challenge(
+        let challenge = Challenge::parse(
             r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:x:pull""#,
-        );
+        )
+        .unwrap();
+        assert_eq!(challenge.scheme, "bearer");
+        assert_eq!(challenge.param("realm"), Some("https://auth.example/token"));
+        assert_eq!(challenge.param("service"), Some("registry.example"));
+        // A quoted value holding commas and an escaped quote stays whole.
+        let odd = Challenge::parse(
+            r#"Bearer realm="https://auth.example/token?a=1,b=2",service="r\"x",scope="repository:x:pull""#,
+        )
+        .unwrap();
         assert_eq!(
-            params[0],
-            ("realm".into(), "https://auth.example/token".into())
+            odd.param("realm"),
+            Some("https://auth.example/token?a=1,b=2")
         );
-        assert_eq!(params[1], ("service".into(), "registry.example".into()));
+        assert_eq!(odd.param("service"), Some("r\"x"));
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="x""#).unwrap().scheme,
+            "basic"
+        );
+        assert!(Challenge::parse("").is_err());
+    }
+
+    #[test]
+    fn an_identity_token_is_a_refresh_token_grant() {
+        let form = refresh_token_form("idt", Some("registry.example"), "repository:x:pull");
+        assert!(form.contains(&("grant_type", "refresh_token")));
+        assert!(form.contains(&("refresh_token", "idt")));
+        assert!(form.contains(&("service", "registry.example")));
+        assert!(form.contains(&("scope", "repository:x:pull")));
     }
 }

@@ -124,6 +124,12 @@ pub fn explain_failure(env: &Environment, pod: &str, problem: &PodProblem) -> St
             ": container {} exited with code {code}",
             problem.container
         );
+        let meaning = (problem.container == "run-migrations")
+            .then(|| backend_migrations::exit_codes::meaning(code))
+            .flatten();
+        if let Some(meaning) = meaning {
+            let _ = write!(out, " ({meaning})");
+        }
     } else if !problem.message.is_empty() {
         let _ = write!(out, ": {}", problem.message);
     }

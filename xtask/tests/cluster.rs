@@ -164,7 +164,9 @@ fn a_backup_is_private_checked_and_restorable() {
     let dump = &dumps[0];
     let name = dump.file_name().unwrap().to_str().unwrap();
     assert!(
-        name.starts_with(&format!("{NAMESPACE}-")) && name.ends_with(".dump") && name.contains("Z-"),
+        name.starts_with(&format!("{NAMESPACE}-"))
+            && name.ends_with(".dump")
+            && name.contains("Z-"),
         "{name}"
     );
     assert!(
@@ -217,7 +219,11 @@ fn backups_started_in_the_same_second_do_not_collide() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 4, "four backups, four files, no partial left: {files:?}");
+    assert_eq!(
+        files.len(),
+        4,
+        "four backups, four files, no partial left: {files:?}"
+    );
     assert!(files.iter().all(|f| f.ends_with(".dump")), "{files:?}");
 }
 

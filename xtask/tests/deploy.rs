@@ -706,3 +706,20 @@ fn skip_build_without_images_or_no_daemon_refuses_before_the_backup() {
     assert_no_mutating_call(&stack.calls_since(calls));
     assert_eq!(stack.backups(), backups);
 }
+
+/// A crash-looping init container's exit code is explained in the
+/// runner's own terms (3: the database never answered).
+#[test]
+fn an_init_container_exit_code_is_explained() {
+    let stack = Stack::new(None);
+    stack.sim.faults(|f| f.init_crash_exit_code = Some(3));
+    let run = deploy(&stack);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr.contains(
+            "container run-migrations exited with code 3 (the database never answered within --wait-timeout"
+        ),
+        "{}",
+        run.stderr
+    );
+}

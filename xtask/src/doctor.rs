@@ -84,6 +84,16 @@ pub fn run(args: StageArgs) -> Result<()> {
     checks.push(kubectl_check(&sh, env.as_ref().ok()));
     checks.push(pg_restore_check(&sh));
     if let Ok(env) = &env {
+        // Not checkable from here (it runs inside the image); shown so that
+        // a wrong one is noticed before verify or rollback need it.
+        checks.push(Check::ok(
+            "alembic",
+            format!(
+                "run in the backend image as `{}` (alembic_command in {})",
+                env.alembic_command.join(" "),
+                env.config_file.display()
+            ),
+        ));
         checks.push(registry_check(env));
         checks.push(disk_check(&sh, &env.backup_dir));
     }

@@ -91,6 +91,12 @@ pub fn upgrade_install_args(
         set(format!("{c}.image.tag"), &image.tag);
         set(format!("{c}.image.digest"), &image.digest);
     }
+    // deploy.toml's alembic_command is the one truth: the init container
+    // runs what verify and rollback exec.
+    set(
+        "backend.migrations.alembicCommand".into(),
+        &env.alembic_command.join(" "),
+    );
     set("deployRecord.gitSha".into(), &record.git_sha);
     set("deployRecord.alembicHead".into(), &record.alembic_head);
     set("deployRecord.backupFile".into(), &record.backup_file);

@@ -79,19 +79,17 @@ pub fn backend_pods_args(env: &Environment) -> Vec<String> {
     )
 }
 
+/// `alembic current` in the backend container, with the environment's
+/// Alembic command (`uv run --no-sync alembic current`, …).
 pub fn alembic_current_args(env: &Environment, pod: &str) -> Vec<String> {
-    kubectl(
-        env,
-        &[
-            "exec",
-            pod,
-            "--container",
-            "backend",
-            "--",
-            "alembic",
-            "current",
-        ],
-    )
+    alembic_args(env, pod, &["current"])
+}
+
+/// The environment's Alembic command with `args`, in the backend container.
+pub fn alembic_args(env: &Environment, pod: &str, args: &[&str]) -> Vec<String> {
+    let mut command: Vec<&str> = env.alembic_command.iter().map(String::as_str).collect();
+    command.extend_from_slice(args);
+    backend_exec_args(env, pod, &command)
 }
 
 pub fn container_log_args(env: &Environment, pod: &str, container: &str) -> Vec<String> {

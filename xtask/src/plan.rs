@@ -613,6 +613,10 @@ fn fact_lines(
             ),
         ),
         (
+            "Alembic cmd",
+            format!("{} (alembic_command)", env.alembic_command.join(" ")),
+        ),
+        (
             "helm",
             facts
                 .helm

@@ -340,11 +340,7 @@ fn steps(
             ),
             vec![
                 Item::Run {
-                    argv: kube::backend_exec_args(
-                        env,
-                        &spec.pod,
-                        &["alembic", "downgrade", target],
-                    ),
+                    argv: kube::alembic_args(env, &spec.pod, &["downgrade", target]),
                     expect: Some(format!("drops {}", dropped_ids.join(", "))),
                 },
                 Item::Run {

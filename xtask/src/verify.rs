@@ -355,11 +355,21 @@ fn alembic_check(env: &Environment, facts: &Facts) -> Check {
     let answer = cluster::last_line(&output.stdout).to_string();
     let ok = output.code == 0 && answer == expected;
     let detail = if output.code != 0 {
-        format!(
-            "`alembic current` in {pod} exited {}: {}",
-            output.code,
-            output.stderr.trim().lines().last().unwrap_or_default()
-        )
+        let said = output.stderr.trim().lines().last().unwrap_or_default();
+        let command = env.alembic_command.join(" ");
+        if said.contains("executable file not found") || said.contains("exec: \"") {
+            format!(
+                "`{command} current` in {pod} could not start: {said}. The image has no {:?}: set \
+                 alembic_command in {} to how this image runs Alembic (e.g. \"uv run --no-sync alembic\")",
+                env.alembic_command[0],
+                env.config_file.display()
+            )
+        } else {
+            format!(
+                "`{command} current` in {pod} exited {}: {said} (alembic_command = {command:?})",
+                output.code
+            )
+        }
     } else if ok {
         format!("{answer} in {pod}")
     } else if answer.is_empty() {

@@ -723,3 +723,78 @@ fn an_init_container_exit_code_is_explained() {
         run.stderr
     );
 }
+
+/// An image that runs Alembic through uv: deploy.toml's alembic_command is
+/// what the init container runs and what every exec (verify, the facts,
+/// rollback) runs.
+#[test]
+fn alembic_command_is_used_by_the_init_container_and_every_exec() {
+    let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
+    let config = stack.repo.config();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_uv = text.replacen(
+        "release = \"colony\"",
+        "release = \"colony\"\nalembic_command = \"uv run --no-sync alembic\"",
+        1,
+    );
+    std::fs::write(&config, &with_uv).unwrap();
+    stack.repo.git(&["commit", "-qam", "Alembic through uv"]);
+    stack.repo.git(&[
+        "rm",
+        "-q",
+        "backend/alembic/versions/0002_activity_and_comments.py",
+    ]);
+    stack.repo.git(&["commit", "-qm", "baseline era"]);
+    assert_eq!(deploy(&stack).code, 0);
+    stack.repo.git(&["revert", "--no-edit", "HEAD"]);
+    let run = deploy(&stack);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stdout
+            .contains("Alembic cmd  uv run --no-sync alembic (alembic_command)"),
+        "{}",
+        run.stdout
+    );
+    let verify = stack.xtask(&["verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+    let rollback = stack.xtask(&["rollback", "--to", "0001_baseline", "--yes"]);
+    assert_eq!(rollback.code, 0, "{}", rollback.all());
+
+    let calls = stack.calls();
+    let upgrades: Vec<&String> = calls
+        .iter()
+        .filter(|c| c.starts_with("helm upgrade"))
+        .collect();
+    assert!(upgrades
+        .iter()
+        .all(|c| c.contains("backend.migrations.alembicCommand=uv run --no-sync alembic")));
+    let execs: Vec<&String> = calls
+        .iter()
+        .filter(|c| c.starts_with("kubectl") && c.contains(" exec ") && c.contains(" alembic "))
+        .collect();
+    assert!(execs
+        .iter()
+        .any(|c| c.contains("-- uv run --no-sync alembic downgrade 0001_baseline")));
+    for exec in &execs {
+        assert!(
+            exec.contains("-- uv run --no-sync alembic "),
+            "an exec ran another command: {exec}"
+        );
+    }
+
+    // The same release with a command the image lacks: verify says which setting.
+    std::fs::write(
+        &config,
+        with_uv.replace("uv run --no-sync alembic", "nosuch-alembic"),
+    )
+    .unwrap();
+    let verify = stack.xtask(&["verify"]);
+    assert_eq!(verify.code, 1, "{}", verify.all());
+    assert!(
+        verify
+            .stdout
+            .contains("The image has no \"nosuch-alembic\": set alembic_command in"),
+        "{}",
+        verify.stdout
+    );
+}

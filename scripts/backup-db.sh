@@ -50,6 +50,9 @@ stamp=$(date -u +%Y%m%dT%H%M%S.%NZ)
 partial=$(mktemp "$out_dir/.$namespace-$stamp-XXXXXX.partial")
 final="$out_dir/$namespace-$stamp-${partial: -14:6}.dump"
 trap 'rm -f "$partial"' EXIT
+# An interrupt ends the script through its EXIT trap: no partial file stays.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 [ -e "$final" ] && die "$final already exists"
 
 if [ -n "${DATABASE_URL:-}" ]; then

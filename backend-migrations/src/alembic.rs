@@ -94,6 +94,17 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // Alembic must not outlive the runner, even a runner killed with -9 (it
+    // would go on migrating beside the next pod's runner): the kernel sends
+    // it SIGTERM when its parent dies.
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes one prctl system call, which is async-signal-safe.
+    unsafe {
+        process.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)
+        });
+    }
     let mut child = process.spawn().map_err(|e| {
         format!(
             "cannot start `{}`: {e} (set --alembic-cmd to how Alembic runs in this image)",
@@ -113,8 +124,8 @@ pub async fn run(
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let status = tokio::select! {
         status = child.wait() => status.map_err(|e| e.to_string())?,
-        _ = terminate.recv() => return Err(stop(&mut child, "SIGTERM").await),
-        _ = interrupt.recv() => return Err(stop(&mut child, "SIGINT").await),
+        _ = terminate.recv() => return Err(stop(&mut child, nix::sys::signal::Signal::SIGTERM).await),
+        _ = interrupt.recv() => return Err(stop(&mut child, nix::sys::signal::Signal::SIGINT).await),
     };
     let mut tail = Vec::new();
     for task in [stdout, stderr].into_iter().flatten() {
@@ -123,10 +134,25 @@ pub async fn run(
     Ok(Outcome { status, tail })
 }
 
-async fn stop(child: &mut tokio::process::Child, signal_name: &str) -> String {
-    let _ = child.start_kill();
-    let _ = child.wait().await;
-    format!("stopped by {signal_name} while Alembic was running; the migration in progress was rolled back by PostgreSQL")
+/// How long Alembic gets to stop on the signal we got before it is killed.
+const ALEMBIC_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Passes the signal on to Alembic and waits for it (then SIGKILL after a
+/// grace period), so that the pod stops with nothing left running.
+async fn stop(child: &mut tokio::process::Child, signal: nix::sys::signal::Signal) -> String {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+    }
+    if tokio::time::timeout(ALEMBIC_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+    format!(
+        "stopped by {signal} while Alembic was running; the signal was passed on to Alembic, and the \
+         migration in progress was rolled back by PostgreSQL"
+    )
 }
 
 /// Copies lines to our stdout/stderr as they come; keeps the last ones, and

@@ -624,3 +624,89 @@ fn status_says_what_a_run_would_do_without_doing_it() {
         "t"
     );
 }
+
+/// Processes whose working directory is `dir` (the runner's Alembic children).
+fn processes_in(dir: &Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).ok().as_deref() == Some(dir.as_path()))
+        .map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).replace('\0', " ")
+        })
+        .collect()
+}
+
+/// `kill -9` of the runner mid-migration: its Alembic child goes too (the
+/// parent-death signal), so a second runner migrates alone and succeeds.
+#[test]
+fn a_killed_runner_leaves_no_alembic_behind() {
+    let bed = TestBed::get();
+    let url = bed.create_database("killed");
+    let backend = testkit::backend_copy();
+    std::fs::write(
+        backend.path().join("alembic/versions/0003_slow.py"),
+        "revision = '0003_slow'\ndown_revision = '0002_activity_and_comments'\n\n\
+         from alembic import op\n\n\ndef upgrade():\n    op.execute('CREATE TABLE slow_done (id INT)')\n    \
+         op.execute('SELECT pg_sleep(20)')\n\n\ndef downgrade():\n    op.execute('DROP TABLE slow_done')\n",
+    )
+    .unwrap();
+    let mut first = runner(backend.path(), &url, &[]).spawn().unwrap();
+    // Wait until Alembic runs the slow revision.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bed.psql(
+        &url,
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'",
+    ) == "0"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the slow migration never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        processes_in(backend.path())
+            .iter()
+            .any(|p| p.contains("alembic")),
+        "no Alembic child to leave behind"
+    );
+    first.kill().unwrap(); // SIGKILL: no chance to clean up itself
+    let _ = first.wait();
+    // Well before the 20 s migration could end on its own.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = processes_in(backend.path());
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Alembic outlived the runner: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The killed migration's transaction was rolled back with its connection.
+    std::fs::write(
+        backend.path().join("alembic/versions/0003_slow.py"),
+        "revision = '0003_slow'\ndown_revision = '0002_activity_and_comments'\n\n\
+         from alembic import op\n\n\ndef upgrade():\n    op.execute('CREATE TABLE slow_done (id INT)')\n\n\n\
+         def downgrade():\n    op.execute('DROP TABLE slow_done')\n",
+    )
+    .unwrap();
+    let second = run(backend.path(), &url, &[]);
+    assert_eq!(second.code, 0, "{}", second.all());
+    assert_eq!(second.last_line(), "Migrations complete.");
+    assert_eq!(
+        bed.psql(&url, "SELECT version_num FROM alembic_version"),
+        "0003_slow"
+    );
+}

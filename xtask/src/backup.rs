@@ -2,7 +2,6 @@
 //! rollback: runs scripts/backup-db.sh and reports what it wrote.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -38,27 +37,29 @@ pub fn script_args(env: &Environment) -> Vec<String> {
 pub fn take(env: &Environment) -> Result<Backup> {
     let argv = script_args(env);
     let started = Instant::now();
-    let mut child = Command::new(env.root.join(&argv[0]))
-        .args(&argv[1..])
-        .current_dir(&env.root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {SCRIPT}"))?;
-    // Its progress (and pg_dump's errors) are shown, masked; its stdout is the path.
-    let stderr = child.stderr.take().expect("piped stderr");
-    let relay = std::thread::spawn(move || crate::cluster::relay_lines(stderr, true));
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().expect("piped stdout"), &mut stdout)?;
-    let status = child.wait()?;
-    let _ = relay.join();
-    if !status.success() {
+    // Through the process layer: its progress lines (and pg_dump's errors)
+    // are shown as they come, masked; its last line is the file's path. An
+    // interrupt stops it with SIGTERM, and its trap removes the partial file.
+    let mut script = argv.clone();
+    script[0] = env.root.join(&argv[0]).display().to_string();
+    let running = crate::process::spawn(&script).with_context(|| format!("cannot run {SCRIPT}"))?;
+    let mut last = String::new();
+    let code = running.lines(|line| {
+        if !last.is_empty() {
+            eprintln!("  backup: {last}");
+        }
+        last = line.to_string();
+    })?;
+    if code != 0 {
+        if !last.is_empty() {
+            eprintln!("  backup: {last}");
+        }
         bail!(
-            "the backup failed ({status}): nothing was changed; see the error above, then `cargo xtask backup {}`",
+            "the backup failed (exit {code}): nothing was changed; see the error above, then `cargo xtask backup {}`",
             env.name
         );
     }
+    let stdout = last;
     let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
     let size = std::fs::metadata(&path)
         .with_context(|| format!("{SCRIPT} reported {} but it does not exist", path.display()))?

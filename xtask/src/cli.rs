@@ -145,6 +145,9 @@ pub struct DeployArgs {
     /// Deploy even when nothing changed (a new Helm revision and a backup).
     #[arg(long)]
     pub force: bool,
+    /// Echo every command in full, and Helm's own output.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
     /// Print the summary (or, with --dry-run, the plan) as JSON.
     #[arg(long)]
     pub json: bool,
@@ -214,7 +217,8 @@ pub struct RollbackArgs {
     /// Print the plan, change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// With --dry-run, print the plan as JSON.
+    /// Print the plan (with --dry-run) or the result as JSON; the progress
+    /// goes to stderr.
     #[arg(long)]
     pub json: bool,
     /// Do not ask for confirmation (required without a terminal).

@@ -1,79 +1,24 @@
 //! Reading the cluster through `kubectl`: a small runner for the argv that
 //! `kube` builds, and typed views of the JSON it prints.
 
-use std::process::{Command, Stdio};
-
 use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
-
-use backend_migrations::redact::mask_all;
 
 use crate::config::Environment;
 use crate::kube;
 
-/// What a finished process printed.
-#[derive(Debug, Clone)]
-pub struct Output {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
+pub use crate::process::Output;
 
-/// Runs an argv (the first element is the program), capturing its output.
+/// Runs an argv (the first element is the program), capturing its output
+/// (through the process layer).
 pub fn run(argv: &[String]) -> Result<Output> {
-    let output = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| {
-            format!(
-                "cannot run {}: is it installed? (`cargo xtask doctor`)",
-                argv[0]
-            )
-        })?;
-    Ok(Output {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: mask_all(&String::from_utf8_lossy(&output.stderr)),
-    })
+    crate::process::capture(argv)
 }
 
 /// Runs an argv whose output the user should see as it comes (Alembic's):
-/// each line of stdout and stderr is masked and shown on ours. Returns the
-/// exit code.
+/// each line, masked, on our stderr. Returns the exit code.
 pub fn relay(argv: &[String]) -> Result<i32> {
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {}", argv[0]))?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let stderr = child.stderr.take().expect("piped stderr");
-    std::thread::scope(|scope| {
-        scope.spawn(|| relay_lines(stdout, false));
-        scope.spawn(|| relay_lines(stderr, true));
-    });
-    Ok(child.wait()?.code().unwrap_or(-1))
-}
-
-/// Copies lines from `from` to our stdout or stderr, masked. Returns what
-/// was read, for callers that also keep it.
-pub fn relay_lines(from: impl std::io::Read, to_stderr: bool) -> String {
-    use std::io::BufRead;
-    let mut kept = String::new();
-    for line in std::io::BufReader::new(from).lines().map_while(|l| l.ok()) {
-        let line = mask_all(&line);
-        if to_stderr {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-        }
-        kept.push_str(&line);
-        kept.push('\n');
-    }
-    kept
+    Ok(crate::process::stream(argv, "  | ")?.0)
 }
 
 /// Runs a `kubectl … -o json` argv and parses its answer.

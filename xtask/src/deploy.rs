@@ -19,7 +19,7 @@ use crate::plan::{
 };
 use crate::registry::{self, RegistryClient};
 use crate::rollout::{self, Assessment};
-use crate::{backup, docker, git, helm, inputs, kube, release, schema, verify, versions};
+use crate::{backup, docker, git, helm, inputs, kube, process, release, schema, verify, versions};
 
 pub fn run(args: DeployArgs) -> Result<()> {
     let started = Instant::now();
@@ -77,16 +77,13 @@ pub fn run(args: DeployArgs) -> Result<()> {
         observed: facts.cluster.as_ref().ok().and_then(|c| c.observed.clone()),
         skip_build: args.skip_build,
         migrations_binary: args.migrations_binary.clone(),
+        verbose: args.verbose,
     };
-    let mut summary = runtime.block_on(async {
-        tokio::select! {
-            result = execution.run(&plan) => result,
-            _ = tokio::signal::ctrl_c() => Err(anyhow!(
-                "interrupted: child processes were stopped. If Helm had started, the release may be left pending: \
-                 `cargo xtask status {}` shows it", env.name
-            )),
-        }
-    })?;
+    process::install_interrupts()?;
+    let mut summary = match runtime.block_on(execution.run(&plan)) {
+        Ok(summary) => summary,
+        Err(error) => return Err(after_interrupt(&env, error)),
+    };
     summary.facts_took = facts_took;
     summary.decision = plan.decision.clone();
     summary.reason = plan.reason.clone();
@@ -99,6 +96,36 @@ pub fn run(args: DeployArgs) -> Result<()> {
         bail!("verify failed: see the checks above");
     }
     Ok(())
+}
+
+/// An error after an interrupt becomes the interrupt: which step it
+/// stopped, the release's state as Helm now reports it, and the one command
+/// that continues (exit 130/143). Other errors pass through.
+fn after_interrupt(env: &Environment, error: anyhow::Error) -> anyhow::Error {
+    let Some(interrupt) = process::interrupted() else {
+        return error;
+    };
+    let state = match release::state(env) {
+        Ok(release::ReleaseState::Installed { status, revision }) => {
+            format!(
+                "release {} is at revision {revision}, {status}",
+                env.release
+            )
+        }
+        Ok(release::ReleaseState::NotInstalled) => {
+            format!("release {} is not installed", env.release)
+        }
+        Err(e) => format!("the release's state could not be read ({e:#})"),
+    };
+    let next = if state.contains("pending-") {
+        "the release is still pending: `cargo xtask status` says how to recover".to_string()
+    } else {
+        format!("deploy again when ready: `cargo xtask deploy {}`", env.name)
+    };
+    anyhow::Error::new(interrupt).context(format!(
+        "the deploy was {interrupt} ({error:#}); the running step's processes were stopped with SIGTERM. \
+         Now: {state}. Next: {next}"
+    ))
 }
 
 /// Deploying changes a cluster: ask on a terminal, else require `--yes`.
@@ -275,6 +302,7 @@ struct Execution<'a> {
     observed: Option<verify::Facts>,
     skip_build: bool,
     migrations_binary: Option<std::path::PathBuf>,
+    verbose: bool,
 }
 
 /// What the steps so far produced.
@@ -313,12 +341,26 @@ impl Execution<'_> {
             ..Summary::default()
         };
         for group in plan.groups() {
-            let results = futures_util::future::join_all(group.iter().map(|step| async {
+            let steps = futures_util::future::join_all(group.iter().map(|step| async {
                 let started = Instant::now();
                 let output = self.step(step.kind, &summary).await;
                 (step.kind, started.elapsed(), output)
-            }))
-            .await;
+            }));
+            // The image stage works in-process (no child to signal): an
+            // interrupt drops it, so nothing half-pushed is ever pinned.
+            // Steps with children end when their children do (SIGTERM).
+            let in_process = group.iter().any(|s| s.kind == StepKind::Images);
+            let results = if in_process {
+                tokio::select! {
+                    results = steps => results,
+                    interrupt = interrupt_arrives() => return Err(interrupt.into()),
+                }
+            } else {
+                steps.await
+            };
+            if let Some(interrupt) = process::interrupted() {
+                return Err(interrupt.into());
+            }
             // Every step of the group has finished; the first failure stops the plan.
             let mut outputs = Vec::new();
             for (kind, took, output) in results {
@@ -366,11 +408,12 @@ impl Execution<'_> {
                     &self.record(done),
                     self.spec.helm_major,
                 );
-                run_helm_watching_rollout(env, &argv).await?;
+                run_helm_watching_rollout(env, &argv, self.verbose).await?;
                 Ok(Output::HelmRevision(self.spec.revision_before + 1))
             }
             StepKind::Rollout => {
-                match rollout::watch(env, 0, false, env_timeout(env), |_| {}).await? {
+                let mut progress = rollout::Progress::new(env);
+                match rollout::watch(env, 0, false, env_timeout(env), |b| progress.show(b)).await? {
                     Assessment::Complete => Ok(Output::Nothing),
                     Assessment::Failed { pod, problem } => {
                         bail!("{}", rollout::explain_failure(env, &pod, &problem))
@@ -581,7 +624,11 @@ impl Summary {
 /// Runs `helm upgrade --install` and watches the newest ReplicaSet at the
 /// same time: a pod that will not recover stops Helm (SIGTERM, so it can
 /// mark the release failed) and the deploy, within seconds.
-async fn run_helm_watching_rollout(env: &Environment, argv: &[String]) -> Result<()> {
+async fn run_helm_watching_rollout(
+    env: &Environment,
+    argv: &[String],
+    verbose: bool,
+) -> Result<()> {
     let before = {
         let env = env.clone();
         tokio::task::spawn_blocking(move || Backend::read(&env))
@@ -589,36 +636,28 @@ async fn run_helm_watching_rollout(env: &Environment, argv: &[String]) -> Result
             .map(|b| rollout::newest_revision(&b))
             .unwrap_or(0)
     };
-    eprintln!("$ {}", plan::display_argv(argv));
-    let mut child = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start helm")?;
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let output = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut text = String::new();
-        if let Some(mut out) = stdout {
-            let _ = out.read_to_string(&mut text).await;
-        }
-        if let Some(mut err) = stderr {
-            let _ = err.read_to_string(&mut text).await;
-        }
-        text
+    eprintln!("$ {}", plan::echo_argv(argv, verbose));
+    let running = process::spawn(argv)?;
+    let stopper = running.share();
+    let helm = tokio::task::spawn_blocking(move || {
+        let mut said = Vec::new();
+        let code = running.lines(|line| said.push(line.to_string()));
+        (code, said.join("\n"))
     });
-    let watch = rollout::watch(env, before, true, env_timeout(env), |_| {});
+    tokio::pin!(helm);
+    let mut progress = rollout::Progress::new(env);
+    let watch = rollout::watch(env, before, true, env_timeout(env), |backend| {
+        progress.show(backend)
+    });
     tokio::pin!(watch);
-    let status = tokio::select! {
-        status = child.wait() => status?,
-        assessment = &mut watch => match assessment? {
+    let (code, said) = tokio::select! {
+        finished = &mut helm => finished?,
+        // A watch that cannot read (an interrupted kubectl) stops watching,
+        // never Helm: Helm is waited for, so it can record the outcome.
+        assessment = &mut watch => match assessment.unwrap_or(Assessment::Waiting(String::new())) {
             Assessment::Failed { pod, problem } => {
-                stop(&mut child).await;
-                let helm_said = output.await.unwrap_or_default();
+                tokio::task::spawn_blocking(move || stopper.terminate(HELM_GRACE)).await?;
+                let (_, helm_said) = helm.await?;
                 let explanation = rollout::explain_failure(env, &pod, &problem);
                 bail!(
                     "the rollout failed, so Helm was stopped:\n{explanation}\nhelm said:\n{}\n\
@@ -628,29 +667,34 @@ async fn run_helm_watching_rollout(env: &Environment, argv: &[String]) -> Result
                 );
             }
             // Complete (or timed out) before Helm returned: let Helm finish.
-            _ => child.wait().await?,
+            _ => helm.await?,
         },
     };
-    let said = output.await.unwrap_or_default();
-    if !status.success() {
-        bail!("helm upgrade failed ({status}):\n{}", indent(said.trim()));
+    let code = code?;
+    if code != 0 {
+        bail!(
+            "helm upgrade failed (exit {code}):\n{}",
+            indent(said.trim())
+        );
+    }
+    if verbose && !said.trim().is_empty() {
+        eprintln!("{}", indent(said.trim()));
     }
     Ok(())
 }
 
-/// SIGTERM first (Helm marks the release failed and exits), then SIGKILL.
-async fn stop(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        // SAFETY: sending a signal to our own child process.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    }
-    if tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
+/// Resolves when an interrupt has arrived.
+async fn interrupt_arrives() -> process::Interrupted {
+    loop {
+        if let Some(interrupt) = process::interrupted() {
+            return interrupt;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// How long Helm gets to record the release as failed after SIGTERM.
+const HELM_GRACE: Duration = Duration::from_secs(15);
 
 fn indent(text: &str) -> String {
     text.lines()

@@ -1,7 +1,8 @@
 //! How failures reach the user: a message and an exit code.
 //!
 //! Exit 2 means the input was wrong and nothing ran (clap uses 2 for usage
-//! errors too); exit 1 means something failed while running.
+//! errors too); exit 1 means something failed while running; 130/143 mean
+//! an interrupt (SIGINT/SIGTERM) stopped the run.
 
 use std::fmt;
 
@@ -25,6 +26,12 @@ pub fn input_error(message: impl Into<String>) -> anyhow::Error {
 
 /// The exit code for an error that reached `main`.
 pub fn exit_code(error: &anyhow::Error) -> i32 {
+    if let Some(interrupt) = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<crate::process::Interrupted>())
+    {
+        return interrupt.exit_code();
+    }
     if error.chain().any(|cause| cause.is::<InputError>()) {
         2
     } else {

@@ -156,3 +156,18 @@ pub fn migrations_status_args(env: &Environment, pod: &str) -> Vec<String> {
         &["run-migrations", "status", "--json", "--wait-timeout", "5"],
     )
 }
+
+/// The last `lines` lines of a container's log (the runner's progress).
+pub fn tail_log_args(env: &Environment, pod: &str, container: &str, lines: u32) -> Vec<String> {
+    kubectl(
+        env,
+        &[
+            "logs",
+            pod,
+            "--container",
+            container,
+            "--tail",
+            &lines.to_string(),
+        ],
+    )
+}

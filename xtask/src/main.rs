@@ -19,6 +19,7 @@ mod inputs;
 mod kube;
 mod names;
 mod plan;
+mod process;
 mod progress;
 mod registry;
 mod release;

@@ -806,6 +806,27 @@ pub fn display_argv(argv: &[String]) -> String {
     backend_migrations::redact::mask_all(&shown)
 }
 
+/// A command as echoed while it runs: whole with `verbose`, else up to its
+/// first values option, then how much was left out (`--dry-run` and `-v`
+/// show it all).
+pub fn echo_argv(argv: &[String], verbose: bool) -> String {
+    let whole = display_argv(argv);
+    if verbose || whole.len() <= 120 {
+        return whole;
+    }
+    let cut = argv
+        .iter()
+        .position(|a| a == "-f" || a.starts_with("--set"))
+        .unwrap_or(argv.len());
+    let shown = display_argv(&argv[..cut]);
+    let pinned = argv.iter().any(|a| a.contains(".image.digest="));
+    format!(
+        "{shown} … ({} more arguments{}; -v shows all)",
+        argv.len() - cut,
+        if pinned { ", digests pinned" } else { "" }
+    )
+}
+
 /// Like `display_argv`, but a long command is continued (` \\`) before
 /// each option, so that every `-f` and `--set-string` reads on its own line.
 fn display_argv_wrapped(argv: &[String], indent: &str) -> String {

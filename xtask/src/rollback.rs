@@ -66,7 +66,9 @@ pub fn run(args: RollbackArgs) -> Result<()> {
         print!("{}", plan.render(false));
     }
     confirm(&env, &spec, args.yes)?;
-    let executed = execute(&env, &plan, &spec, args.json)?;
+    crate::process::install_interrupts()?;
+    let executed =
+        execute(&env, &plan, &spec, args.json).map_err(|e| after_interrupt(&env, &spec, e))?;
     if args.json {
         println!(
             "{}",
@@ -102,6 +104,31 @@ pub fn run(args: RollbackArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// An error after an interrupt becomes the interrupt (exit 130/143), with
+/// the release's state and the command that continues: the rollback decides
+/// again from the database and the release, so it picks up where it stopped.
+fn after_interrupt(env: &Environment, spec: &RollbackSpec, error: anyhow::Error) -> anyhow::Error {
+    let Some(interrupt) = crate::process::interrupted() else {
+        return error;
+    };
+    let state = match release::state(env) {
+        Ok(ReleaseState::Installed { status, revision }) => {
+            format!(
+                "release {} is at revision {revision}, {status}",
+                env.release
+            )
+        }
+        Ok(ReleaseState::NotInstalled) => format!("release {} is not installed", env.release),
+        Err(e) => format!("the release's state could not be read ({e:#})"),
+    };
+    anyhow::Error::new(interrupt).context(format!(
+        "the rollback was {interrupt} ({error:#}); the running step's processes were stopped with SIGTERM. \
+         Now: {state}. Next: `cargo xtask rollback {} --to {} --app-revision {} --yes` continues from the \
+         database's and the release's state (`--dry-run` shows what is left)",
+        env.name, spec.target, spec.app_revision
+    ))
 }
 
 /// Destructive: ask on a terminal, else require `--yes`.
@@ -145,7 +172,15 @@ fn gather_facts(env: &Environment) -> Result<RollbackFacts> {
             why: "no ready backend pod to ask".into(),
         },
     };
+    let app_expects = backend
+        .deployment
+        .as_ref()
+        .and_then(release::rollback_record)
+        .filter(|(revision, _)| *revision == current.revision)
+        .map(|(_, head)| head)
+        .or_else(|| Some(current.record.alembic_head.clone()).filter(|h| !h.is_empty()));
     Ok(RollbackFacts {
+        app_expects,
         graph: versions::load_graph(env),
         current,
         history,
@@ -281,7 +316,8 @@ fn roll_app_back(env: &Environment, step: &plan::Step, spec: &RollbackSpec) -> R
         .enable_all()
         .build()?;
     let timeout = env.helm_timeout;
-    match runtime.block_on(rollout::watch(env, 0, false, timeout, |_| {}))? {
+    let mut progress = rollout::Progress::new(env);
+    match runtime.block_on(rollout::watch(env, 0, false, timeout, |b| progress.show(b)))? {
         Assessment::Complete => Ok(()),
         Assessment::Failed { pod, problem } => {
             bail!("{}", rollout::explain_failure(env, &pod, &problem))

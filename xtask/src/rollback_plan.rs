@@ -26,6 +26,9 @@ pub struct RollbackFacts {
     pub pod: Option<String>,
     pub deployment: Option<String>,
     pub database: DatabaseRevision,
+    /// The head the current revision's app expects (its rollback record or
+    /// deploy record); None when it has neither.
+    pub app_expects: Option<String>,
     pub helm_major: u32,
 }
 
@@ -83,12 +86,24 @@ fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<D
         }
     };
     let target = target(graph, &from, &request.target)?;
-    if target == from {
+    // The database at the target under an app that expects another head is
+    // a rollback cut short after its downgrade: finish it (the app only).
+    let app_only = target == from;
+    if app_only
+        && facts
+            .app_expects
+            .as_deref()
+            .is_none_or(|head| head == target)
+    {
         return Ok(Decision::NothingToDo(format!(
             "the database is already at {target}; nothing to do"
         )));
     }
-    let dropped = dropped_revisions(graph, &from, &target)?;
+    let dropped = if app_only {
+        Vec::new()
+    } else {
+        dropped_revisions(graph, &from, &target)?
+    };
     let app = app_revision(env, facts, &target, request.app_revision)?;
     let pod = facts.pod.clone().ok_or_else(|| {
         format!(
@@ -116,7 +131,11 @@ fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<D
         app_revision: app.entry.revision,
         new_revision,
     };
-    let steps = steps(env, facts, &spec, &deployment, &dropped, app);
+    let mut steps = steps(env, facts, &spec, &deployment, &dropped, app);
+    if app_only {
+        // Nothing in the database changes: no backup, no downgrade.
+        steps.retain(|s| !matches!(s.kind, StepKind::Backup | StepKind::Downgrade));
+    }
     let plan = Plan {
         command: "rollback",
         environment: env.name.clone(),
@@ -130,17 +149,29 @@ fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<D
             ),
             (
                 "release",
-                format!("revision {} ({})", facts.current.revision, facts.current.status),
+                format!(
+                    "revision {} ({})",
+                    facts.current.revision, facts.current.status
+                ),
             ),
             ("database", from.clone()),
             ("target", target.clone()),
         ],
         missing: Vec::new(),
         decision: "rollback".into(),
-        reason: format!(
-            "downgrade {from} -> {target} in the current release, then return the app to revision {}",
-            spec.app_revision
-        ),
+        reason: if app_only {
+            format!(
+                "the database is at {target} already, but revision {} expects {}: return the app to revision {}",
+                facts.current.revision,
+                facts.app_expects.as_deref().unwrap_or("?"),
+                spec.app_revision
+            )
+        } else {
+            format!(
+                "downgrade {from} -> {target} in the current release, then return the app to revision {}",
+                spec.app_revision
+            )
+        },
         schema: dropped
             .iter()
             .map(|(id, message)| match message.as_str() {
@@ -446,6 +477,7 @@ mod tests {
             database: DatabaseRevision::At {
                 revision: database.into(),
             },
+            app_expects: Some(last.record.alembic_head.clone()).filter(|h| !h.is_empty()),
             helm_major: 4,
         }
     }
@@ -572,6 +604,31 @@ mod tests {
             app_revision: None,
         };
         assert!(refusal(decide(&env(), &at_head, &too_far)).contains("below the first revision"));
+    }
+
+    #[test]
+    fn a_rollback_cut_short_after_its_downgrade_finishes_with_the_app() {
+        let history = vec![
+            revision(1, "superseded", "0001_baseline"),
+            revision(2, "deployed", "0002_activity_and_comments"),
+        ];
+        // The database is at the target, the app still expects 0002.
+        let cut_short = facts(history, "0001_baseline");
+        let Decision::Rollback(planned) = decide(&env(), &cut_short, &to("0001_baseline", None))
+        else {
+            panic!("no plan");
+        };
+        let (plan, spec) = *planned;
+        assert_eq!(
+            plan.step_names(),
+            ["helm-rollback", "record-head", "verify"]
+        );
+        assert_eq!(spec.app_revision, 1);
+        assert!(
+            plan.reason.contains("expects 0002_activity_and_comments"),
+            "{}",
+            plan.reason
+        );
     }
 
     #[test]

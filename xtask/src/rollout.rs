@@ -92,26 +92,163 @@ pub fn assess(backend: &Backend, before: u64, expect_new: bool) -> Assessment {
     }
 }
 
-/// Polls until the rollout completes or fails, or `timeout` passes.
+/// Polls until the rollout completes or fails, or `timeout` passes;
+/// `on_poll` sees every look (for the progress display).
 pub async fn watch(
     env: &Environment,
     before: u64,
     expect_new: bool,
     timeout: Duration,
-    mut on_wait: impl FnMut(&str),
+    mut on_poll: impl FnMut(&Backend),
 ) -> Result<Assessment> {
     let deadline = Instant::now() + timeout;
     loop {
         let env_for_read = env.clone();
         let backend = tokio::task::spawn_blocking(move || Backend::read(&env_for_read)).await??;
+        on_poll(&backend);
         match assess(&backend, before, expect_new) {
-            Assessment::Waiting(why) if Instant::now() < deadline => on_wait(&why),
+            Assessment::Waiting(_) if Instant::now() < deadline => {}
             Assessment::Waiting(why) => {
                 return Ok(Assessment::Waiting(format!("timed out: {why}")))
             }
             done => return Ok(done),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A pod's state as the progress display names it. Pure.
+pub fn pod_state(pod: &Value) -> String {
+    if let Some(problem) = cluster::pod_problem(pod) {
+        return problem.reason;
+    }
+    if cluster::pod_ready(pod) {
+        return "ready".into();
+    }
+    let running_init = pod["status"]["initContainerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["state"]["running"].is_object());
+    if let Some(init) = running_init {
+        return format!(
+            "init {} running",
+            init["name"].as_str().unwrap_or("container")
+        );
+    }
+    match pod["status"]["phase"].as_str() {
+        Some("Running") => "running, not ready yet".into(),
+        Some("Pending") if pod["status"]["containerStatuses"].is_null() => "pending".into(),
+        Some("Pending") => "starting".into(),
+        Some(other) => other.to_lowercase(),
+        None => "pending".into(),
+    }
+}
+
+/// Live rollout progress: a line per new pod (pending → init running with
+/// its last log line → ready), `backend x/y ready` and the time against
+/// Helm's timeout. On a terminal the lines are redrawn in place; otherwise
+/// one plain line is printed per change.
+pub struct Progress {
+    env: Environment,
+    started: Instant,
+    shown: std::collections::BTreeMap<String, String>,
+    summary: String,
+    live: Option<(indicatif::MultiProgress, indicatif::ProgressBar)>,
+    bars: std::collections::BTreeMap<String, indicatif::ProgressBar>,
+}
+
+impl Progress {
+    pub fn new(env: &Environment) -> Progress {
+        use std::io::IsTerminal;
+        let live = std::io::stderr().is_terminal().then(|| {
+            let multi = indicatif::MultiProgress::new();
+            let summary = multi.add(indicatif::ProgressBar::new_spinner());
+            summary.enable_steady_tick(Duration::from_millis(120));
+            (multi, summary)
+        });
+        Progress {
+            env: env.clone(),
+            started: Instant::now(),
+            shown: Default::default(),
+            summary: String::new(),
+            live,
+            bars: Default::default(),
+        }
+    }
+
+    pub fn show(&mut self, backend: &Backend) {
+        let wanted = backend
+            .deployment
+            .as_ref()
+            .and_then(|d| d["spec"]["replicas"].as_u64())
+            .unwrap_or(1);
+        let ready = backend
+            .pods
+            .iter()
+            .filter(|p| cluster::pod_ready(p))
+            .count();
+        for pod in &backend.pods {
+            let name = cluster::name(pod).to_string();
+            let mut state = pod_state(pod);
+            if state.starts_with("init ") {
+                // What the runner is doing now: its last line.
+                let log = crate::process::capture(&kube::tail_log_args(
+                    &self.env,
+                    &name,
+                    "run-migrations",
+                    1,
+                ));
+                if let Ok(log) = log {
+                    let last = cluster::last_line(&log.stdout);
+                    if !last.is_empty() {
+                        state = format!("{state}: {last}");
+                    }
+                }
+            }
+            if self.shown.get(&name) != Some(&state) {
+                self.show_pod(&name, &state);
+                self.shown.insert(name, state);
+            }
+        }
+        let summary = format!("backend {ready}/{wanted} ready");
+        let clock = format!(
+            "{:.0} s of Helm's {} s timeout",
+            self.started.elapsed().as_secs_f64(),
+            self.env.helm_timeout.as_secs()
+        );
+        match &self.live {
+            Some((_, bar)) => bar.set_message(format!("{summary}, {clock}")),
+            None if summary != self.summary => eprintln!("rollout: {summary} ({clock})"),
+            None => {}
+        }
+        self.summary = summary;
+    }
+
+    fn show_pod(&mut self, name: &str, state: &str) {
+        let line = backend_migrations::redact::mask_all(&format!("pod {name}: {state}"));
+        match &self.live {
+            Some((multi, _)) => {
+                let bar = self
+                    .bars
+                    .entry(name.to_string())
+                    .or_insert_with(|| multi.insert(0, indicatif::ProgressBar::new_spinner()));
+                bar.set_message(line);
+                bar.tick();
+            }
+            None => eprintln!("rollout: {line}"),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some((_, summary)) = &self.live {
+            summary.finish_with_message(self.summary.clone());
+        }
+        for bar in self.bars.values() {
+            bar.finish();
+        }
     }
 }
 

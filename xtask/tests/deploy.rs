@@ -798,3 +798,185 @@ fn alembic_command_is_used_by_the_init_container_and_every_exec() {
         verify.stdout
     );
 }
+
+/// A deploy started as a user's terminal would: its own process group (so
+/// that a Ctrl-C reaches it and its children), output into files.
+struct Started {
+    child: std::process::Child,
+    stderr: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn start_deploy(stack: &Stack) -> Started {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = dir.path().join("stderr");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["deploy", "colony-dev", "--yes"])
+        .current_dir(stack.repo.root())
+        .env_clear()
+        .env("LANG", "C.UTF-8")
+        .envs(stack.env())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    Started {
+        child,
+        stderr,
+        _dir: dir,
+    }
+}
+
+impl Started {
+    fn stderr(&self) -> String {
+        let stdout =
+            std::fs::read_to_string(self.stderr.with_file_name("stdout")).unwrap_or_default();
+        format!(
+            "{}{stdout}",
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
+
+    fn wait_for(&self, what: impl Fn() -> bool, describe: &str) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !what() {
+            assert!(
+                Instant::now() < deadline,
+                "never saw {describe}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `signal` to the whole group (a terminal's Ctrl-C) or to xtask alone.
+    fn signal(&self, signal: i32, group: bool) {
+        let pid = self.child.id() as i32;
+        let target = if group { -pid } else { pid };
+        assert_eq!(unsafe_free_kill(target, signal), 0, "kill failed");
+    }
+
+    fn exit_code(mut self) -> (i32, String) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code().unwrap_or(-1), self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "xtask did not exit:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// kill(2) through the `kill` command: the test needs no `unsafe`.
+fn unsafe_free_kill(target: i32, signal: i32) -> i32 {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .arg(target.to_string())
+        .status()
+        .unwrap();
+    status.code().unwrap_or(-1)
+}
+
+/// Text no earlier run has seen.
+fn nonce(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("<!-- {what} {nanos} -->\n")
+}
+
+fn partial_backups(stack: &Stack) -> Vec<String> {
+    std::fs::read_dir(stack.backup_dir())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("partial"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn last_status(stack: &Stack) -> String {
+    stack.sim.state().releases[&format!("{NAMESPACE}/colony")]
+        .last()
+        .unwrap()
+        .status
+        .clone()
+}
+
+/// Ctrl-C (SIGINT to the process group) or SIGTERM (to xtask alone) while
+/// Helm waits for slow pods: Helm is stopped with SIGTERM and records the
+/// release as failed, never pending; no partial backup; exit 130/143; the
+/// next deploy is accepted.
+#[test]
+fn an_interrupt_during_helm_leaves_a_failed_release_never_a_pending_one() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    for (signal, group, code, name) in [(2, true, 130, "SIGINT"), (15, false, 143, "SIGTERM")] {
+        stack.sim.faults(|f| f.readiness_delay_ms = 60_000);
+        // Content no run has built (the fixture's commits are reproducible).
+        std::fs::write(stack.repo.root().join("frontend/index.html"), nonce(name)).unwrap();
+        stack.repo.git(&["commit", "-qam", name]);
+        let upgrades = helm_upgrades(&stack);
+        let started = start_deploy(&stack);
+        started.wait_for(|| helm_upgrades(&stack) > upgrades, "helm upgrade");
+        std::thread::sleep(Duration::from_millis(1500));
+        started.signal(signal, group);
+        let (exit, stderr) = started.exit_code();
+        assert_eq!(exit, code, "{name}:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by {name}")),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("is at revision") && stderr.contains("failed"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("cargo xtask deploy colony-dev"), "{stderr}");
+        assert_eq!(
+            last_status(&stack),
+            "failed",
+            "{name} left the release pending"
+        );
+        assert_eq!(partial_backups(&stack), Vec::<String>::new());
+        stack.sim.faults(|f| f.readiness_delay_ms = 0);
+        let next = deploy(&stack);
+        assert_eq!(next.code, 0, "the next deploy after {name}: {}", next.all());
+    }
+}
+
+/// Ctrl-C while the images build: nothing reaches Helm.
+#[test]
+fn an_interrupt_during_the_images_never_reaches_helm() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    std::fs::write(
+        stack.repo.root().join("frontend/index.html"),
+        nonce("interrupted build"),
+    )
+    .unwrap();
+    stack.repo.git(&["commit", "-qam", "a build to interrupt"]);
+    let before = (helm_upgrades(&stack), revisions(&stack));
+    let started = start_deploy(&stack);
+    started.wait_for(|| started.stderr().contains("building"), "the image stage");
+    started.signal(2, true);
+    let (exit, stderr) = started.exit_code();
+    assert_eq!(exit, 130, "{stderr}");
+    assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
+    assert_eq!(
+        (helm_upgrades(&stack), revisions(&stack)),
+        before,
+        "Helm ran:\n{stderr}"
+    );
+    assert_eq!(partial_backups(&stack), Vec::<String>::new());
+}

@@ -1,0 +1,308 @@
+//! The one process layer: every `helm`, `kubectl` and script the tool runs
+//! goes through here (on duct). Arguments are argv vectors, never shell
+//! strings; output is captured (stdout and stderr read together, so a child
+//! never blocks on a full pipe) or streamed line by line in the order it
+//! was written; exit codes are always returned to be checked; and a child is
+//! stopped with SIGTERM, a grace period, then SIGKILL, without `unsafe`.
+//!
+//! Interrupts: `install_interrupts` turns the first Ctrl-C (SIGINT) or
+//! SIGTERM into SIGTERM for every running child (Helm then records the
+//! release as failed instead of leaving it pending) and a flag the commands
+//! check between steps; a second one kills the children at once and exits.
+//! xshell stays for the short read-only probes (git, `helm version`).
+
+use std::io::{BufRead, BufReader};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use backend_migrations::redact::mask_all;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// What a finished process printed, and its exit code (-1: killed).
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    /// Masked: it goes into messages.
+    pub stderr: String,
+}
+
+fn expression(argv: &[String]) -> duct::Expression {
+    duct::cmd(&argv[0], &argv[1..]).stdin_null().unchecked()
+}
+
+fn cannot_start(argv: &[String]) -> String {
+    format!(
+        "cannot run {}: is it installed? (`cargo xtask doctor`)",
+        argv[0]
+    )
+}
+
+/// Runs `argv` to the end, capturing stdout and stderr apart.
+pub fn capture(argv: &[String]) -> Result<Output> {
+    let handle = expression(argv)
+        .stdout_capture()
+        .stderr_capture()
+        .start()
+        .with_context(|| cannot_start(argv))?;
+    let _registered = Registered::new(handle.pids());
+    let output = handle.into_output()?;
+    Ok(Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: mask_all(&String::from_utf8_lossy(&output.stderr)),
+    })
+}
+
+/// A running child whose output (stdout and stderr together, in order) is
+/// read line by line.
+pub struct Running {
+    reader: Arc<duct::ReaderHandle>,
+    _registered: Registered,
+}
+
+/// Starts `argv`; read its lines with `lines`, stop it with `terminate`.
+pub fn spawn(argv: &[String]) -> Result<Running> {
+    let reader = expression(argv)
+        .stderr_to_stdout()
+        .reader()
+        .with_context(|| cannot_start(argv))?;
+    let registered = Registered::new(reader.pids());
+    Ok(Running {
+        reader: Arc::new(reader),
+        _registered: registered,
+    })
+}
+
+impl Running {
+    /// Calls `on_line` with each line (masked) until the child closes its
+    /// output; returns the exit code.
+    pub fn lines(&self, mut on_line: impl FnMut(&str)) -> Result<i32> {
+        let mut reader = BufReader::new(&*self.reader);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => on_line(&mask_all(line.trim_end_matches(['\n', '\r']))),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.wait()
+    }
+
+    fn wait(&self) -> Result<i32> {
+        loop {
+            if let Some(output) = self.reader.try_wait()? {
+                return Ok(output.status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A handle for another thread to call `terminate` through.
+    pub fn share(&self) -> Stopper {
+        Stopper {
+            reader: self.reader.clone(),
+        }
+    }
+}
+
+/// Stops a `Running` from another thread.
+#[derive(Clone)]
+pub struct Stopper {
+    reader: Arc<duct::ReaderHandle>,
+}
+
+impl Stopper {
+    /// SIGTERM, up to `grace` for the child to exit on its own, then SIGKILL.
+    pub fn terminate(&self, grace: Duration) {
+        signal_all(&self.reader.pids(), Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.reader.try_wait(), Ok(Some(_)) | Err(_)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.reader.kill();
+    }
+}
+
+/// Runs `argv`, showing each line of its output (masked) on stderr as it
+/// comes, prefixed; returns the exit code and the lines.
+pub fn stream(argv: &[String], prefix: &str) -> Result<(i32, Vec<String>)> {
+    let running = spawn(argv)?;
+    let mut lines = Vec::new();
+    let code = running.lines(|line| {
+        eprintln!("{prefix}{line}");
+        lines.push(line.to_string());
+    })?;
+    Ok((code, lines))
+}
+
+fn signal_all(pids: &[u32], signal: Signal) {
+    for pid in pids {
+        let _ = kill(Pid::from_raw(*pid as i32), signal);
+    }
+}
+
+// ------------------------------------------------------------- interrupts
+
+/// The children running now, for the interrupt handler.
+fn children() -> &'static Mutex<Vec<u32>> {
+    static CHILDREN: OnceLock<Mutex<Vec<u32>>> = OnceLock::new();
+    CHILDREN.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Keeps a child's pids in the registry while it runs.
+struct Registered(Vec<u32>);
+
+impl Registered {
+    fn new(pids: Vec<u32>) -> Registered {
+        children().lock().expect("registry").extend(&pids);
+        Registered(pids)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        children()
+            .lock()
+            .expect("registry")
+            .retain(|pid| !self.0.contains(pid));
+    }
+}
+
+/// The signal that interrupted us (SIGINT 2, SIGTERM 15), 0 when none.
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
+/// The interrupt that arrived, if any.
+pub fn interrupted() -> Option<Interrupted> {
+    match INTERRUPTED.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(Interrupted { signal }),
+    }
+}
+
+/// An interrupt, as an error the commands return; `main` maps it to 130/143.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interrupted {
+    pub signal: i32,
+}
+
+impl Interrupted {
+    pub fn name(self) -> &'static str {
+        if self.signal == libc::SIGTERM {
+            "SIGTERM"
+        } else {
+            "SIGINT (Ctrl-C)"
+        }
+    }
+
+    pub fn exit_code(self) -> i32 {
+        128 + self.signal
+    }
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted by {}", self.name())
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// From now on, the first SIGINT/SIGTERM stops the children with SIGTERM
+/// (and is remembered); a second one kills them and exits at once.
+pub fn install_interrupts() -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])?;
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            let first = INTERRUPTED
+                .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+            let pids = children().lock().map(|c| c.clone()).unwrap_or_default();
+            if first {
+                eprintln!(
+                    "\n{}: stopping the running step (SIGTERM to its processes); press Ctrl-C again to kill them at once",
+                    Interrupted { signal }
+                );
+                signal_all(&pids, Signal::SIGTERM);
+            } else {
+                eprintln!("\nsecond interrupt: killing the running processes now");
+                signal_all(&pids, Signal::SIGKILL);
+                std::process::exit(128 + signal);
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn a_megabyte_of_stderr_does_not_block_and_order_is_kept() {
+        let script = "head -c 1048576 /dev/zero | tr '\\0' x >&2; echo >&2; echo out-1; echo err-2 >&2; echo out-3";
+        let captured = capture(&argv(&["sh", "-c", script])).unwrap();
+        assert_eq!(captured.code, 0);
+        assert!(captured.stderr.len() > 1_000_000);
+        assert_eq!(
+            captured.stdout.lines().collect::<Vec<_>>(),
+            ["out-1", "out-3"]
+        );
+
+        let running = spawn(&argv(&["sh", "-c", script])).unwrap();
+        let mut lines = Vec::new();
+        let code = running.lines(|l| lines.push(l.to_string())).unwrap();
+        assert_eq!(code, 0);
+        let tail: Vec<&str> = lines
+            .iter()
+            .rev()
+            .take(3)
+            .rev()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            tail,
+            ["out-1", "err-2", "out-3"],
+            "stdout and stderr in the order written"
+        );
+    }
+
+    #[test]
+    fn exit_codes_come_back_and_terminate_escalates() {
+        assert_eq!(capture(&argv(&["sh", "-c", "exit 7"])).unwrap().code, 7);
+        assert!(capture(&argv(&["/nonexistent/tool"])).is_err());
+        // A child that ignores SIGTERM is killed after the grace period.
+        let stubborn = spawn(&argv(&["sh", "-c", "trap '' TERM; sleep 30"])).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        stubborn.share().terminate(Duration::from_millis(300));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_ne!(stubborn.wait().unwrap(), 0);
+        // One that honours it exits within the grace period.
+        let polite = spawn(&argv(&["sleep", "30"])).unwrap();
+        let started = Instant::now();
+        polite.share().terminate(Duration::from_secs(10));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn passwords_in_output_are_masked() {
+        let out = capture(&argv(&["sh", "-c", "echo postgresql://u:s3cr3t@h/db >&2"])).unwrap();
+        assert!(!out.stderr.contains("s3cr3t"), "{}", out.stderr);
+        let (_, lines) = stream(&argv(&["sh", "-c", "echo password=s3cr3t"]), "").unwrap();
+        assert_eq!(lines, ["password=***"]);
+    }
+}

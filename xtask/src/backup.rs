@@ -74,6 +74,18 @@ pub fn take(env: &Environment) -> Result<Backup> {
 pub fn run(args: StageArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
     let backup = take(&env)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "environment": env.name,
+                "path": backup.path.display().to_string(),
+                "bytes": backup.size,
+                "seconds": backup.took.as_secs_f64(),
+            })
+        );
+        return Ok(());
+    }
     println!(
         "backup of {}: {} ({}, {:.1} s)",
         env.name,

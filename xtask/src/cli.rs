@@ -59,7 +59,9 @@ pub enum Command {
     )]
     Push(ImageArgs),
     /// Back up the environment's database with scripts/backup-db.sh.
-    #[command(after_help = "Example:\n  cargo xtask backup colony-dev")]
+    #[command(after_help = "Examples:\n  cargo xtask backup colony-dev\n  \
+        cargo xtask backup colony-dev --json | jq -r .path\n\n\
+        --json keys: environment, path, bytes, seconds.")]
     Backup(StageArgs),
     /// Check that the newest pods run the expected Alembic head and that their migrations completed.
     #[command(
@@ -88,10 +90,18 @@ pub enum Command {
     )]
     Rollback(RollbackArgs),
     /// Show the release history with each revision's deploy record, the schema revision and the pods.
-    #[command(after_help = "Example:\n  cargo xtask status colony-dev")]
-    Status(StageArgs),
+    #[command(after_help = "Examples:\n  cargo xtask status colony-dev\n  \
+        cargo xtask status colony-dev --json | jq .database\n\n\
+        --json keys: environment, namespace, release, installed, history[] (revision, status, updated, \
+        description, chart, record{git_sha, alembic_head, backup_file, inputs_hash, backend_image, \
+        frontend_image}), replicaset, pods[] (name, state), database (state: revision | failed | unknown, \
+        with revision/pod, exit_code/error, or why).")]
+    Status(StatusArgs),
     /// Check every prerequisite (Docker, registry, kubectl and its context, helm, disk) and say how to fix each.
-    #[command(after_help = "Examples:\n  cargo xtask doctor\n  cargo xtask doctor colony-dev")]
+    #[command(
+        after_help = "Examples:\n  cargo xtask doctor\n  cargo xtask doctor colony-dev --json\n\n\
+        --json keys: passed (bool), checks[] (name, level: ok | warn | fail, detail, fix)."
+    )]
     Doctor(StageArgs),
 }
 
@@ -163,6 +173,20 @@ pub struct DeployArgs {
 pub struct StageArgs {
     /// Environment from deploy.toml [default: the file's default_environment].
     pub env: Option<String>,
+    /// Print JSON (keys listed below); progress goes to stderr.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub env_overrides: EnvOverrides,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Environment from deploy.toml [default: the file's default_environment].
+    pub env: Option<String>,
+    /// Print JSON (keys listed below); nothing else on stdout.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub env_overrides: EnvOverrides,
 }

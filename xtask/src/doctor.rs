@@ -97,12 +97,29 @@ pub fn run(args: StageArgs) -> Result<()> {
         checks.push(registry_check(env));
         checks.push(disk_check(&sh, &env.backup_dir));
     }
-    print!("{}", render(&checks));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&checks))?);
+    } else {
+        print!("{}", render(&checks));
+    }
     let failed = checks.iter().filter(|c| c.level == Level::Fail).count();
     if failed > 0 {
         anyhow::bail!("{failed} prerequisite(s) missing; each FAIL line above says how to fix it");
     }
     Ok(())
+}
+
+/// `doctor --json`: `passed` and each check's name, level, detail and fix.
+pub fn to_json(checks: &[Check]) -> serde_json::Value {
+    serde_json::json!({
+        "passed": checks.iter().all(|c| c.level != Level::Fail),
+        "checks": checks.iter().map(|c| serde_json::json!({
+            "name": c.name,
+            "level": match c.level { Level::Ok => "ok", Level::Warn => "warn", Level::Fail => "fail" },
+            "detail": c.detail,
+            "fix": c.fix,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 pub fn render(checks: &[Check]) -> String {

@@ -349,28 +349,45 @@ impl BuildTask {
 /// this workspace; returns the binary's path.
 async fn build_migrations_binary() -> Result<PathBuf> {
     let workspace = crate::config::workspace_root();
-    let status =
-        tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "--package",
-                "backend-migrations",
-                "--bin",
-                "run-migrations",
-            ])
-            .current_dir(&workspace)
-            .status()
-            .await
-            .context("running cargo to build run-migrations")?;
-    if !status.success() {
-        bail!("cargo build of run-migrations failed ({status})");
-    }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
-    Ok(target_dir.join("release/run-migrations"))
+    let binary = target_dir.join("release/run-migrations");
+    if !binary.is_file() {
+        eprintln!("[run-migrations] compiling run-migrations (first deploy on this machine; a few minutes)");
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = workspace.join("Cargo.toml").display().to_string();
+    let argv: Vec<String> = [
+        cargo.as_str(),
+        "build",
+        "--release",
+        "--manifest-path",
+        &manifest,
+        "--package",
+        "backend-migrations",
+        "--bin",
+        "run-migrations",
+    ]
+    .map(String::from)
+    .to_vec();
+    // cargo's own progress lines, through the process layer, one per line.
+    let (code, lines) = tokio::task::spawn_blocking(move || {
+        crate::process::spawn(&argv)?.lines_collect(|line| {
+            if line.trim_start().starts_with("Compiling") || line.contains("error") {
+                eprintln!("[run-migrations] {}", line.trim());
+            }
+        })
+    })
+    .await
+    .context("running cargo to build run-migrations")??;
+    if code != 0 {
+        bail!(
+            "cargo build of run-migrations failed (exit {code}):\n{}",
+            lines.join("\n")
+        );
+    }
+    Ok(binary)
 }
 
 /// `target`: the registry, its login and how it is reached.

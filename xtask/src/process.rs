@@ -95,6 +95,16 @@ impl Running {
         self.wait()
     }
 
+    /// `lines`, also returning every line.
+    pub fn lines_collect(&self, mut on_line: impl FnMut(&str)) -> Result<(i32, Vec<String>)> {
+        let mut all = Vec::new();
+        let code = self.lines(|line| {
+            on_line(line);
+            all.push(line.to_string());
+        })?;
+        Ok((code, all))
+    }
+
     fn wait(&self) -> Result<i32> {
         loop {
             if let Some(output) = self.reader.try_wait()? {
@@ -136,13 +146,7 @@ impl Stopper {
 /// Runs `argv`, showing each line of its output (masked) on stderr as it
 /// comes, prefixed; returns the exit code and the lines.
 pub fn stream(argv: &[String], prefix: &str) -> Result<(i32, Vec<String>)> {
-    let running = spawn(argv)?;
-    let mut lines = Vec::new();
-    let code = running.lines(|line| {
-        eprintln!("{prefix}{line}");
-        lines.push(line.to_string());
-    })?;
-    Ok((code, lines))
+    spawn(argv)?.lines_collect(|line| eprintln!("{prefix}{line}"))
 }
 
 fn signal_all(pids: &[u32], signal: Signal) {

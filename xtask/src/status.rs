@@ -6,60 +6,164 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use crate::cli::StageArgs;
-use crate::cluster::{self, Backend};
-use crate::config;
-use crate::kube;
-use crate::release::{self, HistoryEntry, Record, ReleaseState};
+use serde_json::json;
 
-pub fn run(args: StageArgs) -> Result<()> {
+use crate::cli::StatusArgs;
+use crate::cluster::{self, Backend};
+use crate::config::{self, Environment};
+use crate::release::{self, HistoryEntry, Record, RecordedRevision, ReleaseState};
+use crate::{kube, rollout};
+
+pub fn run(args: StatusArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
     release::check_context(&env)?;
+    let view = gather(&env)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&env, &view))?);
+    } else {
+        print!("{}", render(&env, &view));
+    }
+    Ok(())
+}
+
+/// What status shows, read from the cluster.
+struct View {
+    /// None: the release is not installed.
+    history: Option<Vec<RecordedRevision>>,
+    /// The newest ReplicaSet's name and its pods with their states.
+    replicaset: Option<(String, Vec<(String, String)>)>,
+    /// What the database reports, as `alembic current` in a ready pod says it
+    /// (or why it could not be asked).
+    database: DatabaseAnswer,
+}
+
+enum DatabaseAnswer {
+    NoReadyPod,
+    Revision {
+        pod: String,
+        revision: String,
+    },
+    /// `alembic current` failed: its exit code and last line.
+    Failed {
+        pod: String,
+        code: i32,
+        said: String,
+    },
+}
+
+fn gather(env: &Environment) -> Result<View> {
+    if release::state(env)? == ReleaseState::NotInstalled {
+        return Ok(View {
+            history: None,
+            replicaset: None,
+            database: DatabaseAnswer::NoReadyPod,
+        });
+    }
+    let history = release::history_with_records(env)?;
+    let backend = Backend::read(env)?;
+    let replicaset = cluster::newest_replicaset(&backend.replicasets).map(|rs| {
+        let pods = backend
+            .pods
+            .iter()
+            .map(|pod| (cluster::name(pod).to_string(), rollout::pod_state(pod)))
+            .collect();
+        (cluster::name(rs).to_string(), pods)
+    });
+    let database = match backend.pods.iter().find(|p| cluster::pod_ready(p)) {
+        None => DatabaseAnswer::NoReadyPod,
+        Some(pod) => {
+            let pod = cluster::name(pod).to_string();
+            let current = cluster::run(&kube::alembic_current_args(env, &pod))?;
+            if current.code == 0 {
+                DatabaseAnswer::Revision {
+                    revision: match cluster::last_line(&current.stdout) {
+                        "" => "no Alembic revision".into(),
+                        line => line.to_string(),
+                    },
+                    pod,
+                }
+            } else {
+                DatabaseAnswer::Failed {
+                    pod,
+                    code: current.code,
+                    said: cluster::last_line(&current.stderr).to_string(),
+                }
+            }
+        }
+    };
+    Ok(View {
+        history: Some(history),
+        replicaset,
+        database,
+    })
+}
+
+fn render(env: &Environment, view: &View) -> String {
     let mut out = format!(
         "{} (context {}, namespace {}, release {})\n",
         env.name, env.kube_context, env.namespace, env.release
     );
-    if release::state(&env)? == ReleaseState::NotInstalled {
+    let Some(history) = &view.history else {
         out.push_str("  not installed: `cargo xtask deploy` installs it\n");
-        print!("{out}");
-        return Ok(());
-    }
-    let history = release::history(&env)?;
-    let records: Vec<Record> = history
-        .iter()
-        .map(|h| release::record(&env, h.revision).unwrap_or_default())
-        .collect();
-    out.push_str(&render_history(&history, &records));
-
-    let backend = Backend::read(&env)?;
-    match cluster::newest_replicaset(&backend.replicasets) {
-        Some(rs) => {
-            let _ = writeln!(out, "\nnewest ReplicaSet {}:", cluster::name(rs));
-            for pod in &backend.pods {
-                let state = match cluster::pod_problem(pod) {
-                    Some(problem) => problem.reason,
-                    None if cluster::pod_ready(pod) => "Ready".into(),
-                    None => pod["status"]["phase"].as_str().unwrap_or("?").to_string(),
-                };
-                let _ = writeln!(out, "  {:<48} {state}", cluster::name(pod));
-            }
-            if let Some(pod) = backend.pods.iter().find(|p| cluster::pod_ready(p)) {
-                let current = cluster::run(&kube::alembic_current_args(&env, cluster::name(pod)))?;
-                let revision = match cluster::last_line(&current.stdout) {
-                    "" => "none",
-                    line => line,
-                };
-                let _ = writeln!(
-                    out,
-                    "\ndatabase: {revision} (alembic current in {})",
-                    cluster::name(pod)
-                );
+        return out;
+    };
+    let entries: Vec<HistoryEntry> = history.iter().map(|r| r.entry.clone()).collect();
+    let records: Vec<Record> = history.iter().map(|r| r.record.clone()).collect();
+    out.push_str(&render_history(&entries, &records));
+    match &view.replicaset {
+        Some((name, pods)) => {
+            let _ = writeln!(out, "\nnewest ReplicaSet {name}:");
+            for (pod, state) in pods {
+                let _ = writeln!(out, "  {pod:<48} {state}");
             }
         }
         None => out.push_str("\nno backend ReplicaSet\n"),
     }
-    print!("{out}");
-    Ok(())
+    let alembic = env.alembic_command.join(" ");
+    match &view.database {
+        DatabaseAnswer::NoReadyPod => {
+            let _ = writeln!(
+                out,
+                "\ndatabase: unknown (no ready backend pod to run `{alembic} current` in)"
+            );
+        }
+        DatabaseAnswer::Revision { pod, revision } => {
+            let _ = writeln!(out, "\ndatabase: {revision} (`{alembic} current` in {pod})");
+        }
+        DatabaseAnswer::Failed { pod, code, said } => {
+            let _ = writeln!(
+                out,
+                "\ndatabase: unknown: `{alembic} current` in {pod} failed (exit {code}): {said}"
+            );
+        }
+    }
+    backend_migrations::redact::mask_all(&out)
+}
+
+/// `status --json`: stable keys `environment`, `namespace`, `release`,
+/// `installed`, `history` (revision, status, updated, description, chart,
+/// record), `replicaset`, `pods` (name, state), `database` (state: revision
+/// | failed | unknown, and its details).
+fn to_json(env: &Environment, view: &View) -> serde_json::Value {
+    let database = match &view.database {
+        DatabaseAnswer::NoReadyPod => json!({"state": "unknown", "why": "no ready backend pod"}),
+        DatabaseAnswer::Revision { pod, revision } => {
+            json!({"state": "revision", "revision": revision, "pod": pod})
+        }
+        DatabaseAnswer::Failed { pod, code, said } => {
+            json!({"state": "failed", "pod": pod, "exit_code": code, "error": said})
+        }
+    };
+    json!({
+        "environment": env.name,
+        "namespace": env.namespace,
+        "release": env.release,
+        "installed": view.history.is_some(),
+        "history": view.history,
+        "replicaset": view.replicaset.as_ref().map(|(name, _)| name),
+        "pods": view.replicaset.as_ref().map(|(_, pods)| pods.iter().map(|(name, state)| json!({"name": name, "state": state})).collect::<Vec<_>>()),
+        "database": database,
+    })
 }
 
 /// The history table. Pure.

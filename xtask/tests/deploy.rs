@@ -980,3 +980,129 @@ fn an_interrupt_during_the_images_never_reaches_helm() {
     );
     assert_eq!(partial_backups(&stack), Vec::<String>::new());
 }
+
+/// `--json` of status, doctor and backup: JSON alone on stdout, with the
+/// documented keys; a failing `alembic current` is reported as failed.
+#[test]
+fn status_doctor_and_backup_speak_json() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let run = stack.xtask(args);
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}\n{}", run.all()))
+    };
+    let status = json(&["status", "--json"]);
+    assert_eq!(status["installed"], true);
+    assert_eq!(status["database"]["state"], "revision", "{status}");
+    assert_eq!(
+        status["database"]["revision"],
+        "0002_activity_and_comments (head)"
+    );
+    assert_eq!(
+        status["history"][0]["record"]["alembic_head"],
+        "0002_activity_and_comments"
+    );
+    assert!(
+        status["pods"][0]["state"].as_str().unwrap() == "ready",
+        "{status}"
+    );
+
+    let backup = json(&["backup", "--json"]);
+    assert!(
+        std::path::Path::new(backup["path"].as_str().unwrap()).is_file(),
+        "{backup}"
+    );
+    assert!(backup["bytes"].as_u64().unwrap() > 0 && backup["seconds"].is_number());
+
+    let doctor = stack.xtask(&["doctor", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).unwrap();
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for name in ["config", "docker", "helm", "kubectl", "registry", "alembic"] {
+        assert!(names.contains(&name), "{report}");
+    }
+
+    // A command the image lacks: status says `alembic current` failed, and why.
+    let config = stack.repo.config();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen(
+            "release = \"colony\"",
+            "release = \"colony\"\nalembic_command = \"nosuch-alembic\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let status = json(&["status", "--json"]);
+    assert_eq!(status["database"]["state"], "failed", "{status}");
+    assert!(
+        status["database"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("nosuch-alembic"),
+        "{status}"
+    );
+    let text_status = stack.xtask(&["status"]);
+    assert!(
+        text_status
+            .stdout
+            .contains("database: unknown: `nosuch-alembic current` in"),
+        "{}",
+        text_status.stdout
+    );
+}
+
+/// The rollout as it happens: on a terminal (a pty, through `script`),
+/// each new pod's line and `backend x/y ready`; off a terminal, the same
+/// as plain lines.
+#[test]
+fn the_rollout_shows_each_pod_on_a_terminal_and_plain_lines_off_it() {
+    let stack = Stack::new(None);
+    stack.sim.faults(|f| f.readiness_delay_ms = 2500);
+    let plain = deploy(&stack);
+    assert_eq!(plain.code, 0, "{}", plain.all());
+    assert!(
+        plain.stderr.contains("rollout: pod colony-backend-"),
+        "{}",
+        plain.stderr
+    );
+    assert!(
+        plain.stderr.contains("rollout: backend 2/2 ready"),
+        "{}",
+        plain.stderr
+    );
+    assert!(
+        !plain.stderr.contains('\u{1b}'),
+        "escape codes off a terminal"
+    );
+
+    std::fs::write(stack.repo.root().join("frontend/index.html"), nonce("pty")).unwrap();
+    stack
+        .repo
+        .git(&["commit", "-qam", "a deploy on a terminal"]);
+    let command = format!("{} deploy colony-dev --yes", env!("CARGO_BIN_EXE_xtask"));
+    let output = std::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .current_dir(stack.repo.root())
+        .env_clear()
+        .env("LANG", "C.UTF-8")
+        .env("TERM", "xterm")
+        .envs(stack.env())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    assert!(screen.contains("pod colony-backend-"), "{screen}");
+    assert!(
+        screen.contains("backend 0/2 ready") || screen.contains("backend 1/2 ready"),
+        "{screen}"
+    );
+    assert!(screen.contains("of Helm's 600 s timeout"), "{screen}");
+    assert!(screen.contains('\u{1b}'), "no live redraw on a terminal");
+}

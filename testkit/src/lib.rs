@@ -360,22 +360,9 @@ impl TcpForwarder {
         let port = listener.local_addr().expect("addr").port();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let Ok(server) = std::os::unix::net::UnixStream::connect(&socket) else {
-                    continue;
-                };
-                let (mut client_read, mut server_write) = (
-                    client.try_clone().expect("clone"),
-                    server.try_clone().expect("clone"),
-                );
-                let (mut server_read, mut client_write) = (server, client);
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut client_read, &mut server_write);
-                    let _ = server_write.shutdown(std::net::Shutdown::Write);
-                });
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut server_read, &mut client_write);
-                    let _ = client_write.shutdown(std::net::Shutdown::Write);
-                });
+                if let Ok(server) = std::os::unix::net::UnixStream::connect(&socket) {
+                    pump(client, server);
+                }
             }
         });
         TcpForwarder { port }
@@ -392,26 +379,52 @@ impl TcpForwarder {
         let port = listener.local_addr().expect("addr").port();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
-                    continue;
-                };
-                let (mut client_read, mut server_write) = (
-                    client.try_clone().expect("clone"),
-                    server.try_clone().expect("clone"),
-                );
-                let (mut server_read, mut client_write) = (server, client);
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut client_read, &mut server_write);
-                    let _ = server_write.shutdown(std::net::Shutdown::Write);
-                });
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut server_read, &mut client_write);
-                    let _ = client_write.shutdown(std::net::Shutdown::Write);
-                });
+                if let Ok(server) = std::net::TcpStream::connect(&upstream) {
+                    pump(client, server);
+                }
             }
         });
         TcpForwarder { port }
     }
+}
+
+/// A stream both ways (TCP or unix socket), cloned and half-closed by the
+/// forwarders.
+trait Duplex: std::io::Read + std::io::Write + Send + Sized + 'static {
+    fn duplicate(&self) -> Self;
+    fn close_write(&self);
+}
+
+impl Duplex for std::net::TcpStream {
+    fn duplicate(&self) -> Self {
+        self.try_clone().expect("clone")
+    }
+    fn close_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Duplex for std::os::unix::net::UnixStream {
+    fn duplicate(&self) -> Self {
+        self.try_clone().expect("clone")
+    }
+    fn close_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Copies bytes between `client` and `server` both ways, in two threads.
+fn pump(client: std::net::TcpStream, server: impl Duplex) {
+    let (mut client_read, mut server_write) = (client.duplicate(), server.duplicate());
+    let (mut server_read, mut client_write) = (server, client);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_read, &mut server_write);
+        server_write.close_write();
+    });
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut server_read, &mut client_write);
+        client_write.close_write();
+    });
 }
 
 /// `cargo build` of one binary of this workspace, from inside a test. The

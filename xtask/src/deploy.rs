@@ -42,12 +42,7 @@ pub fn run(args: DeployArgs) -> Result<()> {
     let facts = gather_facts(&sh, &env);
     let (plan, spec) = plan::deploy_plan(&env, &facts, options);
     if args.dry_run {
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
-        } else {
-            print!("{}", plan.render(true));
-        }
-        return Ok(());
+        return plan.show(true, args.json);
     }
     if !plan.missing.is_empty() {
         return Err(input_error(format!(
@@ -59,11 +54,7 @@ pub fn run(args: DeployArgs) -> Result<()> {
     }
     let facts_took = started.elapsed();
     // The plan goes where the user reads; with --json, stdout is the summary only.
-    if args.json {
-        eprint!("{}", plan.render(false));
-    } else {
-        print!("{}", plan.render(false));
-    }
+    plan.show(false, args.json)?;
     let changes = plan.steps.iter().any(|s| s.kind != StepKind::Verify);
     if changes {
         confirm(&env, &facts, args.yes)?;
@@ -105,18 +96,7 @@ fn after_interrupt(env: &Environment, error: anyhow::Error) -> anyhow::Error {
     let Some(interrupt) = process::interrupted() else {
         return error;
     };
-    let state = match release::state(env) {
-        Ok(release::ReleaseState::Installed { status, revision }) => {
-            format!(
-                "release {} is at revision {revision}, {status}",
-                env.release
-            )
-        }
-        Ok(release::ReleaseState::NotInstalled) => {
-            format!("release {} is not installed", env.release)
-        }
-        Err(e) => format!("the release's state could not be read ({e:#})"),
-    };
+    let state = release::describe_state(env);
     let next = if state.contains("pending-") {
         "the release is still pending: `cargo xtask status` says how to recover".to_string()
     } else {

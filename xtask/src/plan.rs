@@ -776,6 +776,18 @@ impl Plan {
         backend_migrations::redact::mask_all(&out)
     }
 
+    /// Shows the plan: `--dry-run` prints it (JSON with `--json`) on stdout;
+    /// a real run prints it before asking, on stderr when stdout is JSON.
+    pub fn show(&self, dry_run: bool, json: bool) -> anyhow::Result<()> {
+        match (dry_run, json) {
+            (true, true) => println!("{}", serde_json::to_string_pretty(self)?),
+            (true, false) => print!("{}", self.render(true)),
+            (false, true) => eprint!("{}", self.render(false)),
+            (false, false) => print!("{}", self.render(false)),
+        }
+        Ok(())
+    }
+
     /// The step kinds in order: what a run of this plan reports it ran.
     #[cfg(test)]
     pub fn step_names(&self) -> Vec<&'static str> {

@@ -200,6 +200,20 @@ pub fn record_from_values(values: &Value) -> Record {
     }
 }
 
+/// The release's state in a sentence, for messages after an interrupt.
+pub fn describe_state(env: &Environment) -> String {
+    match state(env) {
+        Ok(ReleaseState::Installed { status, revision }) => {
+            format!(
+                "release {} is at revision {revision}, {status}",
+                env.release
+            )
+        }
+        Ok(ReleaseState::NotInstalled) => format!("release {} is not installed", env.release),
+        Err(e) => format!("the release's state could not be read ({e:#})"),
+    }
+}
+
 /// The kube context must be the environment's: refuse naming both.
 pub fn check_context(env: &Environment) -> Result<()> {
     let output = cluster::run(&kube::current_context_args())?;

@@ -53,18 +53,9 @@ pub fn run(args: RollbackArgs) -> Result<()> {
         Decision::Rollback(planned) => *planned,
     };
     if args.dry_run {
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
-        } else {
-            print!("{}", plan.render(true));
-        }
-        return Ok(());
+        return plan.show(true, args.json);
     }
-    if args.json {
-        eprint!("{}", plan.render(false));
-    } else {
-        print!("{}", plan.render(false));
-    }
+    plan.show(false, args.json)?;
     confirm(&env, &spec, args.yes)?;
     crate::process::install_interrupts()?;
     let executed =
@@ -113,16 +104,7 @@ fn after_interrupt(env: &Environment, spec: &RollbackSpec, error: anyhow::Error)
     let Some(interrupt) = crate::process::interrupted() else {
         return error;
     };
-    let state = match release::state(env) {
-        Ok(ReleaseState::Installed { status, revision }) => {
-            format!(
-                "release {} is at revision {revision}, {status}",
-                env.release
-            )
-        }
-        Ok(ReleaseState::NotInstalled) => format!("release {} is not installed", env.release),
-        Err(e) => format!("the release's state could not be read ({e:#})"),
-    };
+    let state = release::describe_state(env);
     anyhow::Error::new(interrupt).context(format!(
         "the rollback was {interrupt} ({error:#}); the running step's processes were stopped with SIGTERM. \
          Now: {state}. Next: `cargo xtask rollback {} --to {} --app-revision {} --yes` continues from the \

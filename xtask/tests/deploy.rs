@@ -637,15 +637,12 @@ fn rollback_to_the_current_revision_is_nothing_to_do() {
 #[test]
 fn a_deploy_through_a_registry_the_daemon_treats_as_insecure() {
     let stack = Stack::new(None);
-    let mut env = stack.env();
-    env.retain(|(k, _)| k != "COLONY_REGISTRY");
     let registry = format!(
         "{}/insecure-by-name",
         testkit::TestBed::get().named_registry
     );
-    env.push(("COLONY_REGISTRY".into(), registry.clone()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let run = common::xtask(stack.repo.root(), &["deploy", "colony-dev", "--yes"], &env);
+    let by_name = [("COLONY_REGISTRY", registry.as_str())];
+    let run = stack.xtask_with(&["deploy", "colony-dev", "--yes"], &by_name);
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(
         run.stdout
@@ -654,7 +651,7 @@ fn a_deploy_through_a_registry_the_daemon_treats_as_insecure() {
         run.stdout
     );
     assert!(run.stdout.contains("4/4 checks passed"), "{}", run.stdout);
-    let again = common::xtask(stack.repo.root(), &["deploy", "colony-dev", "--yes"], &env);
+    let again = stack.xtask_with(&["deploy", "colony-dev", "--yes"], &by_name);
     assert_eq!(again.code, 0, "{}", again.all());
     assert!(
         again.stdout.contains("Nothing to deploy"),
@@ -689,14 +686,10 @@ fn skip_build_without_images_or_no_daemon_refuses_before_the_backup() {
         run.stderr
     );
 
-    let mut env = stack.env();
-    env.retain(|(k, _)| k != "DOCKER_HOST");
-    env.push((
-        "DOCKER_HOST".into(),
-        "unix:///nonexistent/docker.sock".into(),
-    ));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let run = common::xtask(stack.repo.root(), &["deploy", "colony-dev", "--yes"], &env);
+    let run = stack.xtask_with(
+        &["deploy", "colony-dev", "--yes"],
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
     assert_eq!(run.code, 2, "{}", run.all());
     assert!(
         run.stderr.contains("no Docker daemon to build backend and frontend: no Docker daemon at unix:///nonexistent/docker.sock (from DOCKER_HOST)"),

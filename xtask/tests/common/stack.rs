@@ -75,7 +75,18 @@ impl Stack {
     }
 
     pub fn xtask(&self, args: &[&str]) -> Run {
-        let env = self.env();
+        self.xtask_with(args, &[])
+    }
+
+    /// `xtask` with some of the stack's variables replaced (or added).
+    pub fn xtask_with(&self, args: &[&str], overrides: &[(&str, &str)]) -> Run {
+        let mut env = self.env();
+        env.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
+        env.extend(
+            overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         xtask(self.repo.root(), args, &env)
     }

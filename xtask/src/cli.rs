@@ -41,7 +41,11 @@ pub enum Command {
         cargo xtask deploy colony-dev --dry-run\n  \
         cargo xtask deploy colony-dev --dry-run --json | jq .steps\n  \
         cargo xtask deploy colony-dev --yes\n  \
-        COLONY_REGISTRY=127.0.0.1:5000 cargo xtask deploy colony-dev --dry-run"
+        COLONY_REGISTRY=127.0.0.1:5000 cargo xtask deploy colony-dev --dry-run\n\n\
+        --dry-run --json keys: command, environment, facts{…}, missing[], decision (deploy | nothing to deploy), \
+        reason, schema[], steps[] (kind, title, alongside_previous, items[] (type run: argv, expect | type note: text)).\n\
+        --json keys (a run): environment, namespace, release, decision, reason, helm_revision, alembic, backup, \
+        stamped, verified, images[], facts_seconds, steps[] (name, seconds, note)."
     )]
     Deploy(DeployArgs),
     /// Build the backend and frontend images through the Docker Engine API.
@@ -86,7 +90,10 @@ pub enum Command {
         after_help = "Examples:\n  \
         cargo xtask rollback --to 0001_baseline --dry-run\n  \
         cargo xtask rollback colony-dev --to 0001_baseline --app-revision 1 --yes\n  \
-        cargo xtask rollback colony-dev --steps 1 --yes"
+        cargo xtask rollback colony-dev --steps 1 --yes\n\n\
+        --dry-run --json keys: as deploy's plan (decision rollback, schema[]: the revisions dropped).\n\
+        --json keys (a run): environment, from, target, app_revision, helm_revision, backup, verified, \
+        steps[] (name, seconds)."
     )]
     Rollback(RollbackArgs),
     /// Show the release history with each revision's deploy record, the schema revision and the pods.

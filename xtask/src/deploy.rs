@@ -657,7 +657,8 @@ async fn run_helm_watching_rollout(
             indent(said.trim())
         );
     }
-    if verbose && !said.trim().is_empty() {
+    // Helm's own word on what it did (NAME, STATUS, REVISION…).
+    if !said.trim().is_empty() {
         eprintln!("{}", indent(said.trim()));
     }
     Ok(())

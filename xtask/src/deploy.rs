@@ -131,32 +131,36 @@ fn confirm(env: &Environment, facts: &DeployFacts, yes: bool) -> Result<()> {
 /// the database's revision. Reads only; independent reads run at once.
 /// A fact that cannot be read is recorded as such (the plan lists it).
 pub fn gather_facts(sh: &Shell, env: &Environment) -> DeployFacts {
-    let commit = git::head(sh, &env.root);
-    let tags: Vec<Option<Result<String, String>>> = env
-        .images
-        .iter()
-        .map(|image| {
-            commit.as_ref().map(|commit| {
-                git::context_state(sh, &env.root, &image.context)
-                    .map(|state| git::image_tag(commit, &state))
-                    .map_err(|e| format!("{e:#}"))
-            })
-        })
-        .collect();
-    // The registry is reached as the daemon reaches it (HTTPS, or plain HTTP
-    // for one it treats as insecure).
-    let daemon = docker::registry_view_blocking();
-    let access = &registry::access_for(&env.registry, daemon.as_ref().ok());
     std::thread::scope(|scope| {
+        // The cluster's reads are the longest chain (an `alembic current`
+        // in a pod): they start first; git, Docker and the registry overlap.
         let cluster = scope.spawn(|| cluster_facts(env));
         let helm = scope.spawn(|| helm::detect_version(&Shell::new().ok()?));
+        let daemon = scope.spawn(docker::registry_view_blocking);
+        let commit = git::head(sh, &env.root);
+        let tags: Vec<Option<Result<String, String>>> = env
+            .images
+            .iter()
+            .map(|image| {
+                commit.as_ref().map(|commit| {
+                    git::context_state(sh, &env.root, &image.context)
+                        .map(|state| git::image_tag(commit, &state))
+                        .map_err(|e| format!("{e:#}"))
+                })
+            })
+            .collect();
+        // The registry is reached as the daemon reaches it (HTTPS, or plain
+        // HTTP for one it treats as insecure).
+        let daemon = daemon.join().expect("docker probe panicked");
+        let access = registry::access_for(&env.registry, daemon.as_ref().ok());
         let digests: Vec<_> = env
             .images
             .iter()
             .zip(&tags)
             .map(|(image, tag)| {
+                let (access, tag) = (access.clone(), tag.clone());
                 scope.spawn(move || match tag {
-                    Some(Ok(tag)) => registry_digest(env, access, &image.reference, tag),
+                    Some(Ok(tag)) => registry_digest(env, &access, &image.reference, &tag),
                     _ => Ok(None),
                 })
             })

@@ -104,15 +104,6 @@ fn xtask_deploy(stack: &Stack) -> Measured {
     }
 }
 
-fn helm_revisions(stack: &Stack) -> usize {
-    stack
-        .sim
-        .state()
-        .releases
-        .get(&format!("{NAMESPACE}/colony"))
-        .map_or(0, Vec::len)
-}
-
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
@@ -243,10 +234,10 @@ fn main() {
         change(&theirs);
         let manual = runbook(&theirs);
         println!("  runbook {:.2} s", manual.as_secs_f64());
-        let before = helm_revisions(&ours);
+        let before = ours.helm_revisions();
         let noop = xtask_deploy(&ours);
         assert_eq!(noop.decision, "nothing to deploy");
-        new_revisions_on_noop += helm_revisions(&ours) - before;
+        new_revisions_on_noop += ours.helm_revisions() - before;
         deploys.push(deploy.took.as_secs_f64());
         manuals.push(manual.as_secs_f64());
         noops.push(noop.took.as_secs_f64());

@@ -153,14 +153,16 @@ pub fn gather_facts(sh: &Shell, env: &Environment) -> DeployFacts {
         // HTTP for one it treats as insecure).
         let daemon = daemon.join().expect("docker probe panicked");
         let access = registry::access_for(&env.registry, daemon.as_ref().ok());
+        let credential = registry::credential_for(registry::host_of(&env.registry));
         let digests: Vec<_> = env
             .images
             .iter()
             .zip(&tags)
             .map(|(image, tag)| {
-                let (access, tag) = (access.clone(), tag.clone());
+                let (access, tag, credential) = (access.clone(), tag.clone(), credential.clone());
                 scope.spawn(move || match tag {
-                    Some(Ok(tag)) => registry_digest(env, &access, &image.reference, &tag),
+                    Some(Ok(tag)) => RegistryClient::new(&image.reference, credential?, &access)
+                        .manifest_digest(images::repository_path(&image.reference), &tag),
                     _ => Ok(None),
                 })
             })
@@ -205,19 +207,6 @@ pub fn gather_facts(sh: &Shell, env: &Environment) -> DeployFacts {
     })
 }
 
-/// The registry's digest of `reference:tag` (None: it does not hold it).
-fn registry_digest(
-    env: &Environment,
-    access: &registry::Access,
-    reference: &str,
-    tag: &str,
-) -> Result<Option<String>, String> {
-    let host = registry::host_of(&env.registry).to_string();
-    let credential = registry::credential_for(&host)?;
-    RegistryClient::new(reference, credential, access)
-        .manifest_digest(images::repository_path(reference), tag)
-}
-
 /// The cluster's side of the facts. The context must be the environment's
 /// and the release must not be pending: either is a refusal (Err).
 fn cluster_facts(env: &Environment) -> Result<ClusterFacts, String> {
@@ -256,10 +245,7 @@ fn cluster_facts(env: &Environment) -> Result<ClusterFacts, String> {
             .expect("release reader panicked")
             .map_err(|e| format!("{e:#}"))?;
         if let Some(current) = &release {
-            if current.status.starts_with("pending-") {
-                let history = release::history(env).unwrap_or_default();
-                return Err(release::pending_recovery(env, &current.status, &history));
-            }
+            release::refuse_if_pending(env, &current.status)?;
         }
         let (database, observed) = database.join().expect("database reader panicked")?;
         let database_pod_exists = database_pods

@@ -876,7 +876,6 @@ fn shell_quote(arg: &str) -> String {
 mod tests {
     use super::*;
     use crate::release::Record;
-    use backend_migrations::revisions::Revision;
 
     fn env() -> Environment {
         let mut env = crate::config::tests::environment();
@@ -887,16 +886,7 @@ mod tests {
     }
 
     fn graph() -> RevisionGraph {
-        let rev = |id: &str, down: &[&str]| Revision {
-            id: id.into(),
-            down: down.iter().map(|s| s.to_string()).collect(),
-            file: format!("/nonexistent/{id}.py").into(),
-        };
-        RevisionGraph::from_revisions(vec![
-            rev("0001_baseline", &[]),
-            rev("0002_activity_and_comments", &["0001_baseline"]),
-        ])
-        .unwrap()
+        crate::versions::test_graph()
     }
 
     const BACKEND_DIGEST: &str = "sha256:b";

@@ -262,13 +262,20 @@ pub fn pending_recovery(env: &Environment, status: &str, history: &[HistoryEntry
 pub fn check_not_pending(env: &Environment) -> Result<ReleaseState> {
     let state = state(env)?;
     if let ReleaseState::Installed { status, .. } = &state {
-        if status.starts_with("pending-") {
-            let history = history(env).unwrap_or_default();
-            // Nothing was changed: a refusal (exit 2), like a wrong context.
-            return Err(input_error(pending_recovery(env, status, &history)));
-        }
+        // Nothing was changed: a refusal (exit 2), like a wrong context.
+        refuse_if_pending(env, status).map_err(input_error)?;
     }
     Ok(state)
+}
+
+/// A release in `pending-*` refuses every operation: the refusal, with the
+/// way out (it reads the history for the last good revision).
+pub fn refuse_if_pending(env: &Environment, status: &str) -> Result<(), String> {
+    if !status.starts_with("pending-") {
+        return Ok(());
+    }
+    let history = history(env).unwrap_or_default();
+    Err(pending_recovery(env, status, &history))
 }
 
 #[cfg(test)]

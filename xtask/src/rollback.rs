@@ -154,13 +154,16 @@ fn gather_facts(env: &Environment) -> Result<RollbackFacts> {
             why: "no ready backend pod to ask".into(),
         },
     };
-    let app_expects = backend
-        .deployment
-        .as_ref()
-        .and_then(release::rollback_record)
-        .filter(|(revision, _)| *revision == current.revision)
-        .map(|(_, head)| head)
-        .or_else(|| Some(current.record.alembic_head.clone()).filter(|h| !h.is_empty()));
+    // What the running app expects, by verify's own rule (its records only:
+    // the checkout says nothing about the app).
+    let app_expects = verify::expectation(
+        None,
+        Some(&current),
+        backend.deployment.as_ref(),
+        Err(String::new()),
+    )
+    .ok()
+    .map(|expected| expected.head);
     Ok(RollbackFacts {
         app_expects,
         graph: versions::load_graph(env),

@@ -431,19 +431,9 @@ fn steps(
 mod tests {
     use super::*;
     use crate::release::{HistoryEntry, Record};
-    use backend_migrations::revisions::Revision;
 
     fn graph() -> RevisionGraph {
-        let rev = |id: &str, down: &[&str]| Revision {
-            id: id.into(),
-            down: down.iter().map(|s| s.to_string()).collect(),
-            file: format!("{id}.py").into(),
-        };
-        RevisionGraph::from_revisions(vec![
-            rev("0001_baseline", &[]),
-            rev("0002_activity_and_comments", &["0001_baseline"]),
-        ])
-        .unwrap()
+        crate::versions::test_graph()
     }
 
     fn revision(number: u32, status: &str, head: &str) -> RecordedRevision {

@@ -63,22 +63,11 @@ pub fn ready_pod(backend: &Backend) -> Option<String> {
 /// it sees the legacy tables too); an image without the runner falls back to
 /// `alembic current`.
 pub fn read(env: &Environment, pod: &str) -> DatabaseRevision {
-    if let Ok(output) = cluster::run(&kube::migrations_status_args(env, pod)) {
-        if output.code == 0 {
-            if let Ok(status) = serde_json::from_str::<Value>(&output.stdout) {
-                return from_runner_status(&status);
-            }
-        }
+    if let Some(answer) = ask_runner(env, pod) {
+        return answer;
     }
     match cluster::run(&kube::alembic_current_args(env, pod)) {
-        Ok(output) if output.code == 0 => from_alembic_current(&output.stdout),
-        Ok(output) => DatabaseRevision::Unknown {
-            why: format!(
-                "`alembic current` in {pod} exited {}: {}",
-                output.code,
-                cluster::last_line(&output.stderr)
-            ),
-        },
+        Ok(output) => from_alembic_output(pod, &output),
         Err(e) => DatabaseRevision::Unknown {
             why: format!("{e:#}"),
         },
@@ -88,17 +77,42 @@ pub fn read(env: &Environment, pod: &str) -> DatabaseRevision {
 /// From an `alembic current` already run in `pod` (verify's own read, so a
 /// deploy asks once): a revision when it printed one; otherwise the runner
 /// is asked, which also sees a pre-Alembic schema or a revision these
-/// scripts do not know.
+/// scripts do not know; without a runner, that `alembic current` answers.
 pub fn from_observed(
     env: &Environment,
     pod: &str,
     alembic_current: &cluster::Output,
 ) -> DatabaseRevision {
-    let answer = from_alembic_current(&alembic_current.stdout);
-    if alembic_current.code == 0 && answer.revision().is_some() {
+    let answer = from_alembic_output(pod, alembic_current);
+    if answer.revision().is_some() {
         return answer;
     }
-    read(env, pod)
+    ask_runner(env, pod).unwrap_or(answer)
+}
+
+/// `run-migrations status --json` in `pod`; None when the image has no
+/// runner or it could not answer.
+fn ask_runner(env: &Environment, pod: &str) -> Option<DatabaseRevision> {
+    let output = cluster::run(&kube::migrations_status_args(env, pod)).ok()?;
+    if output.code != 0 {
+        return None;
+    }
+    let status = serde_json::from_str::<Value>(&output.stdout).ok()?;
+    Some(from_runner_status(&status))
+}
+
+/// An `alembic current` that ran: its answer, or why it failed. Pure.
+fn from_alembic_output(pod: &str, output: &cluster::Output) -> DatabaseRevision {
+    if output.code == 0 {
+        return from_alembic_current(&output.stdout);
+    }
+    DatabaseRevision::Unknown {
+        why: format!(
+            "`alembic current` in {pod} exited {}: {}",
+            output.code,
+            cluster::last_line(&output.stderr)
+        ),
+    }
 }
 
 /// `run-migrations status --json`: `revisions` (null: no table) and

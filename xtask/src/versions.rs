@@ -49,6 +49,22 @@ pub fn docstring_first_line(text: &str) -> String {
         .to_string()
 }
 
+/// The fixture's two revisions, for unit tests of the plans.
+#[cfg(test)]
+pub fn test_graph() -> RevisionGraph {
+    use backend_migrations::revisions::Revision;
+    let rev = |id: &str, down: &[&str]| Revision {
+        id: id.into(),
+        down: down.iter().map(|s| s.to_string()).collect(),
+        file: format!("/nonexistent/{id}.py").into(),
+    };
+    RevisionGraph::from_revisions(vec![
+        rev("0001_baseline", &[]),
+        rev("0002_activity_and_comments", &["0001_baseline"]),
+    ])
+    .expect("a valid graph")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

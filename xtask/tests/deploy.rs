@@ -22,15 +22,6 @@ fn helm_upgrades(stack: &Stack) -> usize {
         .count()
 }
 
-fn revisions(stack: &Stack) -> usize {
-    stack
-        .sim
-        .state()
-        .releases
-        .get(&format!("{NAMESPACE}/colony"))
-        .map_or(0, Vec::len)
-}
-
 #[test]
 fn a_fresh_cluster_deploys_verifies_and_redeploys_with_nothing_to_build() {
     let stack = Stack::new(None);
@@ -85,7 +76,7 @@ fn a_fresh_cluster_deploys_verifies_and_redeploys_with_nothing_to_build() {
     assert_eq!(summary["verified"], true);
     assert!(summary["backup"].is_null(), "{summary}");
     assert_eq!(Stack::step_names(&again.stdout), ["verify"]);
-    assert_eq!((helm_upgrades(&stack), revisions(&stack)), (1, 1));
+    assert_eq!((helm_upgrades(&stack), stack.helm_revisions()), (1, 1));
     assert!(
         again.stderr.contains("Decision: nothing to deploy"),
         "{}",
@@ -211,7 +202,7 @@ fn preflight_failures_stop_before_helm_and_change_nothing() {
     };
     assert_eq!(deploy(&stack).code, 0);
     assert_eq!(forced(&[]).code, 0);
-    let before = (helm_upgrades(&stack), revisions(&stack));
+    let before = (helm_upgrades(&stack), stack.helm_revisions());
 
     stack.sim.set_context("prod");
     let run = forced(&[]);
@@ -264,7 +255,7 @@ fn preflight_failures_stop_before_helm_and_change_nothing() {
     );
 
     assert_eq!(
-        (helm_upgrades(&stack), revisions(&stack)),
+        (helm_upgrades(&stack), stack.helm_revisions()),
         before,
         "a failed preflight reached Helm"
     );
@@ -274,12 +265,7 @@ fn preflight_failures_stop_before_helm_and_change_nothing() {
 fn rollback_to_the_baseline_downgrades_then_rolls_the_app_back() {
     let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
     // The baseline era: a build whose migrations end at 0001_baseline.
-    stack.repo.git(&[
-        "rm",
-        "-q",
-        "backend/alembic/versions/0002_activity_and_comments.py",
-    ]);
-    stack.repo.git(&["commit", "-q", "-m", "baseline era"]);
+    stack.commit_baseline_era();
     assert_eq!(deploy(&stack).code, 0);
     stack.repo.git(&["revert", "--no-edit", "HEAD"]);
     let run = deploy(&stack);
@@ -432,12 +418,7 @@ fn mutating_calls_are_told_apart_from_reads() {
 #[test]
 fn a_release_installed_by_hand_is_rolled_back_to_only_when_chosen() {
     let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
-    stack.repo.git(&[
-        "rm",
-        "-q",
-        "backend/alembic/versions/0002_activity_and_comments.py",
-    ]);
-    stack.repo.git(&["commit", "-q", "-m", "baseline era"]);
+    stack.commit_baseline_era();
     let installed = stack.helm_install(&["--wait=watcher"]);
     assert!(
         installed.status.success(),
@@ -563,7 +544,7 @@ fn a_changed_values_file_template_or_commit_is_not_a_noop() {
     std::fs::write(stack.repo.root().join("frontend/notes.md"), "changed\n").unwrap();
     stack.repo.git(&["commit", "-qam", "a new commit"]);
     assert_eq!(decision(&stack), "deploy", "a new commit");
-    assert_eq!((helm_upgrades(&stack), revisions(&stack)), (1, 1));
+    assert_eq!((helm_upgrades(&stack), stack.helm_revisions()), (1, 1));
 }
 
 /// The plan a dry run prints is the list of steps a run executes, for the
@@ -571,12 +552,7 @@ fn a_changed_values_file_template_or_commit_is_not_a_noop() {
 #[test]
 fn dry_runs_list_exactly_the_steps_that_run() {
     let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
-    stack.repo.git(&[
-        "rm",
-        "-q",
-        "backend/alembic/versions/0002_activity_and_comments.py",
-    ]);
-    stack.repo.git(&["commit", "-q", "-m", "baseline era"]);
+    stack.commit_baseline_era();
     let same = |dry: &[&str], real: &[&str]| {
         let calls = stack.calls().len();
         let planned = stack.xtask(dry);
@@ -732,12 +708,7 @@ fn alembic_command_is_used_by_the_init_container_and_every_exec() {
     );
     std::fs::write(&config, &with_uv).unwrap();
     stack.repo.git(&["commit", "-qam", "Alembic through uv"]);
-    stack.repo.git(&[
-        "rm",
-        "-q",
-        "backend/alembic/versions/0002_activity_and_comments.py",
-    ]);
-    stack.repo.git(&["commit", "-qm", "baseline era"]);
+    stack.commit_baseline_era();
     assert_eq!(deploy(&stack).code, 0);
     stack.repo.git(&["revert", "--no-edit", "HEAD"]);
     let run = deploy(&stack);
@@ -959,7 +930,7 @@ fn an_interrupt_during_the_images_never_reaches_helm() {
     )
     .unwrap();
     stack.repo.git(&["commit", "-qam", "a build to interrupt"]);
-    let before = (helm_upgrades(&stack), revisions(&stack));
+    let before = (helm_upgrades(&stack), stack.helm_revisions());
     let started = start_deploy(&stack);
     started.wait_for(|| started.stderr().contains("building"), "the image stage");
     started.signal(2, true);
@@ -967,7 +938,7 @@ fn an_interrupt_during_the_images_never_reaches_helm() {
     assert_eq!(exit, 130, "{stderr}");
     assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
     assert_eq!(
-        (helm_upgrades(&stack), revisions(&stack)),
+        (helm_upgrades(&stack), stack.helm_revisions()),
         before,
         "Helm ran:\n{stderr}"
     );

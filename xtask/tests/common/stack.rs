@@ -252,6 +252,26 @@ impl Stack {
         self.calls().into_iter().skip(from).collect()
     }
 
+    /// Helm revisions of the release so far.
+    pub fn helm_revisions(&self) -> usize {
+        self.sim
+            .state()
+            .releases
+            .get(&format!("{NAMESPACE}/colony"))
+            .map_or(0, Vec::len)
+    }
+
+    /// Commits the monorepo as it was before migration 0002 (the baseline
+    /// era); `git revert HEAD` brings 0002 back.
+    pub fn commit_baseline_era(&self) {
+        self.repo.git(&[
+            "rm",
+            "-q",
+            "backend/alembic/versions/0002_activity_and_comments.py",
+        ]);
+        self.repo.git(&["commit", "-q", "-m", "baseline era"]);
+    }
+
     /// Backup files written so far.
     pub fn backups(&self) -> usize {
         std::fs::read_dir(self.backup_dir()).map_or(0, |d| d.count())

@@ -89,6 +89,7 @@ pub enum Command {
         revision is nothing to do (exit 0).",
         after_help = "Examples:\n  \
         cargo xtask rollback --to 0001_baseline --dry-run\n  \
+        cargo xtask rollback --to 0001_baseline --dry-run --json | jq .steps\n  \
         cargo xtask rollback colony-dev --to 0001_baseline --app-revision 1 --yes\n  \
         cargo xtask rollback colony-dev --steps 1 --yes\n\n\
         --dry-run --json keys: as deploy's plan (decision rollback, schema[]: the revisions dropped).\n\

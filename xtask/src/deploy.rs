@@ -102,10 +102,13 @@ fn after_interrupt(env: &Environment, error: anyhow::Error) -> anyhow::Error {
     } else {
         format!("deploy again when ready: `cargo xtask deploy {}`", env.name)
     };
-    anyhow::Error::new(interrupt).context(format!(
-        "the deploy was {interrupt} ({error:#}); the running step's processes were stopped with SIGTERM. \
-         Now: {state}. Next: {next}"
-    ))
+    let stopped = process::Stopped::new(interrupt, &error, |during| {
+        format!(
+            "the deploy was {interrupt} ({during}); the running step's processes were stopped with SIGTERM. \
+             Now: {state}. Next: {next}"
+        )
+    });
+    stopped.into()
 }
 
 /// Deploying changes a cluster: ask on a terminal, else require `--yes`.
@@ -311,6 +314,8 @@ impl Execution<'_> {
             ..Summary::default()
         };
         for group in plan.groups() {
+            let names: Vec<&str> = group.iter().map(|s| s.kind.name()).collect();
+            let during = || format!("during step {}", names.join(" and "));
             let steps = futures_util::future::join_all(group.iter().map(|step| async {
                 let started = Instant::now();
                 let output = self.step(step.kind, &summary).await;
@@ -323,18 +328,22 @@ impl Execution<'_> {
             let results = if in_process {
                 tokio::select! {
                     results = steps => results,
-                    interrupt = interrupt_arrives() => return Err(interrupt.into()),
+                    interrupt = interrupt_arrives() => return Err(anyhow::Error::new(interrupt).context(during())),
                 }
             } else {
                 steps.await
             };
             if let Some(interrupt) = process::interrupted() {
-                return Err(interrupt.into());
+                return Err(anyhow::Error::new(interrupt).context(during()));
             }
             // Every step of the group has finished; the first failure stops the plan.
             let mut outputs = Vec::new();
             for (kind, took, output) in results {
-                outputs.push((kind, took, output?));
+                outputs.push((
+                    kind,
+                    took,
+                    output.with_context(|| format!("during step {}", kind.name()))?,
+                ));
             }
             for (kind, took, output) in outputs {
                 let note = summary.record(output);

@@ -26,11 +26,13 @@ pub fn input_error(message: impl Into<String>) -> anyhow::Error {
 
 /// The exit code for an error that reached `main`.
 pub fn exit_code(error: &anyhow::Error) -> i32 {
-    if let Some(interrupt) = error
-        .chain()
-        .find_map(|cause| cause.downcast_ref::<crate::process::Interrupted>())
-    {
-        return interrupt.exit_code();
+    for cause in error.chain() {
+        if let Some(interrupt) = cause.downcast_ref::<crate::process::Interrupted>() {
+            return interrupt.exit_code();
+        }
+        if let Some(stopped) = cause.downcast_ref::<crate::process::Stopped>() {
+            return stopped.interrupt.exit_code();
+        }
     }
     if error.chain().any(|cause| cause.is::<InputError>()) {
         2

@@ -221,6 +221,42 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// What a command says after an interrupt: the report replaces the error
+/// chain (which would repeat the interrupt at every level), and the signal
+/// gives the exit code.
+#[derive(Debug)]
+pub struct Stopped {
+    pub interrupt: Interrupted,
+    pub report: String,
+}
+
+impl Stopped {
+    /// `error`'s chain without the interrupt itself: where it happened.
+    pub fn new(
+        interrupt: Interrupted,
+        error: &anyhow::Error,
+        report: impl FnOnce(&str) -> String,
+    ) -> Stopped {
+        let during: Vec<String> = error
+            .chain()
+            .filter(|cause| !cause.is::<Interrupted>())
+            .map(|cause| cause.to_string())
+            .collect();
+        Stopped {
+            interrupt,
+            report: report(&during.join(": ")),
+        }
+    }
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.report)
+    }
+}
+
+impl std::error::Error for Stopped {}
+
 /// From now on, the first SIGINT/SIGTERM stops the children with SIGTERM
 /// (and is remembered); a second one kills them and exits at once.
 pub fn install_interrupts() -> Result<()> {
@@ -231,15 +267,22 @@ pub fn install_interrupts() -> Result<()> {
                 .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok();
             let pids = children().lock().map(|c| c.clone()).unwrap_or_default();
+            // Signal first, then say so: stderr may be a closed pipe (a Ctrl-C
+            // reaches `| tee` too), and writing there must not stop us.
+            use std::io::Write;
             if first {
-                eprintln!(
+                signal_all(&pids, Signal::SIGTERM);
+                let _ = writeln!(
+                    std::io::stderr(),
                     "\n{}: stopping the running step (SIGTERM to its processes); press Ctrl-C again to kill them at once",
                     Interrupted { signal }
                 );
-                signal_all(&pids, Signal::SIGTERM);
             } else {
-                eprintln!("\nsecond interrupt: killing the running processes now");
                 signal_all(&pids, Signal::SIGKILL);
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\nsecond interrupt: killing the running processes now"
+                );
                 std::process::exit(128 + signal);
             }
         }

@@ -105,12 +105,15 @@ fn after_interrupt(env: &Environment, spec: &RollbackSpec, error: anyhow::Error)
         return error;
     };
     let state = release::describe_state(env);
-    anyhow::Error::new(interrupt).context(format!(
-        "the rollback was {interrupt} ({error:#}); the running step's processes were stopped with SIGTERM. \
-         Now: {state}. Next: `cargo xtask rollback {} --to {} --app-revision {} --yes` continues from the \
-         database's and the release's state (`--dry-run` shows what is left)",
-        env.name, spec.target, spec.app_revision
-    ))
+    let stopped = crate::process::Stopped::new(interrupt, &error, |during| {
+        format!(
+            "the rollback was {interrupt} ({during}); the running step's processes were stopped with SIGTERM. \
+             Now: {state}. Next: `cargo xtask rollback {} --to {} --app-revision {} --yes` continues from the \
+             database's and the release's state (`--dry-run` shows what is left)",
+            env.name, spec.target, spec.app_revision
+        )
+    });
+    stopped.into()
 }
 
 /// Destructive: ask on a terminal, else require `--yes`.
@@ -196,39 +199,52 @@ fn execute(env: &Environment, plan: &Plan, spec: &RollbackSpec, json: bool) -> R
     for step in &plan.steps {
         let started = Instant::now();
         eprintln!("rollback: {}", step.title);
-        match step.kind {
-            StepKind::Backup => {
-                let backup = backup::take(env).context("the backup failed; nothing was changed")?;
-                eprintln!("rollback: backup {}", backup.path.display());
-                executed.backup = Some(backup);
-            }
-            StepKind::Downgrade => downgrade(step, spec, &executed)?,
-            StepKind::HelmRollback => roll_app_back(env, step, spec)?,
-            StepKind::RecordHead => {
-                run_items(step, "recording the expected head")?;
-            }
-            StepKind::Verify => {
-                let expectation = verify::Expectation {
-                    head: spec.target.clone(),
-                    source: verify::Source::RollbackRecord {
-                        revision: spec.new_revision,
-                    },
-                };
-                let facts = verify::gather(env, expectation)?;
-                let checks = verify::evaluate(env, &facts);
-                let table = verify::render(env, &facts, &checks);
-                if json {
-                    eprint!("{table}");
-                } else {
-                    print!("{table}");
-                }
-                executed.verified = checks.iter().all(|c| c.ok);
-            }
-            other => bail!("a rollback plan has no {} step", other.name()),
-        }
+        run_step(env, step, spec, json, &mut executed)
+            .with_context(|| format!("during step {}", step.kind.name()))?;
         executed.steps.push((step.kind, started.elapsed()));
     }
     Ok(executed)
+}
+
+/// One step of the plan, by its kind.
+fn run_step(
+    env: &Environment,
+    step: &plan::Step,
+    spec: &RollbackSpec,
+    json: bool,
+    executed: &mut Executed,
+) -> Result<()> {
+    match step.kind {
+        StepKind::Backup => {
+            let backup = backup::take(env).context("the backup failed; nothing was changed")?;
+            eprintln!("rollback: backup {}", backup.path.display());
+            executed.backup = Some(backup);
+        }
+        StepKind::Downgrade => downgrade(step, spec, executed)?,
+        StepKind::HelmRollback => roll_app_back(env, step, spec)?,
+        StepKind::RecordHead => {
+            run_items(step, "recording the expected head")?;
+        }
+        StepKind::Verify => {
+            let expectation = verify::Expectation {
+                head: spec.target.clone(),
+                source: verify::Source::RollbackRecord {
+                    revision: spec.new_revision,
+                },
+            };
+            let facts = verify::gather(env, expectation)?;
+            let checks = verify::evaluate(env, &facts);
+            let table = verify::render(env, &facts, &checks);
+            if json {
+                eprint!("{table}");
+            } else {
+                print!("{table}");
+            }
+            executed.verified = checks.iter().all(|c| c.ok);
+        }
+        other => bail!("a rollback plan has no {} step", other.name()),
+    }
+    Ok(())
 }
 
 /// The plan's argvs of one step, in order; output captured.

@@ -103,6 +103,10 @@ pub async fn watch(
 ) -> Result<Assessment> {
     let deadline = Instant::now() + timeout;
     loop {
+        // A watch has no child for an interrupt to stop: it stops itself.
+        if let Some(interrupt) = crate::process::interrupted() {
+            return Err(interrupt.into());
+        }
         let env_for_read = env.clone();
         let backend = tokio::task::spawn_blocking(move || Backend::read(&env_for_read)).await??;
         on_poll(&backend);

@@ -772,11 +772,15 @@ struct Started {
 }
 
 fn start_deploy(stack: &Stack) -> Started {
+    start(stack, &["deploy", "colony-dev", "--yes"])
+}
+
+fn start(stack: &Stack, args: &[&str]) -> Started {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let stderr = dir.path().join("stderr");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["deploy", "colony-dev", "--yes"])
+        .args(args)
         .current_dir(stack.repo.root())
         .env_clear()
         .env("LANG", "C.UTF-8")
@@ -1069,4 +1073,61 @@ fn the_rollout_shows_each_pod_on_a_terminal_and_plain_lines_off_it() {
     );
     assert!(screen.contains("of Helm's 600 s timeout"), "{screen}");
     assert!(screen.contains('\u{1b}'), "no live redraw on a terminal");
+}
+
+/// Ctrl-C while the rollback waits for the returned app's pods (no child
+/// runs then, only our watch): it stops at once, says what to run, and that
+/// command finishes the rollback.
+#[test]
+fn an_interrupt_while_the_rollback_watches_stops_at_once_and_can_be_continued() {
+    let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
+    stack.commit_baseline_era();
+    assert_eq!(deploy(&stack).code, 0);
+    stack.repo.git(&["revert", "--no-edit", "HEAD"]);
+    assert_eq!(deploy(&stack).code, 0);
+
+    let started = start(&stack, &["rollback", "--to", "0001_baseline", "--yes"]);
+    started.wait_for(
+        || started.stderr().contains("rollback: Return the app"),
+        "the app's rollback",
+    );
+    stack.sim.faults(|f| f.readiness_delay_ms = 60_000);
+    started.wait_for(
+        || started.stderr().contains("rollout: backend 0/2 ready"),
+        "the watch",
+    );
+    let signalled = Instant::now();
+    started.signal(2, true);
+    let (exit, stderr) = started.exit_code();
+    assert_eq!(exit, 130, "{stderr}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "waited for the pods: {stderr}"
+    );
+    assert!(
+        stderr.contains("the rollback was interrupted by SIGINT"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .contains("cargo xtask rollback colony-dev --to 0001_baseline --app-revision 1 --yes"),
+        "{stderr}"
+    );
+
+    stack.sim.faults(|f| f.readiness_delay_ms = 0);
+    let again = stack.xtask(&[
+        "rollback",
+        "--to",
+        "0001_baseline",
+        "--app-revision",
+        "1",
+        "--yes",
+    ]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_eq!(
+        stack.psql("SELECT version_num FROM alembic_version"),
+        "0001_baseline"
+    );
+    let verify = stack.xtask(&["verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
 }

@@ -97,6 +97,31 @@ pub enum Command {
         steps[] (name, seconds)."
     )]
     Rollback(RollbackArgs),
+    /// Show the SQL the checkout's pending migrations will run on the environment's database, and the risks in it.
+    #[command(
+        long_about = "Show the SQL the checkout's pending migrations will run on the environment's database, \
+        and the risks in it.\n\n\
+        The same preview a deploy shows before it asks: the database's revision is read from a ready \
+        backend pod (`alembic current`), or named with --from (no cluster needed); Alembic renders the \
+        SQL from there to the checkout's head in offline mode (`alembic upgrade FROM:TO --sql`, with the \
+        environment's migrations.preview_command, default alembic_command, run in the directory of \
+        alembic.ini with a placeholder DATABASE_URL: nothing connects); Squawk's rules flag what \
+        takes a lock, rewrites a table, destroys data or breaks the old pods, with the safer form. \
+        A migration that cannot render offline (one that queries) says so and the others still show.\n\n\
+        deploy.toml, per environment:\n  \
+        [environments.colony-dev.migrations]\n  \
+        preview_command = \"uv run alembic\"\n  \
+        strict = true                      # findings refuse deploys (exit 2), like --strict-migrations\n  \
+        disabled_rules = [\"ban-drop-column\"]\n  \
+        enabled_rules = [\"prefer-text-field\"]   # style and timeout rules are off by default",
+        after_help = "Examples:\n  cargo xtask migrations colony-dev\n  \
+        cargo xtask migrations --from 0001_baseline\n  \
+        cargo xtask migrations --from base --strict   # in CI, on every new migration\n\n\
+        --json keys: environment, database, database_source, head, migrations (state: no-migrations | \
+        upgrade | unavailable; from, to, stamp, command[], revisions[] (id, message, sql, no_preview), \
+        findings[] (revision, rule, impact, statement, why, safer))."
+    )]
+    Migrations(MigrationsArgs),
     /// Show the release history with each revision's deploy record, the schema revision and the pods.
     #[command(after_help = "Examples:\n  cargo xtask status colony-dev\n  \
         cargo xtask status colony-dev --json | jq .database\n\n\
@@ -163,6 +188,10 @@ pub struct DeployArgs {
     /// Deploy even when nothing changed (a new Helm revision and a backup).
     #[arg(long)]
     pub force: bool,
+    /// Refuse (exit 2, nothing changed) when Squawk finds a risk in the
+    /// migrations' SQL [deploy.toml: migrations.strict].
+    #[arg(long)]
+    pub strict_migrations: bool,
     /// Echo every command in full, and Helm's own output.
     #[arg(long, short = 'v')]
     pub verbose: bool,
@@ -225,6 +254,24 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "REVISION")]
     pub expect: Option<String>,
     /// Print the checks as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub env_overrides: EnvOverrides,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrationsArgs {
+    /// Environment from deploy.toml [default: the file's default_environment].
+    pub env: Option<String>,
+    /// Preview from this revision (`base`: an empty database) instead of
+    /// reading the database's revision from the cluster.
+    #[arg(long, value_name = "REVISION")]
+    pub from: Option<String>,
+    /// Exit 2 when Squawk finds a risk.
+    #[arg(long)]
+    pub strict: bool,
+    /// Print the preview as JSON.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::cli::EnvOverrides;
 use crate::error::input_error;
+use crate::migration_lint::{self, RuleChoice};
 use crate::names;
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +40,21 @@ struct EnvironmentEntry {
     alembic_command: Option<String>,
     #[serde(default)]
     images: ImagesEntry,
+    #[serde(default)]
+    migrations: MigrationsEntry,
+}
+
+/// `[environments.NAME.migrations]`: the SQL preview and its lint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrationsEntry {
+    preview_command: Option<String>,
+    #[serde(default)]
+    strict: bool,
+    #[serde(default)]
+    disabled_rules: Vec<String>,
+    #[serde(default)]
+    enabled_rules: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +101,17 @@ pub struct Environment {
     /// --no-sync alembic`): the init container and every exec use it.
     pub alembic_command: Vec<String>,
     pub images: Vec<Image>,
+    pub migrations: MigrationSettings,
+}
+
+/// How a deploy previews and lints its migrations' SQL.
+#[derive(Debug, Clone, Default)]
+pub struct MigrationSettings {
+    /// Alembic on this machine, for `upgrade --sql` [default: alembic_command].
+    pub preview_command: Vec<String>,
+    /// Findings refuse the deploy (also `--strict-migrations`).
+    pub strict: bool,
+    pub rules: RuleChoice,
 }
 
 #[derive(Debug, Clone)]
@@ -251,6 +278,7 @@ fn resolve(
         ),
         helm_timeout: Duration::from_secs(600),
         alembic_command: vec!["alembic".into()],
+        migrations: MigrationSettings::default(),
         images: vec![
             image("backend", &entry.images.backend, &registry),
             image("frontend", &entry.images.frontend, &registry),
@@ -294,6 +322,11 @@ fn resolve(
             Err(problem) => problems.push(format!("{problem} (from {file_name})")),
         }
     }
+    env.migrations =
+        migration_settings(&entry.migrations, &env.alembic_command).unwrap_or_else(|found| {
+            problems.extend(found.into_iter().map(|p| format!("{p} (from {file_name})")));
+            MigrationSettings::default()
+        });
     if let Some(text) = &entry.helm_timeout {
         match parse_timeout("helm_timeout", text) {
             Ok(duration) => env.helm_timeout = duration,
@@ -410,6 +443,43 @@ pub fn parse_command(what: &str, text: &str) -> Result<Vec<String>, String> {
         return Err(format!("{what} {text:?}: the word {word:?} holds whitespace, which the init container cannot pass on"));
     }
     Ok(words)
+}
+
+fn migration_settings(
+    entry: &MigrationsEntry,
+    alembic_command: &[String],
+) -> Result<MigrationSettings, Vec<String>> {
+    let mut problems = Vec::new();
+    let preview_command = match &entry.preview_command {
+        Some(text) => parse_command("migrations.preview_command", text).unwrap_or_else(|p| {
+            problems.push(p);
+            Vec::new()
+        }),
+        None => alembic_command.to_vec(),
+    };
+    let mut rules = |key: &str, names: &[String]| {
+        names
+            .iter()
+            .filter_map(|name| {
+                migration_lint::parse_rule(name)
+                    .map_err(|p| problems.push(format!("migrations.{key}: {p}")))
+                    .ok()
+            })
+            .collect::<Vec<_>>()
+    };
+    let choice = RuleChoice {
+        disabled: rules("disabled_rules", &entry.disabled_rules),
+        enabled: rules("enabled_rules", &entry.enabled_rules),
+    };
+    if problems.is_empty() {
+        Ok(MigrationSettings {
+            preview_command,
+            strict: entry.strict,
+            rules: choice,
+        })
+    } else {
+        Err(problems)
+    }
 }
 
 /// A duration as Helm's `--timeout` reads it, identically: `{n}s`.
@@ -565,6 +635,46 @@ registry = "ghcr.io/colony-app"
         );
         assert!(message.contains("release name \"-colony\""), "{message}");
         assert!(message.contains("registry is empty"), "{message}");
+    }
+
+    #[test]
+    fn migration_settings_default_to_the_alembic_command_and_check_rule_names() {
+        let env = resolve_with(None, EnvOverrides::default()).unwrap();
+        assert_eq!(env.migrations.preview_command, ["alembic"]);
+        assert!(!env.migrations.strict);
+        let text = CONFIG.replace(
+            "[environments.colony-dev.images.backend]",
+            "alembic_command = \"uv run --no-sync alembic\"\n\
+             [environments.colony-dev.migrations]\n\
+             strict = true\n\
+             disabled_rules = [\"ban-drop-column\"]\n\
+             enabled_rules = [\"prefer-text-field\"]\n\
+             [environments.colony-dev.images.backend]",
+        );
+        let parse = |text: &str| {
+            resolve(
+                text,
+                Path::new("/repo/deploy.toml"),
+                None,
+                &EnvOverrides::default(),
+                None,
+            )
+        };
+        let env = parse(&text).unwrap();
+        assert_eq!(
+            env.migrations.preview_command,
+            ["uv", "run", "--no-sync", "alembic"]
+        );
+        assert!(env.migrations.strict);
+        assert_eq!(env.migrations.rules.disabled.len(), 1);
+        assert_eq!(env.migrations.rules.enabled.len(), 1);
+        let (message, code) = error_of(parse(&text.replace("ban-drop-column", "ban-drop-colum")));
+        assert_eq!(code, 2);
+        assert!(
+            message.contains("migrations.disabled_rules: unknown Squawk rule \"ban-drop-colum\"")
+                && message.contains("(from deploy.toml)"),
+            "{message}"
+        );
     }
 
     #[test]

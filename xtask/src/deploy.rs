@@ -19,6 +19,7 @@ use crate::plan::{
 };
 use crate::registry::{self, RegistryClient};
 use crate::rollout::{self, Assessment};
+use crate::sql_preview::{self, Preview};
 use crate::{backup, docker, git, helm, inputs, kube, process, release, schema, verify, versions};
 
 pub fn run(args: DeployArgs) -> Result<()> {
@@ -33,6 +34,7 @@ pub fn run(args: DeployArgs) -> Result<()> {
         force: args.force,
         skip_build: args.skip_build,
         no_backup: args.no_backup,
+        strict_migrations: args.strict_migrations,
     };
     if !args.dry_run {
         // Local problems first: they need no cluster to refuse.
@@ -137,7 +139,13 @@ pub fn gather_facts(sh: &Shell, env: &Environment) -> DeployFacts {
     std::thread::scope(|scope| {
         // The cluster's reads are the longest chain (an `alembic current`
         // in a pod): they start first; git, Docker and the registry overlap.
-        let cluster = scope.spawn(|| cluster_facts(env));
+        // The SQL preview needs the database's revision: it follows the
+        // cluster's reads in the same thread.
+        let cluster = scope.spawn(|| {
+            let cluster = cluster_facts(env);
+            let migrations = migrations_preview(env, &cluster);
+            (cluster, migrations)
+        });
         let helm = scope.spawn(|| helm::detect_version(&Shell::new().ok()?));
         let daemon = scope.spawn(docker::registry_view_blocking);
         let commit = git::head(sh, &env.root);
@@ -191,6 +199,7 @@ pub fn gather_facts(sh: &Shell, env: &Environment) -> DeployFacts {
             })
             .collect();
         let chart_exists = env.root.join(&env.chart).join("Chart.yaml").is_file();
+        let (cluster, migrations) = cluster.join().expect("cluster reader panicked");
         DeployFacts {
             commit: commit.clone(),
             images,
@@ -203,11 +212,30 @@ pub fn gather_facts(sh: &Shell, env: &Environment) -> DeployFacts {
             } else {
                 Err("no chart".into())
             },
-            cluster: cluster.join().expect("cluster reader panicked"),
+            cluster,
+            migrations,
             external_database: std::env::var_os("DATABASE_URL").is_some(),
             docker: daemon.as_ref().map(|_| ()).map_err(Clone::clone),
         }
     })
+}
+
+/// The pending migrations' SQL, from the database's revision to the
+/// checkout's head.
+fn migrations_preview(env: &Environment, cluster: &Result<ClusterFacts, String>) -> Preview {
+    let database = match cluster {
+        Ok(cluster) => cluster.database.clone(),
+        Err(_) => schema::DatabaseRevision::Unknown {
+            why: "the cluster could not be read".into(),
+        },
+    };
+    match versions::load_graph(env).and_then(|graph| {
+        let head = graph.head().map_err(|e| e.to_string())?.to_string();
+        Ok((graph, head))
+    }) {
+        Ok((graph, head)) => sql_preview::gather(env, &graph, &head, &database),
+        Err(why) => Preview::Unavailable { why },
+    }
 }
 
 /// The cluster's side of the facts. The context must be the environment's

@@ -17,6 +17,8 @@ mod helm;
 mod images;
 mod inputs;
 mod kube;
+mod migration_lint;
+mod migrations;
 mod names;
 mod plan;
 mod process;
@@ -27,6 +29,7 @@ mod rollback;
 mod rollback_plan;
 mod rollout;
 mod schema;
+mod sql_preview;
 mod stages;
 mod status;
 mod verify;
@@ -45,6 +48,7 @@ fn main() {
         Command::Backup(args) => backup::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Rollback(args) => rollback::run(args),
+        Command::Migrations(args) => migrations::run(args),
         Command::Status(args) => status::run(args),
         Command::Doctor(args) => doctor::run(args),
     };

@@ -14,6 +14,7 @@ use crate::helm::{self, DeployRecord, HelmVersion, PinnedImage};
 use crate::kube;
 use crate::release::Current;
 use crate::schema::DatabaseRevision;
+use crate::sql_preview::Preview;
 use crate::versions;
 
 /// What was learned before planning, all read-only: the checkout, the
@@ -35,6 +36,8 @@ pub struct DeployFacts {
     pub external_database: bool,
     /// The Docker daemon answers (needed when an image must be built), or why not.
     pub docker: Result<(), String>,
+    /// The SQL the pending migrations run, rendered offline and linted.
+    pub migrations: Preview,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +70,8 @@ pub struct DeployOptions {
     pub force: bool,
     pub skip_build: bool,
     pub no_backup: bool,
+    /// Squawk's findings refuse the deploy (`--strict-migrations`).
+    pub strict_migrations: bool,
 }
 
 /// A plan: facts shown, what blocks it, its decision, and its steps.
@@ -84,6 +89,9 @@ pub struct Plan {
     pub reason: String,
     /// What happens to the database schema, line by line.
     pub schema: Vec<String>,
+    /// A deploy's pending migrations: their SQL and Squawk's findings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<Preview>,
     pub steps: Vec<Step>,
 }
 
@@ -227,6 +235,7 @@ pub fn deploy_plan(
         decision: decision.into(),
         reason,
         schema,
+        migrations: Some(facts.migrations.clone()),
         steps,
     };
     (plan, spec)
@@ -711,6 +720,10 @@ fn missing(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Ve
     if facts.helm.is_none() {
         missing.push("helm is not installed (`cargo xtask doctor`)".into());
     }
+    let findings = facts.migrations.findings();
+    if (options.strict_migrations || env.migrations.strict) && !findings.is_empty() {
+        missing.push(crate::sql_preview::strict_refusal(env, findings));
+    }
     missing
 }
 
@@ -752,6 +765,9 @@ impl Plan {
             for line in &self.schema {
                 let _ = writeln!(out, "  {line}");
             }
+        }
+        if let Some(migrations) = &self.migrations {
+            let _ = write!(out, "\nMigrations: {}", migrations.render());
         }
         for (number, step) in self.steps.iter().enumerate() {
             let _ = writeln!(out, "\n{}. {}", number + 1, step.title);
@@ -943,6 +959,9 @@ mod tests {
             }),
             external_database: false,
             docker: Ok(()),
+            migrations: Preview::NoMigrations {
+                head: "0002_activity_and_comments".into(),
+            },
         }
     }
 

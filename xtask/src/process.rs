@@ -43,7 +43,19 @@ fn cannot_start(argv: &[String]) -> String {
 
 /// Runs `argv` to the end, capturing stdout and stderr apart.
 pub fn capture(argv: &[String]) -> Result<Output> {
-    let handle = expression(argv)
+    capture_expression(argv, expression(argv))
+}
+
+/// `capture`, in directory `dir` with `vars` added to the environment.
+pub fn capture_in(argv: &[String], dir: &std::path::Path, vars: &[(&str, &str)]) -> Result<Output> {
+    let expression = vars
+        .iter()
+        .fold(expression(argv).dir(dir), |e, (k, v)| e.env(k, v));
+    capture_expression(argv, expression)
+}
+
+fn capture_expression(argv: &[String], expression: duct::Expression) -> Result<Output> {
+    let handle = expression
         .stdout_capture()
         .stderr_capture()
         .start()

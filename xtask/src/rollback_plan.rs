@@ -179,6 +179,7 @@ fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<D
                 m => format!("drop {id}: {m}"),
             })
             .collect(),
+        migrations: None,
         steps,
     };
     Ok(Decision::Rollback(Box::new((plan, spec))))

@@ -1131,3 +1131,208 @@ fn an_interrupt_while_the_rollback_watches_stops_at_once_and_can_be_continued() 
     let verify = stack.xtask(&["verify"]);
     assert_eq!(verify.code, 0, "{}", verify.all());
 }
+
+/// A revision that adds a NOT NULL column without a default and builds an
+/// index without CONCURRENTLY: both lock or fail on a busy table.
+const RISKY_UPGRADE: &str =
+    "    op.add_column(\"chores\", sa.Column(\"points\", sa.Integer(), nullable=False))\n    \
+                             op.create_index(\"ix_chores_points\", \"chores\", [\"points\"])";
+
+fn plan_json(stack: &Stack) -> serde_json::Value {
+    let planned = stack.xtask(&["deploy", "colony-dev", "--dry-run", "--json"]);
+    assert_eq!(planned.code, 0, "{}", planned.all());
+    serde_json::from_str(&planned.stdout).unwrap()
+}
+
+#[test]
+fn risky_migrations_are_shown_before_the_prompt_and_refused_when_strict() {
+    let stack = Stack::new(None);
+    // Nothing installed yet: the database's revision is unknown.
+    let first = stack.xtask(&["deploy", "colony-dev", "--dry-run"]);
+    assert!(
+        first
+            .stdout
+            .contains("Migrations: no SQL preview: the database's revision is unknown (no ready backend pod to ask); `cargo xtask migrations --from REV`"),
+        "{}",
+        first.stdout
+    );
+    assert_eq!(deploy(&stack).code, 0);
+    let current = stack.xtask(&["deploy", "colony-dev", "--dry-run"]);
+    assert!(
+        current.stdout.contains(
+            "Migrations: no migrations: the database is at 0002_activity_and_comments already"
+        ),
+        "{}",
+        current.stdout
+    );
+    stack.commit_revision(
+        "0003_chore_points",
+        "0002_activity_and_comments",
+        "Points per chore.",
+        RISKY_UPGRADE,
+    );
+
+    let calls = stack.calls().len();
+    let plan = plan_json(&stack);
+    let migrations = &plan["migrations"];
+    assert_eq!(migrations["state"], "upgrade", "{migrations:#}");
+    assert_eq!(migrations["from"], "0002_activity_and_comments");
+    assert_eq!(migrations["revisions"][0]["id"], "0003_chore_points");
+    assert_eq!(migrations["revisions"][0]["message"], "Points per chore.");
+    let sql = migrations["revisions"][0]["sql"].as_str().unwrap();
+    assert!(
+        sql.contains("ALTER TABLE chores ADD COLUMN points INTEGER NOT NULL;"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("CREATE INDEX ix_chores_points ON chores (points);"),
+        "{sql}"
+    );
+    let findings = migrations["findings"].as_array().unwrap();
+    let rules: Vec<&str> = findings
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rules,
+        ["adding-required-field", "require-concurrent-index-creation"]
+    );
+    assert!(findings
+        .iter()
+        .all(|f| f["revision"] == "0003_chore_points" && f["safer"].is_string()));
+    let text = stack.xtask(&["deploy", "colony-dev", "--dry-run"]);
+    for expected in [
+        "alembic -c alembic.ini upgrade 0002_activity_and_comments:0003_chore_points --sql",
+        "    ALTER TABLE chores ADD COLUMN points INTEGER NOT NULL;",
+        "! adding-required-field (0003_chore_points): fails on a table with rows",
+        "! require-concurrent-index-creation (0003_chore_points): takes a lock",
+        "postgresql_concurrently=True",
+    ] {
+        assert!(
+            text.stdout.contains(expected),
+            "{expected}:\n{}",
+            text.stdout
+        );
+    }
+    assert_no_mutating_call(&stack.calls_since(calls));
+
+    // Strict: refused with nothing changed.
+    let (backups, revisions, calls) =
+        (stack.backups(), stack.helm_revisions(), stack.calls().len());
+    let strict = stack.xtask(&["deploy", "colony-dev", "--yes", "--strict-migrations"]);
+    assert_eq!(strict.code, 2, "{}", strict.all());
+    assert!(
+        strict.stderr.contains(
+            "strict migrations: Squawk found 2 risk(s) in the migrations' SQL (adding-required-field in \
+             0003_chore_points, require-concurrent-index-creation in 0003_chore_points)"
+        ),
+        "{}",
+        strict.stderr
+    );
+    assert_no_mutating_call(&stack.calls_since(calls));
+    assert_eq!(
+        (stack.backups(), stack.helm_revisions()),
+        (backups, revisions)
+    );
+    let check = stack.xtask(&["migrations", "--strict"]);
+    assert_eq!(check.code, 2, "{}", check.all());
+    assert!(
+        check
+            .stdout
+            .contains("database: 0002_activity_and_comments, from a backend pod"),
+        "{}",
+        check.stdout
+    );
+
+    // Without it: the findings come before the steps, and the deploy runs.
+    let run = deploy(&stack);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let finding = run
+        .stdout
+        .find("! adding-required-field")
+        .expect("findings shown");
+    let helm = run.stdout.find("helm upgrade").expect("the helm step");
+    assert!(finding < helm, "{}", run.stdout);
+    assert_eq!(
+        stack.psql("SELECT is_nullable FROM information_schema.columns WHERE table_name = 'chores' AND column_name = 'points'"),
+        "NO"
+    );
+}
+
+#[test]
+fn a_clean_revision_shows_no_findings_and_a_query_without_offline_sql_still_deploys() {
+    let stack = Stack::new(None);
+    stack.commit_baseline_era();
+    assert_eq!(deploy(&stack).code, 0);
+    stack.repo.git(&["revert", "--no-edit", "HEAD"]);
+    stack.commit_revision(
+        "0003_count_chores",
+        "0002_activity_and_comments",
+        "Count the chores.",
+        "    total = op.get_bind().execute(sa.text(\"SELECT count(*) FROM chores\")).scalar()\n    \
+         op.execute(f\"COMMENT ON TABLE chores IS 'chores at migration: {int(total)}'\")",
+    );
+
+    let plan = plan_json(&stack);
+    let migrations = &plan["migrations"];
+    assert_eq!(migrations["from"], "0001_baseline", "{migrations:#}");
+    let revisions = migrations["revisions"].as_array().unwrap();
+    assert_eq!(revisions[0]["id"], "0002_activity_and_comments");
+    assert!(revisions[0]["sql"]
+        .as_str()
+        .unwrap()
+        .contains("CREATE TABLE activity_log ("));
+    assert_eq!(revisions[1]["id"], "0003_count_chores");
+    assert!(revisions[1]["sql"].is_null());
+    assert!(
+        revisions[1]["no_preview"]
+            .as_str()
+            .unwrap()
+            .starts_with("AttributeError: 'NoneType' object has no attribute"),
+        "{revisions:#?}"
+    );
+    assert_eq!(migrations["findings"], serde_json::json!([]));
+
+    // `migrations` shows the same, from the pod's revision or from --from.
+    let preview = stack.xtask(&["migrations"]);
+    assert_eq!(preview.code, 0, "{}", preview.all());
+    for expected in [
+        "database: 0001_baseline, from a backend pod of homelab/colony-dev",
+        "  0002_activity_and_comments: Activity log and comments on chores.",
+        "    CREATE TABLE comments (",
+        "    no SQL preview for 0003_count_chores: AttributeError:",
+        "  no findings from Squawk's rules",
+    ] {
+        assert!(
+            preview.stdout.contains(expected),
+            "{expected}:\n{}",
+            preview.stdout
+        );
+    }
+    let from_base = stack.xtask(&["migrations", "--from", "base", "--json"]);
+    assert_eq!(from_base.code, 0, "{}", from_base.all());
+    let report: serde_json::Value = serde_json::from_str(&from_base.stdout).unwrap();
+    assert_eq!(
+        report["migrations"]["revisions"].as_array().unwrap().len(),
+        3
+    );
+    let unknown = stack.xtask(&["migrations", "--from", "0009_nope"]);
+    assert_eq!(unknown.code, 2);
+    assert!(
+        unknown.stderr.contains("no such revision (known: base, "),
+        "{}",
+        unknown.stderr
+    );
+
+    let run = deploy(&stack);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stdout.contains("no SQL preview for 0003_count_chores"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        stack.psql("SELECT version_num FROM alembic_version"),
+        "0003_count_chores"
+    );
+}

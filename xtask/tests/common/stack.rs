@@ -54,9 +54,12 @@ impl Stack {
     /// The environment every process of the stack runs with.
     pub fn env(&self) -> Vec<(String, String)> {
         let bed = TestBed::get();
+        // The deploying machine has Alembic (the SQL preview runs it
+        // offline), as the runbook's authoring section assumes.
         let path = format!(
-            "{}:{}",
+            "{}:{}:{}",
             self.sim.bin_dir().display(),
+            bed.venv.join("bin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
         let mut env = vec![
@@ -270,6 +273,21 @@ impl Stack {
             "backend/alembic/versions/0002_activity_and_comments.py",
         ]);
         self.repo.git(&["commit", "-q", "-m", "baseline era"]);
+    }
+
+    /// Commits a new Alembic revision `id` (down from `down`) whose
+    /// `upgrade()` body is `body`.
+    pub fn commit_revision(&self, id: &str, down: &str, message: &str, body: &str) {
+        let script = format!(
+            "\"\"\"{message}\n\nRevision ID: {id}\nRevises: {down}\n\"\"\"\n\
+             import sqlalchemy as sa\nfrom alembic import op\n\n\
+             revision = \"{id}\"\ndown_revision = \"{down}\"\n\n\n\
+             def upgrade() -> None:\n{body}\n\n\ndef downgrade() -> None:\n    pass\n"
+        );
+        let path = format!("backend/alembic/versions/{id}.py");
+        std::fs::write(self.repo.root().join(&path), script).unwrap();
+        self.repo.git(&["add", &path]);
+        self.repo.git(&["commit", "-q", "-m", message]);
     }
 
     /// Backup files written so far.

@@ -61,11 +61,26 @@ install_packages() {
   command -v shellcheck >/dev/null || missing+=(shellcheck)
   command -v curl >/dev/null || missing+=(curl)
   command -v htpasswd >/dev/null || missing+=(apache2-utils)
+  command -v musl-gcc >/dev/null || missing+=(musl-tools)
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+# The musl target, for a run-migrations that runs in any Linux image (ring
+# builds C with musl-gcc). If rustup cannot fetch it, the tool builds a
+# static glibc binary instead; say so and go on.
+install_musl_target() {
+  local target
+  target="$(uname -m)-unknown-linux-musl"
+  rustup target list --installed 2>/dev/null | grep -qx "$target" && return
+  log "adding the Rust target $target (rustup target add)"
+  if ! timeout 300 rustup target add "$target" >/dev/null 2>&1; then
+    log "could not add $target: run-migrations will be linked statically against glibc instead" \
+      "(run \`rustup target add $target\` where static.rust-lang.org is reachable for the musl build)"
   fi
 }
 
@@ -282,6 +297,7 @@ up() {
   mkdir -p "$BED_DIR"
   install_packages
   install_kube_tools
+  install_musl_target
   install_python
   install_policy_tools
   add_hosts

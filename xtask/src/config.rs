@@ -15,6 +15,7 @@ use crate::cli::EnvOverrides;
 use crate::error::input_error;
 use crate::migration_lint::{self, RuleChoice};
 use crate::names;
+use crate::runner_binary::Platform;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +77,7 @@ struct ImageEntry {
     build_args: BTreeMap<String, String>,
     #[serde(default)]
     also_tag_latest: bool,
+    platform: Option<String>,
 }
 
 /// One environment, resolved and validated.
@@ -133,6 +135,8 @@ pub struct Image {
     pub reference: String,
     pub build_args: BTreeMap<String, String>,
     pub also_tag_latest: bool,
+    /// The platform to build for (`linux/arm64`); None: the daemon's own.
+    pub platform: Option<Platform>,
 }
 
 impl Environment {
@@ -159,7 +163,6 @@ impl Environment {
         }
     }
 
-    #[cfg(test)]
     pub fn image(&self, component: &str) -> &Image {
         self.images
             .iter()
@@ -322,6 +325,21 @@ fn resolve(
             Err(problem) => problems.push(format!("{problem} (from {file_name})")),
         }
     }
+    for (image, entry) in env
+        .images
+        .iter_mut()
+        .zip([&entry.images.backend, &entry.images.frontend])
+    {
+        if let Some(text) = &entry.platform {
+            match Platform::parse(text) {
+                Ok(platform) => image.platform = Some(platform),
+                Err(problem) => problems.push(format!(
+                    "images.{}.platform: {problem} (from {file_name})",
+                    image.component
+                )),
+            }
+        }
+    }
     env.migrations =
         migration_settings(&entry.migrations, &env.alembic_command).unwrap_or_else(|found| {
             problems.extend(found.into_iter().map(|p| format!("{p} (from {file_name})")));
@@ -355,6 +373,7 @@ fn image(component: &'static str, entry: &ImageEntry, registry: &str) -> Image {
         reference: format!("{}/{repository}", registry.trim_end_matches('/')),
         build_args: entry.build_args.clone(),
         also_tag_latest: entry.also_tag_latest,
+        platform: None,
     }
 }
 

@@ -62,11 +62,25 @@ fn walk(
     Ok(())
 }
 
-/// A tar of `files` (relative to `root`), streamed; `sent` counts the bytes
-/// that left.
+/// A file the tool adds to a context under a name of its own.
+pub struct Extra {
+    pub name: PathBuf,
+    pub source: ExtraSource,
+    /// Unix mode in the tar header (the legacy builder has no `COPY --chmod`).
+    pub mode: u32,
+}
+
+pub enum ExtraSource {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+/// A tar of `files` (relative to `root`) then `extras`, streamed; `sent`
+/// counts the bytes that left.
 pub fn tar_stream(
     root: PathBuf,
     files: Vec<PathBuf>,
+    extras: Vec<Extra>,
     sent: Arc<AtomicU64>,
 ) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
     let (sender, receiver) = mpsc::channel(CHANNEL_CHUNKS);
@@ -76,7 +90,7 @@ pub fn tar_stream(
             buffer: Vec::with_capacity(CHUNK_SIZE),
             sent,
         };
-        if let Err(e) = write_tar(writer, &root, &files) {
+        if let Err(e) = write_tar(writer, &root, &files, &extras) {
             let _ = sender.blocking_send(Err(e));
         }
     });
@@ -87,12 +101,34 @@ pub fn tar_stream(
 
 /// Deterministic headers (fixed mtime, uid 0), so an unchanged tree gives
 /// the daemon the same layer cache keys on every machine.
-fn write_tar(writer: ChannelWriter, root: &Path, files: &[PathBuf]) -> io::Result<()> {
+fn write_tar(
+    writer: ChannelWriter,
+    root: &Path,
+    files: &[PathBuf],
+    extras: &[Extra],
+) -> io::Result<()> {
     let mut tar = tar::Builder::new(writer);
     tar.follow_symlinks(false);
     tar.mode(tar::HeaderMode::Deterministic);
     for file in files {
         tar.append_path_with_name(root.join(file), file)?;
+    }
+    for extra in extras {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(extra.mode);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        match &extra.source {
+            ExtraSource::Bytes(bytes) => {
+                header.set_size(bytes.len() as u64);
+                tar.append_data(&mut header, &extra.name, bytes.as_slice())?;
+            }
+            ExtraSource::File(path) => {
+                let file = std::fs::File::open(path)?;
+                header.set_size(file.metadata()?.len());
+                tar.append_data(&mut header, &extra.name, file)?;
+            }
+        }
     }
     let mut writer = tar.into_inner()?;
     writer.flush()

@@ -20,7 +20,10 @@ use crate::plan::{
 use crate::registry::{self, RegistryClient};
 use crate::rollout::{self, Assessment};
 use crate::sql_preview::{self, Preview};
-use crate::{backup, docker, git, helm, inputs, kube, process, release, schema, verify, versions};
+use crate::{
+    backup, docker, git, helm, inputs, kube, process, release, runner_binary, schema, verify,
+    versions,
+};
 
 pub fn run(args: DeployArgs) -> Result<()> {
     let started = Instant::now();
@@ -41,7 +44,7 @@ pub fn run(args: DeployArgs) -> Result<()> {
         env.require_values_files()?;
     }
     let sh = Shell::new()?;
-    let facts = gather_facts(&sh, &env);
+    let facts = gather_facts(&sh, &env, args.migrations_binary.as_deref());
     let (plan, spec) = plan::deploy_plan(&env, &facts, options);
     if args.dry_run {
         return plan.show(true, args.json);
@@ -69,8 +72,8 @@ pub fn run(args: DeployArgs) -> Result<()> {
         spec: &spec,
         observed: facts.cluster.as_ref().ok().and_then(|c| c.observed.clone()),
         skip_build: args.skip_build,
-        migrations_binary: args.migrations_binary.clone(),
         verbose: args.verbose,
+        collector: std::sync::Mutex::new(None),
     };
     process::install_interrupts()?;
     let mut summary = match runtime.block_on(execution.run(&plan)) {
@@ -135,7 +138,11 @@ fn confirm(env: &Environment, facts: &DeployFacts, yes: bool) -> Result<()> {
 /// registry's digests, the chart and values, the release and its record,
 /// the database's revision. Reads only; independent reads run at once.
 /// A fact that cannot be read is recorded as such (the plan lists it).
-pub fn gather_facts(sh: &Shell, env: &Environment) -> DeployFacts {
+pub fn gather_facts(
+    sh: &Shell,
+    env: &Environment,
+    migrations_binary: Option<&std::path::Path>,
+) -> DeployFacts {
     std::thread::scope(|scope| {
         // The cluster's reads are the longest chain (an `alembic current`
         // in a pod): they start first; git, Docker and the registry overlap.
@@ -200,6 +207,11 @@ pub fn gather_facts(sh: &Shell, env: &Environment) -> DeployFacts {
             .collect();
         let chart_exists = env.root.join(&env.chart).join("Chart.yaml").is_file();
         let (cluster, migrations) = cluster.join().expect("cluster reader panicked");
+        let runner = runner_binary::decide(
+            env.image("backend").platform.as_ref(),
+            daemon.as_ref().ok().and_then(|d| d.platform.as_ref()),
+            migrations_binary,
+        );
         DeployFacts {
             commit: commit.clone(),
             images,
@@ -214,6 +226,7 @@ pub fn gather_facts(sh: &Shell, env: &Environment) -> DeployFacts {
             },
             cluster,
             migrations,
+            runner,
             external_database: std::env::var_os("DATABASE_URL").is_some(),
             docker: daemon.as_ref().map(|_| ()).map_err(Clone::clone),
         }
@@ -302,8 +315,10 @@ struct Execution<'a> {
     /// Verify's reads from the facts phase: current only while Helm has not run.
     observed: Option<verify::Facts>,
     skip_build: bool,
-    migrations_binary: Option<std::path::PathBuf>,
     verbose: bool,
+    /// Verify's reads, made while the rollout is watched (Helm's watch,
+    /// then ours), taken by the verify step.
+    collector: std::sync::Mutex<Option<verify::Collector>>,
 }
 
 /// What the steps so far produced.
@@ -392,7 +407,7 @@ impl Execution<'_> {
                         Stage::Push
                     },
                     jobs: 2,
-                    migrations_binary: self.migrations_binary.clone(),
+                    runner: self.spec.runner.clone(),
                 };
                 let reports = images::run(env, &self.spec.tags, &options).await.context(
                     "the image stage failed, so Helm was not run and the cluster is unchanged",
@@ -415,12 +430,25 @@ impl Execution<'_> {
                     &self.record(done),
                     self.spec.helm_major,
                 );
-                run_helm_watching_rollout(env, &argv, self.verbose).await?;
+                let collector = run_helm_watching_rollout(env, &argv, self.verbose).await?;
+                *self.collector.lock().expect("collector lock") = Some(collector);
                 Ok(Output::HelmRevision(self.spec.revision_before + 1))
             }
             StepKind::Rollout => {
                 let mut progress = rollout::Progress::new(env);
-                match rollout::watch(env, 0, false, env_timeout(env), |b| progress.show(b)).await? {
+                let mut collector = self
+                    .collector
+                    .lock()
+                    .expect("collector lock")
+                    .take()
+                    .unwrap_or_else(|| verify::Collector::new(env, 0));
+                let assessment = rollout::watch(env, 0, false, env_timeout(env), |b| {
+                    progress.show(b);
+                    collector.observe(b);
+                })
+                .await?;
+                *self.collector.lock().expect("collector lock") = Some(collector);
+                match assessment {
                     Assessment::Complete => Ok(Output::Nothing),
                     Assessment::Failed { pod, problem } => {
                         bail!("{}", rollout::explain_failure(env, &pod, &problem))
@@ -433,13 +461,15 @@ impl Execution<'_> {
                 let expectation = self.expectation(done);
                 let unchanged = done.helm_revision == self.spec.revision_before;
                 let observed = self.observed.clone().filter(|_| unchanged);
+                let collected = self.collector.lock().expect("collector lock").take();
                 let (facts, checks) = tokio::task::spawn_blocking(move || -> Result<_> {
-                    let facts = match observed {
-                        Some(observed) => verify::Facts {
+                    let facts = match (observed, collected) {
+                        (Some(observed), _) => verify::Facts {
                             expected: expectation,
                             ..observed
                         },
-                        None => verify::gather(&env, expectation)?,
+                        (None, Some(collected)) => collected.finish(expectation)?,
+                        (None, None) => verify::gather(&env, expectation)?,
                     };
                     let checks = verify::evaluate(&env, &facts);
                     Ok((facts, checks))
@@ -631,11 +661,13 @@ impl Summary {
 /// Runs `helm upgrade --install` and watches the newest ReplicaSet at the
 /// same time: a pod that will not recover stops Helm (SIGTERM, so it can
 /// mark the release failed) and the deploy, within seconds.
+/// Runs Helm while our watch looks at the new pods (and starts verify's
+/// reads as they become possible); returns those reads.
 async fn run_helm_watching_rollout(
     env: &Environment,
     argv: &[String],
     verbose: bool,
-) -> Result<()> {
+) -> Result<verify::Collector> {
     let before = {
         let env = env.clone();
         tokio::task::spawn_blocking(move || Backend::read(&env))
@@ -653,29 +685,34 @@ async fn run_helm_watching_rollout(
     });
     tokio::pin!(helm);
     let mut progress = rollout::Progress::new(env);
-    let watch = rollout::watch(env, before, true, env_timeout(env), |backend| {
-        progress.show(backend)
-    });
-    tokio::pin!(watch);
-    let (code, said) = tokio::select! {
-        finished = &mut helm => finished?,
-        // A watch that cannot read (an interrupted kubectl) stops watching,
-        // never Helm: Helm is waited for, so it can record the outcome.
-        assessment = &mut watch => match assessment.unwrap_or(Assessment::Waiting(String::new())) {
-            Assessment::Failed { pod, problem } => {
-                tokio::task::spawn_blocking(move || stopper.terminate(HELM_GRACE)).await?;
-                let (_, helm_said) = helm.await?;
-                let explanation = rollout::explain_failure(env, &pod, &problem);
-                bail!(
-                    "the rollout failed, so Helm was stopped:\n{explanation}\nhelm said:\n{}\n\
-                     The database is untouched unless the failing migration committed; `cargo xtask status {}` shows the release",
-                    indent(helm_said.trim()),
-                    env.name
-                );
-            }
-            // Complete (or timed out) before Helm returned: let Helm finish.
-            _ => helm.await?,
-        },
+    let mut collector = verify::Collector::new(env, before);
+    // The watch borrows the collector: it ends with this block.
+    let (code, said) = {
+        let watch = rollout::watch(env, before, true, env_timeout(env), |backend| {
+            progress.show(backend);
+            collector.observe(backend);
+        });
+        tokio::pin!(watch);
+        tokio::select! {
+            finished = &mut helm => finished?,
+            // A watch that cannot read (an interrupted kubectl) stops watching,
+            // never Helm: Helm is waited for, so it can record the outcome.
+            assessment = &mut watch => match assessment.unwrap_or(Assessment::Waiting(String::new())) {
+                Assessment::Failed { pod, problem } => {
+                    tokio::task::spawn_blocking(move || stopper.terminate(HELM_GRACE)).await?;
+                    let (_, helm_said) = helm.await?;
+                    let explanation = rollout::explain_failure(env, &pod, &problem);
+                    bail!(
+                        "the rollout failed, so Helm was stopped:\n{explanation}\nhelm said:\n{}\n\
+                         The database is untouched unless the failing migration committed; `cargo xtask status {}` shows the release",
+                        indent(helm_said.trim()),
+                        env.name
+                    );
+                }
+                // Complete (or timed out) before Helm returned: let Helm finish.
+                _ => helm.await?,
+            },
+        }
     };
     let code = code?;
     if code != 0 {
@@ -688,7 +725,7 @@ async fn run_helm_watching_rollout(
     if !said.trim().is_empty() {
         eprintln!("{}", indent(said.trim()));
     }
-    Ok(())
+    Ok(collector)
 }
 
 /// Resolves when an interrupt has arrived.

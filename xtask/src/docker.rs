@@ -134,6 +134,12 @@ pub async fn registry_view(docker: &Docker) -> Result<crate::registry::DaemonVie
             .iter()
             .filter_map(|cidr| cidr.parse().ok())
             .collect(),
+        platform: match (info.os_type, info.architecture) {
+            (Some(os), Some(architecture)) => {
+                Some(crate::runner_binary::Platform::new(&os, &architecture))
+            }
+            _ => None,
+        },
     })
 }
 
@@ -182,6 +188,8 @@ pub struct BuildRequest<'a> {
     /// Relative to the context.
     pub dockerfile: &'a str,
     pub build_args: &'a HashMap<String, String>,
+    /// `linux/arm64`; None: the daemon's own platform.
+    pub platform: Option<&'a str>,
 }
 
 /// Builds from a streamed tar; returns the image id.
@@ -197,6 +205,7 @@ pub async fn build(
         .rm(true)
         .forcerm(true)
         .buildargs(request.build_args)
+        .platform(request.platform.unwrap_or_default())
         .build();
     let mut stream = docker.build_image(options, None, Some(bollard::body_try_stream(context)));
     let mut step = None;
@@ -343,15 +352,4 @@ pub async fn inspect(docker: &Docker, image: &str) -> Result<Option<ImageFacts>,
         }) => Ok(None),
         Err(e) => Err(format!("inspecting {image}: {e}")),
     }
-}
-
-/// The platform of this machine in Docker's words (`linux/amd64`).
-pub fn host_platform() -> (String, String) {
-    let architecture = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "arm" => "arm",
-        other => other,
-    };
-    (std::env::consts::OS.to_string(), architecture.to_string())
 }

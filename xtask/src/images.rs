@@ -16,13 +16,21 @@ use bollard::Docker;
 use tokio::sync::Semaphore;
 
 use crate::config::{Environment, Image};
+use crate::context::{Extra, ExtraSource};
 use crate::docker::{self, BuildEvent, BuildRequest};
 use crate::progress::{Line, Progress};
 use crate::registry::{self, Credential, RegistryClient};
+use crate::runner_binary::{self, RunnerPlan};
 use crate::{context, git};
 
 /// Where the init container finds the runner in the backend image.
 pub const MIGRATIONS_BINARY_IN_IMAGE: &str = "/usr/local/bin/run-migrations";
+
+/// The names the backend's build context gets for what the tool adds: the
+/// user's Dockerfile with one `COPY` appended, and the runner.
+const RESERVED_DIR: &str = ".colony-deploy";
+const RESERVED_DOCKERFILE: &str = ".colony-deploy/Dockerfile";
+const RESERVED_RUNNER: &str = ".colony-deploy/run-migrations";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -35,9 +43,9 @@ pub enum Stage {
 pub struct Options {
     pub stage: Stage,
     pub jobs: usize,
-    /// The run-migrations binary to layer into the backend image; None:
-    /// `cargo build --release` it from this workspace.
-    pub migrations_binary: Option<PathBuf>,
+    /// The run-migrations binary for the backend image, decided before any
+    /// build (`runner_binary::decide`); None when it is not built.
+    pub runner: Option<RunnerPlan>,
 }
 
 /// What happened to one image.
@@ -118,7 +126,7 @@ pub async fn run(
             credential: credential.clone(),
             access: access.clone(),
             stage: options.stage,
-            migrations_binary: options.migrations_binary.clone(),
+            runner: options.runner.clone(),
         };
         let jobs = jobs.clone();
         builds.spawn(async move {
@@ -175,7 +183,7 @@ struct BuildTask {
     credential: Option<Credential>,
     access: registry::Access,
     stage: Stage,
-    migrations_binary: Option<PathBuf>,
+    runner: Option<RunnerPlan>,
     line: Arc<Line>,
 }
 
@@ -219,11 +227,12 @@ impl BuildTask {
         let started = Instant::now();
         let target = format!("{}:{}", self.image.reference, self.tag);
         if self.image.component == "backend" {
-            let app = format!("colony-build/backend-app:{}", self.tag);
-            self.build_context(&app).await?;
-            self.layer_migrations(&app, &target).await?;
+            self.build_with_runner(&target).await?;
         } else {
-            self.build_context(&target).await?;
+            let dir = self.root.join(&self.image.context);
+            let dockerfile = self.image.dockerfile.to_string_lossy().replace('\\', "/");
+            self.build_dir(&dir, &dockerfile, Vec::new(), &target)
+                .await?;
         }
         if self.image.also_tag_latest {
             self.tag_latest(&target).await?;
@@ -251,32 +260,89 @@ impl BuildTask {
             .map_err(|e| e.to_string())?
     }
 
-    async fn build_context(&self, target: &str) -> Result<()> {
+    /// One build: the user's context (as its `.dockerignore` lets through),
+    /// plus the runner and the user's Dockerfile with a final `COPY` of it,
+    /// under reserved names. The `COPY` lands in the last stage, runs as the
+    /// builder (the user's `USER` stays in force for the container), and
+    /// the runner keeps the 0755 of its tar header.
+    async fn build_with_runner(&self, target: &str) -> Result<()> {
+        let plan = self
+            .runner
+            .clone()
+            .ok_or_else(|| anyhow!("no run-migrations binary was decided for the backend image"))?;
+        let line = self.line.clone();
+        let binary = tokio::task::spawn_blocking(move || {
+            runner_binary::obtain(&plan, &|message| line.log(message))
+        })
+        .await??;
         let dir = self.root.join(&self.image.context);
-        let dockerfile = self.image.dockerfile.clone();
-        self.build_dir(&dir, &dockerfile, target, &self.image.build_args)
+        let dockerfile = std::fs::read_to_string(dir.join(&self.image.dockerfile))
+            .with_context(|| format!("reading the backend Dockerfile in {}", dir.display()))?;
+        let extras = vec![
+            Extra {
+                name: RESERVED_DOCKERFILE.into(),
+                source: ExtraSource::Bytes(with_runner(&dockerfile).into_bytes()),
+                mode: 0o644,
+            },
+            Extra {
+                name: RESERVED_RUNNER.into(),
+                source: ExtraSource::File(binary),
+                mode: 0o755,
+            },
+        ];
+        self.build_dir(&dir, RESERVED_DOCKERFILE, extras, target)
+            .await?;
+        self.check_platform(target).await
+    }
+
+    /// The runner was chosen for the configured (or the daemon's) platform;
+    /// a base image of another one would make an image it cannot run in.
+    async fn check_platform(&self, target: &str) -> Result<()> {
+        let facts = docker::inspect(&self.docker, target)
             .await
+            .map_err(|e| anyhow!(e))?;
+        let Some(expected) = self.runner.as_ref().map(|r| &r.platform) else {
+            return Ok(());
+        };
+        match facts.filter(|f| !f.architecture.is_empty()) {
+            Some(f) if runner_binary::Platform::new(&f.os, &f.architecture) != *expected => bail!(
+                "the backend image came out {}/{} (its base image's platform), but run-migrations was made \
+                 for {expected}: set images.backend.platform = \"{}/{}\" in deploy.toml, so that the right \
+                 runner is chosen before the build",
+                f.os,
+                f.architecture,
+                f.os,
+                f.architecture
+            ),
+            _ => Ok(()),
+        }
     }
 
     async fn build_dir(
         &self,
         dir: &Path,
-        dockerfile: &Path,
+        dockerfile: &str,
+        extras: Vec<Extra>,
         target: &str,
-        args: &std::collections::BTreeMap<String, String>,
     ) -> Result<()> {
         let files = {
-            let (dir, dockerfile) = (dir.to_path_buf(), dockerfile.to_path_buf());
-            tokio::task::spawn_blocking(move || context::list_files(&dir, &dockerfile)).await??
+            let (dir, user_dockerfile) = (dir.to_path_buf(), self.image.dockerfile.clone());
+            tokio::task::spawn_blocking(move || context::list_files(&dir, &user_dockerfile))
+                .await??
+                .into_iter()
+                .filter(|f| !f.starts_with(RESERVED_DIR))
+                .collect()
         };
         let sent = Arc::new(AtomicU64::new(0));
-        let stream = context::tar_stream(dir.to_path_buf(), files, sent.clone());
-        let build_args: HashMap<String, String> = args.clone().into_iter().collect();
-        let dockerfile = dockerfile.to_string_lossy().replace('\\', "/");
+        let stream = context::tar_stream(dir.to_path_buf(), files, extras, sent.clone());
+        let build_args: HashMap<String, String> =
+            self.image.build_args.clone().into_iter().collect();
+        let platform = self.image.platform.as_ref().map(ToString::to_string);
         let request = BuildRequest {
             tag: target,
-            dockerfile: &dockerfile,
+            dockerfile,
             build_args: &build_args,
+            platform: platform.as_deref(),
         };
         let line = self.line.clone();
         self.line.log(&format!("building {target}"));
@@ -292,47 +358,6 @@ impl BuildTask {
         Ok(())
     }
 
-    /// `FROM <app image>` + `COPY run-migrations`: the application's own
-    /// Dockerfile stays untouched. The binary is built on this machine, so
-    /// the image must be of this machine's platform.
-    async fn layer_migrations(&self, app: &str, target: &str) -> Result<()> {
-        let facts = docker::inspect(&self.docker, app)
-            .await
-            .map_err(|e| anyhow!(e))?;
-        let (os, architecture) = docker::host_platform();
-        if let Some(facts) = facts.filter(|f| !f.os.is_empty()) {
-            if facts.os != os || facts.architecture != architecture {
-                bail!(
-                    "the backend image is {}/{} but run-migrations is built on this {os}/{architecture} machine and \
-                     could not run in it; build on a {}/{} machine (or set COLONY_RUN_MIGRATIONS_BIN to a binary for it)",
-                    facts.os, facts.architecture, facts.os, facts.architecture
-                );
-            }
-        }
-        let binary = match &self.migrations_binary {
-            Some(path) => path.clone(),
-            None => {
-                self.line
-                    .log("building run-migrations (cargo build --release)");
-                build_migrations_binary().await?
-            }
-        };
-        let layer = tempfile::tempdir()?;
-        std::fs::copy(&binary, layer.path().join("run-migrations"))
-            .with_context(|| format!("copying the run-migrations binary {}", binary.display()))?;
-        std::fs::write(
-            layer.path().join("Dockerfile"),
-            format!("FROM {app}\nCOPY run-migrations {MIGRATIONS_BINARY_IN_IMAGE}\n"),
-        )?;
-        self.build_dir(
-            layer.path(),
-            Path::new("Dockerfile"),
-            target,
-            &Default::default(),
-        )
-        .await
-    }
-
     async fn tag_latest(&self, target: &str) -> Result<()> {
         let options = bollard::query_parameters::TagImageOptionsBuilder::default()
             .repo(&self.image.reference)
@@ -345,49 +370,18 @@ impl BuildTask {
     }
 }
 
-/// `cargo build --release -p backend-migrations --bin run-migrations` in
-/// this workspace; returns the binary's path.
-async fn build_migrations_binary() -> Result<PathBuf> {
-    let workspace = crate::config::workspace_root();
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    let binary = target_dir.join("release/run-migrations");
-    if !binary.is_file() {
-        eprintln!("[run-migrations] compiling run-migrations (first deploy on this machine; a few minutes)");
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = workspace.join("Cargo.toml").display().to_string();
-    let argv: Vec<String> = [
-        cargo.as_str(),
-        "build",
-        "--release",
-        "--manifest-path",
-        &manifest,
-        "--package",
-        "backend-migrations",
-        "--bin",
-        "run-migrations",
-    ]
-    .map(String::from)
-    .to_vec();
-    // cargo's own progress lines, through the process layer, one per line.
-    let (code, lines) = tokio::task::spawn_blocking(move || {
-        crate::process::spawn(&argv)?.lines_collect(|line| {
-            if line.trim_start().starts_with("Compiling") || line.contains("error") {
-                eprintln!("[run-migrations] {}", line.trim());
-            }
-        })
-    })
-    .await
-    .context("running cargo to build run-migrations")??;
-    if code != 0 {
-        bail!(
-            "cargo build of run-migrations failed (exit {code}):\n{}",
-            lines.join("\n")
-        );
-    }
-    Ok(binary)
+/// The user's Dockerfile with the runner copied in at the end, so that it
+/// lands in the final stage. Pure.
+pub fn with_runner(dockerfile: &str) -> String {
+    let newline = if dockerfile.ends_with('\n') || dockerfile.is_empty() {
+        ""
+    } else {
+        "\n"
+    };
+    format!(
+        "{dockerfile}{newline}\n# Added by cargo xtask deploy: the runner of the run-migrations init container.\n\
+         COPY {RESERVED_RUNNER} {MIGRATIONS_BINARY_IN_IMAGE}\n"
+    )
 }
 
 /// `target`: the registry, its login and how it is reached.
@@ -538,6 +532,18 @@ pub fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_runner_is_copied_in_at_the_end_of_the_last_stage() {
+        let multi_stage = "FROM scratch AS base\nCOPY app /app\n\nFROM scratch\nCOPY --from=base /app /app\nUSER app";
+        let appended = with_runner(multi_stage);
+        assert!(appended.starts_with(multi_stage));
+        assert!(appended.ends_with(
+            "USER app\n\n# Added by cargo xtask deploy: the runner of the run-migrations init container.\n\
+             COPY .colony-deploy/run-migrations /usr/local/bin/run-migrations\n"
+        ));
+        assert!(with_runner("FROM scratch\n").starts_with("FROM scratch\n\n#"));
+    }
 
     #[test]
     fn repository_paths_drop_the_host() {

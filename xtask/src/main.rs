@@ -28,6 +28,7 @@ mod release;
 mod rollback;
 mod rollback_plan;
 mod rollout;
+mod runner_binary;
 mod schema;
 mod sql_preview;
 mod stages;

@@ -13,6 +13,7 @@ use crate::git::Commit;
 use crate::helm::{self, DeployRecord, HelmVersion, PinnedImage};
 use crate::kube;
 use crate::release::Current;
+use crate::runner_binary::RunnerPlan;
 use crate::schema::DatabaseRevision;
 use crate::sql_preview::Preview;
 use crate::versions;
@@ -38,6 +39,9 @@ pub struct DeployFacts {
     pub docker: Result<(), String>,
     /// The SQL the pending migrations run, rendered offline and linted.
     pub migrations: Preview,
+    /// The run-migrations binary for the backend image's platform, or why
+    /// none can be had (a refusal when the backend must be built).
+    pub runner: Result<RunnerPlan, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +189,8 @@ pub struct DeploySpec {
     /// The head verify expects: the new record's, or for a no-op the
     /// running revision's.
     pub verify_head: String,
+    /// The runner that goes into the backend image, when it is built.
+    pub runner: Option<RunnerPlan>,
 }
 
 const FAILURE_STATES: &str =
@@ -295,6 +301,7 @@ fn deploy_spec(
         revision_before: cluster
             .and_then(|c| c.release.as_ref())
             .map_or(0, |r| r.revision),
+        runner: facts.runner.clone().ok(),
     }
 }
 
@@ -478,10 +485,14 @@ fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> 
             let keys: Vec<&str> = image.build_args.keys().map(String::as_str).collect();
             items.push(note(format!("           build args: {}", keys.join(", "))));
         }
-        if image.component == "backend" {
-            items.push(note(
-                "           then layer the run-migrations binary on top (FROM that image, COPY run-migrations)",
-            ));
+        if let (true, Some(runner)) = (image.component == "backend", &spec.runner) {
+            items.push(note(format!(
+                "           one build, the Dockerfile with `COPY run-migrations` appended: {}",
+                runner.describe()
+            )));
+        }
+        if let Some(platform) = &image.platform {
+            items.push(note(format!("           for {platform}")));
         }
         if image.also_tag_latest {
             items.push(note(format!(
@@ -659,7 +670,13 @@ fn missing(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Ve
                 env.name
             ));
         }
-    } else if let (false, Err(why)) = (lacking.is_empty(), &facts.docker) {
+    } else if let (true, Err(why)) = (
+        lacking.iter().any(|i| i.component == "backend"),
+        &facts.runner,
+    ) {
+        missing.push(format!("the backend must be built, but {why}"));
+    }
+    if let (false, false, Err(why)) = (options.skip_build, lacking.is_empty(), &facts.docker) {
         missing.push(format!(
             "no Docker daemon to build {}: {why}",
             lacking
@@ -962,6 +979,10 @@ mod tests {
             migrations: Preview::NoMigrations {
                 head: "0002_activity_and_comments".into(),
             },
+            runner: Ok(RunnerPlan {
+                platform: crate::runner_binary::Platform::host(),
+                source: crate::runner_binary::Source::Prebuilt("/bin/run-migrations".into()),
+            }),
         }
     }
 
@@ -1091,6 +1112,25 @@ mod tests {
             plan.missing.iter().any(|m| m.contains("the database is at 0003_from_a_newer_build, which this checkout's migrations do not know")),
             "{:?}",
             plan.missing
+        );
+    }
+
+    #[test]
+    fn a_backend_without_a_runner_for_its_platform_is_refused_only_when_it_must_be_built() {
+        let mut facts = facts(at("0002_activity_and_comments"));
+        facts.runner = Err(
+            "the backend image is linux/arm64, and this linux/amd64 machine cannot build \
+                            run-migrations for it"
+                .into(),
+        );
+        // In the registry already: nothing to build, nothing refused.
+        assert!(planned(&facts, DeployOptions::default()).missing.is_empty());
+        facts.images[0].registry_digest = Ok(None);
+        let plan = planned(&facts, DeployOptions::default());
+        assert_eq!(
+            plan.missing,
+            ["the backend must be built, but the backend image is linux/arm64, and this linux/amd64 machine \
+              cannot build run-migrations for it"]
         );
     }
 

@@ -78,7 +78,14 @@ pub struct Running {
 
 /// Starts `argv`; read its lines with `lines`, stop it with `terminate`.
 pub fn spawn(argv: &[String]) -> Result<Running> {
-    let reader = expression(argv)
+    spawn_with(argv, &[])
+}
+
+/// `spawn` with `vars` added to the environment.
+pub fn spawn_with(argv: &[String], vars: &[(String, String)]) -> Result<Running> {
+    let reader = vars
+        .iter()
+        .fold(expression(argv), |e, (k, v)| e.env(k, v))
         .stderr_to_stdout()
         .reader()
         .with_context(|| cannot_start(argv))?;

@@ -23,6 +23,8 @@ pub fn host_of(reference: &str) -> &str {
 pub struct DaemonView {
     pub index_secure: HashMap<String, bool>,
     pub insecure_cidrs: Vec<IpNet>,
+    /// The platform it builds for when asked for none (`docker info`).
+    pub platform: Option<crate::runner_binary::Platform>,
 }
 
 /// How we reach a registry: as the daemon would.
@@ -57,6 +59,7 @@ pub fn decide_access(host: &str, daemon: Option<&DaemonView>, addresses: &[IpAdd
             default_view = DaemonView {
                 index_secure: HashMap::new(),
                 insecure_cidrs: vec!["127.0.0.0/8".parse().expect("a CIDR")],
+                platform: None,
             };
             (
                 &default_view,
@@ -438,6 +441,7 @@ mod tests {
         DaemonView {
             index_secure: named.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
             insecure_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            platform: None,
         }
     }
 

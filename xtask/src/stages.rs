@@ -4,7 +4,9 @@ use anyhow::Result;
 
 use crate::cli::ImageArgs;
 use crate::config;
+use crate::error::input_error;
 use crate::images::{self, Stage};
+use crate::{docker, runner_binary};
 
 pub fn build(args: ImageArgs) -> Result<()> {
     images_stage(args, Stage::Build)
@@ -16,15 +18,24 @@ pub fn push(args: ImageArgs) -> Result<()> {
 
 fn images_stage(args: ImageArgs, stage: Stage) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
+    images::check_contexts(&env)?;
+    // The runner is decided before any build: an image it cannot run in is
+    // refused here, with nothing built.
+    let daemon = docker::registry_view_blocking().ok();
+    let runner = runner_binary::decide(
+        env.image("backend").platform.as_ref(),
+        daemon.as_ref().and_then(|d| d.platform.as_ref()),
+        args.migrations_binary.as_deref(),
+    )
+    .map_err(|why| input_error(format!("cannot build the backend image: {why}")))?;
     let options = images::Options {
         stage,
         jobs: args.jobs.into(),
-        migrations_binary: args.migrations_binary,
+        runner: Some(runner),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    images::check_contexts(&env)?;
     let tags = images::tags(&env)?;
     let reports = runtime.block_on(images::run(&env, &tags, &options))?;
     if args.json {

@@ -6,6 +6,8 @@
 
 use std::fmt::Write as _;
 
+use std::collections::HashMap;
+
 use anyhow::Result;
 use serde_json::{json, Value};
 
@@ -188,7 +190,38 @@ pub fn gather(env: &Environment, expected: Expectation) -> Result<Facts> {
 
 /// Like `gather`, with the backend already read.
 pub fn gather_from(env: &Environment, expected: Expectation, backend: Backend) -> Result<Facts> {
-    let pod = choose_pod(&backend.pods).map(|p| cluster::name(p).to_string());
+    gather_with(env, expected, backend, Known::default())
+}
+
+/// Reads made earlier (during the rollout), by pod name: `alembic current`
+/// in one pod, and `run-migrations` logs.
+#[derive(Default)]
+pub struct Known {
+    pub alembic_current: Option<(String, cluster::Output)>,
+    pub logs: HashMap<String, cluster::Output>,
+}
+
+/// `gather_from`, reusing what `known` already holds for the pods that are
+/// still the newest ReplicaSet's; only the rest is read now.
+fn gather_with(
+    env: &Environment,
+    expected: Expectation,
+    backend: Backend,
+    mut known: Known,
+) -> Result<Facts> {
+    let ready_known = known
+        .alembic_current
+        .as_ref()
+        .map(|(name, _)| name.clone())
+        .filter(|name| {
+            backend
+                .pods
+                .iter()
+                .any(|p| cluster::name(p) == name && cluster::pod_ready(p))
+        });
+    let pod = ready_known
+        .clone()
+        .or_else(|| choose_pod(&backend.pods).map(|p| cluster::name(p).to_string()));
     let running = pod.as_ref().is_some_and(|name| {
         backend
             .pods
@@ -204,16 +237,29 @@ pub fn gather_from(env: &Environment, expected: Expectation, backend: Backend) -
             .filter(|n| Some(n) != pod.as_ref()),
     );
     names.truncate(MAX_LOGS);
+    let early_current = match (&ready_known, known.alembic_current.take()) {
+        (Some(_), Some((_, output))) => Some(output),
+        _ => None,
+    };
     // `alembic current` (a Python start-up) and the log reads are
     // independent: run them at once.
     let (alembic_current, migrations_logs) = std::thread::scope(|scope| -> Result<_> {
-        let current = scope.spawn(|| match (&pod, running) {
-            (Some(name), true) => cluster::run(&kube::alembic_current_args(env, name)).map(Some),
+        let current = scope.spawn(|| match (early_current, &pod, running) {
+            (Some(output), _, _) => Ok(Some(output)),
+            (None, Some(name), true) => {
+                cluster::run(&kube::alembic_current_args(env, name)).map(Some)
+            }
             _ => Ok(None),
         });
         let logs: Vec<_> = names
             .iter()
-            .map(|name| scope.spawn(move || cluster::run(&kube::migrations_log_args(env, name))))
+            .map(|name| {
+                let early = known.logs.remove(name);
+                scope.spawn(move || match early {
+                    Some(output) => Ok(output),
+                    None => cluster::run(&kube::migrations_log_args(env, name)),
+                })
+            })
             .collect();
         let mut migrations_logs = Vec::new();
         for (name, log) in names.iter().zip(logs) {
@@ -232,6 +278,90 @@ pub fn gather_from(env: &Environment, expected: Expectation, backend: Backend) -
         alembic_current,
         migrations_logs,
     })
+}
+
+/// Verify's reads, made while the rollout is watched: each new pod's
+/// `run-migrations` log as soon as its init container has succeeded, and
+/// `alembic current` as soon as the first new pod is ready (every
+/// migration has run by then: a pod is ready only after its init
+/// container). The watch's last look is the backend verify checks.
+pub struct Collector {
+    env: Environment,
+    /// The newest ReplicaSet revision before the deploy: older pods are
+    /// not collected.
+    before: u64,
+    current: Option<(String, Reading)>,
+    logs: HashMap<String, Reading>,
+    last: Option<Backend>,
+}
+
+type Reading = std::thread::JoinHandle<Result<cluster::Output>>;
+
+impl Collector {
+    pub fn new(env: &Environment, before: u64) -> Collector {
+        Collector {
+            env: env.clone(),
+            before,
+            current: None,
+            logs: HashMap::new(),
+            last: None,
+        }
+    }
+
+    /// One look of the watch: start the reads that became possible.
+    pub fn observe(&mut self, backend: &Backend) {
+        self.last = Some(backend.clone());
+        if crate::rollout::newest_revision(backend) <= self.before {
+            return;
+        }
+        for pod in &backend.pods {
+            let name = cluster::name(pod).to_string();
+            if migrations_succeeded(pod) && !self.logs.contains_key(&name) {
+                let argv = kube::migrations_log_args(&self.env, &name);
+                self.logs.insert(
+                    name.clone(),
+                    std::thread::spawn(move || cluster::run(&argv)),
+                );
+            }
+            if self.current.is_none() && cluster::pod_ready(pod) {
+                let argv = kube::alembic_current_args(&self.env, &name);
+                self.current = Some((name, std::thread::spawn(move || cluster::run(&argv))));
+            }
+        }
+    }
+
+    /// The facts verify evaluates: the last look, the reads made early,
+    /// and whatever is still missing, read now.
+    pub fn finish(self, expected: Expectation) -> Result<Facts> {
+        let backend = match self.last {
+            Some(backend) => backend,
+            None => Backend::read(&self.env)?,
+        };
+        let joined = |reading: Reading| reading.join().expect("an early read panicked").ok();
+        let known = Known {
+            alembic_current: self
+                .current
+                .and_then(|(name, reading)| joined(reading).map(|output| (name, output))),
+            logs: self
+                .logs
+                .into_iter()
+                .filter_map(|(name, reading)| joined(reading).map(|output| (name, output)))
+                .collect(),
+        };
+        gather_with(&self.env, expected, backend, known)
+    }
+}
+
+/// The pod's `run-migrations` init container exited 0.
+fn migrations_succeeded(pod: &Value) -> bool {
+    pod["status"]["initContainerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|s| {
+            s["name"] == "run-migrations"
+                && s["state"]["terminated"]["exitCode"].as_i64() == Some(0)
+        })
 }
 
 /// A ready pod if there is one, else a running one, else the first: the

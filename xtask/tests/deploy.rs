@@ -1049,10 +1049,15 @@ fn the_rollout_shows_each_pod_on_a_terminal_and_plain_lines_off_it() {
         "escape codes off a terminal"
     );
 
-    std::fs::write(stack.repo.root().join("frontend/index.html"), nonce("pty")).unwrap();
-    stack
-        .repo
-        .git(&["commit", "-qam", "a deploy on a terminal"]);
+    // A backend change: new backend pods to show (one build of unchanged
+    // backend sources gives the same image, and nothing rolls).
+    std::fs::write(
+        stack.repo.root().join("backend/app/version.txt"),
+        nonce("pty"),
+    )
+    .unwrap();
+    stack.repo.git(&["add", "-A"]);
+    stack.repo.git(&["commit", "-qm", "a deploy on a terminal"]);
     let command = format!("{} deploy colony-dev --yes", env!("CARGO_BIN_EXE_xtask"));
     let output = std::process::Command::new("script")
         .args(["-qefc", &command, "/dev/null"])

@@ -65,6 +65,10 @@ fn the_plan_for_colony_dev_matches_the_reviewed_snapshot() {
         .replace(hash, "<inputs hash>")
         .replace(&registry, "<registry>")
         .replace(stack.home.path().to_str().unwrap(), "<home>")
+        .replace(
+            testkit::run_migrations_binary().to_str().unwrap(),
+            "<run-migrations>",
+        )
         .replace(stack.repo.root().to_str().unwrap(), "<root>");
     assert_snapshot("dry-run-colony-dev.txt", &plan);
 }

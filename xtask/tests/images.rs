@@ -129,6 +129,14 @@ fn catalog(registry: &str) -> Vec<String> {
 
 /// Every file path in the image's layers, as pushed to the registry.
 fn files_in_image(registry: &str, name: &str, tag: &str) -> Vec<String> {
+    entries_in_image(registry, name, tag)
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect()
+}
+
+/// Every entry of the image's layers with its mode, as pushed.
+fn entries_in_image(registry: &str, name: &str, tag: &str) -> Vec<(String, u32)> {
     let (_, manifest) = manifest(registry, name, tag).expect("the image is in the registry");
     let mut files = Vec::new();
     for layer in manifest["layers"].as_array().unwrap() {
@@ -144,7 +152,11 @@ fn files_in_image(registry: &str, name: &str, tag: &str) -> Vec<String> {
             .unwrap();
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(blob.as_slice()));
         for entry in archive.entries().unwrap() {
-            files.push(entry.unwrap().path().unwrap().display().to_string());
+            let entry = entry.unwrap();
+            files.push((
+                entry.path().unwrap().display().to_string(),
+                entry.header().mode().unwrap() & 0o7777,
+            ));
         }
     }
     files
@@ -458,5 +470,269 @@ fn a_tcp_docker_host_is_where_images_are_built() {
             .contains(&format!("no Docker daemon at {closed} (from DOCKER_HOST)")),
         "{}",
         run.stderr
+    );
+}
+
+/// The docker CLI against the bed's daemon (for reference builds and
+/// running images).
+fn docker(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", &TestBed::get().docker_host)
+        .output()
+        .expect("the docker CLI runs")
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let output = docker(args);
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn the_backend_is_one_build_with_the_same_files_as_two_builds() {
+    let bed = TestBed::get();
+    let repo = repo_named("onebuild");
+    let run = images(&repo, "push", &bed.registry, &[]);
+    let reports = reports(&run);
+    let tag = report(&reports, "backend")["tag"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // One build, no intermediate image.
+    assert_eq!(
+        run.stderr.matches("[backend] building").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    let name = repository(&repo, "backend");
+    let one_build = entries_in_image(&bed.registry, &name, &tag);
+
+    // What the two builds made: the user's Dockerfile, then FROM it + COPY.
+    let reference = format!("{}/{}-reference", bed.registry, name);
+    let app = format!("{reference}-app:{tag}");
+    let backend = repo.root().join("backend");
+    docker_ok(&["build", "-q", "-t", &app, backend.to_str().unwrap()]);
+    let layer = tempfile::tempdir().unwrap();
+    let runner = layer.path().join("run-migrations");
+    std::fs::copy(testkit::run_migrations_binary(), &runner).unwrap();
+    std::fs::set_permissions(&runner, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        layer.path().join("Dockerfile"),
+        format!("FROM {app}\nCOPY run-migrations /usr/local/bin/run-migrations\n"),
+    )
+    .unwrap();
+    let two_builds = format!("{reference}:{tag}");
+    docker_ok(&[
+        "build",
+        "-q",
+        "-t",
+        &two_builds,
+        layer.path().to_str().unwrap(),
+    ]);
+    docker_ok(&["push", "-q", &two_builds]);
+    let reference_name = format!("{name}-reference");
+    let mut expected = entries_in_image(&bed.registry, &reference_name, &tag);
+    let mut actual = one_build.clone();
+    expected.sort();
+    actual.sort();
+    assert_eq!(actual, expected);
+    assert!(
+        one_build.contains(&("usr/local/bin/run-migrations".to_string(), 0o755)),
+        "{one_build:?}"
+    );
+    // Nothing of the tool's own names leaks into the image.
+    assert!(!one_build
+        .iter()
+        .any(|(path, _)| path.contains(".colony-deploy")));
+}
+
+/// The variables a child needs to run this toolchain's cargo with a HOME
+/// of its own.
+fn toolchain_env(tools: &std::path::Path) -> Vec<(&'static str, String)> {
+    let cargo = std::path::PathBuf::from(std::env::var("CARGO").expect("cargo test sets CARGO"));
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    vec![
+        (
+            "PATH",
+            // A C compiler too (ring builds C): /usr/bin, as on any Linux box.
+            format!(
+                "{}:{}:/usr/bin:/bin",
+                tools.display(),
+                cargo.parent().unwrap().display()
+            ),
+        ),
+        ("CARGO", cargo.display().to_string()),
+        (
+            "RUSTUP_HOME",
+            std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{home}/.rustup")),
+        ),
+        (
+            "CARGO_HOME",
+            std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo")),
+        ),
+    ]
+}
+
+/// `build` with the runner xtask builds itself (no COLONY_RUN_MIGRATIONS_BIN).
+fn build_with_own_runner(repo: &ColonyRepo, extra: &[(&str, &str)]) -> Run {
+    let bed = TestBed::get();
+    let tools = ToolDir::new(&["git"], &[]);
+    let home = repo.root().join(".home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut env: Vec<(&str, String)> = vec![
+        ("HOME", home.display().to_string()),
+        ("DOCKER_HOST", bed.docker_host.clone()),
+        ("COLONY_CONFIG", "deploy.toml".into()),
+        ("COLONY_REGISTRY", bed.registry.clone()),
+    ];
+    env.extend(toolchain_env(tools.path()));
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    xtask(repo.root(), &["build", "--json"], &env)
+}
+
+#[test]
+fn a_multi_stage_backend_with_a_user_gets_a_static_runner_that_runs_from_scratch() {
+    let bed = TestBed::get();
+    let repo = repo_named("static");
+    let backend = repo.root().join("backend");
+    std::fs::write(
+        backend.join("passwd"),
+        "root:x:0:0::/:/x\napp:x:1000:1000::/app:/x\n",
+    )
+    .unwrap();
+    std::fs::write(
+        backend.join("Dockerfile"),
+        "FROM scratch AS source\nCOPY alembic.ini /app/alembic.ini\nCOPY alembic /app/alembic\n\n\
+         FROM scratch\nCOPY passwd /etc/passwd\nCOPY --from=source /app /app\nWORKDIR /app\nUSER app",
+    )
+    .unwrap();
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "multi-stage backend"]);
+
+    let first = build_with_own_runner(&repo, &[]);
+    let reports = reports(&first);
+    assert!(
+        first.stderr.contains("run-migrations for linux/amd64"),
+        "{}",
+        first.stderr
+    );
+    let again = build_with_own_runner(&repo, &[]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert!(
+        again
+            .stderr
+            .contains("run-migrations for linux/amd64 is cached"),
+        "built once per change, not once per deploy:\n{}",
+        again.stderr
+    );
+    let image = format!(
+        "{}/{}:{}",
+        bed.registry,
+        repository(&repo, "backend"),
+        report(&reports, "backend")["tag"].as_str().unwrap()
+    );
+    assert_eq!(
+        docker_ok(&["image", "inspect", "-f", "{{.Config.User}}", &image]).trim(),
+        "app"
+    );
+    // No libc in the image at all, and no network: the runner starts.
+    let help = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &image,
+        "run-migrations",
+        "--help",
+    ]);
+    assert!(
+        help.status.success()
+            && String::from_utf8_lossy(&help.stdout).contains("Usage: run-migrations"),
+        "{}",
+        String::from_utf8_lossy(&help.stderr)
+    );
+    // Its at-head path, which starts no Python, against the bed's database
+    // by host name (resolved from /etc/hosts without NSS modules).
+    let url = bed.create_database("scratch");
+    bed.psql(
+        &url,
+        "CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY); \
+         INSERT INTO alembic_version VALUES ('0002_activity_and_comments');",
+    );
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let run = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "-e",
+        &format!("DATABASE_URL={by_name}"),
+        // Alembic must resolve, though at head it is never started.
+        "-e",
+        "RUN_MIGRATIONS_ALEMBIC_CMD=/usr/local/bin/run-migrations",
+        &image,
+        "run-migrations",
+    ]);
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "{output}");
+    assert!(
+        output.contains("already at head 0002_activity_and_comments"),
+        "{output}"
+    );
+    assert!(
+        output.trim_end().ends_with("Migrations complete."),
+        "{output}"
+    );
+}
+
+#[test]
+fn an_arm64_backend_without_an_arm64_runner_is_refused_before_any_build() {
+    let bed = TestBed::get();
+    let repo = repo_named("arm64");
+    let config = std::fs::read_to_string(repo.config()).unwrap();
+    std::fs::write(
+        repo.config(),
+        config.replace(
+            "[environments.colony-dev.images.backend]\n",
+            "[environments.colony-dev.images.backend]\nplatform = \"linux/arm64\"\n",
+        ),
+    )
+    .unwrap();
+    repo.git(&["commit", "-q", "-am", "an arm64 backend"]);
+    let tag = repo.git(&["rev-parse", "--short=12", "HEAD"]);
+    let image = format!("{}/{}:{tag}", bed.registry, repository(&repo, "backend"));
+
+    let own = build_with_own_runner(&repo, &[]);
+    assert_eq!(own.code, 2, "{}", own.all());
+    assert!(
+        own.stderr.contains("the backend image is linux/arm64, and this linux/amd64 machine cannot build run-migrations for it")
+            && own.stderr.contains("rustup target add aarch64-unknown-linux-musl"),
+        "{}",
+        own.stderr
+    );
+    let prebuilt = images(&repo, "build", &bed.registry, &[]);
+    assert_eq!(prebuilt.code, 2, "{}", prebuilt.all());
+    assert!(
+        prebuilt
+            .stderr
+            .contains("is a linux/amd64 binary, but the backend image is linux/arm64"),
+        "{}",
+        prebuilt.stderr
+    );
+    assert_ne!(
+        docker(&["image", "inspect", &image]).status.code(),
+        Some(0),
+        "nothing was built"
     );
 }

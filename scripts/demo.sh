@@ -83,7 +83,7 @@ make_environment() {
   chmod +x "$DEMO/bin/cargo-xtask"
   strip -o "$DEMO/run-migrations" "$TARGET/debug/run-migrations"
   cat > "$DEMO/env.sh" <<EOF
-export PATH=$DEMO/bin:$sim_bin:\$PATH
+export PATH=$DEMO/bin:$sim_bin:$COLONY_TEST_VENV/bin:\$PATH
 export RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup} CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
 export HOME=$DEMO/home
 export COLONY_SIM_STATE=$DEMO/cluster

@@ -364,6 +364,8 @@ check_demo() {
     "Detected pre-Alembic schema; stamping 0001_baseline" \
     "Migrations complete." \
     "apply 0002_activity_and_comments" \
+    "    CREATE TABLE activity_log (" \
+    "no findings from Squawk's rules" \
     "Helm revision 2, Alembic 0002_activity_and_comments (head)" \
     "Nothing to deploy to colony-dev" \
     "Rolled back colony-dev: database 0002_activity_and_comments -> 0001_baseline" \

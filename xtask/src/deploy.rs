@@ -170,6 +170,15 @@ pub fn gather_facts(
         // The registry is reached as the daemon reaches it (HTTPS, or plain
         // HTTP for one it treats as insecure).
         let daemon = daemon.join().expect("docker probe panicked");
+        // Which runner the backend image gets (asks rustc for its targets).
+        let daemon_platform = daemon.as_ref().ok().and_then(|d| d.platform.clone());
+        let runner = scope.spawn(move || {
+            runner_binary::decide(
+                env.image("backend").platform.as_ref(),
+                daemon_platform.as_ref(),
+                migrations_binary,
+            )
+        });
         let access = registry::access_for(&env.registry, daemon.as_ref().ok());
         let credential = registry::credential_for(registry::host_of(&env.registry));
         let digests: Vec<_> = env
@@ -207,11 +216,7 @@ pub fn gather_facts(
             .collect();
         let chart_exists = env.root.join(&env.chart).join("Chart.yaml").is_file();
         let (cluster, migrations) = cluster.join().expect("cluster reader panicked");
-        let runner = runner_binary::decide(
-            env.image("backend").platform.as_ref(),
-            daemon.as_ref().ok().and_then(|d| d.platform.as_ref()),
-            migrations_binary,
-        );
+        let runner = runner.join().expect("runner decision panicked");
         DeployFacts {
             commit: commit.clone(),
             images,

@@ -246,11 +246,16 @@ pub fn decide(
         path: path.to_path_buf(),
         architecture: read_head(path).and_then(|bytes| elf_facts(&bytes).map(|(a, _)| a)),
     });
+    // A prebuilt binary needs no toolchain: rustc is not asked.
+    let musl = match prebuilt {
+        Some(_) => Vec::new(),
+        None => buildable_musl_targets(&host),
+    };
     choose(
         platform,
         &host,
         cfg!(all(target_os = "linux", target_env = "gnu")),
-        &buildable_musl_targets(&host),
+        &musl,
         prebuilt.as_ref(),
     )
 }

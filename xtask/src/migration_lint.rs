@@ -63,22 +63,19 @@ pub struct RevisionSql<'a> {
 /// an earlier revision of the same deploy counts as new (Squawk does not
 /// flag changes to a table nobody reads yet).
 pub fn lint(revisions: &[RevisionSql], choice: &RuleChoice) -> Vec<Finding> {
-    let mut script = String::new();
+    // The revisions' SQL comes without the transaction Alembic wraps the
+    // script in; it is put back, so that an `autocommit_block()`'s
+    // COMMIT … BEGIN inside reads as what it is.
+    let mut script = String::from("BEGIN;\n");
     let mut starts = Vec::new();
     for revision in revisions {
         starts.push((script.len(), revision.revision));
-        for line in revision.sql.lines() {
-            // Alembic wraps the script in one transaction; Squawk is told so
-            // instead (a BEGIN inside would read as nesting).
-            if !matches!(line.trim(), "BEGIN;" | "COMMIT;") {
-                script.push_str(line);
-                script.push('\n');
-            }
-        }
+        script.push_str(revision.sql);
+        script.push('\n');
     }
+    script.push_str("COMMIT;\n");
     let parse = squawk_syntax::SourceFile::parse(&script);
     let mut linter = Linter::with_rules(&choice.enabled, &excluded(choice));
-    linter.settings.assume_in_transaction = true;
     linter
         .lint(&parse, &script)
         .into_iter()
@@ -204,10 +201,10 @@ mod tests {
             .collect()
     }
 
-    const RISKY: &str = "BEGIN;\n\n-- Running upgrade a -> b\n\n\
+    const RISKY: &str = "
         ALTER TABLE chores ADD COLUMN points INTEGER NOT NULL;\n\n\
         CREATE INDEX ix_chores_points ON chores (points);\n\n\
-        UPDATE alembic_version SET version_num='b' WHERE alembic_version.version_num = 'a';\n\nCOMMIT;\n";
+        UPDATE alembic_version SET version_num='b' WHERE alembic_version.version_num = 'a';";
 
     #[test]
     fn a_not_null_column_and_a_blocking_index_are_found_in_their_statements() {
@@ -272,6 +269,27 @@ mod tests {
         assert_eq!(
             rules_of(&lint(&revisions, &style)),
             [("a", "prefer-text-field")]
+        );
+    }
+
+    #[test]
+    fn an_index_built_concurrently_outside_the_transaction_is_the_safe_form() {
+        let one = |sql: &str| {
+            lint(
+                &[RevisionSql { revision: "b", sql }],
+                &RuleChoice::default(),
+            )
+        };
+        // What Alembic prints for `with op.get_context().autocommit_block():`.
+        let outside =
+            "ALTER TABLE chores ADD COLUMN points INTEGER DEFAULT '1' NOT NULL;\n\nCOMMIT;\n\n\
+                       CREATE INDEX CONCURRENTLY ix_chores_points ON chores (points);\n\nBEGIN;\n\n\
+                       UPDATE alembic_version SET version_num='b';";
+        assert_eq!(one(outside), []);
+        let inside = "CREATE INDEX CONCURRENTLY ix_chores_points ON chores (points);";
+        assert_eq!(
+            rules_of(&one(inside)),
+            [("b", "ban-concurrent-index-creation-in-transaction")]
         );
     }
 

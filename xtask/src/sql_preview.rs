@@ -279,15 +279,26 @@ fn assign(revisions: &[String], chunks: Vec<(String, String)>) -> Vec<RevisionPr
 /// Splits `alembic upgrade --sql` output at its `-- Running upgrade A -> B`
 /// comments: (B, the statements after it). What comes before the first
 /// comment (the `alembic_version` table of an empty database) goes with the
-/// first revision; the transaction's `BEGIN;`/`COMMIT;` are left out. Pure.
+/// first revision. The `BEGIN;` that opens the script and the `COMMIT;`
+/// that closes it are left out; any other (an `autocommit_block()` ends the
+/// transaction around a `CREATE INDEX CONCURRENTLY`) stays where it is, so
+/// the reader and the linter see where each statement runs. Pure.
 pub fn split_offline_output(stdout: &str) -> Vec<(String, String)> {
     const MARKER: &str = "-- Running upgrade ";
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    if let Some(first) = lines.iter().position(|l| !l.trim().is_empty()) {
+        if lines[first].trim() == "BEGIN;" {
+            lines.remove(first);
+        }
+    }
+    if let Some(last) = lines.iter().rposition(|l| !l.trim().is_empty()) {
+        if lines[last].trim() == "COMMIT;" {
+            lines.remove(last);
+        }
+    }
     let mut chunks: Vec<(String, String)> = Vec::new();
     let mut preamble = String::new();
-    for line in stdout.lines() {
-        if matches!(line.trim(), "BEGIN;" | "COMMIT;") {
-            continue;
-        }
+    for line in lines {
         if let Some(step) = line.strip_prefix(MARKER) {
             let to = step.rsplit("-> ").next().unwrap_or("").trim().to_string();
             let start = if chunks.is_empty() {
@@ -381,8 +392,16 @@ fn render_upgrade(
             )),
         }
     }
-    if findings.is_empty() {
-        out.push_str("  no findings from Squawk's rules\n");
+    let unlinted = revisions.iter().filter(|r| r.sql.is_none()).count();
+    match (findings.is_empty(), unlinted) {
+        (true, 0) => out.push_str("  no findings from Squawk's rules\n"),
+        (true, n) if n == revisions.len() => {
+            out.push_str("  not linted: no revision's SQL could be rendered\n")
+        }
+        (true, n) => out.push_str(&format!(
+            "  no findings from Squawk's rules in the SQL shown; {n} revision(s) without SQL were not linted\n"
+        )),
+        (false, _) => {}
     }
     for finding in findings {
         out.push_str(&format!(
@@ -475,6 +494,16 @@ mod tests {
                 "CREATE TABLE comments (id SERIAL);".to_string()
             )
         );
+        // An autocommit block's COMMIT/BEGIN stay inside the revision.
+        let block =
+            "BEGIN;\n\n-- Running upgrade a -> b\n\nALTER TABLE t ADD x INT;\n\nCOMMIT;\n\n\
+                     CREATE INDEX CONCURRENTLY i ON t (x);\n\nBEGIN;\n\n\
+                     UPDATE alembic_version SET version_num='b';\n\nCOMMIT;\n";
+        let chunks = split_offline_output(block);
+        assert!(chunks[0]
+            .1
+            .contains("COMMIT;\n\nCREATE INDEX CONCURRENTLY i ON t (x);\n\nBEGIN;"));
+        assert!(chunks[0].1.ends_with("version_num='b';"));
     }
 
     #[test]

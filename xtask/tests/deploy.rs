@@ -1262,6 +1262,23 @@ fn risky_migrations_are_shown_before_the_prompt_and_refused_when_strict() {
         stack.psql("SELECT is_nullable FROM information_schema.columns WHERE table_name = 'chores' AND column_name = 'points'"),
         "NO"
     );
+    // The safe form Squawk asks for, as Alembic writes it: the index built
+    // concurrently in an autocommit block, outside the transaction.
+    stack.commit_revision(
+        "0004_points_index",
+        "0003_chore_points",
+        "Index points concurrently.",
+        "    with op.get_context().autocommit_block():\n        \
+         op.create_index(\"ix_chores_points_2\", \"chores\", [\"points\"], postgresql_concurrently=True)",
+    );
+    let safe = stack.xtask(&["migrations", "--strict"]);
+    assert_eq!(safe.code, 0, "{}", safe.all());
+    assert!(
+        safe.stdout.contains("    COMMIT;\n\n    CREATE INDEX CONCURRENTLY ix_chores_points_2 ON chores (points);\n\n    BEGIN;")
+            && safe.stdout.contains("  no findings from Squawk's rules\n"),
+        "{}",
+        safe.stdout
+    );
 }
 
 #[test]
@@ -1306,7 +1323,7 @@ fn a_clean_revision_shows_no_findings_and_a_query_without_offline_sql_still_depl
         "  0002_activity_and_comments: Activity log and comments on chores.",
         "    CREATE TABLE comments (",
         "    no SQL preview for 0003_count_chores: AttributeError:",
-        "  no findings from Squawk's rules",
+        "  no findings from Squawk's rules in the SQL shown; 1 revision(s) without SQL were not linted",
     ] {
         assert!(
             preview.stdout.contains(expected),

@@ -62,6 +62,14 @@ pub fn run(args: DeployArgs) -> Result<()> {
     plan.show(false, args.json)?;
     let changes = plan.steps.iter().any(|s| s.kind != StepKind::Verify);
     if changes {
+        // The findings are far above by now: one line beside the question.
+        let findings = facts.migrations.findings();
+        if !findings.is_empty() {
+            eprintln!(
+                "\n! {}: see \"Migrations\" above (--strict-migrations refuses such a deploy)",
+                sql_preview::findings_summary(findings)
+            );
+        }
         confirm(&env, &facts, args.yes)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -326,15 +326,23 @@ pub fn split_offline_output(stdout: &str) -> Vec<(String, String)> {
 /// two ways forward.
 pub fn strict_refusal(env: &Environment, findings: &[Finding]) -> String {
     format!(
-        "strict migrations: Squawk found {} risk(s) in the migrations' SQL ({}); make the migration \
-         safer, or switch the rule off for this environment (migrations.disabled_rules in {})",
+        "strict migrations: {}; make the migration safer, or switch the rule off for this environment \
+         (migrations.disabled_rules in {})",
+        findings_summary(findings),
+        env.config_file.display()
+    )
+}
+
+/// "Squawk found 2 risk(s) in the migrations' SQL (rule in revision, …)".
+pub fn findings_summary(findings: &[Finding]) -> String {
+    format!(
+        "Squawk found {} risk(s) in the migrations' SQL ({})",
         findings.len(),
         findings
             .iter()
             .map(|f| format!("{} in {}", f.rule, f.revision))
             .collect::<Vec<_>>()
-            .join(", "),
-        env.config_file.display()
+            .join(", ")
     )
 }
 

@@ -8,7 +8,8 @@
 //! <= 1 s. Three rounds, interleaved, each with content never built before;
 //! the medians are reported.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
+#[allow(dead_code)] // the bench uses a part of the tests' helpers
 mod common;
 
 use std::io::Write;

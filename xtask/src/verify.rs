@@ -631,6 +631,14 @@ pub fn to_json(env: &Environment, facts: &Facts, checks: &[Check]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A check looked up by its name, not its position.
+    fn named<'a>(checks: &'a [Check], name: &str) -> &'a Check {
+        checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no check named {name:?} in {checks:#?}"))
+    }
     use crate::cluster::Output;
 
     fn env() -> Environment {
@@ -696,18 +704,18 @@ mod tests {
         );
         assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
         assert!(
-            checks[3]
+            named(&checks, "migrations log")
                 .detail
                 .contains("colony-backend-new-abcde stamped the pre-Alembic schema first"),
             "{}",
-            checks[3].detail
+            named(&checks, "migrations log").detail
         );
     }
 
     #[test]
     fn a_database_behind_head_names_both_revisions() {
         let checks = evaluate(&env(), &facts("0001_baseline", GOOD_LOG));
-        let alembic = &checks[2];
+        let alembic = named(&checks, "alembic current");
         assert!(!alembic.ok);
         assert_eq!(
             alembic.detail,
@@ -730,7 +738,7 @@ mod tests {
         facts.backend.pods = vec![pod("colony-backend-new-abcde", false, true)];
         facts.alembic_current = None;
         let checks = evaluate(&env(), &facts);
-        let rollout = &checks[1];
+        let rollout = named(&checks, "rollout complete");
         assert!(!rollout.ok);
         assert!(
             rollout
@@ -746,7 +754,7 @@ mod tests {
             "{}",
             rollout.detail
         );
-        assert!(!checks[2].ok && !checks[3].ok);
+        assert!(!named(&checks, "alembic current").ok && !named(&checks, "migrations log").ok);
         let text = render(&env(), &facts, &checks);
         assert!(
             text.contains("run-migrations log of colony-backend-new-abcde"),
@@ -815,7 +823,7 @@ mod tests {
         let checks = evaluate(&env(), &facts);
         assert_eq!(checks.len(), 1);
         assert_eq!(
-            checks[0].next.as_deref(),
+            named(&checks, "backend deployment").next.as_deref(),
             Some("cargo xtask deploy colony-dev")
         );
     }

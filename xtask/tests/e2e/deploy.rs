@@ -2,11 +2,13 @@
 //! simulated cluster, with the real registry, Docker, PostgreSQL, Alembic,
 //! helm and run-migrations behind it.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::stack::{assert_in_order, assert_no_mutating_call, is_mutating, Stack, NAMESPACE};
+use crate::common::stack::{
+    assert_in_order, assert_no_mutating_call, is_mutating, Stack, NAMESPACE,
+};
 
 const DETECTION: &str = "Detected pre-Alembic schema; stamping 0001_baseline so the activity-log migration applies on top of the existing tables.";
 

@@ -1,9 +1,7 @@
 //! `deploy --dry-run` prints the exact plan and touches nothing.
 
-mod common;
-
-use common::stack::{assert_no_mutating_call, Stack};
-use common::{assert_snapshot, xtask};
+use crate::common::stack::{assert_no_mutating_call, Stack};
+use crate::common::{assert_snapshot, xtask};
 use testkit::{ColonyRepo, TestBed, ToolDir};
 
 const SECRETS: &[(&str, &str)] = &[

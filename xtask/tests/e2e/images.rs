@@ -1,11 +1,9 @@
 //! `cargo xtask build` / `push` against the test bed's real Docker daemon
 //! and registries (one open, one behind htpasswd).
 
-mod common;
-
 use std::io::Read;
 
-use common::{xtask, Run};
+use crate::common::{xtask, Run};
 use serde_json::Value;
 use testkit::{ColonyRepo, TestBed, ToolDir};
 

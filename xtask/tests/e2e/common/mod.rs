@@ -2,8 +2,6 @@
 //! environment: nothing of the developer's own PATH, HOME or COLONY_*
 //! variables leaks into a test.
 
-#![allow(dead_code)] // each test file uses a different part
-
 pub mod stack;
 
 use std::path::Path;

@@ -1,8 +1,8 @@
 //! `doctor` against the real test bed: real Docker, registry, kubectl, helm.
 
-mod common;
+use crate::common;
 
-use common::xtask;
+use crate::common::xtask;
 use testkit::{ColonyRepo, TestBed, ToolDir};
 
 /// A kubeconfig whose current context is `context` (kubectl reads it

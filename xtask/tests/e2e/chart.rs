@@ -2,7 +2,7 @@
 //! render and parse (as YAML, not by string search), schema errors, and a
 //! reviewed snapshot of the default rendering.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,9 +1,7 @@
 //! Every bad input gets its message and exit code 2, and nothing runs:
 //! the tools a deploy would call are recorders that log any call.
 
-mod common;
-
-use common::{xtask, Run};
+use crate::common::{xtask, Run};
 use testkit::{ColonyRepo, ToolDir};
 
 const RECORDED: &[&str] = &["helm", "kubectl", "docker", "git", "pg_dump", "alembic"];

@@ -1,0 +1,14 @@
+//! The xtask's end-to-end tests, in one binary (one link, one set of shared
+//! helpers): the real `xtask` against the test bed's Docker, registries,
+//! PostgreSQL, Alembic and helm, with the simulated cluster in front.
+//! One module per area.
+
+mod common;
+
+mod chart;
+mod cluster;
+mod config_errors;
+mod deploy;
+mod doctor;
+mod dry_run;
+mod images;

@@ -318,7 +318,7 @@ fn disk_check(sh: &Shell, backup_dir: &Path) -> Check {
             "disk",
             format!(
                 "{} free for backups in {}",
-                human_bytes(bytes),
+                crate::images::human_bytes(bytes),
                 backup_dir.display()
             ),
         ),
@@ -326,7 +326,7 @@ fn disk_check(sh: &Shell, backup_dir: &Path) -> Check {
             "disk",
             format!(
                 "only {} free for backups in {}",
-                human_bytes(bytes),
+                crate::images::human_bytes(bytes),
                 backup_dir.display()
             ),
             "free some space, or set backup_dir in deploy.toml to a larger disk",
@@ -351,16 +351,6 @@ pub fn parse_df_available_bytes(output: &str) -> Option<u64> {
     let line = output.lines().nth(1)?;
     let kib: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const GIB: f64 = (1u64 << 30) as f64;
-    const MIB: f64 = (1u64 << 20) as f64;
-    if bytes as f64 >= GIB {
-        format!("{:.1} GiB", bytes as f64 / GIB)
-    } else {
-        format!("{:.0} MiB", bytes as f64 / MIB)
-    }
 }
 
 #[cfg(test)]
@@ -395,6 +385,6 @@ mod tests {
         let output = "Filesystem     1024-blocks      Used Available Capacity Mounted on\n/dev/vda 263174212 11234 83886080 13% /\n";
         assert_eq!(parse_df_available_bytes(output), Some(83886080 * 1024));
         assert_eq!(parse_df_available_bytes("nonsense"), None);
-        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(crate::images::human_bytes(3 << 30), "3.00 GiB");
     }
 }

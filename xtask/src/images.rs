@@ -514,19 +514,9 @@ pub fn render_table(reports: &[ImageReport]) -> String {
     out
 }
 
+/// Bytes as people read them (indicatif's `HumanBytes`: `56.00 MiB`).
 pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    indicatif::HumanBytes(bytes).to_string()
 }
 
 #[cfg(test)]
@@ -572,7 +562,7 @@ mod tests {
         let table = render_table(&[report]);
         assert!(table.contains("backend   0123456789ab"), "{table}");
         assert!(
-            table.contains("5.0 MiB")
+            table.contains("5.00 MiB")
                 && table.contains("4.2 s")
                 && table.contains("skipped (in registry)"),
             "{table}"

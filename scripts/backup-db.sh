@@ -44,15 +44,22 @@ kubectl_args=(--namespace "$namespace")
 umask 077
 mkdir -p "$out_dir"
 # Unique even for two backups in the same second: nanoseconds plus a
-# random suffix; each run writes its own partial file (mktemp) and only a
-# checked archive gets the final name.
+# random suffix; each run writes its own partial file and only a checked
+# archive gets the final name. The name is chosen and the traps are set
+# before the file exists, so an interrupt at any moment leaves no partial
+# file (mktemp would create it before its name could be known here).
 stamp=$(date -u +%Y%m%dT%H%M%S.%NZ)
-partial=$(mktemp "$out_dir/.$namespace-$stamp-XXXXXX.partial")
-final="$out_dir/$namespace-$stamp-${partial: -14:6}.dump"
+suffix=$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')
+partial="$out_dir/.$namespace-$stamp-$suffix.partial"
+final="$out_dir/$namespace-$stamp-$suffix.dump"
 trap 'rm -f "$partial"' EXIT
 # An interrupt ends the script through its EXIT trap: no partial file stays.
 trap 'exit 130' INT
 trap 'exit 143' TERM
+if ! (set -C; : > "$partial") 2>/dev/null; then
+  trap - EXIT # not ours: leave it
+  die "$partial already exists"
+fi
 [ -e "$final" ] && die "$final already exists"
 
 if [ -n "${DATABASE_URL:-}" ]; then

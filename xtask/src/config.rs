@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cli::EnvOverrides;
 use crate::error::input_error;
@@ -123,10 +123,33 @@ pub struct ValuesFile {
     pub exists: bool,
 }
 
+/// The two images of the app; its name is also the chart's values key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Component {
+    Backend,
+    Frontend,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Backend => "backend",
+            Component::Frontend => "frontend",
+        }
+    }
+}
+
+impl std::fmt::Display for Component {
+    /// Honours width and alignment (`{:<8}`), for tables.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Image {
-    /// `backend` or `frontend`: also the chart's values key.
-    pub component: &'static str,
+    pub component: Component,
     /// Build context, relative to the root.
     pub context: PathBuf,
     /// Dockerfile, relative to the context.
@@ -163,7 +186,7 @@ impl Environment {
         }
     }
 
-    pub fn image(&self, component: &str) -> &Image {
+    pub fn image(&self, component: Component) -> &Image {
         self.images
             .iter()
             .find(|i| i.component == component)
@@ -283,8 +306,8 @@ fn resolve(
         alembic_command: vec!["alembic".into()],
         migrations: MigrationSettings::default(),
         images: vec![
-            image("backend", &entry.images.backend, &registry),
-            image("frontend", &entry.images.frontend, &registry),
+            image(Component::Backend, &entry.images.backend, &registry),
+            image(Component::Frontend, &entry.images.frontend, &registry),
         ],
         registry,
     };
@@ -361,14 +384,14 @@ fn resolve(
     }
 }
 
-fn image(component: &'static str, entry: &ImageEntry, registry: &str) -> Image {
+fn image(component: Component, entry: &ImageEntry, registry: &str) -> Image {
     let repository = entry
         .repository
         .clone()
         .unwrap_or_else(|| format!("colony-{component}"));
     Image {
         component,
-        context: PathBuf::from(entry.context.as_deref().unwrap_or(component)),
+        context: PathBuf::from(entry.context.as_deref().unwrap_or(component.as_str())),
         dockerfile: PathBuf::from(entry.dockerfile.as_deref().unwrap_or("Dockerfile")),
         reference: format!("{}/{repository}", registry.trim_end_matches('/')),
         build_args: entry.build_args.clone(),
@@ -577,7 +600,7 @@ registry = "ghcr.io/colony-app"
         assert_eq!(env.values[1].path, Path::new("/repo/helm/extra.yaml"));
         assert_eq!(env.chart, "helm/colony");
         assert_eq!(env.alembic_versions, Path::new("backend/alembic/versions"));
-        let backend = env.image("backend");
+        let backend = env.image(Component::Backend);
         assert_eq!(
             backend.reference,
             "registry.homelab.lan:5000/colony-backend"
@@ -585,7 +608,7 @@ registry = "ghcr.io/colony-app"
         assert_eq!(backend.context, Path::new("backend"));
         assert_eq!(backend.build_args["PYTHON_VERSION"], "3.12");
         assert_eq!(
-            env.image("frontend").reference,
+            env.image(Component::Frontend).reference,
             "registry.homelab.lan:5000/colony-frontend"
         );
     }
@@ -601,7 +624,7 @@ registry = "ghcr.io/colony-app"
         let env = resolve_with(Some("staging"), overrides).unwrap();
         assert_eq!(env.namespace, "colony-test");
         assert_eq!(
-            env.image("backend").reference,
+            env.image(Component::Backend).reference,
             "127.0.0.1:5000/colony-backend"
         );
         assert_eq!(env.values.len(), 1);

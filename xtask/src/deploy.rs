@@ -10,7 +10,7 @@ use xshell::Shell;
 
 use crate::cli::DeployArgs;
 use crate::cluster::{self, Backend};
-use crate::config::{self, Environment};
+use crate::config::{self, Component, Environment};
 use crate::error::input_error;
 use crate::helm::{DeployRecord, PinnedImage};
 use crate::images::{self, ImageReport, Stage};
@@ -182,7 +182,7 @@ pub fn gather_facts(
         let daemon_platform = daemon.as_ref().ok().and_then(|d| d.platform.clone());
         let runner = scope.spawn(move || {
             runner_binary::decide(
-                env.image("backend").platform.as_ref(),
+                env.image(Component::Backend).platform.as_ref(),
                 daemon_platform.as_ref(),
                 migrations_binary,
             )
@@ -504,7 +504,7 @@ impl Execution<'_> {
                 if let Some(report) = done
                     .images
                     .iter()
-                    .find(|r| r.component == planned.component)
+                    .find(|r| r.component.as_str() == planned.component)
                 {
                     pinned.digest = report.digest.clone().ok_or_else(|| {
                         anyhow!("{} has no digest after the image stage", planned.component)

@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bollard::Docker;
 use tokio::sync::Semaphore;
 
-use crate::config::{Environment, Image};
+use crate::config::{Component, Environment, Image};
 use crate::context::{Extra, ExtraSource};
 use crate::docker::{self, BuildEvent, BuildRequest};
 use crate::progress::{Line, Progress};
@@ -51,7 +51,7 @@ pub struct Options {
 /// What happened to one image.
 #[derive(Debug, Clone)]
 pub struct ImageReport {
-    pub component: &'static str,
+    pub component: Component,
     pub repository: String,
     pub tag: String,
     /// `sha256:…` as the registry serves it (after push or when skipped).
@@ -71,7 +71,7 @@ pub enum StepOutcome {
 }
 
 /// The tag of each image of `env`, from git.
-pub fn tags(env: &Environment) -> Result<Vec<(&'static str, String)>> {
+pub fn tags(env: &Environment) -> Result<Vec<(Component, String)>> {
     let sh = xshell::Shell::new()?;
     let commit = git::head(&sh, &env.root).ok_or_else(|| {
         anyhow!(
@@ -97,7 +97,7 @@ pub fn tags(env: &Environment) -> Result<Vec<(&'static str, String)>> {
 /// plan's facts, so git is read once); the contexts were checked by the caller.
 pub async fn run(
     env: &Environment,
-    tags: &[(&'static str, String)],
+    tags: &[(Component, String)],
     options: &Options,
 ) -> Result<Vec<ImageReport>> {
     let docker = docker::connect().await.map_err(|e| anyhow!(e))?;
@@ -120,7 +120,7 @@ pub async fn run(
         let task = BuildTask {
             docker: docker.clone(),
             root: env.root.clone(),
-            line: Arc::new(progress.line(image.component)),
+            line: Arc::new(progress.line(image.component.as_str())),
             image,
             tag,
             credential: credential.clone(),
@@ -145,7 +145,13 @@ pub async fn run(
     if !failures.is_empty() {
         bail!("{}\nnothing was pushed", failures.join("\n"));
     }
-    reports.sort_by_key(|r| if r.component == "backend" { 0 } else { 1 });
+    reports.sort_by_key(|r| {
+        if r.component == Component::Backend {
+            0
+        } else {
+            1
+        }
+    });
     if options.stage == Stage::Push {
         push_all(
             &docker,
@@ -226,7 +232,7 @@ impl BuildTask {
         }
         let started = Instant::now();
         let target = format!("{}:{}", self.image.reference, self.tag);
-        if self.image.component == "backend" {
+        if self.image.component == Component::Backend {
             self.build_with_runner(&target).await?;
         } else {
             let dir = self.root.join(&self.image.context);
@@ -400,7 +406,7 @@ async fn push_all(
         }
         let (docker, credential, jobs) = (docker.clone(), credential.clone(), jobs.clone());
         let (repository, tag) = (report.repository.clone(), report.tag.clone());
-        let line = progress.line(report.component);
+        let line = progress.line(report.component.as_str());
         let latest = report.also_tag_latest;
         let registry = registry.to_string();
         let access = access.clone();
@@ -550,7 +556,7 @@ mod tests {
     #[test]
     fn the_table_shows_each_outcome() {
         let report = ImageReport {
-            component: "backend",
+            component: Component::Backend,
             repository: "r/colony-backend".into(),
             tag: "0123456789ab".into(),
             digest: Some(format!("sha256:{}", "a".repeat(64))),

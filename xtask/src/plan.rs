@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use backend_migrations::revisions::RevisionGraph;
 use serde::Serialize;
 
-use crate::config::Environment;
+use crate::config::{Component, Environment};
 use crate::git::Commit;
 use crate::helm::{self, DeployRecord, HelmVersion, PinnedImage};
 use crate::kube;
@@ -46,7 +46,7 @@ pub struct DeployFacts {
 
 #[derive(Debug, Clone)]
 pub struct ImageFacts {
-    pub component: &'static str,
+    pub component: Component,
     /// None when there is no commit to tag from.
     pub tag: Option<String>,
     pub context_exists: bool,
@@ -179,7 +179,7 @@ fn note(text: impl Into<String>) -> Item {
 #[derive(Debug, Clone)]
 pub struct DeploySpec {
     /// Component and tag of each image.
-    pub tags: Vec<(&'static str, String)>,
+    pub tags: Vec<(Component, String)>,
     /// The digests the plan already knows (the registry holds the tag).
     pub pinned: Vec<PinnedImage>,
     pub record: DeployRecord,
@@ -259,7 +259,7 @@ fn deploy_spec(
     facts: &DeployFacts,
     head: &Result<String, String>,
 ) -> DeploySpec {
-    let tags: Vec<(&'static str, String)> = env
+    let tags: Vec<(Component, String)> = env
         .images
         .iter()
         .map(|image| {
@@ -305,7 +305,7 @@ fn deploy_spec(
     }
 }
 
-fn image_facts<'a>(facts: &'a DeployFacts, component: &str) -> Option<&'a ImageFacts> {
+fn image_facts(facts: &DeployFacts, component: Component) -> Option<&ImageFacts> {
     facts.images.iter().find(|f| f.component == component)
 }
 
@@ -335,7 +335,7 @@ pub fn nothing_to_deploy(
             .as_ref()
             .ok()?
             .as_ref()?;
-        if record.image(image.component) != format!("{}@{digest}", image.reference) {
+        if record.image(image.component.as_str()) != format!("{}@{digest}", image.reference) {
             return None;
         }
     }
@@ -485,7 +485,7 @@ fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> 
             let keys: Vec<&str> = image.build_args.keys().map(String::as_str).collect();
             items.push(note(format!("           build args: {}", keys.join(", "))));
         }
-        if let (true, Some(runner)) = (image.component == "backend", &spec.runner) {
+        if let (true, Some(runner)) = (image.component == Component::Backend, &spec.runner) {
             items.push(note(format!(
                 "           one build, the Dockerfile with `COPY run-migrations` appended: {}",
                 runner.describe()
@@ -671,7 +671,7 @@ fn missing(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Ve
             ));
         }
     } else if let (true, Err(why)) = (
-        lacking.iter().any(|i| i.component == "backend"),
+        lacking.iter().any(|i| i.component == Component::Backend),
         &facts.runner,
     ) {
         missing.push(format!("the backend must be built, but {why}"));
@@ -681,7 +681,7 @@ fn missing(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Ve
             "no Docker daemon to build {}: {why}",
             lacking
                 .iter()
-                .map(|i| i.component)
+                .map(|i| i.component.as_str())
                 .collect::<Vec<_>>()
                 .join(" and ")
         ));
@@ -928,7 +928,7 @@ mod tests {
     /// The release runs exactly what the registry holds for this commit.
     fn facts(database: DatabaseRevision) -> DeployFacts {
         let env = env();
-        let image = |component: &'static str, digest: &str| ImageFacts {
+        let image = |component: Component, digest: &str| ImageFacts {
             component,
             tag: Some("abc".into()),
             context_exists: true,
@@ -941,8 +941,8 @@ mod tests {
                 short: "abc".into(),
             }),
             images: vec![
-                image("backend", BACKEND_DIGEST),
-                image("frontend", FRONTEND_DIGEST),
+                image(Component::Backend, BACKEND_DIGEST),
+                image(Component::Frontend, FRONTEND_DIGEST),
             ],
             graph: Ok(graph()),
             helm: Some(HelmVersion {
@@ -961,11 +961,11 @@ mod tests {
                         inputs_hash: "sha256:inputs".into(),
                         backend_image: format!(
                             "{}@{BACKEND_DIGEST}",
-                            env.image("backend").reference
+                            env.image(Component::Backend).reference
                         ),
                         frontend_image: format!(
                             "{}@{FRONTEND_DIGEST}",
-                            env.image("frontend").reference
+                            env.image(Component::Frontend).reference
                         ),
                         ..Record::default()
                     },

@@ -3,7 +3,7 @@
 use anyhow::Result;
 
 use crate::cli::ImageArgs;
-use crate::config;
+use crate::config::{self, Component};
 use crate::error::input_error;
 use crate::images::{self, Stage};
 use crate::{docker, runner_binary};
@@ -23,7 +23,7 @@ fn images_stage(args: ImageArgs, stage: Stage) -> Result<()> {
     // refused here, with nothing built.
     let daemon = docker::registry_view_blocking().ok();
     let runner = runner_binary::decide(
-        env.image("backend").platform.as_ref(),
+        env.image(Component::Backend).platform.as_ref(),
         daemon.as_ref().and_then(|d| d.platform.as_ref()),
         args.migrations_binary.as_deref(),
     )

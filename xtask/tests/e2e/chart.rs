@@ -348,7 +348,7 @@ fn the_default_rendering_matches_the_reviewed_snapshot_with_helm_3_and_4() {
                 .to_string();
         assert_eq!(password.len(), 32);
         common::assert_snapshot(
-            "chart-default.yaml",
+            "chart-default",
             &stdout.replace(&password, "<generated password>"),
         );
     }

@@ -68,7 +68,7 @@ fn the_plan_for_colony_dev_matches_the_reviewed_snapshot() {
             "<run-migrations>",
         )
         .replace(stack.repo.root().to_str().unwrap(), "<root>");
-    assert_snapshot("dry-run-colony-dev.txt", &plan);
+    assert_snapshot("dry-run-colony-dev", &plan);
 }
 
 #[test]

@@ -42,35 +42,13 @@ pub fn xtask(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Run {
     }
 }
 
-/// Compares `actual` with the reviewed snapshot `tests/snapshots/<name>`;
-/// `UPDATE_SNAPSHOTS=1 cargo test` rewrites it for review.
+/// Compares `actual` with the reviewed insta snapshot
+/// `tests/snapshots/<name>.snap`. A change is reviewed with `cargo insta
+/// review`, or accepted with `INSTA_UPDATE=always cargo test` and read in
+/// the diff; under CI nothing is written.
 pub fn assert_snapshot(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/snapshots")
-        .join(name);
-    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(&path, actual).expect("write snapshot");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!(
-            "no snapshot {}: run with UPDATE_SNAPSHOTS=1 and review it",
-            path.display()
-        )
-    });
-    if expected != actual {
-        let first_difference = expected
-            .lines()
-            .zip(actual.lines())
-            .position(|(e, a)| e != a)
-            .unwrap_or(expected.lines().count().min(actual.lines().count()));
-        panic!(
-            "output differs from {} (first at line {}):\n--- expected\n{}\n--- actual\n{}\n\
-             If the change is intended, rerun with UPDATE_SNAPSHOTS=1 and review the diff.",
-            path.display(),
-            first_difference + 1,
-            expected.lines().nth(first_difference).unwrap_or("<end>"),
-            actual.lines().nth(first_difference).unwrap_or("<end>"),
-        );
-    }
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_snapshot!(name, actual));
 }

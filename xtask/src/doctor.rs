@@ -7,10 +7,10 @@ use anyhow::Result;
 use xshell::{cmd, Shell};
 
 use crate::cli::StageArgs;
-use crate::config::{self, Environment};
+use crate::config::{self, Component, Environment};
 use backend_migrations::redact;
 
-use crate::{docker, helm, registry};
+use crate::{docker, helm, registry, runner_binary};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -94,6 +94,8 @@ pub fn run(args: StageArgs) -> Result<()> {
                 env.config_file.display()
             ),
         ));
+        checks.push(sql_preview_check(env));
+        checks.push(runner_check(env));
         checks.push(registry_check(env));
         checks.push(disk_check(&sh, &env.backup_dir));
     }
@@ -169,6 +171,60 @@ fn docker_check() -> Check {
             ),
         ),
         Err(e) => Check::fail("docker", format!("no Docker daemon at {host}: {e}"), fix),
+    }
+}
+
+/// Alembic on this machine, for the deploy plan's SQL preview. Missing is a
+/// warning: the deploy works, its plan only lacks the SQL.
+fn sql_preview_check(env: &Environment) -> Check {
+    let command = env.migrations.preview_command.join(" ");
+    let program = &env.migrations.preview_command[0];
+    let found = Path::new(program).is_file() || runner_binary::on_path(program);
+    if found {
+        Check::ok(
+            "sql preview",
+            format!("`{command}` renders the migrations' SQL offline (migrations.preview_command, default alembic_command)"),
+        )
+    } else {
+        Check::warn(
+            "sql preview",
+            format!("`{program}` is not on PATH: deploy plans will show no SQL preview and no Squawk findings"),
+            format!(
+                "install Alembic here (`pip install alembic`, or `uv`), or set migrations.preview_command in {}",
+                env.config_file.display()
+            ),
+        )
+    }
+}
+
+/// Which run-migrations binary a build would put in the backend image, or
+/// why none can be had (then a deploy that must build it is refused).
+fn runner_check(env: &Environment) -> Check {
+    let daemon = docker::registry_view_blocking().ok();
+    let prebuilt = std::env::var_os("COLONY_RUN_MIGRATIONS_BIN").map(PathBuf::from);
+    let plan = runner_binary::decide(
+        env.image(Component::Backend).platform.as_ref(),
+        daemon.as_ref().and_then(|d| d.platform.as_ref()),
+        prebuilt.as_deref(),
+    );
+    match plan {
+        Ok(plan) => match plan.source {
+            runner_binary::Source::Build { .. }
+                if std::env::var_os("CARGO").is_none() && !runner_binary::on_path("cargo") =>
+            {
+                Check::warn(
+                    "runner",
+                    plan.describe(),
+                    "cargo is not on PATH to build it: run through `cargo xtask`, or set COLONY_RUN_MIGRATIONS_BIN",
+                )
+            }
+            _ => Check::ok("runner", plan.describe()),
+        },
+        Err(why) => Check::fail(
+            "runner",
+            why,
+            "see the README's Platforms section, or set COLONY_RUN_MIGRATIONS_BIN to a prebuilt binary",
+        ),
     }
 }
 

@@ -290,7 +290,7 @@ fn buildable_musl_targets(host: &Platform) -> Vec<(String, String)> {
         .collect()
 }
 
-fn on_path(program: &str) -> bool {
+pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }

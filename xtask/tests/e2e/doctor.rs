@@ -80,6 +80,10 @@ fn everything_present_passes() {
         "current context homelab",
         "ok    pg_restore",
         "ok    disk",
+        // Neither Alembic nor cargo on this PATH: warnings, with their fix.
+        "warn  sql preview `alembic` is not on PATH: deploy plans will show no SQL preview",
+        "warn  runner      run-migrations built static for linux/amd64",
+        "fix: cargo is not on PATH to build it",
     ] {
         assert!(
             run.stdout.contains(line),

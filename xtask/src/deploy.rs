@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use backend_migrations::revisions::RevisionGraph;
 use serde_json::json;
 use xshell::Shell;
 
@@ -82,6 +83,7 @@ pub fn run(args: DeployArgs) -> Result<()> {
         skip_build: args.skip_build,
         verbose: args.verbose,
         collector: std::sync::Mutex::new(None),
+        daemon: facts.daemon.clone().ok(),
     };
     process::install_interrupts()?;
     let mut summary = match runtime.block_on(execution.run(&plan)) {
@@ -151,6 +153,8 @@ pub fn gather_facts(
     env: &Environment,
     migrations_binary: Option<&std::path::Path>,
 ) -> DeployFacts {
+    // Read once: the plan needs the graph, and so does the SQL preview.
+    let graph = versions::load_graph(env);
     std::thread::scope(|scope| {
         // The cluster's reads are the longest chain (an `alembic current`
         // in a pod): they start first; git, Docker and the registry overlap.
@@ -158,7 +162,7 @@ pub fn gather_facts(
         // cluster's reads in the same thread.
         let cluster = scope.spawn(|| {
             let cluster = cluster_facts(env);
-            let migrations = migrations_preview(env, &cluster);
+            let migrations = migrations_preview(env, &graph, &cluster);
             (cluster, migrations)
         });
         let helm = scope.spawn(|| helm::detect_version(&Shell::new().ok()?));
@@ -228,7 +232,7 @@ pub fn gather_facts(
         DeployFacts {
             commit: commit.clone(),
             images,
-            graph: versions::load_graph(env),
+            graph: graph.clone(),
             helm: helm.join().expect("helm probe panicked"),
             chart_exists,
             backup_script_exists: env.root.join(backup::SCRIPT).is_file(),
@@ -241,25 +245,30 @@ pub fn gather_facts(
             migrations,
             runner,
             external_database: std::env::var_os("DATABASE_URL").is_some(),
-            docker: daemon.as_ref().map(|_| ()).map_err(Clone::clone),
+            daemon,
         }
     })
 }
 
 /// The pending migrations' SQL, from the database's revision to the
 /// checkout's head.
-fn migrations_preview(env: &Environment, cluster: &Result<ClusterFacts, String>) -> Preview {
+fn migrations_preview(
+    env: &Environment,
+    graph: &Result<RevisionGraph, String>,
+    cluster: &Result<ClusterFacts, String>,
+) -> Preview {
     let database = match cluster {
         Ok(cluster) => cluster.database.clone(),
         Err(_) => schema::DatabaseRevision::Unknown {
             why: "the cluster could not be read".into(),
         },
     };
-    match versions::load_graph(env).and_then(|graph| {
-        let head = graph.head().map_err(|e| e.to_string())?.to_string();
-        Ok((graph, head))
-    }) {
-        Ok((graph, head)) => sql_preview::gather(env, &graph, &head, &database),
+    let head = graph
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|graph| Ok((graph, graph.head().map_err(|e| e.to_string())?)));
+    match head {
+        Ok((graph, head)) => sql_preview::gather(env, graph, head, &database),
         Err(why) => Preview::Unavailable { why },
     }
 }
@@ -332,6 +341,8 @@ struct Execution<'a> {
     /// Verify's reads, made while the rollout is watched (Helm's watch,
     /// then ours), taken by the verify step.
     collector: std::sync::Mutex<Option<verify::Collector>>,
+    /// The daemon's view from the facts (how it reaches the registry).
+    daemon: Option<registry::DaemonView>,
 }
 
 /// What the steps so far produced.
@@ -422,9 +433,11 @@ impl Execution<'_> {
                     jobs: 2,
                     runner: self.spec.runner.clone(),
                 };
-                let reports = images::run(env, &self.spec.tags, &options).await.context(
-                    "the image stage failed, so Helm was not run and the cluster is unchanged",
-                )?;
+                let reports = images::run(env, &self.spec.tags, &options, self.daemon.as_ref())
+                    .await
+                    .context(
+                        "the image stage failed, so Helm was not run and the cluster is unchanged",
+                    )?;
                 Ok(Output::Images(reports))
             }
             StepKind::Backup => {
@@ -455,7 +468,7 @@ impl Execution<'_> {
                     .expect("collector lock")
                     .take()
                     .unwrap_or_else(|| verify::Collector::new(env, 0));
-                let assessment = rollout::watch(env, 0, false, env_timeout(env), |b| {
+                let assessment = rollout::watch(env, 0, false, env.helm_timeout, |b| {
                     progress.show(b);
                     collector.observe(b);
                 })
@@ -542,10 +555,6 @@ impl Execution<'_> {
             },
         }
     }
-}
-
-fn env_timeout(env: &Environment) -> Duration {
-    env.helm_timeout
 }
 
 impl Summary {
@@ -701,7 +710,7 @@ async fn run_helm_watching_rollout(
     let mut collector = verify::Collector::new(env, before);
     // The watch borrows the collector: it ends with this block.
     let (code, said) = {
-        let watch = rollout::watch(env, before, true, env_timeout(env), |backend| {
+        let watch = rollout::watch(env, before, true, env.helm_timeout, |backend| {
             progress.show(backend);
             collector.observe(backend);
         });

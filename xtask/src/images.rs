@@ -94,18 +94,19 @@ pub fn tags(env: &Environment) -> Result<Vec<(Component, String)>> {
 }
 
 /// Runs the stages for `tags` (component → tag, from `tags` or the deploy
-/// plan's facts, so git is read once); the contexts were checked by the caller.
+/// plan's facts, so git is read once); the contexts were checked by the
+/// caller, which also read the daemon's view (`docker info`) once.
 pub async fn run(
     env: &Environment,
     tags: &[(Component, String)],
     options: &Options,
+    daemon_view: Option<&registry::DaemonView>,
 ) -> Result<Vec<ImageReport>> {
     let docker = docker::connect().await.map_err(|e| anyhow!(e))?;
     let host = registry::host_of(&env.registry).to_string();
     let credential = registry::credential_for(&host).map_err(|e| anyhow!(e))?;
     // HTTPS, or plain HTTP too, exactly as the daemon will push.
-    let daemon_view = docker::registry_view(&docker).await.ok();
-    let access = registry::access_for(&env.registry, daemon_view.as_ref());
+    let access = registry::access_for(&env.registry, daemon_view);
     let progress = Progress::new();
     let jobs = Arc::new(Semaphore::new(options.jobs.max(1)));
 
@@ -240,15 +241,19 @@ impl BuildTask {
             self.build_dir(&dir, &dockerfile, Vec::new(), &target)
                 .await?;
         }
+        // One look at the built image: its platform (the backend's runner
+        // must match it) and its size (for the table).
+        let built = docker::inspect(&self.docker, &target).await;
+        if let (Component::Backend, Some(runner)) = (self.image.component, &self.runner) {
+            if let Some(facts) = built.as_ref().map_err(|e| anyhow!("{e}"))? {
+                check_platform(&runner.platform, facts)?;
+            }
+        }
         if self.image.also_tag_latest {
             self.tag_latest(&target).await?;
         }
         report.build = StepOutcome::Done(started.elapsed());
-        report.size = docker::inspect(&self.docker, &target)
-            .await
-            .ok()
-            .flatten()
-            .map(|f| f.size);
+        report.size = built.ok().flatten().map(|f| f.size);
         self.line.finish(&format!(
             "built {target} in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -297,31 +302,7 @@ impl BuildTask {
             },
         ];
         self.build_dir(&dir, RESERVED_DOCKERFILE, extras, target)
-            .await?;
-        self.check_platform(target).await
-    }
-
-    /// The runner was chosen for the configured (or the daemon's) platform;
-    /// a base image of another one would make an image it cannot run in.
-    async fn check_platform(&self, target: &str) -> Result<()> {
-        let facts = docker::inspect(&self.docker, target)
             .await
-            .map_err(|e| anyhow!(e))?;
-        let Some(expected) = self.runner.as_ref().map(|r| &r.platform) else {
-            return Ok(());
-        };
-        match facts.filter(|f| !f.architecture.is_empty()) {
-            Some(f) if runner_binary::Platform::new(&f.os, &f.architecture) != *expected => bail!(
-                "the backend image came out {}/{} (its base image's platform), but run-migrations was made \
-                 for {expected}: set images.backend.platform = \"{}/{}\" in deploy.toml, so that the right \
-                 runner is chosen before the build",
-                f.os,
-                f.architecture,
-                f.os,
-                f.architecture
-            ),
-            _ => Ok(()),
-        }
     }
 
     async fn build_dir(
@@ -374,6 +355,23 @@ impl BuildTask {
             .await
             .with_context(|| format!("tagging {target} as latest"))
     }
+}
+
+/// The runner was chosen for the configured (or the daemon's) platform; a
+/// base image of another one would make an image it cannot run in.
+fn check_platform(expected: &runner_binary::Platform, built: &docker::ImageFacts) -> Result<()> {
+    if built.architecture.is_empty()
+        || runner_binary::Platform::new(&built.os, &built.architecture) == *expected
+    {
+        return Ok(());
+    }
+    bail!(
+        "the backend image came out {os}/{arch} (its base image's platform), but run-migrations was made \
+         for {expected}: set images.backend.platform = \"{os}/{arch}\" in deploy.toml, so that the right \
+         runner is chosen before the build",
+        os = built.os,
+        arch = built.architecture,
+    )
 }
 
 /// The user's Dockerfile with the runner copied in at the end, so that it

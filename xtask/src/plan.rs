@@ -15,7 +15,7 @@ use crate::kube;
 use crate::release::Current;
 use crate::runner_binary::RunnerPlan;
 use crate::schema::DatabaseRevision;
-use crate::sql_preview::Preview;
+use crate::sql_preview::{self, Preview, Range};
 use crate::versions;
 
 /// What was learned before planning, all read-only: the checkout, the
@@ -35,8 +35,9 @@ pub struct DeployFacts {
     pub cluster: Result<ClusterFacts, String>,
     /// `DATABASE_URL` is set: the backup script dumps that (external) database.
     pub external_database: bool,
-    /// The Docker daemon answers (needed when an image must be built), or why not.
-    pub docker: Result<(), String>,
+    /// What the Docker daemon says (`docker info`; needed when an image must
+    /// be built, and reused by the image stage), or why it does not answer.
+    pub daemon: Result<crate::registry::DaemonView, String>,
     /// The SQL the pending migrations run, rendered offline and linted.
     pub migrations: Preview,
     /// The run-migrations binary for the backend image's platform, or why
@@ -382,6 +383,8 @@ fn backup_decision(facts: &DeployFacts, options: DeployOptions) -> (bool, String
 
 /// What the deploy does to the schema, from the database's revision to the
 /// checkout's head; a database these scripts cannot migrate blocks the plan.
+/// Which revisions run is `sql_preview::range`'s decision (the preview
+/// shows their SQL); this only says it in words.
 fn schema_lines(
     facts: &DeployFacts,
     head: &Result<String, String>,
@@ -396,33 +399,60 @@ fn schema_lines(
             why: "the cluster could not be read".into(),
         },
     };
-    let apply = |from: Option<&str>| -> Vec<String> {
-        graph
-            .upgrade_path(from, head)
-            .unwrap_or_default()
-            .into_iter()
+    let apply = |revisions: &[String]| -> Vec<String> {
+        revisions
+            .iter()
             .map(|id| match versions::message(graph, id) {
                 m if m.is_empty() => format!("apply {id}"),
                 m => format!("apply {id}: {m}"),
             })
             .collect()
     };
-    let base = graph
-        .upgrade_path(None, head)
-        .and_then(|path| path.first().map(|b| b.to_string()))
-        .unwrap_or_default();
-    match &database {
-        DatabaseRevision::At { revision } if revision == head => {
+    let then = |first: String, revisions: &[String]| {
+        std::iter::once(first).chain(apply(revisions)).collect()
+    };
+    match (sql_preview::range(graph, head, &database), &database) {
+        (Range::NoMigrations { .. }, _) => {
             vec![format!("unchanged: the database is at {head} already")]
         }
-        DatabaseRevision::At { revision } if graph.contains(revision) => {
-            let mut lines = vec![format!(
-                "the database is at {revision}; the init container will"
-            )];
-            lines.extend(apply(Some(revision)));
-            lines
-        }
-        DatabaseRevision::At { revision } => {
+        (
+            Range::Upgrade {
+                stamp: Some(base),
+                revisions,
+                ..
+            },
+            DatabaseRevision::NoRevision {
+                legacy_tables: Some(tables),
+            },
+        ) => then(
+            format!(
+                "a pre-Alembic schema ({}): the init container will stamp {base}, then",
+                tables.join(", ")
+            ),
+            &revisions,
+        ),
+        (
+            Range::Upgrade {
+                from: Some(revision),
+                revisions,
+                ..
+            },
+            _,
+        ) => then(
+            format!("the database is at {revision}; the init container will"),
+            &revisions,
+        ),
+        (Range::Upgrade { revisions, .. }, DatabaseRevision::NoRevision { legacy_tables }) => then(
+            match legacy_tables {
+                Some(_) => "an empty database: the init container will".to_string(),
+                None => format!(
+                    "no Alembic revision: the init container will stamp {} first if it finds the pre-Alembic tables, then",
+                    revisions.first().map_or("", String::as_str)
+                ),
+            },
+            &revisions,
+        ),
+        (_, DatabaseRevision::At { revision }) => {
             missing.push(format!(
                 "the database is at {revision}, which this checkout's migrations do not know (they end at {head}):                  a newer build migrated it, and this build's init container would refuse to start. Deploy that                  build, or roll the schema back with the release that knows it (`cargo xtask rollback --to {head}`)"
             ));
@@ -430,29 +460,12 @@ fn schema_lines(
                 "refused: the database is at {revision}, unknown to these scripts"
             )]
         }
-        DatabaseRevision::NoRevision {
-            legacy_tables: Some(tables),
-        } if !tables.is_empty() => {
-            let mut lines = vec![format!(
-                "a pre-Alembic schema ({}): the init container will stamp {base}, then",
-                tables.join(", ")
-            )];
-            lines.extend(apply(Some(&base)));
-            lines
-        }
-        DatabaseRevision::NoRevision { legacy_tables } => {
-            let mut lines = vec![match legacy_tables {
-                Some(_) => "an empty database: the init container will".to_string(),
-                None => format!(
-                    "no Alembic revision: the init container will stamp {base} first if it finds the pre-Alembic tables, then"
-                ),
-            }];
-            lines.extend(apply(None));
-            lines
-        }
-        DatabaseRevision::Unknown { why } => vec![format!(
+        (_, DatabaseRevision::Unknown { why }) => vec![format!(
             "database revision unknown ({why}); the init container will bring it to {head}"
         )],
+        (Range::Unavailable { why }, DatabaseRevision::NoRevision { .. }) => {
+            vec![format!("unknown: {why}")]
+        }
     }
 }
 
@@ -676,7 +689,7 @@ fn missing(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Ve
     ) {
         missing.push(format!("the backend must be built, but {why}"));
     }
-    if let (false, false, Err(why)) = (options.skip_build, lacking.is_empty(), &facts.docker) {
+    if let (false, false, Err(why)) = (options.skip_build, lacking.is_empty(), &facts.daemon) {
         missing.push(format!(
             "no Docker daemon to build {}: {why}",
             lacking
@@ -975,7 +988,7 @@ mod tests {
                 database_pod_exists: true,
             }),
             external_database: false,
-            docker: Ok(()),
+            daemon: Ok(crate::registry::DaemonView::default()),
             migrations: Preview::NoMigrations {
                 head: "0002_activity_and_comments".into(),
             },

@@ -295,16 +295,19 @@ pub fn on_path(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
+/// `rustc ARGS` (or `$RUSTC`), a short read-only probe (xshell, as git's).
+fn rustc(args: &[&str]) -> Result<String> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sh = xshell::Shell::new()?;
+    Ok(xshell::cmd!(sh, "{rustc} {args...}").quiet().read()?)
+}
+
 /// Targets whose standard library the active toolchain has.
 fn installed_targets() -> Vec<String> {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let Ok(output) = std::process::Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .output()
-    else {
+    let Ok(sysroot) = rustc(&["--print", "sysroot"]) else {
         return Vec::new();
     };
-    let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let sysroot = PathBuf::from(sysroot.trim());
     std::fs::read_dir(sysroot.join("lib/rustlib"))
         .map(|dir| {
             dir.filter_map(|e| e.ok())
@@ -431,12 +434,7 @@ fn source_key(workspace: &Path, triple: &str, static_glibc: bool) -> Result<Stri
     hasher.update(format!(
         "{triple} static_glibc={static_glibc} strip=symbols\n"
     ));
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let version = std::process::Command::new(rustc)
-        .arg("-vV")
-        .output()
-        .context("running rustc -vV")?;
-    hasher.update(&version.stdout);
+    hasher.update(rustc(&["-vV"]).context("running rustc -vV")?);
     let crate_dir = workspace.join("backend-migrations");
     let mut files = vec![
         workspace.join("Cargo.lock"),

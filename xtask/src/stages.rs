@@ -37,7 +37,7 @@ fn images_stage(args: ImageArgs, stage: Stage) -> Result<()> {
         .enable_all()
         .build()?;
     let tags = images::tags(&env)?;
-    let reports = runtime.block_on(images::run(&env, &tags, &options))?;
+    let reports = runtime.block_on(images::run(&env, &tags, &options, daemon.as_ref()))?;
     if args.json {
         println!(
             "{}",

@@ -196,9 +196,9 @@ pub fn gather_from(env: &Environment, expected: Expectation, backend: Backend) -
 /// Reads made earlier (during the rollout), by pod name: `alembic current`
 /// in one pod, and `run-migrations` logs.
 #[derive(Default)]
-pub struct Known {
-    pub alembic_current: Option<(String, cluster::Output)>,
-    pub logs: HashMap<String, cluster::Output>,
+struct Known {
+    alembic_current: Option<(String, cluster::Output)>,
+    logs: HashMap<String, cluster::Output>,
 }
 
 /// `gather_from`, reusing what `known` already holds for the pods that are

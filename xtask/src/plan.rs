@@ -454,7 +454,9 @@ fn schema_lines(
         ),
         (_, DatabaseRevision::At { revision }) => {
             missing.push(format!(
-                "the database is at {revision}, which this checkout's migrations do not know (they end at {head}):                  a newer build migrated it, and this build's init container would refuse to start. Deploy that                  build, or roll the schema back with the release that knows it (`cargo xtask rollback --to {head}`)"
+                "the database is at {revision}, which this checkout's migrations do not know (they end at {head}): \
+                 a newer build migrated it, and this build's init container would refuse to start. Deploy that \
+                 build, or roll the schema back with the release that knows it (`cargo xtask rollback --to {head}`)"
             ));
             vec![format!(
                 "refused: the database is at {revision}, unknown to these scripts"

@@ -1,4 +1,4 @@
-//! `cargo bench -p xtask --bench images`: the image stages on the test bed.
+//! `cargo bench -p xtask --bench images`: the image pipeline on the test bed.
 //! Prints figures; speed goals live here, never in tests.
 //!
 //! - two images with 200 MiB contexts: `xtask push` vs `docker build` +

@@ -66,7 +66,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  cargo xtask backup colony-dev\n  \
         cargo xtask backup colony-dev --json | jq -r .path\n\n\
         --json keys: environment, path, bytes, seconds.")]
-    Backup(StageArgs),
+    Backup(EnvArgs),
     /// Check that the newest pods run the expected Alembic head and that their migrations completed.
     #[command(
         long_about = "Check that the newest pods run the expected Alembic head and that their migrations completed.\n\n\
@@ -135,7 +135,7 @@ pub enum Command {
         after_help = "Examples:\n  cargo xtask doctor\n  cargo xtask doctor colony-dev --json\n\n\
         --json keys: passed (bool), checks[] (name, level: ok | warn | fail, detail, fix)."
     )]
-    Doctor(StageArgs),
+    Doctor(EnvArgs),
 }
 
 /// Which environment, and the overrides of its deploy.toml entry.
@@ -207,7 +207,7 @@ pub struct DeployArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct StageArgs {
+pub struct EnvArgs {
     /// Environment from deploy.toml [default: the file's default_environment].
     pub env: Option<String>,
     /// Print JSON (keys listed below); progress goes to stderr.

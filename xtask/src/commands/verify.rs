@@ -11,12 +11,13 @@ use std::collections::HashMap;
 use anyhow::Result;
 use serde_json::{json, Value};
 
+use crate::alembic::versions;
 use crate::cli::VerifyArgs;
-use crate::cluster::{self, Backend};
-use crate::config::Environment;
+use crate::cluster::release::{self, Current};
+use crate::cluster::{self, kubectl, Backend};
+use crate::config::{names, Environment};
 use crate::error::input_error;
-use crate::release::{self, Current};
-use crate::{config, kube, names, plan, versions};
+use crate::{config, plan};
 
 pub const COMPLETE: &str = "Migrations complete.";
 const DETECTION: &str = "Detected pre-Alembic schema";
@@ -247,7 +248,7 @@ fn gather_with(
         let current = scope.spawn(|| match (early_current, &pod, running) {
             (Some(output), _, _) => Ok(Some(output)),
             (None, Some(name), true) => {
-                cluster::run(&kube::alembic_current_args(env, name)).map(Some)
+                cluster::run(&kubectl::alembic_current_args(env, name)).map(Some)
             }
             _ => Ok(None),
         });
@@ -257,7 +258,7 @@ fn gather_with(
                 let early = known.logs.remove(name);
                 scope.spawn(move || match early {
                     Some(output) => Ok(output),
-                    None => cluster::run(&kube::migrations_log_args(env, name)),
+                    None => cluster::run(&kubectl::migrations_log_args(env, name)),
                 })
             })
             .collect();
@@ -311,20 +312,20 @@ impl Collector {
     /// One look of the watch: start the reads that became possible.
     pub fn observe(&mut self, backend: &Backend) {
         self.last = Some(backend.clone());
-        if crate::rollout::newest_revision(backend) <= self.before {
+        if crate::cluster::rollout::newest_revision(backend) <= self.before {
             return;
         }
         for pod in &backend.pods {
             let name = cluster::name(pod).to_string();
             if migrations_succeeded(pod) && !self.logs.contains_key(&name) {
-                let argv = kube::migrations_log_args(&self.env, &name);
+                let argv = kubectl::migrations_log_args(&self.env, &name);
                 self.logs.insert(
                     name.clone(),
                     std::thread::spawn(move || cluster::run(&argv)),
                 );
             }
             if self.current.is_none() && cluster::pod_ready(pod) {
-                let argv = kube::alembic_current_args(&self.env, &name);
+                let argv = kubectl::alembic_current_args(&self.env, &name);
                 self.current = Some((name, std::thread::spawn(move || cluster::run(&argv))));
             }
         }
@@ -380,7 +381,7 @@ pub fn evaluate(env: &Environment, facts: &Facts) -> Vec<Check> {
         "kubectl --context {} --namespace {} get pods --selector {}",
         env.kube_context,
         env.namespace,
-        kube::component_selector(env, "backend")
+        kubectl::component_selector(env, "backend")
     );
     let mut checks = Vec::new();
     let Some(deployment) = &facts.backend.deployment else {
@@ -389,7 +390,7 @@ pub fn evaluate(env: &Environment, facts: &Facts) -> Vec<Check> {
             ok: false,
             detail: format!(
                 "no Deployment labelled {} in namespace {}",
-                kube::component_selector(env, "backend"),
+                kubectl::component_selector(env, "backend"),
                 env.namespace
             ),
             next: Some(format!("cargo xtask deploy {}", env.name)),
@@ -479,7 +480,7 @@ fn alembic_check(env: &Environment, facts: &Facts) -> Check {
             next: facts
                 .pod
                 .as_ref()
-                .map(|p| plan::display_argv(&kube::migrations_log_args(env, p))),
+                .map(|p| plan::display_argv(&kubectl::migrations_log_args(env, p))),
         };
     };
     let answer = cluster::last_line(&output.stdout).to_string();
@@ -514,7 +515,7 @@ fn alembic_check(env: &Environment, facts: &Facts) -> Check {
         name: "alembic current",
         ok,
         detail,
-        next: (!ok).then(|| plan::display_argv(&kube::migrations_log_args(env, pod))),
+        next: (!ok).then(|| plan::display_argv(&kubectl::migrations_log_args(env, pod))),
     }
 }
 
@@ -563,7 +564,7 @@ fn log_check(env: &Environment, facts: &Facts) -> Check {
             } else {
                 format!("{pod}: ends with \"{last}\", not \"{COMPLETE}\"")
             },
-            next: Some(plan::display_argv(&kube::migrations_log_args(env, if unfinished.is_empty() { first_pod } else { pod }))),
+            next: Some(plan::display_argv(&kubectl::migrations_log_args(env, if unfinished.is_empty() { first_pod } else { pod }))),
         },
     }
 }
@@ -768,7 +769,7 @@ mod tests {
         let current = |revision: u32, head: &str| Current {
             revision,
             status: "deployed".into(),
-            record: crate::release::Record {
+            record: crate::cluster::release::Record {
                 alembic_head: head.into(),
                 ..Default::default()
             },

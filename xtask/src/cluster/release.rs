@@ -6,9 +6,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cluster;
+use crate::cluster::{helm, kubectl};
 use crate::config::Environment;
 use crate::error::input_error;
-use crate::{helm, kube, plan};
+use crate::plan;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReleaseState {
@@ -216,7 +217,7 @@ pub fn describe_state(env: &Environment) -> String {
 
 /// The kube context must be the environment's: refuse naming both.
 pub fn check_context(env: &Environment) -> Result<()> {
-    let output = cluster::run(&kube::current_context_args())?;
+    let output = cluster::run(&kubectl::current_context_args())?;
     let current = output.stdout.trim();
     if output.code != 0 || current != env.kube_context {
         return Err(input_error(format!(

@@ -4,9 +4,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cluster::{self, Backend};
+use crate::cluster::{self, kubectl, Backend};
 use crate::config::Environment;
-use crate::kube;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
@@ -66,7 +65,7 @@ pub fn read(env: &Environment, pod: &str) -> DatabaseRevision {
     if let Some(answer) = ask_runner(env, pod) {
         return answer;
     }
-    match cluster::run(&kube::alembic_current_args(env, pod)) {
+    match cluster::run(&kubectl::alembic_current_args(env, pod)) {
         Ok(output) => from_alembic_output(pod, &output),
         Err(e) => DatabaseRevision::Unknown {
             why: format!("{e:#}"),
@@ -93,7 +92,7 @@ pub fn from_observed(
 /// `run-migrations status --json` in `pod`; None when the image has no
 /// runner or it could not answer.
 fn ask_runner(env: &Environment, pod: &str) -> Option<DatabaseRevision> {
-    let output = cluster::run(&kube::migrations_status_args(env, pod)).ok()?;
+    let output = cluster::run(&kubectl::migrations_status_args(env, pod)).ok()?;
     if output.code != 0 {
         return None;
     }

@@ -7,13 +7,13 @@
 use anyhow::Result;
 use serde_json::json;
 
+use crate::alembic::database::{self, DatabaseRevision};
+use crate::alembic::preview::{self, Preview};
+use crate::alembic::versions;
 use crate::cli::MigrationsArgs;
-use crate::cluster::Backend;
-use crate::config::{self, Environment};
+use crate::cluster::{release, Backend};
+use crate::config::{self, names, Environment};
 use crate::error::input_error;
-use crate::schema::{self, DatabaseRevision};
-use crate::sql_preview::{self, Preview};
-use crate::{names, release, versions};
 
 pub fn run(args: MigrationsArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
@@ -29,7 +29,7 @@ pub fn run(args: MigrationsArgs) -> Result<()> {
             format!("a backend pod of {}/{}", env.kube_context, env.namespace),
         ),
     };
-    let preview = sql_preview::gather(&env, &graph, &head, &database);
+    let preview = preview::gather(&env, &graph, &head, &database);
     if args.json {
         let report = json!({
             "environment": env.name,
@@ -86,8 +86,8 @@ fn named_revision(
 fn database_revision(env: &Environment) -> Result<DatabaseRevision> {
     release::check_context(env)?;
     let backend = Backend::read(env)?;
-    Ok(match schema::ready_pod(&backend) {
-        Some(pod) => schema::read(env, &pod),
+    Ok(match database::ready_pod(&backend) {
+        Some(pod) => database::read(env, &pod),
         None => DatabaseRevision::Unknown {
             why: "no ready backend pod to ask".into(),
         },
@@ -97,7 +97,7 @@ fn database_revision(env: &Environment) -> Result<DatabaseRevision> {
 fn refuse_findings_if_strict(env: &Environment, strict: bool, preview: &Preview) -> Result<()> {
     let findings = preview.findings();
     if (strict || env.migrations.strict) && !findings.is_empty() {
-        return Err(input_error(sql_preview::strict_refusal(env, findings)));
+        return Err(input_error(preview::strict_refusal(env, findings)));
     }
     Ok(())
 }

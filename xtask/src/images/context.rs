@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::mpsc;
 
-use crate::dockerignore::DockerIgnore;
+use crate::images::dockerignore::DockerIgnore;
 
 /// Chunks in flight between the tar writer and the Docker API request.
 const CHANNEL_CHUNKS: usize = 4;

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use xshell::{cmd, Shell};
 
-use crate::cli::StageArgs;
+use crate::cli::EnvArgs;
 use crate::config::{self, Component, Environment};
 use backend_migrations::redact;
 
-use crate::{docker, helm, registry, runner_binary};
+use crate::cluster::helm;
+use crate::images::{docker, registry, runner};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -21,32 +22,32 @@ pub enum Level {
 }
 
 #[derive(Debug, Clone)]
-pub struct Check {
+pub struct Prerequisite {
     pub name: &'static str,
     pub level: Level,
     pub detail: String,
     pub fix: Option<String>,
 }
 
-impl Check {
-    fn ok(name: &'static str, detail: impl Into<String>) -> Check {
-        Check {
+impl Prerequisite {
+    fn ok(name: &'static str, detail: impl Into<String>) -> Prerequisite {
+        Prerequisite {
             name,
             level: Level::Ok,
             detail: detail.into(),
             fix: None,
         }
     }
-    fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check {
+    fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Prerequisite {
+        Prerequisite {
             name,
             level: Level::Fail,
             detail: detail.into(),
             fix: Some(fix.into()),
         }
     }
-    fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check {
+    fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Prerequisite {
+        Prerequisite {
             name,
             level: Level::Warn,
             detail: detail.into(),
@@ -60,11 +61,11 @@ const TEST_BED_HINT: &str =
 /// Below this, a database backup may not fit.
 const MIN_FREE_BYTES: u64 = 1 << 30;
 
-pub fn run(args: StageArgs) -> Result<()> {
+pub fn run(args: EnvArgs) -> Result<()> {
     let sh = Shell::new()?;
     let env = config::load(args.env.as_deref(), &args.env_overrides);
     let mut checks = vec![match &env {
-        Ok(env) => Check::ok(
+        Ok(env) => Prerequisite::ok(
             "config",
             format!(
                 "environment {} from {}",
@@ -72,7 +73,7 @@ pub fn run(args: StageArgs) -> Result<()> {
                 env.config_file.display()
             ),
         ),
-        Err(e) => Check::fail(
+        Err(e) => Prerequisite::fail(
             "config",
             format!("{e:#}"),
             "fix deploy.toml, or pass --config / an environment name",
@@ -86,7 +87,7 @@ pub fn run(args: StageArgs) -> Result<()> {
     if let Ok(env) = &env {
         // Not checkable from here (it runs inside the image); shown so that
         // a wrong one is noticed before verify or rollback need it.
-        checks.push(Check::ok(
+        checks.push(Prerequisite::ok(
             "alembic",
             format!(
                 "run in the backend image as `{}` (alembic_command in {})",
@@ -112,7 +113,7 @@ pub fn run(args: StageArgs) -> Result<()> {
 }
 
 /// `doctor --json`: `passed` and each check's name, level, detail and fix.
-pub fn to_json(checks: &[Check]) -> serde_json::Value {
+pub fn to_json(checks: &[Prerequisite]) -> serde_json::Value {
     serde_json::json!({
         "passed": checks.iter().all(|c| c.level != Level::Fail),
         "checks": checks.iter().map(|c| serde_json::json!({
@@ -124,7 +125,7 @@ pub fn to_json(checks: &[Check]) -> serde_json::Value {
     })
 }
 
-pub fn render(checks: &[Check]) -> String {
+pub fn render(checks: &[Prerequisite]) -> String {
     let mut out = String::new();
     for check in checks {
         let level = match check.level {
@@ -144,7 +145,7 @@ pub fn render(checks: &[Check]) -> String {
     out
 }
 
-fn docker_check() -> Check {
+fn docker_check() -> Prerequisite {
     let host = docker::daemon_address();
     let fix = format!("start the Docker daemon (systemctl start docker) or point DOCKER_HOST at one; {TEST_BED_HINT}");
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -152,7 +153,9 @@ fn docker_check() -> Check {
         .build()
     {
         Ok(runtime) => runtime,
-        Err(e) => return Check::fail("docker", format!("cannot start an async runtime: {e}"), fix),
+        Err(e) => {
+            return Prerequisite::fail("docker", format!("cannot start an async runtime: {e}"), fix)
+        }
     };
     let answer = runtime.block_on(async {
         let docker = docker::probe().await?;
@@ -162,7 +165,7 @@ fn docker_check() -> Check {
             .map_err(|e| redact::mask_all(&e.to_string()))
     });
     match answer {
-        Ok(version) => Check::ok(
+        Ok(version) => Prerequisite::ok(
             "docker",
             format!(
                 "Docker Engine {} (API {}) at {host}",
@@ -170,23 +173,23 @@ fn docker_check() -> Check {
                 version.api_version.unwrap_or_default()
             ),
         ),
-        Err(e) => Check::fail("docker", format!("no Docker daemon at {host}: {e}"), fix),
+        Err(e) => Prerequisite::fail("docker", format!("no Docker daemon at {host}: {e}"), fix),
     }
 }
 
 /// Alembic on this machine, for the deploy plan's SQL preview. Missing is a
 /// warning: the deploy works, its plan only lacks the SQL.
-fn sql_preview_check(env: &Environment) -> Check {
+fn sql_preview_check(env: &Environment) -> Prerequisite {
     let command = env.migrations.preview_command.join(" ");
     let program = &env.migrations.preview_command[0];
-    let found = Path::new(program).is_file() || runner_binary::on_path(program);
+    let found = Path::new(program).is_file() || runner::on_path(program);
     if found {
-        Check::ok(
+        Prerequisite::ok(
             "sql preview",
             format!("`{command}` renders the migrations' SQL offline (migrations.preview_command, default alembic_command)"),
         )
     } else {
-        Check::warn(
+        Prerequisite::warn(
             "sql preview",
             format!("`{program}` is not on PATH: deploy plans will show no SQL preview and no Squawk findings"),
             format!(
@@ -199,28 +202,28 @@ fn sql_preview_check(env: &Environment) -> Check {
 
 /// Which run-migrations binary a build would put in the backend image, or
 /// why none can be had (then a deploy that must build it is refused).
-fn runner_check(env: &Environment) -> Check {
+fn runner_check(env: &Environment) -> Prerequisite {
     let daemon = docker::registry_view_blocking().ok();
     let prebuilt = std::env::var_os("COLONY_RUN_MIGRATIONS_BIN").map(PathBuf::from);
-    let plan = runner_binary::decide(
+    let plan = runner::decide(
         env.image(Component::Backend).platform.as_ref(),
         daemon.as_ref().and_then(|d| d.platform.as_ref()),
         prebuilt.as_deref(),
     );
     match plan {
         Ok(plan) => match plan.source {
-            runner_binary::Source::Build { .. }
-                if std::env::var_os("CARGO").is_none() && !runner_binary::on_path("cargo") =>
+            runner::Source::Build { .. }
+                if std::env::var_os("CARGO").is_none() && !runner::on_path("cargo") =>
             {
-                Check::warn(
+                Prerequisite::warn(
                     "runner",
                     plan.describe(),
                     "cargo is not on PATH to build it: run through `cargo xtask`, or set COLONY_RUN_MIGRATIONS_BIN",
                 )
             }
-            _ => Check::ok("runner", plan.describe()),
+            _ => Prerequisite::ok("runner", plan.describe()),
         },
-        Err(why) => Check::fail(
+        Err(why) => Prerequisite::fail(
             "runner",
             why,
             "see the README's Platforms section, or set COLONY_RUN_MIGRATIONS_BIN to a prebuilt binary",
@@ -229,7 +232,7 @@ fn runner_check(env: &Environment) -> Check {
 }
 
 /// Pings the registry the way pushes reach it, and says which scheme and why.
-fn registry_check(env: &Environment) -> Check {
+fn registry_check(env: &Environment) -> Prerequisite {
     let access = registry::access_for(
         &env.registry,
         docker::registry_view_blocking().ok().as_ref(),
@@ -247,7 +250,7 @@ fn registry_check(env: &Environment) -> Check {
         )
     };
     match client.ping() {
-        Ok(status) => Check::ok(
+        Ok(status) => Prerequisite::ok(
             "registry",
             format!(
                 "{} answers the registry API{} {}",
@@ -260,7 +263,7 @@ fn registry_check(env: &Environment) -> Check {
                 how(client.scheme())
             ),
         ),
-        Err(e) => Check::fail(
+        Err(e) => Prerequisite::fail(
             "registry",
             e,
             format!(
@@ -272,10 +275,10 @@ fn registry_check(env: &Environment) -> Check {
     }
 }
 
-fn git_check(sh: &Shell) -> Check {
+fn git_check(sh: &Shell) -> Prerequisite {
     match cmd!(sh, "git --version").quiet().ignore_stderr().read() {
-        Ok(version) => Check::ok("git", version),
-        Err(_) => Check::fail(
+        Ok(version) => Prerequisite::ok("git", version),
+        Err(_) => Prerequisite::fail(
             "git",
             "git not found on PATH (image tags come from the commit)",
             "apt-get install git",
@@ -283,28 +286,28 @@ fn git_check(sh: &Shell) -> Check {
     }
 }
 
-fn helm_check(sh: &Shell) -> Check {
+fn helm_check(sh: &Shell) -> Prerequisite {
     let fix = format!("install Helm 3 or 4 (https://helm.sh/docs/intro/install/); {TEST_BED_HINT} puts one in PATH");
     match helm::detect_version(sh) {
         Some(version) if version.major >= 3 => {
-            Check::ok("helm", format!("{} (Helm {})", version.text, version.major))
+            Prerequisite::ok("helm", format!("{} (Helm {})", version.text, version.major))
         }
-        Some(version) => Check::fail(
+        Some(version) => Prerequisite::fail(
             "helm",
             format!("{} is too old: Helm 3 or 4 is needed", version.text),
             fix,
         ),
-        None => Check::fail("helm", "helm not found on PATH", fix),
+        None => Prerequisite::fail("helm", "helm not found on PATH", fix),
     }
 }
 
-fn kubectl_check(sh: &Shell, env: Option<&Environment>) -> Check {
+fn kubectl_check(sh: &Shell, env: Option<&Environment>) -> Prerequisite {
     let version = cmd!(sh, "kubectl version --client -o json")
         .quiet()
         .ignore_stderr()
         .read();
     let Ok(version) = version else {
-        return Check::fail(
+        return Prerequisite::fail(
             "kubectl",
             "kubectl not found on PATH",
             format!("install kubectl (https://kubernetes.io/docs/tasks/tools/); {TEST_BED_HINT}"),
@@ -327,12 +330,16 @@ fn kubectl_check(sh: &Shell, env: Option<&Environment>) -> Check {
 }
 
 /// Compares the current kube context with the one the environment names. Pure.
-pub fn context_check(version: &str, current: Option<&str>, wanted: Option<(&str, &str)>) -> Check {
+pub fn context_check(
+    version: &str,
+    current: Option<&str>,
+    wanted: Option<(&str, &str)>,
+) -> Prerequisite {
     match (current, wanted) {
         (Some(current), Some((_, wanted))) if current == wanted => {
-            Check::ok("kubectl", format!("{version}; current context {current}"))
+            Prerequisite::ok("kubectl", format!("{version}; current context {current}"))
         }
-        (current, Some((env, wanted))) => Check::fail(
+        (current, Some((env, wanted))) => Prerequisite::fail(
             "kubectl",
             format!(
                 "{version}; current context is {}, but {env} deploys to context {wanted}",
@@ -341,9 +348,9 @@ pub fn context_check(version: &str, current: Option<&str>, wanted: Option<(&str,
             format!("kubectl config use-context {wanted}"),
         ),
         (Some(current), None) => {
-            Check::ok("kubectl", format!("{version}; current context {current}"))
+            Prerequisite::ok("kubectl", format!("{version}; current context {current}"))
         }
-        (None, None) => Check::warn(
+        (None, None) => Prerequisite::warn(
             "kubectl",
             format!("{version}; no current context"),
             "kubectl config use-context <name>",
@@ -351,14 +358,14 @@ pub fn context_check(version: &str, current: Option<&str>, wanted: Option<(&str,
     }
 }
 
-fn pg_restore_check(sh: &Shell) -> Check {
+fn pg_restore_check(sh: &Shell) -> Prerequisite {
     match cmd!(sh, "pg_restore --version")
         .quiet()
         .ignore_stderr()
         .read()
     {
-        Ok(version) => Check::ok("pg_restore", format!("{version} (checks every backup)")),
-        Err(_) => Check::fail(
+        Ok(version) => Prerequisite::ok("pg_restore", format!("{version} (checks every backup)")),
+        Err(_) => Prerequisite::fail(
             "pg_restore",
             "pg_restore not found on PATH: backups cannot be checked",
             "apt-get install postgresql-client",
@@ -366,11 +373,11 @@ fn pg_restore_check(sh: &Shell) -> Check {
     }
 }
 
-fn disk_check(sh: &Shell, backup_dir: &Path) -> Check {
+fn disk_check(sh: &Shell, backup_dir: &Path) -> Prerequisite {
     let existing = nearest_existing(backup_dir);
     let output = cmd!(sh, "df -Pk {existing}").quiet().ignore_stderr().read();
     match output.ok().as_deref().and_then(parse_df_available_bytes) {
-        Some(bytes) if bytes >= MIN_FREE_BYTES => Check::ok(
+        Some(bytes) if bytes >= MIN_FREE_BYTES => Prerequisite::ok(
             "disk",
             format!(
                 "{} free for backups in {}",
@@ -378,7 +385,7 @@ fn disk_check(sh: &Shell, backup_dir: &Path) -> Check {
                 backup_dir.display()
             ),
         ),
-        Some(bytes) => Check::warn(
+        Some(bytes) => Prerequisite::warn(
             "disk",
             format!(
                 "only {} free for backups in {}",
@@ -387,7 +394,7 @@ fn disk_check(sh: &Shell, backup_dir: &Path) -> Check {
             ),
             "free some space, or set backup_dir in deploy.toml to a larger disk",
         ),
-        None => Check::warn(
+        None => Prerequisite::warn(
             "disk",
             format!("cannot tell the free space of {}", existing.display()),
             "check that df works",

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::cluster::{self, Backend, PodProblem};
+use crate::cluster::{self, kubectl, Backend, PodProblem};
 use crate::config::Environment;
-use crate::kube;
 
 /// States that will not get better by waiting (Skaffold's and kubedog's list).
 const FATAL: &[&str] = &[
@@ -197,7 +196,7 @@ impl Progress {
             let mut state = pod_state(pod);
             if state.starts_with("init ") {
                 // What the runner is doing now: its last line.
-                let log = crate::process::capture(&kube::tail_log_args(
+                let log = crate::process::capture(&kubectl::tail_log_args(
                     &self.env,
                     &name,
                     "run-migrations",
@@ -275,7 +274,7 @@ pub fn explain_failure(env: &Environment, pod: &str, problem: &PodProblem) -> St
         let _ = write!(out, ": {}", problem.message);
     }
     if problem.reason.contains("CrashLoopBackOff") || problem.reason.contains("Error") {
-        let log = cluster::run(&kube::container_log_args(env, pod, &problem.container))
+        let log = cluster::run(&kubectl::container_log_args(env, pod, &problem.container))
             .map(|o| o.stdout)
             .unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
@@ -290,7 +289,7 @@ pub fn explain_failure(env: &Environment, pod: &str, problem: &PodProblem) -> St
             let _ = writeln!(out, "  | {line}");
         }
     }
-    if let Ok(events) = cluster::json(&kube::pod_events_args(env, pod)) {
+    if let Ok(events) = cluster::json(&kubectl::pod_events_args(env, pod)) {
         let events = cluster::items(&events);
         if !events.is_empty() {
             let _ = writeln!(out, "\nevents of {pod}:");

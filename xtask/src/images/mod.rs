@@ -1,8 +1,14 @@
-//! The image stages: for each of backend and frontend, skip when the
+//! The image pipeline: for each of backend and frontend, skip when the
 //! registry already holds the tag, else build (the backend with the
 //! run-migrations binary layered on top), then push and read the digest the
 //! registry serves. Both images build at once and push at once (`--jobs`);
 //! nothing is pushed unless every build succeeded.
+
+pub mod context;
+pub mod docker;
+pub mod dockerignore;
+pub mod registry;
+pub mod runner;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -15,13 +21,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use bollard::Docker;
 use tokio::sync::Semaphore;
 
-use crate::config::{Component, Environment, Image};
-use crate::context::{Extra, ExtraSource};
-use crate::docker::{self, BuildEvent, BuildRequest};
+use crate::config::{git, Component, Environment, Image};
+use crate::images::context::{Extra, ExtraSource};
 use crate::progress::{Line, Progress};
-use crate::registry::{self, Credential, RegistryClient};
-use crate::runner_binary::{self, RunnerPlan};
-use crate::{context, git};
+use docker::{BuildEvent, BuildRequest};
+use registry::{Credential, RegistryClient};
+use runner::RunnerPlan;
 
 /// Where the init container finds the runner in the backend image.
 pub const MIGRATIONS_BINARY_IN_IMAGE: &str = "/usr/local/bin/run-migrations";
@@ -33,7 +38,8 @@ const RESERVED_DOCKERFILE: &str = ".colony-deploy/Dockerfile";
 const RESERVED_RUNNER: &str = ".colony-deploy/run-migrations";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+/// How far the pipeline goes for each image.
+pub enum Mode {
     Build,
     Push,
     /// `deploy --skip-build`: the registry must already hold every tag.
@@ -41,10 +47,10 @@ pub enum Stage {
 }
 
 pub struct Options {
-    pub stage: Stage,
+    pub mode: Mode,
     pub jobs: usize,
     /// The run-migrations binary for the backend image, decided before any
-    /// build (`runner_binary::decide`); None when it is not built.
+    /// build (`runner::decide`); None when it is not built.
     pub runner: Option<RunnerPlan>,
 }
 
@@ -93,7 +99,7 @@ pub fn tags(env: &Environment) -> Result<Vec<(Component, String)>> {
         .collect()
 }
 
-/// Runs the stages for `tags` (component → tag, from `tags` or the deploy
+/// Runs the pipeline for `tags` (component → tag, from `tags` or the deploy
 /// plan's facts, so git is read once); the contexts were checked by the
 /// caller, which also read the daemon's view (`docker info`) once.
 pub async fn run(
@@ -126,7 +132,7 @@ pub async fn run(
             tag,
             credential: credential.clone(),
             access: access.clone(),
-            stage: options.stage,
+            mode: options.mode,
             runner: options.runner.clone(),
         };
         let jobs = jobs.clone();
@@ -153,7 +159,7 @@ pub async fn run(
             1
         }
     });
-    if options.stage == Stage::Push {
+    if options.mode == Mode::Push {
         push_all(
             &docker,
             (&env.registry, credential, &access),
@@ -189,7 +195,7 @@ struct BuildTask {
     tag: String,
     credential: Option<Credential>,
     access: registry::Access,
-    stage: Stage,
+    mode: Mode,
     runner: Option<RunnerPlan>,
     line: Arc<Line>,
 }
@@ -217,7 +223,7 @@ impl BuildTask {
                 report.push = StepOutcome::Skipped("in registry");
                 return Ok(report);
             }
-            Ok(None) if self.stage == Stage::UseExisting => {
+            Ok(None) if self.mode == Mode::UseExisting => {
                 return Err(anyhow!(
                 "{}:{} is not in the registry; deploy without --skip-build to build and push it",
                 report.repository,
@@ -226,7 +232,7 @@ impl BuildTask {
             }
             Ok(None) => {}
             // Building alone does not need the registry; pushing does.
-            Err(e) if self.stage == Stage::Build => self
+            Err(e) if self.mode == Mode::Build => self
                 .line
                 .log(&format!("registry not checked ({e}); building")),
             Err(e) => return Err(anyhow!("{}: {e}", self.image.component)),
@@ -283,7 +289,7 @@ impl BuildTask {
             .ok_or_else(|| anyhow!("no run-migrations binary was decided for the backend image"))?;
         let line = self.line.clone();
         let binary = tokio::task::spawn_blocking(move || {
-            runner_binary::obtain(&plan, &|message| line.log(message))
+            runner::obtain(&plan, &|message| line.log(message))
         })
         .await??;
         let dir = self.root.join(&self.image.context);
@@ -359,9 +365,9 @@ impl BuildTask {
 
 /// The runner was chosen for the configured (or the daemon's) platform; a
 /// base image of another one would make an image it cannot run in.
-fn check_platform(expected: &runner_binary::Platform, built: &docker::ImageFacts) -> Result<()> {
+fn check_platform(expected: &runner::Platform, built: &docker::InspectedImage) -> Result<()> {
     if built.architecture.is_empty()
-        || runner_binary::Platform::new(&built.os, &built.architecture) == *expected
+        || runner::Platform::new(&built.os, &built.architecture) == *expected
     {
         return Ok(());
     }
@@ -490,7 +496,7 @@ pub fn repository_path(reference: &str) -> &str {
         .map_or(reference, |(_, path)| path)
 }
 
-/// The table printed after the image stages. Pure.
+/// The table printed after the image pipeline. Pure.
 pub fn render_table(reports: &[ImageReport]) -> String {
     let outcome = |o: &StepOutcome| match o {
         StepOutcome::Done(d) => format!("{:.1} s", d.as_secs_f64()),

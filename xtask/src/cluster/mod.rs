@@ -1,11 +1,15 @@
 //! Reading the cluster through `kubectl`: a small runner for the argv that
-//! `kube` builds, and typed views of the JSON it prints.
+//! `kubectl` builds, and typed views of the JSON it prints.
+
+pub mod helm;
+pub mod kubectl;
+pub mod release;
+pub mod rollout;
 
 use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 
 use crate::config::Environment;
-use crate::kube;
 
 pub use crate::process::Output;
 
@@ -50,9 +54,9 @@ impl Backend {
     /// ReplicaSet's, by its `pod-template-hash` label.
     pub fn read(env: &Environment) -> Result<Backend> {
         let (deployments, replicasets, pods) = std::thread::scope(|scope| {
-            let deployments = scope.spawn(|| json(&kube::backend_deployments_args(env)));
-            let replicasets = scope.spawn(|| json(&kube::backend_replicasets_args(env)));
-            let pods = json(&kube::backend_pods_args(env));
+            let deployments = scope.spawn(|| json(&kubectl::backend_deployments_args(env)));
+            let replicasets = scope.spawn(|| json(&kubectl::backend_replicasets_args(env)));
+            let pods = json(&kubectl::backend_pods_args(env));
             (
                 deployments.join().expect("deployment reader panicked"),
                 replicasets.join().expect("replicaset reader panicked"),

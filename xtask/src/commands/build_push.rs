@@ -1,35 +1,34 @@
-//! `build` and `push`: the image stages alone.
+//! `build` and `push`: the image pipeline alone, built or pushed.
 
 use anyhow::Result;
 
 use crate::cli::ImageArgs;
 use crate::config::{self, Component};
 use crate::error::input_error;
-use crate::images::{self, Stage};
-use crate::{docker, runner_binary};
+use crate::images::{self, docker, runner, Mode};
 
 pub fn build(args: ImageArgs) -> Result<()> {
-    images_stage(args, Stage::Build)
+    build_or_push(args, Mode::Build)
 }
 
 pub fn push(args: ImageArgs) -> Result<()> {
-    images_stage(args, Stage::Push)
+    build_or_push(args, Mode::Push)
 }
 
-fn images_stage(args: ImageArgs, stage: Stage) -> Result<()> {
+fn build_or_push(args: ImageArgs, mode: Mode) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
     images::check_contexts(&env)?;
     // The runner is decided before any build: an image it cannot run in is
     // refused here, with nothing built.
     let daemon = docker::registry_view_blocking().ok();
-    let runner = runner_binary::decide(
+    let runner = runner::decide(
         env.image(Component::Backend).platform.as_ref(),
         daemon.as_ref().and_then(|d| d.platform.as_ref()),
         args.migrations_binary.as_deref(),
     )
     .map_err(|why| input_error(format!("cannot build the backend image: {why}")))?;
     let options = images::Options {
-        stage,
+        mode,
         jobs: args.jobs.into(),
         runner: Some(runner),
     };

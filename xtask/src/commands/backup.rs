@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cli::StageArgs;
+use crate::cli::EnvArgs;
 use crate::config::{self, Environment};
 
 pub const SCRIPT: &str = "scripts/backup-db.sh";
@@ -71,7 +71,7 @@ pub fn take(env: &Environment) -> Result<Backup> {
     })
 }
 
-pub fn run(args: StageArgs) -> Result<()> {
+pub fn run(args: EnvArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
     let backup = take(&env)?;
     if args.json {

@@ -9,10 +9,9 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::cli::StatusArgs;
-use crate::cluster::{self, Backend};
+use crate::cluster::release::{self, HistoryEntry, Record, RecordedRevision, ReleaseState};
+use crate::cluster::{self, kubectl, rollout, Backend};
 use crate::config::{self, Environment};
-use crate::release::{self, HistoryEntry, Record, RecordedRevision, ReleaseState};
-use crate::{kube, rollout};
 
 pub fn run(args: StatusArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
@@ -73,7 +72,7 @@ fn gather(env: &Environment) -> Result<View> {
         None => DatabaseAnswer::NoReadyPod,
         Some(pod) => {
             let pod = cluster::name(pod).to_string();
-            let current = cluster::run(&kube::alembic_current_args(env, &pod))?;
+            let current = cluster::run(&kubectl::alembic_current_args(env, &pod))?;
             if current.code == 0 {
                 DatabaseAnswer::Revision {
                     revision: match cluster::last_line(&current.stdout) {

@@ -4,15 +4,13 @@
 
 use backend_migrations::revisions::RevisionGraph;
 
-use crate::backup;
-use crate::config::Environment;
-use crate::helm;
-use crate::kube;
-use crate::names;
+use crate::alembic::database::DatabaseRevision;
+use crate::alembic::versions;
+use crate::cluster::release::{self, Current, RecordedRevision};
+use crate::cluster::{helm, kubectl};
+use crate::commands::backup;
+use crate::config::{names, Environment};
 use crate::plan::{Item, Plan, Step, StepKind};
-use crate::release::{self, Current, RecordedRevision};
-use crate::schema::DatabaseRevision;
-use crate::versions;
 
 /// What was read before deciding, all read-only.
 #[derive(Debug, Clone)]
@@ -372,11 +370,11 @@ fn steps(
             ),
             vec![
                 Item::Run {
-                    argv: kube::alembic_args(env, &spec.pod, &["downgrade", target]),
+                    argv: kubectl::alembic_args(env, &spec.pod, &["downgrade", target]),
                     expect: Some(format!("drops {}", dropped_ids.join(", "))),
                 },
                 Item::Run {
-                    argv: kube::alembic_current_args(env, &spec.pod),
+                    argv: kubectl::alembic_current_args(env, &spec.pod),
                     expect: Some(target.clone()),
                 },
             ],
@@ -410,7 +408,7 @@ fn steps(
             StepKind::RecordHead,
             "Record the expected head where verify reads it (no pod restarts)".into(),
             vec![Item::Run {
-                argv: kube::annotate_deployment_args(
+                argv: kubectl::annotate_deployment_args(
                     env,
                     deployment,
                     &[
@@ -431,10 +429,10 @@ fn steps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::{HistoryEntry, Record};
+    use crate::cluster::release::{HistoryEntry, Record};
 
     fn graph() -> RevisionGraph {
-        crate::versions::test_graph()
+        crate::alembic::versions::test_graph()
     }
 
     fn revision(number: u32, status: &str, head: &str) -> RecordedRevision {

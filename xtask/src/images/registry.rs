@@ -24,7 +24,7 @@ pub struct DaemonView {
     pub index_secure: HashMap<String, bool>,
     pub insecure_cidrs: Vec<IpNet>,
     /// The platform it builds for when asked for none (`docker info`).
-    pub platform: Option<crate::runner_binary::Platform>,
+    pub platform: Option<crate::images::runner::Platform>,
 }
 
 /// How we reach a registry: as the daemon would.

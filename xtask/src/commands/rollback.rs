@@ -1,5 +1,5 @@
 //! `cargo xtask rollback [<env>] --to <rev> | --steps N`: gather facts
-//! (read-only), decide the whole plan (`rollback_plan::decide`), print it,
+//! (read-only), decide the whole plan (`plan::rollback::decide`), print it,
 //! confirm, then run its steps as printed: back up, `alembic downgrade` in a
 //! pod of the *current* release (its scripts know how to go down), `helm
 //! rollback` to a revision whose code expects the target, record the
@@ -10,15 +10,16 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use crate::alembic::{database, versions};
 use crate::cli::RollbackArgs;
-use crate::cluster::{self, Backend};
+use crate::cluster::release::{self, ReleaseState};
+use crate::cluster::rollout::{self, Assessment};
+use crate::cluster::{self, helm, Backend};
+use crate::commands::{backup, verify};
 use crate::config::{self, Environment};
 use crate::error::input_error;
+use crate::plan::rollback::{Decision, Request, RollbackFacts, RollbackSpec, Target};
 use crate::plan::{self, Item, Plan, StepKind};
-use crate::release::{self, ReleaseState};
-use crate::rollback_plan::{self, Decision, Request, RollbackFacts, RollbackSpec, Target};
-use crate::rollout::{self, Assessment};
-use crate::{backup, helm, schema, verify, versions};
 
 pub fn run(args: RollbackArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
@@ -32,10 +33,10 @@ pub fn run(args: RollbackArgs) -> Result<()> {
     };
     // A malformed or unknown revision is refused before any process runs.
     if let Target::To(to) = &request.target {
-        crate::names::check_revision(to).map_err(input_error)?;
+        crate::config::names::check_revision(to).map_err(input_error)?;
         let graph = versions::load_graph(&env)
             .map_err(|why| input_error(format!("cannot plan a rollback: {why}")))?;
-        rollback_plan::check_known(&graph, to).map_err(input_error)?;
+        plan::rollback::check_known(&graph, to).map_err(input_error)?;
     }
     if !args.dry_run {
         crate::confirm::require_terminal_or_yes(
@@ -44,7 +45,7 @@ pub fn run(args: RollbackArgs) -> Result<()> {
         )?;
     }
     let facts = gather_facts(&env)?;
-    let (plan, spec) = match rollback_plan::decide(&env, &facts, &request) {
+    let (plan, spec) = match plan::rollback::decide(&env, &facts, &request) {
         Decision::Refuse(why) => return Err(input_error(why)),
         Decision::NothingToDo(why) => {
             println!("{}: {why}", env.name);
@@ -150,10 +151,10 @@ fn gather_facts(env: &Environment) -> Result<RollbackFacts> {
         (history.join().expect("history reader panicked"), backend)
     });
     let (history, backend) = (history?, backend?);
-    let pod = schema::ready_pod(&backend);
+    let pod = database::ready_pod(&backend);
     let database = match &pod {
-        Some(pod) => schema::read(env, pod),
-        None => schema::DatabaseRevision::Unknown {
+        Some(pod) => database::read(env, pod),
+        None => database::DatabaseRevision::Unknown {
             why: "no ready backend pod to ask".into(),
         },
     };
@@ -292,7 +293,7 @@ fn downgrade(step: &plan::Step, spec: &RollbackSpec, done: &Executed) -> Result<
         );
     }
     let output = cluster::run(current)?;
-    let now = schema::from_alembic_current(&output.stdout);
+    let now = database::from_alembic_current(&output.stdout);
     if output.code != 0 || now.revision() != Some(spec.target.as_str()) {
         bail!(
             "after `alembic downgrade {}` the database reports {:?} ({}); the app was not rolled back; backup {backup}",

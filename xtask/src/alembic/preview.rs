@@ -2,7 +2,7 @@
 //! by Alembic's offline mode (`alembic upgrade FROM:TO --sql`) on this
 //! machine, in the backend's directory, with a placeholder database URL so
 //! that nothing connects; then linted with Squawk's rules
-//! (`migration_lint`). The range is decided from the database's revision
+//! (`alembic::lint`). The range is decided from the database's revision
 //! (pure, `range`); Alembic's output is split per revision (pure,
 //! `split_offline_output`); only `render` runs a process.
 
@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use backend_migrations::revisions::RevisionGraph;
 use serde::Serialize;
 
+use crate::alembic::database::DatabaseRevision;
+use crate::alembic::lint::{self, Finding, RevisionSql};
+use crate::alembic::versions;
 use crate::config::Environment;
-use crate::migration_lint::{self, Finding, RevisionSql};
-use crate::schema::DatabaseRevision;
-use crate::{process, versions};
+use crate::process;
 
 /// What Alembic's env.py gets as DATABASE_URL: `.invalid` never resolves.
 pub const PLACEHOLDER_URL: &str = "postgresql://preview@placeholder.invalid/preview";
@@ -162,7 +163,7 @@ fn lint(previews: &[RevisionPreview], env: &Environment) -> Vec<Finding> {
             })
         })
         .collect();
-    migration_lint::lint(&sql, &env.migrations.rules)
+    lint::lint(&sql, &env.migrations.rules)
 }
 
 /// `alembic -c alembic.ini upgrade FROM:TO --sql` with the environment's

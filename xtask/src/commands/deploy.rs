@@ -1,5 +1,5 @@
 //! `cargo xtask deploy <env>`: gather facts (read-only), decide the plan
-//! (`plan::deploy_plan`), print it, then execute its steps one by one as
+//! (`plan::deploy::decide`), print it, then execute its steps one by one as
 //! printed. `--dry-run` prints the same plan and stops.
 
 use std::time::{Duration, Instant};
@@ -9,22 +9,20 @@ use backend_migrations::revisions::RevisionGraph;
 use serde_json::json;
 use xshell::Shell;
 
+use crate::alembic::preview::{self, Preview};
+use crate::alembic::{database, versions};
 use crate::cli::DeployArgs;
-use crate::cluster::{self, Backend};
-use crate::config::{self, Component, Environment};
+use crate::cluster::helm::{DeployRecord, PinnedImage};
+use crate::cluster::rollout::{self, Assessment};
+use crate::cluster::{self, helm, kubectl, release, Backend};
+use crate::commands::{backup, verify};
+use crate::config::{self, git, inputs, Component, Environment};
 use crate::error::input_error;
-use crate::helm::{DeployRecord, PinnedImage};
-use crate::images::{self, ImageReport, Stage};
-use crate::plan::{
-    self, ClusterFacts, DeployFacts, DeployOptions, DeploySpec, ImageFacts, Plan, StepKind,
-};
-use crate::registry::{self, RegistryClient};
-use crate::rollout::{self, Assessment};
-use crate::sql_preview::{self, Preview};
-use crate::{
-    backup, docker, git, helm, inputs, kube, process, release, runner_binary, schema, verify,
-    versions,
-};
+use crate::images::registry::{self, RegistryClient};
+use crate::images::{self, docker, runner, ImageReport, Mode};
+use crate::plan::deploy::{ClusterFacts, DeployFacts, DeployOptions, DeploySpec, ImageFacts};
+use crate::plan::{self, Plan, StepKind};
+use crate::process;
 
 pub fn run(args: DeployArgs) -> Result<()> {
     let started = Instant::now();
@@ -46,7 +44,7 @@ pub fn run(args: DeployArgs) -> Result<()> {
     }
     let sh = Shell::new()?;
     let facts = gather_facts(&sh, &env, args.migrations_binary.as_deref());
-    let (plan, spec) = plan::deploy_plan(&env, &facts, options);
+    let (plan, spec) = plan::deploy::decide(&env, &facts, options);
     if args.dry_run {
         return plan.show(true, args.json);
     }
@@ -68,7 +66,7 @@ pub fn run(args: DeployArgs) -> Result<()> {
         if !findings.is_empty() {
             eprintln!(
                 "\n! {}: see \"Migrations\" above (--strict-migrations refuses such a deploy)",
-                sql_preview::findings_summary(findings)
+                preview::findings_summary(findings)
             );
         }
         confirm(&env, &facts, args.yes)?;
@@ -185,7 +183,7 @@ pub fn gather_facts(
         // Which runner the backend image gets (asks rustc for its targets).
         let daemon_platform = daemon.as_ref().ok().and_then(|d| d.platform.clone());
         let runner = scope.spawn(move || {
-            runner_binary::decide(
+            runner::decide(
                 env.image(Component::Backend).platform.as_ref(),
                 daemon_platform.as_ref(),
                 migrations_binary,
@@ -259,7 +257,7 @@ fn migrations_preview(
 ) -> Preview {
     let database = match cluster {
         Ok(cluster) => cluster.database.clone(),
-        Err(_) => schema::DatabaseRevision::Unknown {
+        Err(_) => database::DatabaseRevision::Unknown {
             why: "the cluster could not be read".into(),
         },
     };
@@ -268,7 +266,7 @@ fn migrations_preview(
         .map_err(Clone::clone)
         .and_then(|graph| Ok((graph, graph.head().map_err(|e| e.to_string())?)));
     match head {
-        Ok((graph, head)) => sql_preview::gather(env, graph, head, &database),
+        Ok((graph, head)) => preview::gather(env, graph, head, &database),
         Err(why) => Preview::Unavailable { why },
     }
 }
@@ -281,14 +279,14 @@ fn cluster_facts(env: &Environment) -> Result<ClusterFacts, String> {
     std::thread::scope(|scope| {
         let context = scope.spawn(|| release::check_context(env));
         let release = scope.spawn(|| release::current(env));
-        let database_pods = scope.spawn(|| cluster::run(&kube::database_pods_args(env)));
+        let database_pods = scope.spawn(|| cluster::run(&kubectl::database_pods_args(env)));
         // Verify's reads of the running pods, made now: the database's
         // revision comes from its `alembic current`, and a no-op reuses them.
         let database = scope.spawn(|| {
             let backend = Backend::read(env).map_err(|e| format!("{e:#}"))?;
-            let Some(pod) = schema::ready_pod(&backend) else {
+            let Some(pod) = database::ready_pod(&backend) else {
                 let why = "no ready backend pod to ask".to_string();
-                return Ok::<_, String>((schema::DatabaseRevision::Unknown { why }, None));
+                return Ok::<_, String>((database::DatabaseRevision::Unknown { why }, None));
             };
             let unknown = verify::Expectation {
                 head: String::new(),
@@ -297,8 +295,8 @@ fn cluster_facts(env: &Environment) -> Result<ClusterFacts, String> {
             let observed =
                 verify::gather_from(env, unknown, backend).map_err(|e| format!("{e:#}"))?;
             let database = match &observed.alembic_current {
-                Some(output) => schema::from_observed(env, &pod, output),
-                None => schema::read(env, &pod),
+                Some(output) => database::from_observed(env, &pod, output),
+                None => database::read(env, &pod),
             };
             Ok((database, Some(observed)))
         });
@@ -425,10 +423,10 @@ impl Execution<'_> {
         match kind {
             StepKind::Images => {
                 let options = images::Options {
-                    stage: if self.skip_build {
-                        Stage::UseExisting
+                    mode: if self.skip_build {
+                        Mode::UseExisting
                     } else {
-                        Stage::Push
+                        Mode::Push
                     },
                     jobs: 2,
                     runner: self.spec.runner.clone(),
@@ -523,7 +521,7 @@ impl Execution<'_> {
                         anyhow!("{} has no digest after the image stage", planned.component)
                     })?;
                 }
-                if pinned.digest == plan::DIGEST_PLACEHOLDER {
+                if pinned.digest == plan::deploy::DIGEST_PLACEHOLDER {
                     bail!(
                         "{} was never pushed, so there is no digest to pin",
                         planned.component

@@ -12,7 +12,7 @@ use futures_util::{Stream, StreamExt};
 
 use backend_migrations::redact::mask_all;
 
-use crate::registry::Credential;
+use crate::images::registry::Credential;
 
 /// Where the daemon is, and who said so.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,10 +118,10 @@ pub async fn probe() -> Result<Docker, String> {
 
 /// What the daemon trusts for registries (`docker info`): the view that
 /// `registry::decide_access` decides from, as `docker push` does.
-pub async fn registry_view(docker: &Docker) -> Result<crate::registry::DaemonView, String> {
+pub async fn registry_view(docker: &Docker) -> Result<crate::images::registry::DaemonView, String> {
     let info = docker.info().await.map_err(|e| mask_all(&e.to_string()))?;
     let config = info.registry_config.unwrap_or_default();
-    Ok(crate::registry::DaemonView {
+    Ok(crate::images::registry::DaemonView {
         index_secure: config
             .index_configs
             .unwrap_or_default()
@@ -136,7 +136,7 @@ pub async fn registry_view(docker: &Docker) -> Result<crate::registry::DaemonVie
             .collect(),
         platform: match (info.os_type, info.architecture) {
             (Some(os), Some(architecture)) => {
-                Some(crate::runner_binary::Platform::new(&os, &architecture))
+                Some(crate::images::runner::Platform::new(&os, &architecture))
             }
             _ => None,
         },
@@ -145,7 +145,7 @@ pub async fn registry_view(docker: &Docker) -> Result<crate::registry::DaemonVie
 
 /// `registry_view` from synchronous code; Err (why) when no daemon answers
 /// (callers then assume Docker's defaults, and say so).
-pub fn registry_view_blocking() -> Result<crate::registry::DaemonView, String> {
+pub fn registry_view_blocking() -> Result<crate::images::registry::DaemonView, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -276,7 +276,8 @@ pub async fn push(
     credential: Option<&Credential>,
     mut on_progress: impl FnMut(PushProgress),
 ) -> Result<(), String> {
-    let credentials = credential.map(|c| to_bollard(c, crate::registry::host_of(repository)));
+    let credentials =
+        credential.map(|c| to_bollard(c, crate::images::registry::host_of(repository)));
     let options = PushImageOptionsBuilder::default().tag(tag).build();
     let mut stream = docker.push_image(repository, Some(options), credentials);
     let mut progress = PushProgress::default();
@@ -307,7 +308,7 @@ fn push_error(repository: &str, message: &str) -> String {
     {
         format!(
             ": log in with `docker login {}` (credentials come from the Docker config)",
-            crate::registry::host_of(repository)
+            crate::images::registry::host_of(repository)
         )
     } else if message.contains("connection refused") || message.contains("dial tcp") {
         ": is the registry running? `cargo xtask doctor` checks it".to_string()
@@ -334,15 +335,15 @@ fn to_bollard(credential: &Credential, server: &str) -> DockerCredentials {
 }
 
 /// Size, OS and architecture of a local image.
-pub struct ImageFacts {
+pub struct InspectedImage {
     pub size: u64,
     pub os: String,
     pub architecture: String,
 }
 
-pub async fn inspect(docker: &Docker, image: &str) -> Result<Option<ImageFacts>, String> {
+pub async fn inspect(docker: &Docker, image: &str) -> Result<Option<InspectedImage>, String> {
     match docker.inspect_image(image).await {
-        Ok(found) => Ok(Some(ImageFacts {
+        Ok(found) => Ok(Some(InspectedImage {
             size: found.size.unwrap_or(0).max(0) as u64,
             os: found.os.unwrap_or_default(),
             architecture: found.architecture.unwrap_or_default(),

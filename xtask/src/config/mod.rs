@@ -4,6 +4,10 @@
 //! problems out); only `load` touches the file system. Unknown keys are
 //! errors, so a typo never silently falls back to a default.
 
+pub mod git;
+pub mod inputs;
+pub mod names;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,11 +15,10 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use crate::alembic::lint::{self, RuleChoice};
 use crate::cli::EnvOverrides;
 use crate::error::input_error;
-use crate::migration_lint::{self, RuleChoice};
-use crate::names;
-use crate::runner_binary::Platform;
+use crate::images::runner::Platform;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -503,7 +506,7 @@ fn migration_settings(
         names
             .iter()
             .filter_map(|name| {
-                migration_lint::parse_rule(name)
+                lint::parse_rule(name)
                     .map_err(|p| problems.push(format!("migrations.{key}: {p}")))
                     .ok()
             })

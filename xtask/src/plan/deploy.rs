@@ -1,22 +1,21 @@
-//! The deploy plan: decided from the environment and the facts gathered
-//! beforehand (read-only), printed by `--dry-run` (text or JSON) and then
-//! executed step by step by `deploy`, which runs exactly these steps. Pure,
-//! so every decision is unit-tested and the dry run is what runs.
-
-use std::fmt::Write as _;
+//! The deploy plan: `DeployFacts` (read-only, gathered by
+//! `commands::deploy`) + options → `Plan` + `DeploySpec`. No-op detection,
+//! the backup decision, the schema lines, what is missing (every refusal).
+//! Pure.
 
 use backend_migrations::revisions::RevisionGraph;
-use serde::Serialize;
 
+use crate::alembic::database::DatabaseRevision;
+use crate::alembic::preview::{self, Preview, Range};
+use crate::alembic::versions;
+use crate::cluster::helm::{self, DeployRecord, HelmVersion, PinnedImage};
+use crate::cluster::kubectl;
+use crate::cluster::release::Current;
+use crate::config::git::Commit;
 use crate::config::{Component, Environment};
-use crate::git::Commit;
-use crate::helm::{self, DeployRecord, HelmVersion, PinnedImage};
-use crate::kube;
-use crate::release::Current;
-use crate::runner_binary::RunnerPlan;
-use crate::schema::DatabaseRevision;
-use crate::sql_preview::{self, Preview, Range};
-use crate::versions;
+use crate::images::runner::RunnerPlan;
+
+use super::{note, run, verify_step, Plan, Step, StepKind};
 
 /// What was learned before planning, all read-only: the checkout, the
 /// registry, the release and the database.
@@ -37,7 +36,7 @@ pub struct DeployFacts {
     pub external_database: bool,
     /// What the Docker daemon says (`docker info`; needed when an image must
     /// be built, and reused by the image stage), or why it does not answer.
-    pub daemon: Result<crate::registry::DaemonView, String>,
+    pub daemon: Result<crate::images::registry::DaemonView, String>,
     /// The SQL the pending migrations run, rendered offline and linted.
     pub migrations: Preview,
     /// The run-migrations binary for the backend image's platform, or why
@@ -63,7 +62,7 @@ pub struct ClusterFacts {
     pub database: DatabaseRevision,
     /// What verify reads, read once with the facts (the database's revision
     /// comes from its `alembic current`): a no-op verifies with it.
-    pub observed: Option<crate::verify::Facts>,
+    pub observed: Option<crate::commands::verify::Facts>,
     /// An in-chart database pod of this release exists (matters before a
     /// first install: there may be data to back up).
     pub database_pod_exists: bool,
@@ -77,102 +76,6 @@ pub struct DeployOptions {
     pub no_backup: bool,
     /// Squawk's findings refuse the deploy (`--strict-migrations`).
     pub strict_migrations: bool,
-}
-
-/// A plan: facts shown, what blocks it, its decision, and its steps.
-#[derive(Debug, Clone, Serialize)]
-pub struct Plan {
-    pub command: &'static str,
-    pub environment: String,
-    #[serde(serialize_with = "facts_as_map")]
-    pub facts: Vec<(&'static str, String)>,
-    /// What stops the plan from running (a refusal, exit 2).
-    pub missing: Vec<String>,
-    /// `deploy`, `nothing to deploy`, `rollback`, `nothing to do`.
-    pub decision: String,
-    /// Why, in a sentence.
-    pub reason: String,
-    /// What happens to the database schema, line by line.
-    pub schema: Vec<String>,
-    /// A deploy's pending migrations: their SQL and Squawk's findings.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub migrations: Option<Preview>,
-    pub steps: Vec<Step>,
-}
-
-fn facts_as_map<S: serde::Serializer>(
-    facts: &[(&'static str, String)],
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut map = serializer.serialize_map(Some(facts.len()))?;
-    for (key, value) in facts {
-        map.serialize_entry(key, value)?;
-    }
-    map.end()
-}
-
-/// One step: what the executor runs for `kind`, shown as `items`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Step {
-    pub kind: StepKind,
-    pub title: String,
-    /// Runs at the same time as the step before it.
-    pub alongside_previous: bool,
-    pub items: Vec<Item>,
-}
-
-/// The steps the executors know. A plan is a list of these; a run reports
-/// the same list, which is how tests hold the dry run equal to the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StepKind {
-    Images,
-    Backup,
-    HelmUpgrade,
-    Rollout,
-    Downgrade,
-    HelmRollback,
-    RecordHead,
-    Verify,
-}
-
-impl StepKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            StepKind::Images => "images",
-            StepKind::Backup => "backup",
-            StepKind::HelmUpgrade => "helm-upgrade",
-            StepKind::Rollout => "rollout",
-            StepKind::Downgrade => "downgrade",
-            StepKind::HelmRollback => "helm-rollback",
-            StepKind::RecordHead => "record-head",
-            StepKind::Verify => "verify",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub enum Item {
-    /// A process, as argv, and what its output must show.
-    Run {
-        argv: Vec<String>,
-        expect: Option<String>,
-    },
-    /// Work done in-process (Docker Engine API calls) or a rule.
-    Note { text: String },
-}
-
-fn run(argv: Vec<String>, expect: Option<&str>) -> Item {
-    Item::Run {
-        argv,
-        expect: expect.map(String::from),
-    }
-}
-
-fn note(text: impl Into<String>) -> Item {
-    Item::Note { text: text.into() }
 }
 
 /// What the deploy executor needs beyond the step list: the values that
@@ -202,7 +105,7 @@ pub const DIGEST_PLACEHOLDER: &str = "<digest of the pushed image>";
 pub const BACKUP_PLACEHOLDER: &str = "<path printed by the backup>";
 
 /// Decides the deploy. Pure.
-pub fn deploy_plan(
+pub fn decide(
     env: &Environment,
     facts: &DeployFacts,
     options: DeployOptions,
@@ -383,7 +286,7 @@ fn backup_decision(facts: &DeployFacts, options: DeployOptions) -> (bool, String
 
 /// What the deploy does to the schema, from the database's revision to the
 /// checkout's head; a database these scripts cannot migrate blocks the plan.
-/// Which revisions run is `sql_preview::range`'s decision (the preview
+/// Which revisions run is `preview::range`'s decision (the preview
 /// shows their SQL); this only says it in words.
 fn schema_lines(
     facts: &DeployFacts,
@@ -411,7 +314,7 @@ fn schema_lines(
     let then = |first: String, revisions: &[String]| {
         std::iter::once(first).chain(apply(revisions)).collect()
     };
-    match (sql_preview::range(graph, head, &database), &database) {
+    match (preview::range(graph, head, &database), &database) {
         (Range::NoMigrations { .. }, _) => {
             vec![format!("unchanged: the database is at {head} already")]
         }
@@ -535,7 +438,7 @@ fn backup_step(env: &Environment) -> Step {
         title: "Back up the database (alongside the images; must succeed before Helm)".into(),
         alongside_previous: true,
         items: vec![run(
-            crate::backup::script_args(env),
+            crate::commands::backup::script_args(env),
             Some("last line: the backup file's path"),
         )],
     }
@@ -565,33 +468,12 @@ fn rollout_step(env: &Environment) -> Step {
         alongside_previous: false,
         items: vec![
             run(
-                kube::backend_replicasets_args(env),
+                kubectl::backend_replicasets_args(env),
                 Some("newest ReplicaSet's pod-template-hash"),
             ),
             run(
-                kube::backend_pods_args(env),
+                kubectl::backend_pods_args(env),
                 Some("its pods (that hash) all Ready, no pod of an older ReplicaSet left"),
-            ),
-        ],
-    }
-}
-
-/// Verify the newest pods against `head` (the deploy record's head).
-pub fn verify_step(env: &Environment, head: &Result<String, String>) -> Step {
-    let head = head.clone().unwrap_or_else(|_| "<unknown>".into());
-    let pod = "<newest backend pod>";
-    Step {
-        kind: StepKind::Verify,
-        title: "Verify the newest pods".into(),
-        alongside_previous: false,
-        items: vec![
-            run(
-                kube::alembic_current_args(env, pod),
-                Some(&format!("{head} (head)")),
-            ),
-            run(
-                kube::migrations_log_args(env, pod),
-                Some("last line: Migrations complete."),
             ),
         ],
     }
@@ -747,183 +629,25 @@ fn missing(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Ve
         missing.push(why.clone());
     }
     if !facts.backup_script_exists {
-        missing.push(format!("{} does not exist", crate::backup::SCRIPT));
+        missing.push(format!(
+            "{} does not exist",
+            crate::commands::backup::SCRIPT
+        ));
     }
     if facts.helm.is_none() {
         missing.push("helm is not installed (`cargo xtask doctor`)".into());
     }
     let findings = facts.migrations.findings();
     if (options.strict_migrations || env.migrations.strict) && !findings.is_empty() {
-        missing.push(crate::sql_preview::strict_refusal(env, findings));
+        missing.push(crate::alembic::preview::strict_refusal(env, findings));
     }
     missing
-}
-
-impl Plan {
-    /// The plan as text: what `--dry-run` prints, and what a real run
-    /// prints before it asks and executes.
-    pub fn render(&self, dry_run: bool) -> String {
-        let mut out = String::new();
-        let title = match self.command {
-            "rollback" => "Rollback plan",
-            _ => "Deploy plan",
-        };
-        let _ = writeln!(
-            out,
-            "{title} for {}{}\n",
-            self.environment,
-            if dry_run {
-                " (dry run: nothing below is executed)"
-            } else {
-                ""
-            }
-        );
-        for (key, value) in &self.facts {
-            let _ = writeln!(out, "  {key:<13}{value}");
-        }
-        if !self.missing.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nMissing (a real {} stops here until these are fixed):",
-                self.command
-            );
-            for item in &self.missing {
-                let _ = writeln!(out, "  ! {item}");
-            }
-        }
-        let _ = writeln!(out, "\nDecision: {}: {}", self.decision, self.reason);
-        if !self.schema.is_empty() {
-            let _ = writeln!(out, "\nSchema:");
-            for line in &self.schema {
-                let _ = writeln!(out, "  {line}");
-            }
-        }
-        if let Some(migrations) = &self.migrations {
-            let _ = write!(out, "\nMigrations: {}", migrations.render());
-        }
-        for (number, step) in self.steps.iter().enumerate() {
-            let _ = writeln!(out, "\n{}. {}", number + 1, step.title);
-            for item in &step.items {
-                match item {
-                    Item::Run { argv, expect } => {
-                        let _ = writeln!(out, "   $ {}", display_argv_wrapped(argv, "       "));
-                        if let Some(expect) = expect {
-                            let _ = writeln!(out, "     expect: {expect}");
-                        }
-                    }
-                    // An indented note continues the one above it.
-                    Item::Note { text } if text.starts_with(' ') => {
-                        let _ = writeln!(out, "   {text}");
-                    }
-                    Item::Note { text } => {
-                        let _ = writeln!(out, "   - {text}");
-                    }
-                }
-            }
-        }
-        backend_migrations::redact::mask_all(&out)
-    }
-
-    /// Shows the plan: `--dry-run` prints it (JSON with `--json`) on stdout;
-    /// a real run prints it before asking, on stderr when stdout is JSON.
-    pub fn show(&self, dry_run: bool, json: bool) -> anyhow::Result<()> {
-        match (dry_run, json) {
-            (true, true) => println!("{}", serde_json::to_string_pretty(self)?),
-            (true, false) => print!("{}", self.render(true)),
-            (false, true) => eprint!("{}", self.render(false)),
-            (false, false) => print!("{}", self.render(false)),
-        }
-        Ok(())
-    }
-
-    /// The step kinds in order: what a run of this plan reports it ran.
-    #[cfg(test)]
-    pub fn step_names(&self) -> Vec<&'static str> {
-        self.steps.iter().map(|s| s.kind.name()).collect()
-    }
-
-    /// Consecutive steps that run together (`alongside_previous`).
-    pub fn groups(&self) -> Vec<Vec<&Step>> {
-        let mut groups: Vec<Vec<&Step>> = Vec::new();
-        for step in &self.steps {
-            match groups.last_mut() {
-                Some(group) if step.alongside_previous => group.push(step),
-                _ => groups.push(vec![step]),
-            }
-        }
-        groups
-    }
-}
-
-/// An argv as a shell would need it typed: plain words as they are, the
-/// rest in single quotes. Display only; processes get the argv itself.
-pub fn display_argv(argv: &[String]) -> String {
-    let shown = argv
-        .iter()
-        .map(|arg| shell_quote(arg))
-        .collect::<Vec<_>>()
-        .join(" ");
-    backend_migrations::redact::mask_all(&shown)
-}
-
-/// A command as echoed while it runs: whole with `verbose`, else up to its
-/// first values option, then how much was left out (`--dry-run` and `-v`
-/// show it all).
-pub fn echo_argv(argv: &[String], verbose: bool) -> String {
-    let whole = display_argv(argv);
-    if verbose || whole.len() <= 120 {
-        return whole;
-    }
-    let cut = argv
-        .iter()
-        .position(|a| a == "-f" || a.starts_with("--set"))
-        .unwrap_or(argv.len());
-    let shown = display_argv(&argv[..cut]);
-    let pinned = argv.iter().any(|a| a.contains(".image.digest="));
-    format!(
-        "{shown} … ({} more arguments{}; -v shows all)",
-        argv.len() - cut,
-        if pinned { ", digests pinned" } else { "" }
-    )
-}
-
-/// Like `display_argv`, but a long command is continued (` \\`) before
-/// each option, so that every `-f` and `--set-string` reads on its own line.
-fn display_argv_wrapped(argv: &[String], indent: &str) -> String {
-    let one_line = display_argv(argv);
-    if one_line.len() <= 160 {
-        return one_line;
-    }
-    let mut out = String::new();
-    for (i, arg) in argv.iter().enumerate() {
-        if i > 0 {
-            let option_starts = i > 2 && arg.starts_with('-') && !argv[i - 1].starts_with("--set");
-            out.push_str(if option_starts { " \\\n" } else { " " });
-            if option_starts {
-                out.push_str(indent);
-            }
-        }
-        out.push_str(&shell_quote(arg));
-    }
-    out
-}
-
-fn shell_quote(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
-    if plain {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::Record;
+    use crate::cluster::release::Record;
 
     fn env() -> Environment {
         let mut env = crate::config::tests::environment();
@@ -934,7 +658,7 @@ mod tests {
     }
 
     fn graph() -> RevisionGraph {
-        crate::versions::test_graph()
+        crate::alembic::versions::test_graph()
     }
 
     const BACKEND_DIGEST: &str = "sha256:b";
@@ -990,13 +714,13 @@ mod tests {
                 database_pod_exists: true,
             }),
             external_database: false,
-            daemon: Ok(crate::registry::DaemonView::default()),
+            daemon: Ok(crate::images::registry::DaemonView::default()),
             migrations: Preview::NoMigrations {
                 head: "0002_activity_and_comments".into(),
             },
             runner: Ok(RunnerPlan {
-                platform: crate::runner_binary::Platform::host(),
-                source: crate::runner_binary::Source::Prebuilt("/bin/run-migrations".into()),
+                platform: crate::images::runner::Platform::host(),
+                source: crate::images::runner::Source::Prebuilt("/bin/run-migrations".into()),
             }),
         }
     }
@@ -1008,7 +732,7 @@ mod tests {
     }
 
     fn planned(facts: &DeployFacts, options: DeployOptions) -> Plan {
-        deploy_plan(&env(), facts, options).0
+        decide(&env(), facts, options).0
     }
 
     fn names(plan: &Plan) -> Vec<&'static str> {
@@ -1181,17 +905,6 @@ mod tests {
                 vec!["rollout"],
                 vec!["verify"]
             ]
-        );
-    }
-
-    #[test]
-    fn quoting_is_only_where_needed() {
-        let argv: Vec<String> = ["helm", "--set-string", "a.b=<x y>", "it's", ""]
-            .map(String::from)
-            .to_vec();
-        assert_eq!(
-            display_argv(&argv),
-            r"helm --set-string 'a.b=<x y>' 'it'\''s' ''"
         );
     }
 }

@@ -1,0 +1,312 @@
+//! Plans: what deploy and rollback will do, decided from facts gathered
+//! beforehand (read-only), printed by `--dry-run` (text or JSON) and then
+//! executed step by step, exactly these steps. The deciders are pure, so
+//! every decision is unit-tested and the dry run is what runs.
+//!
+//! `deploy` decides a deploy, `rollback` a rollback; this file holds what
+//! both produce: `Plan`, its `Step`s and how a plan is shown.
+
+pub mod deploy;
+pub mod rollback;
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::alembic::preview::Preview;
+use crate::cluster::kubectl;
+use crate::config::Environment;
+
+/// A plan: facts shown, what blocks it, its decision, and its steps.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub command: &'static str,
+    pub environment: String,
+    #[serde(serialize_with = "facts_as_map")]
+    pub facts: Vec<(&'static str, String)>,
+    /// What stops the plan from running (a refusal, exit 2).
+    pub missing: Vec<String>,
+    /// `deploy`, `nothing to deploy`, `rollback`, `nothing to do`.
+    pub decision: String,
+    /// Why, in a sentence.
+    pub reason: String,
+    /// What happens to the database schema, line by line.
+    pub schema: Vec<String>,
+    /// A deploy's pending migrations: their SQL and Squawk's findings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<Preview>,
+    pub steps: Vec<Step>,
+}
+
+fn facts_as_map<S: serde::Serializer>(
+    facts: &[(&'static str, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(facts.len()))?;
+    for (key, value) in facts {
+        map.serialize_entry(key, value)?;
+    }
+    map.end()
+}
+
+/// One step: what the executor runs for `kind`, shown as `items`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub kind: StepKind,
+    pub title: String,
+    /// Runs at the same time as the step before it.
+    pub alongside_previous: bool,
+    pub items: Vec<Item>,
+}
+
+/// The steps the executors know. A plan is a list of these; a run reports
+/// the same list, which is how tests hold the dry run equal to the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepKind {
+    Images,
+    Backup,
+    HelmUpgrade,
+    Rollout,
+    Downgrade,
+    HelmRollback,
+    RecordHead,
+    Verify,
+}
+
+impl StepKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Images => "images",
+            StepKind::Backup => "backup",
+            StepKind::HelmUpgrade => "helm-upgrade",
+            StepKind::Rollout => "rollout",
+            StepKind::Downgrade => "downgrade",
+            StepKind::HelmRollback => "helm-rollback",
+            StepKind::RecordHead => "record-head",
+            StepKind::Verify => "verify",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Item {
+    /// A process, as argv, and what its output must show.
+    Run {
+        argv: Vec<String>,
+        expect: Option<String>,
+    },
+    /// Work done in-process (Docker Engine API calls) or a rule.
+    Note { text: String },
+}
+
+pub(crate) fn run(argv: Vec<String>, expect: Option<&str>) -> Item {
+    Item::Run {
+        argv,
+        expect: expect.map(String::from),
+    }
+}
+
+pub(crate) fn note(text: impl Into<String>) -> Item {
+    Item::Note { text: text.into() }
+}
+
+/// Verify the newest pods against `head` (the deploy record's head).
+pub fn verify_step(env: &Environment, head: &Result<String, String>) -> Step {
+    let head = head.clone().unwrap_or_else(|_| "<unknown>".into());
+    let pod = "<newest backend pod>";
+    Step {
+        kind: StepKind::Verify,
+        title: "Verify the newest pods".into(),
+        alongside_previous: false,
+        items: vec![
+            run(
+                kubectl::alembic_current_args(env, pod),
+                Some(&format!("{head} (head)")),
+            ),
+            run(
+                kubectl::migrations_log_args(env, pod),
+                Some("last line: Migrations complete."),
+            ),
+        ],
+    }
+}
+
+impl Plan {
+    /// The plan as text: what `--dry-run` prints, and what a real run
+    /// prints before it asks and executes.
+    pub fn render(&self, dry_run: bool) -> String {
+        let mut out = String::new();
+        let title = match self.command {
+            "rollback" => "Rollback plan",
+            _ => "Deploy plan",
+        };
+        let _ = writeln!(
+            out,
+            "{title} for {}{}\n",
+            self.environment,
+            if dry_run {
+                " (dry run: nothing below is executed)"
+            } else {
+                ""
+            }
+        );
+        for (key, value) in &self.facts {
+            let _ = writeln!(out, "  {key:<13}{value}");
+        }
+        if !self.missing.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nMissing (a real {} stops here until these are fixed):",
+                self.command
+            );
+            for item in &self.missing {
+                let _ = writeln!(out, "  ! {item}");
+            }
+        }
+        let _ = writeln!(out, "\nDecision: {}: {}", self.decision, self.reason);
+        if !self.schema.is_empty() {
+            let _ = writeln!(out, "\nSchema:");
+            for line in &self.schema {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        if let Some(migrations) = &self.migrations {
+            let _ = write!(out, "\nMigrations: {}", migrations.render());
+        }
+        for (number, step) in self.steps.iter().enumerate() {
+            let _ = writeln!(out, "\n{}. {}", number + 1, step.title);
+            for item in &step.items {
+                match item {
+                    Item::Run { argv, expect } => {
+                        let _ = writeln!(out, "   $ {}", display_argv_wrapped(argv, "       "));
+                        if let Some(expect) = expect {
+                            let _ = writeln!(out, "     expect: {expect}");
+                        }
+                    }
+                    // An indented note continues the one above it.
+                    Item::Note { text } if text.starts_with(' ') => {
+                        let _ = writeln!(out, "   {text}");
+                    }
+                    Item::Note { text } => {
+                        let _ = writeln!(out, "   - {text}");
+                    }
+                }
+            }
+        }
+        backend_migrations::redact::mask_all(&out)
+    }
+
+    /// Shows the plan: `--dry-run` prints it (JSON with `--json`) on stdout;
+    /// a real run prints it before asking, on stderr when stdout is JSON.
+    pub fn show(&self, dry_run: bool, json: bool) -> anyhow::Result<()> {
+        match (dry_run, json) {
+            (true, true) => println!("{}", serde_json::to_string_pretty(self)?),
+            (true, false) => print!("{}", self.render(true)),
+            (false, true) => eprint!("{}", self.render(false)),
+            (false, false) => print!("{}", self.render(false)),
+        }
+        Ok(())
+    }
+
+    /// The step kinds in order: what a run of this plan reports it ran.
+    #[cfg(test)]
+    pub fn step_names(&self) -> Vec<&'static str> {
+        self.steps.iter().map(|s| s.kind.name()).collect()
+    }
+
+    /// Consecutive steps that run together (`alongside_previous`).
+    pub fn groups(&self) -> Vec<Vec<&Step>> {
+        let mut groups: Vec<Vec<&Step>> = Vec::new();
+        for step in &self.steps {
+            match groups.last_mut() {
+                Some(group) if step.alongside_previous => group.push(step),
+                _ => groups.push(vec![step]),
+            }
+        }
+        groups
+    }
+}
+
+/// An argv as a shell would need it typed: plain words as they are, the
+/// rest in single quotes. Display only; processes get the argv itself.
+pub fn display_argv(argv: &[String]) -> String {
+    let shown = argv
+        .iter()
+        .map(|arg| shell_quote(arg))
+        .collect::<Vec<_>>()
+        .join(" ");
+    backend_migrations::redact::mask_all(&shown)
+}
+
+/// A command as echoed while it runs: whole with `verbose`, else up to its
+/// first values option, then how much was left out (`--dry-run` and `-v`
+/// show it all).
+pub fn echo_argv(argv: &[String], verbose: bool) -> String {
+    let whole = display_argv(argv);
+    if verbose || whole.len() <= 120 {
+        return whole;
+    }
+    let cut = argv
+        .iter()
+        .position(|a| a == "-f" || a.starts_with("--set"))
+        .unwrap_or(argv.len());
+    let shown = display_argv(&argv[..cut]);
+    let pinned = argv.iter().any(|a| a.contains(".image.digest="));
+    format!(
+        "{shown} … ({} more arguments{}; -v shows all)",
+        argv.len() - cut,
+        if pinned { ", digests pinned" } else { "" }
+    )
+}
+
+/// Like `display_argv`, but a long command is continued (` \\`) before
+/// each option, so that every `-f` and `--set-string` reads on its own line.
+fn display_argv_wrapped(argv: &[String], indent: &str) -> String {
+    let one_line = display_argv(argv);
+    if one_line.len() <= 160 {
+        return one_line;
+    }
+    let mut out = String::new();
+    for (i, arg) in argv.iter().enumerate() {
+        if i > 0 {
+            let option_starts = i > 2 && arg.starts_with('-') && !argv[i - 1].starts_with("--set");
+            out.push_str(if option_starts { " \\\n" } else { " " });
+            if option_starts {
+                out.push_str(indent);
+            }
+        }
+        out.push_str(&shell_quote(arg));
+    }
+    out
+}
+
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_is_only_where_needed() {
+        let argv: Vec<String> = ["helm", "--set-string", "a.b=<x y>", "it's", ""]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            display_argv(&argv),
+            r"helm --set-string 'a.b=<x y>' 'it'\''s' ''"
+        );
+    }
+}

@@ -8,20 +8,27 @@ use std::fmt;
 
 /// Bad input (unknown environment, invalid name, missing file…), found
 /// before any command ran.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct InputError(pub String);
 
-impl fmt::Display for InputError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Shorthand: `return Err(input_error(...))`; takes a message or a typed
+/// error (whose whole text becomes the message).
+pub fn input_error(message: impl fmt::Display) -> anyhow::Error {
+    InputError(message.to_string()).into()
 }
 
-impl std::error::Error for InputError {}
-
-/// Shorthand: `return Err(input_error(...))`.
-pub fn input_error(message: impl Into<String>) -> anyhow::Error {
-    InputError(message.into()).into()
+/// An error and its causes in one line, as `{:#}` shows an anyhow error:
+/// for a typed error kept as text (a plan's facts), so no cause is lost.
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The exit code for an error that reached `main`.

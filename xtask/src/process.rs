@@ -213,7 +213,8 @@ pub fn interrupted() -> Option<Interrupted> {
 }
 
 /// An interrupt, as an error the commands return; `main` maps it to 130/143.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("interrupted by {}", self.name())]
 pub struct Interrupted {
     pub signal: i32,
 }
@@ -232,18 +233,11 @@ impl Interrupted {
     }
 }
 
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "interrupted by {}", self.name())
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
 /// What a command says after an interrupt: the report replaces the error
 /// chain (which would repeat the interrupt at every level), and the signal
 /// gives the exit code.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{report}")]
 pub struct Stopped {
     pub interrupt: Interrupted,
     pub report: String,
@@ -267,14 +261,6 @@ impl Stopped {
         }
     }
 }
-
-impl std::fmt::Display for Stopped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.report)
-    }
-}
-
-impl std::error::Error for Stopped {}
 
 /// From now on, the first SIGINT/SIGTERM stops the children with SIGTERM
 /// (and is remembered); a second one kills them and exits at once.

@@ -1,10 +1,10 @@
 //! The database's Alembic revision, as a pod of the current release sees
 //! it. Read-only: it is a fact that deploy and rollback plan from.
 
+use serde::Deserialize;
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::cluster::{self, kubectl, Backend};
+use crate::cluster::{self, kubectl};
 use crate::config::Environment;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -49,15 +49,6 @@ impl DatabaseRevision {
     }
 }
 
-/// A ready pod of the newest backend ReplicaSet, if any.
-pub fn ready_pod(backend: &Backend) -> Option<String> {
-    backend
-        .pods
-        .iter()
-        .find(|p| cluster::pod_ready(p))
-        .map(|p| cluster::name(p).to_string())
-}
-
 /// Asks the runner in `pod` (`run-migrations status --json`: no Python, and
 /// it sees the legacy tables too); an image without the runner falls back to
 /// `alembic current`.
@@ -96,8 +87,8 @@ fn ask_runner(env: &Environment, pod: &str) -> Option<DatabaseRevision> {
     if output.code != 0 {
         return None;
     }
-    let status = serde_json::from_str::<Value>(&output.stdout).ok()?;
-    Some(from_runner_status(&status))
+    let status = serde_json::from_str::<RunnerStatus>(&output.stdout).ok()?;
+    Some(from_runner_status(status))
 }
 
 /// An `alembic current` that ran: its answer, or why it failed. Pure.
@@ -114,16 +105,19 @@ fn from_alembic_output(pod: &str, output: &cluster::Output) -> DatabaseRevision 
     }
 }
 
-/// `run-migrations status --json`: `revisions` (null: no table) and
-/// `legacy_tables`. Pure.
-pub fn from_runner_status(status: &Value) -> DatabaseRevision {
-    let legacy: Vec<String> = status["legacy_tables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t.as_str().map(String::from))
-        .collect();
-    match status["revisions"].as_array() {
+/// `run-migrations status --json`, the parts read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RunnerStatus {
+    /// None: there is no `alembic_version` table.
+    revisions: Option<Vec<String>>,
+    legacy_tables: Vec<String>,
+}
+
+/// What the runner's status says of the database. Pure.
+pub fn from_runner_status(status: RunnerStatus) -> DatabaseRevision {
+    let legacy = status.legacy_tables;
+    match status.revisions {
         None => DatabaseRevision::NoRevision {
             legacy_tables: Some(legacy),
         },
@@ -132,17 +126,13 @@ pub fn from_runner_status(status: &Value) -> DatabaseRevision {
                 legacy_tables: Some(legacy),
             },
             [one] => DatabaseRevision::At {
-                revision: one.as_str().unwrap_or_default().to_string(),
+                revision: one.clone(),
             },
             several => DatabaseRevision::Unknown {
                 why: format!(
                     "alembic_version has {} rows (branches): {}",
                     several.len(),
-                    several
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    several.join(", ")
                 ),
             },
         },
@@ -169,22 +159,26 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn runner_status(value: serde_json::Value) -> DatabaseRevision {
+        from_runner_status(serde_json::from_value(value).unwrap())
+    }
+
     #[test]
     fn the_runner_status_and_alembic_current_both_read() {
         assert_eq!(
-            from_runner_status(&json!({"revisions": ["0002_x"], "legacy_tables": ["households"]})),
+            runner_status(json!({"revisions": ["0002_x"], "legacy_tables": ["households"]})),
             DatabaseRevision::At {
                 revision: "0002_x".into()
             }
         );
         assert_eq!(
-            from_runner_status(&json!({"revisions": null, "legacy_tables": ["households"]})),
+            runner_status(json!({"revisions": null, "legacy_tables": ["households"]})),
             DatabaseRevision::NoRevision {
                 legacy_tables: Some(vec!["households".into()])
             }
         );
         assert!(matches!(
-            from_runner_status(&json!({"revisions": ["a", "b"]})),
+            runner_status(json!({"revisions": ["a", "b"]})),
             DatabaseRevision::Unknown { .. }
         ));
         assert_eq!(

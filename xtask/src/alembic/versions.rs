@@ -1,26 +1,37 @@
 //! The environment's Alembic revision graph, read without a cluster.
 
-use backend_migrations::revisions::RevisionGraph;
+use std::path::PathBuf;
+
+use backend_migrations::revisions::{GraphError, RevisionGraph};
 
 use crate::config::Environment;
 
+/// Why the checkout's revision graph cannot be read. Kept in the facts a
+/// plan is decided from (hence Clone), and shown as the reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum VersionsError {
+    #[error("the Alembic versions directory {} does not exist (set alembic_versions in {})", .dir.display(), .config_file.display())]
+    NoDirectory { dir: PathBuf, config_file: PathBuf },
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+}
+
 /// The graph of the versions directory the environment names.
-pub fn load_graph(env: &Environment) -> Result<RevisionGraph, String> {
+pub fn load_graph(env: &Environment) -> Result<RevisionGraph, VersionsError> {
     let dir = env.root.join(&env.alembic_versions);
     if !dir.is_dir() {
-        return Err(format!(
-            "the Alembic versions directory {} does not exist (set alembic_versions in {})",
-            env.alembic_versions.display(),
-            env.config_file.display()
-        ));
+        return Err(VersionsError::NoDirectory {
+            dir: env.alembic_versions.clone(),
+            config_file: env.config_file.clone(),
+        });
     }
-    RevisionGraph::load(&dir).map_err(|e| e.to_string())
+    Ok(RevisionGraph::load(&dir)?)
 }
 
 /// The single head that `alembic upgrade head` reaches.
-pub fn expected_head(env: &Environment) -> Result<String, String> {
+pub fn expected_head(env: &Environment) -> Result<String, VersionsError> {
     let graph = load_graph(env)?;
-    graph.head().map(str::to_string).map_err(|e| e.to_string())
+    Ok(graph.head()?.to_string())
 }
 
 /// A revision's message: the first line of its script's docstring, as

@@ -4,6 +4,9 @@
 
 use crate::config::Environment;
 
+/// The chart's init container that runs the migrations.
+pub const MIGRATIONS_CONTAINER: &str = "run-migrations";
+
 /// The label selector of one component's pods, from the chart's standard labels.
 pub fn component_selector(env: &Environment, component: &str) -> String {
     format!(
@@ -112,7 +115,7 @@ pub fn backend_exec_args(env: &Environment, pod: &str, command: &[&str]) -> Vec<
 }
 
 pub fn migrations_log_args(env: &Environment, pod: &str) -> Vec<String> {
-    kubectl(env, &["logs", pod, "--container", "run-migrations"])
+    kubectl(env, &["logs", pod, "--container", MIGRATIONS_CONTAINER])
 }
 
 /// `kubectl annotate deployment NAME --overwrite k=v…`: metadata only, so

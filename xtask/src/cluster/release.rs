@@ -1,11 +1,12 @@
 //! The Helm release as `helm status`, `helm history` and `helm get values`
 //! describe it, and the preflight checks that read it.
 
-use anyhow::{bail, Result};
-use serde::Serialize;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cluster;
+use crate::cluster::objects::Deployment;
 use crate::cluster::{helm, kubectl};
 use crate::config::Environment;
 use crate::error::input_error;
@@ -31,17 +32,39 @@ pub fn state(env: &Environment) -> Result<ReleaseState> {
             output.stderr.trim()
         );
     }
-    let status: Value = serde_json::from_str(&output.stdout)?;
+    let status: HelmStatus = serde_json::from_str(&output.stdout)
+        .with_context(|| format!("cannot read what `{}` printed", plan::display_argv(&argv)))?;
     Ok(ReleaseState::Installed {
-        status: status["info"]["status"]
-            .as_str()
-            .unwrap_or("unknown")
-            .to_string(),
-        revision: status["version"].as_u64().unwrap_or(0) as u32,
+        status: status.info.status,
+        revision: status.version,
     })
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+/// `helm status -o json`, the parts read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct HelmStatus {
+    info: HelmStatusInfo,
+    version: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct HelmStatusInfo {
+    status: String,
+}
+
+impl Default for HelmStatusInfo {
+    fn default() -> Self {
+        HelmStatusInfo {
+            status: "unknown".into(),
+        }
+    }
+}
+
+/// A row of `helm history -o json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct HistoryEntry {
     pub revision: u32,
     pub status: String,
@@ -60,19 +83,7 @@ impl HistoryEntry {
 }
 
 pub fn history(env: &Environment) -> Result<Vec<HistoryEntry>> {
-    let rows = cluster::json(&helm::history_args(env))?;
-    Ok(rows
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|row| HistoryEntry {
-            revision: row["revision"].as_u64().unwrap_or(0) as u32,
-            status: row["status"].as_str().unwrap_or_default().to_string(),
-            updated: row["updated"].as_str().unwrap_or_default().to_string(),
-            description: row["description"].as_str().unwrap_or_default().to_string(),
-            chart: row["chart"].as_str().unwrap_or_default().to_string(),
-        })
-        .collect())
+    cluster::json(&helm::history_args(env))
 }
 
 /// What `cargo xtask deploy` stored in a revision's values. A revision
@@ -161,22 +172,24 @@ pub const ROLLBACK_REVISION_ANNOTATION: &str = "colony.dev/rollback-helm-revisio
 pub const ROLLBACK_HEAD_ANNOTATION: &str = "colony.dev/rollback-alembic-head";
 
 /// The rollback's record on a Deployment: (Helm revision, Alembic head). Pure.
-pub fn rollback_record(deployment: &Value) -> Option<(u32, String)> {
-    let annotations = &deployment["metadata"]["annotations"];
-    let revision = annotations[ROLLBACK_REVISION_ANNOTATION]
-        .as_str()?
+pub fn rollback_record(deployment: &Deployment) -> Option<(u32, String)> {
+    let revision = deployment
+        .annotation(ROLLBACK_REVISION_ANNOTATION)?
         .parse()
         .ok()?;
-    let head = annotations[ROLLBACK_HEAD_ANNOTATION].as_str()?;
+    let head = deployment.annotation(ROLLBACK_HEAD_ANNOTATION)?;
     Some((revision, head.to_string()))
 }
 
 pub fn record(env: &Environment, revision: u32) -> Result<Record> {
-    let values = cluster::json(&helm::get_values_args(env, revision))?;
+    let values: Value = cluster::json(&helm::get_values_args(env, revision))?;
     Ok(record_from_values(&values))
 }
 
-/// Pure: the deploy record inside a release's user-supplied values.
+/// Pure: the deploy record inside a release's user-supplied values. Read
+/// as JSON values, not a struct: they are whatever the user gave Helm
+/// (`null` when nothing, a number where `--set` saw digits), and anything
+/// but a string reads as absent.
 pub fn record_from_values(values: &Value) -> Record {
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let image = |component: &str| {

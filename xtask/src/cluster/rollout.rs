@@ -7,20 +7,10 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use serde_json::Value;
 
-use crate::cluster::{self, kubectl, Backend, PodProblem};
+use crate::cluster::objects::{Event, List, Pod, PodProblem};
+use crate::cluster::{self, kubectl, Backend, RolloutState};
 use crate::config::Environment;
-
-/// States that will not get better by waiting (Skaffold's and kubedog's list).
-const FATAL: &[&str] = &[
-    "CrashLoopBackOff",
-    "Error",
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-];
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Assessment {
@@ -33,60 +23,31 @@ pub enum Assessment {
     Complete,
 }
 
-/// The newest ReplicaSet's revision before the deploy, so a rollout that
-/// has not created its ReplicaSet yet is not mistaken for complete.
-pub fn newest_revision(backend: &Backend) -> u64 {
-    cluster::newest_replicaset(&backend.replicasets)
-        .map(revision)
-        .unwrap_or(0)
-}
-
-fn revision(rs: &Value) -> u64 {
-    rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
-        .as_str()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Judges one look at the cluster. `expect_new`: Helm changed the pod
 /// template, so a ReplicaSet newer than `before` must appear. Pure.
 pub fn assess(backend: &Backend, before: u64, expect_new: bool) -> Assessment {
-    let Some(deployment) = &backend.deployment else {
+    if backend.deployment.is_none() {
         return Assessment::Waiting("waiting for the backend Deployment".into());
-    };
-    let Some(newest) = cluster::newest_replicaset(&backend.replicasets) else {
+    }
+    let state = backend.rollout_state();
+    if state.newest.is_none() {
         return Assessment::Waiting("waiting for the first ReplicaSet".into());
-    };
-    if expect_new && revision(newest) <= before {
+    }
+    if expect_new && state.newest_revision() <= before {
         return Assessment::Waiting("waiting for the new ReplicaSet".into());
     }
-    for pod in &backend.pods {
-        if let Some(problem) = cluster::pod_problem(pod) {
-            if FATAL.iter().any(|f| problem.reason.ends_with(f)) {
-                return Assessment::Failed {
-                    pod: cluster::name(pod).to_string(),
-                    problem,
-                };
-            }
-        }
+    if let Some((pod, problem)) = state.fatal_problem() {
+        return Assessment::Failed {
+            pod: pod.clone(),
+            problem: problem.clone(),
+        };
     }
-    let wanted = deployment["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
-    let ready = backend
-        .pods
-        .iter()
-        .filter(|p| cluster::pod_ready(p))
-        .count();
-    let old: u64 = backend
-        .replicasets
-        .iter()
-        .filter(|rs| cluster::name(rs) != cluster::name(newest))
-        .map(|rs| rs["status"]["replicas"].as_u64().unwrap_or(0))
-        .sum();
-    if ready >= wanted && old == 0 {
+    if state.complete() {
         Assessment::Complete
     } else {
         Assessment::Waiting(format!(
-            "{ready}/{wanted} new pods ready, {old} old pod(s) left"
+            "{}/{} new pods ready, {} old pod(s) left",
+            state.ready, state.wanted, state.old_pods
         ))
     }
 }
@@ -121,27 +82,19 @@ pub async fn watch(
 }
 
 /// A pod's state as the progress display names it. Pure.
-pub fn pod_state(pod: &Value) -> String {
-    if let Some(problem) = cluster::pod_problem(pod) {
+pub fn pod_state(pod: &Pod) -> String {
+    if let Some(problem) = pod.problem() {
         return problem.reason;
     }
-    if cluster::pod_ready(pod) {
+    if pod.ready() {
         return "ready".into();
     }
-    let running_init = pod["status"]["initContainerStatuses"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["state"]["running"].is_object());
-    if let Some(init) = running_init {
-        return format!(
-            "init {} running",
-            init["name"].as_str().unwrap_or("container")
-        );
+    if let Some(init) = pod.running_init() {
+        return format!("init {init} running");
     }
-    match pod["status"]["phase"].as_str() {
+    match pod.phase() {
         Some("Running") => "running, not ready yet".into(),
-        Some("Pending") if pod["status"]["containerStatuses"].is_null() => "pending".into(),
+        Some("Pending") if pod.status.container_statuses.is_none() => "pending".into(),
         Some("Pending") => "starting".into(),
         Some(other) => other.to_lowercase(),
         None => "pending".into(),
@@ -181,25 +134,16 @@ impl Progress {
     }
 
     pub fn show(&mut self, backend: &Backend) {
-        let wanted = backend
-            .deployment
-            .as_ref()
-            .and_then(|d| d["spec"]["replicas"].as_u64())
-            .unwrap_or(1);
-        let ready = backend
-            .pods
-            .iter()
-            .filter(|p| cluster::pod_ready(p))
-            .count();
+        let RolloutState { wanted, ready, .. } = backend.rollout_state();
         for pod in &backend.pods {
-            let name = cluster::name(pod).to_string();
+            let name = pod.name().to_string();
             let mut state = pod_state(pod);
             if state.starts_with("init ") {
                 // What the runner is doing now: its last line.
                 let log = crate::process::capture(&kubectl::tail_log_args(
                     &self.env,
                     &name,
-                    "run-migrations",
+                    kubectl::MIGRATIONS_CONTAINER,
                     1,
                 ));
                 if let Ok(log) = log {
@@ -264,7 +208,7 @@ pub fn explain_failure(env: &Environment, pod: &str, problem: &PodProblem) -> St
             ": container {} exited with code {code}",
             problem.container
         );
-        let meaning = (problem.container == "run-migrations")
+        let meaning = (problem.container == kubectl::MIGRATIONS_CONTAINER)
             .then(|| backend_migrations::exit_codes::meaning(code))
             .flatten();
         if let Some(meaning) = meaning {
@@ -289,18 +233,13 @@ pub fn explain_failure(env: &Environment, pod: &str, problem: &PodProblem) -> St
             let _ = writeln!(out, "  | {line}");
         }
     }
-    if let Ok(events) = cluster::json(&kubectl::pod_events_args(env, pod)) {
-        let events = cluster::items(&events);
+    if let Ok(List { items: events }) =
+        cluster::json::<List<Event>>(&kubectl::pod_events_args(env, pod))
+    {
         if !events.is_empty() {
             let _ = writeln!(out, "\nevents of {pod}:");
             for event in events.iter().rev().take(8).rev() {
-                let _ = writeln!(
-                    out,
-                    "  {} {}: {}",
-                    event["type"].as_str().unwrap_or_default(),
-                    event["reason"].as_str().unwrap_or_default(),
-                    event["message"].as_str().unwrap_or_default()
-                );
+                let _ = writeln!(out, "  {} {}: {}", event.kind, event.reason, event.message);
             }
         }
     }
@@ -310,27 +249,25 @@ pub fn explain_failure(env: &Environment, pod: &str, problem: &PodProblem) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::backend::tests::{from_json, replicaset};
     use serde_json::json;
 
-    fn backend(rs_revisions: &[(u64, u64)], pods: Vec<Value>) -> Backend {
+    fn backend(rs_revisions: &[(u64, u64)], pods: Vec<Pod>) -> Backend {
         Backend {
-            deployment: Some(json!({"spec": {"replicas": 1}})),
+            deployment: Some(from_json(json!({"spec": {"replicas": 1}}))),
             replicasets: rs_revisions
                 .iter()
-                .map(|(rev, replicas)| {
-                    json!({"metadata": {"name": format!("rs{rev}"), "annotations": {"deployment.kubernetes.io/revision": rev.to_string()}},
-                           "status": {"replicas": replicas}})
-                })
+                .map(|(rev, replicas)| replicaset(&format!("rs{rev}"), *rev, *replicas))
                 .collect(),
             pods,
         }
     }
 
-    fn pod(ready: bool, init_waiting: Option<&str>) -> Value {
-        json!({"metadata": {"name": "p"}, "status": {
+    fn pod(ready: bool, init_waiting: Option<&str>) -> Pod {
+        from_json(json!({"metadata": {"name": "p"}, "status": {
             "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
             "initContainerStatuses": init_waiting.map(|r| vec![json!({"name": "run-migrations",
-                "state": {"waiting": {"reason": r}}, "lastState": {"terminated": {"exitCode": 1}}})]).unwrap_or_default()}})
+                "state": {"waiting": {"reason": r}}, "lastState": {"terminated": {"exitCode": 1}}})]).unwrap_or_default()}}))
     }
 
     #[test]

@@ -9,74 +9,107 @@ use backend_migrations::revisions::RevisionGraph;
 use serde_json::json;
 use xshell::Shell;
 
+use crate::alembic::database;
 use crate::alembic::preview::{self, Preview};
-use crate::alembic::{database, versions};
+use crate::alembic::versions::{self, VersionsError};
 use crate::cli::DeployArgs;
 use crate::cluster::helm::{DeployRecord, PinnedImage};
 use crate::cluster::rollout::{self, Assessment};
 use crate::cluster::{self, helm, kubectl, release, Backend};
 use crate::commands::{backup, verify};
 use crate::config::{self, git, inputs, Component, Environment};
-use crate::error::input_error;
+use crate::error::{input_error, with_causes};
 use crate::images::registry::{self, RegistryClient};
 use crate::images::{self, docker, runner, ImageReport, Mode};
 use crate::plan::deploy::{ClusterFacts, DeployFacts, DeployOptions, DeploySpec, ImageFacts};
 use crate::plan::{self, Plan, StepKind};
 use crate::process;
 
+/// The deploy, phase by phase: read, decide, show, confirm, execute, report.
+/// Every refusal comes before `execute`, the first change.
 pub fn run(args: DeployArgs) -> Result<()> {
     let started = Instant::now();
     let env = config::load(Some(&args.env), &args.env_overrides)?;
+    let options = options(&args)?;
+    if !args.dry_run {
+        // Local problems first: they need no cluster to refuse.
+        env.require_values_files()?;
+    }
+    let facts = gather_facts(&Shell::new()?, &env, args.migrations_binary.as_deref());
+    let (plan, spec) = plan::deploy::decide(&env, &facts, options);
+    if args.dry_run {
+        return plan.show(true, args.json);
+    }
+    refuse_if_missing(&env, &plan)?;
+    let facts_took = started.elapsed();
+    // The plan goes where the user reads; with --json, stdout is the summary only.
+    plan.show(false, args.json)?;
+    confirm_changes(&env, &facts, &plan, args.yes)?;
+    let mut summary = execute(&env, &facts, &plan, &spec, &args)?;
+    summary.facts_took = facts_took;
+    summary.decision = plan.decision.clone();
+    summary.reason = plan.reason.clone();
+    report(&env, &summary, args.json)
+}
+
+/// The flags as the planner takes them; `--no-backup` needs `--yes`.
+fn options(args: &DeployArgs) -> Result<DeployOptions> {
     if args.no_backup && !args.yes {
         return Err(input_error(
             "--no-backup deploys without a way back if a migration goes wrong; pass --yes with it to confirm",
         ));
     }
-    let options = DeployOptions {
+    Ok(DeployOptions {
         force: args.force,
         skip_build: args.skip_build,
         no_backup: args.no_backup,
         strict_migrations: args.strict_migrations,
-    };
-    if !args.dry_run {
-        // Local problems first: they need no cluster to refuse.
-        env.require_values_files()?;
+    })
+}
+
+/// What the plan lists as missing refuses it, before any change (exit 2).
+fn refuse_if_missing(env: &Environment, plan: &Plan) -> Result<()> {
+    if plan.missing.is_empty() {
+        return Ok(());
     }
-    let sh = Shell::new()?;
-    let facts = gather_facts(&sh, &env, args.migrations_binary.as_deref());
-    let (plan, spec) = plan::deploy::decide(&env, &facts, options);
-    if args.dry_run {
-        return plan.show(true, args.json);
+    Err(input_error(format!(
+        "cannot deploy {}; nothing was changed:\n  - {}\n  `cargo xtask deploy {} --dry-run` shows the whole plan",
+        env.name,
+        plan.missing.join("\n  - "),
+        env.name
+    )))
+}
+
+/// A plan that changes anything is confirmed; a no-op (verify only) is not.
+fn confirm_changes(env: &Environment, facts: &DeployFacts, plan: &Plan, yes: bool) -> Result<()> {
+    if plan.steps.iter().all(|s| s.kind == StepKind::Verify) {
+        return Ok(());
     }
-    if !plan.missing.is_empty() {
-        return Err(input_error(format!(
-            "cannot deploy {}; nothing was changed:\n  - {}\n  `cargo xtask deploy {} --dry-run` shows the whole plan",
-            env.name,
-            plan.missing.join("\n  - "),
-            env.name
-        )));
+    // The findings are far above by now: one line beside the question.
+    let findings = facts.migrations.findings();
+    if !findings.is_empty() {
+        eprintln!(
+            "\n! {}: see \"Migrations\" above (--strict-migrations refuses such a deploy)",
+            preview::findings_summary(findings)
+        );
     }
-    let facts_took = started.elapsed();
-    // The plan goes where the user reads; with --json, stdout is the summary only.
-    plan.show(false, args.json)?;
-    let changes = plan.steps.iter().any(|s| s.kind != StepKind::Verify);
-    if changes {
-        // The findings are far above by now: one line beside the question.
-        let findings = facts.migrations.findings();
-        if !findings.is_empty() {
-            eprintln!(
-                "\n! {}: see \"Migrations\" above (--strict-migrations refuses such a deploy)",
-                preview::findings_summary(findings)
-            );
-        }
-        confirm(&env, &facts, args.yes)?;
-    }
+    confirm(env, facts, yes)
+}
+
+/// Runs the plan's steps as printed, with interrupts handled from here on.
+fn execute(
+    env: &Environment,
+    facts: &DeployFacts,
+    plan: &Plan,
+    spec: &DeploySpec,
+    args: &DeployArgs,
+) -> Result<Summary> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let execution = Execution {
-        env: &env,
-        spec: &spec,
+        env,
+        spec,
         observed: facts.cluster.as_ref().ok().and_then(|c| c.observed.clone()),
         skip_build: args.skip_build,
         verbose: args.verbose,
@@ -84,17 +117,17 @@ pub fn run(args: DeployArgs) -> Result<()> {
         daemon: facts.daemon.clone().ok(),
     };
     process::install_interrupts()?;
-    let mut summary = match runtime.block_on(execution.run(&plan)) {
-        Ok(summary) => summary,
-        Err(error) => return Err(after_interrupt(&env, error)),
-    };
-    summary.facts_took = facts_took;
-    summary.decision = plan.decision.clone();
-    summary.reason = plan.reason.clone();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary.to_json(&env))?);
+    runtime
+        .block_on(execution.run(plan))
+        .map_err(|error| after_interrupt(env, error))
+}
+
+/// The summary (text, or JSON with `--json`); a failed verify fails the deploy.
+fn report(env: &Environment, summary: &Summary, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary.to_json(env))?);
     } else {
-        print!("{}", summary.render(&env));
+        print!("{}", summary.render(env));
     }
     if !summary.verified() {
         bail!("verify failed: see the checks above");
@@ -166,19 +199,7 @@ pub fn gather_facts(
         let helm = scope.spawn(|| helm::detect_version(&Shell::new().ok()?));
         let daemon = scope.spawn(docker::registry_view_blocking);
         let commit = git::head(sh, &env.root);
-        let tags: Vec<Option<Result<String, String>>> = env
-            .images
-            .iter()
-            .map(|image| {
-                commit.as_ref().map(|commit| {
-                    git::context_state(sh, &env.root, &image.context)
-                        .map(|state| git::image_tag(commit, &state))
-                        .map_err(|e| format!("{e:#}"))
-                })
-            })
-            .collect();
-        // The registry is reached as the daemon reaches it (HTTPS, or plain
-        // HTTP for one it treats as insecure).
+        let tags = image_tags(sh, env, commit.as_ref());
         let daemon = daemon.join().expect("docker probe panicked");
         // Which runner the backend image gets (asks rustc for its targets).
         let daemon_platform = daemon.as_ref().ok().and_then(|d| d.platform.clone());
@@ -189,41 +210,7 @@ pub fn gather_facts(
                 migrations_binary,
             )
         });
-        let access = registry::access_for(&env.registry, daemon.as_ref().ok());
-        let credential = registry::credential_for(registry::host_of(&env.registry));
-        let digests: Vec<_> = env
-            .images
-            .iter()
-            .zip(&tags)
-            .map(|(image, tag)| {
-                let (access, tag, credential) = (access.clone(), tag.clone(), credential.clone());
-                scope.spawn(move || match tag {
-                    Some(Ok(tag)) => RegistryClient::new(&image.reference, credential?, &access)
-                        .manifest_digest(images::repository_path(&image.reference), &tag),
-                    _ => Ok(None),
-                })
-            })
-            .collect();
-        let images = env
-            .images
-            .iter()
-            .zip(&tags)
-            .zip(digests)
-            .map(|((image, tag), digest)| {
-                let context_dir = env.root.join(&image.context);
-                let tag = tag.clone().transpose();
-                ImageFacts {
-                    component: image.component,
-                    context_exists: context_dir.is_dir(),
-                    dockerfile_exists: context_dir.join(&image.dockerfile).is_file(),
-                    registry_digest: match &tag {
-                        Err(why) => Err(why.clone()),
-                        Ok(_) => digest.join().expect("registry reader panicked"),
-                    },
-                    tag: tag.ok().flatten(),
-                }
-            })
-            .collect();
+        let images = image_facts(env, tags, daemon.as_ref().ok());
         let chart_exists = env.root.join(&env.chart).join("Chart.yaml").is_file();
         let (cluster, migrations) = cluster.join().expect("cluster reader panicked");
         let runner = runner.join().expect("runner decision panicked");
@@ -248,11 +235,79 @@ pub fn gather_facts(
     })
 }
 
+/// Each image's tag from the commit and its context's state: None without
+/// a commit, Err when git cannot say.
+fn image_tags(
+    sh: &Shell,
+    env: &Environment,
+    commit: Option<&git::Commit>,
+) -> Vec<Option<Result<String, String>>> {
+    env.images
+        .iter()
+        .map(|image| {
+            commit.map(|commit| {
+                git::context_state(sh, &env.root, &image.context)
+                    .map(|state| git::image_tag(commit, &state))
+                    .map_err(|e| format!("{e:#}"))
+            })
+        })
+        .collect()
+}
+
+/// Each image's context, Dockerfile and the registry's digest for its tag
+/// (the registry reached as the daemon reaches it: HTTPS, or plain HTTP
+/// for one it treats as insecure). The digests are asked at once.
+fn image_facts(
+    env: &Environment,
+    tags: Vec<Option<Result<String, String>>>,
+    daemon: Option<&registry::DaemonView>,
+) -> Vec<ImageFacts> {
+    let access = registry::access_for(&env.registry, daemon);
+    // Kept as text: each image's reader needs its own copy.
+    let credential =
+        registry::credential_for(registry::host_of(&env.registry)).map_err(|e| with_causes(&e));
+    std::thread::scope(|scope| {
+        let digests: Vec<_> = env
+            .images
+            .iter()
+            .zip(&tags)
+            .map(|(image, tag)| {
+                let (access, credential) = (&access, credential.clone());
+                scope.spawn(move || match tag {
+                    Some(Ok(tag)) => RegistryClient::new(&image.reference, credential?, access)
+                        .manifest_digest(images::repository_path(&image.reference), tag)
+                        .map_err(|e| with_causes(&e)),
+                    _ => Ok(None),
+                })
+            })
+            .collect();
+        env.images
+            .iter()
+            .zip(&tags)
+            .zip(digests)
+            .map(|((image, tag), digest)| {
+                let context_dir = env.root.join(&image.context);
+                let tag = tag.clone().transpose();
+                ImageFacts {
+                    component: image.component,
+                    context_exists: context_dir.is_dir(),
+                    dockerfile_exists: context_dir.join(&image.dockerfile).is_file(),
+                    registry_digest: match &tag {
+                        Err(why) => Err(why.clone()),
+                        Ok(_) => digest.join().expect("registry reader panicked"),
+                    },
+                    tag: tag.ok().flatten(),
+                }
+            })
+            .collect()
+    })
+}
+
 /// The pending migrations' SQL, from the database's revision to the
 /// checkout's head.
 fn migrations_preview(
     env: &Environment,
-    graph: &Result<RevisionGraph, String>,
+    graph: &Result<RevisionGraph, VersionsError>,
     cluster: &Result<ClusterFacts, String>,
 ) -> Preview {
     let database = match cluster {
@@ -264,10 +319,12 @@ fn migrations_preview(
     let head = graph
         .as_ref()
         .map_err(Clone::clone)
-        .and_then(|graph| Ok((graph, graph.head().map_err(|e| e.to_string())?)));
+        .and_then(|graph| Ok((graph, graph.head().map_err(VersionsError::from)?)));
     match head {
         Ok((graph, head)) => preview::gather(env, graph, head, &database),
-        Err(why) => Preview::Unavailable { why },
+        Err(why) => Preview::Unavailable {
+            why: why.to_string(),
+        },
     }
 }
 
@@ -284,7 +341,7 @@ fn cluster_facts(env: &Environment) -> Result<ClusterFacts, String> {
         // revision comes from its `alembic current`, and a no-op reuses them.
         let database = scope.spawn(|| {
             let backend = Backend::read(env).map_err(|e| format!("{e:#}"))?;
-            let Some(pod) = database::ready_pod(&backend) else {
+            let Some(pod) = backend.ready_pod().map(|p| p.name().to_string()) else {
                 let why = "no ready backend pod to ask".to_string();
                 return Ok::<_, String>((database::DatabaseRevision::Unknown { why }, None));
             };
@@ -418,91 +475,104 @@ impl Execution<'_> {
         Ok(summary)
     }
 
+    /// Runs one step of the plan: the plan's order is the executor's.
     async fn step(&self, kind: StepKind, done: &Summary) -> Result<Output> {
-        let env = self.env;
         match kind {
-            StepKind::Images => {
-                let options = images::Options {
-                    mode: if self.skip_build {
-                        Mode::UseExisting
-                    } else {
-                        Mode::Push
-                    },
-                    jobs: 2,
-                    runner: self.spec.runner.clone(),
-                };
-                let reports = images::run(env, &self.spec.tags, &options, self.daemon.as_ref())
-                    .await
-                    .context(
-                        "the image stage failed, so Helm was not run and the cluster is unchanged",
-                    )?;
-                Ok(Output::Images(reports))
+            StepKind::Images => self.images().await,
+            StepKind::Backup => self.backup().await,
+            StepKind::HelmUpgrade => self.helm_upgrade(done).await,
+            StepKind::Rollout => self.rollout().await,
+            StepKind::Verify => self.verify(done).await,
+            // The rollback's steps: `plan::deploy` never plans them.
+            StepKind::Downgrade | StepKind::HelmRollback | StepKind::RecordHead => {
+                bail!("a deploy plan has no {} step", kind.name())
             }
-            StepKind::Backup => {
-                let env = env.clone();
-                let backup = tokio::task::spawn_blocking(move || backup::take(&env))
-                    .await?
-                    .context(
-                        "the backup failed, so Helm was not run and the cluster is unchanged",
-                    )?;
-                Ok(Output::Backup(backup))
-            }
-            StepKind::HelmUpgrade => {
-                let argv = helm::upgrade_install_args(
-                    env,
-                    &self.pinned(done)?,
-                    &self.record(done),
-                    self.spec.helm_major,
-                );
-                let collector = run_helm_watching_rollout(env, &argv, self.verbose).await?;
-                *self.collector.lock().expect("collector lock") = Some(collector);
-                Ok(Output::HelmRevision(self.spec.revision_before + 1))
-            }
-            StepKind::Rollout => {
-                let mut progress = rollout::Progress::new(env);
-                let mut collector = self
-                    .collector
-                    .lock()
-                    .expect("collector lock")
-                    .take()
-                    .unwrap_or_else(|| verify::Collector::new(env, 0));
-                let assessment = rollout::watch(env, 0, false, env.helm_timeout, |b| {
-                    progress.show(b);
-                    collector.observe(b);
-                })
-                .await?;
-                *self.collector.lock().expect("collector lock") = Some(collector);
-                match assessment {
-                    Assessment::Complete => Ok(Output::Nothing),
-                    Assessment::Failed { pod, problem } => {
-                        bail!("{}", rollout::explain_failure(env, &pod, &problem))
-                    }
-                    Assessment::Waiting(why) => bail!("the rollout did not complete: {why}"),
-                }
-            }
-            StepKind::Verify => {
-                let env = env.clone();
-                let expectation = self.expectation(done);
-                let unchanged = done.helm_revision == self.spec.revision_before;
-                let observed = self.observed.clone().filter(|_| unchanged);
-                let collected = self.collector.lock().expect("collector lock").take();
-                let (facts, checks) = tokio::task::spawn_blocking(move || -> Result<_> {
-                    let facts = match (observed, collected) {
-                        (Some(observed), _) => verify::Facts {
-                            expected: expectation,
-                            ..observed
-                        },
-                        (None, Some(collected)) => collected.finish(expectation)?,
-                        (None, None) => verify::gather(&env, expectation)?,
-                    };
-                    let checks = verify::evaluate(&env, &facts);
-                    Ok((facts, checks))
-                })
-                .await??;
-                Ok(Output::Verified(Box::new((facts, checks))))
-            }
-            other => bail!("a deploy plan has no {} step", other.name()),
         }
+    }
+
+    async fn images(&self) -> Result<Output> {
+        let options = images::Options {
+            mode: if self.skip_build {
+                Mode::UseExisting
+            } else {
+                Mode::Push
+            },
+            jobs: 2,
+            runner: self.spec.runner.clone(),
+        };
+        let reports = images::run(self.env, &self.spec.tags, &options, self.daemon.as_ref())
+            .await
+            .context("the image stage failed, so Helm was not run and the cluster is unchanged")?;
+        Ok(Output::Images(reports))
+    }
+
+    async fn backup(&self) -> Result<Output> {
+        let env = self.env.clone();
+        let backup = tokio::task::spawn_blocking(move || backup::take(&env))
+            .await?
+            .context("the backup failed, so Helm was not run and the cluster is unchanged")?;
+        Ok(Output::Backup(backup))
+    }
+
+    async fn helm_upgrade(&self, done: &Summary) -> Result<Output> {
+        let argv = helm::upgrade_install_args(
+            self.env,
+            &self.pinned(done)?,
+            &self.record(done),
+            self.spec.helm_major,
+        );
+        let collector = run_helm_watching_rollout(self.env, &argv, self.verbose).await?;
+        *self.collector.lock().expect("collector lock") = Some(collector);
+        Ok(Output::HelmRevision(self.spec.revision_before + 1))
+    }
+
+    /// Our own watch after Helm's: fails fast with the failing container's log.
+    async fn rollout(&self) -> Result<Output> {
+        let env = self.env;
+        let mut progress = rollout::Progress::new(env);
+        let mut collector = self
+            .collector
+            .lock()
+            .expect("collector lock")
+            .take()
+            .unwrap_or_else(|| verify::Collector::new(env, 0));
+        let assessment = rollout::watch(env, 0, false, env.helm_timeout, |b| {
+            progress.show(b);
+            collector.observe(b);
+        })
+        .await?;
+        *self.collector.lock().expect("collector lock") = Some(collector);
+        match assessment {
+            Assessment::Complete => Ok(Output::Nothing),
+            Assessment::Failed { pod, problem } => {
+                bail!("{}", rollout::explain_failure(env, &pod, &problem))
+            }
+            Assessment::Waiting(why) => bail!("the rollout did not complete: {why}"),
+        }
+    }
+
+    /// Verify from what is already known: the facts' reads for a no-op,
+    /// the rollout's collected reads after a change, else a fresh read.
+    async fn verify(&self, done: &Summary) -> Result<Output> {
+        let env = self.env.clone();
+        let expectation = self.expectation(done);
+        let unchanged = done.helm_revision == self.spec.revision_before;
+        let observed = self.observed.clone().filter(|_| unchanged);
+        let collected = self.collector.lock().expect("collector lock").take();
+        let (facts, checks) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let facts = match (observed, collected) {
+                (Some(observed), _) => verify::Facts {
+                    expected: expectation,
+                    ..observed
+                },
+                (None, Some(collected)) => collected.finish(expectation)?,
+                (None, None) => verify::gather(&env, expectation)?,
+            };
+            let checks = verify::evaluate(&env, &facts);
+            Ok((facts, checks))
+        })
+        .await??;
+        Ok(Output::Verified(Box::new((facts, checks))))
     }
 
     /// The images as Helm gets them: the plan's digests, or the pushed ones.
@@ -692,7 +762,7 @@ async fn run_helm_watching_rollout(
         let env = env.clone();
         tokio::task::spawn_blocking(move || Backend::read(&env))
             .await?
-            .map(|b| rollout::newest_revision(&b))
+            .map(|b| b.newest_revision())
             .unwrap_or(0)
     };
     eprintln!("$ {}", plan::echo_argv(argv, verbose));

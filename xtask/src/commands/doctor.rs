@@ -265,7 +265,7 @@ fn registry_check(env: &Environment) -> Prerequisite {
         ),
         Err(e) => Prerequisite::fail(
             "registry",
-            e,
+            crate::error::with_causes(&e),
             format!(
                 "check `registry` for {} in {} (or COLONY_REGISTRY); {TEST_BED_HINT}",
                 env.name,

@@ -86,7 +86,7 @@ fn named_revision(
 fn database_revision(env: &Environment) -> Result<DatabaseRevision> {
     release::check_context(env)?;
     let backend = Backend::read(env)?;
-    Ok(match database::ready_pod(&backend) {
+    Ok(match backend.ready_pod().map(|p| p.name().to_string()) {
         Some(pod) => database::read(env, &pod),
         None => DatabaseRevision::Unknown {
             why: "no ready backend pod to ask".into(),

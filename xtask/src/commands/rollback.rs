@@ -21,23 +21,11 @@ use crate::error::input_error;
 use crate::plan::rollback::{Decision, Request, RollbackFacts, RollbackSpec, Target};
 use crate::plan::{self, Item, Plan, StepKind};
 
+/// The rollback, phase by phase: check the request, read, decide, show,
+/// confirm, execute, report. Every refusal comes before `execute`.
 pub fn run(args: RollbackArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
-    let request = Request {
-        target: match (&args.to, args.steps) {
-            (Some(to), _) => Target::To(to.clone()),
-            (None, Some(steps)) => Target::Steps(steps),
-            (None, None) => unreachable!("clap requires --to or --steps"),
-        },
-        app_revision: args.app_revision,
-    };
-    // A malformed or unknown revision is refused before any process runs.
-    if let Target::To(to) = &request.target {
-        crate::config::names::check_revision(to).map_err(input_error)?;
-        let graph = versions::load_graph(&env)
-            .map_err(|why| input_error(format!("cannot plan a rollback: {why}")))?;
-        plan::rollback::check_known(&graph, to).map_err(input_error)?;
-    }
+    let request = request(&env, &args)?;
     if !args.dry_run {
         crate::confirm::require_terminal_or_yes(
             args.yes,
@@ -61,7 +49,36 @@ pub fn run(args: RollbackArgs) -> Result<()> {
     crate::process::install_interrupts()?;
     let executed =
         execute(&env, &plan, &spec, args.json).map_err(|e| after_interrupt(&env, &spec, e))?;
-    if args.json {
+    report(&env, &spec, &executed, args.json)
+}
+
+/// The request from the flags; a malformed or unknown `--to` revision is
+/// refused before any process runs.
+fn request(env: &Environment, args: &RollbackArgs) -> Result<Request> {
+    let target = match (&args.to, args.steps) {
+        (Some(to), _) => Target::To(to.clone()),
+        (None, Some(steps)) => Target::Steps(steps),
+        (None, None) => unreachable!("clap requires --to or --steps"),
+    };
+    if let Target::To(to) = &target {
+        crate::config::names::check_revision(to).map_err(input_error)?;
+        let graph = versions::load_graph(env)
+            .map_err(|why| input_error(format!("cannot plan a rollback: {why}")))?;
+        plan::rollback::check_known(&graph, to).map_err(input_error)?;
+    }
+    Ok(Request {
+        target,
+        app_revision: args.app_revision,
+    })
+}
+
+/// What was done (text, or JSON with `--json`); a failed verify fails the rollback.
+fn report(env: &Environment, spec: &RollbackSpec, executed: &Executed, json: bool) -> Result<()> {
+    let backup = executed
+        .backup
+        .as_ref()
+        .map(|b| b.path.display().to_string());
+    if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
@@ -70,7 +87,7 @@ pub fn run(args: RollbackArgs) -> Result<()> {
                 "target": spec.target,
                 "app_revision": spec.app_revision,
                 "helm_revision": spec.new_revision,
-                "backup": executed.backup.as_ref().map(|b| b.path.display().to_string()),
+                "backup": backup,
                 "verified": executed.verified,
                 "steps": executed.steps.iter().map(|(kind, took)| json!({"name": kind.name(), "seconds": took.as_secs_f64()})).collect::<Vec<_>>(),
             }))?
@@ -81,10 +98,7 @@ pub fn run(args: RollbackArgs) -> Result<()> {
             env.name,
             spec.from,
             spec.target,
-            executed
-                .backup
-                .as_ref()
-                .map_or("-".into(), |b| b.path.display().to_string()),
+            backup.as_deref().unwrap_or("-"),
             spec.new_revision,
             spec.app_revision
         );
@@ -151,7 +165,7 @@ fn gather_facts(env: &Environment) -> Result<RollbackFacts> {
         (history.join().expect("history reader panicked"), backend)
     });
     let (history, backend) = (history?, backend?);
-    let pod = database::ready_pod(&backend);
+    let pod = backend.ready_pod().map(|p| p.name().to_string());
     let database = match &pod {
         Some(pod) => database::read(env, pod),
         None => database::DatabaseRevision::Unknown {
@@ -174,10 +188,7 @@ fn gather_facts(env: &Environment) -> Result<RollbackFacts> {
         current,
         history,
         pod,
-        deployment: backend
-            .deployment
-            .as_ref()
-            .map(|d| cluster::name(d).to_string()),
+        deployment: backend.deployment.as_ref().map(|d| d.metadata.name.clone()),
         database,
         helm_major: helm::detect_version(&xshell::Shell::new()?).map_or(4, |v| v.major),
     })
@@ -243,7 +254,10 @@ fn run_step(
             }
             executed.verified = checks.iter().all(|c| c.ok);
         }
-        other => bail!("a rollback plan has no {} step", other.name()),
+        // The deploy's steps: `plan::rollback` never plans them.
+        StepKind::Images | StepKind::HelmUpgrade | StepKind::Rollout => {
+            bail!("a rollback plan has no {} step", step.kind.name())
+        }
     }
     Ok(())
 }

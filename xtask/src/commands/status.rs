@@ -60,18 +60,18 @@ fn gather(env: &Environment) -> Result<View> {
     }
     let history = release::history_with_records(env)?;
     let backend = Backend::read(env)?;
-    let replicaset = cluster::newest_replicaset(&backend.replicasets).map(|rs| {
+    let replicaset = backend.newest_replicaset().map(|rs| {
         let pods = backend
             .pods
             .iter()
-            .map(|pod| (cluster::name(pod).to_string(), rollout::pod_state(pod)))
+            .map(|pod| (pod.name().to_string(), rollout::pod_state(pod)))
             .collect();
-        (cluster::name(rs).to_string(), pods)
+        (rs.metadata.name.clone(), pods)
     });
-    let database = match backend.pods.iter().find(|p| cluster::pod_ready(p)) {
+    let database = match backend.ready_pod() {
         None => DatabaseAnswer::NoReadyPod,
         Some(pod) => {
-            let pod = cluster::name(pod).to_string();
+            let pod = pod.name().to_string();
             let current = cluster::run(&kubectl::alembic_current_args(env, &pod))?;
             if current.code == 0 {
                 DatabaseAnswer::Revision {

@@ -13,8 +13,10 @@ use serde_json::{json, Value};
 
 use crate::alembic::versions;
 use crate::cli::VerifyArgs;
+use crate::cluster::kubectl::{self, MIGRATIONS_CONTAINER};
+use crate::cluster::objects::{Deployment, Pod};
 use crate::cluster::release::{self, Current};
-use crate::cluster::{self, kubectl, Backend};
+use crate::cluster::{self, Backend, RolloutState};
 use crate::config::{names, Environment};
 use crate::error::input_error;
 use crate::{config, plan};
@@ -64,7 +66,7 @@ impl Source {
 pub fn expectation(
     flag: Option<&str>,
     release: Option<&Current>,
-    deployment: Option<&Value>,
+    deployment: Option<&Deployment>,
     checkout: Result<String, String>,
 ) -> Result<Expectation, String> {
     if let Some(head) = flag {
@@ -163,7 +165,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         args.expect.as_deref(),
         current.as_ref(),
         backend.deployment.as_ref(),
-        versions::expected_head(&env),
+        versions::expected_head(&env).map_err(|e| e.to_string()),
     )
     .map_err(|why| input_error(format!("cannot verify {}: {why}", env.name)))?;
     let facts = gather_from(&env, expected, backend)?;
@@ -214,27 +216,20 @@ fn gather_with(
         .alembic_current
         .as_ref()
         .map(|(name, _)| name.clone())
-        .filter(|name| {
-            backend
-                .pods
-                .iter()
-                .any(|p| cluster::name(p) == name && cluster::pod_ready(p))
-        });
+        .filter(|name| backend.pod(name).is_some_and(Pod::ready));
     let pod = ready_known
         .clone()
-        .or_else(|| choose_pod(&backend.pods).map(|p| cluster::name(p).to_string()));
-    let running = pod.as_ref().is_some_and(|name| {
-        backend
-            .pods
-            .iter()
-            .any(|p| cluster::name(p) == name && p["status"]["phase"] == "Running")
-    });
+        .or_else(|| choose_pod(&backend.pods).map(|p| p.name().to_string()));
+    let running = pod
+        .as_ref()
+        .and_then(|name| backend.pod(name))
+        .is_some_and(|p| p.phase() == Some("Running"));
     let mut names: Vec<String> = pod.iter().cloned().collect();
     names.extend(
         backend
             .pods
             .iter()
-            .map(|p| cluster::name(p).to_string())
+            .map(|p| p.name().to_string())
             .filter(|n| Some(n) != pod.as_ref()),
     );
     names.truncate(MAX_LOGS);
@@ -312,19 +307,19 @@ impl Collector {
     /// One look of the watch: start the reads that became possible.
     pub fn observe(&mut self, backend: &Backend) {
         self.last = Some(backend.clone());
-        if crate::cluster::rollout::newest_revision(backend) <= self.before {
+        if backend.newest_revision() <= self.before {
             return;
         }
         for pod in &backend.pods {
-            let name = cluster::name(pod).to_string();
-            if migrations_succeeded(pod) && !self.logs.contains_key(&name) {
+            let name = pod.name().to_string();
+            if pod.init_succeeded(MIGRATIONS_CONTAINER) && !self.logs.contains_key(&name) {
                 let argv = kubectl::migrations_log_args(&self.env, &name);
                 self.logs.insert(
                     name.clone(),
                     std::thread::spawn(move || cluster::run(&argv)),
                 );
             }
-            if self.current.is_none() && cluster::pod_ready(pod) {
+            if self.current.is_none() && pod.ready() {
                 let argv = kubectl::alembic_current_args(&self.env, &name);
                 self.current = Some((name, std::thread::spawn(move || cluster::run(&argv))));
             }
@@ -353,25 +348,13 @@ impl Collector {
     }
 }
 
-/// The pod's `run-migrations` init container exited 0.
-fn migrations_succeeded(pod: &Value) -> bool {
-    pod["status"]["initContainerStatuses"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|s| {
-            s["name"] == "run-migrations"
-                && s["state"]["terminated"]["exitCode"].as_i64() == Some(0)
-        })
-}
-
 /// A ready pod if there is one, else a running one, else the first: the
 /// one whose init log explains the rollout.
-fn choose_pod(pods: &[Value]) -> Option<&Value> {
+fn choose_pod(pods: &[Pod]) -> Option<&Pod> {
     pods.iter()
-        .find(|p| cluster::pod_ready(p))
-        .or_else(|| pods.iter().find(|p| p["status"]["phase"] == "Running"))
-        .or_else(|| pods.iter().find(|p| cluster::pod_problem(p).is_some()))
+        .find(|p| p.ready())
+        .or_else(|| pods.iter().find(|p| p.phase() == Some("Running")))
+        .or_else(|| pods.iter().find(|p| p.problem().is_some()))
         .or_else(|| pods.first())
 }
 
@@ -397,62 +380,45 @@ pub fn evaluate(env: &Environment, facts: &Facts) -> Vec<Check> {
         });
         return checks;
     };
-    let newest = cluster::newest_replicaset(&facts.backend.replicasets);
+    let rollout = facts.backend.rollout_state();
     checks.push(Check {
         name: "backend deployment",
-        ok: newest.is_some(),
-        detail: match newest {
-            Some(rs) => format!(
-                "{}, newest ReplicaSet {} (revision {})",
-                cluster::name(deployment),
-                cluster::name(rs),
-                rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
-                    .as_str()
-                    .unwrap_or("?")
+        ok: rollout.newest.is_some(),
+        detail: match &rollout.newest {
+            Some((replicaset, revision)) => format!(
+                "{}, newest ReplicaSet {replicaset} (revision {revision})",
+                deployment.metadata.name
             ),
-            None => format!("{} has no ReplicaSet yet", cluster::name(deployment)),
+            None => format!("{} has no ReplicaSet yet", deployment.metadata.name),
         },
-        next: newest.is_none().then(|| describe_pods.clone()),
+        next: rollout.newest.is_none().then(|| describe_pods.clone()),
     });
-    checks.push(rollout_check(facts, deployment, &describe_pods));
+    checks.push(rollout_check(&rollout, &describe_pods));
     checks.push(alembic_check(env, facts));
     checks.push(log_check(env, facts));
     checks
 }
 
-fn rollout_check(facts: &Facts, deployment: &Value, describe_pods: &str) -> Check {
-    let wanted = deployment["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
-    let ready = facts
-        .backend
-        .pods
+fn rollout_check(rollout: &RolloutState, describe_pods: &str) -> Check {
+    let RolloutState {
+        wanted,
+        ready,
+        old_pods,
+        ..
+    } = rollout;
+    let problems: Vec<String> = rollout
+        .problems
         .iter()
-        .filter(|p| cluster::pod_ready(p))
-        .count();
-    let newest = cluster::newest_replicaset(&facts.backend.replicasets)
-        .map(cluster::name)
-        .unwrap_or_default();
-    let old_pods: u64 = facts
-        .backend
-        .replicasets
-        .iter()
-        .filter(|rs| cluster::name(rs) != newest)
-        .map(|rs| rs["status"]["replicas"].as_u64().unwrap_or(0))
-        .sum();
-    let problems: Vec<String> = facts
-        .backend
-        .pods
-        .iter()
-        .filter_map(|p| {
-            let problem = cluster::pod_problem(p)?;
+        .map(|(pod, problem)| {
             let exit = problem.exit_code.map_or(String::new(), |c| {
                 format!(", {} exited {c}", problem.container)
             });
-            Some(format!("{} {}{exit}", cluster::name(p), problem.reason))
+            format!("{pod} {}{exit}", problem.reason)
         })
         .collect();
-    let ok = ready >= wanted && old_pods == 0 && problems.is_empty();
+    let ok = rollout.complete() && problems.is_empty();
     let mut detail = format!("{ready}/{wanted} pods of the newest ReplicaSet ready");
-    if old_pods > 0 {
+    if *old_pods > 0 {
         let _ = write!(
             detail,
             "; {old_pods} pod(s) of an older ReplicaSet still serving"
@@ -640,19 +606,20 @@ mod tests {
             .find(|c| c.name == name)
             .unwrap_or_else(|| panic!("no check named {name:?} in {checks:#?}"))
     }
+    use crate::cluster::backend::tests::{from_json, replicaset};
     use crate::cluster::Output;
 
     fn env() -> Environment {
         crate::config::tests::environment()
     }
 
-    fn pod(name: &str, ready: bool, init_failed: bool) -> Value {
+    fn pod(name: &str, ready: bool, init_failed: bool) -> Pod {
         let init_state = if init_failed {
             json!({"waiting": {"reason": "CrashLoopBackOff"}})
         } else {
             json!({"terminated": {"exitCode": 0, "reason": "Completed"}})
         };
-        json!({
+        from_json(json!({
             "metadata": {"name": name},
             "status": {
                 "phase": if init_failed { "Pending" } else { "Running" },
@@ -660,12 +627,7 @@ mod tests {
                 "initContainerStatuses": [{"name": "run-migrations", "state": init_state,
                     "lastState": if init_failed { json!({"terminated": {"exitCode": 1}}) } else { json!({}) }}],
             }
-        })
-    }
-
-    fn rs(name: &str, revision: u64, replicas: u64) -> Value {
-        json!({"metadata": {"name": name, "annotations": {"deployment.kubernetes.io/revision": revision.to_string()},
-               "labels": {"pod-template-hash": name}}, "status": {"replicas": replicas}})
+        }))
     }
 
     fn facts(current: &str, log: &str) -> Facts {
@@ -675,12 +637,12 @@ mod tests {
                 source: Source::DeployRecord { revision: 2 },
             },
             backend: Backend {
-                deployment: Some(
+                deployment: Some(from_json(
                     json!({"metadata": {"name": "colony-backend"}, "spec": {"replicas": 1}}),
-                ),
+                )),
                 replicasets: vec![
-                    rs("colony-backend-new", 2, 1),
-                    rs("colony-backend-old", 1, 0),
+                    replicaset("colony-backend-new", 2, 1),
+                    replicaset("colony-backend-old", 1, 0),
                 ],
                 pods: vec![pod("colony-backend-new-abcde", true, false)],
             },
@@ -733,8 +695,8 @@ mod tests {
     fn a_crash_looping_new_replicaset_fails_even_with_old_pods_serving() {
         let mut facts = facts("", "Traceback…\nRuntimeError: boom\n");
         facts.backend.replicasets = vec![
-            rs("colony-backend-new", 2, 1),
-            rs("colony-backend-old", 1, 1),
+            replicaset("colony-backend-new", 2, 1),
+            replicaset("colony-backend-old", 1, 1),
         ];
         facts.backend.pods = vec![pod("colony-backend-new-abcde", false, true)];
         facts.alembic_current = None;
@@ -774,19 +736,20 @@ mod tests {
                 ..Default::default()
             },
         };
-        let annotated = |revision: &str, head: &str| {
-            json!({"metadata": {"annotations": {
+        let annotated = |revision: &str, head: &str| -> Deployment {
+            from_json(json!({"metadata": {"annotations": {
                 "colony.dev/rollback-helm-revision": revision,
-                "colony.dev/rollback-alembic-head": head}}})
+                "colony.dev/rollback-alembic-head": head}}}))
         };
         let checkout = || Ok("0002_activity_and_comments".to_string());
         let recorded = current(4, "0002_activity_and_comments");
         let rollback = annotated("4", "0001_baseline");
         let stale = annotated("3", "0001_baseline");
 
-        let expect = |release: Option<&Current>, deployment: Option<&Value>, flag: Option<&str>| {
-            expectation(flag, release, deployment, checkout()).unwrap()
-        };
+        let expect =
+            |release: Option<&Current>, deployment: Option<&Deployment>, flag: Option<&str>| {
+                expectation(flag, release, deployment, checkout()).unwrap()
+            };
         assert_eq!(
             expect(Some(&recorded), Some(&rollback), None),
             Expectation {

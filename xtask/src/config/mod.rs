@@ -230,7 +230,7 @@ pub fn load(env_name: Option<&str>, overrides: &EnvOverrides) -> Result<Environm
 }
 
 /// Pure: config text + overrides → a validated environment (file existence
-/// not yet checked).
+/// not yet checked). Every problem is reported at once, each with its source.
 fn resolve(
     text: &str,
     config_file: &Path,
@@ -241,45 +241,80 @@ fn resolve(
     let shown = config_file.display();
     let file: ConfigFile = toml::from_str(text)
         .map_err(|e| input_error(format!("{shown} is not a valid environments file: {e}")))?;
-    let name = match env_name.or(file.default_environment.as_deref()) {
-        Some(name) => name.to_string(),
-        None => {
-            return Err(input_error(format!(
-                "no environment given and {shown} sets no default_environment"
-            )))
-        }
-    };
-    let known = || {
-        file.environments
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let Some(entry) = file.environments.get(&name) else {
+    let (name, entry) = select(&file, env_name, config_file)?;
+    let mut env = with_defaults(name, entry, config_file, overrides, home);
+    let file_name = config_file
+        .file_name()
+        .map_or(shown.to_string(), |n| n.to_string_lossy().into_owned());
+    let mut problems = problems(&env, &origins(overrides, &file_name));
+    let parsed = parse_settings(&mut env, entry);
+    problems.extend(
+        parsed
+            .into_iter()
+            .map(|p| format!("{p} (from {file_name})")),
+    );
+    if problems.is_empty() {
+        Ok(env)
+    } else {
+        Err(input_error(format!(
+            "environment {:?} ({shown}, flags and COLONY_* variables) is invalid:\n  - {}",
+            env.name,
+            problems.join("\n  - ")
+        )))
+    }
+}
+
+/// The environment asked for (or the file's default), or an error naming
+/// the ones the file defines.
+fn select<'a>(
+    file: &'a ConfigFile,
+    env_name: Option<&str>,
+    config_file: &Path,
+) -> Result<(String, &'a EnvironmentEntry)> {
+    let shown = config_file.display();
+    let Some(name) = env_name.or(file.default_environment.as_deref()) else {
         return Err(input_error(format!(
-            "unknown environment {name:?}: {shown} defines {}",
-            if file.environments.is_empty() {
-                "none".to_string()
-            } else {
-                known()
-            }
+            "no environment given and {shown} sets no default_environment"
         )));
     };
+    match file.environments.get(name) {
+        Some(entry) => Ok((name.to_string(), entry)),
+        None if file.environments.is_empty() => Err(input_error(format!(
+            "unknown environment {name:?}: {shown} defines none"
+        ))),
+        None => Err(input_error(format!(
+            "unknown environment {name:?}: {shown} defines {}",
+            file.environments
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// The entry with flags and variables over it, and defaults for what
+/// neither sets; the settings that need parsing keep their defaults here.
+fn with_defaults(
+    name: String,
+    entry: &EnvironmentEntry,
+    config_file: &Path,
+    overrides: &EnvOverrides,
+    home: Option<&Path>,
+) -> Environment {
     let root = config_file.parent().unwrap_or(Path::new("/"));
     let expand = |p: &str| expand_path(p, root, home);
     let pick = |flag: &Option<String>, file_value: &str| {
         flag.clone().unwrap_or_else(|| file_value.to_string())
     };
-
     let registry = pick(&overrides.registry, &entry.registry);
     let values_as_written = if overrides.values.is_empty() {
-        entry.values.clone()
+        &entry.values
     } else {
-        overrides.values.clone()
+        &overrides.values
     };
-    let env = Environment {
-        name: name.clone(),
+    Environment {
+        name,
         root: root.to_path_buf(),
         config_file: config_file.to_path_buf(),
         namespace: pick(&overrides.namespace, &entry.namespace),
@@ -313,42 +348,42 @@ fn resolve(
             image(Component::Frontend, &entry.images.frontend, &registry),
         ],
         registry,
-    };
-    let mut env = env;
-    let file_name = config_file
-        .file_name()
-        .map_or(shown.to_string(), |n| n.to_string_lossy().into_owned());
-    let origins = Origins {
+    }
+}
+
+/// Where each overridable setting came from, for the problems' wording.
+fn origins(overrides: &EnvOverrides, file_name: &str) -> Origins {
+    Origins {
         namespace: origin(
             &overrides.namespace,
             "COLONY_NAMESPACE",
             "--namespace",
-            &file_name,
+            file_name,
         ),
-        release: origin(
-            &overrides.release,
-            "COLONY_RELEASE",
-            "--release",
-            &file_name,
-        ),
+        release: origin(&overrides.release, "COLONY_RELEASE", "--release", file_name),
         kube_context: origin(
             &overrides.kube_context,
             "COLONY_KUBE_CONTEXT",
             "--kube-context",
-            &file_name,
+            file_name,
         ),
         registry: origin(
             &overrides.registry,
             "COLONY_REGISTRY",
             "--registry",
-            &file_name,
+            file_name,
         ),
-    };
-    let mut problems = problems(&env, &origins);
+    }
+}
+
+/// The file's settings that are parsed (commands, platforms, migrations'
+/// rules, the Helm timeout) into `env`; returns the problems found.
+fn parse_settings(env: &mut Environment, entry: &EnvironmentEntry) -> Vec<String> {
+    let mut problems = Vec::new();
     if let Some(text) = &entry.alembic_command {
         match parse_command("alembic_command", text) {
             Ok(argv) => env.alembic_command = argv,
-            Err(problem) => problems.push(format!("{problem} (from {file_name})")),
+            Err(problem) => problems.push(problem),
         }
     }
     for (image, entry) in env
@@ -359,32 +394,23 @@ fn resolve(
         if let Some(text) = &entry.platform {
             match Platform::parse(text) {
                 Ok(platform) => image.platform = Some(platform),
-                Err(problem) => problems.push(format!(
-                    "images.{}.platform: {problem} (from {file_name})",
-                    image.component
-                )),
+                Err(problem) => {
+                    problems.push(format!("images.{}.platform: {problem}", image.component))
+                }
             }
         }
     }
-    env.migrations =
-        migration_settings(&entry.migrations, &env.alembic_command).unwrap_or_else(|found| {
-            problems.extend(found.into_iter().map(|p| format!("{p} (from {file_name})")));
-            MigrationSettings::default()
-        });
+    match migration_settings(&entry.migrations, &env.alembic_command) {
+        Ok(settings) => env.migrations = settings,
+        Err(found) => problems.extend(found),
+    }
     if let Some(text) = &entry.helm_timeout {
         match parse_timeout("helm_timeout", text) {
             Ok(duration) => env.helm_timeout = duration,
-            Err(problem) => problems.push(format!("{problem} (from {file_name})")),
+            Err(problem) => problems.push(problem),
         }
     }
-    if problems.is_empty() {
-        Ok(env)
-    } else {
-        Err(input_error(format!(
-            "environment {name:?} ({shown}, flags and COLONY_* variables) is invalid:\n  - {}",
-            problems.join("\n  - ")
-        )))
-    }
+    problems
 }
 
 fn image(component: Component, entry: &ImageEntry, registry: &str) -> Image {

@@ -90,14 +90,36 @@ pub fn daemon_address() -> String {
     endpoint().to_string()
 }
 
+/// What goes wrong talking to the Docker daemon. Texts are masked (an
+/// endpoint or a registry's answer may carry a password).
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("no Docker daemon at {address}: {reason}. Start it (systemctl start docker) or point DOCKER_HOST at one; `cargo xtask doctor` checks it")]
+    Unreachable { address: String, reason: String },
+    /// The daemon answered, but not to `docker info`.
+    #[error("the Docker daemon did not answer `docker info`")]
+    Info(#[source] bollard::errors::Error),
+    #[error("pushing {repository} failed: {message}{hint}")]
+    Push {
+        repository: String,
+        message: String,
+        /// What to do about it, when the message says.
+        hint: String,
+    },
+    #[error("inspecting {image}")]
+    Inspect {
+        image: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
 /// Connects and negotiates the API version (the test bed's daemon speaks
 /// 1.41, current ones more); an unreachable daemon is one line with the fix.
-pub async fn connect() -> Result<Docker, String> {
-    probe().await.map_err(|why| {
-        format!(
-            "no Docker daemon at {}: {why}. Start it (systemctl start docker) or point DOCKER_HOST at one; `cargo xtask doctor` checks it",
-            daemon_address()
-        )
+pub async fn connect() -> Result<Docker, DockerError> {
+    probe().await.map_err(|reason| DockerError::Unreachable {
+        address: daemon_address(),
+        reason,
     })
 }
 
@@ -118,8 +140,10 @@ pub async fn probe() -> Result<Docker, String> {
 
 /// What the daemon trusts for registries (`docker info`): the view that
 /// `registry::decide_access` decides from, as `docker push` does.
-pub async fn registry_view(docker: &Docker) -> Result<crate::images::registry::DaemonView, String> {
-    let info = docker.info().await.map_err(|e| mask_all(&e.to_string()))?;
+pub async fn registry_view(
+    docker: &Docker,
+) -> Result<crate::images::registry::DaemonView, DockerError> {
+    let info = docker.info().await.map_err(DockerError::Info)?;
     let config = info.registry_config.unwrap_or_default();
     Ok(crate::images::registry::DaemonView {
         index_secure: config
@@ -143,14 +167,16 @@ pub async fn registry_view(docker: &Docker) -> Result<crate::images::registry::D
     })
 }
 
-/// `registry_view` from synchronous code; Err (why) when no daemon answers
-/// (callers then assume Docker's defaults, and say so).
+/// `registry_view` from synchronous code; Err (why, with its causes) when
+/// no daemon answers (callers then assume Docker's defaults, and say so).
 pub fn registry_view_blocking() -> Result<crate::images::registry::DaemonView, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    runtime.block_on(async { registry_view(&connect().await?).await })
+    runtime
+        .block_on(async { registry_view(&connect().await?).await })
+        .map_err(|e| crate::error::with_causes(&e))
 }
 
 /// One line of build progress.
@@ -162,23 +188,27 @@ pub enum BuildEvent<'a> {
 }
 
 /// A failed build: the step it failed in and the last lines it printed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.describe())]
 pub struct BuildFailure {
     pub step: Option<String>,
     pub message: String,
     pub tail: Vec<String>,
 }
 
-impl std::fmt::Display for BuildFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.step {
-            Some(step) => write!(f, "failed at {step}: {}", self.message)?,
-            None => write!(f, "failed: {}", self.message)?,
-        }
+impl BuildFailure {
+    fn describe(&self) -> String {
+        let mut text = match &self.step {
+            Some(step) => format!("failed at {step}: {}", self.message),
+            None => format!("failed: {}", self.message),
+        };
         if !self.tail.is_empty() {
-            write!(f, "\n  last output:\n    {}", self.tail.join("\n    "))?;
+            text.push_str(&format!(
+                "\n  last output:\n    {}",
+                self.tail.join("\n    ")
+            ));
         }
-        Ok(())
+        text
     }
 }
 
@@ -275,7 +305,7 @@ pub async fn push(
     tag: &str,
     credential: Option<&Credential>,
     mut on_progress: impl FnMut(PushProgress),
-) -> Result<(), String> {
+) -> Result<(), DockerError> {
     let credentials =
         credential.map(|c| to_bollard(c, crate::images::registry::host_of(repository)));
     let options = PushImageOptionsBuilder::default().tag(tag).build();
@@ -302,7 +332,7 @@ pub async fn push(
     Ok(())
 }
 
-fn push_error(repository: &str, message: &str) -> String {
+fn push_error(repository: &str, message: &str) -> DockerError {
     let message = mask_all(message);
     let hint = if message.contains("no basic auth credentials") || message.contains("unauthorized")
     {
@@ -315,7 +345,11 @@ fn push_error(repository: &str, message: &str) -> String {
     } else {
         String::new()
     };
-    format!("pushing {repository} failed: {message}{hint}")
+    DockerError::Push {
+        repository: repository.to_string(),
+        message,
+        hint,
+    }
 }
 
 fn to_bollard(credential: &Credential, server: &str) -> DockerCredentials {
@@ -341,7 +375,7 @@ pub struct InspectedImage {
     pub architecture: String,
 }
 
-pub async fn inspect(docker: &Docker, image: &str) -> Result<Option<InspectedImage>, String> {
+pub async fn inspect(docker: &Docker, image: &str) -> Result<Option<InspectedImage>, DockerError> {
     match docker.inspect_image(image).await {
         Ok(found) => Ok(Some(InspectedImage {
             size: found.size.unwrap_or(0).max(0) as u64,
@@ -351,6 +385,9 @@ pub async fn inspect(docker: &Docker, image: &str) -> Result<Option<InspectedIma
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
         }) => Ok(None),
-        Err(e) => Err(format!("inspecting {image}: {e}")),
+        Err(source) => Err(DockerError::Inspect {
+            image: image.to_string(),
+            source,
+        }),
     }
 }

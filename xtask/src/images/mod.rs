@@ -72,7 +72,8 @@ pub struct ImageReport {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepOutcome {
     Done(Duration),
-    Skipped(&'static str),
+    /// The registry already holds the tag: nothing to build or push.
+    InRegistry,
     NotRun,
 }
 
@@ -108,9 +109,9 @@ pub async fn run(
     options: &Options,
     daemon_view: Option<&registry::DaemonView>,
 ) -> Result<Vec<ImageReport>> {
-    let docker = docker::connect().await.map_err(|e| anyhow!(e))?;
+    let docker = docker::connect().await?;
     let host = registry::host_of(&env.registry).to_string();
-    let credential = registry::credential_for(&host).map_err(|e| anyhow!(e))?;
+    let credential = registry::credential_for(&host)?;
     // HTTPS, or plain HTTP too, exactly as the daemon will push.
     let access = registry::access_for(&env.registry, daemon_view);
     let progress = Progress::new();
@@ -162,7 +163,7 @@ pub async fn run(
     if options.mode == Mode::Push {
         push_all(
             &docker,
-            (&env.registry, credential, &access),
+            (credential, &access),
             &mut reports,
             &progress,
             &jobs,
@@ -219,8 +220,8 @@ impl BuildTask {
                     report.repository, report.tag
                 ));
                 report.digest = Some(digest);
-                report.build = StepOutcome::Skipped("in registry");
-                report.push = StepOutcome::Skipped("in registry");
+                report.build = StepOutcome::InRegistry;
+                report.push = StepOutcome::InRegistry;
                 return Ok(report);
             }
             Ok(None) if self.mode == Mode::UseExisting => {
@@ -234,8 +235,8 @@ impl BuildTask {
             // Building alone does not need the registry; pushing does.
             Err(e) if self.mode == Mode::Build => self
                 .line
-                .log(&format!("registry not checked ({e}); building")),
-            Err(e) => return Err(anyhow!("{}: {e}", self.image.component)),
+                .log(&format!("registry not checked ({e:#}); building")),
+            Err(e) => return Err(e.context(self.image.component.as_str())),
         }
         let started = Instant::now();
         let target = format!("{}:{}", self.image.reference, self.tag);
@@ -249,17 +250,24 @@ impl BuildTask {
         }
         // One look at the built image: its platform (the backend's runner
         // must match it) and its size (for the table).
-        let built = docker::inspect(&self.docker, &target).await;
-        if let (Component::Backend, Some(runner)) = (self.image.component, &self.runner) {
-            if let Some(facts) = built.as_ref().map_err(|e| anyhow!("{e}"))? {
-                check_platform(&runner.platform, facts)?;
-            }
+        let runner = self
+            .runner
+            .as_ref()
+            .filter(|_| self.image.component == Component::Backend);
+        let built = match docker::inspect(&self.docker, &target).await {
+            Ok(built) => built,
+            // The size is a nicety; the runner's platform check is not.
+            Err(e) if runner.is_some() => return Err(e.into()),
+            Err(_) => None,
+        };
+        if let (Some(runner), Some(facts)) = (runner, &built) {
+            check_platform(&runner.platform, facts)?;
         }
         if self.image.also_tag_latest {
             self.tag_latest(&target).await?;
         }
         report.build = StepOutcome::Done(started.elapsed());
-        report.size = built.ok().flatten().map(|f| f.size);
+        report.size = built.map(|f| f.size);
         self.line.finish(&format!(
             "built {target} in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -267,14 +275,14 @@ impl BuildTask {
         Ok(report)
     }
 
-    async fn registry_digest(&self) -> Result<Option<String>, String> {
-        let client =
-            RegistryClient::new(&self.image.reference, self.credential.clone(), &self.access);
-        let path = repository_path(&self.image.reference).to_string();
-        let tag = self.tag.clone();
-        tokio::task::spawn_blocking(move || client.manifest_digest(&path, &tag))
-            .await
-            .map_err(|e| e.to_string())?
+    async fn registry_digest(&self) -> Result<Option<String>> {
+        registry_digest(
+            &self.image.reference,
+            &self.tag,
+            self.credential.clone(),
+            &self.access,
+        )
+        .await
     }
 
     /// One build: the user's context (as its `.dockerignore` lets through),
@@ -394,15 +402,31 @@ pub fn with_runner(dockerfile: &str) -> String {
     )
 }
 
-/// `target`: the registry, its login and how it is reached.
+/// The registry's digest for `reference:tag` (None: it has no such tag);
+/// the blocking HTTP client runs off the async threads.
+async fn registry_digest(
+    reference: &str,
+    tag: &str,
+    credential: Option<Credential>,
+    access: &registry::Access,
+) -> Result<Option<String>> {
+    let client = RegistryClient::new(reference, credential, access);
+    let (path, tag) = (repository_path(reference).to_string(), tag.to_string());
+    let digest = tokio::task::spawn_blocking(move || client.manifest_digest(&path, &tag))
+        .await
+        .context("a registry lookup panicked")??;
+    Ok(digest)
+}
+
+/// `target`: the registry's login and how it is reached.
 async fn push_all(
     docker: &Docker,
-    target: (&str, Option<Credential>, &registry::Access),
+    target: (Option<Credential>, &registry::Access),
     reports: &mut [ImageReport],
     progress: &Progress,
     jobs: &Arc<Semaphore>,
 ) -> Result<()> {
-    let (registry, credential, access) = target;
+    let (credential, access) = target;
     let mut pushes = tokio::task::JoinSet::new();
     for (index, report) in reports.iter().enumerate() {
         if report.digest.is_some() {
@@ -412,7 +436,6 @@ async fn push_all(
         let (repository, tag) = (report.repository.clone(), report.tag.clone());
         let line = progress.line(report.component.as_str());
         let latest = report.also_tag_latest;
-        let registry = registry.to_string();
         let access = access.clone();
         pushes.spawn(async move {
             let _permit = jobs.acquire_owned().await;
@@ -431,21 +454,16 @@ async fn push_all(
                 docker::push(&docker, &repository, "latest", credential.as_ref(), |_| {}).await?;
             }
             let pushed = started.elapsed();
-            let client = RegistryClient::new(&registry, credential, &access);
-            let path = repository_path(&repository).to_string();
-            let tag_for_lookup = tag.clone();
-            let digest =
-                tokio::task::spawn_blocking(move || client.manifest_digest(&path, &tag_for_lookup))
-                    .await
-                    .map_err(|e| e.to_string())??
-                    .ok_or_else(|| {
-                        format!("the registry does not list {repository}:{tag} after the push")
-                    })?;
+            let digest = registry_digest(&repository, &tag, credential, &access)
+                .await?
+                .ok_or_else(|| {
+                    anyhow!("the registry does not list {repository}:{tag} after the push")
+                })?;
             line.finish(&format!(
                 "pushed {repository}:{tag} in {:.1} s: {digest}",
                 pushed.as_secs_f64()
             ));
-            Ok::<_, String>((index, digest, pushed))
+            Ok::<_, anyhow::Error>((index, digest, pushed))
         });
     }
     let mut failures = Vec::new();
@@ -455,7 +473,7 @@ async fn push_all(
                 reports[index].digest = Some(digest);
                 reports[index].push = StepOutcome::Done(took);
             }
-            Err(e) => failures.push(e),
+            Err(e) => failures.push(format!("{e:#}")),
         }
     }
     if failures.is_empty() {
@@ -469,7 +487,9 @@ async fn push_all(
 pub fn to_json(reports: &[ImageReport]) -> serde_json::Value {
     let outcome = |o: &StepOutcome| match o {
         StepOutcome::Done(d) => serde_json::json!({"status": "done", "seconds": d.as_secs_f64()}),
-        StepOutcome::Skipped(why) => serde_json::json!({"status": "skipped", "reason": why}),
+        StepOutcome::InRegistry => {
+            serde_json::json!({"status": "skipped", "reason": "in registry"})
+        }
         StepOutcome::NotRun => serde_json::json!({"status": "not run"}),
     };
     reports
@@ -500,7 +520,7 @@ pub fn repository_path(reference: &str) -> &str {
 pub fn render_table(reports: &[ImageReport]) -> String {
     let outcome = |o: &StepOutcome| match o {
         StepOutcome::Done(d) => format!("{:.1} s", d.as_secs_f64()),
-        StepOutcome::Skipped(why) => format!("skipped ({why})"),
+        StepOutcome::InRegistry => "skipped (in registry)".into(),
         StepOutcome::NotRun => "-".into(),
     };
     let mut out = String::new();
@@ -566,7 +586,7 @@ mod tests {
             digest: Some(format!("sha256:{}", "a".repeat(64))),
             size: Some(5 * 1024 * 1024),
             build: StepOutcome::Done(Duration::from_millis(4200)),
-            push: StepOutcome::Skipped("in registry"),
+            push: StepOutcome::InRegistry,
             also_tag_latest: false,
         };
         let table = render_table(&[report]);

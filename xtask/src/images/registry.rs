@@ -155,9 +155,44 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// What goes wrong asking a registry (or the Docker config) about images.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No allowed scheme answered; the text says which were tried, and why
+    /// only those.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("registry {host} requires a login: run `docker login {host}`")]
+    LoginRequired { host: String },
+    #[error("registry {host} refused the credentials for {image} (HTTP {status}): run `docker login {host}`")]
+    CredentialsRefused {
+        host: String,
+        image: String,
+        status: u16,
+    },
+    #[error("token service of {host}")]
+    TokenService {
+        host: String,
+        #[source]
+        source: Box<ureq::Error>,
+    },
+    /// It answered, but not as a registry API does.
+    #[error("{0}")]
+    Unexpected(String),
+    /// The helper's own output may hold secrets: the failure is only named.
+    #[error("the Docker credential helper docker-credential-{helper} failed for {host}")]
+    CredentialHelper { helper: String, host: String },
+    #[error("cannot read the Docker credentials for {host}")]
+    Credentials {
+        host: String,
+        #[source]
+        source: CredentialRetrievalError,
+    },
+}
+
 /// The credential the Docker config (`DOCKER_CONFIG` or `~/.docker`) holds
 /// for `host`: `auths`, `credHelpers` or `credsStore`. None when it has none.
-pub fn credential_for(host: &str) -> Result<Option<Credential>, String> {
+pub fn credential_for(host: &str) -> Result<Option<Credential>, RegistryError> {
     match docker_credential::get_credential(host) {
         Ok(DockerCredential::UsernamePassword(username, password)) => {
             Ok(Some(Credential::UsernamePassword { username, password }))
@@ -168,13 +203,16 @@ pub fn credential_for(host: &str) -> Result<Option<Credential>, String> {
             | CredentialRetrievalError::ConfigNotFound
             | CredentialRetrievalError::ConfigReadError,
         ) => Ok(None),
-        // The helper's own output may hold secrets: name the failure only.
-        Err(CredentialRetrievalError::HelperFailure { helper, .. }) => Err(format!(
-            "the Docker credential helper docker-credential-{helper} failed for {host}"
-        )),
-        Err(other) => Err(format!(
-            "cannot read the Docker credentials for {host}: {other}"
-        )),
+        Err(CredentialRetrievalError::HelperFailure { helper, .. }) => {
+            Err(RegistryError::CredentialHelper {
+                helper,
+                host: host.to_string(),
+            })
+        }
+        Err(source) => Err(RegistryError::Credentials {
+            host: host.to_string(),
+            source,
+        }),
     }
 }
 
@@ -216,7 +254,7 @@ impl RegistryClient {
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
-    ) -> Result<ureq::http::Response<ureq::Body>, String> {
+    ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
         let schemes = self.access.schemes();
         let start = self.scheme.load(Ordering::Relaxed);
         let mut failures = Vec::new();
@@ -237,7 +275,7 @@ impl RegistryClient {
                 Err(e) => failures.push(format!("{scheme}: {e}")),
             }
         }
-        Err(if self.access.insecure {
+        Err(RegistryError::Unreachable(if self.access.insecure {
             format!(
                 "registry {} does not answer over HTTPS or plain HTTP ({}; {})",
                 self.host,
@@ -253,25 +291,25 @@ impl RegistryClient {
                 host = self.host,
                 why = self.access.why
             )
-        })
+        }))
     }
 
     /// `GET /v2/`: 200 (open) or 401 (auth required) both mean it answers.
-    pub fn ping(&self) -> Result<u16, String> {
+    pub fn ping(&self) -> Result<u16, RegistryError> {
         let response = self.send("GET", "/v2/", &[])?;
         match response.status().as_u16() {
             status @ (200 | 401) => Ok(status),
-            status => Err(format!(
+            status => Err(RegistryError::Unexpected(format!(
                 "{}://{}/v2/ answered HTTP {status}, not a registry API",
                 self.scheme(),
                 self.host
-            )),
+            ))),
         }
     }
 
     /// The digest the registry serves for `image:tag` (`image` without the
     /// host), or None when it has no such tag.
-    pub fn manifest_digest(&self, image: &str, tag: &str) -> Result<Option<String>, String> {
+    pub fn manifest_digest(&self, image: &str, tag: &str) -> Result<Option<String>, RegistryError> {
         let path = format!("/v2/{image}/manifests/{tag}");
         let head = |authorization: Option<&str>| {
             let mut headers = vec![("Accept", MANIFEST_TYPES)];
@@ -298,40 +336,40 @@ impl RegistryClient {
                 .and_then(|v| v.to_str().ok())
                 .map(|d| Some(d.to_string()))
                 .ok_or_else(|| {
-                    format!(
+                    RegistryError::Unexpected(format!(
                         "registry {} sent no Docker-Content-Digest for {image}:{tag}",
                         self.host
-                    )
+                    ))
                 }),
             404 => Ok(None),
-            401 | 403 => Err(format!(
-                "registry {} refused the credentials for {image} (HTTP {}): run `docker login {}`",
-                self.host,
-                response.status().as_u16(),
-                self.host
-            )),
-            status => Err(format!(
+            status @ (401 | 403) => Err(RegistryError::CredentialsRefused {
+                host: self.host.clone(),
+                image: image.to_string(),
+                status,
+            }),
+            status => Err(RegistryError::Unexpected(format!(
                 "registry {} answered HTTP {status} for {image}:{tag}",
                 self.host
-            )),
+            ))),
         }
     }
 
     /// The Authorization header for a `WWW-Authenticate` challenge: Basic
     /// directly, Bearer through the token service it names (Docker's token
     /// flow; an identity token from `docker login` is an OAuth2 refresh token).
-    fn authorization(&self, challenge: &str, image: &str) -> Result<String, String> {
-        let login = || {
-            format!(
-                "registry {} requires a login: run `docker login {}`",
-                self.host, self.host
-            )
+    fn authorization(&self, challenge: &str, image: &str) -> Result<String, RegistryError> {
+        let login = || RegistryError::LoginRequired {
+            host: self.host.clone(),
+        };
+        let token_service = |source: ureq::Error| RegistryError::TokenService {
+            host: self.host.clone(),
+            source: Box::new(source),
         };
         let challenge = Challenge::parse(challenge).map_err(|e| {
-            format!(
+            RegistryError::Unexpected(format!(
                 "registry {} sent a WWW-Authenticate header that does not parse: {e}",
                 self.host
-            )
+            ))
         })?;
         let basic = match &self.credential {
             Some(Credential::UsernamePassword { username, password }) => Some(
@@ -353,7 +391,7 @@ impl RegistryClient {
                     challenge.param("service"),
                     &scope,
                 ))
-                .map_err(|e| format!("token service of {}: {e}", self.host))?,
+                .map_err(token_service)?,
             _ => {
                 let mut request = self.agent.get(realm).query("scope", &scope);
                 if let Some(service) = challenge.param("service") {
@@ -362,9 +400,7 @@ impl RegistryClient {
                 if let Some(b) = &basic {
                     request = request.header("Authorization", &format!("Basic {b}"));
                 }
-                request
-                    .call()
-                    .map_err(|e| format!("token service of {}: {e}", self.host))?
+                request.call().map_err(token_service)?
             }
         };
         if response.status().as_u16() != 200 {
@@ -373,14 +409,21 @@ impl RegistryClient {
         let text = response
             .body_mut()
             .read_to_string()
-            .map_err(|e| e.to_string())?;
-        let body: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-        let token = body["token"]
-            .as_str()
-            .or(body["access_token"].as_str())
-            .ok_or_else(login)?;
+            .map_err(token_service)?;
+        let body: TokenAnswer = serde_json::from_str(&text).map_err(|e| {
+            RegistryError::Unexpected(format!("token service of {}: {e}", self.host))
+        })?;
+        let token = body.token.or(body.access_token).ok_or_else(login)?;
         Ok(format!("Bearer {token}"))
     }
+}
+
+/// A token service's answer: Docker's `token`, or OAuth2's `access_token`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct TokenAnswer {
+    token: Option<String>,
+    access_token: Option<String>,
 }
 
 /// The form Docker posts to a token service with an identity token (OAuth2

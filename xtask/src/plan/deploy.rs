@@ -7,7 +7,7 @@ use backend_migrations::revisions::RevisionGraph;
 
 use crate::alembic::database::DatabaseRevision;
 use crate::alembic::preview::{self, Preview, Range};
-use crate::alembic::versions;
+use crate::alembic::versions::{self, VersionsError};
 use crate::cluster::helm::{self, DeployRecord, HelmVersion, PinnedImage};
 use crate::cluster::kubectl;
 use crate::cluster::release::Current;
@@ -24,7 +24,7 @@ pub struct DeployFacts {
     pub commit: Option<Commit>,
     pub images: Vec<ImageFacts>,
     /// The checkout's Alembic revision graph, or why it cannot be read.
-    pub graph: Result<RevisionGraph, String>,
+    pub graph: Result<RevisionGraph, VersionsError>,
     pub helm: Option<HelmVersion>,
     pub chart_exists: bool,
     pub backup_script_exists: bool,
@@ -154,7 +154,7 @@ pub fn decide(
 fn expected_head(facts: &DeployFacts) -> Result<String, String> {
     match &facts.graph {
         Ok(graph) => graph.head().map(str::to_string).map_err(|e| e.to_string()),
-        Err(why) => Err(why.clone()),
+        Err(why) => Err(why.to_string()),
     }
 }
 
@@ -302,75 +302,74 @@ fn schema_lines(
             why: "the cluster could not be read".into(),
         },
     };
-    let apply = |revisions: &[String]| -> Vec<String> {
-        revisions
-            .iter()
-            .map(|id| match versions::message(graph, id) {
-                m if m.is_empty() => format!("apply {id}"),
-                m => format!("apply {id}: {m}"),
-            })
-            .collect()
-    };
-    let then = |first: String, revisions: &[String]| {
-        std::iter::once(first).chain(apply(revisions)).collect()
-    };
-    match (preview::range(graph, head, &database), &database) {
-        (Range::NoMigrations { .. }, _) => {
+    match preview::range(graph, head, &database) {
+        Range::NoMigrations { .. } => {
             vec![format!("unchanged: the database is at {head} already")]
         }
+        Range::Upgrade {
+            stamp,
+            from,
+            revisions,
+            ..
+        } => std::iter::once(upgrade_lead(stamp, from, &database, &revisions))
+            .chain(
+                revisions
+                    .iter()
+                    .map(|id| match versions::message(graph, id) {
+                        m if m.is_empty() => format!("apply {id}"),
+                        m => format!("apply {id}: {m}"),
+                    }),
+            )
+            .collect(),
+        Range::Unavailable { why } => match &database {
+            DatabaseRevision::At { revision } => {
+                missing.push(format!(
+                    "the database is at {revision}, which this checkout's migrations do not know (they end at {head}): \
+                     a newer build migrated it, and this build's init container would refuse to start. Deploy that \
+                     build, or roll the schema back with the release that knows it (`cargo xtask rollback --to {head}`)"
+                ));
+                vec![format!(
+                    "refused: the database is at {revision}, unknown to these scripts"
+                )]
+            }
+            DatabaseRevision::Unknown { why } => vec![format!(
+                "database revision unknown ({why}); the init container will bring it to {head}"
+            )],
+            DatabaseRevision::NoRevision { .. } => vec![format!("unknown: {why}")],
+        },
+    }
+}
+
+/// The line before the revisions an upgrade applies: where it starts.
+fn upgrade_lead(
+    stamp: Option<String>,
+    from: Option<String>,
+    database: &DatabaseRevision,
+    revisions: &[String],
+) -> String {
+    match (stamp, from, database) {
         (
-            Range::Upgrade {
-                stamp: Some(base),
-                revisions,
-                ..
-            },
+            Some(base),
+            _,
             DatabaseRevision::NoRevision {
                 legacy_tables: Some(tables),
             },
-        ) => then(
-            format!(
-                "a pre-Alembic schema ({}): the init container will stamp {base}, then",
-                tables.join(", ")
-            ),
-            &revisions,
+        ) => format!(
+            "a pre-Alembic schema ({}): the init container will stamp {base}, then",
+            tables.join(", ")
         ),
+        (_, Some(revision), _) => format!("the database is at {revision}; the init container will"),
         (
-            Range::Upgrade {
-                from: Some(revision),
-                revisions,
-                ..
-            },
             _,
-        ) => then(
-            format!("the database is at {revision}; the init container will"),
-            &revisions,
-        ),
-        (Range::Upgrade { revisions, .. }, DatabaseRevision::NoRevision { legacy_tables }) => then(
-            match legacy_tables {
-                Some(_) => "an empty database: the init container will".to_string(),
-                None => format!(
-                    "no Alembic revision: the init container will stamp {} first if it finds the pre-Alembic tables, then",
-                    revisions.first().map_or("", String::as_str)
-                ),
+            None,
+            DatabaseRevision::NoRevision {
+                legacy_tables: Some(_),
             },
-            &revisions,
+        ) => "an empty database: the init container will".to_string(),
+        (_, None, _) => format!(
+            "no Alembic revision: the init container will stamp {} first if it finds the pre-Alembic tables, then",
+            revisions.first().map_or("", String::as_str)
         ),
-        (_, DatabaseRevision::At { revision }) => {
-            missing.push(format!(
-                "the database is at {revision}, which this checkout's migrations do not know (they end at {head}): \
-                 a newer build migrated it, and this build's init container would refuse to start. Deploy that \
-                 build, or roll the schema back with the release that knows it (`cargo xtask rollback --to {head}`)"
-            ));
-            vec![format!(
-                "refused: the database is at {revision}, unknown to these scripts"
-            )]
-        }
-        (_, DatabaseRevision::Unknown { why }) => vec![format!(
-            "database revision unknown ({why}); the init container will bring it to {head}"
-        )],
-        (Range::Unavailable { why }, DatabaseRevision::NoRevision { .. }) => {
-            vec![format!("unknown: {why}")]
-        }
     }
 }
 
@@ -545,36 +544,55 @@ fn fact_lines(
     ]
 }
 
+/// Everything that refuses the deploy, in the order a user fixes them.
 fn missing(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Vec<String> {
-    let mut missing = Vec::new();
-    // Images the registry lacks: built here (a daemon needed), or, with
-    // --skip-build, a refusal before anything (the backup) runs.
+    let mut missing = build_problems(env, facts, options);
+    if let Err(why) = &facts.cluster {
+        missing.push(why.clone());
+    }
+    for path in env.missing_values_files() {
+        missing.push(format!("values file {} does not exist", path.display()));
+    }
+    missing.extend(image_problems(env, facts));
+    missing.extend(checkout_problems(env, facts));
+    let findings = facts.migrations.findings();
+    if (options.strict_migrations || env.migrations.strict) && !findings.is_empty() {
+        missing.push(crate::alembic::preview::strict_refusal(env, findings));
+    }
+    missing
+}
+
+/// Images the registry lacks: built here (a runner and a daemon needed),
+/// or, with --skip-build, a refusal before anything (the backup) runs.
+fn build_problems(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Vec<String> {
     let lacking: Vec<&ImageFacts> = facts
         .images
         .iter()
         .filter(|f| matches!(f.registry_digest, Ok(None)))
         .collect();
     if options.skip_build {
-        for image in &lacking {
-            missing.push(format!(
-                "--skip-build, but the registry has no {}:{}; drop --skip-build to build it, or push it first \
-                 (`cargo xtask push {}`)",
-                env.images
-                    .iter()
-                    .find(|i| i.component == image.component)
-                    .map_or("", |i| i.reference.as_str()),
-                image.tag.as_deref().unwrap_or("?"),
-                env.name
-            ));
-        }
-    } else if let (true, Err(why)) = (
+        return lacking
+            .iter()
+            .map(|image| {
+                format!(
+                    "--skip-build, but the registry has no {}:{}; drop --skip-build to build it, or push it first \
+                     (`cargo xtask push {}`)",
+                    env.image(image.component).reference,
+                    image.tag.as_deref().unwrap_or("?"),
+                    env.name
+                )
+            })
+            .collect();
+    }
+    let mut problems = Vec::new();
+    if let (true, Err(why)) = (
         lacking.iter().any(|i| i.component == Component::Backend),
         &facts.runner,
     ) {
-        missing.push(format!("the backend must be built, but {why}"));
+        problems.push(format!("the backend must be built, but {why}"));
     }
-    if let (false, false, Err(why)) = (options.skip_build, lacking.is_empty(), &facts.daemon) {
-        missing.push(format!(
+    if let (false, Err(why)) = (lacking.is_empty(), &facts.daemon) {
+        problems.push(format!(
             "no Docker daemon to build {}: {why}",
             lacking
                 .iter()
@@ -583,15 +601,15 @@ fn missing(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Ve
                 .join(" and ")
         ));
     }
-    if let Err(why) = &facts.cluster {
-        missing.push(why.clone());
-    }
-    for path in env.missing_values_files() {
-        missing.push(format!("values file {} does not exist", path.display()));
-    }
+    problems
+}
+
+/// Each image's context and Dockerfile exist, and its registry answers.
+fn image_problems(env: &Environment, facts: &DeployFacts) -> Vec<String> {
+    let mut problems = Vec::new();
     for (image, found) in env.images.iter().zip(&facts.images) {
         if !found.context_exists {
-            missing.push(format!(
+            problems.push(format!(
                 "{} build context {}/ does not exist (this workspace expects to sit at the root of the Colony \
                  monorepo; or set images.{}.context in {})",
                 image.component,
@@ -600,7 +618,7 @@ fn missing(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Ve
                 env.config_file.display()
             ));
         } else if !found.dockerfile_exists {
-            missing.push(format!(
+            problems.push(format!(
                 "{} Dockerfile {}/{} does not exist",
                 image.component,
                 image.context.display(),
@@ -608,40 +626,43 @@ fn missing(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Ve
             ));
         }
         if let Err(why) = &found.registry_digest {
-            missing.push(format!(
+            problems.push(format!(
                 "{}: registry {} does not answer: {why} (`cargo xtask doctor` checks it)",
                 image.component, env.registry
             ));
         }
     }
+    problems
+}
+
+/// The checkout's side: the head, a commit, the chart, the backup script,
+/// and helm on this machine.
+fn checkout_problems(env: &Environment, facts: &DeployFacts) -> Vec<String> {
+    let mut problems = Vec::new();
     if let Err(why) = expected_head(facts) {
-        missing.push(format!("expected Alembic head unknown: {why}"));
+        problems.push(format!("expected Alembic head unknown: {why}"));
     }
     if facts.commit.is_none() {
-        missing.push(
+        problems.push(
             "no git commit to tag the images from (run inside the checkout, after a first commit)"
                 .into(),
         );
     }
     if !facts.chart_exists {
-        missing.push(format!("chart {} does not exist", env.chart));
+        problems.push(format!("chart {} does not exist", env.chart));
     } else if let Err(why) = &facts.inputs_hash {
-        missing.push(why.clone());
+        problems.push(why.clone());
     }
     if !facts.backup_script_exists {
-        missing.push(format!(
+        problems.push(format!(
             "{} does not exist",
             crate::commands::backup::SCRIPT
         ));
     }
     if facts.helm.is_none() {
-        missing.push("helm is not installed (`cargo xtask doctor`)".into());
+        problems.push("helm is not installed (`cargo xtask doctor`)".into());
     }
-    let findings = facts.migrations.findings();
-    if (options.strict_migrations || env.migrations.strict) && !findings.is_empty() {
-        missing.push(crate::alembic::preview::strict_refusal(env, findings));
-    }
-    missing
+    problems
 }
 
 #[cfg(test)]

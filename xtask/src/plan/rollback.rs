@@ -5,18 +5,18 @@
 use backend_migrations::revisions::RevisionGraph;
 
 use crate::alembic::database::DatabaseRevision;
-use crate::alembic::versions;
+use crate::alembic::versions::{self, VersionsError};
 use crate::cluster::release::{self, Current, RecordedRevision};
 use crate::cluster::{helm, kubectl};
 use crate::commands::backup;
 use crate::config::{names, Environment};
-use crate::plan::{Item, Plan, Step, StepKind};
+use crate::plan::{note, run, Item, Plan, Step, StepKind};
 
 /// What was read before deciding, all read-only.
 #[derive(Debug, Clone)]
 pub struct RollbackFacts {
     /// The checkout's revision graph (targets are checked against it).
-    pub graph: Result<RevisionGraph, String>,
+    pub graph: Result<RevisionGraph, VersionsError>,
     pub current: Current,
     /// Every revision with its record, oldest first.
     pub history: Vec<RecordedRevision>,
@@ -69,20 +69,14 @@ pub fn decide(env: &Environment, facts: &RollbackFacts, request: &Request) -> De
     }
 }
 
+/// The phases of the decision: where the database is, where it goes, which
+/// app revision expects that, then the steps. Any `Err` is a refusal.
 fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<Decision, String> {
     let graph = facts
         .graph
         .as_ref()
         .map_err(|why| format!("cannot plan a rollback: {why}"))?;
-    let from = match &facts.database {
-        DatabaseRevision::At { revision } => revision.clone(),
-        other => {
-            return Err(format!(
-                "the database's revision must be known to downgrade from it, and it is {}",
-                other.describe()
-            ))
-        }
-    };
+    let from = database_revision(facts)?;
     let target = target(graph, &from, &request.target)?;
     // The database at the target under an app that expects another head is
     // a rollback cut short after its downgrade: finish it (the app only).
@@ -103,32 +97,13 @@ fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<D
         dropped_revisions(graph, &from, &target)?
     };
     let app = app_revision(env, facts, &target, request.app_revision)?;
-    let pod = facts.pod.clone().ok_or_else(|| {
-        format!(
-            "no ready backend pod of revision {} to run `alembic downgrade` in: `cargo xtask verify {}` shows why",
-            facts.current.revision, env.name
-        )
-    })?;
+    let spec = rollback_spec(env, facts, from, target, app.entry.revision)?;
     let deployment = facts.deployment.clone().ok_or_else(|| {
         format!(
             "no backend Deployment of release {} in {}",
             env.release, env.namespace
         )
     })?;
-    let new_revision = facts
-        .history
-        .iter()
-        .map(|r| r.entry.revision)
-        .max()
-        .unwrap_or(facts.current.revision)
-        + 1;
-    let spec = RollbackSpec {
-        from: from.clone(),
-        target: target.clone(),
-        pod,
-        app_revision: app.entry.revision,
-        new_revision,
-    };
     let mut steps = steps(env, facts, &spec, &deployment, &dropped, app);
     if app_only {
         // Nothing in the database changes: no backup, no downgrade.
@@ -137,39 +112,10 @@ fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<D
     let plan = Plan {
         command: "rollback",
         environment: env.name.clone(),
-        facts: vec![
-            (
-                "cluster",
-                format!(
-                    "context {}, namespace {}, release {}",
-                    env.kube_context, env.namespace, env.release
-                ),
-            ),
-            (
-                "release",
-                format!(
-                    "revision {} ({})",
-                    facts.current.revision, facts.current.status
-                ),
-            ),
-            ("database", from.clone()),
-            ("target", target.clone()),
-        ],
+        facts: fact_lines(env, facts, &spec),
         missing: Vec::new(),
         decision: "rollback".into(),
-        reason: if app_only {
-            format!(
-                "the database is at {target} already, but revision {} expects {}: return the app to revision {}",
-                facts.current.revision,
-                facts.app_expects.as_deref().unwrap_or("?"),
-                spec.app_revision
-            )
-        } else {
-            format!(
-                "downgrade {from} -> {target} in the current release, then return the app to revision {}",
-                spec.app_revision
-            )
-        },
+        reason: reason(facts, &spec, app_only),
         schema: dropped
             .iter()
             .map(|(id, message)| match message.as_str() {
@@ -181,6 +127,90 @@ fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<D
         steps,
     };
     Ok(Decision::Rollback(Box::new((plan, spec))))
+}
+
+/// A downgrade starts from a known revision.
+fn database_revision(facts: &RollbackFacts) -> Result<String, String> {
+    match &facts.database {
+        DatabaseRevision::At { revision } => Ok(revision.clone()),
+        other => Err(format!(
+            "the database's revision must be known to downgrade from it, and it is {}",
+            other.describe()
+        )),
+    }
+}
+
+/// What the executor needs: the pod to downgrade in and the Helm revision
+/// `helm rollback` will create.
+fn rollback_spec(
+    env: &Environment,
+    facts: &RollbackFacts,
+    from: String,
+    target: String,
+    app_revision: u32,
+) -> Result<RollbackSpec, String> {
+    let pod = facts.pod.clone().ok_or_else(|| {
+        format!(
+            "no ready backend pod of revision {} to run `alembic downgrade` in: `cargo xtask verify {}` shows why",
+            facts.current.revision, env.name
+        )
+    })?;
+    let new_revision = facts
+        .history
+        .iter()
+        .map(|r| r.entry.revision)
+        .max()
+        .unwrap_or(facts.current.revision)
+        + 1;
+    Ok(RollbackSpec {
+        from,
+        target,
+        pod,
+        app_revision,
+        new_revision,
+    })
+}
+
+fn fact_lines(
+    env: &Environment,
+    facts: &RollbackFacts,
+    spec: &RollbackSpec,
+) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "cluster",
+            format!(
+                "context {}, namespace {}, release {}",
+                env.kube_context, env.namespace, env.release
+            ),
+        ),
+        (
+            "release",
+            format!(
+                "revision {} ({})",
+                facts.current.revision, facts.current.status
+            ),
+        ),
+        ("database", spec.from.clone()),
+        ("target", spec.target.clone()),
+    ]
+}
+
+fn reason(facts: &RollbackFacts, spec: &RollbackSpec, app_only: bool) -> String {
+    if app_only {
+        format!(
+            "the database is at {} already, but revision {} expects {}: return the app to revision {}",
+            spec.target,
+            facts.current.revision,
+            facts.app_expects.as_deref().unwrap_or("?"),
+            spec.app_revision
+        )
+    } else {
+        format!(
+            "downgrade {} -> {} in the current release, then return the app to revision {}",
+            spec.from, spec.target, spec.app_revision
+        )
+    }
 }
 
 /// `--to REV` (a known revision) or `--steps N` below the database's revision.
@@ -337,6 +367,8 @@ fn or_dash(text: &str) -> &str {
     }
 }
 
+/// The rollback's steps in order; `plan` drops the database's when only
+/// the app goes back.
 fn steps(
     env: &Environment,
     facts: &RollbackFacts,
@@ -345,85 +377,113 @@ fn steps(
     dropped: &[(String, String)],
     app: &RecordedRevision,
 ) -> Vec<Step> {
-    let target = &spec.target;
-    let step = |kind, title: String, items| Step {
+    vec![
+        backup_step(env),
+        downgrade_step(env, facts, spec, dropped),
+        helm_rollback_step(env, facts, spec, app),
+        record_head_step(env, spec, deployment),
+        crate::plan::verify_step(env, &Ok(spec.target.clone())),
+    ]
+}
+
+fn step(kind: StepKind, title: String, items: Vec<Item>) -> Step {
+    Step {
         kind,
         title,
         alongside_previous: false,
         items,
-    };
+    }
+}
+
+fn backup_step(env: &Environment) -> Step {
+    step(
+        StepKind::Backup,
+        "Back up the database".into(),
+        vec![run(
+            backup::script_args(env),
+            Some("last line: the backup file's path"),
+        )],
+    )
+}
+
+/// In a pod of the current release: its scripts know the way down.
+fn downgrade_step(
+    env: &Environment,
+    facts: &RollbackFacts,
+    spec: &RollbackSpec,
+    dropped: &[(String, String)],
+) -> Step {
     let dropped_ids: Vec<&str> = dropped.iter().map(|(id, _)| id.as_str()).collect();
-    vec![
-        step(
-            StepKind::Backup,
-            "Back up the database".into(),
-            vec![Item::Run {
-                argv: backup::script_args(env),
-                expect: Some("last line: the backup file's path".into()),
-            }],
+    step(
+        StepKind::Downgrade,
+        format!(
+            "Downgrade the schema in {} (revision {}'s scripts know the way down)",
+            spec.pod, facts.current.revision
         ),
-        step(
-            StepKind::Downgrade,
-            format!(
-                "Downgrade the schema in {} (revision {}'s scripts know the way down)",
-                spec.pod, facts.current.revision
+        vec![
+            run(
+                kubectl::alembic_args(env, &spec.pod, &["downgrade", &spec.target]),
+                Some(&format!("drops {}", dropped_ids.join(", "))),
             ),
-            vec![
-                Item::Run {
-                    argv: kubectl::alembic_args(env, &spec.pod, &["downgrade", target]),
-                    expect: Some(format!("drops {}", dropped_ids.join(", "))),
-                },
-                Item::Run {
-                    argv: kubectl::alembic_current_args(env, &spec.pod),
-                    expect: Some(target.clone()),
-                },
-            ],
-        ),
-        step(
-            StepKind::HelmRollback,
-            format!("Return the app to Helm revision {}", spec.app_revision),
-            vec![
-                Item::Run {
-                    argv: helm::rollback_args(env, spec.app_revision, facts.helm_major),
-                    expect: Some(format!(
-                        "revision {} is created and rolls out",
-                        spec.new_revision
-                    )),
-                },
-                Item::Note {
-                    text: format!(
-                        "revision {} runs backend {} (deploy record: {})",
-                        spec.app_revision,
-                        or_dash(&app.record.backend_image),
-                        if app.record.has_head() {
-                            format!("head {}", app.record.alembic_head)
-                        } else {
-                            "none".into()
-                        }
+            run(
+                kubectl::alembic_current_args(env, &spec.pod),
+                Some(&spec.target),
+            ),
+        ],
+    )
+}
+
+fn helm_rollback_step(
+    env: &Environment,
+    facts: &RollbackFacts,
+    spec: &RollbackSpec,
+    app: &RecordedRevision,
+) -> Step {
+    let record = if app.record.has_head() {
+        format!("head {}", app.record.alembic_head)
+    } else {
+        "none".into()
+    };
+    step(
+        StepKind::HelmRollback,
+        format!("Return the app to Helm revision {}", spec.app_revision),
+        vec![
+            run(
+                helm::rollback_args(env, spec.app_revision, facts.helm_major),
+                Some(&format!(
+                    "revision {} is created and rolls out",
+                    spec.new_revision
+                )),
+            ),
+            note(format!(
+                "revision {} runs backend {} (deploy record: {record})",
+                spec.app_revision,
+                or_dash(&app.record.backend_image),
+            )),
+        ],
+    )
+}
+
+/// On the Deployment, tied to the Helm revision the rollback creates.
+fn record_head_step(env: &Environment, spec: &RollbackSpec, deployment: &str) -> Step {
+    step(
+        StepKind::RecordHead,
+        "Record the expected head where verify reads it (no pod restarts)".into(),
+        vec![run(
+            kubectl::annotate_deployment_args(
+                env,
+                deployment,
+                &[
+                    (
+                        release::ROLLBACK_REVISION_ANNOTATION,
+                        &spec.new_revision.to_string(),
                     ),
-                },
-            ],
-        ),
-        step(
-            StepKind::RecordHead,
-            "Record the expected head where verify reads it (no pod restarts)".into(),
-            vec![Item::Run {
-                argv: kubectl::annotate_deployment_args(
-                    env,
-                    deployment,
-                    &[
-                        (
-                            release::ROLLBACK_REVISION_ANNOTATION,
-                            &spec.new_revision.to_string(),
-                        ),
-                        (release::ROLLBACK_HEAD_ANNOTATION, target),
-                    ],
-                ),
-                expect: None,
-            }],
-        ),
-        crate::plan::verify_step(env, &Ok(target.clone())),
-    ]
+                    (release::ROLLBACK_HEAD_ANNOTATION, &spec.target),
+                ],
+            ),
+            None,
+        )],
+    )
 }
 
 #[cfg(test)]

@@ -39,3 +39,50 @@ fn main() {
         std::process::exit(error::exit_code(&error));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// ARCHITECTURE.md's xtask table lists exactly the files of `xtask/src`.
+    #[test]
+    fn the_architecture_map_lists_every_file_and_only_those() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let map = std::fs::read_to_string(src.join("../../ARCHITECTURE.md")).unwrap();
+        let xtask = map
+            .split("## xtask\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("ARCHITECTURE.md has an xtask section");
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                for inner in std::fs::read_dir(&path).unwrap() {
+                    files.push(inner.unwrap().path());
+                }
+            } else {
+                files.push(path);
+            }
+        }
+        let files: Vec<String> = files
+            .iter()
+            .map(|f| f.strip_prefix(&src).unwrap().to_string_lossy().into_owned())
+            .collect();
+        for file in &files {
+            assert!(
+                xtask.contains(&format!("`{file}`")),
+                "ARCHITECTURE.md does not list xtask/src/{file}"
+            );
+        }
+        let listed = xtask.split('`').skip(1).step_by(2).filter(|word| {
+            word.ends_with(".rs") && !word.contains(' ') && !word.starts_with("xtask/")
+        });
+        for word in listed {
+            assert!(
+                files.iter().any(|f| f == word),
+                "ARCHITECTURE.md lists {word}, which is not a file of xtask/src"
+            );
+        }
+    }
+}

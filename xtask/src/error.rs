@@ -19,13 +19,18 @@ pub fn input_error(message: impl fmt::Display) -> anyhow::Error {
 }
 
 /// An error and its causes in one line, as `{:#}` shows an anyhow error:
-/// for a typed error kept as text (a plan's facts), so no cause is lost.
+/// for a typed error kept as text (a plan's facts), so no cause is lost. A
+/// cause the text already carries (some libraries print their source in
+/// their own message) is not repeated.
 pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
@@ -45,5 +50,33 @@ pub fn exit_code(error: &anyhow::Error) -> i32 {
         2
     } else {
         1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    #[test]
+    fn causes_are_joined_once() {
+        let layer = |text, source: Option<Layer>| Layer {
+            text,
+            source: source.map(Box::new),
+        };
+        let inner = layer("connection refused", None);
+        let echoing = layer("client error (Connect)", Some(inner));
+        let outer = layer("client error (Connect)", Some(echoing));
+        assert_eq!(
+            with_causes(&layer("pushing failed", Some(outer))),
+            "pushing failed: client error (Connect): connection refused"
+        );
     }
 }

@@ -12,6 +12,7 @@ use futures_util::{Stream, StreamExt};
 
 use backend_migrations::redact::mask_all;
 
+use crate::error::with_causes;
 use crate::images::registry::Credential;
 
 /// Where the daemon is, and who said so.
@@ -127,13 +128,13 @@ pub async fn connect() -> Result<Docker, DockerError> {
 /// that word the failure themselves (`doctor`).
 pub async fn probe() -> Result<Docker, String> {
     let docker =
-        Docker::connect_with_host(&endpoint().host).map_err(|e| mask_all(&e.to_string()))?;
+        Docker::connect_with_host(&endpoint().host).map_err(|e| mask_all(&with_causes(&e)))?;
     let answered = async {
         let docker = docker.negotiate_version().await?;
         docker.ping().await.map(|_| docker)
     };
     match tokio::time::timeout(Duration::from_secs(10), answered).await {
-        Ok(result) => result.map_err(|e| mask_all(&e.to_string())),
+        Ok(result) => result.map_err(|e| mask_all(&with_causes(&e))),
         Err(_) => Err("no answer within 10 s".into()),
     }
 }

@@ -64,6 +64,21 @@ pub fn read(env: &Environment, pod: &str) -> DatabaseRevision {
     }
 }
 
+/// `read` in a ready backend pod, or Unknown when there is none.
+pub fn read_in(env: &Environment, pod: Option<&str>) -> DatabaseRevision {
+    match pod {
+        Some(pod) => read(env, pod),
+        None => no_ready_pod(),
+    }
+}
+
+/// What the database's revision is without a ready backend pod to ask.
+pub fn no_ready_pod() -> DatabaseRevision {
+    DatabaseRevision::Unknown {
+        why: "no ready backend pod to ask".into(),
+    }
+}
+
 /// From an `alembic current` already run in `pod` (verify's own read, so a
 /// deploy asks once): a revision when it printed one; otherwise the runner
 /// is asked, which also sees a pre-Alembic schema or a revision these

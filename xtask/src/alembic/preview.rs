@@ -245,12 +245,10 @@ fn run_offline(
 
 /// Alembic's reason: the exception line that ends its traceback.
 pub fn alembic_reason(stderr: &str, code: i32) -> String {
-    stderr
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map_or_else(|| format!("Alembic exited with {code}"), str::to_string)
+    match crate::cluster::last_line(stderr) {
+        "" => format!("Alembic exited with {code}"),
+        line => line.to_string(),
+    }
 }
 
 fn unavailable(id: &str, why: &str) -> RevisionPreview {

@@ -30,8 +30,15 @@ pub fn load_graph(env: &Environment) -> Result<RevisionGraph, VersionsError> {
 
 /// The single head that `alembic upgrade head` reaches.
 pub fn expected_head(env: &Environment) -> Result<String, VersionsError> {
-    let graph = load_graph(env)?;
-    Ok(graph.head()?.to_string())
+    with_head(&load_graph(env)).map(|(_, head)| head)
+}
+
+/// A graph as read, with its single head (or why there is none).
+pub fn with_head(
+    graph: &Result<RevisionGraph, VersionsError>,
+) -> Result<(&RevisionGraph, String), VersionsError> {
+    let graph = graph.as_ref().map_err(Clone::clone)?;
+    Ok((graph, graph.head()?.to_string()))
 }
 
 /// A revision's message: the first line of its script's docstring, as

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use xshell::{cmd, Shell};
 
-use crate::config::Environment;
+use crate::config::{Component, Environment};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HelmVersion {
@@ -49,7 +49,7 @@ pub struct DeployRecord {
 /// One image as the chart receives it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PinnedImage {
-    pub component: String,
+    pub component: Component,
     /// `registry/repository`, without tag.
     pub repository: String,
     pub tag: String,

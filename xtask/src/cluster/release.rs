@@ -248,10 +248,7 @@ pub fn check_context(env: &Environment) -> Result<()> {
 /// A release left `pending-*` blocks every later operation: say exactly
 /// how to get out. Pure.
 pub fn pending_recovery(env: &Environment, status: &str, history: &[HistoryEntry]) -> String {
-    let target = history
-        .iter()
-        .rev()
-        .find(|h| h.status == "deployed" || h.status == "superseded");
+    let target = history.iter().rev().find(|h| h.was_good());
     let how = match (status, target) {
         ("pending-install", _) | (_, None) => format!(
             "nothing was ever deployed successfully: `helm uninstall {} --namespace {} --kube-context {}`, then deploy again",

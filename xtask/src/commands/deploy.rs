@@ -245,11 +245,7 @@ fn image_tags(
     env.images
         .iter()
         .map(|image| {
-            commit.map(|commit| {
-                git::context_state(sh, &env.root, &image.context)
-                    .map(|state| git::image_tag(commit, &state))
-                    .map_err(|e| format!("{e:#}"))
-            })
+            commit.map(|commit| images::tag(sh, env, commit, image).map_err(|e| format!("{e:#}")))
         })
         .collect()
 }
@@ -310,18 +306,10 @@ fn migrations_preview(
     graph: &Result<RevisionGraph, VersionsError>,
     cluster: &Result<ClusterFacts, String>,
 ) -> Preview {
-    let database = match cluster {
-        Ok(cluster) => cluster.database.clone(),
-        Err(_) => database::DatabaseRevision::Unknown {
-            why: "the cluster could not be read".into(),
-        },
-    };
-    let head = graph
-        .as_ref()
-        .map_err(Clone::clone)
-        .and_then(|graph| Ok((graph, graph.head().map_err(VersionsError::from)?)));
-    match head {
-        Ok((graph, head)) => preview::gather(env, graph, head, &database),
+    match versions::with_head(graph) {
+        Ok((graph, head)) => {
+            preview::gather(env, graph, &head, &plan::deploy::database_of(cluster))
+        }
         Err(why) => Preview::Unavailable {
             why: why.to_string(),
         },
@@ -342,8 +330,7 @@ fn cluster_facts(env: &Environment) -> Result<ClusterFacts, String> {
         let database = scope.spawn(|| {
             let backend = Backend::read(env).map_err(|e| format!("{e:#}"))?;
             let Some(pod) = backend.ready_pod().map(|p| p.name().to_string()) else {
-                let why = "no ready backend pod to ask".to_string();
-                return Ok::<_, String>((database::DatabaseRevision::Unknown { why }, None));
+                return Ok::<_, String>((database::no_ready_pod(), None));
             };
             let unknown = verify::Expectation {
                 head: String::new(),
@@ -585,7 +572,7 @@ impl Execution<'_> {
                 if let Some(report) = done
                     .images
                     .iter()
-                    .find(|r| r.component.as_str() == planned.component)
+                    .find(|r| r.component == planned.component)
                 {
                     pinned.digest = report.digest.clone().ok_or_else(|| {
                         anyhow!("{} has no digest after the image stage", planned.component)
@@ -750,14 +737,15 @@ impl Summary {
 
 /// Runs `helm upgrade --install` and watches the newest ReplicaSet at the
 /// same time: a pod that will not recover stops Helm (SIGTERM, so it can
-/// mark the release failed) and the deploy, within seconds.
-/// Runs Helm while our watch looks at the new pods (and starts verify's
-/// reads as they become possible); returns those reads.
+/// mark the release failed) and the deploy, within seconds. The watch also
+/// starts verify's reads as they become possible; returns those reads.
 async fn run_helm_watching_rollout(
     env: &Environment,
     argv: &[String],
     verbose: bool,
 ) -> Result<verify::Collector> {
+    // Read now, not taken from the facts: the images took minutes, and
+    // only a ReplicaSet newer than this one is the deploy's.
     let before = {
         let env = env.clone();
         tokio::task::spawn_blocking(move || Backend::read(&env))

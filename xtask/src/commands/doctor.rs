@@ -11,7 +11,8 @@ use crate::config::{self, Component, Environment};
 use backend_migrations::redact;
 
 use crate::cluster::helm;
-use crate::images::{docker, registry, runner};
+use crate::images::registry::{self, DaemonView};
+use crate::images::{docker, runner};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -96,8 +97,10 @@ pub fn run(args: EnvArgs) -> Result<()> {
             ),
         ));
         checks.push(sql_preview_check(env));
-        checks.push(runner_check(env));
-        checks.push(registry_check(env));
+        // `docker info` once, for both (an unanswering daemon costs its timeout).
+        let daemon = docker::registry_view_blocking().ok();
+        checks.push(runner_check(env, daemon.as_ref()));
+        checks.push(registry_check(env, daemon.as_ref()));
         checks.push(disk_check(&sh, &env.backup_dir));
     }
     if args.json {
@@ -162,7 +165,7 @@ fn docker_check() -> Prerequisite {
         docker
             .version()
             .await
-            .map_err(|e| redact::mask_all(&e.to_string()))
+            .map_err(|e| redact::mask_all(&crate::error::with_causes(&e)))
     });
     match answer {
         Ok(version) => Prerequisite::ok(
@@ -202,12 +205,11 @@ fn sql_preview_check(env: &Environment) -> Prerequisite {
 
 /// Which run-migrations binary a build would put in the backend image, or
 /// why none can be had (then a deploy that must build it is refused).
-fn runner_check(env: &Environment) -> Prerequisite {
-    let daemon = docker::registry_view_blocking().ok();
+fn runner_check(env: &Environment, daemon: Option<&DaemonView>) -> Prerequisite {
     let prebuilt = std::env::var_os("COLONY_RUN_MIGRATIONS_BIN").map(PathBuf::from);
     let plan = runner::decide(
         env.image(Component::Backend).platform.as_ref(),
-        daemon.as_ref().and_then(|d| d.platform.as_ref()),
+        daemon.and_then(|d| d.platform.as_ref()),
         prebuilt.as_deref(),
     );
     match plan {
@@ -232,11 +234,8 @@ fn runner_check(env: &Environment) -> Prerequisite {
 }
 
 /// Pings the registry the way pushes reach it, and says which scheme and why.
-fn registry_check(env: &Environment) -> Prerequisite {
-    let access = registry::access_for(
-        &env.registry,
-        docker::registry_view_blocking().ok().as_ref(),
-    );
+fn registry_check(env: &Environment, daemon: Option<&DaemonView>) -> Prerequisite {
+    let access = registry::access_for(&env.registry, daemon);
     let client = registry::RegistryClient::new(&env.registry, None, &access);
     let how = |scheme: &str| {
         format!(

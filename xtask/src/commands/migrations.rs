@@ -86,12 +86,10 @@ fn named_revision(
 fn database_revision(env: &Environment) -> Result<DatabaseRevision> {
     release::check_context(env)?;
     let backend = Backend::read(env)?;
-    Ok(match backend.ready_pod().map(|p| p.name().to_string()) {
-        Some(pod) => database::read(env, &pod),
-        None => DatabaseRevision::Unknown {
-            why: "no ready backend pod to ask".into(),
-        },
-    })
+    Ok(database::read_in(
+        env,
+        backend.ready_pod().map(|p| p.name()),
+    ))
 }
 
 fn refuse_findings_if_strict(env: &Environment, strict: bool, preview: &Preview) -> Result<()> {

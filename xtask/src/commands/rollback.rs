@@ -166,12 +166,7 @@ fn gather_facts(env: &Environment) -> Result<RollbackFacts> {
     });
     let (history, backend) = (history?, backend?);
     let pod = backend.ready_pod().map(|p| p.name().to_string());
-    let database = match &pod {
-        Some(pod) => database::read(env, pod),
-        None => database::DatabaseRevision::Unknown {
-            why: "no ready backend pod to ask".into(),
-        },
-    };
+    let database = database::read_in(env, pod.as_deref());
     // What the running app expects, by verify's own rule (its records only:
     // the checkout says nothing about the app).
     let app_expects = verify::expectation(

@@ -14,10 +14,8 @@ use crate::config::Environment;
 pub fn hash(env: &Environment) -> Result<String> {
     let mut hasher = Sha256::new();
     let chart = env.root.join(&env.chart);
-    let mut files = Vec::new();
-    collect_files(&chart, &mut files)
+    let files = files_under(&chart)
         .with_context(|| format!("cannot read the chart {}", chart.display()))?;
-    files.sort();
     for file in files {
         let relative = file.strip_prefix(&chart).unwrap_or(&file);
         add(&mut hasher, "chart", relative, &file)?;
@@ -41,6 +39,14 @@ fn add(hasher: &mut Sha256, kind: &str, name: &Path, file: &Path) -> Result<()> 
     hasher.update(format!("{kind}\0{}\0{}\0", name.display(), content.len()));
     hasher.update(&content);
     Ok(())
+}
+
+/// Every file below `dir`, sorted: the order a hash of them needs.
+pub fn files_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    collect_files(dir, &mut files)?;
+    files.sort();
+    Ok(files)
 }
 
 fn collect_files(dir: &Path, into: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -127,7 +127,8 @@ pub struct ValuesFile {
 }
 
 /// The two images of the app; its name is also the chart's values key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// Ordered as tables show them: the backend first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Component {
     Backend,

@@ -88,16 +88,19 @@ pub fn tags(env: &Environment) -> Result<Vec<(Component, String)>> {
     })?;
     env.images
         .iter()
-        .map(|image| {
-            Ok((
-                image.component,
-                git::image_tag(
-                    &commit,
-                    &git::context_state(&sh, &env.root, &image.context)?,
-                ),
-            ))
-        })
+        .map(|image| Ok((image.component, tag(&sh, env, &commit, image)?)))
         .collect()
+}
+
+/// One image's tag: the commit, marked when its context has changes since.
+pub fn tag(
+    sh: &xshell::Shell,
+    env: &Environment,
+    commit: &git::Commit,
+    image: &Image,
+) -> Result<String> {
+    let state = git::context_state(sh, &env.root, &image.context)?;
+    Ok(git::image_tag(commit, &state))
 }
 
 /// Runs the pipeline for `tags` (component → tag, from `tags` or the deploy
@@ -153,13 +156,7 @@ pub async fn run(
     if !failures.is_empty() {
         bail!("{}\nnothing was pushed", failures.join("\n"));
     }
-    reports.sort_by_key(|r| {
-        if r.component == Component::Backend {
-            0
-        } else {
-            1
-        }
-    });
+    reports.sort_by_key(|r| r.component);
     if options.mode == Mode::Push {
         push_all(
             &docker,

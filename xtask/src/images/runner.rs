@@ -441,7 +441,7 @@ fn source_key(workspace: &Path, triple: &str, static_glibc: bool) -> Result<Stri
         workspace.join("Cargo.toml"),
         crate_dir.join("Cargo.toml"),
     ];
-    collect_files(&crate_dir.join("src"), &mut files)?;
+    files.extend(crate::config::inputs::files_under(&crate_dir.join("src"))?);
     files.sort();
     for file in files {
         hasher.update(
@@ -453,18 +453,6 @@ fn source_key(workspace: &Path, triple: &str, static_glibc: bool) -> Result<Stri
         hasher.update(std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?);
     }
     Ok(format!("{:x}", hasher.finalize()))
-}
-
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect_files(&path, out)?;
-        } else {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -111,10 +111,9 @@ pub fn decide(
     options: DeployOptions,
 ) -> (Plan, DeploySpec) {
     let head = expected_head(facts);
-    let spec = deploy_spec(env, facts, &head);
-    let mut missing = missing(env, facts, options);
+    let mut spec = deploy_spec(env, facts, &head);
+    let mut missing = missing(env, facts, &head, options);
     let schema = schema_lines(facts, &head, &mut missing);
-    let mut spec = spec;
     let (decision, reason, steps) = match nothing_to_deploy(env, facts, options) {
         Some((reason, recorded_head)) => {
             // Verify what runs: the running revision's recorded head.
@@ -152,9 +151,18 @@ pub fn decide(
 }
 
 fn expected_head(facts: &DeployFacts) -> Result<String, String> {
-    match &facts.graph {
-        Ok(graph) => graph.head().map(str::to_string).map_err(|e| e.to_string()),
-        Err(why) => Err(why.to_string()),
+    versions::with_head(&facts.graph)
+        .map(|(_, head)| head)
+        .map_err(|e| e.to_string())
+}
+
+/// The database's revision as the cluster's facts have it.
+pub fn database_of(cluster: &Result<ClusterFacts, String>) -> DatabaseRevision {
+    match cluster {
+        Ok(cluster) => cluster.database.clone(),
+        Err(_) => DatabaseRevision::Unknown {
+            why: "the cluster could not be read".into(),
+        },
     }
 }
 
@@ -178,7 +186,7 @@ fn deploy_spec(
         .iter()
         .zip(&tags)
         .map(|(image, (_, tag))| PinnedImage {
-            component: image.component.to_string(),
+            component: image.component,
             repository: image.reference.clone(),
             tag: tag.clone(),
             digest: image_facts(facts, image.component)
@@ -296,12 +304,7 @@ fn schema_lines(
     let (Ok(graph), Ok(head)) = (&facts.graph, head) else {
         return vec!["unknown: the checkout's Alembic head is unknown".into()];
     };
-    let database = match &facts.cluster {
-        Ok(cluster) => cluster.database.clone(),
-        Err(_) => DatabaseRevision::Unknown {
-            why: "the cluster could not be read".into(),
-        },
-    };
+    let database = database_of(&facts.cluster);
     match preview::range(graph, head, &database) {
         Range::NoMigrations { .. } => {
             vec![format!("unchanged: the database is at {head} already")]
@@ -545,7 +548,12 @@ fn fact_lines(
 }
 
 /// Everything that refuses the deploy, in the order a user fixes them.
-fn missing(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Vec<String> {
+fn missing(
+    env: &Environment,
+    facts: &DeployFacts,
+    head: &Result<String, String>,
+    options: DeployOptions,
+) -> Vec<String> {
     let mut missing = build_problems(env, facts, options);
     if let Err(why) = &facts.cluster {
         missing.push(why.clone());
@@ -554,7 +562,7 @@ fn missing(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Ve
         missing.push(format!("values file {} does not exist", path.display()));
     }
     missing.extend(image_problems(env, facts));
-    missing.extend(checkout_problems(env, facts));
+    missing.extend(checkout_problems(env, facts, head));
     let findings = facts.migrations.findings();
     if (options.strict_migrations || env.migrations.strict) && !findings.is_empty() {
         missing.push(crate::alembic::preview::strict_refusal(env, findings));
@@ -637,9 +645,13 @@ fn image_problems(env: &Environment, facts: &DeployFacts) -> Vec<String> {
 
 /// The checkout's side: the head, a commit, the chart, the backup script,
 /// and helm on this machine.
-fn checkout_problems(env: &Environment, facts: &DeployFacts) -> Vec<String> {
+fn checkout_problems(
+    env: &Environment,
+    facts: &DeployFacts,
+    head: &Result<String, String>,
+) -> Vec<String> {
     let mut problems = Vec::new();
-    if let Err(why) = expected_head(facts) {
+    if let Err(why) = head {
         problems.push(format!("expected Alembic head unknown: {why}"));
     }
     if facts.commit.is_none() {

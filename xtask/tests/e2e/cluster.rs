@@ -1,6 +1,7 @@
 //! verify and backup against the simulated cluster, with the real chart,
 //! registry, PostgreSQL, Alembic and run-migrations behind it.
 
+use crate::common::assert_contains;
 use crate::common::stack::{assert_in_order, Stack, NAMESPACE};
 use testkit::TestBed;
 
@@ -28,11 +29,7 @@ fn a_fresh_install_verifies() {
         "2/2 end with \"Migrations complete.\"; no stamp was needed",
         "All 4 checks passed.",
     ] {
-        assert!(
-            run.stdout.contains(line),
-            "missing {line:?} in:\n{}",
-            run.stdout
-        );
+        assert_contains(&run.stdout, line);
     }
     // Verify read the Deployment, its ReplicaSets and the backend pods (at
     // once, so in any order), then asked the newest ReplicaSet's pods
@@ -96,24 +93,13 @@ fn a_crash_looping_new_replicaset_fails_verify_with_its_own_log() {
 
     let run = stack.xtask(&["verify"]);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(run.stdout.contains("✗ rollout complete"), "{}", run.stdout);
-    assert!(
-        run.stdout
-            .contains("Init:CrashLoopBackOff, run-migrations exited 1"),
-        "{}",
-        run.stdout
+    assert_contains(&run.stdout, "✗ rollout complete");
+    assert_contains(
+        &run.stdout,
+        "Init:CrashLoopBackOff, run-migrations exited 1",
     );
-    assert!(
-        run.stdout
-            .contains("pod(s) of an older ReplicaSet still serving"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("this migration is broken on purpose"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "pod(s) of an older ReplicaSet still serving");
+    assert_contains(&run.stdout, "this migration is broken on purpose");
     for old in &old_pods {
         assert!(
             !run.all().contains(old.as_str()),
@@ -135,19 +121,14 @@ fn a_database_behind_head_fails_verify_naming_both_revisions() {
     stack.alembic(&["downgrade", "0001_baseline"]);
     let run = stack.xtask(&["verify"]);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(run.stdout.contains("✗ alembic current"), "{}", run.stdout);
-    assert!(
-        run.stdout.contains(
-            "the database is at 0001_baseline, expected 0002_activity_and_comments (head)"
-        ),
-        "{}",
-        run.stdout
+    assert_contains(&run.stdout, "✗ alembic current");
+    assert_contains(
+        &run.stdout,
+        "the database is at 0001_baseline, expected 0002_activity_and_comments (head)",
     );
-    assert!(
-        run.stdout
-            .contains("next: kubectl --context homelab --namespace colony-dev logs"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "next: kubectl --context homelab --namespace colony-dev logs",
     );
 }
 
@@ -172,11 +153,7 @@ fn a_backup_is_private_checked_and_restorable() {
             && name.contains("Z-"),
         "{name}"
     );
-    assert!(
-        run.stdout.contains(&dump.display().to_string()),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, &dump.display().to_string());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(dump).unwrap().permissions().mode() & 0o777,
@@ -237,13 +214,8 @@ fn a_failing_pg_dump_leaves_no_file_and_fails() {
     stack.sim.faults(|f| f.pg_dump_fails = true);
     let run = stack.xtask(&["backup", "colony-dev"]);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(
-        run.stderr
-            .contains("pg_dump in pod/colony-database-0 failed"),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains("the backup failed"), "{}", run.stderr);
+    assert_contains(&run.stderr, "pg_dump in pod/colony-database-0 failed");
+    assert_contains(&run.stderr, "the backup failed");
     let left: Vec<_> = std::fs::read_dir(stack.backup_dir())
         .map(|d| d.count())
         .into_iter()

@@ -3,6 +3,7 @@
 //! helm and run-migrations behind it.
 
 use crate::common;
+use crate::common::assert_contains;
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,7 @@ fn a_fresh_cluster_deploys_verifies_and_redeploys_with_nothing_to_build() {
     let stack = Stack::new(None);
     let first = deploy(&stack);
     assert_eq!(first.code, 0, "{}", first.all());
-    assert!(first.stdout.contains("Deployed colony-dev to homelab/colony-dev: Helm revision 1, Alembic 0002_activity_and_comments (head)"), "{}", first.stdout);
+    assert_contains(&first.stdout, "Deployed colony-dev to homelab/colony-dev: Helm revision 1, Alembic 0002_activity_and_comments (head)");
     assert!(
         first
             .stdout
@@ -37,11 +38,7 @@ fn a_fresh_cluster_deploys_verifies_and_redeploys_with_nothing_to_build() {
         "{}",
         first.stdout
     );
-    assert!(
-        first.stdout.contains("4/4 checks passed"),
-        "{}",
-        first.stdout
-    );
+    assert_contains(&first.stdout, "4/4 checks passed");
 
     let upgrade = stack
         .calls()
@@ -79,11 +76,7 @@ fn a_fresh_cluster_deploys_verifies_and_redeploys_with_nothing_to_build() {
     assert!(summary["backup"].is_null(), "{summary}");
     assert_eq!(Stack::step_names(&again.stdout), ["verify"]);
     assert_eq!((helm_upgrades(&stack), stack.helm_revisions()), (1, 1));
-    assert!(
-        again.stderr.contains("Decision: nothing to deploy"),
-        "{}",
-        again.stderr
-    );
+    assert_contains(&again.stderr, "Decision: nothing to deploy");
 
     // --force deploys anyway: both images are in the registry (not built),
     // the database is backed up before Helm runs, and a revision is made.
@@ -118,16 +111,8 @@ fn a_fresh_cluster_deploys_verifies_and_redeploys_with_nothing_to_build() {
 
     let status = stack.xtask(&["status"]);
     assert_eq!(status.code, 0, "{}", status.all());
-    assert!(
-        status.stdout.contains("0002_activity_and_comments (head)"),
-        "{}",
-        status.stdout
-    );
-    assert!(
-        status.stdout.contains(&format!("backup   {backup}")),
-        "{}",
-        status.stdout
-    );
+    assert_contains(&status.stdout, "0002_activity_and_comments (head)");
+    assert_contains(&status.stdout, &format!("backup   {backup}"));
 }
 
 #[test]
@@ -135,13 +120,9 @@ fn a_pre_alembic_cluster_is_stamped_and_keeps_its_rows() {
     let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
     let run = deploy(&stack);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(run.stdout.contains(DETECTION), "{}", run.stdout);
+    assert_contains(&run.stdout, DETECTION);
     let verify = stack.xtask(&["verify"]);
-    assert!(
-        verify.stdout.contains("0002_activity_and_comments (head)"),
-        "{}",
-        verify.stdout
-    );
+    assert_contains(&verify.stdout, "0002_activity_and_comments (head)");
     assert_eq!(
         stack.psql("SELECT count(*) || '/' || (SELECT count(*) FROM chores) FROM households"),
         "3/5"
@@ -160,27 +141,10 @@ fn a_failing_migration_stops_the_deploy_long_before_the_helm_timeout() {
     assert_eq!(run.code, 1, "{}", run.all());
     // helm_timeout is 10m; the deploy must not wait for it.
     assert!(took < Duration::from_secs(90), "took {took:?}");
-    assert!(
-        run.stderr.contains("Init:CrashLoopBackOff"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr
-            .contains("container run-migrations exited with code 1"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("this migration is broken on purpose"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("events of colony-backend-"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "Init:CrashLoopBackOff");
+    assert_contains(&run.stderr, "container run-migrations exited with code 1");
+    assert_contains(&run.stderr, "this migration is broken on purpose");
+    assert_contains(&run.stderr, "events of colony-backend-");
     assert_eq!(
         stack.psql("SELECT version_num FROM alembic_version"),
         "0002_activity_and_comments"
@@ -209,17 +173,11 @@ fn preflight_failures_stop_before_helm_and_change_nothing() {
     stack.sim.set_context("prod");
     let run = forced(&[]);
     assert_eq!(run.code, 2, "{}", run.all());
-    assert!(
-        run.stderr
-            .contains("the current kube context is \"prod\", but colony-dev deploys to homelab"),
-        "{}",
-        run.stderr
+    assert_contains(
+        &run.stderr,
+        "the current kube context is \"prod\", but colony-dev deploys to homelab",
     );
-    assert!(
-        run.stderr.contains("kubectl config use-context homelab"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "kubectl config use-context homelab");
     stack.sim.set_context("homelab");
 
     stack
@@ -227,8 +185,8 @@ fn preflight_failures_stop_before_helm_and_change_nothing() {
         .set_release_status(NAMESPACE, "colony", "pending-upgrade");
     let run = forced(&[]);
     assert_eq!(run.code, 2, "{}", run.all());
-    assert!(run.stderr.contains("is pending-upgrade"), "{}", run.stderr);
-    assert!(run.stderr.contains("roll back to the last good revision 1: `helm rollback colony 1 --namespace colony-dev --kube-context homelab`"), "{}", run.stderr);
+    assert_contains(&run.stderr, "is pending-upgrade");
+    assert_contains(&run.stderr, "roll back to the last good revision 1: `helm rollback colony 1 --namespace colony-dev --kube-context homelab`");
     stack
         .sim
         .set_release_status(NAMESPACE, "colony", "deployed");
@@ -236,20 +194,15 @@ fn preflight_failures_stop_before_helm_and_change_nothing() {
     stack.sim.faults(|f| f.pg_dump_fails = true);
     let run = forced(&[]);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(
-        run.stderr
-            .contains("the backup failed, so Helm was not run"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "the backup failed, so Helm was not run");
     stack.sim.faults(|f| f.pg_dump_fails = false);
 
     let closed = testkit::TcpForwarder::free_port();
     let backups = stack.backups();
     let run = forced(&["--registry", &format!("127.0.0.1:{closed}")]);
     assert_eq!(run.code, 2, "{}", run.all());
-    assert!(run.stderr.contains("does not answer"), "{}", run.stderr);
-    assert!(run.stderr.contains("nothing was changed"), "{}", run.stderr);
+    assert_contains(&run.stderr, "does not answer");
+    assert_contains(&run.stderr, "nothing was changed");
     assert_eq!(
         stack.backups(),
         backups,
@@ -289,16 +242,8 @@ fn rollback_to_the_baseline_downgrades_then_rolls_the_app_back() {
     let current = releases.last().unwrap();
     assert_eq!(current.status, "deployed");
     assert_eq!(current.description, "Rollback to 1");
-    assert!(
-        run.stdout.contains("0001_baseline (head)"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("All 4 checks passed."),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "0001_baseline (head)");
+    assert_contains(&run.stdout, "All 4 checks passed.");
     assert_in_order(
         &stack.calls(),
         &[
@@ -328,14 +273,10 @@ fn rollback_refuses_an_unknown_revision_or_no_confirmation_before_touching_anyth
     let calls_before = stack.calls().len();
     let run = stack.xtask(&["rollback", "--to", "0000_nope", "--yes"]);
     assert_eq!(run.code, 2, "{}", run.all());
-    assert!(
-        run.stderr.contains("unknown revision \"0000_nope\""),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "unknown revision \"0000_nope\"");
     let run = stack.xtask(&["rollback", "--to", "0001_baseline"]);
     assert_eq!(run.code, 2, "{}", run.all());
-    assert!(run.stderr.contains("pass --yes"), "{}", run.stderr);
+    assert_contains(&run.stderr, "pass --yes");
     assert_eq!(
         stack.calls().len(),
         calls_before,
@@ -363,16 +304,8 @@ fn an_image_that_cannot_be_pulled_fails_fast_with_the_events() {
         "{}",
         run.stderr
     );
-    assert!(
-        run.stderr.contains("events of colony-backend-"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("injected fault: image pull failure"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "events of colony-backend-");
+    assert_contains(&run.stderr, "injected fault: image pull failure");
 }
 
 #[test]
@@ -386,7 +319,7 @@ fn slow_readiness_is_waited_for_not_reported_as_a_failure() {
         started.elapsed() >= Duration::from_secs(3),
         "reported ready before the pods were"
     );
-    assert!(run.stdout.contains("4/4 checks passed"), "{}", run.stdout);
+    assert_contains(&run.stdout, "4/4 checks passed");
 }
 #[test]
 fn mutating_calls_are_told_apart_from_reads() {
@@ -461,12 +394,8 @@ fn a_release_installed_by_hand_is_rolled_back_to_only_when_chosen() {
             "{}",
             refused.stderr
         );
-        assert!(refused.stderr.contains("revision 1"), "{}", refused.stderr);
-        assert!(
-            refused.stderr.contains("--app-revision N"),
-            "{}",
-            refused.stderr
-        );
+        assert_contains(&refused.stderr, "revision 1");
+        assert_contains(&refused.stderr, "--app-revision N");
     }
     assert_no_mutating_call(&stack.calls_since(calls));
     assert_eq!(stack.backups(), backups, "a refused rollback took a backup");
@@ -503,12 +432,9 @@ fn a_release_installed_by_hand_is_rolled_back_to_only_when_chosen() {
 
     let verify = stack.xtask(&["verify"]);
     assert_eq!(verify.code, 0, "{}", verify.all());
-    assert!(
-        verify.stdout.contains(
-            "expecting Alembic head 0001_baseline (from the rollback's record for Helm revision 3)"
-        ),
-        "{}",
-        verify.stdout
+    assert_contains(
+        &verify.stdout,
+        "expecting Alembic head 0001_baseline (from the rollback's record for Helm revision 3)",
     );
 }
 
@@ -600,11 +526,9 @@ fn rollback_to_the_current_revision_is_nothing_to_do() {
     let calls = stack.calls().len();
     let run = stack.xtask(&["rollback", "--to", "0002_activity_and_comments", "--yes"]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(
-        run.stdout
-            .contains("already at 0002_activity_and_comments; nothing to do"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "already at 0002_activity_and_comments; nothing to do",
     );
     assert_no_mutating_call(&stack.calls_since(calls));
     assert_eq!(stack.backups(), 0);
@@ -622,20 +546,14 @@ fn a_deploy_through_a_registry_the_daemon_treats_as_insecure() {
     let by_name = [("COLONY_REGISTRY", registry.as_str())];
     let run = stack.xtask_with(&["deploy", "colony-dev", "--yes"], &by_name);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(
-        run.stdout
-            .contains(&format!("backend   {registry}/e2e-colony-backend@sha256:")),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        &format!("backend   {registry}/e2e-colony-backend@sha256:"),
     );
-    assert!(run.stdout.contains("4/4 checks passed"), "{}", run.stdout);
+    assert_contains(&run.stdout, "4/4 checks passed");
     let again = stack.xtask_with(&["deploy", "colony-dev", "--yes"], &by_name);
     assert_eq!(again.code, 0, "{}", again.all());
-    assert!(
-        again.stdout.contains("Nothing to deploy"),
-        "{}",
-        again.stdout
-    );
+    assert_contains(&again.stdout, "Nothing to deploy");
 }
 
 /// Checks that can refuse run before the first change: a `--skip-build`
@@ -653,27 +571,15 @@ fn skip_build_without_images_or_no_daemon_refuses_before_the_backup() {
 
     let run = stack.xtask(&["deploy", "colony-dev", "--yes", "--skip-build"]);
     assert_eq!(run.code, 2, "{}", run.all());
-    assert!(
-        run.stderr.contains("--skip-build, but the registry has no"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("e2e-colony-frontend:"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "--skip-build, but the registry has no");
+    assert_contains(&run.stderr, "e2e-colony-frontend:");
 
     let run = stack.xtask_with(
         &["deploy", "colony-dev", "--yes"],
         &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
     );
     assert_eq!(run.code, 2, "{}", run.all());
-    assert!(
-        run.stderr.contains("no Docker daemon to build backend and frontend: no Docker daemon at unix:///nonexistent/docker.sock (from DOCKER_HOST)"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "no Docker daemon to build backend and frontend: no Docker daemon at unix:///nonexistent/docker.sock (from DOCKER_HOST)");
     assert_no_mutating_call(&stack.calls_since(calls));
     assert_eq!(stack.backups(), backups);
 }
@@ -715,11 +621,9 @@ fn alembic_command_is_used_by_the_init_container_and_every_exec() {
     stack.repo.git(&["revert", "--no-edit", "HEAD"]);
     let run = deploy(&stack);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(
-        run.stdout
-            .contains("Alembic cmd  uv run --no-sync alembic (alembic_command)"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "Alembic cmd  uv run --no-sync alembic (alembic_command)",
     );
     let verify = stack.xtask(&["verify"]);
     assert_eq!(verify.code, 0, "{}", verify.all());
@@ -1036,16 +940,8 @@ fn the_rollout_shows_each_pod_on_a_terminal_and_plain_lines_off_it() {
     stack.sim.faults(|f| f.readiness_delay_ms = 2500);
     let plain = deploy(&stack);
     assert_eq!(plain.code, 0, "{}", plain.all());
-    assert!(
-        plain.stderr.contains("rollout: pod colony-backend-"),
-        "{}",
-        plain.stderr
-    );
-    assert!(
-        plain.stderr.contains("rollout: backend 2/2 ready"),
-        "{}",
-        plain.stderr
-    );
+    assert_contains(&plain.stderr, "rollout: pod colony-backend-");
+    assert_contains(&plain.stderr, "rollout: backend 2/2 ready");
     assert!(
         !plain.stderr.contains('\u{1b}'),
         "escape codes off a terminal"
@@ -1165,12 +1061,9 @@ fn risky_migrations_are_shown_before_the_prompt_and_refused_when_strict() {
     );
     assert_eq!(deploy(&stack).code, 0);
     let current = stack.xtask(&["deploy", "colony-dev", "--dry-run"]);
-    assert!(
-        current.stdout.contains(
-            "Migrations: no migrations: the database is at 0002_activity_and_comments already"
-        ),
-        "{}",
-        current.stdout
+    assert_contains(
+        &current.stdout,
+        "Migrations: no migrations: the database is at 0002_activity_and_comments already",
     );
     stack.commit_revision(
         "0003_chore_points",
@@ -1228,14 +1121,8 @@ fn risky_migrations_are_shown_before_the_prompt_and_refused_when_strict() {
         (stack.backups(), stack.helm_revisions(), stack.calls().len());
     let strict = stack.xtask(&["deploy", "colony-dev", "--yes", "--strict-migrations"]);
     assert_eq!(strict.code, 2, "{}", strict.all());
-    assert!(
-        strict.stderr.contains(
-            "strict migrations: Squawk found 2 risk(s) in the migrations' SQL (adding-required-field in \
-             0003_chore_points, require-concurrent-index-creation in 0003_chore_points)"
-        ),
-        "{}",
-        strict.stderr
-    );
+    assert_contains(&strict.stderr, "strict migrations: Squawk found 2 risk(s) in the migrations' SQL (adding-required-field in \
+             0003_chore_points, require-concurrent-index-creation in 0003_chore_points)");
     assert_no_mutating_call(&stack.calls_since(calls));
     assert_eq!(
         (stack.backups(), stack.helm_revisions()),
@@ -1350,11 +1237,7 @@ fn a_clean_revision_shows_no_findings_and_a_query_without_offline_sql_still_depl
 
     let run = deploy(&stack);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(
-        run.stdout.contains("no SQL preview for 0003_count_chores"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "no SQL preview for 0003_count_chores");
     assert_eq!(
         stack.psql("SELECT version_num FROM alembic_version"),
         "0003_count_chores"

@@ -1,6 +1,7 @@
 //! `doctor` against the real test bed: real Docker, registry, kubectl, helm.
 
 use crate::common;
+use crate::common::assert_contains;
 
 use crate::common::xtask;
 use testkit::{ColonyRepo, TestBed, ToolDir};
@@ -85,11 +86,7 @@ fn everything_present_passes() {
         "warn  runner      run-migrations built static for linux/amd64",
         "fix: cargo is not on PATH to build it",
     ] {
-        assert!(
-            run.stdout.contains(line),
-            "missing {line:?} in:\n{}",
-            run.stdout
-        );
+        assert_contains(&run.stdout, line);
     }
 }
 
@@ -99,40 +96,20 @@ fn a_missing_helm_is_reported_with_its_fix() {
     let tools = ToolDir::new(&["git", "df", "pg_restore"], &[("kubectl", &bed.kubectl)]);
     let run = doctor(&tools, "homelab");
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(
-        run.stdout
-            .contains("FAIL  helm        helm not found on PATH"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("fix: install Helm 3 or 4"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stderr.contains("1 prerequisite(s) missing"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stdout, "FAIL  helm        helm not found on PATH");
+    assert_contains(&run.stdout, "fix: install Helm 3 or 4");
+    assert_contains(&run.stderr, "1 prerequisite(s) missing");
 }
 
 #[test]
 fn a_context_mismatch_names_both_contexts_and_the_fix() {
     let run = doctor(&all_tools(), "prod");
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(
-        run.stdout
-            .contains("current context is \"prod\", but colony-dev deploys to context homelab"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "current context is \"prod\", but colony-dev deploys to context homelab",
     );
-    assert!(
-        run.stdout
-            .contains("fix: kubectl config use-context homelab"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "fix: kubectl config use-context homelab");
 }
 
 #[test]
@@ -155,23 +132,14 @@ fn an_unreachable_daemon_and_registry_fail_with_fixes() {
     let _ = bed;
     let run = xtask(repo.root(), &["doctor"], &env);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(
-        run.stdout
-            .contains("FAIL  docker      no Docker daemon at unix:///nonexistent/docker.sock"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "FAIL  docker      no Docker daemon at unix:///nonexistent/docker.sock",
     );
-    assert!(
-        run.stdout.contains("fix: start the Docker daemon"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains(
-            "FAIL  registry    registry 127.0.0.1:1 does not answer over HTTPS or plain HTTP"
-        ),
-        "{}",
-        run.stdout
+    assert_contains(&run.stdout, "fix: start the Docker daemon");
+    assert_contains(
+        &run.stdout,
+        "FAIL  registry    registry 127.0.0.1:1 does not answer over HTTPS or plain HTTP",
     );
 }
 
@@ -185,24 +153,17 @@ fn the_registry_line_says_which_scheme_and_why() {
          inside the insecure CIDR 127.0.0.0/8 of the Docker daemon",
         bed.named_registry, bed.named_registry
     );
-    assert!(
-        run.stdout.contains(&expected),
-        "missing {expected:?} in:\n{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, &expected);
 
     let forwarder = testkit::TcpForwarder::start_on("::1", bed.registry.clone());
     let secure = format!("{}:{}", bed.secure_name, forwarder.port);
     let run = doctor_with_registry(&all_tools(), "homelab", &secure);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(
-        run.stdout.contains(&format!(
-            "FAIL  registry    registry {secure} does not answer over HTTPS"
-        )),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        &format!("FAIL  registry    registry {secure} does not answer over HTTPS"),
     );
-    assert!(run.stdout.contains("insecure-registries"), "{}", run.stdout);
+    assert_contains(&run.stdout, "insecure-registries");
 }
 
 /// The bed's daemon socket (the tests' DOCKER_HOST is `unix://…`).
@@ -225,12 +186,7 @@ fn docker_host_is_honoured_in_its_tcp_form() {
         &[("DOCKER_HOST", &host)],
     );
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(
-        run.stdout
-            .contains(&format!("at {host} (from DOCKER_HOST)")),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, &format!("at {host} (from DOCKER_HOST)"));
 }
 
 #[test]
@@ -259,11 +215,9 @@ fn without_docker_host_the_current_docker_context_is_used() {
         &[("DOCKER_CONFIG", docker_config)],
     );
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(
-        run.stdout
-            .contains(&format!("at {socket} (from docker context bed)")),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        &format!("at {socket} (from docker context bed)"),
     );
     // DOCKER_CONTEXT=default wins over the config: the default socket.
     let run = doctor_with(
@@ -275,9 +229,5 @@ fn without_docker_host_the_current_docker_context_is_used() {
             ("DOCKER_CONTEXT", "default"),
         ],
     );
-    assert!(
-        run.stdout.contains("(from the default socket)"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "(from the default socket)");
 }

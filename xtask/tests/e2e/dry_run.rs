@@ -1,5 +1,6 @@
 //! `deploy --dry-run` prints the exact plan and touches nothing.
 
+use crate::common::assert_contains;
 use crate::common::stack::{assert_no_mutating_call, Stack};
 use crate::common::{assert_snapshot, xtask};
 use testkit::{ColonyRepo, TestBed, ToolDir};
@@ -161,11 +162,7 @@ fn a_fresh_clone_without_cluster_docker_or_values_still_shows_the_plan() {
         "helm upgrade --install colony ./helm/colony",
         "expect: last line: Migrations complete.",
     ] {
-        assert!(
-            run.stdout.contains(expected),
-            "missing {expected:?} in:\n{}",
-            run.stdout
-        );
+        assert_contains(&run.stdout, expected);
     }
     // No cluster here: the reads it tried failed, and nothing else ran.
     let calls = tools.calls();
@@ -174,9 +171,5 @@ fn a_fresh_clone_without_cluster_docker_or_values_still_shows_the_plan() {
         "{calls:?}"
     );
     assert_no_mutating_call(&calls);
-    assert!(
-        run.stdout.contains("the current kube context is not set"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "the current kube context is not set");
 }

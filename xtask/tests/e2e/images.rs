@@ -1,6 +1,7 @@
 //! `cargo xtask build` / `push` against the test bed's real Docker daemon
 //! and registries (one open, one behind htpasswd).
 
+use crate::common::assert_contains;
 use std::io::Read;
 
 use crate::common::{xtask, Run};
@@ -229,13 +230,11 @@ fn a_dockerfile_error_names_the_step_and_pushes_nothing() {
     .unwrap();
     let run = images(&repo, "push", &bed.registry, &[]);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(
-        run.stderr
-            .contains("frontend image build failed at Step 2/2 : COPY does-not-exist.txt /x"),
-        "{}",
-        run.stderr
+    assert_contains(
+        &run.stderr,
+        "frontend image build failed at Step 2/2 : COPY does-not-exist.txt /x",
     );
-    assert!(run.stderr.contains("nothing was pushed"), "{}", run.stderr);
+    assert_contains(&run.stderr, "nothing was pushed");
     assert!(
         run.stdout.is_empty(),
         "a result was reported: {}",
@@ -257,12 +256,7 @@ fn a_registry_that_is_down_is_a_clear_error_and_nothing_is_reported_as_done() {
     let registry = format!("127.0.0.1:{port}");
     let run = images(&repo_named("down"), "push", &registry, &[]);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(
-        run.stderr
-            .contains(&format!("registry {registry} does not answer")),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, &format!("registry {registry} does not answer"));
     assert!(run.stdout.is_empty(), "{}", run.stdout);
     assert!(!run.stderr.contains("pushed "), "{}", run.stderr);
 }
@@ -306,17 +300,8 @@ fn an_htpasswd_registry_takes_the_docker_config_credentials_and_never_shows_them
         &[("DOCKER_CONFIG", wrong.path().to_str().unwrap())],
     );
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(
-        run.stderr.contains("refused the credentials"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr
-            .contains(&format!("docker login {}", bed.auth_registry)),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "refused the credentials");
+    assert_contains(&run.stderr, &format!("docker login {}", bed.auth_registry));
     assert!(
         !run.all().contains("not-the-password-0451") && !run.all().contains(&bed.auth_password)
     );
@@ -329,7 +314,7 @@ fn an_htpasswd_registry_takes_the_docker_config_credentials_and_never_shows_them
         &[("DOCKER_CONFIG", none.path().to_str().unwrap())],
     );
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(run.stderr.contains("requires a login"), "{}", run.stderr);
+    assert_contains(&run.stderr, "requires a login");
 }
 
 fn base64_encode(text: &str) -> String {
@@ -424,11 +409,7 @@ fn a_secure_registry_speaking_plain_http_names_the_daemon_setting() {
         "not in insecure-registries",
         &format!("add \"{registry}\" to insecure-registries"),
     ] {
-        assert!(
-            run.stderr.contains(expected),
-            "missing {expected:?} in:\n{}",
-            run.stderr
-        );
+        assert_contains(&run.stderr, expected);
     }
     assert!(run.stdout.is_empty(), "{}", run.stdout);
     assert!(!run.stderr.contains("pushed "), "{}", run.stderr);
@@ -463,11 +444,9 @@ fn a_tcp_docker_host_is_where_images_are_built() {
         &[("DOCKER_HOST", &closed)],
     );
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(
-        run.stderr
-            .contains(&format!("no Docker daemon at {closed} (from DOCKER_HOST)")),
-        "{}",
-        run.stderr
+    assert_contains(
+        &run.stderr,
+        &format!("no Docker daemon at {closed} (from DOCKER_HOST)"),
     );
 }
 
@@ -616,11 +595,7 @@ fn a_multi_stage_backend_with_a_user_gets_a_static_runner_that_runs_from_scratch
 
     let first = build_with_own_runner(&repo, &[]);
     let reports = reports(&first);
-    assert!(
-        first.stderr.contains("run-migrations for linux/amd64"),
-        "{}",
-        first.stderr
-    );
+    assert_contains(&first.stderr, "run-migrations for linux/amd64");
     let again = build_with_own_runner(&repo, &[]);
     assert_eq!(again.code, 0, "{}", again.all());
     assert!(

@@ -19,6 +19,12 @@ impl Run {
     }
 }
 
+/// Asserts that `text` contains `needle`, showing the whole text when not.
+#[track_caller]
+pub fn assert_contains(text: &str, needle: &str) {
+    assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+}
+
 /// Runs `xtask args…` with exactly `envs` (plus LANG=C.UTF-8) in `cwd`.
 pub fn xtask(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Run {
     let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));

@@ -4,6 +4,7 @@
 //! `scripts/test-bed.sh up` started. A missing service is a loud panic with the
 //! command that fixes it, never a silent skip: in CI every service is there.
 
+pub mod registry_proxy;
 pub mod sim;
 
 use std::collections::BTreeMap;

@@ -106,6 +106,8 @@ pub enum DockerError {
         message: String,
         /// What to do about it, when the message says.
         hint: String,
+        /// Worth another attempt (`push_is_transient`).
+        transient: bool,
     },
     #[error("inspecting {image}")]
     Inspect {
@@ -333,12 +335,104 @@ pub async fn push(
     Ok(())
 }
 
+/// How many times a push is tried in all, and how long to wait before
+/// each retry: the docker CLI retries a layer upload 5 times, 5 s apart and
+/// growing; the whole push is retried here (the daemon then skips what the
+/// registry already has), sooner, since a registry's race clears in moments.
+pub const PUSH_ATTEMPTS: u32 = 4;
+
+/// The pause before attempt `attempt` (2, 3, …): 1 s, 2 s, 4 s.
+pub fn push_retry_delay(attempt: u32) -> Duration {
+    Duration::from_secs(1 << attempt.saturating_sub(2).min(5))
+}
+
+/// Whether a failed push may succeed if tried again, from what the daemon
+/// relayed (pure). Transient: a blob or manifest the registry does not know
+/// (yet), or a digest it could not read, which a registry answers while
+/// another push of the same image links the same blobs (the filesystem
+/// driver rewrites a blob's link file in place, and a manifest verified in
+/// that moment reads it empty); any 5xx and 429; a connection that broke.
+/// Permanent: a refusal (denied, unauthorized, an invalid name or tag, a
+/// manifest the registry rejects), which would be answered the same again.
+/// A message that says neither is not retried.
+pub fn push_is_transient(message: &str) -> bool {
+    const PERMANENT: &[&str] = &[
+        "denied",
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "forbidden",
+        "name invalid",
+        "name unknown",
+        "tag invalid",
+        "manifest invalid",
+        "does not exist locally",
+        "an image does not exist",
+    ];
+    const TRANSIENT: &[&str] = &[
+        "blob unknown",
+        "digest invalid",
+        "http status: 5",
+        "internal server error",
+        "bad gateway",
+        "service unavailable",
+        "gateway timeout",
+        "toomanyrequests",
+        "too many requests",
+        "connection reset",
+        "broken pipe",
+        "unexpected eof",
+        "i/o timeout",
+        "tls handshake timeout",
+        "timeout awaiting response headers",
+        "use of closed network connection",
+    ];
+    let message = message.to_lowercase();
+    !PERMANENT.iter().any(|m| message.contains(m))
+        && (TRANSIENT.iter().any(|m| message.contains(m)) || message.trim_end().ends_with(": eof"))
+}
+
+/// `push`, tried again after a transient failure (`push_is_transient`),
+/// at most `PUSH_ATTEMPTS` times in all; `on_retry` is told each retry
+/// (the attempt about to start, the pause, the failure) before the pause.
+pub async fn push_with_retries(
+    docker: &Docker,
+    repository: &str,
+    tag: &str,
+    credential: Option<&Credential>,
+    mut on_progress: impl FnMut(PushProgress),
+    mut on_retry: impl FnMut(u32, Duration, &DockerError),
+) -> Result<(), DockerError> {
+    let mut attempt = 1;
+    loop {
+        match push(docker, repository, tag, credential, &mut on_progress).await {
+            Err(
+                error @ DockerError::Push {
+                    transient: true, ..
+                },
+            ) if attempt < PUSH_ATTEMPTS => {
+                attempt += 1;
+                let pause = push_retry_delay(attempt);
+                on_retry(attempt, pause, &error);
+                tokio::time::sleep(pause).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 fn push_error(repository: &str, message: &str) -> DockerError {
     let message = mask_all(message);
+    let transient = push_is_transient(&message);
     let hint = if message.contains("no basic auth credentials") || message.contains("unauthorized")
     {
         format!(
             ": log in with `docker login {}` (credentials come from the Docker config)",
+            crate::images::registry::host_of(repository)
+        )
+    } else if message.contains("denied") {
+        format!(
+            ": the registry refused it; check that the account from `docker login {}` may push to this repository",
             crate::images::registry::host_of(repository)
         )
     } else if message.contains("connection refused") || message.contains("dial tcp") {
@@ -350,6 +444,7 @@ fn push_error(repository: &str, message: &str) -> DockerError {
         repository: repository.to_string(),
         message,
         hint,
+        transient,
     }
 }
 
@@ -390,5 +485,53 @@ pub async fn inspect(docker: &Docker, image: &str) -> Result<Option<InspectedIma
             image: image.to_string(),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registry_racing_another_push_or_failing_for_a_moment_is_retried() {
+        for transient in [
+            // What the daemon relayed in the suite's failed run: the manifest
+            // verified while another push rewrote its blobs' links.
+            "Docker stream error: errors:\ndigest invalid\nmanifest blob unknown: blob unknown to registry\n",
+            "received unexpected HTTP status: 500 Internal Server Error",
+            "received unexpected HTTP status: 503 Service Unavailable",
+            "toomanyrequests: rate limit exceeded",
+            "Put \"http://127.0.0.1:5000/v2/x/blobs/uploads/1\": read tcp 127.0.0.1:1->127.0.0.1:5000: read: connection reset by peer",
+            "Patch \"http://127.0.0.1:5000/v2/x/blobs/uploads/1\": EOF",
+            "net/http: TLS handshake timeout",
+        ] {
+            assert!(push_is_transient(transient), "{transient}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_not_retried_nor_is_what_nobody_recognises() {
+        for permanent in [
+            "denied: requested access to the resource is denied",
+            "unauthorized: authentication required",
+            "no basic auth credentials",
+            "errors:\nname invalid: invalid repository name\n",
+            "tag invalid: manifest tag did not match URI",
+            "An image does not exist locally with the tag: 127.0.0.1:5000/x",
+            // A refusal wins over a transient word beside it.
+            "denied: blob unknown to registry",
+            "something nobody has seen before",
+            "dial tcp 127.0.0.1:1: connect: connection refused",
+        ] {
+            assert!(!push_is_transient(permanent), "{permanent}");
+        }
+    }
+
+    #[test]
+    fn retries_wait_longer_each_time() {
+        let pauses: Vec<u64> = (2..=PUSH_ATTEMPTS)
+            .map(|a| push_retry_delay(a).as_secs())
+            .collect();
+        assert_eq!(pauses, [1, 2, 4]);
     }
 }

@@ -2,11 +2,15 @@
 //! registry already holds the tag, else build (the backend with the
 //! run-migrations binary layered on top), then push and read the digest the
 //! registry serves. Both images build at once and push at once (`--jobs`);
-//! nothing is pushed unless every build succeeded.
+//! nothing is pushed unless every build succeeded. Each image tag is held
+//! by a lock on this machine from the registry check to its push
+//! (`machine_lock`), and a push that meets a transient registry answer is
+//! tried again (`docker::push_with_retries`).
 
 pub mod context;
 pub mod docker;
 pub mod dockerignore;
+pub mod machine_lock;
 pub mod registry;
 pub mod runner;
 
@@ -25,6 +29,7 @@ use crate::config::{git, Component, Environment, Image};
 use crate::images::context::{Extra, ExtraSource};
 use crate::progress::{Line, Progress};
 use docker::{BuildEvent, BuildRequest};
+use machine_lock::ImageLock;
 use registry::{Credential, RegistryClient};
 use runner::RunnerPlan;
 
@@ -147,9 +152,14 @@ pub async fn run(
     }
     let mut reports = Vec::new();
     let mut failures = Vec::new();
+    // Released when this function returns: after the pushes.
+    let mut _locks = Vec::new();
     while let Some(joined) = builds.join_next().await {
         match joined.context("an image task panicked")? {
-            Ok(report) => reports.push(report),
+            Ok((report, lock)) => {
+                reports.push(report);
+                _locks.push(lock);
+            }
             Err(e) => failures.push(format!("{e:#}")),
         }
     }
@@ -199,7 +209,27 @@ struct BuildTask {
 }
 
 impl BuildTask {
-    async fn run(self) -> Result<ImageReport> {
+    /// The report, and the lock on this image tag, to be held until it is
+    /// pushed (None where nothing is built).
+    async fn run(self) -> Result<(ImageReport, Option<ImageLock>)> {
+        let lock = match self.mode {
+            Mode::UseExisting => None,
+            Mode::Build | Mode::Push => Some(self.lock().await?),
+        };
+        self.build_unless_pushed()
+            .await
+            .map(|report| (report, lock))
+    }
+
+    async fn lock(&self) -> Result<ImageLock> {
+        let image = format!("{}:{}", self.image.reference, self.tag);
+        let line = self.line.clone();
+        tokio::task::spawn_blocking(move || ImageLock::acquire(&image, |why| line.log(why)))
+            .await
+            .context("waiting for the image lock panicked")?
+    }
+
+    async fn build_unless_pushed(&self) -> Result<ImageReport> {
         let mut report = ImageReport {
             component: self.image.component,
             repository: self.image.reference.clone(),
@@ -438,17 +468,35 @@ async fn push_all(
             let _permit = jobs.acquire_owned().await;
             let started = Instant::now();
             line.log(&format!("pushing {repository}:{tag}"));
-            docker::push(&docker, &repository, &tag, credential.as_ref(), |p| {
-                line.set(&format!(
-                    "{} layers pushed; {} of {}",
-                    p.layers_done,
-                    human_bytes(p.current),
-                    human_bytes(p.total)
-                ))
-            })
+            let on_retry = |attempt, pause: Duration, error: &docker::DockerError| {
+                line.log(&retry_line(attempt, pause, error))
+            };
+            docker::push_with_retries(
+                &docker,
+                &repository,
+                &tag,
+                credential.as_ref(),
+                |p| {
+                    line.set(&format!(
+                        "{} layers pushed; {} of {}",
+                        p.layers_done,
+                        human_bytes(p.current),
+                        human_bytes(p.total)
+                    ))
+                },
+                on_retry,
+            )
             .await?;
             if latest {
-                docker::push(&docker, &repository, "latest", credential.as_ref(), |_| {}).await?;
+                docker::push_with_retries(
+                    &docker,
+                    &repository,
+                    "latest",
+                    credential.as_ref(),
+                    |_| {},
+                    on_retry,
+                )
+                .await?;
             }
             let pushed = started.elapsed();
             let digest = registry_digest(&repository, &tag, credential, &access)
@@ -478,6 +526,28 @@ async fn push_all(
     } else {
         Err(anyhow!("{}", failures.join("\n")))
     }
+}
+
+/// One line for a push about to be tried again: what failed (the
+/// registry's answer, its lines joined), the pause, the attempt. Pure.
+fn retry_line(attempt: u32, pause: Duration, error: &docker::DockerError) -> String {
+    let mut why = String::new();
+    for line in error
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        if !why.is_empty() {
+            why.push_str(if why.ends_with(':') { " " } else { "; " });
+        }
+        why.push_str(line);
+    }
+    format!(
+        "{why}; retrying in {} s (attempt {attempt} of {})",
+        pause.as_secs(),
+        docker::PUSH_ATTEMPTS
+    )
 }
 
 /// The reports as JSON, for scripts (`--json`). Pure.
@@ -571,6 +641,21 @@ mod tests {
         assert_eq!(
             repository_path("ghcr.io/colony-app/colony-backend"),
             "colony-app/colony-backend"
+        );
+    }
+
+    #[test]
+    fn a_retry_is_one_line_with_the_registry_s_answer() {
+        let error = docker::DockerError::Push {
+            repository: "127.0.0.1:5000/colony-frontend".into(),
+            message: "Docker stream error: errors:\ndigest invalid\nmanifest blob unknown: blob unknown to registry\n".into(),
+            hint: String::new(),
+            transient: true,
+        };
+        assert_eq!(
+            retry_line(2, Duration::from_secs(1), &error),
+            "pushing 127.0.0.1:5000/colony-frontend failed: Docker stream error: errors: digest invalid; \
+             manifest blob unknown: blob unknown to registry; retrying in 1 s (attempt 2 of 4)"
         );
     }
 

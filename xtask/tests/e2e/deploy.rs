@@ -540,8 +540,9 @@ fn rollback_to_the_current_revision_is_nothing_to_do() {
 fn a_deploy_through_a_registry_the_daemon_treats_as_insecure() {
     let stack = Stack::new(None);
     let registry = format!(
-        "{}/insecure-by-name",
-        testkit::TestBed::get().named_registry
+        "{}/{}",
+        testkit::TestBed::get().named_registry,
+        crate::common::unique("insecure-by-name")
     );
     let by_name = [("COLONY_REGISTRY", registry.as_str())];
     let run = stack.xtask_with(&["deploy", "colony-dev", "--yes"], &by_name);

@@ -4,7 +4,7 @@
 use crate::common::assert_contains;
 use std::io::Read;
 
-use crate::common::{xtask, Run};
+use crate::common::{unique, xtask, Run};
 use serde_json::Value;
 use testkit::{ColonyRepo, TestBed, ToolDir};
 
@@ -15,14 +15,6 @@ fn repo_named(prefix: &str) -> ColonyRepo {
     let repo = ColonyRepo::create();
     repo.use_repositories(&unique(prefix));
     repo
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
 /// The repository name `repo_named` gave to a component.

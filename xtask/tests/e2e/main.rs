@@ -12,3 +12,4 @@ mod deploy;
 mod doctor;
 mod dry_run;
 mod images;
+mod registry_faults;

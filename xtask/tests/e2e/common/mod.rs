@@ -25,6 +25,19 @@ pub fn assert_contains(text: &str, needle: &str) {
     assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
 }
 
+/// `prefix-<pid>-<counter>-<nanos>`: a name no other test of this run,
+/// nor of an earlier run on the same bed, has used.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}-{nanos}", std::process::id())
+}
+
 /// Runs `xtask args…` with exactly `envs` (plus LANG=C.UTF-8) in `cwd`.
 pub fn xtask(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Run {
     let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));

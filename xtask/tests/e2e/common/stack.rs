@@ -18,6 +18,11 @@ pub struct Stack {
     pub sim: SimCluster,
     pub database_url: String,
     pub home: tempfile::TempDir,
+    /// The bed's registry with a path of this stack's own: the fixture's
+    /// commit (and so its tags) is the same in every test, and tests run at
+    /// once, so a shared repository would have them build and push the same
+    /// tag together.
+    pub registry: String,
 }
 
 impl Stack {
@@ -35,11 +40,13 @@ impl Stack {
         std::fs::create_dir_all(values.parent().unwrap()).unwrap();
         std::fs::write(&values, "backend:\n  replicas: 2\n").unwrap();
         let sim = SimCluster::new(CONTEXT, &database_url);
+        let registry = format!("{}/{}", bed.registry, super::unique("stack"));
         Stack {
             repo,
             sim,
             database_url,
             home,
+            registry,
         }
     }
 
@@ -67,7 +74,7 @@ impl Stack {
             ("HOME".to_string(), self.home.path().display().to_string()),
             ("DOCKER_HOST".to_string(), bed.docker_host.clone()),
             ("COLONY_CONFIG".to_string(), "deploy.toml".to_string()),
-            ("COLONY_REGISTRY".to_string(), bed.registry.clone()),
+            ("COLONY_REGISTRY".to_string(), self.registry.clone()),
             (
                 "COLONY_RUN_MIGRATIONS_BIN".to_string(),
                 testkit::run_migrations_binary().display().to_string(),

@@ -62,6 +62,7 @@ install_packages() {
   command -v curl >/dev/null || missing+=(curl)
   command -v htpasswd >/dev/null || missing+=(apache2-utils)
   command -v musl-gcc >/dev/null || missing+=(musl-tools)
+  command -v busybox >/dev/null || missing+=(busybox-static)
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
@@ -177,6 +178,28 @@ start_docker() {
   echo "$own" > "$BED_DIR/docker-host"
 }
 
+# A base image with a shell, for Dockerfiles with RUN steps (nothing can be
+# pulled from outside): Debian's busybox-static and its applets, imported.
+SHELL_IMAGE=colony-bed/busybox:1
+
+import_shell_image() {
+  local docker_host
+  docker_host=$(cat "$BED_DIR/docker-host")
+  DOCKER_HOST=$docker_host docker image inspect "$SHELL_IMAGE" >/dev/null 2>&1 && return
+  log "importing $SHELL_IMAGE (busybox-static: a shell for RUN steps)"
+  local root
+  root=$(mktemp -d)
+  mkdir -p "$root/bin" "$root/etc" "$root/root" "$root/tmp"
+  chmod 1777 "$root/tmp"
+  cp "$(command -v busybox)" "$root/bin/busybox"
+  local applet
+  for applet in $("$root/bin/busybox" --list); do
+    [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+  done
+  tar -C "$root" -c . | DOCKER_HOST=$docker_host docker import --change 'ENV PATH=/bin' - "$SHELL_IMAGE" >/dev/null
+  rm -rf "$root"
+}
+
 # 200 from an open registry, 401 from one that wants a login: both answer.
 registry_answers() {
   local code
@@ -289,6 +312,7 @@ export COLONY_TEST_HELM3=$BED_DIR/bin/helm3
 export COLONY_TEST_KUBECTL=$BED_DIR/bin/kubectl
 export COLONY_TEST_CHECKOV=$BED_DIR/policy-venv/bin/checkov
 export COLONY_TEST_KUBERNETES_VALIDATE=$BED_DIR/policy-venv/bin/kubernetes-validate
+export COLONY_TEST_SHELL_IMAGE=$SHELL_IMAGE
 EOF
 }
 
@@ -302,6 +326,7 @@ up() {
   install_policy_tools
   add_hosts
   start_docker
+  import_shell_image
   start_registry registry
   start_registry auth-registry auth
   start_postgres

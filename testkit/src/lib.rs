@@ -40,6 +40,9 @@ pub struct TestBed {
     /// checkov and kubernetes-validate, for the chart's policy checks.
     pub checkov: PathBuf,
     pub kubernetes_validate: PathBuf,
+    /// A base image with a shell (Debian's busybox-static), in the bed's
+    /// Docker only: for Dockerfiles with `RUN` steps.
+    pub shell_image: String,
 }
 
 const HOW_TO_START: &str =
@@ -83,6 +86,7 @@ impl TestBed {
             kubectl: var("COLONY_TEST_KUBECTL")?.into(),
             checkov: var("COLONY_TEST_CHECKOV")?.into(),
             kubernetes_validate: var("COLONY_TEST_KUBERNETES_VALIDATE")?.into(),
+            shell_image: var("COLONY_TEST_SHELL_IMAGE")?,
         };
         for tool in [
             &bed.alembic,

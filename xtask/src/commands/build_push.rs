@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::cli::ImageArgs;
 use crate::config::{self, Component};
 use crate::error::input_error;
-use crate::images::{self, docker, runner, Mode};
+use crate::images::{self, builder, docker, runner, Mode};
 
 pub fn build(args: ImageArgs) -> Result<()> {
     build_or_push(args, Mode::Build)
@@ -17,10 +17,15 @@ pub fn push(args: ImageArgs) -> Result<()> {
 
 fn build_or_push(args: ImageArgs, mode: Mode) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
-    images::check_contexts(&env)?;
-    // The runner is decided before any build: an image it cannot run in is
+    // The builder and the runner are decided before any build: a Dockerfile
+    // the builder cannot build, or an image the runner cannot run in, is
     // refused here, with nothing built.
     let daemon = docker::registry_view_blocking().ok();
+    let builder = builder::choose(
+        std::env::var("DOCKER_BUILDKIT").ok().as_deref(),
+        daemon.as_ref(),
+    );
+    images::check_dockerfiles(&env, &builder)?;
     let runner = runner::decide(
         env.image(Component::Backend).platform.as_ref(),
         daemon.as_ref().and_then(|d| d.platform.as_ref()),
@@ -30,6 +35,7 @@ fn build_or_push(args: ImageArgs, mode: Mode) -> Result<()> {
     let options = images::Options {
         mode,
         jobs: args.jobs.into(),
+        builder,
         runner: Some(runner),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

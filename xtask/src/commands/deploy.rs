@@ -20,7 +20,7 @@ use crate::commands::{backup, verify};
 use crate::config::{self, git, inputs, Component, Environment};
 use crate::error::{input_error, with_causes};
 use crate::images::registry::{self, RegistryClient};
-use crate::images::{self, docker, runner, ImageReport, Mode};
+use crate::images::{self, builder, docker, runner, ImageReport, Mode};
 use crate::plan::deploy::{ClusterFacts, DeployFacts, DeployOptions, DeploySpec, ImageFacts};
 use crate::plan::{self, Plan, StepKind};
 use crate::process;
@@ -211,6 +211,10 @@ pub fn gather_facts(
             )
         });
         let images = image_facts(env, tags, daemon.as_ref().ok());
+        let builder = builder::choose(
+            std::env::var("DOCKER_BUILDKIT").ok().as_deref(),
+            daemon.as_ref().ok(),
+        );
         let chart_exists = env.root.join(&env.chart).join("Chart.yaml").is_file();
         let (cluster, migrations) = cluster.join().expect("cluster reader panicked");
         let runner = runner.join().expect("runner decision panicked");
@@ -231,6 +235,7 @@ pub fn gather_facts(
             runner,
             external_database: std::env::var_os("DATABASE_URL").is_some(),
             daemon,
+            builder,
         }
     })
 }
@@ -284,10 +289,14 @@ fn image_facts(
             .map(|((image, tag), digest)| {
                 let context_dir = env.root.join(&image.context);
                 let tag = tag.clone().transpose();
+                let dockerfile = std::fs::read_to_string(context_dir.join(&image.dockerfile));
                 ImageFacts {
                     component: image.component,
                     context_exists: context_dir.is_dir(),
-                    dockerfile_exists: context_dir.join(&image.dockerfile).is_file(),
+                    dockerfile_exists: dockerfile.is_ok(),
+                    needs: dockerfile
+                        .map(|text| builder::needs(&text))
+                        .unwrap_or_default(),
                     registry_digest: match &tag {
                         Err(why) => Err(why.clone()),
                         Ok(_) => digest.join().expect("registry reader panicked"),
@@ -486,6 +495,7 @@ impl Execution<'_> {
             },
             jobs: 2,
             runner: self.spec.runner.clone(),
+            builder: self.spec.builder.clone(),
         };
         let reports = images::run(self.env, &self.spec.tags, &options, self.daemon.as_ref())
             .await

@@ -12,7 +12,7 @@ use backend_migrations::redact;
 
 use crate::cluster::helm;
 use crate::images::registry::{self, DaemonView};
-use crate::images::{docker, runner};
+use crate::images::{builder, docker, runner};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -99,6 +99,7 @@ pub fn run(args: EnvArgs) -> Result<()> {
         checks.push(sql_preview_check(env));
         // `docker info` once, for both (an unanswering daemon costs its timeout).
         let daemon = docker::registry_view_blocking().ok();
+        checks.push(builder_check(env, daemon.as_ref()));
         checks.push(runner_check(env, daemon.as_ref()));
         checks.push(registry_check(env, daemon.as_ref()));
         checks.push(disk_check(&sh, &env.backup_dir));
@@ -200,6 +201,36 @@ fn sql_preview_check(env: &Environment) -> Prerequisite {
                 env.config_file.display()
             ),
         )
+    }
+}
+
+/// BuildKit or the legacy builder, and whether each Dockerfile can be built
+/// with it (a deploy that must build one is refused otherwise).
+fn builder_check(env: &Environment, daemon: Option<&DaemonView>) -> Prerequisite {
+    let choice = builder::choose(std::env::var("DOCKER_BUILDKIT").ok().as_deref(), daemon);
+    let refusals: Vec<String> = env
+        .images
+        .iter()
+        .filter_map(|image| {
+            let path = env.root.join(&image.context).join(&image.dockerfile);
+            let text = std::fs::read_to_string(path).ok()?;
+            Some(builder::refusals(
+                image.component.as_str(),
+                &choice,
+                &builder::needs(&text),
+            ))
+        })
+        .flatten()
+        .collect();
+    let detail = format!("{} ({})", choice.builder, choice.why);
+    match (refusals.is_empty(), choice.builder) {
+        (false, _) => Prerequisite::fail("builder", refusals.join("; "), "see the line above"),
+        (true, builder::Builder::Legacy) => Prerequisite::warn(
+            "builder",
+            detail,
+            "Dockerfiles with BuildKit syntax (RUN --mount, COPY --chmod, heredocs) are refused with it",
+        ),
+        (true, builder::Builder::BuildKit) => Prerequisite::ok("builder", detail),
     }
 }
 

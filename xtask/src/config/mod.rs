@@ -81,6 +81,10 @@ struct ImageEntry {
     #[serde(default)]
     also_tag_latest: bool,
     platform: Option<String>,
+    /// `docker build --target`: the stage to build.
+    target: Option<String>,
+    /// `docker build --network`: the network of `RUN` steps.
+    network: Option<String>,
 }
 
 /// One environment, resolved and validated.
@@ -164,6 +168,11 @@ pub struct Image {
     pub also_tag_latest: bool,
     /// The platform to build for (`linux/arm64`); None: the daemon's own.
     pub platform: Option<Platform>,
+    /// The stage to build (`docker build --target`); None: the last.
+    pub target: Option<String>,
+    /// The network of `RUN` steps (`docker build --network`: `host`,
+    /// `none`, a network's name); None: the daemon's default.
+    pub network: Option<String>,
 }
 
 impl Environment {
@@ -400,6 +409,19 @@ fn parse_settings(env: &mut Environment, entry: &EnvironmentEntry) -> Vec<String
                 }
             }
         }
+        for (key, value, slot) in [
+            ("target", &entry.target, &mut image.target),
+            ("network", &entry.network, &mut image.network),
+        ] {
+            if let Some(text) = value {
+                match build_word(text) {
+                    Ok(word) => *slot = Some(word),
+                    Err(problem) => {
+                        problems.push(format!("images.{}.{key}: {problem}", image.component))
+                    }
+                }
+            }
+        }
     }
     match migration_settings(&entry.migrations, &env.alembic_command) {
         Ok(settings) => env.migrations = settings,
@@ -427,6 +449,25 @@ fn image(component: Component, entry: &ImageEntry, registry: &str) -> Image {
         build_args: entry.build_args.clone(),
         also_tag_latest: entry.also_tag_latest,
         platform: None,
+        target: None,
+        network: None,
+    }
+}
+
+/// A build stage's or a network's name: what `docker build --target` and
+/// `--network` take (letters, digits, `_`, `.`, `-`).
+fn build_word(text: &str) -> std::result::Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 128
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a stage or network name (letters, digits, '_', '.', '-')"
+        ))
     }
 }
 
@@ -762,6 +803,34 @@ registry = "ghcr.io/colony-app"
         assert!(parse_command("c", "uv run 'alembic")
             .unwrap_err()
             .contains("does not split"));
+    }
+
+    #[test]
+    fn a_build_target_and_network_are_names() {
+        let parse = |image: &str| {
+            let text = CONFIG.replace(
+                "build_args = { PYTHON_VERSION = \"3.12\" }",
+                &format!("build_args = {{ PYTHON_VERSION = \"3.12\" }}\n{image}"),
+            );
+            resolve(
+                &text,
+                Path::new("/repo/deploy.toml"),
+                None,
+                &EnvOverrides::default(),
+                None,
+            )
+        };
+        let env = parse("target = \"runtime\"\nnetwork = \"host\"").unwrap();
+        let backend = env.image(Component::Backend);
+        assert_eq!(backend.target.as_deref(), Some("runtime"));
+        assert_eq!(backend.network.as_deref(), Some("host"));
+        let (message, code) = error_of(parse("target = \"run time\"\nnetwork = \"\""));
+        assert_eq!(code, 2);
+        assert!(
+            message.contains("images.backend.target: \"run time\" is not a stage or network name")
+                && message.contains("images.backend.network: \"\" is not a stage"),
+            "{message}"
+        );
     }
 
     #[test]

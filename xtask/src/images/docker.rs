@@ -5,7 +5,10 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use bollard::auth::DockerCredentials;
-use bollard::query_parameters::{BuildImageOptionsBuilder, PushImageOptionsBuilder};
+use bollard::models::{BuildInfoAux, ImageId};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, BuilderVersion, PushImageOptionsBuilder,
+};
 use bollard::Docker;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -13,6 +16,7 @@ use futures_util::{Stream, StreamExt};
 use backend_migrations::redact::mask_all;
 
 use crate::error::with_causes;
+use crate::images::builder::Builder;
 use crate::images::registry::Credential;
 
 /// Where the daemon is, and who said so.
@@ -161,6 +165,16 @@ pub async fn registry_view(
             .iter()
             .filter_map(|cidr| cidr.parse().ok())
             .collect(),
+        buildkit: crate::images::builder::daemon_has_buildkit(
+            info.os_type.as_deref().unwrap_or_default(),
+            info.server_version.as_deref().unwrap_or_default(),
+        ),
+        server: info.server_version.as_ref().map(|version| {
+            format!(
+                "Docker Engine {version} ({})",
+                info.os_type.as_deref().unwrap_or("unknown OS")
+            )
+        }),
         platform: match (info.os_type, info.architecture) {
             (Some(os), Some(architecture)) => {
                 Some(crate::images::runner::Platform::new(&os, &architecture))
@@ -184,7 +198,8 @@ pub fn registry_view_blocking() -> Result<crate::images::registry::DaemonView, S
 
 /// One line of build progress.
 pub enum BuildEvent<'a> {
-    /// A Dockerfile step started, e.g. `Step 2/4 : COPY . /app`.
+    /// A Dockerfile step started, e.g. `Step 2/4 : COPY . /app` (legacy)
+    /// or `#5 [base 2/4] RUN uv sync` (BuildKit).
     Step(&'a str),
     /// Any other output line.
     Output(&'a str),
@@ -221,8 +236,14 @@ pub struct BuildRequest<'a> {
     /// Relative to the context.
     pub dockerfile: &'a str,
     pub build_args: &'a HashMap<String, String>,
-    /// `linux/arm64`; None: the daemon's own platform.
+    /// `linux/arm64`; None: the daemon's own.
     pub platform: Option<&'a str>,
+    pub builder: Builder,
+    /// The stage to build (`docker build --target`); None: the last.
+    pub target: Option<&'a str>,
+    /// The network of `RUN` steps (`docker build --network`); None: the
+    /// daemon's default.
+    pub network: Option<&'a str>,
 }
 
 /// Builds from a streamed tar; returns the image id.
@@ -232,64 +253,168 @@ pub async fn build(
     context: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     mut on_event: impl FnMut(BuildEvent<'_>),
 ) -> Result<String, BuildFailure> {
-    let options = BuildImageOptionsBuilder::default()
+    let mut options = BuildImageOptionsBuilder::default()
         .dockerfile(request.dockerfile)
         .t(request.tag)
         .rm(true)
         .forcerm(true)
         .buildargs(request.build_args)
-        .platform(request.platform.unwrap_or_default())
-        .build();
-    let mut stream = docker.build_image(options, None, Some(bollard::body_try_stream(context)));
-    let mut step = None;
-    let mut tail: VecDeque<String> = VecDeque::new();
+        .platform(request.platform.unwrap_or_default());
+    if let Some(target) = request.target {
+        options = options.target(target);
+    }
+    if let Some(network) = request.network {
+        options = options.networkmode(network);
+    }
+    if request.builder == Builder::BuildKit {
+        // The daemon's BuildKit talks back over a session of this client's
+        // (registry logins); the context still streams as the body.
+        options = options
+            .version(BuilderVersion::BuilderBuildKit)
+            .session(&session_id(request.tag));
+    }
+    let mut stream = docker.build_image(
+        options.build(),
+        None,
+        Some(bollard::body_try_stream(context)),
+    );
+    let mut log = BuildLog::default();
     let mut image_id = None;
     while let Some(item) = stream.next().await {
         let info = match item {
             Ok(info) => info,
-            Err(e) => {
-                return Err(BuildFailure {
-                    step,
-                    message: mask_all(&e.to_string()),
-                    tail: tail.into(),
-                })
-            }
+            Err(e) => return Err(log.failure(&e.to_string())),
         };
         if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-            return Err(BuildFailure {
-                step,
-                message: mask_all(&detail),
-                tail: tail.into(),
-            });
+            return Err(log.failure(&detail));
         }
-        if let Some(id) = info.aux.and_then(|aux| aux.id) {
-            image_id = Some(id);
+        match info.aux {
+            Some(BuildInfoAux::Default(ImageId { id: Some(id) })) => image_id = Some(id),
+            Some(BuildInfoAux::BuildKit(status)) => log.buildkit(&status, &mut on_event),
+            _ => {}
         }
-        for line in info
-            .stream
-            .as_deref()
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-        {
+        log.legacy(info.stream.as_deref().unwrap_or_default(), &mut on_event);
+    }
+    image_id.ok_or_else(|| log.failure("the daemon ended the build without an image id"))
+}
+
+/// A session id of this build's own (BuildKit keys its session by it).
+fn session_id(tag: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = format!("{tag} {} {nanos}", std::process::id());
+    let hash = Sha256::digest(seed.as_bytes());
+    let hex: String = hash[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("colony-deploy-{hex}")
+}
+
+/// What a build printed, turned into steps and output lines as the docker
+/// CLI's plain progress shows them, with what a failure must name: its step
+/// and that step's last lines.
+#[derive(Default)]
+struct BuildLog {
+    /// The step running (legacy: `Step 2/4 : …`) or failed (BuildKit).
+    step: Option<String>,
+    tail: VecDeque<String>,
+    /// BuildKit's steps (vertices) by digest.
+    vertices: HashMap<String, Vertex>,
+}
+
+struct Vertex {
+    /// Numbered in the order first seen, as `docker build --progress=plain`.
+    number: usize,
+    name: String,
+    /// Its start (or its cache hit) was said.
+    said: bool,
+    tail: VecDeque<String>,
+}
+
+const TAIL_LINES: usize = 10;
+
+fn keep(tail: &mut VecDeque<String>, line: &str) {
+    if tail.len() == TAIL_LINES {
+        tail.pop_front();
+    }
+    tail.push_back(line.to_string());
+}
+
+impl BuildLog {
+    /// The legacy builder's text stream.
+    fn legacy(&mut self, text: &str, on_event: &mut impl FnMut(BuildEvent<'_>)) {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let line = line.trim_end();
             if line.starts_with("Step ") {
-                step = Some(line.to_string());
+                self.step = Some(line.to_string());
                 on_event(BuildEvent::Step(line));
             } else {
                 on_event(BuildEvent::Output(line));
             }
-            if tail.len() == 10 {
-                tail.pop_front();
-            }
-            tail.push_back(line.to_string());
+            keep(&mut self.tail, line);
         }
     }
-    image_id.ok_or(BuildFailure {
-        step,
-        message: "the daemon ended the build without an image id".into(),
-        tail: tail.into(),
-    })
+
+    /// One BuildKit status message: steps that started (`#5 [2/4] RUN …`,
+    /// `… CACHED`), their output (`#5 …`), and the step that failed.
+    fn buildkit(
+        &mut self,
+        status: &bollard::moby::buildkit::v1::StatusResponse,
+        on_event: &mut impl FnMut(BuildEvent<'_>),
+    ) {
+        for vertex in &status.vertexes {
+            let number = self.vertices.len() + 1;
+            let known = self
+                .vertices
+                .entry(vertex.digest.clone())
+                .or_insert_with(|| Vertex {
+                    number,
+                    name: mask_all(&vertex.name),
+                    said: false,
+                    tail: VecDeque::new(),
+                });
+            if !known.said && (vertex.started.is_some() || vertex.cached) {
+                known.said = true;
+                let cached = if vertex.cached { " CACHED" } else { "" };
+                on_event(BuildEvent::Step(&format!(
+                    "#{} {}{cached}",
+                    known.number, known.name
+                )));
+            }
+        }
+        for entry in &status.logs {
+            let Some(vertex) = self.vertices.get_mut(&entry.vertex) else {
+                continue;
+            };
+            for line in String::from_utf8_lossy(&entry.msg).lines() {
+                let line = mask_all(line.trim_end());
+                if line.is_empty() {
+                    continue;
+                }
+                on_event(BuildEvent::Output(&format!("#{} {line}", vertex.number)));
+                keep(&mut vertex.tail, &line);
+            }
+        }
+        // The step that failed, with the lines it printed.
+        for vertex in status.vertexes.iter().filter(|v| !v.error.is_empty()) {
+            if let Some(known) = self.vertices.get(&vertex.digest) {
+                self.step = Some(format!("#{} {}", known.number, known.name));
+                self.tail = known.tail.clone();
+            }
+        }
+    }
+
+    fn failure(&self, message: &str) -> BuildFailure {
+        // bollard's wrapping of what the daemon said adds nothing.
+        let message = message
+            .strip_prefix("Docker stream error: ")
+            .unwrap_or(message);
+        BuildFailure {
+            step: self.step.clone(),
+            message: mask_all(message),
+            tail: self.tail.iter().cloned().collect(),
+        }
+    }
 }
 
 /// Push progress, as far as the daemon's stream (as bollard types it) says:

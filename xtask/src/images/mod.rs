@@ -7,6 +7,7 @@
 //! (`machine_lock`), and a push that meets a transient registry answer is
 //! tried again (`docker::push_with_retries`).
 
+pub mod builder;
 pub mod context;
 pub mod docker;
 pub mod dockerignore;
@@ -54,6 +55,9 @@ pub enum Mode {
 pub struct Options {
     pub mode: Mode,
     pub jobs: usize,
+    /// BuildKit or the legacy builder (`builder::choose`), decided with
+    /// the plan.
+    pub builder: builder::Choice,
     /// The run-migrations binary for the backend image, decided before any
     /// build (`runner::decide`); None when it is not built.
     pub runner: Option<RunnerPlan>,
@@ -143,6 +147,7 @@ pub async fn run(
             access: access.clone(),
             mode: options.mode,
             runner: options.runner.clone(),
+            builder: options.builder.builder,
         };
         let jobs = jobs.clone();
         builds.spawn(async move {
@@ -180,20 +185,31 @@ pub async fn run(
     Ok(reports)
 }
 
-pub fn check_contexts(env: &Environment) -> Result<()> {
+/// Every Dockerfile exists and can be built with `choice`'s builder: a
+/// refusal (exit 2) before anything is built.
+pub fn check_dockerfiles(env: &Environment, choice: &builder::Choice) -> Result<()> {
+    let mut refusals = Vec::new();
     for image in &env.images {
-        let dir = env.root.join(&image.context);
-        if !dir.join(&image.dockerfile).is_file() {
+        let path = env.root.join(&image.context).join(&image.dockerfile);
+        let Ok(text) = std::fs::read_to_string(&path) else {
             return Err(crate::error::input_error(format!(
                 "{} Dockerfile {} does not exist (set images.{}.context / dockerfile in {})",
                 image.component,
-                dir.join(&image.dockerfile).display(),
+                path.display(),
                 image.component,
                 env.config_file.display()
             )));
-        }
+        };
+        refusals.extend(builder::refusals(
+            image.component.as_str(),
+            choice,
+            &builder::needs(&text),
+        ));
     }
-    Ok(())
+    match refusals.is_empty() {
+        true => Ok(()),
+        false => Err(crate::error::input_error(refusals.join("\n"))),
+    }
 }
 
 struct BuildTask {
@@ -205,6 +221,7 @@ struct BuildTask {
     access: registry::Access,
     mode: Mode,
     runner: Option<RunnerPlan>,
+    builder: builder::Builder,
     line: Arc<Line>,
 }
 
@@ -333,7 +350,9 @@ impl BuildTask {
         let extras = vec![
             Extra {
                 name: RESERVED_DOCKERFILE.into(),
-                source: ExtraSource::Bytes(with_runner(&dockerfile).into_bytes()),
+                source: ExtraSource::Bytes(
+                    with_runner(&dockerfile, self.image.target.as_deref()).into_bytes(),
+                ),
                 mode: 0o644,
             },
             Extra {
@@ -371,6 +390,9 @@ impl BuildTask {
             dockerfile,
             build_args: &build_args,
             platform: platform.as_deref(),
+            builder: self.builder,
+            target: self.image.target.as_deref(),
+            network: self.image.network.as_deref(),
         };
         let line = self.line.clone();
         self.line.log(&format!("building {target}"));
@@ -382,7 +404,13 @@ impl BuildTask {
             )),
         })
         .await
-        .map_err(|failure| anyhow!("{} image build {failure}", self.image.component))?;
+        .map_err(|failure| {
+            anyhow!(
+                "{} image build {failure}{}",
+                self.image.component,
+                network_hint(self.image.component, &failure.message)
+            )
+        })?;
         Ok(())
     }
 
@@ -415,18 +443,57 @@ fn check_platform(expected: &runner::Platform, built: &docker::InspectedImage) -
     )
 }
 
-/// The user's Dockerfile with the runner copied in at the end, so that it
-/// lands in the final stage. Pure.
-pub fn with_runner(dockerfile: &str) -> String {
-    let newline = if dockerfile.ends_with('\n') || dockerfile.is_empty() {
-        ""
+/// What to do when a `RUN` step found no bridge network (a daemon
+/// started with `--bridge=none`, as the test bed's is). Pure.
+fn network_hint(component: Component, message: &str) -> String {
+    if message.contains("network bridge not found") {
+        format!(
+            "\n  the daemon has no bridge network for RUN steps: set images.{component}.network = \"host\" \
+             (or \"none\") in deploy.toml, as `docker build --network host` would"
+        )
     } else {
-        "\n"
-    };
-    format!(
-        "{dockerfile}{newline}\n# Added by cargo xtask deploy: the runner of the run-migrations init container.\n\
+        String::new()
+    }
+}
+
+/// The words of a `FROM` line (empty for any other line).
+fn from_words(line: &str) -> Vec<&str> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.first() {
+        Some(keyword) if keyword.eq_ignore_ascii_case("FROM") => words,
+        _ => Vec::new(),
+    }
+}
+
+/// The user's Dockerfile with the runner copied in at the end of the stage
+/// that is built: the last one, or `target`'s (before the next `FROM`).
+/// Pure.
+pub fn with_runner(dockerfile: &str, target: Option<&str>) -> String {
+    let copy = format!(
+        "# Added by cargo xtask deploy: the runner of the run-migrations init container.\n\
          COPY {RESERVED_RUNNER} {MIGRATIONS_BINARY_IN_IMAGE}\n"
-    )
+    );
+    let lines: Vec<&str> = dockerfile.split_inclusive('\n').collect();
+    let stage_end = target.and_then(|target| {
+        let start = lines.iter().position(|line| {
+            let words = from_words(line);
+            words.len() >= 4
+                && words[words.len() - 2].eq_ignore_ascii_case("AS")
+                && words[words.len() - 1].eq_ignore_ascii_case(target)
+        })?;
+        (start + 1..lines.len()).find(|&index| !from_words(lines[index]).is_empty())
+    });
+    match stage_end {
+        Some(end) => format!("{}{copy}\n{}", lines[..end].concat(), lines[end..].concat()),
+        None => {
+            let newline = if dockerfile.ends_with('\n') || dockerfile.is_empty() {
+                ""
+            } else {
+                "\n"
+            };
+            format!("{dockerfile}{newline}\n{copy}")
+        }
+    }
 }
 
 /// The registry's digest for `reference:tag` (None: it has no such tag);
@@ -623,13 +690,30 @@ mod tests {
     #[test]
     fn the_runner_is_copied_in_at_the_end_of_the_last_stage() {
         let multi_stage = "FROM scratch AS base\nCOPY app /app\n\nFROM scratch\nCOPY --from=base /app /app\nUSER app";
-        let appended = with_runner(multi_stage);
+        let appended = with_runner(multi_stage, None);
         assert!(appended.starts_with(multi_stage));
         assert!(appended.ends_with(
             "USER app\n\n# Added by cargo xtask deploy: the runner of the run-migrations init container.\n\
              COPY .colony-deploy/run-migrations /usr/local/bin/run-migrations\n"
         ));
-        assert!(with_runner("FROM scratch\n").starts_with("FROM scratch\n\n#"));
+        assert!(with_runner("FROM scratch\n", None).starts_with("FROM scratch\n\n#"));
+    }
+
+    #[test]
+    fn with_a_target_the_runner_lands_at_the_end_of_that_stage() {
+        let dockerfile = "FROM python AS build\nRUN uv sync\n\nfrom python as runtime\nCOPY --from=build /app /app\n\nFROM runtime AS debug\nRUN pip install debugpy\n";
+        let appended = with_runner(dockerfile, Some("RUNTIME"));
+        assert_eq!(
+            appended,
+            "FROM python AS build\nRUN uv sync\n\nfrom python as runtime\nCOPY --from=build /app /app\n\n\
+             # Added by cargo xtask deploy: the runner of the run-migrations init container.\n\
+             COPY .colony-deploy/run-migrations /usr/local/bin/run-migrations\n\n\
+             FROM runtime AS debug\nRUN pip install debugpy\n"
+        );
+        // The last stage named as the target, or a stage that is not there
+        // (the build then says so): at the end.
+        assert!(with_runner(dockerfile, Some("debug")).ends_with("/usr/local/bin/run-migrations\n"));
+        assert!(with_runner(dockerfile, Some("nope")).ends_with("/usr/local/bin/run-migrations\n"));
     }
 
     #[test]

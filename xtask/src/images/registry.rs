@@ -25,6 +25,10 @@ pub struct DaemonView {
     pub insecure_cidrs: Vec<IpNet>,
     /// The platform it builds for when asked for none (`docker info`).
     pub platform: Option<crate::images::runner::Platform>,
+    /// It offers BuildKit (`builder::daemon_has_buildkit`).
+    pub buildkit: bool,
+    /// What it is, for messages: `Docker Engine 20.10.24+dfsg1 (linux)`.
+    pub server: Option<String>,
 }
 
 /// How we reach a registry: as the daemon would.
@@ -57,9 +61,8 @@ pub fn decide_access(host: &str, daemon: Option<&DaemonView>, addresses: &[IpAdd
         Some(view) => (view, "the Docker daemon"),
         None => {
             default_view = DaemonView {
-                index_secure: HashMap::new(),
                 insecure_cidrs: vec!["127.0.0.0/8".parse().expect("a CIDR")],
-                platform: None,
+                ..DaemonView::default()
             };
             (
                 &default_view,
@@ -484,7 +487,7 @@ mod tests {
         DaemonView {
             index_secure: named.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
             insecure_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
-            platform: None,
+            ..DaemonView::default()
         }
     }
 

@@ -13,6 +13,7 @@ use crate::cluster::kubectl;
 use crate::cluster::release::Current;
 use crate::config::git::Commit;
 use crate::config::{Component, Environment};
+use crate::images::builder::Builder;
 use crate::images::runner::RunnerPlan;
 
 use super::{note, run, verify_step, Plan, Step, StepKind};
@@ -42,6 +43,8 @@ pub struct DeployFacts {
     /// The run-migrations binary for the backend image's platform, or why
     /// none can be had (a refusal when the backend must be built).
     pub runner: Result<RunnerPlan, String>,
+    /// BuildKit or the legacy builder, and why (`builder::choose`).
+    pub builder: crate::images::builder::Choice,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +54,8 @@ pub struct ImageFacts {
     pub tag: Option<String>,
     pub context_exists: bool,
     pub dockerfile_exists: bool,
+    /// What its Dockerfile asks of the builder (BuildKit syntax).
+    pub needs: crate::images::builder::Needs,
     /// The registry's digest for `tag`: Ok(None) when it does not hold it.
     pub registry_digest: Result<Option<String>, String>,
 }
@@ -95,6 +100,8 @@ pub struct DeploySpec {
     pub verify_head: String,
     /// The runner that goes into the backend image, when it is built.
     pub runner: Option<RunnerPlan>,
+    /// The builder the images are built with.
+    pub builder: crate::images::builder::Choice,
 }
 
 const FAILURE_STATES: &str =
@@ -214,6 +221,7 @@ fn deploy_spec(
             .and_then(|c| c.release.as_ref())
             .map_or(0, |r| r.revision),
         runner: facts.runner.clone().ok(),
+        builder: facts.builder.clone(),
     }
 }
 
@@ -426,9 +434,13 @@ fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> 
     ));
     Step {
         kind: StepKind::Images,
-        title:
-            "Build and push the images that the registry lacks (Docker Engine API, both at once)"
-                .into(),
+        title: format!(
+            "Build and push the images that the registry lacks (Docker Engine API, {}, both at once)",
+            match spec.builder.builder {
+                Builder::BuildKit => spec.builder.builder.to_string(),
+                Builder::Legacy => format!("{}: {}", spec.builder.builder, spec.builder.why),
+            }
+        ),
         alongside_previous: false,
         items,
     }
@@ -592,7 +604,12 @@ fn build_problems(env: &Environment, facts: &DeployFacts, options: DeployOptions
             })
             .collect();
     }
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = lacking
+        .iter()
+        .flat_map(|image| {
+            crate::images::builder::refusals(image.component.as_str(), &facts.builder, &image.needs)
+        })
+        .collect();
     if let (true, Err(why)) = (
         lacking.iter().any(|i| i.component == Component::Backend),
         &facts.runner,
@@ -705,6 +722,7 @@ mod tests {
             tag: Some("abc".into()),
             context_exists: true,
             dockerfile_exists: true,
+            needs: crate::images::builder::Needs::default(),
             registry_digest: Ok(Some(digest.into())),
         };
         DeployFacts {
@@ -755,6 +773,7 @@ mod tests {
                 platform: crate::images::runner::Platform::host(),
                 source: crate::images::runner::Source::Prebuilt("/bin/run-migrations".into()),
             }),
+            builder: crate::images::builder::choose(None, None),
         }
     }
 

@@ -81,6 +81,7 @@ fn everything_present_passes() {
         "current context homelab",
         "ok    pg_restore",
         "ok    disk",
+        "ok    builder     BuildKit (the daemon's, as `docker build` uses)",
         // Neither Alembic nor cargo on this PATH: warnings, with their fix.
         "warn  sql preview `alembic` is not on PATH: deploy plans will show no SQL preview",
         "warn  runner      run-migrations built static for linux/amd64",
@@ -88,6 +89,25 @@ fn everything_present_passes() {
     ] {
         assert_contains(&run.stdout, line);
     }
+}
+
+#[test]
+fn the_legacy_builder_is_said_with_what_it_refuses() {
+    let bed = TestBed::get();
+    let legacy = [
+        ("DOCKER_HOST", bed.docker_host.as_str()),
+        ("DOCKER_BUILDKIT", "0"),
+    ];
+    let run = doctor_with(&all_tools(), "homelab", &bed.registry, &legacy);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_contains(
+        &run.stdout,
+        "warn  builder     the legacy builder (DOCKER_BUILDKIT=0)",
+    );
+    assert_contains(
+        &run.stdout,
+        "fix: Dockerfiles with BuildKit syntax (RUN --mount, COPY --chmod, heredocs) are refused with it",
+    );
 }
 
 #[test]

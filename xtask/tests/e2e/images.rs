@@ -11,14 +11,14 @@ use testkit::{ColonyRepo, TestBed, ToolDir};
 /// A fixture repo whose images have repository names of their own, new on
 /// every run (the fixture's commit, and so its tags, never change, and the
 /// bed's registry outlives a test run).
-fn repo_named(prefix: &str) -> ColonyRepo {
+pub(crate) fn repo_named(prefix: &str) -> ColonyRepo {
     let repo = ColonyRepo::create();
     repo.use_repositories(&unique(prefix));
     repo
 }
 
 /// The repository name `repo_named` gave to a component.
-fn repository(repo: &ColonyRepo, component: &str) -> String {
+pub(crate) fn repository(repo: &ColonyRepo, component: &str) -> String {
     let text = std::fs::read_to_string(repo.config()).unwrap();
     let marker = format!("-{component}\"");
     let line = text
@@ -30,7 +30,12 @@ fn repository(repo: &ColonyRepo, component: &str) -> String {
         .to_string()
 }
 
-fn images(repo: &ColonyRepo, command: &str, registry: &str, extra_env: &[(&str, &str)]) -> Run {
+pub(crate) fn images(
+    repo: &ColonyRepo,
+    command: &str,
+    registry: &str,
+    extra_env: &[(&str, &str)],
+) -> Run {
     let bed = TestBed::get();
     let tools = ToolDir::new(&["git"], &[]);
     let binary = testkit::run_migrations_binary();
@@ -52,7 +57,7 @@ fn images(repo: &ColonyRepo, command: &str, registry: &str, extra_env: &[(&str, 
     xtask(repo.root(), &[command, "--json"], &env)
 }
 
-fn reports(run: &Run) -> Vec<Value> {
+pub(crate) fn reports(run: &Run) -> Vec<Value> {
     assert_eq!(run.code, 0, "{}", run.all());
     serde_json::from_str::<Value>(&run.stdout)
         .expect("JSON on stdout")
@@ -101,7 +106,7 @@ fn manifest(registry: &str, name: &str, tag: &str) -> Option<(String, Value)> {
     Some((digest, serde_json::from_str(&body).unwrap()))
 }
 
-fn catalog(registry: &str) -> Vec<String> {
+pub(crate) fn catalog(registry: &str) -> Vec<String> {
     let body = agent()
         .get(&format!("http://{registry}/v2/_catalog"))
         .call()
@@ -127,7 +132,7 @@ fn files_in_image(registry: &str, name: &str, tag: &str) -> Vec<String> {
 }
 
 /// Every entry of the image's layers with its mode, as pushed.
-fn entries_in_image(registry: &str, name: &str, tag: &str) -> Vec<(String, u32)> {
+pub(crate) fn entries_in_image(registry: &str, name: &str, tag: &str) -> Vec<(String, u32)> {
     let (_, manifest) = manifest(registry, name, tag).expect("the image is in the registry");
     let mut files = Vec::new();
     for layer in manifest["layers"].as_array().unwrap() {
@@ -220,7 +225,18 @@ fn a_dockerfile_error_names_the_step_and_pushes_nothing() {
         "FROM scratch\nCOPY does-not-exist.txt /x\n",
     )
     .unwrap();
+    // BuildKit names the step as `docker build --progress=plain` does.
     let run = images(&repo, "push", &bed.registry, &[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_contains(
+        &run.stderr,
+        "frontend image build failed at #3 [1/1] COPY does-not-exist.txt /x: \
+         failed to compute cache key: \"/does-not-exist.txt\" not found",
+    );
+    assert_contains(&run.stderr, "nothing was pushed");
+    // So does the legacy builder, in its own words.
+    let legacy = [("DOCKER_BUILDKIT", "0")];
+    let run = images(&repo, "push", &bed.registry, &legacy);
     assert_eq!(run.code, 1, "{}", run.all());
     assert_contains(
         &run.stderr,

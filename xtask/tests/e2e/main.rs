@@ -5,6 +5,7 @@
 
 mod common;
 
+mod buildkit;
 mod chart;
 mod cluster;
 mod config_errors;

@@ -1,0 +1,193 @@
+//! Dockerfiles written for BuildKit, as `docker build` builds them: cache
+//! and bind mounts, `COPY --chmod`, several stages with a `target`, on the
+//! bed's busybox base image (a shell for `RUN`; the bed's daemon has no
+//! bridge network, so `RUN` steps use the host's, as `--network host`).
+
+use crate::common::assert_contains;
+use crate::common::stack::{assert_no_mutating_call, Stack};
+use crate::images::{catalog, entries_in_image, images, repo_named, reports, repository};
+use testkit::{ColonyRepo, TestBed};
+
+/// uv's guide's Dockerfile for a FastAPI app, on the bed's base image: a
+/// cache mount (never in the image), a bind mount of a context file,
+/// `COPY --chmod`, and a `debug` stage after the `runtime` target.
+fn uv_style_dockerfile() -> String {
+    let base = &TestBed::get().shell_image;
+    format!(
+        "FROM {base} AS build
+WORKDIR /app
+RUN --mount=type=cache,target=/root/.cache/uv \\
+    --mount=type=bind,source=alembic.ini,target=/mnt/alembic.ini \\
+    echo \"synced $(wc -l < /mnt/alembic.ini) lines\" > /app/synced.txt && touch /root/.cache/uv/cache-only
+
+FROM {base} AS runtime
+WORKDIR /app
+COPY --from=build /app/synced.txt /app/synced.txt
+COPY --chmod=0750 app /app/app
+COPY alembic.ini /app/alembic.ini
+COPY alembic /app/alembic
+
+FROM runtime AS debug
+RUN touch /app/debug-only
+"
+    )
+}
+
+/// deploy.toml's backend section gets `settings` (after the repository
+/// line that `use_repositories` wrote).
+fn configure_backend(repo: &ColonyRepo, settings: &str) {
+    let text = std::fs::read_to_string(repo.config()).unwrap();
+    let marker = "[environments.colony-dev.images.backend]\n";
+    assert!(text.contains(marker), "{text}");
+    let text = text.replace(marker, &format!("{marker}{settings}\n"));
+    std::fs::write(repo.config(), text).unwrap();
+}
+
+fn write_backend_dockerfile(repo: &ColonyRepo, text: &str) {
+    std::fs::write(repo.root().join("backend/Dockerfile"), text).unwrap();
+}
+
+#[test]
+fn a_uv_style_dockerfile_with_cache_and_bind_mounts_builds_and_pushes_its_target_stage() {
+    let bed = TestBed::get();
+    let repo = repo_named("uvstyle");
+    write_backend_dockerfile(&repo, &uv_style_dockerfile());
+    configure_backend(&repo, "target = \"runtime\"\nnetwork = \"host\"");
+    let run = images(&repo, "push", &bed.registry, &[]);
+    let pushed = reports(&run);
+    assert_eq!(pushed.len(), 2);
+    // BuildKit's steps, as `docker build --progress=plain` names them.
+    assert_contains(
+        &run.stderr,
+        "[build 3/3] RUN --mount=type=cache,target=/root/.cache/uv",
+    );
+    assert_contains(&run.stderr, "[runtime 4/7] COPY --chmod=0750 app /app/app");
+    let tag = pushed[0]["tag"].as_str().unwrap();
+    let entries = entries_in_image(&bed.registry, &repository(&repo, "backend"), tag);
+    let mode_of = |path: &str| entries.iter().find(|(p, _)| p == path).map(|(_, m)| *m);
+    assert!(mode_of("app/synced.txt").is_some(), "{entries:?}");
+    assert_eq!(mode_of("app/app/__init__.py"), Some(0o750), "COPY --chmod");
+    // The runner lands in the target stage, not after the debug stage.
+    assert_eq!(mode_of("usr/local/bin/run-migrations"), Some(0o755));
+    assert_eq!(
+        mode_of("app/debug-only"),
+        None,
+        "the stage after the target was built"
+    );
+    assert!(
+        !entries.iter().any(|(p, _)| p.contains("cache-only")),
+        "a cache mount's file reached the image: {entries:?}"
+    );
+}
+
+#[test]
+fn a_failing_run_names_its_step_and_shows_its_output() {
+    let bed = TestBed::get();
+    let repo = repo_named("failrun");
+    let base = &bed.shell_image;
+    write_backend_dockerfile(
+        &repo,
+        &format!("FROM {base}\nRUN echo resolving dependencies && echo 'no matching distribution for colony==9' && exit 3\n"),
+    );
+    configure_backend(&repo, "network = \"host\"");
+    let run = images(&repo, "push", &bed.registry, &[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_contains(&run.stderr, "backend image build failed at #");
+    assert_contains(&run.stderr, "[2/3] RUN echo resolving dependencies");
+    assert_contains(&run.stderr, "exit code: 3");
+    assert_contains(
+        &run.stderr,
+        "last output:\n    resolving dependencies\n    no matching distribution for colony==9",
+    );
+    assert_contains(&run.stderr, "nothing was pushed");
+    assert!(!catalog(&bed.registry).contains(&repository(&repo, "backend")));
+}
+
+#[test]
+fn a_run_step_without_a_bridge_network_says_how_to_build_on_this_daemon() {
+    let bed = TestBed::get();
+    let repo = repo_named("nobridge");
+    let base = &bed.shell_image;
+    write_backend_dockerfile(&repo, &format!("FROM {base}\nRUN echo hello\n"));
+    let run = images(&repo, "build", &bed.registry, &[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_contains(&run.stderr, "network bridge not found");
+    assert_contains(
+        &run.stderr,
+        "the daemon has no bridge network for RUN steps: set images.backend.network = \"host\"",
+    );
+}
+
+#[test]
+fn the_legacy_builder_refuses_buildkit_syntax_before_anything_changes() {
+    let bed = TestBed::get();
+    let legacy = [("DOCKER_BUILDKIT", "0")];
+    let repo = repo_named("legacy");
+    write_backend_dockerfile(&repo, &uv_style_dockerfile());
+    let run = images(&repo, "push", &bed.registry, &legacy);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert_contains(
+        &run.stderr,
+        "the backend Dockerfile needs BuildKit (line 3: RUN --mount=type=cache,target=/root/.cache/uv; \
+         line 3: RUN --mount=type=bind,source=alembic.ini,target=/mnt/alembic.ini; line 10: COPY --chmod=0750), \
+         but the build would use the legacy builder (DOCKER_BUILDKIT=0)",
+    );
+    assert!(!run.stderr.contains("building"), "{}", run.stderr);
+    assert!(!catalog(&bed.registry).contains(&repository(&repo, "frontend")));
+
+    // The deploy refuses it with the plan's other refusals: no backup, no Helm.
+    let stack = Stack::new(None);
+    write_backend_dockerfile(&stack.repo, &uv_style_dockerfile());
+    stack.repo.git(&["commit", "-qam", "a BuildKit Dockerfile"]);
+    let plan = stack.xtask_with(&["deploy", "colony-dev", "--dry-run"], &legacy);
+    assert_contains(
+        &plan.stdout,
+        "(Docker Engine API, the legacy builder: DOCKER_BUILDKIT=0, both at once)",
+    );
+    let run = stack.xtask_with(&["deploy", "colony-dev", "--yes"], &legacy);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert_contains(
+        &run.all(),
+        "the backend Dockerfile needs BuildKit (line 3: RUN --mount=type=cache",
+    );
+    assert_eq!(stack.backups(), 0);
+    assert_no_mutating_call(&stack.calls());
+}
+
+#[test]
+fn build_secrets_are_refused_before_any_build() {
+    let bed = TestBed::get();
+    let repo = repo_named("secret");
+    let base = &bed.shell_image;
+    write_backend_dockerfile(
+        &repo,
+        &format!(
+            "FROM {base}\nRUN --mount=type=secret,id=pypi_token cat /run/secrets/pypi_token\n"
+        ),
+    );
+    let run = images(&repo, "build", &bed.registry, &[]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert_contains(
+        &run.stderr,
+        "the backend Dockerfile mounts build secrets or SSH (line 2: RUN --mount=type=secret,id=pypi_token)",
+    );
+    assert!(!run.stderr.contains("building"), "{}", run.stderr);
+}
+
+/// The whole deploy with a BuildKit backend: built, pushed, stamped and
+/// migrated by the runner from the pushed image, verified.
+#[test]
+fn a_uv_style_backend_deploys_end_to_end() {
+    let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
+    write_backend_dockerfile(&stack.repo, &uv_style_dockerfile());
+    configure_backend(&stack.repo, "target = \"runtime\"\nnetwork = \"host\"");
+    stack.repo.git(&["commit", "-qam", "a uv-style backend"]);
+    let run = stack.xtask(&["deploy", "colony-dev", "--yes"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_contains(&run.stdout, "(Docker Engine API, BuildKit, both at once)");
+    assert_contains(&run.stdout, "4/4 checks passed");
+    assert_eq!(
+        stack.alembic(&["current"]),
+        "0002_activity_and_comments (head)"
+    );
+}

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -157,21 +157,29 @@ impl Dir {
         self.root.join("images")
     }
 
-    /// Runs `change` on the state under an exclusive lock and saves it.
+    /// Runs `change` on the state under an exclusive lock and saves it
+    /// atomically (a new file renamed over the old one), so that a process
+    /// killed mid-write leaves the state as it was, never an empty file.
     pub fn update<T>(&self, change: impl FnOnce(&mut State) -> T) -> T {
-        let mut file = self.locked();
-        let mut text = String::new();
-        file.read_to_string(&mut text).expect("read state");
+        let _lock = self.locked();
+        let path = self.root.join("state.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => panic!("read state: {e}"),
+        };
         let mut state: State = if text.trim().is_empty() {
             State::default()
         } else {
             serde_json::from_str(&text).expect("state parses")
         };
         let result = change(&mut state);
-        file.set_len(0).expect("truncate state");
-        file.rewind().expect("rewind state");
-        file.write_all(serde_json::to_string_pretty(&state).unwrap().as_bytes())
+        let temporary = self
+            .root
+            .join(format!("state.json.{}.partial", std::process::id()));
+        std::fs::write(&temporary, serde_json::to_string_pretty(&state).unwrap())
             .expect("write state");
+        std::fs::rename(&temporary, &path).expect("replace state");
         result
     }
 
@@ -179,6 +187,8 @@ impl Dir {
         self.update(|state| state.clone())
     }
 
+    /// The state's lock: a file of its own, since `state.json` is replaced
+    /// on every write (a lock on the replaced file would guard nothing).
     fn locked(&self) -> File {
         std::fs::create_dir_all(&self.root).expect("state dir");
         let file = OpenOptions::new()
@@ -186,8 +196,8 @@ impl Dir {
             .write(true)
             .create(true)
             .truncate(false)
-            .open(self.root.join("state.json"))
-            .expect("open state");
+            .open(self.root.join("state.lock"))
+            .expect("open state lock");
         file.lock().expect("lock state");
         file
     }

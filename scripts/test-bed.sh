@@ -166,16 +166,43 @@ start_docker() {
   if alive "$BED_DIR/docker/dockerd.pid" && docker_answers "$own"; then
     echo "$own" > "$BED_DIR/docker-host"; return
   fi
-  log "starting dockerd (vfs, no bridge, no iptables)"
   mkdir -p "$BED_DIR/docker"
+  # overlay2 as users run it (vfs copies every layer whole); vfs where the
+  # kernel or the filesystem under the bed has no overlay.
+  local driver
+  for driver in overlay2 vfs; do
+    if [ "$driver" = overlay2 ] && ! grep -qw overlay /proc/filesystems; then
+      log "the kernel has no overlay filesystem: dockerd on vfs"
+      continue
+    fi
+    log "starting dockerd ($driver, no bridge, no iptables)"
+    if start_dockerd "$driver" "$own"; then
+      echo "$driver" > "$BED_DIR/docker/driver"
+      echo "$own" > "$BED_DIR/docker-host"
+      return
+    fi
+    tail -n 5 "$BED_DIR/docker/dockerd.log" >&2
+    log "dockerd did not start on $driver (log above)"
+    stop_pid dockerd "$BED_DIR/docker/dockerd.pid"
+  done
+  die "dockerd did not answer on any storage driver (log: $BED_DIR/docker/dockerd.log)"
+}
+
+# start_dockerd DRIVER HOST: true once it answers; false if it exits or
+# stays silent for 60 s. Each driver has its own data root.
+start_dockerd() {
   # dockerd manages its own containerd; everything lives under the bed dir.
   setsid dockerd \
-    --data-root "$BED_DIR/docker/data" --exec-root "$BED_DIR/docker/exec" \
+    --data-root "$BED_DIR/docker/data-$1" --exec-root "$BED_DIR/docker/exec" \
     --pidfile "$BED_DIR/docker/dockerd.pid" \
-    --iptables=false --ip6tables=false --bridge=none --storage-driver=vfs \
-    --host "$own" >"$BED_DIR/docker/dockerd.log" 2>&1 < /dev/null &
-  wait_for 60 docker_answers "$own" || { tail -n 20 "$BED_DIR/docker/dockerd.log" >&2; die "dockerd did not answer within 60 s (log above)"; }
-  echo "$own" > "$BED_DIR/docker-host"
+    --iptables=false --ip6tables=false --bridge=none --storage-driver="$1" \
+    --host "$2" >"$BED_DIR/docker/dockerd.log" 2>&1 < /dev/null &
+  local pid=$! deadline=$((SECONDS + 60))
+  until docker_answers "$2"; do
+    kill -0 "$pid" 2>/dev/null || return 1
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.2
+  done
 }
 
 # A base image with a shell, for Dockerfiles with RUN steps (nothing can be

@@ -1,11 +1,12 @@
 //! The image pipeline: for each of backend and frontend, skip when the
 //! registry already holds the tag, else build (the backend with the
 //! run-migrations binary layered on top), then push and read the digest the
-//! registry serves. Both images build at once and push at once (`--jobs`);
-//! nothing is pushed unless every build succeeded. Each image tag is held
-//! by a lock on this machine from the registry check to its push
-//! (`machine_lock`), and a push that meets a transient registry answer is
-//! tried again (`docker::push_with_retries`).
+//! registry serves. Both images go at once (`--jobs`), each pushed as soon
+//! as it is built; the first failure stops the others (what was pushed by
+//! then is said, and deploys nothing: Helm runs only after the whole
+//! stage). Each image tag is held by a lock on this machine from the
+//! registry check to its push (`machine_lock`), and a push that meets a
+//! transient registry answer is tried again (`docker::push_with_retries`).
 
 pub mod builder;
 pub mod context;
@@ -74,8 +75,6 @@ pub struct ImageReport {
     pub size: Option<u64>,
     pub build: StepOutcome,
     pub push: StepOutcome,
-    /// Push `latest` too (deploy.toml's also_tag_latest).
-    pub also_tag_latest: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,15 +128,16 @@ pub async fn run(
     let progress = Progress::new();
     let jobs = Arc::new(Semaphore::new(options.jobs.max(1)));
 
-    // Phase 1: registry check and build, all images at once.
-    let mut builds = tokio::task::JoinSet::new();
+    // Each image checked, built and pushed on its own, all at once: one
+    // pushes as soon as it is built. The first failure stops the others.
+    let mut tasks = tokio::task::JoinSet::new();
     for image in env.images.clone() {
         let tag = tags
             .iter()
             .find(|(c, _)| *c == image.component)
             .map(|(_, t)| t.clone())
             .unwrap_or_default();
-        let task = BuildTask {
+        let task = ImageTask {
             docker: docker.clone(),
             root: env.root.clone(),
             line: Arc::new(progress.line(image.component.as_str())),
@@ -150,39 +150,48 @@ pub async fn run(
             builder: options.builder.builder,
         };
         let jobs = jobs.clone();
-        builds.spawn(async move {
+        tasks.spawn(async move {
             let _permit = jobs.acquire_owned().await;
             task.run().await
         });
     }
     let mut reports = Vec::new();
-    let mut failures = Vec::new();
-    // Released when this function returns: after the pushes.
-    let mut _locks = Vec::new();
-    while let Some(joined) = builds.join_next().await {
-        match joined.context("an image task panicked")? {
-            Ok((report, lock)) => {
-                reports.push(report);
-                _locks.push(lock);
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(report)) => reports.push(report),
+            Ok(Err(e)) if failure.is_none() => {
+                failure = Some(e);
+                tasks.abort_all();
             }
-            Err(e) => failures.push(format!("{e:#}")),
+            Ok(Err(_)) => {}
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => return Err(anyhow!("an image task panicked: {e}")),
         }
     }
-    if !failures.is_empty() {
-        bail!("{}\nnothing was pushed", failures.join("\n"));
+    if let Some(e) = failure {
+        bail!("{e:#}\n{}", pushed_before(&reports));
     }
     reports.sort_by_key(|r| r.component);
-    if options.mode == Mode::Push {
-        push_all(
-            &docker,
-            (credential, &access),
-            &mut reports,
-            &progress,
-            &jobs,
-        )
-        .await?;
-    }
     Ok(reports)
+}
+
+/// After a failure: what was pushed already (not deployed: Helm runs only
+/// after the whole stage), or that nothing was. Pure.
+fn pushed_before(reports: &[ImageReport]) -> String {
+    let pushed: Vec<String> = reports
+        .iter()
+        .filter(|r| matches!(r.push, StepOutcome::Done(_)))
+        .map(|r| format!("{}:{}", r.repository, r.tag))
+        .collect();
+    if pushed.is_empty() {
+        "nothing was pushed".into()
+    } else {
+        format!(
+            "pushed before the failure, and not deployed: {}",
+            pushed.join(", ")
+        )
+    }
 }
 
 /// Every Dockerfile exists and can be built with `choice`'s builder: a
@@ -212,7 +221,9 @@ pub fn check_dockerfiles(env: &Environment, choice: &builder::Choice) -> Result<
     }
 }
 
-struct BuildTask {
+/// One image's way through the stage: the registry check, the build, the
+/// push; under this machine's lock on its tag (`machine_lock`).
+struct ImageTask {
     docker: Docker,
     root: PathBuf,
     image: Image,
@@ -225,17 +236,19 @@ struct BuildTask {
     line: Arc<Line>,
 }
 
-impl BuildTask {
-    /// The report, and the lock on this image tag, to be held until it is
-    /// pushed (None where nothing is built).
-    async fn run(self) -> Result<(ImageReport, Option<ImageLock>)> {
-        let lock = match self.mode {
+impl ImageTask {
+    async fn run(self) -> Result<ImageReport> {
+        let _lock = match self.mode {
             Mode::UseExisting => None,
             Mode::Build | Mode::Push => Some(self.lock().await?),
         };
-        self.build_unless_pushed()
-            .await
-            .map(|report| (report, lock))
+        let mut report = self.build_unless_pushed().await?;
+        if self.mode == Mode::Push && report.digest.is_none() {
+            let (digest, took) = self.push().await?;
+            report.digest = Some(digest);
+            report.push = StepOutcome::Done(took);
+        }
+        Ok(report)
     }
 
     async fn lock(&self) -> Result<ImageLock> {
@@ -255,7 +268,6 @@ impl BuildTask {
             size: None,
             build: StepOutcome::NotRun,
             push: StepOutcome::NotRun,
-            also_tag_latest: self.image.also_tag_latest,
         };
         match self.registry_digest().await {
             Ok(Some(digest)) => {
@@ -414,6 +426,49 @@ impl BuildTask {
         Ok(())
     }
 
+    /// Pushes the built tag (and `latest` when asked), tried again after a
+    /// transient registry answer; the digest is read back from the registry.
+    async fn push(&self) -> Result<(String, Duration)> {
+        let (repository, tag) = (&self.image.reference, &self.tag);
+        let line = &self.line;
+        let started = Instant::now();
+        line.log(&format!("pushing {repository}:{tag}"));
+        let on_retry = |attempt, pause: Duration, error: &docker::DockerError| {
+            line.log(&retry_line(attempt, pause, error))
+        };
+        let mut tags = vec![tag.as_str()];
+        if self.image.also_tag_latest {
+            tags.push("latest");
+        }
+        for tag in tags {
+            docker::push_with_retries(
+                &self.docker,
+                repository,
+                tag,
+                self.credential.as_ref(),
+                |p| {
+                    line.set(&format!(
+                        "{} layers pushed; {} of {}",
+                        p.layers_done,
+                        human_bytes(p.current),
+                        human_bytes(p.total)
+                    ))
+                },
+                on_retry,
+            )
+            .await?;
+        }
+        let pushed = started.elapsed();
+        let digest = self.registry_digest().await?.ok_or_else(|| {
+            anyhow!("the registry does not list {repository}:{tag} after the push")
+        })?;
+        line.finish(&format!(
+            "pushed {repository}:{tag} in {:.1} s: {digest}",
+            pushed.as_secs_f64()
+        ));
+        Ok((digest, pushed))
+    }
+
     async fn tag_latest(&self, target: &str) -> Result<()> {
         let options = bollard::query_parameters::TagImageOptionsBuilder::default()
             .repo(&self.image.reference)
@@ -510,89 +565,6 @@ async fn registry_digest(
         .await
         .context("a registry lookup panicked")??;
     Ok(digest)
-}
-
-/// `target`: the registry's login and how it is reached.
-async fn push_all(
-    docker: &Docker,
-    target: (Option<Credential>, &registry::Access),
-    reports: &mut [ImageReport],
-    progress: &Progress,
-    jobs: &Arc<Semaphore>,
-) -> Result<()> {
-    let (credential, access) = target;
-    let mut pushes = tokio::task::JoinSet::new();
-    for (index, report) in reports.iter().enumerate() {
-        if report.digest.is_some() {
-            continue; // already in the registry
-        }
-        let (docker, credential, jobs) = (docker.clone(), credential.clone(), jobs.clone());
-        let (repository, tag) = (report.repository.clone(), report.tag.clone());
-        let line = progress.line(report.component.as_str());
-        let latest = report.also_tag_latest;
-        let access = access.clone();
-        pushes.spawn(async move {
-            let _permit = jobs.acquire_owned().await;
-            let started = Instant::now();
-            line.log(&format!("pushing {repository}:{tag}"));
-            let on_retry = |attempt, pause: Duration, error: &docker::DockerError| {
-                line.log(&retry_line(attempt, pause, error))
-            };
-            docker::push_with_retries(
-                &docker,
-                &repository,
-                &tag,
-                credential.as_ref(),
-                |p| {
-                    line.set(&format!(
-                        "{} layers pushed; {} of {}",
-                        p.layers_done,
-                        human_bytes(p.current),
-                        human_bytes(p.total)
-                    ))
-                },
-                on_retry,
-            )
-            .await?;
-            if latest {
-                docker::push_with_retries(
-                    &docker,
-                    &repository,
-                    "latest",
-                    credential.as_ref(),
-                    |_| {},
-                    on_retry,
-                )
-                .await?;
-            }
-            let pushed = started.elapsed();
-            let digest = registry_digest(&repository, &tag, credential, &access)
-                .await?
-                .ok_or_else(|| {
-                    anyhow!("the registry does not list {repository}:{tag} after the push")
-                })?;
-            line.finish(&format!(
-                "pushed {repository}:{tag} in {:.1} s: {digest}",
-                pushed.as_secs_f64()
-            ));
-            Ok::<_, anyhow::Error>((index, digest, pushed))
-        });
-    }
-    let mut failures = Vec::new();
-    while let Some(joined) = pushes.join_next().await {
-        match joined.context("a push task panicked")? {
-            Ok((index, digest, took)) => {
-                reports[index].digest = Some(digest);
-                reports[index].push = StepOutcome::Done(took);
-            }
-            Err(e) => failures.push(format!("{e:#}")),
-        }
-    }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(anyhow!("{}", failures.join("\n")))
-    }
 }
 
 /// One line for a push about to be tried again: what failed (the
@@ -744,6 +716,30 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_says_what_was_pushed_before_it() {
+        let report = |component, push| ImageReport {
+            component,
+            repository: format!("r/colony-{component}"),
+            tag: "abc".into(),
+            digest: None,
+            size: None,
+            build: StepOutcome::Done(Duration::from_secs(1)),
+            push,
+        };
+        assert_eq!(pushed_before(&[]), "nothing was pushed");
+        let built_only = [report(Component::Backend, StepOutcome::NotRun)];
+        assert_eq!(pushed_before(&built_only), "nothing was pushed");
+        let pushed = [report(
+            Component::Backend,
+            StepOutcome::Done(Duration::from_secs(2)),
+        )];
+        assert_eq!(
+            pushed_before(&pushed),
+            "pushed before the failure, and not deployed: r/colony-backend:abc"
+        );
+    }
+
+    #[test]
     fn the_table_shows_each_outcome() {
         let report = ImageReport {
             component: Component::Backend,
@@ -753,7 +749,6 @@ mod tests {
             size: Some(5 * 1024 * 1024),
             build: StepOutcome::Done(Duration::from_millis(4200)),
             push: StepOutcome::InRegistry,
-            also_tag_latest: false,
         };
         let table = render_table(&[report]);
         assert!(table.contains("backend   0123456789ab"), "{table}");

@@ -217,7 +217,7 @@ fn dockerignore_keeps_files_out_and_exceptions_in() {
 }
 
 #[test]
-fn a_dockerfile_error_names_the_step_and_pushes_nothing() {
+fn a_dockerfile_error_names_the_step_and_stops_the_other_build() {
     let bed = TestBed::get();
     let repo = repo_named("broken");
     std::fs::write(
@@ -225,6 +225,17 @@ fn a_dockerfile_error_names_the_step_and_pushes_nothing() {
         "FROM scratch\nCOPY does-not-exist.txt /x\n",
     )
     .unwrap();
+    // A backend that would take half a minute: stopped, never pushed.
+    std::fs::write(
+        repo.root().join("backend/Dockerfile"),
+        format!("FROM {}\nRUN sleep 30\n", bed.shell_image),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(repo.config()).unwrap().replace(
+        "[environments.colony-dev.images.backend]\n",
+        "[environments.colony-dev.images.backend]\nnetwork = \"host\"\n",
+    );
+    std::fs::write(repo.config(), config).unwrap();
     // BuildKit names the step as `docker build --progress=plain` does.
     let run = images(&repo, "push", &bed.registry, &[]);
     assert_eq!(run.code, 1, "{}", run.all());
@@ -234,15 +245,7 @@ fn a_dockerfile_error_names_the_step_and_pushes_nothing() {
          failed to compute cache key: \"/does-not-exist.txt\" not found",
     );
     assert_contains(&run.stderr, "nothing was pushed");
-    // So does the legacy builder, in its own words.
-    let legacy = [("DOCKER_BUILDKIT", "0")];
-    let run = images(&repo, "push", &bed.registry, &legacy);
-    assert_eq!(run.code, 1, "{}", run.all());
-    assert_contains(
-        &run.stderr,
-        "frontend image build failed at Step 2/2 : COPY does-not-exist.txt /x",
-    );
-    assert_contains(&run.stderr, "nothing was pushed");
+    assert!(!run.stderr.contains("built "), "{}", run.stderr);
     assert!(
         run.stdout.is_empty(),
         "a result was reported: {}",
@@ -256,6 +259,25 @@ fn a_dockerfile_error_names_the_step_and_pushes_nothing() {
             "{name} pushed despite the failure: {catalog:?}"
         );
     }
+
+    // The legacy builder names the step in its own words.
+    repo.git(&["checkout", "--", "backend/Dockerfile"]);
+    let legacy = [("DOCKER_BUILDKIT", "0")];
+    let run = images(&repo, "push", &bed.registry, &legacy);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_contains(
+        &run.stderr,
+        "frontend image build failed at Step 2/2 : COPY does-not-exist.txt /x",
+    );
+    // The backend may have been pushed before the frontend failed: said
+    // so, or nothing was.
+    let backend = repository(&repo, "backend");
+    if self::catalog(&bed.registry).contains(&backend) {
+        assert_contains(&run.stderr, "pushed before the failure, and not deployed: ");
+    } else {
+        assert_contains(&run.stderr, "nothing was pushed");
+    }
+    assert!(!self::catalog(&bed.registry).contains(&repository(&repo, "frontend")));
 }
 
 #[test]

@@ -52,13 +52,19 @@ pub enum Command {
     #[command(
         after_help = "Tags are immutable: the commit's short sha, with a content-hash suffix when the \
         build context has uncommitted changes. An image whose tag the registry already holds is skipped.\n\n\
-        Examples:\n  cargo xtask build colony-dev\n  DOCKER_HOST=unix:///tmp/docker.sock cargo xtask build --jobs 1"
+        Builds use the daemon's BuildKit, as `docker build` does (RUN --mount=type=cache|bind, COPY --chmod, \
+        images.<c>.target and .network in deploy.toml); DOCKER_BUILDKIT=0 selects the legacy builder, which \
+        refuses BuildKit syntax before anything is built.\n\n\
+        Examples:\n  cargo xtask build colony-dev\n  DOCKER_HOST=unix:///tmp/docker.sock cargo xtask build --jobs 1\n  \
+        DOCKER_BUILDKIT=0 cargo xtask build"
     )]
     Build(ImageArgs),
     /// Build (unless the registry has the tag) and push both images; print their digests.
     #[command(
         after_help = "Credentials come from the Docker config (DOCKER_CONFIG or ~/.docker/config.json: \
-        auths, credHelpers, credsStore), as `docker login` writes them.\n\n\
+        auths, credHelpers, credsStore), as `docker login` writes them. Each image is pushed as soon as it \
+        is built; a transient registry answer (5xx, a blob it does not know yet, a broken connection) is \
+        tried again up to 4 times; one build and push of a tag at a time on this machine.\n\n\
         Examples:\n  cargo xtask push colony-dev\n  COLONY_REGISTRY=127.0.0.1:5000 cargo xtask push"
     )]
     Push(ImageArgs),

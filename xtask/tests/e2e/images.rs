@@ -81,7 +81,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// What the registry serves for `name:tag`: (digest, manifest).
-fn manifest(registry: &str, name: &str, tag: &str) -> Option<(String, Value)> {
+pub(crate) fn manifest(registry: &str, name: &str, tag: &str) -> Option<(String, Value)> {
     let url = format!("http://{registry}/v2/{name}/manifests/{tag}");
     let mut response = agent()
         .get(&url)

@@ -2,33 +2,13 @@
 //! in front of the bed's real registry): a transient answer is tried again,
 //! a refusal is not, and two pushes of one commit at once end with one digest.
 
-use crate::common::{assert_contains, unique, xtask, Run};
-use serde_json::Value;
+use crate::common::{assert_contains, Run};
+use crate::images::{images, manifest, repo_named, reports, repository};
 use testkit::registry_proxy::{Fault, RegistryProxy, RACING_PUSH_ANSWER};
-use testkit::{ColonyRepo, TestBed, ToolDir};
-
-/// A fixture repo whose images go to repositories of their own.
-fn repo_named(prefix: &str) -> ColonyRepo {
-    let repo = ColonyRepo::create();
-    repo.use_repositories(&unique(prefix));
-    repo
-}
+use testkit::{ColonyRepo, TestBed};
 
 fn push(repo: &ColonyRepo, registry: &str) -> Run {
-    let bed = TestBed::get();
-    let tools = ToolDir::new(&["git"], &[]);
-    let home = repo.root().join(".home");
-    std::fs::create_dir_all(&home).unwrap();
-    let binary = testkit::run_migrations_binary();
-    let env = [
-        ("PATH", tools.path().to_str().unwrap()),
-        ("HOME", home.to_str().unwrap()),
-        ("DOCKER_HOST", bed.docker_host.as_str()),
-        ("COLONY_CONFIG", "deploy.toml"),
-        ("COLONY_REGISTRY", registry),
-        ("COLONY_RUN_MIGRATIONS_BIN", binary.to_str().unwrap()),
-    ];
-    xtask(repo.root(), &["push", "--json"], &env)
+    images(repo, "push", registry, &[])
 }
 
 /// The frontend's manifest upload answered `status` + `body`, `times` times.
@@ -44,11 +24,7 @@ fn frontend_manifest_fault(status: u16, body: &str, times: usize) -> Fault {
 
 /// The digest each image was pinned by, from `push --json`.
 fn digests(run: &Run) -> Vec<(String, String)> {
-    assert_eq!(run.code, 0, "{}", run.all());
-    let reports: Value = serde_json::from_str(&run.stdout).expect("JSON on stdout");
-    reports
-        .as_array()
-        .unwrap()
+    reports(run)
         .iter()
         .map(|r| {
             (
@@ -177,31 +153,8 @@ fn two_pushes_of_one_commit_at_once_both_succeed_with_one_digest() {
 
 /// The digest the bed's registry serves for a component's tag.
 fn served_digest(repo: &ColonyRepo, component: &str, tag: &str) -> String {
-    let text = std::fs::read_to_string(repo.config()).unwrap();
-    let marker = format!("-{component}\"");
-    let name = text
-        .lines()
-        .find(|l| l.starts_with("repository = ") && l.ends_with(&marker))
-        .unwrap()
-        .trim_start_matches("repository = ")
-        .trim_matches('"')
-        .to_string();
-    let url = format!(
-        "http://{}/v2/{name}/manifests/{tag}",
-        TestBed::get().registry
-    );
-    let response = ureq::get(&url)
-        .header(
-            "Accept",
-            "application/vnd.docker.distribution.manifest.v2+json",
-        )
-        .call()
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
-    response
-        .headers()
-        .get("Docker-Content-Digest")
-        .expect("a digest header")
-        .to_str()
-        .unwrap()
-        .to_string()
+    let registry = &TestBed::get().registry;
+    manifest(registry, &repository(repo, component), tag)
+        .expect("the tag is in the registry")
+        .0
 }

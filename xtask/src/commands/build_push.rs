@@ -25,7 +25,7 @@ fn build_or_push(args: ImageArgs, mode: Mode) -> Result<()> {
         std::env::var("DOCKER_BUILDKIT").ok().as_deref(),
         daemon.as_ref(),
     );
-    images::check_dockerfiles(&env, &builder)?;
+    images::check_dockerfiles(&env, &builder, daemon.as_ref())?;
     let runner = runner::decide(
         env.image(Component::Backend).platform.as_ref(),
         daemon.as_ref().and_then(|d| d.platform.as_ref()),

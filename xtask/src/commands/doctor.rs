@@ -214,10 +214,11 @@ fn builder_check(env: &Environment, daemon: Option<&DaemonView>) -> Prerequisite
         .filter_map(|image| {
             let path = env.root.join(&image.context).join(&image.dockerfile);
             let text = std::fs::read_to_string(path).ok()?;
-            Some(builder::refusals(
-                image.component.as_str(),
+            Some(builder::image_refusals(
+                image,
                 &choice,
                 &builder::needs(&text),
+                daemon,
             ))
         })
         .flatten()

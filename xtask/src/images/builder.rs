@@ -89,6 +89,8 @@ pub struct Needs {
     /// forwarding need services on the build's session that the Engine
     /// API client does not offer).
     pub unserved: Vec<String>,
+    /// It has `RUN` steps (which need a network unless told `none`).
+    pub runs: bool,
 }
 
 /// Reads a Dockerfile's instructions (continuation lines joined) for
@@ -100,6 +102,7 @@ pub fn needs(dockerfile: &str) -> Needs {
         let Some(keyword) = words.first().map(|w| w.to_ascii_uppercase()) else {
             continue;
         };
+        needs.runs |= keyword == "RUN";
         let flags = words[1..].iter().take_while(|w| w.starts_with("--"));
         for flag in flags {
             let name = flag.split('=').next().unwrap_or(flag);
@@ -137,6 +140,25 @@ pub fn needs(dockerfile: &str) -> Needs {
     needs
 }
 
+/// Everything that stops one image's build before it starts: the
+/// builder's refusals and the network's.
+pub fn image_refusals(
+    image: &crate::config::Image,
+    choice: &Choice,
+    needs: &Needs,
+    daemon: Option<&DaemonView>,
+) -> Vec<String> {
+    let component = image.component.as_str();
+    let mut found = refusals(component, choice, needs);
+    found.extend(network_refusal(
+        component,
+        needs,
+        image.network.as_deref(),
+        daemon,
+    ));
+    found
+}
+
 /// Why this Dockerfile cannot be built with this builder (empty: it can).
 pub fn refusals(component: &str, choice: &Choice, needs: &Needs) -> Vec<String> {
     let mut refusals = Vec::new();
@@ -157,6 +179,25 @@ pub fn refusals(component: &str, choice: &Choice, needs: &Needs) -> Vec<String> 
         ));
     }
     refusals
+}
+
+/// A Dockerfile with `RUN` steps, built on the daemon's default network,
+/// on a daemon without a bridge network (`dockerd --bridge=none`, some
+/// rootless and homelab set-ups) fails at its first `RUN` with "network
+/// bridge not found": refused before anything changes, with the fix.
+pub fn network_refusal(
+    component: &str,
+    needs: &Needs,
+    network: Option<&str>,
+    daemon: Option<&DaemonView>,
+) -> Option<String> {
+    let no_bridge = daemon.is_some_and(|view| !view.bridge);
+    (needs.runs && network.is_none() && no_bridge).then(|| {
+        format!(
+            "the {component} Dockerfile has RUN steps, but the Docker daemon has no bridge network for them: \
+             set images.{component}.network = \"host\" (or \"none\") in deploy.toml, as `docker build --network host` would"
+        )
+    })
 }
 
 /// `(line number, instruction)` with continuation lines (`\`) joined and
@@ -279,7 +320,43 @@ COPY --chmod=0755 entrypoint.sh /entrypoint.sh
             ]
         );
         let classic = "FROM scratch\n# RUN --mount=type=cache in a comment\nCOPY --from=base /a /a\nRUN echo --mount\n";
-        assert_eq!(needs(classic), Needs::default());
+        assert_eq!(
+            needs(classic),
+            Needs {
+                runs: true,
+                ..Needs::default()
+            }
+        );
+        assert!(!needs("FROM scratch\nCOPY . /app\n").runs);
+    }
+
+    #[test]
+    fn run_steps_on_a_daemon_without_a_bridge_need_a_network_named() {
+        let with_run = needs("FROM x\nRUN true\n");
+        let no_bridge = DaemonView::default();
+        let bridged = DaemonView {
+            bridge: true,
+            ..DaemonView::default()
+        };
+        let refused = network_refusal("backend", &with_run, None, Some(&no_bridge)).unwrap();
+        assert!(
+            refused.contains("set images.backend.network = \"host\""),
+            "{refused}"
+        );
+        assert_eq!(
+            network_refusal("backend", &with_run, Some("host"), Some(&no_bridge)),
+            None
+        );
+        assert_eq!(
+            network_refusal("backend", &with_run, None, Some(&bridged)),
+            None
+        );
+        assert_eq!(network_refusal("backend", &with_run, None, None), None);
+        let copy_only = needs("FROM scratch\nCOPY . /app\n");
+        assert_eq!(
+            network_refusal("backend", &copy_only, None, Some(&no_bridge)),
+            None
+        );
     }
 
     #[test]

@@ -151,6 +151,20 @@ pub async fn registry_view(
     docker: &Docker,
 ) -> Result<crate::images::registry::DaemonView, DockerError> {
     let info = docker.info().await.map_err(DockerError::Info)?;
+    // Only "not found" means no bridge: a daemon that will not say is
+    // assumed to have one (the build then says what it lacks).
+    let bridge = !matches!(
+        docker
+            .inspect_network(
+                "bridge",
+                None::<bollard::query_parameters::InspectNetworkOptions>
+            )
+            .await,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        })
+    );
     let config = info.registry_config.unwrap_or_default();
     Ok(crate::images::registry::DaemonView {
         index_secure: config
@@ -165,6 +179,7 @@ pub async fn registry_view(
             .iter()
             .filter_map(|cidr| cidr.parse().ok())
             .collect(),
+        bridge,
         buildkit: crate::images::builder::daemon_has_buildkit(
             info.os_type.as_deref().unwrap_or_default(),
             info.server_version.as_deref().unwrap_or_default(),

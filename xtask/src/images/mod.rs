@@ -196,7 +196,11 @@ fn pushed_before(reports: &[ImageReport]) -> String {
 
 /// Every Dockerfile exists and can be built with `choice`'s builder: a
 /// refusal (exit 2) before anything is built.
-pub fn check_dockerfiles(env: &Environment, choice: &builder::Choice) -> Result<()> {
+pub fn check_dockerfiles(
+    env: &Environment,
+    choice: &builder::Choice,
+    daemon: Option<&registry::DaemonView>,
+) -> Result<()> {
     let mut refusals = Vec::new();
     for image in &env.images {
         let path = env.root.join(&image.context).join(&image.dockerfile);
@@ -209,10 +213,11 @@ pub fn check_dockerfiles(env: &Environment, choice: &builder::Choice) -> Result<
                 env.config_file.display()
             )));
         };
-        refusals.extend(builder::refusals(
-            image.component.as_str(),
+        refusals.extend(builder::image_refusals(
+            image,
             choice,
             &builder::needs(&text),
+            daemon,
         ));
     }
     match refusals.is_empty() {

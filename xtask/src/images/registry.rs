@@ -27,6 +27,8 @@ pub struct DaemonView {
     pub platform: Option<crate::images::runner::Platform>,
     /// It offers BuildKit (`builder::daemon_has_buildkit`).
     pub buildkit: bool,
+    /// It has a network named `bridge`, the default one of `RUN` steps.
+    pub bridge: bool,
     /// What it is, for messages: `Docker Engine 20.10.24+dfsg1 (linux)`.
     pub server: Option<String>,
 }

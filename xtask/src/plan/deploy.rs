@@ -607,7 +607,12 @@ fn build_problems(env: &Environment, facts: &DeployFacts, options: DeployOptions
     let mut problems: Vec<String> = lacking
         .iter()
         .flat_map(|image| {
-            crate::images::builder::refusals(image.component.as_str(), &facts.builder, &image.needs)
+            crate::images::builder::image_refusals(
+                env.image(image.component),
+                &facts.builder,
+                &image.needs,
+                facts.daemon.as_ref().ok(),
+            )
         })
         .collect();
     if let (true, Err(why)) = (

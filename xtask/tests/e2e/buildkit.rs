@@ -110,19 +110,30 @@ fn a_failing_run_names_its_step_and_shows_its_output() {
     }
 }
 
+/// The bed's daemon runs with `--bridge=none`, as some homelab and
+/// rootless daemons do: `RUN` on the default network would fail at the
+/// first step, after the other image was pushed and the backup taken.
 #[test]
-fn a_run_step_without_a_bridge_network_says_how_to_build_on_this_daemon() {
+fn run_steps_on_a_daemon_without_a_bridge_are_refused_before_anything_changes() {
     let bed = TestBed::get();
     let repo = repo_named("nobridge");
-    let base = &bed.shell_image;
-    write_backend_dockerfile(&repo, &format!("FROM {base}\nRUN echo hello\n"));
-    let run = images(&repo, "build", &bed.registry, &[]);
-    assert_eq!(run.code, 1, "{}", run.all());
-    assert_contains(&run.stderr, "network bridge not found");
-    assert_contains(
-        &run.stderr,
-        "the daemon has no bridge network for RUN steps: set images.backend.network = \"host\"",
-    );
+    let dockerfile = format!("FROM {}\nRUN echo hello\n", bed.shell_image);
+    write_backend_dockerfile(&repo, &dockerfile);
+    let run = images(&repo, "push", &bed.registry, &[]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    let fix = "the backend Dockerfile has RUN steps, but the Docker daemon has no bridge network for them: \
+               set images.backend.network = \"host\"";
+    assert_contains(&run.stderr, fix);
+    assert!(!run.stderr.contains("building"), "{}", run.stderr);
+
+    let stack = Stack::new(None);
+    write_backend_dockerfile(&stack.repo, &dockerfile);
+    stack.repo.git(&["commit", "-qam", "a RUN step"]);
+    let run = stack.xtask(&["deploy", "colony-dev", "--yes"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert_contains(&run.all(), fix);
+    assert_eq!(stack.backups(), 0);
+    assert_no_mutating_call(&stack.calls());
 }
 
 #[test]

@@ -329,10 +329,12 @@ impl ImageTask {
         }
         report.build = StepOutcome::Done(started.elapsed());
         report.size = built.map(|f| f.size);
-        self.line.finish(&format!(
-            "built {target} in {:.1} s",
-            started.elapsed().as_secs_f64()
-        ));
+        let built = format!("built {target} in {:.1} s", started.elapsed().as_secs_f64());
+        // The push goes on on the same line; a finished line stays finished.
+        match self.mode {
+            Mode::Push => self.line.log(&built),
+            _ => self.line.finish(&built),
+        }
         Ok(report)
     }
 

@@ -43,6 +43,9 @@ pub struct TestBed {
     /// A base image with a shell (Debian's busybox-static), in the bed's
     /// Docker only: for Dockerfiles with `RUN` steps.
     pub shell_image: String,
+    /// A Python base image (Debian trixie: Python 3.13, Alembic,
+    /// SQLAlchemy, psycopg; uv), in the bed's Docker only.
+    pub python_image: String,
 }
 
 const HOW_TO_START: &str =
@@ -87,6 +90,7 @@ impl TestBed {
             checkov: var("COLONY_TEST_CHECKOV")?.into(),
             kubernetes_validate: var("COLONY_TEST_KUBERNETES_VALIDATE")?.into(),
             shell_image: var("COLONY_TEST_SHELL_IMAGE")?,
+            python_image: var("COLONY_TEST_PYTHON_IMAGE")?,
         };
         for tool in [
             &bed.alembic,

@@ -209,3 +209,99 @@ fn a_uv_style_backend_deploys_end_to_end() {
         "0002_activity_and_comments (head)"
     );
 }
+
+/// A backend image as Colony's is: Python from Debian with Alembic and
+/// psycopg, uv, a uv-style Dockerfile; run-migrations appended by the tool.
+/// The pushed image's own runner stamps a pre-Alembic database and migrates
+/// it through the image's own `uv run --no-sync alembic`.
+#[test]
+fn a_python_backend_image_migrates_with_its_own_alembic_through_uv() {
+    let bed = TestBed::get();
+    let repo = repo_named("python");
+    std::fs::write(
+        repo.root().join("backend/pyproject.toml"),
+        "[project]\nname = \"colony-backend\"\nversion = \"0.1.0\"\nrequires-python = \">=3.11\"\ndependencies = []\n",
+    )
+    .unwrap();
+    write_backend_dockerfile(
+        &repo,
+        &format!(
+            "FROM {}
+WORKDIR /app
+RUN --mount=type=cache,target=/root/.cache/uv \\
+    --mount=type=bind,source=pyproject.toml,target=/app/pyproject.toml \\
+    uv venv --system-site-packages /app/.venv
+COPY pyproject.toml alembic.ini /app/
+COPY alembic /app/alembic
+COPY app /app/app
+",
+            bed.python_image
+        ),
+    );
+    configure_backend(&repo, "network = \"host\"");
+    let pushed = reports(&images(&repo, "push", &bed.registry, &[]));
+    let backend = pushed.iter().find(|r| r["component"] == "backend").unwrap();
+    let image = backend["pinned"].as_str().unwrap().to_string();
+
+    let database = bed.create_database("python_image");
+    bed.psql_file(
+        &database,
+        &testkit::workspace_root().join("testdata/colony/pre-alembic.sql"),
+    );
+    let in_image = |command: &[&str]| {
+        let output = std::process::Command::new("docker")
+            .args(["run", "--rm", "--network", "host", "-e"])
+            .arg(format!("DATABASE_URL={database}"))
+            .arg(&image)
+            .args(command)
+            .env("DOCKER_HOST", &bed.docker_host)
+            .output()
+            .expect("docker runs");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        );
+        assert!(
+            output.status.success(),
+            "{command:?} in {image}:\n{stdout}{stderr}"
+        );
+        // Alembic logs on stderr, the runner on stdout: each in order.
+        (stdout, stderr)
+    };
+    let (log, alembic_log) = in_image(&[
+        "/usr/local/bin/run-migrations",
+        "--alembic-cmd",
+        "uv run --no-sync alembic",
+    ]);
+    assert_contains(
+        &alembic_log,
+        "Running upgrade 0001_baseline -> 0002_activity_and_comments",
+    );
+    assert_contains(
+        &log,
+        "Detected pre-Alembic schema; stamping 0001_baseline so the activity-log migration applies on top of the existing tables.",
+    );
+    assert_eq!(log.trim_end().lines().last(), Some("Migrations complete."));
+    assert_contains(
+        &in_image(&["uv", "run", "--no-sync", "alembic", "current"]).0,
+        "0002_activity_and_comments (head)",
+    );
+    // The Alembic that ran is the image's (Debian's), not the bed's venv.
+    assert_contains(
+        &in_image(&[
+            "uv",
+            "run",
+            "--no-sync",
+            "python3",
+            "-c",
+            "import alembic; print(alembic.__file__)",
+        ])
+        .0,
+        "/usr/lib/python3/dist-packages/alembic/",
+    );
+    assert_eq!(
+        bed.psql(&database, "SELECT count(*) FROM households"),
+        "3",
+        "the legacy rows are kept"
+    );
+}

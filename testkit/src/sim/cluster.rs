@@ -267,7 +267,12 @@ pub fn condition(dir: &Dir, config: &Config, pod: &Pod) -> PodCondition {
     if pod.database {
         return PodCondition::Running { ready: true };
     }
-    let delay = config.faults.readiness_delay_ms;
+    let faults = &config.faults;
+    let delay = if pod.created >= faults.readiness_delay_since_ms {
+        faults.readiness_delay_ms
+    } else {
+        0
+    };
     let has_init = pod.spec["initContainers"]
         .as_array()
         .is_some_and(|a| !a.is_empty());

@@ -55,7 +55,11 @@ impl SimCluster {
 
     pub fn faults(&self, change: impl FnOnce(&mut Faults)) {
         let mut config = self.state.config().expect("config");
+        let delay_before = config.faults.readiness_delay_ms;
         change(&mut config.faults);
+        if config.faults.readiness_delay_ms != delay_before {
+            config.faults.readiness_delay_since_ms = state::now_ms();
+        }
         self.state.write_config(&config);
     }
 

@@ -35,8 +35,13 @@ pub struct Faults {
     pub init_crash_exit_code: Option<i32>,
     /// Older ReplicaSets keep serving after a rollout.
     pub keep_old_replicasets: bool,
-    /// Pods become Ready this long after their init container finished.
+    /// Pods become Ready this long after their init container finished:
+    /// pods created from `readiness_delay_since_ms` on (a Ready pod does not
+    /// turn unready because the fault was set).
     pub readiness_delay_ms: u64,
+    /// When `readiness_delay_ms` was last changed (`SimCluster::faults`).
+    #[serde(default)]
+    pub readiness_delay_since_ms: u64,
     /// `pg_dump` in the database pod fails.
     pub pg_dump_fails: bool,
 }
@@ -140,13 +145,16 @@ impl Dir {
         serde_json::from_str(&text).map_err(|e| format!("sim config: {e}"))
     }
 
+    /// Replaces the config atomically: the simulated tools read it at any
+    /// moment, and a half-written file would fail them.
     pub fn write_config(&self, config: &Config) {
         std::fs::create_dir_all(&self.root).expect("state dir");
-        std::fs::write(
-            self.root.join("config.json"),
-            serde_json::to_string_pretty(config).unwrap(),
-        )
-        .expect("write config");
+        let temporary = self
+            .root
+            .join(format!("config.json.{}.partial", std::process::id()));
+        std::fs::write(&temporary, serde_json::to_string_pretty(config).unwrap())
+            .expect("write config");
+        std::fs::rename(&temporary, self.root.join("config.json")).expect("replace config");
     }
 
     pub fn pod_dir(&self, pod: &str) -> PathBuf {

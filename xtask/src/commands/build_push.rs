@@ -21,10 +21,7 @@ fn build_or_push(args: ImageArgs, mode: Mode) -> Result<()> {
     // the builder cannot build, or an image the runner cannot run in, is
     // refused here, with nothing built.
     let daemon = docker::registry_view_blocking().ok();
-    let builder = builder::choose(
-        std::env::var("DOCKER_BUILDKIT").ok().as_deref(),
-        daemon.as_ref(),
-    );
+    let builder = builder::choose_here(daemon.as_ref());
     images::check_dockerfiles(&env, &builder, daemon.as_ref())?;
     let runner = runner::decide(
         env.image(Component::Backend).platform.as_ref(),

@@ -211,10 +211,7 @@ pub fn gather_facts(
             )
         });
         let images = image_facts(env, tags, daemon.as_ref().ok());
-        let builder = builder::choose(
-            std::env::var("DOCKER_BUILDKIT").ok().as_deref(),
-            daemon.as_ref().ok(),
-        );
+        let builder = builder::choose_here(daemon.as_ref().ok());
         let chart_exists = env.root.join(&env.chart).join("Chart.yaml").is_file();
         let (cluster, migrations) = cluster.join().expect("cluster reader panicked");
         let runner = runner.join().expect("runner decision panicked");
@@ -289,14 +286,12 @@ fn image_facts(
             .map(|((image, tag), digest)| {
                 let context_dir = env.root.join(&image.context);
                 let tag = tag.clone().transpose();
-                let dockerfile = std::fs::read_to_string(context_dir.join(&image.dockerfile));
+                let needs = images::dockerfile_needs(env, image);
                 ImageFacts {
                     component: image.component,
                     context_exists: context_dir.is_dir(),
-                    dockerfile_exists: dockerfile.is_ok(),
-                    needs: dockerfile
-                        .map(|text| builder::needs(&text))
-                        .unwrap_or_default(),
+                    dockerfile_exists: needs.is_ok(),
+                    needs: needs.unwrap_or_default(),
                     registry_digest: match &tag {
                         Err(why) => Err(why.clone()),
                         Ok(_) => digest.join().expect("registry reader panicked"),

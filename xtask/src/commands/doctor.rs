@@ -12,7 +12,7 @@ use backend_migrations::redact;
 
 use crate::cluster::helm;
 use crate::images::registry::{self, DaemonView};
-use crate::images::{builder, docker, runner};
+use crate::images::{self, builder, docker, runner};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -207,19 +207,14 @@ fn sql_preview_check(env: &Environment) -> Prerequisite {
 /// BuildKit or the legacy builder, and whether each Dockerfile can be built
 /// with it (a deploy that must build one is refused otherwise).
 fn builder_check(env: &Environment, daemon: Option<&DaemonView>) -> Prerequisite {
-    let choice = builder::choose(std::env::var("DOCKER_BUILDKIT").ok().as_deref(), daemon);
+    let choice = builder::choose_here(daemon);
+    // A missing Dockerfile is the images' own line, not the builder's.
     let refusals: Vec<String> = env
         .images
         .iter()
         .filter_map(|image| {
-            let path = env.root.join(&image.context).join(&image.dockerfile);
-            let text = std::fs::read_to_string(path).ok()?;
-            Some(builder::image_refusals(
-                image,
-                &choice,
-                &builder::needs(&text),
-                daemon,
-            ))
+            let needs = images::dockerfile_needs(env, image).ok()?;
+            Some(builder::image_refusals(image, &choice, &needs, daemon))
         })
         .flatten()
         .collect();

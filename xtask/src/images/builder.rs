@@ -69,6 +69,11 @@ pub fn choose(docker_buildkit: Option<&str>, daemon: Option<&DaemonView>) -> Cho
     }
 }
 
+/// `choose` with this process's `DOCKER_BUILDKIT`.
+pub fn choose_here(daemon: Option<&DaemonView>) -> Choice {
+    choose(std::env::var("DOCKER_BUILDKIT").ok().as_deref(), daemon)
+}
+
 /// Whether a daemon offers BuildKit: a Linux engine from 18.09 on
 /// (`docker info`'s OSType and ServerVersion, e.g. `20.10.24+dfsg1`).
 pub fn daemon_has_buildkit(os_type: &str, server_version: &str) -> bool {

@@ -320,9 +320,8 @@ fn session_id(tag: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let seed = format!("{tag} {} {nanos}", std::process::id());
-    let hash = Sha256::digest(seed.as_bytes());
-    let hex: String = hash[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("colony-deploy-{hex}")
+    let hash = format!("{:x}", Sha256::digest(seed.as_bytes()));
+    format!("colony-deploy-{}", &hash[..24])
 }
 
 /// What a build printed, turned into steps and output lines as the docker

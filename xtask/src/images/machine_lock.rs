@@ -22,9 +22,8 @@ pub struct ImageLock {
 /// The lock file of `reference:tag`, in the temporary directory every
 /// user of this machine shares.
 fn path_for(image: &str) -> PathBuf {
-    let hash = Sha256::digest(image.as_bytes());
-    let name: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
-    std::env::temp_dir().join(format!("colony-deploy-image-{name}.lock"))
+    let hash = format!("{:x}", Sha256::digest(image.as_bytes()));
+    std::env::temp_dir().join(format!("colony-deploy-image-{}.lock", &hash[..16]))
 }
 
 impl ImageLock {

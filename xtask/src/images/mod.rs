@@ -203,27 +203,30 @@ pub fn check_dockerfiles(
 ) -> Result<()> {
     let mut refusals = Vec::new();
     for image in &env.images {
-        let path = env.root.join(&image.context).join(&image.dockerfile);
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        let Ok(needs) = dockerfile_needs(env, image) else {
             return Err(crate::error::input_error(format!(
                 "{} Dockerfile {} does not exist (set images.{}.context / dockerfile in {})",
                 image.component,
-                path.display(),
+                env.root
+                    .join(&image.context)
+                    .join(&image.dockerfile)
+                    .display(),
                 image.component,
                 env.config_file.display()
             )));
         };
-        refusals.extend(builder::image_refusals(
-            image,
-            choice,
-            &builder::needs(&text),
-            daemon,
-        ));
+        refusals.extend(builder::image_refusals(image, choice, &needs, daemon));
     }
     match refusals.is_empty() {
         true => Ok(()),
         false => Err(crate::error::input_error(refusals.join("\n"))),
     }
+}
+
+/// What `image`'s Dockerfile asks of the builder (`builder::needs`).
+pub fn dockerfile_needs(env: &Environment, image: &Image) -> std::io::Result<builder::Needs> {
+    let path = env.root.join(&image.context).join(&image.dockerfile);
+    std::fs::read_to_string(path).map(|text| builder::needs(&text))
 }
 
 /// One image's way through the stage: the registry check, the build, the

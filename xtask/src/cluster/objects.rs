@@ -116,6 +116,10 @@ pub struct Condition {
 #[serde(default, rename_all = "camelCase")]
 pub struct ContainerStatus {
     pub name: String,
+    /// What the kubelet pulled: `docker-pullable://repo@sha256:…` (Docker),
+    /// `repo@sha256:…` (containerd); empty until the image is pulled.
+    #[serde(rename = "imageID")]
+    pub image_id: String,
     pub state: ContainerState,
     pub last_state: ContainerState,
 }
@@ -174,6 +178,18 @@ impl Pod {
 
     pub fn phase(&self) -> Option<&str> {
         self.status.phase.as_deref()
+    }
+
+    /// The digest of the image the pod's containers were started from (the
+    /// first that the kubelet reports), as `sha256:…`: what really runs,
+    /// whatever tag the spec names.
+    pub fn image_digest(&self) -> Option<&str> {
+        self.status
+            .init_container_statuses
+            .iter()
+            .chain(self.status.container_statuses.iter().flatten())
+            .find_map(|s| s.image_id.rsplit_once('@').map(|(_, digest)| digest))
+            .filter(|digest| digest.starts_with("sha256:"))
     }
 
     /// The init container `name` ended with exit code 0.
@@ -294,5 +310,22 @@ mod tests {
             {"name": "run-migrations", "state": {"running": {"startedAt": "2026-11-26T00:00:00Z"}}}]}));
         assert_eq!(running.running_init(), Some("run-migrations"));
         assert!(!running.init_succeeded("run-migrations"));
+    }
+
+    #[test]
+    fn the_image_digest_is_read_from_either_runtime_s_image_id() {
+        let digest = "sha256:".to_string() + &"ab".repeat(32);
+        let docker = pod(json!({"initContainerStatuses": [
+            {"name": "run-migrations", "imageID": format!("docker-pullable://r:5000/colony-backend@{digest}")}]}));
+        assert_eq!(docker.image_digest(), Some(digest.as_str()));
+        let containerd = pod(json!({"containerStatuses": [
+            {"name": "backend", "imageID": format!("r:5000/colony-backend@{digest}")}]}));
+        assert_eq!(containerd.image_digest(), Some(digest.as_str()));
+        // Not pulled yet, or a local image id (no repository digest): unknown.
+        let pending =
+            pod(json!({"initContainerStatuses": [{"name": "run-migrations", "imageID": ""}]}));
+        assert_eq!(pending.image_digest(), None);
+        let local = pod(json!({"containerStatuses": [{"name": "backend", "imageID": digest}]}));
+        assert_eq!(local.image_digest(), None);
     }
 }

@@ -29,11 +29,18 @@ pub fn run(args: StatusArgs) -> Result<()> {
 struct View {
     /// None: the release is not installed.
     history: Option<Vec<RecordedRevision>>,
-    /// The newest ReplicaSet's name and its pods with their states.
-    replicaset: Option<(String, Vec<(String, String)>)>,
+    /// The newest ReplicaSet's name and its pods.
+    replicaset: Option<(String, Vec<PodLine>)>,
     /// What the database reports, as `alembic current` in a ready pod says it
     /// (or why it could not be asked).
     database: DatabaseAnswer,
+}
+
+/// A pod as status shows it: its state and the image digest it runs.
+struct PodLine {
+    name: String,
+    state: String,
+    digest: Option<String>,
 }
 
 enum DatabaseAnswer {
@@ -64,7 +71,11 @@ fn gather(env: &Environment) -> Result<View> {
         let pods = backend
             .pods
             .iter()
-            .map(|pod| (pod.name().to_string(), rollout::pod_state(pod)))
+            .map(|pod| PodLine {
+                name: pod.name().to_string(),
+                state: rollout::pod_state(pod),
+                digest: pod.image_digest().map(String::from),
+            })
             .collect();
         (rs.metadata.name.clone(), pods)
     });
@@ -112,8 +123,12 @@ fn render(env: &Environment, view: &View) -> String {
     match &view.replicaset {
         Some((name, pods)) => {
             let _ = writeln!(out, "\nnewest ReplicaSet {name}:");
-            for (pod, state) in pods {
-                let _ = writeln!(out, "  {pod:<48} {state}");
+            for pod in pods {
+                let runs = match &pod.digest {
+                    Some(digest) => format!("  runs {}", short_digest(digest)),
+                    None => String::new(),
+                };
+                let _ = writeln!(out, "  {:<48} {}{runs}", pod.name, pod.state);
             }
         }
         None => out.push_str("\nno backend ReplicaSet\n"),
@@ -139,9 +154,15 @@ fn render(env: &Environment, view: &View) -> String {
     backend_migrations::redact::mask_all(&out)
 }
 
+/// `sha256:` and the first 12 hex digits, as `docker images` shortens ids.
+fn short_digest(digest: &str) -> &str {
+    &digest[..digest.len().min("sha256:".len() + 12)]
+}
+
 /// `status --json`: stable keys `environment`, `namespace`, `release`,
 /// `installed`, `history` (revision, status, updated, description, chart,
-/// record), `replicaset`, `pods` (name, state), `database` (state: revision
+/// record), `replicaset`, `pods` (name, state, image_digest: the digest the
+/// kubelet pulled, null before), `database` (state: revision
 /// | failed | unknown, and its details).
 fn to_json(env: &Environment, view: &View) -> serde_json::Value {
     let database = match &view.database {
@@ -160,7 +181,7 @@ fn to_json(env: &Environment, view: &View) -> serde_json::Value {
         "installed": view.history.is_some(),
         "history": view.history,
         "replicaset": view.replicaset.as_ref().map(|(name, _)| name),
-        "pods": view.replicaset.as_ref().map(|(_, pods)| pods.iter().map(|(name, state)| json!({"name": name, "state": state})).collect::<Vec<_>>()),
+        "pods": view.replicaset.as_ref().map(|(_, pods)| pods.iter().map(|p| json!({"name": p.name, "state": p.state, "image_digest": p.digest})).collect::<Vec<_>>()),
         "database": database,
     })
 }

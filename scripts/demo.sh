@@ -36,13 +36,24 @@ bed_env() {
 
 psql_bed() { psql "$COLONY_TEST_DATABASE_URL/$1" -XAtq -v ON_ERROR_STOP=1 "${@:2}"; }
 
+# The simulated pods' containers in the bed's Docker.
+remove_pods() {
+  local ids
+  ids=$(docker ps --all --quiet --filter "label=colony-sim.state=$DEMO/cluster" 2>/dev/null) || return 0
+  if [ -n "$ids" ]; then
+    # shellcheck disable=SC2086 # one id per word
+    docker rm --force $ids >/dev/null
+  fi
+}
+
 clean() {
   if [ -f "$BED_DIR/env" ]; then
     bed_env
     psql_bed postgres -c "DROP DATABASE IF EXISTS $DATABASE" >/dev/null 2>&1 || true
+    remove_pods
   fi
   rm -rf "$DEMO"
-  say "demo: removed $DEMO and the database $DATABASE"
+  say "demo: removed $DEMO, its pods' containers and the database $DATABASE"
 }
 
 build_tools() {
@@ -56,6 +67,10 @@ make_repo() {
   cp -r "$ROOT/testdata/colony" "$repo"
   cp -r "$ROOT/helm" "$ROOT/scripts" "$repo/"
   rm "$repo/backend/alembic/versions/0002_activity_and_comments.py"
+  # The backend image runs Alembic through uv, as Colony's does; this
+  # machine renders the SQL preview with its own Alembic.
+  sed -i 's/^\[environments.colony-dev\]$/&\nalembic_command = "uv run --no-sync alembic"/' "$repo/deploy.toml"
+  printf '\n[environments.colony-dev.migrations]\npreview_command = "alembic"\n' >> "$repo/deploy.toml"
   git -C "$repo" init -q
   git_commit "Colony with Alembic's baseline (the pre-Alembic schema, stamped)"
 }
@@ -119,6 +134,7 @@ demo() {
   heading "Colony deploy demo in $DEMO"
   banner
   build_tools
+  remove_pods
   rm -rf "$DEMO"
   mkdir -p "$DEMO"
   make_repo
@@ -130,8 +146,17 @@ $(psql_bed "$DATABASE" -c 'SELECT count(*) FROM chores') chores, no alembic_vers
   run "1. Every prerequisite, with a fix for each" cargo xtask doctor colony-dev
   run "2. The first deploy: images, Helm, the init containers stamp the old schema, verify" \
     cargo xtask deploy colony-dev --yes
-  run "3. The release, its deploy record, the database's revision, the pods" \
+  run "3. The release, its deploy record, the database's revision, the pods and the digest each runs" \
     cargo xtask status colony-dev
+  local containers
+  mapfile -t containers < <(docker ps --all --quiet --filter "label=colony-sim.state=$DEMO/cluster")
+  run "3b. Each pod is containers of the pushed image in the bed's Docker: the init containers ran the pinned digest" \
+    docker inspect --format '{{.Name}}  {{.Config.Image}}  {{.State.Status}} (exit {{.State.ExitCode}})' "${containers[@]}"
+  local pod
+  # shellcheck disable=SC1091
+  pod=$(source "$DEMO/env.sh" && kubectl --context homelab -n colony-dev get pods -l app.kubernetes.io/component=backend -o name | head -n 1)
+  run "3c. The stamp, made from inside that image by its run-migrations and its own Alembic (through uv)" \
+    kubectl --context homelab -n colony-dev logs "${pod#pod/}" -c run-migrations
 
   heading "4a. A commit that adds a migration (0002: the activity log and comments)"
   cp "$ROOT/testdata/colony/backend/alembic/versions/0002_activity_and_comments.py" \

@@ -445,6 +445,8 @@ check_demo() {
   for expected in \
     "Detected pre-Alembic schema; stamping 0001_baseline" \
     "Migrations complete." \
+    "ready  runs sha256:" \
+    "-run-migrations  $(cat "$BED_DIR/registry/addr")/demo/colony-backend@sha256:" \
     "apply 0002_activity_and_comments" \
     "    CREATE TABLE activity_log (" \
     "no findings from Squawk's rules" \

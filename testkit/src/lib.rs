@@ -441,12 +441,25 @@ fn pump(client: std::net::TcpStream, server: impl Duplex) {
 /// the environment a developer's own `cargo build` sees and finds its
 /// artifacts fresh instead of rebuilding them.
 pub fn cargo_build_binary(package: &str, binary: &str) -> PathBuf {
+    cargo_build(package, binary, None)
+}
+
+/// `cargo build` of one binary, for this machine or for `target` (a triple
+/// and the variables its build needs).
+fn cargo_build(
+    package: &str,
+    binary: &str,
+    target: Option<(&str, &[(String, String)])>,
+) -> PathBuf {
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = std::process::Command::new(cargo);
     command
         .args(["build", "--quiet", "--package", package, "--bin", binary])
         .current_dir(&root);
+    if let Some((triple, env)) = target {
+        command.args(["--target", triple]).envs(env.iter().cloned());
+    }
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
         if (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR")
@@ -457,19 +470,60 @@ pub fn cargo_build_binary(package: &str, binary: &str) -> PathBuf {
     }
     let status = command.status().expect("cargo runs");
     assert!(status.success(), "building {binary} failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    target.join("debug").join(binary)
+    match target {
+        Some((triple, _)) => target_dir.join(triple).join("debug").join(binary),
+        None => target_dir.join("debug").join(binary),
+    }
 }
 
-/// The run-migrations binary, built from this workspace (debug) and
-/// stripped, so that layering it into test images stays quick.
+/// The static target the deploy itself would build run-migrations for
+/// (`xtask/src/images/runner.rs`): musl when its standard library and
+/// musl-gcc are here, else this machine's glibc with `+crt-static`.
+fn static_target() -> (String, Vec<(String, String)>) {
+    let arch = std::env::consts::ARCH;
+    let musl = format!("{arch}-unknown-linux-musl");
+    let installed = std::process::Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l == musl)
+        })
+        .unwrap_or(false);
+    let musl_gcc = std::process::Command::new("musl-gcc")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if installed && musl_gcc {
+        let compiler = format!("CC_{}", musl.replace('-', "_"));
+        (musl, vec![(compiler, "musl-gcc".into())])
+    } else {
+        let flags = "-C target-feature=+crt-static".to_string();
+        (
+            format!("{arch}-unknown-linux-gnu"),
+            vec![("RUSTFLAGS".into(), flags)],
+        )
+    }
+}
+
+/// The run-migrations binary that goes into test images: built from this
+/// workspace (debug) static, as the deploy builds it, so that it runs in
+/// any image the pods run (a busybox or scratch base has no glibc), and
+/// stripped, so that layering it stays quick.
 pub fn run_migrations_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
         .get_or_init(|| {
-            let built = cargo_build_binary("backend-migrations", "run-migrations");
+            let (triple, env) = static_target();
+            let built = cargo_build(
+                "backend-migrations",
+                "run-migrations",
+                Some((&triple, &env)),
+            );
             let stripped = std::env::temp_dir()
                 .join(format!("run-migrations-stripped-{}", std::process::id()));
             let status = std::process::Command::new("strip")
@@ -485,6 +539,17 @@ pub fn run_migrations_binary() -> PathBuf {
 }
 
 impl ColonyRepo {
+    /// The backend build's network (`images.backend.network`): the fixture
+    /// builds with `none`; `None` removes the setting.
+    pub fn set_backend_network(&self, network: Option<&str>) {
+        let text = std::fs::read_to_string(self.config()).expect("deploy.toml");
+        let line = "network = \"none\"\n";
+        assert!(text.contains(line), "the fixture's backend network: {text}");
+        let replacement = network.map(|n| format!("network = \"{n}\"\n"));
+        let text = text.replace(line, replacement.as_deref().unwrap_or(""));
+        std::fs::write(self.config(), text).expect("write deploy.toml");
+    }
+
     /// Gives this repo's images their own repository names (`<prefix>-backend`,
     /// `<prefix>-frontend`), so tests sharing a registry do not meet.
     pub fn use_repositories(&self, prefix: &str) {

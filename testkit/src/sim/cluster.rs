@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::image;
+use super::pod::{self, Record};
 use super::state::{now_ms, timestamp, Config, Deployment, Dir, Pod, ReplicaSet, State};
 
 /// Kubernetes' alphabet for generated name suffixes (no vowels, no look-alikes).
@@ -55,13 +55,7 @@ pub fn selector_matches(selector: &str, labels: &BTreeMap<String, String>) -> bo
 
 /// Applies the Deployments and StatefulSets of a rendered manifest; returns
 /// the pods that must start.
-pub fn apply(
-    state: &mut State,
-    config: &Config,
-    dir: &Dir,
-    namespace: &str,
-    documents: &[Value],
-) -> Vec<String> {
+pub fn apply(state: &mut State, namespace: &str, documents: &[Value]) -> Vec<String> {
     let mut started = Vec::new();
     for doc in documents {
         let kind = doc["kind"].as_str().unwrap_or_default();
@@ -102,20 +96,15 @@ pub fn apply(
             }
             None => state.deployments.push(record),
         }
-        started.extend(roll(
-            state, config, dir, namespace, &name, kind, template, replicas,
-        ));
+        started.extend(roll(state, namespace, &name, kind, template, replicas));
     }
     started
 }
 
 /// Makes the ReplicaSet for `template` the newest one (re-using one with the
 /// same hash, as Kubernetes does on a rollback) and gives it its pods.
-#[allow(clippy::too_many_arguments)]
 fn roll(
     state: &mut State,
-    config: &Config,
-    dir: &Dir,
     namespace: &str,
     deployment: &str,
     kind: &str,
@@ -174,8 +163,6 @@ fn roll(
         state.clock += 1;
         let pod = new_pod(
             state.clock,
-            config,
-            dir,
             namespace,
             &rs_name,
             kind,
@@ -192,8 +179,6 @@ fn roll(
 #[allow(clippy::too_many_arguments)]
 fn new_pod(
     clock: u64,
-    config: &Config,
-    dir: &Dir,
     namespace: &str,
     rs_name: &str,
     kind: &str,
@@ -213,26 +198,6 @@ fn new_pod(
         let seed = Sha256::digest(format!("{rs_name}-{clock}-{}", now_ms()).as_bytes());
         format!("{rs_name}-{}", encode(&seed, 5))
     };
-    let image = template["spec"]["containers"][0]["image"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    // The database pod stands for the bed's PostgreSQL: nothing to pull.
-    let (rootfs, image_error) = if database {
-        (None, None)
-    } else if config.faults.image_pull_failure {
-        (
-            None,
-            Some(format!(
-                "failed to pull and unpack image \"{image}\": injected fault: image pull failure"
-            )),
-        )
-    } else {
-        match image::pull(&dir.images_dir(), &image) {
-            Ok(rootfs) => (Some(rootfs), None),
-            Err(e) => (None, Some(e)),
-        }
-    };
     Pod {
         namespace: namespace.to_string(),
         name,
@@ -240,8 +205,6 @@ fn new_pod(
         labels,
         created: now_ms(),
         spec: template["spec"].clone(),
-        image_error,
-        rootfs,
         deleted: false,
         database,
     }
@@ -261,11 +224,11 @@ pub enum PodCondition {
 }
 
 pub fn condition(dir: &Dir, config: &Config, pod: &Pod) -> PodCondition {
-    if let Some(error) = &pod.image_error {
-        return PodCondition::ImagePull(error.clone());
-    }
     if pod.database {
         return PodCondition::Running { ready: true };
+    }
+    if let Some(error) = Record::PullError.read(dir, &pod.name) {
+        return PodCondition::ImagePull(error);
     }
     let faults = &config.faults;
     let delay = if pod.created >= faults.readiness_delay_since_ms {
@@ -273,27 +236,11 @@ pub fn condition(dir: &Dir, config: &Config, pod: &Pod) -> PodCondition {
     } else {
         0
     };
-    let has_init = pod.spec["initContainers"]
-        .as_array()
-        .is_some_and(|a| !a.is_empty());
-    if !has_init {
-        return PodCondition::Running {
-            ready: now_ms() >= pod.created + delay,
-        };
-    }
-    let exit_file = dir.pod_dir(&pod.name).join("init.exit");
-    match std::fs::read_to_string(&exit_file) {
-        Err(_) => PodCondition::Initializing,
-        Ok(code) => match code.trim().parse::<i32>() {
+    match Record::InitExit.read(dir, &pod.name) {
+        None => PodCondition::Initializing,
+        Some(code) => match code.trim().parse::<i32>() {
             Ok(0) => {
-                let finished = std::fs::metadata(&exit_file)
-                    .and_then(|m| m.modified())
-                    .map(|t| {
-                        t.duration_since(std::time::UNIX_EPOCH)
-                            .unwrap_or_default()
-                            .as_millis() as u64
-                    })
-                    .unwrap_or(0);
+                let finished = Record::InitExit.modified_ms(dir, &pod.name).unwrap_or(0);
                 PodCondition::Running {
                     ready: now_ms() >= finished + delay,
                 }
@@ -337,27 +284,25 @@ pub fn progress(state: &mut State, dir: &Dir, config: &Config) {
             {
                 rs.replicas = 0;
             }
+            let mut removed = Vec::new();
             for pod in state
                 .pods
                 .iter_mut()
-                .filter(|p| p.replicaset == old.name && p.namespace == old.namespace)
+                .filter(|p| !p.deleted && p.replicaset == old.name && p.namespace == old.namespace)
             {
                 pod.deleted = true;
+                removed.push((pod.name.clone(), pod::container_names(pod)));
             }
+            config.runtime.remove_pods_detached(&removed);
         }
     }
 }
 
-/// The environment a pod's container sees: its `env`, with every secret
-/// reference to a database URL answered by the bed's database.
+/// The environment a pod's container sees: its `env` (the image's own
+/// variables stay), with every secret reference to a database URL answered
+/// by the bed's database.
 pub fn container_env(config: &Config, container: &Value) -> Vec<(String, String)> {
-    let mut env = vec![
-        (
-            "PATH".to_string(),
-            format!("{}/bin:/usr/local/bin:/usr/bin:/bin", config.venv.display()),
-        ),
-        ("HOME".to_string(), "/tmp".to_string()),
-    ];
+    let mut env = Vec::new();
     for var in container["env"].as_array().into_iter().flatten() {
         let name = var["name"].as_str().unwrap_or_default().to_string();
         if let Some(value) = var["value"].as_str() {
@@ -367,13 +312,6 @@ pub fn container_env(config: &Config, container: &Value) -> Vec<(String, String)
         }
     }
     env
-}
-
-/// The pod's filesystem path for the container's working directory.
-pub fn working_dir(pod: &Pod, container: &Value) -> Option<PathBuf> {
-    let rootfs = pod.rootfs.as_ref()?;
-    let dir = container["workingDir"].as_str().unwrap_or("/");
-    Some(rootfs.join(dir.trim_start_matches('/')))
 }
 
 /// The kubectl JSON of one pod.
@@ -397,6 +335,17 @@ pub fn pod_json(dir: &Dir, config: &Config, pod: &Pod) -> Value {
         })
         .collect();
     let image = containers.first().map(|c| c.1.clone()).unwrap_or_default();
+    // What the kubelet pulled: kubectl's `imageID`, empty until then.
+    let image_ids: BTreeMap<String, String> = Record::ImageIds
+        .read(dir, &pod.name)
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    let image_id = |image: &str| {
+        image_ids
+            .get(image)
+            .map(|id| format!("docker-pullable://{id}"))
+            .unwrap_or_default()
+    };
     let waiting =
         |reason: &str, message: &str| json!({"waiting": {"reason": reason, "message": message}});
     let (phase, init_state, init_last, restarts, main_state, ready) = match &condition {
@@ -450,14 +399,14 @@ pub fn pod_json(dir: &Dir, config: &Config, pod: &Pod) -> Value {
     let init_statuses: Vec<Value> = init_names
         .iter()
         .map(|name| {
-            json!({"name": name, "image": image, "ready": matches!(condition, PodCondition::Running { .. }),
+            json!({"name": name, "image": image, "imageID": image_id(&image), "ready": matches!(condition, PodCondition::Running { .. }),
                    "restartCount": restarts, "state": init_state, "lastState": init_last})
         })
         .collect();
     let container_statuses: Vec<Value> = containers
         .iter()
         .map(|(name, image)| {
-            json!({"name": name, "image": image, "ready": ready, "restartCount": 0, "started": ready, "state": main_state, "lastState": {}})
+            json!({"name": name, "image": image, "imageID": image_id(image), "ready": ready, "restartCount": 0, "started": ready, "state": main_state, "lastState": {}})
         })
         .collect();
     let owner_kind = if pod.database {

@@ -207,7 +207,7 @@ fn apply_and_wait(
     documents: &[Value],
     action: &str,
 ) -> Result<(), String> {
-    let started = dir.update(|state| cluster::apply(state, config, dir, namespace, documents));
+    let started = dir.update(|state| cluster::apply(state, namespace, documents));
     for pod in &started {
         pod::start_detached(dir, pod);
     }

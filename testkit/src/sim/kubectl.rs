@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use super::args::{self, Parsed};
 use super::cluster::{self, PodCondition};
-use super::image::find_in_image;
 use super::state::{Config, Dir, Pod, State};
 
 const VALUE_FLAGS: &[&str] = &[
@@ -372,7 +371,7 @@ fn exec(config: &Config, dir: &Dir, state: &State, parsed: &Parsed, namespace: &
         Ok(pod) => pod,
         Err(e) => return fail(&e),
     };
-    let Some(program) = parsed.command.first().cloned() else {
+    if parsed.command.is_empty() {
         return fail("error: you must specify at least one command for the container");
     };
     if pod.database {
@@ -395,24 +394,11 @@ fn exec(config: &Config, dir: &Dir, state: &State, parsed: &Parsed, namespace: &
             "error: unable to upgrade connection: container not found (\"{container_name}\")"
         ));
     }
-    let rootfs = pod.rootfs.clone().unwrap_or_default();
-    // The image's own file first; Python tools come from the bed's venv.
-    let executable = find_in_image(&rootfs, &program)
-        .or_else(|| Some(config.venv.join("bin").join(&program)).filter(|p| p.is_file()))
-        .map(|p| p.into_os_string())
-        .unwrap_or_else(|| program.clone().into());
-    let status = Command::new(executable)
-        .args(&parsed.command[1..])
-        .current_dir(cluster::working_dir(pod, &container).unwrap_or(rootfs))
-        .env_clear()
-        .envs(cluster::container_env(config, &container))
-        .status();
-    match status {
-        Ok(status) => status.code().unwrap_or(137),
-        Err(e) => fail(&format!(
-            "OCI runtime exec failed: exec failed: unable to start container process: exec: \"{program}\": {e}: unknown"
-        )),
-    }
+    let container_name = container["name"].as_str().unwrap_or_default();
+    let stdin = parsed.flags.contains_key("-i") || parsed.flags.contains_key("--stdin");
+    config
+        .runtime
+        .exec(&pod.name, container_name, &parsed.command, stdin)
 }
 
 /// `pg_dump`/`pg_restore`/`psql` in the database pod: the bed's tools, with

@@ -10,9 +10,9 @@
 pub mod args;
 pub mod cluster;
 pub mod helm;
-pub mod image;
 pub mod kubectl;
 pub mod pod;
+pub mod runtime;
 pub mod state;
 
 use std::path::{Path, PathBuf};
@@ -95,6 +95,14 @@ impl SimCluster {
         &self.state
     }
 
+    /// Removes the cluster's containers from the bed's Docker now (dropping
+    /// the cluster does it too).
+    pub fn remove_containers(&self) {
+        if let Ok(config) = self.state.config() {
+            config.runtime.remove_all();
+        }
+    }
+
     /// Waits until no init container of the cluster is still running.
     pub fn settle(&self) {
         let config = self.state.config().expect("config");
@@ -113,6 +121,12 @@ impl SimCluster {
     }
 }
 
+impl Drop for SimCluster {
+    fn drop(&mut self) {
+        self.remove_containers();
+    }
+}
+
 /// Makes a simulated cluster in `state_dir` on the test bed, with `kubectl`
 /// and `helm` (symlinks to `exe`, the colony-sim binary) in `bin_dir`. Used
 /// by the tests and by `colony-sim init` (the demo).
@@ -128,7 +142,7 @@ pub fn init(
     let config = Config {
         context: context.to_string(),
         database_url: database_url.to_string(),
-        venv: bed.venv.clone(),
+        runtime: runtime::Runtime::new(&bed.docker_host, state_dir),
         pg_bin: bed.pg_bin.clone(),
         real_helm: bed.helm.clone(),
         real_kubectl: bed.kubectl.clone(),

@@ -1,15 +1,17 @@
-//! The kubelet's part: running a pod's init containers on the host, in the
-//! pod's unpacked image, with the real run-migrations, Alembic and database.
+//! The kubelet's part: a pod's image pulled through the bed's Docker, its
+//! init containers run inside that image with the real run-migrations,
+//! Alembic and database, then its main containers started (`runtime.rs`).
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::process::{Command, Stdio};
 
-use super::cluster::{container_env, log_path, working_dir};
-use super::image::find_in_image;
-use super::state::Dir;
+use super::cluster::{container_env, log_path};
+use super::runtime::ContainerSpec;
+use super::state::{Config, Dir, Pod};
 
-/// Starts `pod`'s init containers in a detached process (this same
-/// executable, `pod-run`), so that `helm` returns while the pod starts.
+/// Starts `pod` in a detached process (this same executable, `pod-run`),
+/// so that `helm` returns while the pod starts.
 pub fn start_detached(dir: &Dir, pod: &str) {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().expect("own path");
@@ -23,8 +25,52 @@ pub fn start_detached(dir: &Dir, pod: &str) {
         .spawn();
 }
 
-/// Runs the init containers of `pod` one after the other; their combined
-/// output becomes the container log and the exit status `init.exit`.
+/// What the kubelet recorded of a pod, one file each in its directory,
+/// each written whole (write, then rename) so a reader never sees half.
+pub enum Record {
+    /// Why the image could not be pulled.
+    PullError,
+    /// Each image's digest reference as pulled (kubectl's `imageID`), JSON.
+    ImageIds,
+    /// The init containers' exit code: 0 once the main containers run.
+    InitExit,
+}
+
+impl Record {
+    fn file(&self) -> &'static str {
+        match self {
+            Record::PullError => "pull.error",
+            Record::ImageIds => "image-ids.json",
+            Record::InitExit => "init.exit",
+        }
+    }
+
+    pub fn read(&self, dir: &Dir, pod: &str) -> Option<String> {
+        std::fs::read_to_string(dir.pod_dir(pod).join(self.file())).ok()
+    }
+
+    pub fn modified_ms(&self, dir: &Dir, pod: &str) -> Option<u64> {
+        let modified = std::fs::metadata(dir.pod_dir(pod).join(self.file()))
+            .and_then(|m| m.modified())
+            .ok()?;
+        Some(
+            modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64,
+        )
+    }
+
+    fn write(&self, dir: &Dir, pod: &str, text: &str) -> Result<(), String> {
+        let path = dir.pod_dir(pod).join(self.file());
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, text).map_err(|e| e.to_string())?;
+        std::fs::rename(&partial, &path).map_err(|e| e.to_string())
+    }
+}
+
+/// Pulls the pod's image, runs its init containers one after the other
+/// (each one's output is its log), then starts its main containers.
 pub fn run(dir: &Dir, pod_name: &str) -> Result<(), String> {
     let config = dir.config()?;
     let state = dir.read();
@@ -34,79 +80,80 @@ pub fn run(dir: &Dir, pod_name: &str) -> Result<(), String> {
         .find(|p| p.name == pod_name)
         .ok_or_else(|| format!("no pod {pod_name}"))?
         .clone();
-    let pod_dir = dir.pod_dir(pod_name);
-    std::fs::create_dir_all(&pod_dir).map_err(|e| e.to_string())?;
+    if pod.database {
+        return Ok(()); // the bed's PostgreSQL: nothing to pull or run
+    }
+    std::fs::create_dir_all(dir.pod_dir(pod_name)).map_err(|e| e.to_string())?;
+    let image_ids = match pull_images(&config, &pod) {
+        Ok(ids) => ids,
+        Err(error) => return Record::PullError.write(dir, pod_name, &error),
+    };
+    Record::ImageIds.write(dir, pod_name, &serde_json::to_string(&image_ids).unwrap())?;
     let mut code = 0;
-    for container in pod.spec["initContainers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
-        let name = container["name"].as_str().unwrap_or("init").to_string();
-        let log = File::create(log_path(dir, pod_name, &name)).map_err(|e| e.to_string())?;
-        code = run_container(&config, &pod, &container, log);
+    for container in containers(&pod, "initContainers") {
+        let spec = ContainerSpec::from_spec(&container, container_env(&config, &container));
+        let log = File::create(log_path(dir, pod_name, &spec.name)).map_err(|e| e.to_string())?;
+        code = run_init(&config, &pod, &spec, log);
         if code != 0 {
             break;
         }
     }
-    std::fs::write(pod_dir.join("init.exit.partial"), code.to_string())
-        .map_err(|e| e.to_string())?;
-    std::fs::rename(pod_dir.join("init.exit.partial"), pod_dir.join("init.exit"))
-        .map_err(|e| e.to_string())
+    if code == 0 {
+        code = start_main_containers(dir, &config, &pod);
+    }
+    Record::InitExit.write(dir, pod_name, &code.to_string())
 }
 
-fn run_container(
-    config: &super::state::Config,
-    pod: &super::state::Pod,
-    container: &serde_json::Value,
-    log: File,
-) -> i32 {
+fn run_init(config: &Config, pod: &Pod, spec: &ContainerSpec, log: File) -> i32 {
     use std::io::Write;
-    let mut log_for_messages = log.try_clone().expect("clone log");
     if let Some(code) = config.faults.init_crash_exit_code {
-        let _ = writeln!(
-            log_for_messages,
-            "simulated crash (injected fault): exit {code}"
-        );
+        let mut log = log;
+        let _ = writeln!(log, "simulated crash (injected fault): exit {code}");
         return code;
     }
-    let argv: Vec<String> = container["command"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(container["args"].as_array().into_iter().flatten())
-        .filter_map(|a| a.as_str().map(String::from))
-        .collect();
-    let (Some(program), Some(rootfs), Some(cwd)) = (
-        argv.first(),
-        pod.rootfs.as_ref(),
-        working_dir(pod, container),
-    ) else {
-        let _ = writeln!(log_for_messages, "container has no command or image");
-        return 128;
-    };
-    let Some(executable) = find_in_image(rootfs, program) else {
-        // What runc reports when the image lacks the command.
-        let _ = writeln!(
-            log_for_messages,
-            "exec: \"{program}\": executable file not found in $PATH: unknown"
-        );
-        return 128;
-    };
-    let status = Command::new(executable)
-        .args(&argv[1..])
-        .current_dir(cwd)
-        .env_clear()
-        .envs(container_env(config, container))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("clone log"))
-        .stderr(log)
-        .status();
-    match status {
-        Ok(status) => status.code().unwrap_or(137),
-        Err(e) => {
-            let _ = writeln!(log_for_messages, "failed to start container: {e}");
-            128
+    config.runtime.run_to_end(&pod.name, spec, log)
+}
+
+/// Starts every main container; a container that cannot start leaves its
+/// reason in its log and the pod failed as an init failure would.
+fn start_main_containers(dir: &Dir, config: &Config, pod: &Pod) -> i32 {
+    for container in containers(pod, "containers") {
+        let spec = ContainerSpec::from_spec(&container, container_env(config, &container));
+        if let Err(error) = config.runtime.start(&pod.name, &spec) {
+            let _ = std::fs::write(log_path(dir, &pod.name, &spec.name), error + "\n");
+            return 128;
         }
     }
+    0
+}
+
+/// Pulls each image the pod's containers name (once each), as the kubelet
+/// does before it starts them: image → the digest reference pulled.
+fn pull_images(config: &Config, pod: &Pod) -> Result<BTreeMap<String, String>, String> {
+    let mut ids = BTreeMap::new();
+    for container in containers(pod, "initContainers")
+        .into_iter()
+        .chain(containers(pod, "containers"))
+    {
+        let image = container["image"].as_str().unwrap_or_default().to_string();
+        if ids.contains_key(&image) {
+            continue;
+        }
+        let id = config.runtime.pull(&image)?;
+        ids.insert(image, id);
+    }
+    Ok(ids)
+}
+
+pub fn containers(pod: &Pod, key: &str) -> Vec<serde_json::Value> {
+    pod.spec[key].as_array().cloned().unwrap_or_default()
+}
+
+/// The names of every container of a pod, init containers included.
+pub fn container_names(pod: &Pod) -> Vec<String> {
+    ["initContainers", "containers"]
+        .iter()
+        .flat_map(|key| containers(pod, key))
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect()
 }

@@ -15,8 +15,8 @@ pub struct Config {
     pub context: String,
     /// Every `DATABASE_URL` in the cluster points here (the bed's PostgreSQL).
     pub database_url: String,
-    /// The bed's venv: `alembic` inside pods comes from its `bin/`.
-    pub venv: PathBuf,
+    /// The bed's Docker, where pods run as containers.
+    pub runtime: super::runtime::Runtime,
     /// PostgreSQL client tools (`pg_dump`, `pg_restore`, `psql`) for database pods.
     pub pg_bin: PathBuf,
     /// The real tools, for argument checks and rendering.
@@ -29,8 +29,6 @@ pub struct Config {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Faults {
-    /// New backend/frontend pods fail to pull their image.
-    pub image_pull_failure: bool,
     /// The init container exits with this code instead of running.
     pub init_crash_exit_code: Option<i32>,
     /// Older ReplicaSets keep serving after a rollout.
@@ -111,10 +109,6 @@ pub struct Pod {
     pub labels: BTreeMap<String, String>,
     pub created: u64,
     pub spec: serde_json::Value,
-    /// Why the image could not be pulled, if so.
-    pub image_error: Option<String>,
-    /// The unpacked image, when pulled.
-    pub rootfs: Option<PathBuf>,
     /// Deleted pods stay listed nowhere but keep their logs on disk.
     pub deleted: bool,
     /// Database pods stand in for the bed's PostgreSQL.
@@ -159,10 +153,6 @@ impl Dir {
 
     pub fn pod_dir(&self, pod: &str) -> PathBuf {
         self.root.join("pods").join(pod)
-    }
-
-    pub fn images_dir(&self) -> PathBuf {
-        self.root.join("images")
     }
 
     /// Runs `change` on the state under an exclusive lock and saves it

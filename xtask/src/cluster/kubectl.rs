@@ -156,7 +156,13 @@ pub fn migrations_status_args(env: &Environment, pod: &str) -> Vec<String> {
     backend_exec_args(
         env,
         pod,
-        &["run-migrations", "status", "--json", "--wait-timeout", "5"],
+        &[
+            crate::images::MIGRATIONS_BINARY_IN_IMAGE,
+            "status",
+            "--json",
+            "--wait-timeout",
+            "5",
+        ],
     )
 }
 

@@ -5,14 +5,13 @@
 
 use crate::common::assert_contains;
 use crate::common::stack::{assert_no_mutating_call, Stack};
-use crate::images::{catalog, entries_in_image, images, repo_named, reports, repository};
+use crate::images::{catalog, entries_in_image, has_tags, images, repo_named, reports, repository};
 use testkit::{ColonyRepo, TestBed};
 
-/// uv's guide's Dockerfile for a FastAPI app, on the bed's base image: a
-/// cache mount (never in the image), a bind mount of a context file,
-/// `COPY --chmod`, and a `debug` stage after the `runtime` target.
-fn uv_style_dockerfile() -> String {
-    let base = &TestBed::get().shell_image;
+/// uv's guide's Dockerfile for a FastAPI app, on `base`: a cache mount
+/// (never in the image), a bind mount of a context file, `COPY --chmod`,
+/// and a `debug` stage after the `runtime` target.
+fn uv_style_dockerfile(base: &str) -> String {
     format!(
         "FROM {base} AS build
 WORKDIR /app
@@ -51,8 +50,9 @@ fn write_backend_dockerfile(repo: &ColonyRepo, text: &str) {
 fn a_uv_style_dockerfile_with_cache_and_bind_mounts_builds_and_pushes_its_target_stage() {
     let bed = TestBed::get();
     let repo = repo_named("uvstyle");
-    write_backend_dockerfile(&repo, &uv_style_dockerfile());
-    configure_backend(&repo, "target = \"runtime\"\nnetwork = \"host\"");
+    write_backend_dockerfile(&repo, &uv_style_dockerfile(&bed.shell_image));
+    configure_backend(&repo, "target = \"runtime\"");
+    repo.set_backend_network(Some("host"));
     let run = images(&repo, "push", &bed.registry, &[]);
     let pushed = reports(&run);
     assert_eq!(pushed.len(), 2);
@@ -89,7 +89,7 @@ fn a_failing_run_names_its_step_and_shows_its_output() {
         &repo,
         &format!("FROM {base}\nRUN echo resolving dependencies && echo 'no matching distribution for colony==9' && exit 3\n"),
     );
-    configure_backend(&repo, "network = \"host\"");
+    repo.set_backend_network(Some("host"));
     let run = images(&repo, "push", &bed.registry, &[]);
     assert_eq!(run.code, 1, "{}", run.all());
     assert_contains(&run.stderr, "backend image build failed at #");
@@ -101,9 +101,8 @@ fn a_failing_run_names_its_step_and_shows_its_output() {
     );
     // The frontend may have been pushed by then: said so (and deployed by
     // nothing), or nothing was pushed.
-    let pushed = catalog(&bed.registry);
-    assert!(!pushed.contains(&repository(&repo, "backend")));
-    if pushed.contains(&repository(&repo, "frontend")) {
+    assert!(!has_tags(&bed.registry, &repository(&repo, "backend")));
+    if has_tags(&bed.registry, &repository(&repo, "frontend")) {
         assert_contains(&run.stderr, "pushed before the failure, and not deployed: ");
     } else {
         assert_contains(&run.stderr, "nothing was pushed");
@@ -119,6 +118,7 @@ fn run_steps_on_a_daemon_without_a_bridge_are_refused_before_anything_changes() 
     let repo = repo_named("nobridge");
     let dockerfile = format!("FROM {}\nRUN echo hello\n", bed.shell_image);
     write_backend_dockerfile(&repo, &dockerfile);
+    repo.set_backend_network(None);
     let run = images(&repo, "push", &bed.registry, &[]);
     assert_eq!(run.code, 2, "{}", run.all());
     let fix = "the backend Dockerfile has RUN steps, but the Docker daemon has no bridge network for them: \
@@ -128,6 +128,7 @@ fn run_steps_on_a_daemon_without_a_bridge_are_refused_before_anything_changes() 
 
     let stack = Stack::new(None);
     write_backend_dockerfile(&stack.repo, &dockerfile);
+    stack.repo.set_backend_network(None);
     stack.repo.git(&["commit", "-qam", "a RUN step"]);
     let run = stack.xtask(&["deploy", "colony-dev", "--yes"]);
     assert_eq!(run.code, 2, "{}", run.all());
@@ -141,7 +142,7 @@ fn the_legacy_builder_refuses_buildkit_syntax_before_anything_changes() {
     let bed = TestBed::get();
     let legacy = [("DOCKER_BUILDKIT", "0")];
     let repo = repo_named("legacy");
-    write_backend_dockerfile(&repo, &uv_style_dockerfile());
+    write_backend_dockerfile(&repo, &uv_style_dockerfile(&bed.shell_image));
     let run = images(&repo, "push", &bed.registry, &legacy);
     assert_eq!(run.code, 2, "{}", run.all());
     assert_contains(
@@ -155,7 +156,7 @@ fn the_legacy_builder_refuses_buildkit_syntax_before_anything_changes() {
 
     // The deploy refuses it with the plan's other refusals: no backup, no Helm.
     let stack = Stack::new(None);
-    write_backend_dockerfile(&stack.repo, &uv_style_dockerfile());
+    write_backend_dockerfile(&stack.repo, &uv_style_dockerfile(&bed.shell_image));
     stack.repo.git(&["commit", "-qam", "a BuildKit Dockerfile"]);
     let plan = stack.xtask_with(&["deploy", "colony-dev", "--dry-run"], &legacy);
     assert_contains(
@@ -197,8 +198,11 @@ fn build_secrets_are_refused_before_any_build() {
 #[test]
 fn a_uv_style_backend_deploys_end_to_end() {
     let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
-    write_backend_dockerfile(&stack.repo, &uv_style_dockerfile());
-    configure_backend(&stack.repo, "target = \"runtime\"\nnetwork = \"host\"");
+    // Python with Alembic: the pods run the migrations inside this image.
+    let python = &TestBed::get().python_image;
+    write_backend_dockerfile(&stack.repo, &uv_style_dockerfile(python));
+    configure_backend(&stack.repo, "target = \"runtime\"");
+    stack.repo.set_backend_network(Some("host"));
     stack.repo.git(&["commit", "-qam", "a uv-style backend"]);
     let run = stack.xtask(&["deploy", "colony-dev", "--yes"]);
     assert_eq!(run.code, 0, "{}", run.all());
@@ -238,7 +242,7 @@ COPY app /app/app
             bed.python_image
         ),
     );
-    configure_backend(&repo, "network = \"host\"");
+    repo.set_backend_network(Some("host"));
     let pushed = reports(&images(&repo, "push", &bed.registry, &[]));
     let backend = pushed.iter().find(|r| r["component"] == "backend").unwrap();
     let image = backend["pinned"].as_str().unwrap().to_string();

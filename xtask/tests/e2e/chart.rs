@@ -120,7 +120,7 @@ fn the_init_container_runs_the_migrations_with_the_backend_image() {
     );
     assert_eq!(
         init["command"],
-        serde_yaml_ng::from_str::<Value>("[run-migrations]").unwrap()
+        serde_yaml_ng::from_str::<Value>("[/usr/local/bin/run-migrations]").unwrap()
     );
     let args: Vec<&str> = init["args"]
         .as_sequence()

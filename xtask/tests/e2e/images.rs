@@ -106,6 +106,23 @@ pub(crate) fn manifest(registry: &str, name: &str, tag: &str) -> Option<(String,
     Some((digest, serde_json::from_str(&body).unwrap()))
 }
 
+/// Whether the registry holds a tag of `name`: what a finished push leaves
+/// (an aborted one may leave blobs, which the catalog lists, and no tag).
+pub(crate) fn has_tags(registry: &str, name: &str) -> bool {
+    let mut response = agent()
+        .get(&format!("http://{registry}/v2/{name}/tags/list"))
+        .call()
+        .unwrap();
+    if response.status() == 404 {
+        return false;
+    }
+    let value: Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    value["tags"]
+        .as_array()
+        .is_some_and(|tags| !tags.is_empty())
+}
+
 pub(crate) fn catalog(registry: &str) -> Vec<String> {
     let body = agent()
         .get(&format!("http://{registry}/v2/_catalog"))
@@ -231,11 +248,7 @@ fn a_dockerfile_error_names_the_step_and_stops_the_other_build() {
         format!("FROM {}\nRUN sleep 30\n", bed.shell_image),
     )
     .unwrap();
-    let config = std::fs::read_to_string(repo.config()).unwrap().replace(
-        "[environments.colony-dev.images.backend]\n",
-        "[environments.colony-dev.images.backend]\nnetwork = \"host\"\n",
-    );
-    std::fs::write(repo.config(), config).unwrap();
+    repo.set_backend_network(Some("host"));
     // BuildKit names the step as `docker build --progress=plain` does.
     let run = images(&repo, "push", &bed.registry, &[]);
     assert_eq!(run.code, 1, "{}", run.all());
@@ -260,8 +273,13 @@ fn a_dockerfile_error_names_the_step_and_stops_the_other_build() {
         );
     }
 
-    // The legacy builder names the step in its own words.
-    repo.git(&["checkout", "--", "backend/Dockerfile"]);
+    // The legacy builder names the step in its own words (the fixture's
+    // backend needs BuildKit: a classic Dockerfile instead).
+    std::fs::write(
+        repo.root().join("backend/Dockerfile"),
+        "FROM scratch\nCOPY alembic.ini /app/alembic.ini\n",
+    )
+    .unwrap();
     let legacy = [("DOCKER_BUILDKIT", "0")];
     let run = images(&repo, "push", &bed.registry, &legacy);
     assert_eq!(run.code, 1, "{}", run.all());
@@ -271,13 +289,12 @@ fn a_dockerfile_error_names_the_step_and_stops_the_other_build() {
     );
     // The backend may have been pushed before the frontend failed: said
     // so, or nothing was.
-    let backend = repository(&repo, "backend");
-    if self::catalog(&bed.registry).contains(&backend) {
+    if has_tags(&bed.registry, &repository(&repo, "backend")) {
         assert_contains(&run.stderr, "pushed before the failure, and not deployed: ");
     } else {
         assert_contains(&run.stderr, "nothing was pushed");
     }
-    assert!(!self::catalog(&bed.registry).contains(&repository(&repo, "frontend")));
+    assert!(!has_tags(&bed.registry, &repository(&repo, "frontend")));
 }
 
 #[test]
@@ -490,6 +507,23 @@ fn docker(args: &[&str]) -> std::process::Output {
         .expect("the docker CLI runs")
 }
 
+/// `docker build` with BuildKit: Debian's docker CLI (20.10) has it built
+/// in, without the buildx plugin a newer CLI needs.
+fn buildkit_build(args: &[&str]) {
+    let output = std::process::Command::new("/usr/bin/docker")
+        .arg("build")
+        .args(args)
+        .env("DOCKER_HOST", &TestBed::get().docker_host)
+        .env("DOCKER_BUILDKIT", "1")
+        .output()
+        .expect("the docker CLI runs");
+    assert!(
+        output.status.success(),
+        "docker build {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn docker_ok(args: &[&str]) -> String {
     let output = docker(args);
     assert!(
@@ -524,7 +558,9 @@ fn the_backend_is_one_build_with_the_same_files_as_two_builds() {
     let reference = format!("{}/{}-reference", bed.registry, name);
     let app = format!("{reference}-app:{tag}");
     let backend = repo.root().join("backend");
-    docker_ok(&["build", "-q", "-t", &app, backend.to_str().unwrap()]);
+    // The fixture's Dockerfile needs BuildKit and no network, as the deploy
+    // builds it (deploy.toml: network = "none").
+    buildkit_build(&["--network", "none", "-t", &app, backend.to_str().unwrap()]);
     let layer = tempfile::tempdir().unwrap();
     let runner = layer.path().join("run-migrations");
     std::fs::copy(testkit::run_migrations_binary(), &runner).unwrap();
@@ -535,13 +571,7 @@ fn the_backend_is_one_build_with_the_same_files_as_two_builds() {
     )
     .unwrap();
     let two_builds = format!("{reference}:{tag}");
-    docker_ok(&[
-        "build",
-        "-q",
-        "-t",
-        &two_builds,
-        layer.path().to_str().unwrap(),
-    ]);
+    buildkit_build(&["-t", &two_builds, layer.path().to_str().unwrap()]);
     docker_ok(&["push", "-q", &two_builds]);
     let reference_name = format!("{name}-reference");
     let mut expected = entries_in_image(&bed.registry, &reference_name, &tag);

@@ -13,4 +13,5 @@ mod deploy;
 mod doctor;
 mod dry_run;
 mod images;
+mod pods;
 mod registry_faults;

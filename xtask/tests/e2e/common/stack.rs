@@ -230,10 +230,11 @@ pub fn is_mutating(call: &str) -> bool {
         Some(&"kubectl") => {
             if let Some(position) = words.iter().position(|w| *w == "--") {
                 let command = &words[position + 1..];
-                let read_only = matches!(
-                    command,
-                    ["alembic", "current", ..] | ["run-migrations", "status", ..]
-                );
+                let read_only = match command {
+                    ["alembic", "current", ..] => true,
+                    [runner, "status", ..] => runner.ends_with("run-migrations"),
+                    _ => false,
+                };
                 return !read_only;
             }
             words.iter().any(|w| KUBECTL_WRITES.contains(w))

@@ -85,6 +85,37 @@ struct ImageEntry {
     target: Option<String>,
     /// `docker build --network`: the network of `RUN` steps.
     network: Option<String>,
+    /// `docker build --secret id=ID,env=VAR|src=FILE`: build secrets by id.
+    #[serde(default)]
+    secrets: BTreeMap<String, SecretEntry>,
+}
+
+/// `images.<c>.secrets.ID = { env = "VAR" }` or `{ file = "PATH" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretEntry {
+    env: Option<String>,
+    file: Option<String>,
+}
+
+/// Where a build secret's value comes from; the value itself is read only
+/// by the build's session, never by the plan or the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable of the deploying process.
+    Env(String),
+    /// A file (`~` and relative paths resolved against deploy.toml's directory).
+    File(PathBuf),
+}
+
+impl std::fmt::Display for SecretSource {
+    /// Where, never what.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Env(name) => write!(f, "the environment variable {name}"),
+            SecretSource::File(path) => write!(f, "the file {}", path.display()),
+        }
+    }
 }
 
 /// One environment, resolved and validated.
@@ -173,6 +204,8 @@ pub struct Image {
     /// The network of `RUN` steps (`docker build --network`: `host`,
     /// `none`, a network's name); None: the daemon's default.
     pub network: Option<String>,
+    /// Build secrets by id, for `RUN --mount=type=secret,id=ID`.
+    pub secrets: BTreeMap<String, SecretSource>,
 }
 
 impl Environment {
@@ -257,7 +290,7 @@ fn resolve(
         .file_name()
         .map_or(shown.to_string(), |n| n.to_string_lossy().into_owned());
     let mut problems = problems(&env, &origins(overrides, &file_name));
-    let parsed = parse_settings(&mut env, entry);
+    let parsed = parse_settings(&mut env, entry, home);
     problems.extend(
         parsed
             .into_iter()
@@ -388,7 +421,11 @@ fn origins(overrides: &EnvOverrides, file_name: &str) -> Origins {
 
 /// The file's settings that are parsed (commands, platforms, migrations'
 /// rules, the Helm timeout) into `env`; returns the problems found.
-fn parse_settings(env: &mut Environment, entry: &EnvironmentEntry) -> Vec<String> {
+fn parse_settings(
+    env: &mut Environment,
+    entry: &EnvironmentEntry,
+    home: Option<&Path>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(text) = &entry.alembic_command {
         match parse_command("alembic_command", text) {
@@ -407,6 +444,17 @@ fn parse_settings(env: &mut Environment, entry: &EnvironmentEntry) -> Vec<String
                 Err(problem) => {
                     problems.push(format!("images.{}.platform: {problem}", image.component))
                 }
+            }
+        }
+        for (id, secret) in &entry.secrets {
+            match secret_source(id, secret, &env.root, home) {
+                Ok(source) => {
+                    image.secrets.insert(id.clone(), source);
+                }
+                Err(problem) => problems.push(format!(
+                    "images.{}.secrets.{id}: {problem}",
+                    image.component
+                )),
             }
         }
         for (key, value, slot) in [
@@ -451,6 +499,29 @@ fn image(component: Component, entry: &ImageEntry, registry: &str) -> Image {
         platform: None,
         target: None,
         network: None,
+        secrets: BTreeMap::new(),
+    }
+}
+
+/// One secret's source: exactly one of `env` and `file`, and an id BuildKit
+/// accepts (`RUN --mount=type=secret,id=ID`).
+fn secret_source(
+    id: &str,
+    entry: &SecretEntry,
+    root: &Path,
+    home: Option<&Path>,
+) -> std::result::Result<SecretSource, String> {
+    if build_word(id).is_err() {
+        return Err(format!(
+            "{id:?} is not a secret id (letters, digits, '_', '.', '-')"
+        ));
+    }
+    match (&entry.env, &entry.file) {
+        (Some(name), None) if !name.is_empty() => Ok(SecretSource::Env(name.clone())),
+        (None, Some(path)) if !path.is_empty() => {
+            Ok(SecretSource::File(expand_path(path, root, home)))
+        }
+        _ => Err("give exactly one of env = \"VARIABLE\" or file = \"PATH\"".into()),
     }
 }
 
@@ -831,6 +902,55 @@ registry = "ghcr.io/colony-app"
                 && message.contains("images.backend.network: \"\" is not a stage"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn build_secrets_name_where_each_value_comes_from() {
+        let parse = |secrets: &str| {
+            let text = CONFIG.replace(
+                "build_args = { PYTHON_VERSION = \"3.12\" }",
+                &format!("build_args = {{ PYTHON_VERSION = \"3.12\" }}\nsecrets = {secrets}"),
+            );
+            resolve(
+                &text,
+                Path::new("/repo/deploy.toml"),
+                None,
+                &EnvOverrides::default(),
+                Some(Path::new("/home/dev")),
+            )
+        };
+        let env = parse(
+            "{ pypi_token = { env = \"PYPI_TOKEN\" }, netrc = { file = \"~/.netrc\" }, ca = { file = \"certs/ca.pem\" } }",
+        )
+        .unwrap();
+        let secrets = &env.image(Component::Backend).secrets;
+        assert_eq!(
+            secrets["pypi_token"],
+            SecretSource::Env("PYPI_TOKEN".into())
+        );
+        assert_eq!(
+            secrets["netrc"],
+            SecretSource::File("/home/dev/.netrc".into())
+        );
+        assert_eq!(
+            secrets["ca"],
+            SecretSource::File("/repo/certs/ca.pem".into())
+        );
+        assert_eq!(
+            secrets["pypi_token"].to_string(),
+            "the environment variable PYPI_TOKEN"
+        );
+        let (message, code) = error_of(parse(
+            "{ both = { env = \"A\", file = \"b\" }, none = {}, \"bad id\" = { env = \"C\" } }",
+        ));
+        assert_eq!(code, 2);
+        for expected in [
+            "images.backend.secrets.both: give exactly one of env",
+            "images.backend.secrets.none: give exactly one of env",
+            "images.backend.secrets.bad id: \"bad id\" is not a secret id",
+        ] {
+            assert!(message.contains(expected), "{message}");
+        }
     }
 
     #[test]

@@ -90,9 +90,10 @@ pub fn daemon_has_buildkit(os_type: &str, server_version: &str) -> bool {
 pub struct Needs {
     /// Syntax only BuildKit understands.
     pub buildkit: Vec<String>,
-    /// BuildKit features the tool cannot serve yet (build secrets and SSH
-    /// forwarding need services on the build's session that the Engine
-    /// API client does not offer).
+    /// Build secrets the Dockerfile mounts: (where, the secret's id).
+    pub secrets: Vec<(String, String)>,
+    /// SSH forwarding, which the tool cannot serve yet (the Engine API
+    /// client offers BuildKit no SSH agent service).
     pub unserved: Vec<String>,
     /// It has `RUN` steps (which need a network unless told `none`).
     pub runs: bool,
@@ -129,7 +130,11 @@ pub fn needs(dockerfile: &str) -> Needs {
                     .buildkit
                     .push(format!("line {line}: {keyword} {flag}"));
             }
-            if name == "--mount" && (flag.contains("type=secret") || flag.contains("type=ssh")) {
+            if name == "--mount" && flag.contains("type=secret") {
+                let at = format!("line {line}: {keyword} {flag}");
+                needs.secrets.push((at, secret_id(flag)));
+            }
+            if name == "--mount" && flag.contains("type=ssh") {
                 needs
                     .unserved
                     .push(format!("line {line}: {keyword} {flag}"));
@@ -145,8 +150,28 @@ pub fn needs(dockerfile: &str) -> Needs {
     needs
 }
 
+/// A secret mount's id: `id=`, else the base name of its `target=`, as
+/// BuildKit's Dockerfile frontend defaults it.
+fn secret_id(flag: &str) -> String {
+    let options = flag.split_once('=').map_or("", |(_, rest)| rest);
+    let option = |key: &str| {
+        options
+            .split(',')
+            .find_map(|o| o.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+    };
+    option("id")
+        .or_else(|| {
+            option("target")
+                .or(option("dst"))
+                .and_then(|t| t.rsplit('/').next())
+        })
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Everything that stops one image's build before it starts: the
-/// builder's refusals and the network's.
+/// builder's refusals, the network's and the secrets' (a mount that
+/// deploy.toml does not provide).
 pub fn image_refusals(
     image: &crate::config::Image,
     choice: &Choice,
@@ -155,13 +180,42 @@ pub fn image_refusals(
 ) -> Vec<String> {
     let component = image.component.as_str();
     let mut found = refusals(component, choice, needs);
+    found.extend(
+        needs
+            .secrets
+            .iter()
+            .filter(|(_, id)| !image.secrets.contains_key(id))
+            .map(|(at, id)| {
+                format!(
+                    "the {component} Dockerfile mounts the build secret {id:?} ({at}), which deploy.toml \
+                     does not provide: set images.{component}.secrets.{id} = {{ env = \"VARIABLE\" }} \
+                     (or {{ file = \"PATH\" }})"
+                )
+            }),
+    );
     found.extend(network_refusal(
         component,
         needs,
         image.network.as_deref(),
         daemon,
     ));
+    found.extend(secrets_network_refusal(image));
     found
+}
+
+/// Builds with secrets go through BuildKit's gRPC API, which bollard calls
+/// without entitlements: `network.host` is not granted there, and a named
+/// network is not offered. `none` and the default network are.
+fn secrets_network_refusal(image: &crate::config::Image) -> Option<String> {
+    let network = image.network.as_deref()?;
+    (!image.secrets.is_empty() && !matches!(network, "none" | "default")).then(|| {
+        format!(
+            "images.{0}.network = {network:?} cannot be used with build secrets: BuildKit's session \
+             for secrets is not granted other networks; use network = \"none\" (uv's cache and bind \
+             mounts need none), or the default network",
+            image.component
+        )
+    })
 }
 
 /// Why this Dockerfile cannot be built with this builder (empty: it can).
@@ -178,8 +232,8 @@ pub fn refusals(component: &str, choice: &Choice, needs: &Needs) -> Vec<String> 
     }
     if choice.builder == Builder::BuildKit && !needs.unserved.is_empty() {
         refusals.push(format!(
-            "the {component} Dockerfile mounts build secrets or SSH ({}), which this tool cannot pass to \
-             BuildKit yet; build that image with `docker build` and deploy with --skip-build",
+            "the {component} Dockerfile forwards SSH ({}), which this tool cannot pass to BuildKit yet; \
+             build that image with `docker build --ssh` and deploy with --skip-build",
             needs.unserved.join("; ")
         ));
     }
@@ -365,7 +419,7 @@ COPY --chmod=0755 entrypoint.sh /entrypoint.sh
     }
 
     #[test]
-    fn the_legacy_builder_refuses_buildkit_syntax_and_buildkit_refuses_secrets() {
+    fn the_legacy_builder_refuses_buildkit_syntax_and_buildkit_refuses_ssh() {
         let legacy = choose(Some("0"), None);
         let refused = refusals("backend", &legacy, &needs(UV_STYLE));
         assert_eq!(refused.len(), 1);
@@ -375,11 +429,25 @@ COPY --chmod=0755 entrypoint.sh /entrypoint.sh
             refused[0].contains("but the build would use the legacy builder (DOCKER_BUILDKIT=0)")
         );
         assert!(refusals("backend", &choose(None, None), &needs(UV_STYLE)).is_empty());
-        let secret = needs("FROM x\nRUN --mount=type=secret,id=pypi_token uv sync\n");
-        let refused = refusals("backend", &choose(None, None), &secret);
+        let ssh = needs("FROM x\nRUN --mount=type=ssh git clone git@host:x\n");
+        let refused = refusals("backend", &choose(None, None), &ssh);
         assert!(
-            refused[0].contains("line 2: RUN --mount=type=secret,id=pypi_token"),
+            refused[0].contains("forwards SSH (line 2: RUN --mount=type=ssh)"),
             "{refused:?}"
         );
+    }
+
+    #[test]
+    fn secret_mounts_are_read_by_id_or_target() {
+        let found = needs(
+            "FROM x\nRUN --mount=type=secret,id=pypi_token,env=TOKEN uv sync\n\
+             RUN --mount=type=secret,target=/run/secrets/netrc cat /run/secrets/netrc\n",
+        );
+        let ids: Vec<&str> = found.secrets.iter().map(|(_, id)| id.as_str()).collect();
+        assert_eq!(ids, ["pypi_token", "netrc"]);
+        assert!(found.unserved.is_empty());
+        assert!(found.secrets[0]
+            .0
+            .starts_with("line 2: RUN --mount=type=secret"));
     }
 }

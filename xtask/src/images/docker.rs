@@ -313,6 +313,67 @@ pub async fn build(
     image_id.ok_or_else(|| log.failure("the daemon ended the build without an image id"))
 }
 
+/// A BuildKit build whose Dockerfile mounts build secrets
+/// (`RUN --mount=type=secret`). The `/build` endpoint's session, which
+/// `build` uses, offers BuildKit no secrets service; the daemon's BuildKit
+/// gRPC API (bollard's Moby driver) does: the session serves each secret's
+/// bytes when a `RUN` mounts it, so they reach no layer, no log and no
+/// image config. That API takes the context whole (held in memory) and
+/// reports no step progress, so only images with secrets are built so.
+pub async fn build_with_secrets(
+    docker: &Docker,
+    request: &BuildRequest<'_>,
+    context: Bytes,
+    secrets: &std::collections::BTreeMap<String, crate::config::SecretSource>,
+) -> Result<(), BuildFailure> {
+    use bollard::grpc::build::{
+        ImageBuildFrontendOptions, ImageBuildLoadInput, ImageBuildNetworkMode,
+        SecretSource as Source,
+    };
+    use bollard::grpc::driver::{moby::Moby, Build};
+    let mut options =
+        ImageBuildFrontendOptions::builder().dockerfile(std::path::Path::new(request.dockerfile));
+    if let Some(target) = request.target {
+        options = options.target(target);
+    }
+    for (key, value) in request.build_args {
+        options = options.buildarg(key, value);
+    }
+    match request.network {
+        Some("host") => options = options.force_network_mode(&ImageBuildNetworkMode::Host),
+        Some("none") => options = options.force_network_mode(&ImageBuildNetworkMode::None),
+        _ => {}
+    }
+    for (id, source) in secrets {
+        let source = match source {
+            crate::config::SecretSource::Env(name) => Source::Env(name.clone()),
+            crate::config::SecretSource::File(path) => Source::File(path.clone()),
+        };
+        options = options.set_secret(id, &source);
+    }
+    let (docker, tag, options) = (docker.clone(), request.tag.to_string(), options.build());
+    // The driver's future is not Send: it runs on a thread of its own.
+    let solved = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime
+            .block_on(Moby::new(&docker).docker_build(
+                &tag,
+                options,
+                ImageBuildLoadInput::Upload(context),
+                None,
+                None,
+            ))
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))
+    .and_then(|result| result);
+    // The gRPC status names the failing step; no output lines are kept.
+    solved.map_err(|e| BuildLog::default().failure(&mask_all(&e.to_string())))
+}
+
 /// A session id of this build's own (BuildKit keys its session by it).
 fn session_id(tag: &str) -> String {
     use sha2::{Digest, Sha256};

@@ -27,7 +27,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bollard::Docker;
 use tokio::sync::Semaphore;
 
-use crate::config::{git, Component, Environment, Image};
+use crate::config::{git, Component, Environment, Image, SecretSource};
 use crate::images::context::{Extra, ExtraSource};
 use crate::progress::{Line, Progress};
 use docker::{BuildEvent, BuildRequest};
@@ -216,11 +216,41 @@ pub fn check_dockerfiles(
             )));
         };
         refusals.extend(builder::image_refusals(image, choice, &needs, daemon));
+        refusals.extend(secret_problems(image));
     }
     match refusals.is_empty() {
         true => Ok(()),
         false => Err(crate::error::input_error(refusals.join("\n"))),
     }
+}
+
+/// A build secret that cannot be read now (its variable unset, its file
+/// missing or over BuildKit's 500 KiB): refused before any build. Only
+/// where is said, never the value.
+fn secret_problems(image: &Image) -> Vec<String> {
+    const MAX_BYTES: u64 = 500 * 1024;
+    image
+        .secrets
+        .iter()
+        .filter_map(|(id, source)| {
+            let problem = match source {
+                SecretSource::Env(name) => std::env::var_os(name)
+                    .is_none_or(|v| v.is_empty())
+                    .then(|| format!("{name} is not set (or empty)")),
+                SecretSource::File(path) => match std::fs::metadata(path) {
+                    Err(e) => Some(format!("{} cannot be read: {e}", path.display())),
+                    Ok(m) if m.len() > MAX_BYTES => {
+                        Some(format!("{} is over BuildKit's 500 KiB", path.display()))
+                    }
+                    Ok(_) => None,
+                },
+            }?;
+            Some(format!(
+                "images.{}.secrets.{id}: {problem}; nothing was built",
+                image.component
+            ))
+        })
+        .collect()
 }
 
 /// What `image`'s Dockerfile asks of the builder (`builder::needs`).
@@ -416,6 +446,9 @@ impl ImageTask {
             target: self.image.target.as_deref(),
             network: self.image.network.as_deref(),
         };
+        if !self.image.secrets.is_empty() && self.builder == builder::Builder::BuildKit {
+            return self.build_with_secrets(&request, stream).await;
+        }
         let line = self.line.clone();
         self.line.log(&format!("building {target}"));
         docker::build(&self.docker, &request, stream, |event| match event {
@@ -434,6 +467,31 @@ impl ImageTask {
             )
         })?;
         Ok(())
+    }
+
+    /// The build of an image with secrets (`docker::build_with_secrets`):
+    /// the context is gathered first, then built without step progress.
+    async fn build_with_secrets(
+        &self,
+        request: &BuildRequest<'_>,
+        stream: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>>,
+    ) -> Result<()> {
+        use futures_util::TryStreamExt;
+        let names: Vec<&str> = self.image.secrets.keys().map(String::as_str).collect();
+        self.line.log(&format!(
+            "building {} with the build secrets {} (BuildKit's gRPC session: the context is sent \
+             whole, steps are not shown)",
+            request.tag,
+            names.join(", ")
+        ));
+        let context: Vec<u8> = stream
+            .map_ok(|chunk| chunk.to_vec())
+            .try_concat()
+            .await
+            .context("reading the build context")?;
+        docker::build_with_secrets(&self.docker, request, context.into(), &self.image.secrets)
+            .await
+            .map_err(|failure| anyhow!("{} image build {failure}", self.image.component))
     }
 
     /// Pushes the built tag (and `latest` when asked), tried again after a

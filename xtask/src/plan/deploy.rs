@@ -413,6 +413,18 @@ fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> 
             let keys: Vec<&str> = image.build_args.keys().map(String::as_str).collect();
             items.push(note(format!("           build args: {}", keys.join(", "))));
         }
+        if !image.secrets.is_empty() {
+            // Where each comes from, never its value.
+            let from: Vec<String> = image
+                .secrets
+                .iter()
+                .map(|(id, source)| format!("{id} from {source}"))
+                .collect();
+            items.push(note(format!(
+                "           build secrets: {} (mounted by RUN only, in no layer)",
+                from.join(", ")
+            )));
+        }
         if let (true, Some(runner)) = (image.component == Component::Backend, &spec.runner) {
             items.push(note(format!(
                 "           one build, the Dockerfile with `COPY run-migrations` appended: {}",

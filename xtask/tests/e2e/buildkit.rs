@@ -5,7 +5,10 @@
 
 use crate::common::assert_contains;
 use crate::common::stack::{assert_no_mutating_call, Stack};
-use crate::images::{catalog, entries_in_image, has_tags, images, repo_named, reports, repository};
+use crate::images::{
+    catalog, entries_in_image, has_tags, images, layers_and_config, repo_named, reports, repository,
+};
+use sha2::{Digest, Sha256};
 use testkit::{ColonyRepo, TestBed};
 
 /// uv's guide's Dockerfile for a FastAPI app, on `base`: a cache mount
@@ -173,22 +176,185 @@ fn the_legacy_builder_refuses_buildkit_syntax_before_anything_changes() {
     assert_no_mutating_call(&stack.calls());
 }
 
+/// Build secrets as uv's guide passes a private index token: one from an
+/// environment variable, one from a file, both mounted by a `RUN`; neither
+/// value is in any layer, the image's config, the output or the report.
 #[test]
-fn build_secrets_are_refused_before_any_build() {
+fn build_secrets_reach_run_and_no_layer_or_output() {
     let bed = TestBed::get();
     let repo = repo_named("secret");
-    let base = &bed.shell_image;
+    let token = format!("pypi-s3cr3t-{}", crate::common::unique("token"));
+    // BuildKit's cache keys a RUN by its text, not by its secrets' values:
+    // a step of its own, so an earlier run's layer is not re-used.
+    let nonce = crate::common::unique("run");
+    std::fs::write(
+        repo.root().join(".home-netrc"),
+        "machine index password f1le-s3cr3t\n",
+    )
+    .unwrap();
     write_backend_dockerfile(
         &repo,
         &format!(
-            "FROM {base}\nRUN --mount=type=secret,id=pypi_token cat /run/secrets/pypi_token\n"
+            "FROM {}
+RUN --mount=type=secret,id=pypi_token --mount=type=secret,id=netrc \\
+    cat /run/secrets/pypi_token /run/secrets/netrc | sha256sum | cut -c1-64 > /secrets-sha256 && echo secrets mounted {nonce}
+COPY alembic.ini /app/alembic.ini
+",
+            bed.shell_image
         ),
+    );
+    configure_backend(
+        &repo,
+        "secrets = { pypi_token = { env = \"COLONY_TEST_PYPI_TOKEN\" }, netrc = { file = \".home-netrc\" } }",
+    );
+    repo.set_backend_network(Some("host"));
+    // A build with secrets is not granted the host's network: refused first.
+    let run = images(
+        &repo,
+        "push",
+        &bed.registry,
+        &[("COLONY_TEST_PYPI_TOKEN", &token)],
+    );
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert_contains(
+        &run.stderr,
+        "images.backend.network = \"host\" cannot be used with build secrets",
+    );
+    assert!(!run.stderr.contains("building"), "{}", run.stderr);
+    let text = std::fs::read_to_string(repo.config()).unwrap();
+    std::fs::write(
+        repo.config(),
+        text.replace("network = \"host\"", "network = \"none\""),
+    )
+    .unwrap();
+    let run = images(
+        &repo,
+        "push",
+        &bed.registry,
+        &[("COLONY_TEST_PYPI_TOKEN", &token)],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_contains(&run.stderr, "with the build secrets netrc, pypi_token");
+    let pushed = reports(&run);
+    let backend = pushed.iter().find(|r| r["component"] == "backend").unwrap();
+    let tag = backend["tag"].as_str().unwrap();
+    let name = repository(&repo, "backend");
+    let files = entries_in_image(&bed.registry, &name, tag);
+    assert!(
+        files.iter().any(|(path, _)| path == "secrets-sha256"),
+        "{files:?}"
+    );
+    // The mount point stays, as with `docker build`; nothing in it.
+    assert!(
+        !files
+            .iter()
+            .any(|(path, _)| path.starts_with("run/secrets/") && path != "run/secrets/"),
+        "{files:?}"
+    );
+    let (layers, config) = layers_and_config(&bed.registry, &name, tag);
+    // The RUN saw both values: it hashed them into the image.
+    let seen = layers
+        .iter()
+        .find_map(|layer| file_in_layer(layer, "secrets-sha256"))
+        .unwrap();
+    let both = format!("{token}machine index password f1le-s3cr3t\n");
+    assert_eq!(
+        seen.trim(),
+        format!("{:x}", Sha256::digest(both.as_bytes()))
+    );
+    for bytes in layers.iter().chain([&config]) {
+        for secret in [token.as_bytes(), b"f1le-s3cr3t"] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "a secret is in the image"
+            );
+        }
+    }
+    for text in [&run.stdout, &run.stderr] {
+        assert!(
+            !text.contains(&token) && !text.contains("f1le-s3cr3t"),
+            "{text}"
+        );
+    }
+    // The deploy plan says where each secret comes from, never what it is.
+    let config = std::fs::read_to_string(repo.config()).unwrap();
+    let stack = Stack::new(None);
+    std::fs::copy(
+        repo.root().join("backend/Dockerfile"),
+        stack.repo.root().join("backend/Dockerfile"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo.root().join(".home-netrc"),
+        stack.repo.root().join(".home-netrc"),
+    )
+    .unwrap();
+    let secrets_line = config
+        .lines()
+        .find(|l| l.starts_with("secrets = "))
+        .unwrap();
+    configure_backend(&stack.repo, secrets_line);
+    stack.repo.set_backend_network(Some("none"));
+    for args in [
+        &["deploy", "colony-dev", "--dry-run"][..],
+        &["deploy", "colony-dev", "--dry-run", "--json"],
+    ] {
+        let plan = stack.xtask_with(args, &[("COLONY_TEST_PYPI_TOKEN", &token)]);
+        assert_eq!(plan.code, 0, "{}", plan.all());
+        assert_contains(
+            &plan.stdout,
+            "pypi_token from the environment variable COLONY_TEST_PYPI_TOKEN",
+        );
+        assert!(!plan.all().contains(&token) && !plan.all().contains("f1le-s3cr3t"));
+    }
+}
+
+/// The text of `path` in a layer's tar, if it is there.
+fn file_in_layer(layer: &[u8], path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(layer);
+    let mut entry = archive
+        .entries()
+        .ok()?
+        .flatten()
+        .find(|e| e.path().is_ok_and(|p| p.to_string_lossy() == path))?;
+    let mut text = String::new();
+    entry.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// A secret the Dockerfile mounts but deploy.toml does not give, or one
+/// whose variable is not set: refused before any build, with the fix.
+#[test]
+fn a_missing_build_secret_is_refused_before_any_build() {
+    let bed = TestBed::get();
+    let repo = repo_named("nosecret");
+    write_backend_dockerfile(
+        &repo,
+        &format!(
+            "FROM {}\nRUN --mount=type=secret,id=pypi_token cat /run/secrets/pypi_token\n",
+            bed.shell_image
+        ),
+    );
+    repo.set_backend_network(Some("host"));
+    let run = images(&repo, "build", &bed.registry, &[]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert_contains(
+        &run.stderr,
+        "the backend Dockerfile mounts the build secret \"pypi_token\" (line 2: RUN --mount=type=secret,id=pypi_token), \
+         which deploy.toml does not provide: set images.backend.secrets.pypi_token = { env = \"VARIABLE\" }",
+    );
+    assert!(!run.stderr.contains("building"), "{}", run.stderr);
+
+    configure_backend(
+        &repo,
+        "secrets = { pypi_token = { env = \"COLONY_TEST_UNSET_TOKEN\" } }",
     );
     let run = images(&repo, "build", &bed.registry, &[]);
     assert_eq!(run.code, 2, "{}", run.all());
     assert_contains(
         &run.stderr,
-        "the backend Dockerfile mounts build secrets or SSH (line 2: RUN --mount=type=secret,id=pypi_token)",
+        "images.backend.secrets.pypi_token: COLONY_TEST_UNSET_TOKEN is not set (or empty); nothing was built",
     );
     assert!(!run.stderr.contains("building"), "{}", run.stderr);
 }

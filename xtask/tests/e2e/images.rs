@@ -149,21 +149,48 @@ fn files_in_image(registry: &str, name: &str, tag: &str) -> Vec<String> {
 }
 
 /// Every entry of the image's layers with its mode, as pushed.
-pub(crate) fn entries_in_image(registry: &str, name: &str, tag: &str) -> Vec<(String, u32)> {
+/// A blob of `name`, as the registry serves it.
+pub(crate) fn blob(registry: &str, name: &str, digest: &str) -> Vec<u8> {
+    let mut blob = Vec::new();
+    agent()
+        .get(&format!("http://{registry}/v2/{name}/blobs/{digest}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .as_reader()
+        .read_to_end(&mut blob)
+        .unwrap();
+    blob
+}
+
+/// Every layer of `name:tag`, uncompressed (tar bytes), and its config.
+pub(crate) fn layers_and_config(registry: &str, name: &str, tag: &str) -> (Vec<Vec<u8>>, Vec<u8>) {
     let (_, manifest) = manifest(registry, name, tag).expect("the image is in the registry");
+    let layers = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|layer| {
+            let blob = blob(registry, name, layer["digest"].as_str().unwrap());
+            let mut tar = Vec::new();
+            flate2::read::GzDecoder::new(blob.as_slice())
+                .read_to_end(&mut tar)
+                .unwrap();
+            tar
+        })
+        .collect();
+    let config = blob(
+        registry,
+        name,
+        manifest["config"]["digest"].as_str().unwrap(),
+    );
+    (layers, config)
+}
+
+pub(crate) fn entries_in_image(registry: &str, name: &str, tag: &str) -> Vec<(String, u32)> {
     let mut files = Vec::new();
-    for layer in manifest["layers"].as_array().unwrap() {
-        let digest = layer["digest"].as_str().unwrap();
-        let mut blob = Vec::new();
-        agent()
-            .get(&format!("http://{registry}/v2/{name}/blobs/{digest}"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .as_reader()
-            .read_to_end(&mut blob)
-            .unwrap();
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(blob.as_slice()));
+    for layer in layers_and_config(registry, name, tag).0 {
+        let mut archive = tar::Archive::new(layer.as_slice());
         for entry in archive.entries().unwrap() {
             let entry = entry.unwrap();
             files.push((

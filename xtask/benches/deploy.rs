@@ -122,7 +122,7 @@ fn runbook(stack: &Stack) -> Duration {
     .unwrap();
     let dockerfile = stack.repo.root().join("backend/Dockerfile");
     let mut text = std::fs::read_to_string(&dockerfile).unwrap();
-    if !text.contains("run-migrations") {
+    if !text.contains("COPY run-migrations") {
         text.push_str("COPY run-migrations /usr/local/bin/run-migrations\n");
         std::fs::write(&dockerfile, text).unwrap();
     }
@@ -131,19 +131,29 @@ fn runbook(stack: &Stack) -> Duration {
     let values = stack.values_file().display().to_string();
     let backups = stack.backup_dir().display().to_string();
     let started = Instant::now();
+    // `docker build` as the runbook's CLI runs it today: BuildKit (Debian's
+    // CLI has it without buildx), the fixture's backend needing no network.
     let docker = |args: &[&str]| {
-        let status = Command::new("docker")
+        let status = Command::new("/usr/bin/docker")
             .args(args)
             .current_dir(stack.repo.root())
             .env("DOCKER_HOST", &bed.docker_host)
-            .env("DOCKER_BUILDKIT", "0")
+            .env("DOCKER_BUILDKIT", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .unwrap();
         assert!(status.success(), "docker {args:?}");
     };
-    docker(&["build", "-q", "-t", &backend, "backend"]);
+    docker(&[
+        "build",
+        "-q",
+        "--network",
+        "none",
+        "-t",
+        &backend,
+        "backend",
+    ]);
     docker(&["push", "-q", &backend]);
     docker(&["build", "-q", "-t", &frontend, "frontend"]);
     docker(&["push", "-q", &frontend]);

@@ -65,14 +65,14 @@ fn repo_with_data(prefix: &str, backend_mib: u64, frontend_mib: u64, seed: u64) 
         )
         .unwrap();
     }
+    repo.set_backend_network(Some("host"));
+    let header = "[environments.colony-dev.images.frontend]\n";
     let config = std::fs::read_to_string(repo.config()).unwrap();
-    let config = ["backend", "frontend"]
-        .iter()
-        .fold(config, |text, component| {
-            let header = format!("[environments.colony-dev.images.{component}]\n");
-            text.replace(&header, &format!("{header}network = \"host\"\n"))
-        });
-    std::fs::write(repo.config(), config).unwrap();
+    std::fs::write(
+        repo.config(),
+        config.replace(header, &format!("{header}network = \"host\"\n")),
+    )
+    .unwrap();
     repo.git(&["add", "-A"]);
     repo.git(&["commit", "-q", "-m", "data"]);
     repo

@@ -551,7 +551,7 @@ fn buildkit_build(args: &[&str]) {
     );
 }
 
-fn docker_ok(args: &[&str]) -> String {
+pub(crate) fn docker_ok(args: &[&str]) -> String {
     let output = docker(args);
     assert!(
         output.status.success(),

@@ -7,22 +7,13 @@ use std::time::{Duration, Instant};
 
 use crate::common::assert_contains;
 use crate::common::stack::Stack;
+use crate::images::docker_ok;
 use testkit::registry_proxy::{Fault, RegistryProxy};
 use testkit::TestBed;
 
-/// The docker CLI against the bed's daemon.
+/// The docker CLI against the bed's daemon: its trimmed output.
 fn docker(args: &[&str]) -> String {
-    let output = std::process::Command::new("docker")
-        .args(args)
-        .env("DOCKER_HOST", &TestBed::get().docker_host)
-        .output()
-        .expect("the docker CLI runs");
-    assert!(
-        output.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
+    docker_ok(args).trim().to_string()
 }
 
 /// The names of the live backend pods.

@@ -8,14 +8,105 @@ use serde_json::Value;
 use crate::cluster;
 use crate::cluster::objects::Deployment;
 use crate::cluster::{helm, kubectl};
-use crate::config::Environment;
+
+use crate::config::{Component, Environment};
 use crate::error::input_error;
 use crate::plan;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReleaseState {
     NotInstalled,
-    Installed { status: String, revision: u32 },
+    Installed {
+        status: ReleaseStatus,
+        revision: u32,
+    },
+}
+
+/// A release revision's status, as `helm status` and `helm history` print
+/// it; one Helm may add is kept as its word.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ReleaseStatus {
+    #[default]
+    Unknown,
+    Deployed,
+    Superseded,
+    Failed,
+    Uninstalling,
+    Uninstalled,
+    PendingInstall,
+    PendingUpgrade,
+    PendingRollback,
+    Other(String),
+}
+
+impl ReleaseStatus {
+    const WORDS: [(&'static str, ReleaseStatus); 9] = [
+        ("unknown", ReleaseStatus::Unknown),
+        ("deployed", ReleaseStatus::Deployed),
+        ("superseded", ReleaseStatus::Superseded),
+        ("failed", ReleaseStatus::Failed),
+        ("uninstalling", ReleaseStatus::Uninstalling),
+        ("uninstalled", ReleaseStatus::Uninstalled),
+        ("pending-install", ReleaseStatus::PendingInstall),
+        ("pending-upgrade", ReleaseStatus::PendingUpgrade),
+        ("pending-rollback", ReleaseStatus::PendingRollback),
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ReleaseStatus::Other(word) => word,
+            known => Self::WORDS
+                .iter()
+                .find(|(_, status)| status == known)
+                .map_or("unknown", |(word, _)| word),
+        }
+    }
+
+    /// An install, upgrade or rollback that has not ended: Helm refuses
+    /// every other operation on the release meanwhile.
+    pub fn is_pending(&self) -> bool {
+        matches!(
+            self,
+            ReleaseStatus::PendingInstall
+                | ReleaseStatus::PendingUpgrade
+                | ReleaseStatus::PendingRollback
+        )
+    }
+
+    /// It once ran successfully (a `failed` or pending revision never did).
+    pub fn was_good(&self) -> bool {
+        matches!(self, ReleaseStatus::Deployed | ReleaseStatus::Superseded)
+    }
+}
+
+impl From<&str> for ReleaseStatus {
+    fn from(word: &str) -> Self {
+        Self::WORDS
+            .iter()
+            .find(|(known, _)| *known == word)
+            .map_or_else(
+                || ReleaseStatus::Other(word.to_string()),
+                |(_, s)| s.clone(),
+            )
+    }
+}
+
+impl std::fmt::Display for ReleaseStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl Serialize for ReleaseStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ReleaseStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(String::deserialize(deserializer)?.as_str().into())
+    }
 }
 
 /// `helm status`: not installed, or its status and revision.
@@ -48,18 +139,10 @@ struct HelmStatus {
     version: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct HelmStatusInfo {
-    status: String,
-}
-
-impl Default for HelmStatusInfo {
-    fn default() -> Self {
-        HelmStatusInfo {
-            status: "unknown".into(),
-        }
-    }
+    status: ReleaseStatus,
 }
 
 /// A row of `helm history -o json`.
@@ -67,7 +150,7 @@ impl Default for HelmStatusInfo {
 #[serde(default)]
 pub struct HistoryEntry {
     pub revision: u32,
-    pub status: String,
+    pub status: ReleaseStatus,
     pub updated: String,
     pub description: String,
     /// `colony-0.1.0`, as Helm names the chart and its version.
@@ -78,7 +161,7 @@ impl HistoryEntry {
     /// A revision the app can return to: it once ran successfully. A
     /// `failed` or `pending-*` revision never did.
     pub fn was_good(&self) -> bool {
-        matches!(self.status.as_str(), "deployed" | "superseded")
+        self.status.was_good()
     }
 }
 
@@ -105,10 +188,10 @@ impl Record {
         !self.alembic_head.is_empty()
     }
 
-    pub fn image(&self, component: &str) -> &str {
+    pub fn image(&self, component: Component) -> &str {
         match component {
-            "backend" => &self.backend_image,
-            _ => &self.frontend_image,
+            Component::Backend => &self.backend_image,
+            Component::Frontend => &self.frontend_image,
         }
     }
 }
@@ -117,7 +200,7 @@ impl Record {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Current {
     pub revision: u32,
-    pub status: String,
+    pub status: ReleaseStatus,
     pub record: Record,
 }
 
@@ -216,7 +299,12 @@ pub fn record_from_values(values: &Value) -> Record {
 
 /// The release's state in a sentence, for messages after an interrupt.
 pub fn describe_state(env: &Environment) -> String {
-    match state(env) {
+    describe(env, &state(env))
+}
+
+/// A read state in words (after an interrupt: what the user finds now).
+pub fn describe(env: &Environment, state: &Result<ReleaseState>) -> String {
+    match state {
         Ok(ReleaseState::Installed { status, revision }) => {
             format!(
                 "release {} is at revision {revision}, {status}",
@@ -247,10 +335,14 @@ pub fn check_context(env: &Environment) -> Result<()> {
 
 /// A release left `pending-*` blocks every later operation: say exactly
 /// how to get out. Pure.
-pub fn pending_recovery(env: &Environment, status: &str, history: &[HistoryEntry]) -> String {
+pub fn pending_recovery(
+    env: &Environment,
+    status: &ReleaseStatus,
+    history: &[HistoryEntry],
+) -> String {
     let target = history.iter().rev().find(|h| h.was_good());
     let how = match (status, target) {
-        ("pending-install", _) | (_, None) => format!(
+        (ReleaseStatus::PendingInstall, _) | (_, None) => format!(
             "nothing was ever deployed successfully: `helm uninstall {} --namespace {} --kube-context {}`, then deploy again",
             env.release, env.namespace, env.kube_context
         ),
@@ -281,8 +373,8 @@ pub fn check_not_pending(env: &Environment) -> Result<ReleaseState> {
 
 /// A release in `pending-*` refuses every operation: the refusal, with the
 /// way out (it reads the history for the last good revision).
-pub fn refuse_if_pending(env: &Environment, status: &str) -> Result<(), String> {
-    if !status.starts_with("pending-") {
+pub fn refuse_if_pending(env: &Environment, status: &ReleaseStatus) -> Result<(), String> {
+    if !status.is_pending() {
         return Ok(());
     }
     let history = history(env).unwrap_or_default();
@@ -293,6 +385,25 @@ pub fn refuse_if_pending(env: &Environment, status: &str) -> Result<(), String> 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn release_statuses_read_and_print_as_helm_words() {
+        let entry: HistoryEntry =
+            serde_json::from_value(json!({"revision": 3, "status": "pending-upgrade"})).unwrap();
+        assert_eq!(entry.status, ReleaseStatus::PendingUpgrade);
+        assert!(entry.status.is_pending() && !entry.was_good());
+        assert_eq!(
+            serde_json::to_value(&entry.status).unwrap(),
+            "pending-upgrade"
+        );
+        // A word a later Helm may add is kept, and is neither pending nor good.
+        let later = ReleaseStatus::from("pending-rollout");
+        assert_eq!(later, ReleaseStatus::Other("pending-rollout".into()));
+        assert!(!later.is_pending() && !later.was_good());
+        assert_eq!(format!("[{:<10}]", ReleaseStatus::Deployed), "[deployed  ]");
+        let missing: HistoryEntry = serde_json::from_value(json!({"revision": 1})).unwrap();
+        assert_eq!(missing.status.as_str(), "unknown");
+    }
 
     fn entry(revision: u32, status: &str) -> HistoryEntry {
         HistoryEntry {
@@ -310,14 +421,18 @@ mod tests {
             entry(2, "deployed"),
             entry(3, "pending-upgrade"),
         ];
-        let message = pending_recovery(&env, "pending-upgrade", &history);
+        let message = pending_recovery(&env, &ReleaseStatus::PendingUpgrade, &history);
         assert!(message.contains("is pending-upgrade"), "{message}");
         assert!(
             message
                 .contains("`helm rollback colony 2 --namespace colony-dev --kube-context homelab`"),
             "{message}"
         );
-        let first = pending_recovery(&env, "pending-install", &[entry(1, "pending-install")]);
+        let first = pending_recovery(
+            &env,
+            &ReleaseStatus::PendingInstall,
+            &[entry(1, "pending-install")],
+        );
         assert!(
             first.contains("helm uninstall colony --namespace colony-dev --kube-context homelab"),
             "{first}"

@@ -22,7 +22,7 @@ use crate::error::{input_error, with_causes};
 use crate::images::registry::{self, RegistryClient};
 use crate::images::{self, builder, docker, runner, ImageReport, Mode};
 use crate::plan::deploy::{ClusterFacts, DeployFacts, DeployOptions, DeploySpec, ImageFacts};
-use crate::plan::{self, Plan, StepKind};
+use crate::plan::{self, Plan, StepKind, Verdict};
 use crate::process;
 
 /// The deploy, phase by phase: read, decide, show, confirm, execute, report.
@@ -37,17 +37,18 @@ pub fn run(args: DeployArgs) -> Result<()> {
     }
     let facts = gather_facts(&Shell::new()?, &env, args.migrations_binary.as_deref());
     let (plan, spec) = plan::deploy::decide(&env, &facts, options);
+    // A dry run shows the plan, its missing items included; a run refuses.
     if args.dry_run {
         return plan.show(true, args.json);
     }
-    refuse_if_missing(&env, &plan)?;
+    plan.refuse_if_missing()?;
     let facts_took = started.elapsed();
     // The plan goes where the user reads; with --json, stdout is the summary only.
     plan.show(false, args.json)?;
     confirm_changes(&env, &facts, &plan, args.yes)?;
     let mut summary = execute(&env, &facts, &plan, &spec, &args)?;
     summary.facts_took = facts_took;
-    summary.decision = plan.decision.clone();
+    summary.decision = Some(plan.decision);
     summary.reason = plan.reason.clone();
     report(&env, &summary, args.json)
 }
@@ -65,19 +66,6 @@ fn options(args: &DeployArgs) -> Result<DeployOptions> {
         no_backup: args.no_backup,
         strict_migrations: args.strict_migrations,
     })
-}
-
-/// What the plan lists as missing refuses it, before any change (exit 2).
-fn refuse_if_missing(env: &Environment, plan: &Plan) -> Result<()> {
-    if plan.missing.is_empty() {
-        return Ok(());
-    }
-    Err(input_error(format!(
-        "cannot deploy {}; nothing was changed:\n  - {}\n  `cargo xtask deploy {} --dry-run` shows the whole plan",
-        env.name,
-        plan.missing.join("\n  - "),
-        env.name
-    )))
 }
 
 /// A plan that changes anything is confirmed; a no-op (verify only) is not.
@@ -142,8 +130,13 @@ fn after_interrupt(env: &Environment, error: anyhow::Error) -> anyhow::Error {
     let Some(interrupt) = process::interrupted() else {
         return error;
     };
-    let state = release::describe_state(env);
-    let next = if state.contains("pending-") {
+    let read = release::state(env);
+    let pending = matches!(
+        &read,
+        Ok(release::ReleaseState::Installed { status, .. }) if status.is_pending()
+    );
+    let state = release::describe(env, &read);
+    let next = if pending {
         "the release is still pending: `cargo xtask status` says how to recover".to_string()
     } else {
         format!("deploy again when ready: `cargo xtask deploy {}`", env.name)
@@ -394,7 +387,8 @@ struct Execution<'a> {
 /// What the steps so far produced.
 #[derive(Default)]
 struct Summary {
-    decision: String,
+    /// None until the plan's verdict is copied in.
+    decision: Option<Verdict>,
     reason: String,
     facts_took: Duration,
     steps: Vec<TimedStep>,
@@ -670,7 +664,7 @@ impl Summary {
             out.push_str(&verify::render(env, facts, checks));
         }
         let total: Duration = self.facts_took + self.steps.iter().map(|s| s.took).sum::<Duration>();
-        if self.decision == "nothing to deploy" {
+        if self.decision == Some(Verdict::NothingToDeploy) {
             out.push_str(&format!(
                 "\nNothing to deploy to {}: {}\n",
                 env.name, self.reason

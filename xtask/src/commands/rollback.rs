@@ -34,7 +34,10 @@ pub fn run(args: RollbackArgs) -> Result<()> {
     }
     let facts = gather_facts(&env)?;
     let (plan, spec) = match plan::rollback::decide(&env, &facts, &request) {
-        Decision::Refuse(why) => return Err(input_error(why)),
+        // As deploy: a dry run shows the plan with why it cannot run; a
+        // run refuses (exit 2) before any change.
+        Decision::Refuse(plan) if args.dry_run => return plan.show(true, args.json),
+        Decision::Refuse(plan) => return plan.refuse_if_missing(),
         Decision::NothingToDo(why) => {
             println!("{}: {why}", env.name);
             return Ok(());

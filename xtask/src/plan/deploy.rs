@@ -10,13 +10,13 @@ use crate::alembic::preview::{self, Preview, Range};
 use crate::alembic::versions::{self, VersionsError};
 use crate::cluster::helm::{self, DeployRecord, HelmVersion, PinnedImage};
 use crate::cluster::kubectl;
-use crate::cluster::release::Current;
+use crate::cluster::release::{Current, ReleaseStatus};
 use crate::config::git::Commit;
 use crate::config::{Component, Environment};
 use crate::images::builder::Builder;
 use crate::images::runner::RunnerPlan;
 
-use super::{note, run, verify_step, Plan, Step, StepKind};
+use super::{note, run, verify_step, Plan, Step, StepKind, Verdict};
 
 /// What was learned before planning, all read-only: the checkout, the
 /// registry, the release and the database.
@@ -126,7 +126,7 @@ pub fn decide(
             // Verify what runs: the running revision's recorded head.
             spec.verify_head = recorded_head.clone();
             (
-                "nothing to deploy",
+                Verdict::NothingToDeploy,
                 reason,
                 vec![verify_step(env, &Ok(recorded_head))],
             )
@@ -140,7 +140,7 @@ pub fn decide(
             steps.push(helm_step(env, &spec));
             steps.push(rollout_step(env));
             steps.push(verify_step(env, &head));
-            ("deploy", why_backup, steps)
+            (Verdict::Deploy, why_backup, steps)
         }
     };
     let plan = Plan {
@@ -148,7 +148,7 @@ pub fn decide(
         environment: env.name.clone(),
         facts: fact_lines(env, facts, &head),
         missing,
-        decision: decision.into(),
+        decision,
         reason,
         schema,
         migrations: Some(facts.migrations.clone()),
@@ -241,7 +241,7 @@ pub fn nothing_to_deploy(
         return None;
     }
     let release = facts.cluster.as_ref().ok()?.release.as_ref()?;
-    if release.status != "deployed" {
+    if release.status != ReleaseStatus::Deployed {
         return None;
     }
     let record = &release.record;
@@ -255,7 +255,7 @@ pub fn nothing_to_deploy(
             .as_ref()
             .ok()?
             .as_ref()?;
-        if record.image(image.component.as_str()) != format!("{}@{digest}", image.reference) {
+        if record.image(image.component) != format!("{}@{digest}", image.reference) {
             return None;
         }
     }
@@ -812,7 +812,7 @@ mod tests {
     fn the_same_digests_chart_and_values_are_nothing_to_deploy_unless_forced() {
         let facts = facts(at("0002_activity_and_comments"));
         let plan = planned(&facts, DeployOptions::default());
-        assert_eq!(plan.decision, "nothing to deploy");
+        assert_eq!(plan.decision, Verdict::NothingToDeploy);
         assert_eq!(names(&plan), ["verify"]);
         let forced = planned(
             &facts,
@@ -848,7 +848,7 @@ mod tests {
             ("a release installed by hand", unrecorded),
         ] {
             let plan = planned(&facts, DeployOptions::default());
-            assert_eq!(plan.decision, "deploy", "{why}");
+            assert_eq!(plan.decision, Verdict::Deploy, "{why}");
             assert!(
                 names(&plan).contains(&"backup"),
                 "{why}: an upgrade backs up"
@@ -948,7 +948,7 @@ mod tests {
         facts.cluster = Err("the current kube context is \"prod\"".into());
         let plan = planned(&facts, DeployOptions::default());
         assert_eq!(plan.missing, ["the current kube context is \"prod\""]);
-        assert_eq!(plan.decision, "deploy");
+        assert_eq!(plan.decision, Verdict::Deploy);
         let text = plan.render(true);
         assert!(
             text.contains("release      unknown (see Missing)"),

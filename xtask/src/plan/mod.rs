@@ -26,8 +26,7 @@ pub struct Plan {
     pub facts: Vec<(&'static str, String)>,
     /// What stops the plan from running (a refusal, exit 2).
     pub missing: Vec<String>,
-    /// `deploy`, `nothing to deploy`, `rollback`, `nothing to do`.
-    pub decision: String,
+    pub decision: Verdict,
     /// Why, in a sentence.
     pub reason: String,
     /// What happens to the database schema, line by line.
@@ -36,6 +35,31 @@ pub struct Plan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migrations: Option<Preview>,
     pub steps: Vec<Step>,
+}
+
+/// What a plan decided; in `--json` as the words the text shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Verdict {
+    #[serde(rename = "deploy")]
+    Deploy,
+    #[serde(rename = "nothing to deploy")]
+    NothingToDeploy,
+    #[serde(rename = "rollback")]
+    Rollback,
+    /// A plan that cannot run: `missing` says why.
+    #[serde(rename = "refused")]
+    Refused,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Deploy => "deploy",
+            Verdict::NothingToDeploy => "nothing to deploy",
+            Verdict::Rollback => "rollback",
+            Verdict::Refused => "refused",
+        })
+    }
 }
 
 fn facts_as_map<S: serde::Serializer>(
@@ -201,6 +225,43 @@ impl Plan {
 
     /// Shows the plan: `--dry-run` prints it (JSON with `--json`) on stdout;
     /// a real run prints it before asking, on stderr when stdout is JSON.
+    /// A plan that cannot run, with what is known and why: shown and
+    /// printed as any plan, so every command refuses the same way.
+    pub fn refused(
+        command: &'static str,
+        environment: &str,
+        facts: Vec<(&'static str, String)>,
+        why: Vec<String>,
+    ) -> Plan {
+        Plan {
+            command,
+            environment: environment.to_string(),
+            facts,
+            reason: format!("{} problem(s) below", why.len()),
+            missing: why,
+            decision: Verdict::Refused,
+            schema: Vec::new(),
+            migrations: None,
+            steps: Vec::new(),
+        }
+    }
+
+    /// The refusal (exit 2, nothing changed) when anything is missing.
+    pub fn refuse_if_missing(&self) -> anyhow::Result<()> {
+        if self.missing.is_empty() {
+            return Ok(());
+        }
+        let verb = match self.command {
+            "rollback" => "roll back",
+            other => other,
+        };
+        Err(crate::error::input_error(format!(
+            "cannot {verb} {}; nothing was changed:\n  - {}\n  the same command with --dry-run shows the whole plan",
+            self.environment,
+            self.missing.join("\n  - "),
+        )))
+    }
+
     pub fn show(&self, dry_run: bool, json: bool) -> anyhow::Result<()> {
         match (dry_run, json) {
             (true, true) => println!("{}", serde_json::to_string_pretty(self)?),

@@ -10,7 +10,7 @@ use crate::cluster::release::{self, Current, RecordedRevision};
 use crate::cluster::{helm, kubectl};
 use crate::commands::backup;
 use crate::config::{names, Environment};
-use crate::plan::{note, run, Item, Plan, Step, StepKind};
+use crate::plan::{note, run, Item, Plan, Step, StepKind, Verdict};
 
 /// What was read before deciding, all read-only.
 #[derive(Debug, Clone)]
@@ -58,15 +58,52 @@ pub enum Decision {
     Rollback(Box<(Plan, RollbackSpec)>),
     /// The database is at the target already; exit 0, nothing changed.
     NothingToDo(String),
-    /// It cannot finish; exit 2, nothing changed.
-    Refuse(String),
+    /// It cannot finish; exit 2, nothing changed: a plan with what is
+    /// known and why (`missing`), shown as any plan.
+    Refuse(Box<Plan>),
 }
 
 pub fn decide(env: &Environment, facts: &RollbackFacts, request: &Request) -> Decision {
     match plan(env, facts, request) {
         Ok(decision) => decision,
-        Err(why) => Decision::Refuse(why),
+        Err(why) => Decision::Refuse(Box::new(Plan::refused(
+            "rollback",
+            &env.name,
+            refusal_facts(env, facts, request),
+            vec![why],
+        ))),
     }
+}
+
+/// What a refused rollback knew: the cluster, the release, the database
+/// and what was asked.
+fn refusal_facts(
+    env: &Environment,
+    facts: &RollbackFacts,
+    request: &Request,
+) -> Vec<(&'static str, String)> {
+    let asked = match &request.target {
+        Target::To(revision) => revision.clone(),
+        Target::Steps(steps) => format!("{steps} revision(s) down"),
+    };
+    vec![
+        (
+            "cluster",
+            format!(
+                "context {}, namespace {}, release {}",
+                env.kube_context, env.namespace, env.release
+            ),
+        ),
+        (
+            "release",
+            format!(
+                "revision {} ({})",
+                facts.current.revision, facts.current.status
+            ),
+        ),
+        ("database", facts.database.describe()),
+        ("target", asked),
+    ]
 }
 
 /// The phases of the decision: where the database is, where it goes, which
@@ -114,7 +151,7 @@ fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<D
         environment: env.name.clone(),
         facts: fact_lines(env, facts, &spec),
         missing: Vec::new(),
-        decision: "rollback".into(),
+        decision: Verdict::Rollback,
         reason: reason(facts, &spec, app_only),
         schema: dropped
             .iter()
@@ -544,7 +581,7 @@ mod tests {
 
     fn refusal(decision: Decision) -> String {
         match decision {
-            Decision::Refuse(why) => why,
+            Decision::Refuse(plan) => plan.missing.join("\n"),
             other => panic!("expected a refusal, got {other:?}"),
         }
     }

@@ -501,7 +501,7 @@ fn dry_runs_list_exactly_the_steps_that_run() {
 }
 
 #[test]
-fn rollback_to_the_current_revision_is_nothing_to_do() {
+fn rollback_to_the_current_revision_is_nothing_to_do_and_a_refusal_is_a_plan() {
     let stack = Stack::new(None);
     assert_eq!(deploy(&stack).code, 0);
     let calls = stack.calls().len();
@@ -510,6 +510,33 @@ fn rollback_to_the_current_revision_is_nothing_to_do() {
     assert_contains(
         &run.stdout,
         "already at 0002_activity_and_comments; nothing to do",
+    );
+    assert_no_mutating_call(&stack.calls_since(calls));
+    assert_eq!(stack.backups(), 0);
+
+    // A refusal is a plan with its reasons, as deploy's: the dry run shows
+    // it in text and JSON on stdout, a run refuses (exit 2), nothing runs.
+    let asked = ["rollback", "--to", "0001_baseline", "--app-revision", "9"];
+    let with =
+        |extra: &[&'static str]| -> Vec<&str> { asked.iter().chain(extra).copied().collect() };
+    let json = stack.xtask(&with(&["--dry-run", "--json"]));
+    assert_eq!(json.code, 0, "{}", json.all());
+    let plan: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(plan["decision"], "refused", "{plan}");
+    assert_eq!(plan["facts"]["target"], "0001_baseline", "{plan}");
+    let why = plan["missing"][0].as_str().unwrap().to_string();
+    assert!(why.contains('9'), "{why}");
+    let text = stack.xtask(&with(&["--dry-run"]));
+    assert_contains(
+        &text.stdout,
+        "Missing (a real rollback stops here until these are fixed):",
+    );
+    assert_contains(&text.stdout, &format!("  ! {why}"));
+    let run = stack.xtask(&with(&["--yes"]));
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert_contains(
+        &run.stderr,
+        &format!("cannot roll back colony-dev; nothing was changed:\n  - {why}"),
     );
     assert_no_mutating_call(&stack.calls_since(calls));
     assert_eq!(stack.backups(), 0);

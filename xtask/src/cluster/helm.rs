@@ -37,13 +37,50 @@ pub fn detect_version(sh: &Shell) -> Option<HelmVersion> {
 
 /// What the release records about the deploy (shown by `helm get values`
 /// and, through the chart, as annotations on the pods).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct DeployRecord {
     pub git_sha: String,
     pub alembic_head: String,
     pub backup_file: String,
     /// `inputs_hash` of the chart and values files: the no-op check.
     pub inputs_hash: String,
+}
+
+impl DeployRecord {
+    /// The chart's `deployRecord.<key>` values, each beside its field: the
+    /// one list that the deploy writes (`--set-string`) and every reader
+    /// reads back (`helm get values`).
+    fn fields(&mut self) -> [(&'static str, &mut String); 4] {
+        [
+            ("gitSha", &mut self.git_sha),
+            ("alembicHead", &mut self.alembic_head),
+            ("backupFile", &mut self.backup_file),
+            ("inputsHash", &mut self.inputs_hash),
+        ]
+    }
+
+    /// `deployRecord.<key>` and the value, for `--set-string`.
+    pub fn values(&self) -> Vec<(String, String)> {
+        let mut record = self.clone();
+        record
+            .fields()
+            .into_iter()
+            .map(|(key, value)| (format!("deployRecord.{key}"), value.clone()))
+            .collect()
+    }
+
+    /// Read from a release's values; a key that is absent (a release
+    /// installed by hand) or not text reads as empty.
+    pub fn from_values(values: &serde_json::Value) -> DeployRecord {
+        let mut record = DeployRecord::default();
+        for (key, field) in record.fields() {
+            *field = values["deployRecord"][key]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+        }
+        record
+    }
 }
 
 /// One image as the chart receives it.
@@ -53,9 +90,13 @@ pub struct PinnedImage {
     /// `registry/repository`, without tag.
     pub repository: String,
     pub tag: String,
-    /// `sha256:…`; the chart prefers it to the tag.
-    pub digest: String,
+    /// `sha256:…`; the chart prefers it to the tag. None until the image
+    /// is in the registry (a plan shows a placeholder; a run never has None).
+    pub digest: Option<String>,
 }
+
+/// Shown in a plan where a digest will be once the image is pushed.
+pub const DIGEST_PLACEHOLDER: &str = "<digest of the pushed image>";
 
 /// `helm upgrade --install` with the images pinned and the record set.
 /// Helm 4 waits for nothing by default, so the wait strategy is explicit.
@@ -89,7 +130,8 @@ pub fn upgrade_install_args(
         let c = &image.component;
         set(format!("{c}.image.repository"), &image.repository);
         set(format!("{c}.image.tag"), &image.tag);
-        set(format!("{c}.image.digest"), &image.digest);
+        let digest = image.digest.as_deref().unwrap_or(DIGEST_PLACEHOLDER);
+        set(format!("{c}.image.digest"), digest);
     }
     // deploy.toml's alembic_command is the one truth: the init container
     // runs what verify and rollback exec.
@@ -97,10 +139,9 @@ pub fn upgrade_install_args(
         "backend.migrations.alembicCommand".into(),
         &env.alembic_command.join(" "),
     );
-    set("deployRecord.gitSha".into(), &record.git_sha);
-    set("deployRecord.alembicHead".into(), &record.alembic_head);
-    set("deployRecord.backupFile".into(), &record.backup_file);
-    set("deployRecord.inputsHash".into(), &record.inputs_hash);
+    for (key, value) in record.values() {
+        set(key, &value);
+    }
     if helm_major >= 4 {
         args.push("--wait=watcher".into());
     } else {
@@ -186,6 +227,27 @@ fn chart_path(chart: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the deploy writes is what every reader reads: `--set-string`
+    /// keys nest in the release's values as Helm nests dotted keys.
+    #[test]
+    fn the_deploy_record_reads_back_what_was_written() {
+        let written = DeployRecord {
+            git_sha: "0123abcd".into(),
+            alembic_head: "0002_activity_and_comments".into(),
+            backup_file: "/backups/colony.dump".into(),
+            inputs_hash: "sha256:ab".into(),
+        };
+        let mut values = serde_json::json!({});
+        for (key, value) in written.values() {
+            let (table, field) = key.split_once('.').unwrap();
+            values[table][field] = value.into();
+        }
+        assert_eq!(DeployRecord::from_values(&values), written);
+        // A release installed by hand has none: every field empty.
+        let by_hand = DeployRecord::from_values(&serde_json::json!({"backend": {}}));
+        assert_eq!(by_hand, DeployRecord::default());
+    }
 
     #[test]
     fn parses_helm_versions() {

@@ -274,7 +274,6 @@ pub fn record(env: &Environment, revision: u32) -> Result<Record> {
 /// (`null` when nothing, a number where `--set` saw digits), and anything
 /// but a string reads as absent.
 pub fn record_from_values(values: &Value) -> Record {
-    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let image = |component: &str| {
         let image = &values[component]["image"];
         match (
@@ -287,11 +286,12 @@ pub fn record_from_values(values: &Value) -> Record {
             _ => String::new(),
         }
     };
+    let written = helm::DeployRecord::from_values(values);
     Record {
-        git_sha: text(&values["deployRecord"]["gitSha"]),
-        alembic_head: text(&values["deployRecord"]["alembicHead"]),
-        backup_file: text(&values["deployRecord"]["backupFile"]),
-        inputs_hash: text(&values["deployRecord"]["inputsHash"]),
+        git_sha: written.git_sha,
+        alembic_head: written.alembic_head,
+        backup_file: written.backup_file,
+        inputs_hash: written.inputs_hash,
         backend_image: image("backend"),
         frontend_image: image("frontend"),
     }

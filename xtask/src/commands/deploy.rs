@@ -573,11 +573,11 @@ impl Execution<'_> {
                     .iter()
                     .find(|r| r.component == planned.component)
                 {
-                    pinned.digest = report.digest.clone().ok_or_else(|| {
+                    pinned.digest = Some(report.digest.clone().ok_or_else(|| {
                         anyhow!("{} has no digest after the image stage", planned.component)
-                    })?;
+                    })?);
                 }
-                if pinned.digest == plan::deploy::DIGEST_PLACEHOLDER {
+                if pinned.digest.is_none() {
                     bail!(
                         "{} was never pushed, so there is no digest to pin",
                         planned.component

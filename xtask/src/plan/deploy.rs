@@ -108,7 +108,7 @@ const FAILURE_STATES: &str =
     "Init:CrashLoopBackOff, Init:Error, ErrImagePull, ImagePullBackOff, CrashLoopBackOff";
 
 /// Placeholders the executor fills in; the dry run shows them as they are.
-pub const DIGEST_PLACEHOLDER: &str = "<digest of the pushed image>";
+/// Shown in a plan where the backup's path will be once it is taken.
 pub const BACKUP_PLACEHOLDER: &str = "<path printed by the backup>";
 
 /// Decides the deploy. Pure.
@@ -137,7 +137,7 @@ pub fn decide(
             if backup {
                 steps.push(backup_step(env));
             }
-            steps.push(helm_step(env, &spec));
+            steps.push(helm_step(env, &spec, backup));
             steps.push(rollout_step(env));
             steps.push(verify_step(env, &head));
             (Verdict::Deploy, why_backup, steps)
@@ -197,8 +197,7 @@ fn deploy_spec(
             repository: image.reference.clone(),
             tag: tag.clone(),
             digest: image_facts(facts, image.component)
-                .and_then(|f| f.registry_digest.clone().ok().flatten())
-                .unwrap_or_else(|| DIGEST_PLACEHOLDER.into()),
+                .and_then(|f| f.registry_digest.clone().ok().flatten()),
         })
         .collect();
     let cluster = facts.cluster.as_ref().ok();
@@ -213,7 +212,8 @@ fn deploy_spec(
                 .as_ref()
                 .map_or("<no commit>".into(), |c| c.sha.clone()),
             alembic_head: head,
-            backup_file: BACKUP_PLACEHOLDER.into(),
+            // The backup step's path, known once it ran.
+            backup_file: String::new(),
             inputs_hash: facts.inputs_hash.clone().unwrap_or_default(),
         },
         helm_major: facts.helm.as_ref().map_or(4, |h| h.major),
@@ -388,10 +388,10 @@ fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> 
     let mut items = Vec::new();
     for (image, pinned) in env.images.iter().zip(&spec.pinned) {
         let reference = format!("{}:{}", pinned.repository, pinned.tag);
-        if pinned.digest != DIGEST_PLACEHOLDER {
+        if let Some(digest) = &pinned.digest {
             items.push(note(format!(
-                "{:<8} {reference} is in the registry ({}): nothing to build or push",
-                image.component, pinned.digest
+                "{:<8} {reference} is in the registry ({digest}): nothing to build or push",
+                image.component
             )));
             continue;
         }
@@ -470,14 +470,18 @@ fn backup_step(env: &Environment) -> Step {
     }
 }
 
-fn helm_step(env: &Environment, spec: &DeploySpec) -> Step {
+fn helm_step(env: &Environment, spec: &DeploySpec, backup_planned: bool) -> Step {
+    let mut record = spec.record.clone();
+    if backup_planned {
+        record.backup_file = BACKUP_PLACEHOLDER.into();
+    }
     Step {
         kind: StepKind::HelmUpgrade,
         title: "Install or upgrade the release, digests pinned, watching the new pods".into(),
         alongside_previous: false,
         items: vec![
             run(
-                helm::upgrade_install_args(env, &spec.pinned, &spec.record, spec.helm_major),
+                helm::upgrade_install_args(env, &spec.pinned, &record, spec.helm_major),
                 None,
             ),
             note(format!(

@@ -7,16 +7,18 @@ mod cluster;
 mod commands;
 mod config;
 mod confirm;
+mod database;
 mod error;
 mod images;
 mod plan;
 mod process;
 mod progress;
+mod verify;
 
 use clap::Parser;
 
 use cli::{Cli, Command};
-use commands::{backup, build_push, deploy, doctor, migrations, rollback, status, verify};
+use commands::{backup, build_push, deploy, doctor, migrations, rollback, status};
 
 fn main() {
     let cli = Cli::parse();
@@ -25,7 +27,7 @@ fn main() {
         Command::Build(args) => build_push::build(args),
         Command::Push(args) => build_push::push(args),
         Command::Backup(args) => backup::run(args),
-        Command::Verify(args) => verify::run(args),
+        Command::Verify(args) => commands::verify::run(args),
         Command::Rollback(args) => rollback::run(args),
         Command::Migrations(args) => migrations::run(args),
         Command::Status(args) => status::run(args),
@@ -43,6 +45,40 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    /// The layers, lowest first: a file of a layer uses only layers below
+    /// its own (the frame's files, `error`, `process`, `progress`, `cli`, are
+    /// the floor; `commands` the top). A layer's name is its folder.
+    const LAYERS: [&str; 8] = [
+        "config", "images", "cluster", "alembic", "database", "verify", "plan", "commands",
+    ];
+
+    /// Every `crate::<layer>` a layer's files name is below it: an import
+    /// that goes up (a decider using a command, a config type from images)
+    /// fails here with the file and the layer it reached.
+    #[test]
+    fn layers_only_look_down() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        for (rank, layer) in LAYERS.iter().enumerate() {
+            for entry in std::fs::read_dir(src.join(layer)).unwrap() {
+                let path = entry.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                for used in text.split("crate::").skip(1) {
+                    let name: String = used
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if let Some(used_rank) = LAYERS.iter().position(|l| *l == name) {
+                        assert!(
+                            used_rank <= rank && (used_rank < rank || name == *layer),
+                            "{} (layer {layer}) uses crate::{name}, a layer above or beside it",
+                            path.strip_prefix(&src).unwrap().display()
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     /// ARCHITECTURE.md's xtask table lists exactly the files of `xtask/src`.
     #[test]

@@ -24,22 +24,7 @@ const OFF_BY_DEFAULT: &[Rule] = &[
     Rule::BanCharField,
 ];
 
-/// The rules an environment changes, by Squawk's names (validated in config).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RuleChoice {
-    pub disabled: Vec<Rule>,
-    pub enabled: Vec<Rule>,
-}
-
-/// A rule's name as Squawk spells it, checked.
-pub fn parse_rule(name: &str) -> Result<Rule, String> {
-    name.parse::<Rule>().map_err(|_| {
-        format!(
-            "unknown Squawk rule {name:?} (names as in https://squawkhq.com/docs/rules, e.g. \
-             require-concurrent-index-creation)"
-        )
-    })
-}
+pub use crate::config::rules::RuleChoice;
 
 /// One finding: what a statement risks and the safer form.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -193,6 +178,7 @@ fn statement_around(script: &str, at: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::rules::parse_rule;
 
     fn rules_of(findings: &[Finding]) -> Vec<(&str, &str)> {
         findings

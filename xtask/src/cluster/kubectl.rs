@@ -157,7 +157,7 @@ pub fn migrations_status_args(env: &Environment, pod: &str) -> Vec<String> {
         env,
         pod,
         &[
-            crate::images::MIGRATIONS_BINARY_IN_IMAGE,
+            crate::config::MIGRATIONS_BINARY_IN_IMAGE,
             "status",
             "--json",
             "--wait-timeout",

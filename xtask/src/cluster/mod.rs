@@ -35,14 +35,14 @@ pub fn json<T: DeserializeOwned>(argv: &[String]) -> Result<T> {
     if output.code != 0 {
         return Err(anyhow!(
             "`{}` failed: {}",
-            crate::plan::display_argv(argv),
+            crate::process::display_argv(argv),
             output.stderr.trim()
         ));
     }
     serde_json::from_str(&output.stdout).with_context(|| {
         format!(
             "cannot read what `{}` printed",
-            crate::plan::display_argv(argv)
+            crate::process::display_argv(argv)
         )
     })
 }

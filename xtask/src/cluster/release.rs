@@ -11,7 +11,6 @@ use crate::cluster::{helm, kubectl};
 
 use crate::config::{Component, Environment};
 use crate::error::input_error;
-use crate::plan;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReleaseState {
@@ -119,12 +118,16 @@ pub fn state(env: &Environment) -> Result<ReleaseState> {
         }
         bail!(
             "`{}` failed: {}",
-            plan::display_argv(&argv),
+            crate::process::display_argv(&argv),
             output.stderr.trim()
         );
     }
-    let status: HelmStatus = serde_json::from_str(&output.stdout)
-        .with_context(|| format!("cannot read what `{}` printed", plan::display_argv(&argv)))?;
+    let status: HelmStatus = serde_json::from_str(&output.stdout).with_context(|| {
+        format!(
+            "cannot read what `{}` printed",
+            crate::process::display_argv(&argv)
+        )
+    })?;
     Ok(ReleaseState::Installed {
         status: status.info.status,
         revision: status.version,

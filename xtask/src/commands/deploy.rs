@@ -16,14 +16,15 @@ use crate::cli::DeployArgs;
 use crate::cluster::helm::{DeployRecord, PinnedImage};
 use crate::cluster::rollout::{self, Assessment};
 use crate::cluster::{self, helm, kubectl, release, Backend};
-use crate::commands::{backup, verify};
 use crate::config::{self, git, inputs, Component, Environment};
+use crate::database::backup;
 use crate::error::{input_error, with_causes};
 use crate::images::registry::{self, RegistryClient};
 use crate::images::{self, builder, docker, runner, ImageReport, Mode};
 use crate::plan::deploy::{ClusterFacts, DeployFacts, DeployOptions, DeploySpec, ImageFacts};
 use crate::plan::{self, Plan, StepKind, Verdict};
 use crate::process;
+use crate::verify;
 
 /// The deploy, phase by phase: read, decide, show, confirm, execute, report.
 /// Every refusal comes before `execute`, the first change.
@@ -752,7 +753,7 @@ async fn run_helm_watching_rollout(
             .map(|b| b.newest_revision())
             .unwrap_or(0)
     };
-    eprintln!("$ {}", plan::echo_argv(argv, verbose));
+    eprintln!("$ {}", crate::process::echo_argv(argv, verbose));
     let running = process::spawn(argv)?;
     let stopper = running.share();
     let helm = tokio::task::spawn_blocking(move || {

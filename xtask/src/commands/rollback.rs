@@ -15,11 +15,12 @@ use crate::cli::RollbackArgs;
 use crate::cluster::release::{self, ReleaseState};
 use crate::cluster::rollout::{self, Assessment};
 use crate::cluster::{self, helm, Backend};
-use crate::commands::{backup, verify};
 use crate::config::{self, Environment};
+use crate::database::backup;
 use crate::error::input_error;
 use crate::plan::rollback::{Decision, Request, RollbackFacts, RollbackSpec, Target};
 use crate::plan::{self, Item, Plan, StepKind};
+use crate::verify;
 
 /// The rollback, phase by phase: check the request, read, decide, show,
 /// confirm, execute, report. Every refusal comes before `execute`.
@@ -265,7 +266,7 @@ fn run_items(step: &plan::Step, what: &str) -> Result<Vec<cluster::Output>> {
     let mut outputs = Vec::new();
     for item in &step.items {
         if let Item::Run { argv, .. } = item {
-            eprintln!("$ {}", plan::display_argv(argv));
+            eprintln!("$ {}", crate::process::display_argv(argv));
             let output = cluster::run(argv)?;
             if output.code != 0 {
                 bail!("{what} failed: {}", output.stderr.trim());
@@ -294,7 +295,7 @@ fn downgrade(step: &plan::Step, spec: &RollbackSpec, done: &Executed) -> Result<
     let [downgrade, current] = argvs.as_slice() else {
         bail!("the downgrade step must hold the downgrade and the check");
     };
-    eprintln!("$ {}", plan::display_argv(downgrade));
+    eprintln!("$ {}", crate::process::display_argv(downgrade));
     let code = cluster::relay(downgrade)?;
     if code != 0 {
         bail!(

@@ -7,6 +7,15 @@
 pub mod git;
 pub mod inputs;
 pub mod names;
+pub mod platform;
+pub mod rules;
+
+pub use platform::Platform;
+
+/// Where the tool puts the runner in the backend image, and so where the
+/// chart's init container and every exec of it find it.
+pub const MIGRATIONS_BINARY_IN_IMAGE: &str = "/usr/local/bin/run-migrations";
+pub use rules::RuleChoice;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,10 +24,8 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::alembic::lint::{self, RuleChoice};
 use crate::cli::EnvOverrides;
 use crate::error::input_error;
-use crate::images::runner::Platform;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -645,7 +652,7 @@ fn migration_settings(
         names
             .iter()
             .filter_map(|name| {
-                lint::parse_rule(name)
+                rules::parse_rule(name)
                     .map_err(|p| problems.push(format!("migrations.{key}: {p}")))
                     .ok()
             })

@@ -35,8 +35,7 @@ use machine_lock::ImageLock;
 use registry::{Credential, RegistryClient};
 use runner::RunnerPlan;
 
-/// Where the init container finds the runner in the backend image.
-pub const MIGRATIONS_BINARY_IN_IMAGE: &str = "/usr/local/bin/run-migrations";
+pub use crate::config::MIGRATIONS_BINARY_IN_IMAGE;
 
 /// The names the backend's build context gets for what the tool adds: the
 /// user's Dockerfile with one `COPY` appended, and the runner.

@@ -67,7 +67,7 @@ pub struct ClusterFacts {
     pub database: DatabaseRevision,
     /// What verify reads, read once with the facts (the database's revision
     /// comes from its `alembic current`): a no-op verifies with it.
-    pub observed: Option<crate::commands::verify::Facts>,
+    pub observed: Option<crate::verify::Facts>,
     /// An in-chart database pod of this release exists (matters before a
     /// first install: there may be data to back up).
     pub database_pod_exists: bool,
@@ -464,7 +464,7 @@ fn backup_step(env: &Environment) -> Step {
         title: "Back up the database (alongside the images; must succeed before Helm)".into(),
         alongside_previous: true,
         items: vec![run(
-            crate::commands::backup::script_args(env),
+            crate::database::backup::script_args(env),
             Some("last line: the backup file's path"),
         )],
     }
@@ -706,7 +706,7 @@ fn checkout_problems(
     if !facts.backup_script_exists {
         problems.push(format!(
             "{} does not exist",
-            crate::commands::backup::SCRIPT
+            crate::database::backup::SCRIPT
         ));
     }
     if facts.helm.is_none() {

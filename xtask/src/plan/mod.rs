@@ -205,7 +205,11 @@ impl Plan {
             for item in &step.items {
                 match item {
                     Item::Run { argv, expect } => {
-                        let _ = writeln!(out, "   $ {}", display_argv_wrapped(argv, "       "));
+                        let _ = writeln!(
+                            out,
+                            "   $ {}",
+                            crate::process::display_argv_wrapped(argv, "       ")
+                        );
                         if let Some(expect) = expect {
                             let _ = writeln!(out, "     expect: {expect}");
                         }
@@ -288,86 +292,5 @@ impl Plan {
             }
         }
         groups
-    }
-}
-
-/// An argv as a shell would need it typed: plain words as they are, the
-/// rest in single quotes. Display only; processes get the argv itself.
-pub fn display_argv(argv: &[String]) -> String {
-    let shown = argv
-        .iter()
-        .map(|arg| shell_quote(arg))
-        .collect::<Vec<_>>()
-        .join(" ");
-    backend_migrations::redact::mask_all(&shown)
-}
-
-/// A command as echoed while it runs: whole with `verbose`, else up to its
-/// first values option, then how much was left out (`--dry-run` and `-v`
-/// show it all).
-pub fn echo_argv(argv: &[String], verbose: bool) -> String {
-    let whole = display_argv(argv);
-    if verbose || whole.len() <= 120 {
-        return whole;
-    }
-    let cut = argv
-        .iter()
-        .position(|a| a == "-f" || a.starts_with("--set"))
-        .unwrap_or(argv.len());
-    let shown = display_argv(&argv[..cut]);
-    let pinned = argv.iter().any(|a| a.contains(".image.digest="));
-    format!(
-        "{shown} … ({} more arguments{}; -v shows all)",
-        argv.len() - cut,
-        if pinned { ", digests pinned" } else { "" }
-    )
-}
-
-/// Like `display_argv`, but a long command is continued (` \\`) before
-/// each option, so that every `-f` and `--set-string` reads on its own line.
-fn display_argv_wrapped(argv: &[String], indent: &str) -> String {
-    let one_line = display_argv(argv);
-    if one_line.len() <= 160 {
-        return one_line;
-    }
-    let mut out = String::new();
-    for (i, arg) in argv.iter().enumerate() {
-        if i > 0 {
-            let option_starts = i > 2 && arg.starts_with('-') && !argv[i - 1].starts_with("--set");
-            out.push_str(if option_starts { " \\\n" } else { " " });
-            if option_starts {
-                out.push_str(indent);
-            }
-        }
-        out.push_str(&shell_quote(arg));
-    }
-    out
-}
-
-fn shell_quote(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
-    if plain {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting_is_only_where_needed() {
-        let argv: Vec<String> = ["helm", "--set-string", "a.b=<x y>", "it's", ""]
-            .map(String::from)
-            .to_vec();
-        assert_eq!(
-            display_argv(&argv),
-            r"helm --set-string 'a.b=<x y>' 'it'\''s' ''"
-        );
     }
 }

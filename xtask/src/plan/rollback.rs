@@ -8,8 +8,8 @@ use crate::alembic::database::DatabaseRevision;
 use crate::alembic::versions::{self, VersionsError};
 use crate::cluster::release::{self, Current, RecordedRevision};
 use crate::cluster::{helm, kubectl};
-use crate::commands::backup;
 use crate::config::{names, Environment};
+use crate::database::backup;
 use crate::plan::{note, run, Item, Plan, Step, StepKind, Verdict};
 
 /// What was read before deciding, all read-only.

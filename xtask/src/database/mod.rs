@@ -1,0 +1,4 @@
+//! The database the release runs on, as the deploying machine reaches it:
+//! its backup (through the chart's database pod, by scripts/backup-db.sh).
+
+pub mod backup;

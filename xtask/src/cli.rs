@@ -42,9 +42,9 @@ pub enum Command {
         cargo xtask deploy colony-dev --dry-run --json | jq .steps\n  \
         cargo xtask deploy colony-dev --yes\n  \
         COLONY_REGISTRY=127.0.0.1:5000 cargo xtask deploy colony-dev --dry-run\n\n\
-        --dry-run --json keys: command, environment, facts{…}, missing[], decision (deploy | nothing to deploy), \
+        --dry-run --json keys: schema_version, command, environment, facts{…}, missing[], decision (deploy | nothing to deploy), \
         reason, schema[], steps[] (kind, title, alongside_previous, items[] (type run: argv, expect | type note: text)).\n\
-        --json keys (a run): environment, namespace, release, decision, reason, helm_revision, alembic, backup, \
+        --json keys (a run): schema_version, environment, namespace, release, decision, reason, helm_revision, alembic, backup, \
         stamped, verified, images[], facts_seconds, steps[] (name, seconds, note)."
     )]
     Deploy(DeployArgs),
@@ -71,7 +71,7 @@ pub enum Command {
     /// Back up the environment's database with scripts/backup-db.sh.
     #[command(after_help = "Examples:\n  cargo xtask backup colony-dev\n  \
         cargo xtask backup colony-dev --json | jq -r .path\n\n\
-        --json keys: environment, path, bytes, seconds.")]
+        --json keys: schema_version, environment, path, bytes, seconds.")]
     Backup(EnvArgs),
     /// Check that the newest pods run the expected Alembic head and that their migrations completed.
     #[command(
@@ -98,8 +98,8 @@ pub enum Command {
         cargo xtask rollback --to 0001_baseline --dry-run --json | jq .steps\n  \
         cargo xtask rollback colony-dev --to 0001_baseline --app-revision 1 --yes\n  \
         cargo xtask rollback colony-dev --steps 1 --yes\n\n\
-        --dry-run --json keys: as deploy's plan (decision rollback, schema[]: the revisions dropped).\n\
-        --json keys (a run): environment, from, target, app_revision, helm_revision, backup, verified, \
+        --dry-run --json keys: as deploy's plan (decision rollback, schema[]: the revisions dropped; or decision refused, with missing[]).\n\
+        --json keys (a run): schema_version, environment, from, target, app_revision, helm_revision, backup, verified, \
         steps[] (name, seconds)."
     )]
     Rollback(RollbackArgs),
@@ -123,7 +123,7 @@ pub enum Command {
         after_help = "Examples:\n  cargo xtask migrations colony-dev\n  \
         cargo xtask migrations --from 0001_baseline\n  \
         cargo xtask migrations --from base --strict   # in CI, on every new migration\n\n\
-        --json keys: environment, database, database_source, head, migrations (state: no-migrations | \
+        --json keys: schema_version, environment, database, database_source, head, migrations (state: no-migrations | \
         upgrade | unavailable; from, to, stamp, command[], revisions[] (id, message, sql, no_preview), \
         findings[] (revision, rule, impact, statement, why, safer))."
     )]
@@ -131,7 +131,7 @@ pub enum Command {
     /// Show the release history with each revision's deploy record, the schema revision and the pods.
     #[command(after_help = "Examples:\n  cargo xtask status colony-dev\n  \
         cargo xtask status colony-dev --json | jq .database\n\n\
-        --json keys: environment, namespace, release, installed, history[] (revision, status, updated, \
+        --json keys: schema_version, environment, namespace, release, installed, history[] (revision, status, updated, \
         description, chart, record{git_sha, alembic_head, backup_file, inputs_hash, backend_image, \
         frontend_image}), replicaset, pods[] (name, state), database (state: revision | failed | unknown, \
         with revision/pod, exit_code/error, or why).")]
@@ -139,7 +139,7 @@ pub enum Command {
     /// Check every prerequisite (Docker, registry, kubectl and its context, helm, disk) and say how to fix each.
     #[command(
         after_help = "Examples:\n  cargo xtask doctor\n  cargo xtask doctor colony-dev --json\n\n\
-        --json keys: passed (bool), checks[] (name, level: ok | warn | fail, detail, fix)."
+        --json keys: schema_version, passed (bool), checks[] (name, level: ok | warn | fail, detail, fix)."
     )]
     Doctor(EnvArgs),
 }

@@ -13,6 +13,7 @@ mod images;
 mod plan;
 mod process;
 mod progress;
+mod report;
 mod verify;
 
 use clap::Parser;

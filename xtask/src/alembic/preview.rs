@@ -234,8 +234,14 @@ fn run_offline(
     to: &str,
 ) -> Result<String, String> {
     let argv = offline_command(env, from, to);
-    let output = process::capture_in(&argv, dir, &[("DATABASE_URL", PLACEHOLDER_URL)])
-        .map_err(|e| format!("{e:#}"))?;
+    // Python would write __pycache__ into the checkout's versions directory:
+    // an untracked directory in the backend's build context, so the next
+    // deploy would see a dirty tree and build a new tag for nothing.
+    let vars = [
+        ("DATABASE_URL", PLACEHOLDER_URL),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+    ];
+    let output = process::capture_in(&argv, dir, &vars).map_err(|e| format!("{e:#}"))?;
     if output.code == 0 {
         Ok(output.stdout)
     } else {

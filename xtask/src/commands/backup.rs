@@ -7,20 +7,25 @@ use crate::cli::EnvArgs;
 use crate::config;
 use crate::database::backup::take;
 
+/// `backup --json`: the file, its size and how long it took.
+#[derive(serde::Serialize)]
+struct BackupJson<'a> {
+    environment: &'a str,
+    path: String,
+    bytes: u64,
+    seconds: f64,
+}
+
 pub fn run(args: EnvArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
     let backup = take(&env)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "environment": env.name,
-                "path": backup.path.display().to_string(),
-                "bytes": backup.size,
-                "seconds": backup.took.as_secs_f64(),
-            })
-        );
-        return Ok(());
+        return crate::report::print_json(&BackupJson {
+            environment: &env.name,
+            path: backup.path.display().to_string(),
+            bytes: backup.size,
+            seconds: backup.took.as_secs_f64(),
+        });
     }
     println!(
         "backup of {}: {} ({}, {:.1} s)",

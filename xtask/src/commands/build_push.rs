@@ -41,10 +41,9 @@ fn build_or_push(args: ImageArgs, mode: Mode) -> Result<()> {
     let tags = images::tags(&env)?;
     let reports = runtime.block_on(images::run(&env, &tags, &options, daemon.as_ref()))?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&images::to_json(&reports))?
-        );
+        crate::report::print_json(&images::ImagesJson {
+            images: images::to_json(&reports),
+        })?;
     } else {
         print!("{}", images::render_table(&reports));
     }

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use backend_migrations::revisions::RevisionGraph;
-use serde_json::json;
 use xshell::Shell;
 
 use crate::alembic::database;
@@ -22,7 +21,7 @@ use crate::error::{input_error, with_causes};
 use crate::images::registry::{self, RegistryClient};
 use crate::images::{self, builder, docker, runner, ImageReport, Mode};
 use crate::plan::deploy::{ClusterFacts, DeployFacts, DeployOptions, DeploySpec, ImageFacts};
-use crate::plan::{self, Plan, StepKind, Verdict};
+use crate::plan::{self, Plan, StepJson, StepKind, Verdict};
 use crate::process;
 use crate::verify;
 
@@ -114,7 +113,7 @@ fn execute(
 /// The summary (text, or JSON with `--json`); a failed verify fails the deploy.
 fn report(env: &Environment, summary: &Summary, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary.to_json(env))?);
+        crate::report::print_json(&summary.to_json(env))?;
     } else {
         print!("{}", summary.render(env));
     }
@@ -383,6 +382,26 @@ struct Execution<'a> {
     collector: std::sync::Mutex<Option<verify::Collector>>,
     /// The daemon's view from the facts (how it reaches the registry).
     daemon: Option<registry::DaemonView>,
+}
+
+/// `deploy --json`: what was decided and done, the images, each step.
+#[derive(serde::Serialize)]
+struct DeployJson<'a> {
+    environment: &'a str,
+    namespace: &'a str,
+    release: &'a str,
+    decision: Option<Verdict>,
+    reason: &'a str,
+    helm_revision: u32,
+    /// `<head> (head)` as verify found it.
+    alembic: Option<String>,
+    backup: Option<String>,
+    /// The runner's line when it stamped a pre-Alembic schema.
+    stamped: Option<String>,
+    verified: bool,
+    images: Vec<images::ImageJson>,
+    facts_seconds: f64,
+    steps: Vec<StepJson>,
 }
 
 /// What the steps so far produced.
@@ -716,22 +735,33 @@ impl Summary {
         out
     }
 
-    fn to_json(&self, env: &Environment) -> serde_json::Value {
-        json!({
-            "environment": env.name,
-            "namespace": env.namespace,
-            "release": env.release,
-            "decision": self.decision,
-            "reason": self.reason,
-            "helm_revision": self.helm_revision,
-            "alembic": self.verify.as_ref().map(|(f, _)| format!("{} (head)", f.expected.head)),
-            "backup": self.backup.as_ref().map(|b| b.path.display().to_string()),
-            "stamped": self.verify.as_ref().and_then(|(f, _)| f.detection_line()),
-            "verified": self.verified(),
-            "images": images::to_json(&self.images),
-            "facts_seconds": self.facts_took.as_secs_f64(),
-            "steps": self.steps.iter().map(|s| json!({"name": s.kind.name(), "seconds": s.took.as_secs_f64(), "note": s.note})).collect::<Vec<_>>(),
-        })
+    fn to_json<'a>(&'a self, env: &'a Environment) -> DeployJson<'a> {
+        DeployJson {
+            environment: &env.name,
+            namespace: &env.namespace,
+            release: &env.release,
+            decision: self.decision,
+            reason: &self.reason,
+            helm_revision: self.helm_revision,
+            alembic: self
+                .verify
+                .as_ref()
+                .map(|(f, _)| format!("{} (head)", f.expected.head)),
+            backup: self.backup.as_ref().map(|b| b.path.display().to_string()),
+            stamped: self.verify.as_ref().and_then(|(f, _)| f.detection_line()),
+            verified: self.verified(),
+            images: images::to_json(&self.images),
+            facts_seconds: self.facts_took.as_secs_f64(),
+            steps: self
+                .steps
+                .iter()
+                .map(|s| StepJson {
+                    name: s.kind.name(),
+                    seconds: s.took.as_secs_f64(),
+                    note: Some(s.note.clone()),
+                })
+                .collect(),
+        }
     }
 }
 

@@ -105,7 +105,7 @@ pub fn run(args: EnvArgs) -> Result<()> {
         checks.push(disk_check(&sh, &env.backup_dir));
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&checks))?);
+        crate::report::print_json(&to_json(&checks))?;
     } else {
         print!("{}", render(&checks));
     }
@@ -117,16 +117,38 @@ pub fn run(args: EnvArgs) -> Result<()> {
 }
 
 /// `doctor --json`: `passed` and each check's name, level, detail and fix.
-pub fn to_json(checks: &[Prerequisite]) -> serde_json::Value {
-    serde_json::json!({
-        "passed": checks.iter().all(|c| c.level != Level::Fail),
-        "checks": checks.iter().map(|c| serde_json::json!({
-            "name": c.name,
-            "level": match c.level { Level::Ok => "ok", Level::Warn => "warn", Level::Fail => "fail" },
-            "detail": c.detail,
-            "fix": c.fix,
-        })).collect::<Vec<_>>(),
-    })
+#[derive(serde::Serialize)]
+pub struct DoctorJson<'a> {
+    passed: bool,
+    checks: Vec<CheckJson<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct CheckJson<'a> {
+    name: &'a str,
+    /// `ok`, `warn` or `fail`.
+    level: &'static str,
+    detail: &'a str,
+    fix: &'a Option<String>,
+}
+
+pub fn to_json(checks: &[Prerequisite]) -> DoctorJson<'_> {
+    DoctorJson {
+        passed: checks.iter().all(|c| c.level != Level::Fail),
+        checks: checks
+            .iter()
+            .map(|c| CheckJson {
+                name: c.name,
+                level: match c.level {
+                    Level::Ok => "ok",
+                    Level::Warn => "warn",
+                    Level::Fail => "fail",
+                },
+                detail: &c.detail,
+                fix: &c.fix,
+            })
+            .collect(),
+    }
 }
 
 pub fn render(checks: &[Prerequisite]) -> String {

@@ -5,7 +5,6 @@
 //! (`alembic current`), or from `--from` with no cluster at all.
 
 use anyhow::Result;
-use serde_json::json;
 
 use crate::alembic::database::{self, DatabaseRevision};
 use crate::alembic::preview::{self, Preview};
@@ -14,6 +13,17 @@ use crate::cli::MigrationsArgs;
 use crate::cluster::{release, Backend};
 use crate::config::{self, names, Environment};
 use crate::error::input_error;
+
+/// `migrations --json`: the database's revision and where it was read, the
+/// head, and the preview (SQL and findings per revision).
+#[derive(serde::Serialize)]
+struct MigrationsJson<'a> {
+    environment: &'a str,
+    database: &'a DatabaseRevision,
+    database_source: &'a str,
+    head: &'a str,
+    migrations: &'a preview::Preview,
+}
 
 pub fn run(args: MigrationsArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
@@ -31,14 +41,13 @@ pub fn run(args: MigrationsArgs) -> Result<()> {
     };
     let preview = preview::gather(&env, &graph, &head, &database);
     if args.json {
-        let report = json!({
-            "environment": env.name,
-            "database": database,
-            "database_source": source,
-            "head": head,
-            "migrations": preview,
-        });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::report::print_json(&MigrationsJson {
+            environment: &env.name,
+            database: &database,
+            database_source: &source,
+            head: &head,
+            migrations: &preview,
+        })?;
     } else {
         print!("{}", render(&env, &database, &source, &head, &preview));
     }

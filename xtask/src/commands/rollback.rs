@@ -8,7 +8,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde_json::json;
 
 use crate::alembic::{database, versions};
 use crate::cli::RollbackArgs;
@@ -19,7 +18,7 @@ use crate::config::{self, Environment};
 use crate::database::backup;
 use crate::error::input_error;
 use crate::plan::rollback::{Decision, Request, RollbackFacts, RollbackSpec, Target};
-use crate::plan::{self, Item, Plan, StepKind};
+use crate::plan::{self, Item, Plan, StepJson, StepKind};
 use crate::verify;
 
 /// The rollback, phase by phase: check the request, read, decide, show,
@@ -76,6 +75,19 @@ fn request(env: &Environment, args: &RollbackArgs) -> Result<Request> {
     })
 }
 
+/// `rollback --json`: where the database and the app went, and each step.
+#[derive(serde::Serialize)]
+struct RollbackJson<'a> {
+    environment: &'a str,
+    from: &'a str,
+    target: &'a str,
+    app_revision: u32,
+    helm_revision: u32,
+    backup: Option<String>,
+    verified: bool,
+    steps: Vec<StepJson>,
+}
+
 /// What was done (text, or JSON with `--json`); a failed verify fails the rollback.
 fn report(env: &Environment, spec: &RollbackSpec, executed: &Executed, json: bool) -> Result<()> {
     let backup = executed
@@ -83,19 +95,24 @@ fn report(env: &Environment, spec: &RollbackSpec, executed: &Executed, json: boo
         .as_ref()
         .map(|b| b.path.display().to_string());
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "environment": env.name,
-                "from": spec.from,
-                "target": spec.target,
-                "app_revision": spec.app_revision,
-                "helm_revision": spec.new_revision,
-                "backup": backup,
-                "verified": executed.verified,
-                "steps": executed.steps.iter().map(|(kind, took)| json!({"name": kind.name(), "seconds": took.as_secs_f64()})).collect::<Vec<_>>(),
-            }))?
-        );
+        crate::report::print_json(&RollbackJson {
+            environment: &env.name,
+            from: &spec.from,
+            target: &spec.target,
+            app_revision: spec.app_revision,
+            helm_revision: spec.new_revision,
+            backup: backup.clone(),
+            verified: executed.verified,
+            steps: executed
+                .steps
+                .iter()
+                .map(|(kind, took)| StepJson {
+                    name: kind.name(),
+                    seconds: took.as_secs_f64(),
+                    note: None,
+                })
+                .collect(),
+        })?;
     } else {
         println!(
             "Rolled back {}: database {} -> {} (backup {}); app at Helm revision {} (rollback to {})",

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use serde_json::json;
+use serde::Serialize;
 
 use crate::cli::StatusArgs;
 use crate::cluster::release::{self, HistoryEntry, Record, RecordedRevision, ReleaseState};
@@ -18,7 +18,7 @@ pub fn run(args: StatusArgs) -> Result<()> {
     release::check_context(&env)?;
     let view = gather(&env)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&env, &view))?);
+        crate::report::print_json(&to_json(&env, &view))?;
     } else {
         print!("{}", render(&env, &view));
     }
@@ -37,9 +37,11 @@ struct View {
 }
 
 /// A pod as status shows it: its state and the image digest it runs.
+#[derive(Serialize)]
 struct PodLine {
     name: String,
     state: String,
+    #[serde(rename = "image_digest")]
     digest: Option<String>,
 }
 
@@ -164,26 +166,58 @@ fn short_digest(digest: &str) -> &str {
 /// record), `replicaset`, `pods` (name, state, image_digest: the digest the
 /// kubelet pulled, null before), `database` (state: revision
 /// | failed | unknown, and its details).
-fn to_json(env: &Environment, view: &View) -> serde_json::Value {
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    environment: &'a str,
+    namespace: &'a str,
+    release: &'a str,
+    installed: bool,
+    history: &'a Option<Vec<RecordedRevision>>,
+    replicaset: Option<&'a str>,
+    pods: Option<&'a [PodLine]>,
+    database: DatabaseJson<'a>,
+}
+
+/// The database's answer: `state` says which of the others are there.
+#[derive(Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+enum DatabaseJson<'a> {
+    Unknown {
+        why: &'static str,
+    },
+    Revision {
+        revision: &'a str,
+        pod: &'a str,
+    },
+    Failed {
+        pod: &'a str,
+        exit_code: i32,
+        error: &'a str,
+    },
+}
+
+fn to_json<'a>(env: &'a Environment, view: &'a View) -> StatusJson<'a> {
     let database = match &view.database {
-        DatabaseAnswer::NoReadyPod => json!({"state": "unknown", "why": "no ready backend pod"}),
-        DatabaseAnswer::Revision { pod, revision } => {
-            json!({"state": "revision", "revision": revision, "pod": pod})
-        }
-        DatabaseAnswer::Failed { pod, code, said } => {
-            json!({"state": "failed", "pod": pod, "exit_code": code, "error": said})
-        }
+        DatabaseAnswer::NoReadyPod => DatabaseJson::Unknown {
+            why: "no ready backend pod",
+        },
+        DatabaseAnswer::Revision { pod, revision } => DatabaseJson::Revision { revision, pod },
+        DatabaseAnswer::Failed { pod, code, said } => DatabaseJson::Failed {
+            pod,
+            exit_code: *code,
+            error: said,
+        },
     };
-    json!({
-        "environment": env.name,
-        "namespace": env.namespace,
-        "release": env.release,
-        "installed": view.history.is_some(),
-        "history": view.history,
-        "replicaset": view.replicaset.as_ref().map(|(name, _)| name),
-        "pods": view.replicaset.as_ref().map(|(_, pods)| pods.iter().map(|p| json!({"name": p.name, "state": p.state, "image_digest": p.digest})).collect::<Vec<_>>()),
-        "database": database,
-    })
+    StatusJson {
+        environment: &env.name,
+        namespace: &env.namespace,
+        release: &env.release,
+        installed: view.history.is_some(),
+        history: &view.history,
+        replicaset: view.replicaset.as_ref().map(|(name, _)| name.as_str()),
+        pods: view.replicaset.as_ref().map(|(_, pods)| pods.as_slice()),
+        database,
+    }
 }
 
 /// The history table. Pure.

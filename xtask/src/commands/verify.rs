@@ -33,10 +33,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
     let facts = gather_from(&env, expected, backend)?;
     let checks = evaluate(&env, &facts);
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&to_json(&env, &facts, &checks))?
-        );
+        crate::report::print_json(&to_json(&env, &facts, &checks))?;
     } else {
         print!("{}", render(&env, &facts, &checks));
     }

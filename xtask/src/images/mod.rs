@@ -656,28 +656,65 @@ fn retry_line(attempt: u32, pause: Duration, error: &docker::DockerError) -> Str
     )
 }
 
-/// The reports as JSON, for scripts (`--json`). Pure.
-pub fn to_json(reports: &[ImageReport]) -> serde_json::Value {
-    let outcome = |o: &StepOutcome| match o {
-        StepOutcome::Done(d) => serde_json::json!({"status": "done", "seconds": d.as_secs_f64()}),
-        StepOutcome::InRegistry => {
-            serde_json::json!({"status": "skipped", "reason": "in registry"})
+/// `build`/`push --json`: each image, as `ImageJson`.
+#[derive(Debug, serde::Serialize)]
+pub struct ImagesJson {
+    pub images: Vec<ImageJson>,
+}
+
+/// One image in `--json`: where it went, its digest and what each stage did.
+#[derive(Debug, serde::Serialize)]
+pub struct ImageJson {
+    pub component: Component,
+    pub repository: String,
+    pub tag: String,
+    pub digest: Option<String>,
+    /// `repository@digest`: what Helm is given.
+    pub pinned: Option<String>,
+    pub size: Option<u64>,
+    pub build: OutcomeJson,
+    pub push: OutcomeJson,
+}
+
+/// A stage's outcome: `done` (with its seconds), `skipped` (with why) or
+/// `not run`.
+#[derive(Debug, serde::Serialize)]
+pub struct OutcomeJson {
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+impl From<&StepOutcome> for OutcomeJson {
+    fn from(outcome: &StepOutcome) -> Self {
+        let (status, seconds, reason) = match outcome {
+            StepOutcome::Done(took) => ("done", Some(took.as_secs_f64()), None),
+            StepOutcome::InRegistry => ("skipped", None, Some("in registry")),
+            StepOutcome::NotRun => ("not run", None, None),
+        };
+        OutcomeJson {
+            status,
+            seconds,
+            reason,
         }
-        StepOutcome::NotRun => serde_json::json!({"status": "not run"}),
-    };
+    }
+}
+
+/// The reports as JSON, for scripts (`--json`). Pure.
+pub fn to_json(reports: &[ImageReport]) -> Vec<ImageJson> {
     reports
         .iter()
-        .map(|r| {
-            serde_json::json!({
-                "component": r.component,
-                "repository": r.repository,
-                "tag": r.tag,
-                "digest": r.digest,
-                "pinned": r.digest.as_ref().map(|d| format!("{}@{d}", r.repository)),
-                "size": r.size,
-                "build": outcome(&r.build),
-                "push": outcome(&r.push),
-            })
+        .map(|r| ImageJson {
+            component: r.component,
+            repository: r.repository.clone(),
+            tag: r.tag.clone(),
+            digest: r.digest.clone(),
+            pinned: r.digest.as_ref().map(|d| format!("{}@{d}", r.repository)),
+            size: r.size,
+            build: (&r.build).into(),
+            push: (&r.push).into(),
         })
         .collect()
 }

@@ -37,6 +37,17 @@ pub struct Plan {
     pub steps: Vec<Step>,
 }
 
+/// A step as run, in deploy's and rollback's `--json`: one shape for both.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepJson {
+    /// `StepKind::name`, as the plan's steps are named.
+    pub name: &'static str,
+    pub seconds: f64,
+    /// What it produced, in a few words (deploy's summary column).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
 /// What a plan decided; in `--json` as the words the text shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Verdict {
@@ -268,7 +279,7 @@ impl Plan {
 
     pub fn show(&self, dry_run: bool, json: bool) -> anyhow::Result<()> {
         match (dry_run, json) {
-            (true, true) => println!("{}", serde_json::to_string_pretty(self)?),
+            (true, true) => crate::report::print_json(self)?,
             (true, false) => print!("{}", self.render(true)),
             (false, true) => eprint!("{}", self.render(false)),
             (false, false) => print!("{}", self.render(false)),

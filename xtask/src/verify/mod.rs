@@ -10,7 +10,6 @@ use std::fmt::Write as _;
 use std::collections::HashMap;
 
 use anyhow::Result;
-use serde_json::{json, Value};
 
 use crate::cluster::kubectl::{self, MIGRATIONS_CONTAINER};
 use crate::cluster::objects::{Deployment, Pod};
@@ -137,7 +136,7 @@ impl Facts {
 /// At most this many pods' logs are read.
 const MAX_LOGS: usize = 10;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Check {
     pub name: &'static str,
     pub ok: bool,
@@ -543,22 +542,37 @@ pub fn render(env: &Environment, facts: &Facts, checks: &[Check]) -> String {
     backend_migrations::redact::mask_all(&out)
 }
 
-pub fn to_json(env: &Environment, facts: &Facts, checks: &[Check]) -> Value {
-    json!({
-        "environment": env.name,
-        "namespace": env.namespace,
-        "release": env.release,
-        "expected_head": facts.expected.head,
-        "expected_from": facts.expected.source.describe(),
-        "pod": facts.pod,
-        "passed": checks.iter().all(|c| c.ok),
-        "checks": checks.iter().map(|c| json!({"name": c.name, "ok": c.ok, "detail": c.detail, "next": c.next})).collect::<Vec<_>>(),
-    })
+/// `verify --json`: what was expected and from where, the pod asked, and
+/// each check with its next step.
+#[derive(serde::Serialize)]
+pub struct VerifyJson<'a> {
+    environment: &'a str,
+    namespace: &'a str,
+    release: &'a str,
+    expected_head: &'a str,
+    expected_from: String,
+    pod: &'a Option<String>,
+    passed: bool,
+    checks: &'a [Check],
+}
+
+pub fn to_json<'a>(env: &'a Environment, facts: &'a Facts, checks: &'a [Check]) -> VerifyJson<'a> {
+    VerifyJson {
+        environment: &env.name,
+        namespace: &env.namespace,
+        release: &env.release,
+        expected_head: &facts.expected.head,
+        expected_from: facts.expected.source.describe(),
+        pod: &facts.pod,
+        passed: checks.iter().all(|c| c.ok),
+        checks,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// A check looked up by its name, not its position.
     fn named<'a>(checks: &'a [Check], name: &str) -> &'a Check {

@@ -870,10 +870,27 @@ fn an_interrupt_during_the_images_never_reaches_helm() {
 fn status_doctor_and_backup_speak_json() {
     let stack = Stack::new(None);
     assert_eq!(deploy(&stack).code, 0);
+    // Every JSON document says its schema's version first.
     let json = |args: &[&str]| -> serde_json::Value {
         let run = stack.xtask(args);
-        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}\n{}", run.all()))
+        let value: serde_json::Value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}\n{}", run.all()));
+        assert!(
+            run.stdout.starts_with("{\n  \"schema_version\": 1,"),
+            "{args:?}: {}",
+            run.stdout
+        );
+        value
     };
+    let verify = json(&["verify", "--json"]);
+    assert_eq!(verify["passed"], true, "{verify}");
+    assert_eq!(verify["checks"][0]["ok"], true, "{verify}");
+    let preview = json(&["migrations", "--from", "0001_baseline", "--json"]);
+    assert_eq!(preview["head"], "0002_activity_and_comments", "{preview}");
+    // The preview ran Alembic in the checkout and left no __pycache__ there
+    // (the backend's context would be dirty: a new tag, a deploy for nothing).
+    let plan = json(&["deploy", "colony-dev", "--dry-run", "--json"]);
+    assert_eq!(plan["decision"], "nothing to deploy", "{plan}");
     let status = json(&["status", "--json"]);
     assert_eq!(status["installed"], true);
     assert_eq!(status["database"]["state"], "revision", "{status}");
@@ -897,8 +914,7 @@ fn status_doctor_and_backup_speak_json() {
     );
     assert!(backup["bytes"].as_u64().unwrap() > 0 && backup["seconds"].is_number());
 
-    let doctor = stack.xtask(&["doctor", "--json"]);
-    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).unwrap();
+    let report = json(&["doctor", "--json"]);
     let names: Vec<&str> = report["checks"]
         .as_array()
         .unwrap()

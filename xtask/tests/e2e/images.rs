@@ -57,13 +57,12 @@ pub(crate) fn images(
     xtask(repo.root(), &[command, "--json"], &env)
 }
 
+/// The images of `build`/`push --json` (a versioned document).
 pub(crate) fn reports(run: &Run) -> Vec<Value> {
     assert_eq!(run.code, 0, "{}", run.all());
-    serde_json::from_str::<Value>(&run.stdout)
-        .expect("JSON on stdout")
-        .as_array()
-        .unwrap()
-        .clone()
+    let document = serde_json::from_str::<Value>(&run.stdout).expect("JSON on stdout");
+    assert_eq!(document["schema_version"], 1, "{document}");
+    document["images"].as_array().unwrap().clone()
 }
 
 fn report<'a>(reports: &'a [Value], component: &str) -> &'a Value {

@@ -105,8 +105,8 @@ impl Stack {
     pub fn push_images(&self) -> Vec<(String, String, String, String)> {
         let run = self.xtask(&["push", "--json"]);
         assert_eq!(run.code, 0, "push failed:\n{}", run.all());
-        let reports: Value = serde_json::from_str(&run.stdout).unwrap();
-        reports
+        let document: Value = serde_json::from_str(&run.stdout).unwrap();
+        document["images"]
             .as_array()
             .unwrap()
             .iter()

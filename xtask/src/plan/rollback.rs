@@ -86,21 +86,10 @@ fn refusal_facts(
         Target::To(revision) => revision.clone(),
         Target::Steps(steps) => format!("{steps} revision(s) down"),
     };
+    let [cluster, release] = where_facts(env, facts);
     vec![
-        (
-            "cluster",
-            format!(
-                "context {}, namespace {}, release {}",
-                env.kube_context, env.namespace, env.release
-            ),
-        ),
-        (
-            "release",
-            format!(
-                "revision {} ({})",
-                facts.current.revision, facts.current.status
-            ),
-        ),
+        cluster,
+        release,
         ("database", facts.database.describe()),
         ("target", asked),
     ]
@@ -208,12 +197,10 @@ fn rollback_spec(
     })
 }
 
-fn fact_lines(
-    env: &Environment,
-    facts: &RollbackFacts,
-    spec: &RollbackSpec,
-) -> Vec<(&'static str, String)> {
-    vec![
+/// The cluster and the release's current revision: the first lines of
+/// every rollback plan, refused or not.
+fn where_facts(env: &Environment, facts: &RollbackFacts) -> [(&'static str, String); 2] {
+    [
         (
             "cluster",
             format!(
@@ -228,6 +215,18 @@ fn fact_lines(
                 facts.current.revision, facts.current.status
             ),
         ),
+    ]
+}
+
+fn fact_lines(
+    env: &Environment,
+    facts: &RollbackFacts,
+    spec: &RollbackSpec,
+) -> Vec<(&'static str, String)> {
+    let [cluster, release] = where_facts(env, facts);
+    vec![
+        cluster,
+        release,
         ("database", spec.from.clone()),
         ("target", spec.target.clone()),
     ]

@@ -402,6 +402,19 @@ stop_pid() {
   kill -9 "$pid" 2>/dev/null || true
 }
 
+# The simulated clusters' pods are containers of the bed's Docker; a test
+# killed before it cleaned up leaves them running, and their shims would
+# outlive dockerd and keep its overlay mounts busy.
+remove_simulated_pods() {
+  alive "$BED_DIR/docker/dockerd.pid" || return 0
+  local host=unix://$BED_DIR/docker/docker.sock ids
+  ids=$(DOCKER_HOST=$host docker ps --all --quiet --filter label=colony-sim 2>/dev/null) || return 0
+  [ -n "$ids" ] || return 0
+  log "removing $(wc -w <<< "$ids") simulated pod container(s)"
+  # shellcheck disable=SC2086 # one id per word
+  DOCKER_HOST=$host docker rm --force $ids >/dev/null 2>&1 || true
+}
+
 down() {
   local pg=$BED_DIR/postgres
   if alive "$pg/data/postmaster.pid.bed"; then
@@ -411,6 +424,7 @@ down() {
   rm -f "$pg/data/postmaster.pid.bed"
   stop_pid registry "$BED_DIR/registry/registry.pid"
   stop_pid auth-registry "$BED_DIR/auth-registry/registry.pid"
+  remove_simulated_pods
   stop_pid dockerd "$BED_DIR/docker/dockerd.pid"
   remove_hosts
   rm -f "$BED_DIR/env"

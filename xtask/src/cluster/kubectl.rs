@@ -2,12 +2,14 @@
 //! environment's context and namespace explicitly, so a context switched in
 //! another terminal mid-deploy cannot redirect it.
 
-use crate::config::Environment;
+use crate::config::{Component, Environment};
 
 /// The chart's init container that runs the migrations.
 pub const MIGRATIONS_CONTAINER: &str = "run-migrations";
 
 /// The label selector of one component's pods, from the chart's standard labels.
+/// `component` is the chart's: `backend`, `frontend` (an image's
+/// `Component`) or `database`.
 pub fn component_selector(env: &Environment, component: &str) -> String {
     format!(
         "app.kubernetes.io/instance={},app.kubernetes.io/component={component}",
@@ -42,7 +44,7 @@ pub fn backend_deployments_args(env: &Environment) -> Vec<String> {
             "get",
             "deployments",
             "--selector",
-            &component_selector(env, "backend"),
+            &component_selector(env, Component::Backend.as_str()),
             "-o",
             "json",
         ],
@@ -58,7 +60,7 @@ pub fn backend_replicasets_args(env: &Environment) -> Vec<String> {
             "get",
             "replicasets",
             "--selector",
-            &component_selector(env, "backend"),
+            &component_selector(env, Component::Backend.as_str()),
             "-o",
             "json",
         ],
@@ -75,7 +77,7 @@ pub fn backend_pods_args(env: &Environment) -> Vec<String> {
             "get",
             "pods",
             "--selector",
-            &component_selector(env, "backend"),
+            &component_selector(env, Component::Backend.as_str()),
             "-o",
             "json",
         ],
@@ -109,7 +111,8 @@ pub fn pod_events_args(env: &Environment, pod: &str) -> Vec<String> {
 
 /// Runs a command in the backend container of `pod`.
 pub fn backend_exec_args(env: &Environment, pod: &str, command: &[&str]) -> Vec<String> {
-    let mut rest = vec!["exec", pod, "--container", "backend", "--"];
+    let container = Component::Backend.as_str();
+    let mut rest = vec!["exec", pod, "--container", container, "--"];
     rest.extend_from_slice(command);
     kubectl(env, &rest)
 }

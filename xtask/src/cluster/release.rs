@@ -277,8 +277,8 @@ pub fn record(env: &Environment, revision: u32) -> Result<Record> {
 /// (`null` when nothing, a number where `--set` saw digits), and anything
 /// but a string reads as absent.
 pub fn record_from_values(values: &Value) -> Record {
-    let image = |component: &str| {
-        let image = &values[component]["image"];
+    let image = |component: Component| {
+        let image = &values[component.as_str()]["image"];
         match (
             image["repository"].as_str(),
             image["digest"].as_str(),
@@ -295,8 +295,8 @@ pub fn record_from_values(values: &Value) -> Record {
         alembic_head: written.alembic_head,
         backup_file: written.backup_file,
         inputs_hash: written.inputs_hash,
-        backend_image: image("backend"),
-        frontend_image: image("frontend"),
+        backend_image: image(Component::Backend),
+        frontend_image: image(Component::Frontend),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::cluster::kubectl::{self, MIGRATIONS_CONTAINER};
 use crate::cluster::objects::{Deployment, Pod};
 use crate::cluster::release::{self, Current};
 use crate::cluster::{self, Backend, RolloutState};
-use crate::config::Environment;
+use crate::config::{Component, Environment};
 
 pub const COMPLETE: &str = "Migrations complete.";
 const DETECTION: &str = "Detected pre-Alembic schema";
@@ -324,7 +324,7 @@ pub fn evaluate(env: &Environment, facts: &Facts) -> Vec<Check> {
         "kubectl --context {} --namespace {} get pods --selector {}",
         env.kube_context,
         env.namespace,
-        kubectl::component_selector(env, "backend")
+        kubectl::component_selector(env, Component::Backend.as_str())
     );
     let mut checks = Vec::new();
     let Some(deployment) = &facts.backend.deployment else {
@@ -333,7 +333,7 @@ pub fn evaluate(env: &Environment, facts: &Facts) -> Vec<Check> {
             ok: false,
             detail: format!(
                 "no Deployment labelled {} in namespace {}",
-                kubectl::component_selector(env, "backend"),
+                kubectl::component_selector(env, Component::Backend.as_str()),
                 env.namespace
             ),
             next: Some(format!("cargo xtask deploy {}", env.name)),

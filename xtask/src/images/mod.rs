@@ -19,7 +19,7 @@ pub mod runner;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,8 +128,12 @@ pub async fn run(
     let jobs = Arc::new(Semaphore::new(options.jobs.max(1)));
 
     // Each image checked, built and pushed on its own, all at once: one
-    // pushes as soon as it is built. The first failure stops the others.
+    // pushes as soon as it is built. The first failure stops the others'
+    // checks and builds; a push under way is let finish, since the daemon
+    // would finish it anyway, unseen, once we stopped waiting: so what is
+    // said to be pushed is what the registry has.
     let mut tasks = tokio::task::JoinSet::new();
+    let mut running = Vec::new();
     for image in env.images.clone() {
         let tag = tags
             .iter()
@@ -147,12 +151,15 @@ pub async fn run(
             mode: options.mode,
             runner: options.runner.clone(),
             builder: options.builder.builder,
+            pushing: Arc::new(AtomicBool::new(false)),
         };
+        let pushing = task.pushing.clone();
         let jobs = jobs.clone();
-        tasks.spawn(async move {
+        let handle = tasks.spawn(async move {
             let _permit = jobs.acquire_owned().await;
             task.run().await
         });
+        running.push((handle, pushing));
     }
     let mut reports = Vec::new();
     let mut failure = None;
@@ -161,7 +168,11 @@ pub async fn run(
             Ok(Ok(report)) => reports.push(report),
             Ok(Err(e)) if failure.is_none() => {
                 failure = Some(e);
-                tasks.abort_all();
+                for (handle, pushing) in &running {
+                    if !pushing.load(Ordering::SeqCst) {
+                        handle.abort();
+                    }
+                }
             }
             Ok(Err(_)) => {}
             Err(e) if e.is_cancelled() => {}
@@ -271,6 +282,8 @@ struct ImageTask {
     runner: Option<RunnerPlan>,
     builder: builder::Builder,
     line: Arc<Line>,
+    /// Set once its push starts: a failure elsewhere lets it finish.
+    pushing: Arc<AtomicBool>,
 }
 
 impl ImageTask {
@@ -281,6 +294,7 @@ impl ImageTask {
         };
         let mut report = self.build_unless_pushed().await?;
         if self.mode == Mode::Push && report.digest.is_none() {
+            self.pushing.store(true, Ordering::SeqCst);
             let (digest, took) = self.push().await?;
             report.digest = Some(digest);
             report.push = StepOutcome::Done(took);

@@ -315,10 +315,12 @@ fn a_dockerfile_error_names_the_step_and_stops_the_other_build() {
     );
     // The backend may have been pushed before the frontend failed: said
     // so, or nothing was.
-    if has_tags(&bed.registry, &repository(&repo, "backend")) {
-        assert_contains(&run.stderr, "pushed before the failure, and not deployed: ");
+    let backend = repository(&repo, "backend");
+    if has_tags(&bed.registry, &backend) {
+        assert_contains(&run.stderr, "not deployed");
+        assert_contains(&run.stderr, &format!("{}/{backend}:", bed.registry));
     } else {
-        assert_contains(&run.stderr, "nothing was pushed");
+        assert_contains(&run.stderr, "nothing was pushed\n");
     }
     assert!(!has_tags(&bed.registry, &repository(&repo, "frontend")));
 }

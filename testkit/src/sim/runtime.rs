@@ -27,9 +27,6 @@ pub struct Runtime {
     pub host: String,
     /// A static busybox on this machine: the main containers' `sleep`.
     pub busybox: PathBuf,
-    /// Every container of this cluster carries `colony-sim=<cluster>`, and
-    /// its name starts with `colony-sim-<cluster>-`.
-    pub cluster: String,
     /// The cluster's state directory, also a label (`colony-sim.state`), so
     /// that `docker ps --filter label=colony-sim.state=DIR` finds its pods.
     pub state: PathBuf,
@@ -80,15 +77,20 @@ impl Runtime {
             .map(|dir| dir.join("docker"))
             .find(|p| p.is_file())
             .expect("the docker CLI on PATH (the test bed installs docker.io)");
-        let digest = Sha256::digest(state_root.as_os_str().as_encoded_bytes());
-        let cluster = digest[..5].iter().map(|b| format!("{b:02x}")).collect();
         Runtime {
             cli,
             host: host.to_string(),
             busybox,
-            cluster,
             state: state_root.to_path_buf(),
         }
+    }
+
+    /// The cluster's short id, from its state directory: every container
+    /// of it carries `colony-sim=<id>`, and its name starts with
+    /// `colony-sim-<id>-`.
+    fn cluster(&self) -> String {
+        let digest = Sha256::digest(self.state.as_os_str().as_encoded_bytes());
+        digest[..5].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     fn docker(&self) -> Command {
@@ -99,7 +101,7 @@ impl Runtime {
 
     /// The name of `container` of `pod` in the bed's Docker.
     pub fn container_name(&self, pod: &str, container: &str) -> String {
-        format!("colony-sim-{}-{pod}-{container}", self.cluster)
+        format!("colony-sim-{}-{pod}-{container}", self.cluster())
     }
 
     /// Pulls `image` as the kubelet does; answers the digest reference it
@@ -148,7 +150,7 @@ impl Runtime {
             "--name".into(),
             self.container_name(pod, &spec.name),
             "--label".into(),
-            format!("colony-sim={}", self.cluster),
+            format!("colony-sim={}", self.cluster()),
             "--label".into(),
             format!("colony-sim.state={}", self.state.display()),
             "--network".into(),
@@ -270,7 +272,7 @@ impl Runtime {
         let Ok(output) = self
             .docker()
             .args(["ps", "--all", "--quiet", "--filter"])
-            .arg(format!("label=colony-sim={}", self.cluster))
+            .arg(format!("label=colony-sim={}", self.cluster()))
             .output()
         else {
             return;

@@ -68,7 +68,7 @@ if [ -n "${DATABASE_URL:-}" ]; then
 else
   selector=app.kubernetes.io/component=database
   [ -n "$release" ] && selector="$selector,app.kubernetes.io/instance=$release"
-  pod=$(kubectl "${kubectl_args[@]}" get pods --selector "$selector" -o name | head -n 1)
+  pod=$(kubectl "${kubectl_args[@]}" get pods --selector "$selector" -o name | sed -n 1p)
   [ -n "$pod" ] || die "no database pod labelled $selector in namespace $namespace; for an external database set DATABASE_URL"
   printf 'backup-db: pg_dump in %s\n' "$pod" >&2
   kubectl "${kubectl_args[@]}" exec "${pod#pod/}" -- pg_dump -Fc --username "$db_user" "$db_name" > "$partial" \

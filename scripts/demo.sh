@@ -154,7 +154,7 @@ $(psql_bed "$DATABASE" -c 'SELECT count(*) FROM chores') chores, no alembic_vers
     docker inspect --format '{{.Name}}  {{.Config.Image}}  {{.State.Status}} (exit {{.State.ExitCode}})' "${containers[@]}"
   local pod
   # shellcheck disable=SC1091
-  pod=$(source "$DEMO/env.sh" && kubectl --context homelab -n colony-dev get pods -l app.kubernetes.io/component=backend -o name | head -n 1)
+  pod=$(source "$DEMO/env.sh" && kubectl --context homelab -n colony-dev get pods -l app.kubernetes.io/component=backend -o name | sed -n 1p)
   run "3c. The stamp, made from inside that image by its run-migrations and its own Alembic (through uv)" \
     kubectl --context homelab -n colony-dev logs "${pod#pod/}" -c run-migrations
 

@@ -49,7 +49,7 @@ if [ -n "${DATABASE_URL:-}" ]; then
 else
   selector=app.kubernetes.io/component=database
   [ -n "$release" ] && selector="$selector,app.kubernetes.io/instance=$release"
-  pod=$(kubectl "${kubectl_args[@]}" get pods --selector "$selector" -o name | head -n 1)
+  pod=$(kubectl "${kubectl_args[@]}" get pods --selector "$selector" -o name | sed -n 1p)
   [ -n "$pod" ] || die "no database pod labelled $selector in namespace $namespace; for an external database set DATABASE_URL"
   kubectl "${kubectl_args[@]}" exec -i "${pod#pod/}" -- pg_restore --clean --if-exists --no-owner \
     --username "$db_user" --dbname "$db_name" < "$file" || die "pg_restore in $pod failed"

@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use testkit::sim::{helm, kubectl, pod, state::Dir};
 
 fn main() -> ExitCode {
+    // kubectl and helm are Go programs: a closed stdout (`| head -n 1`)
+    // ends them by SIGPIPE, silently, where Rust's default would panic.
+    // SAFETY: restoring a signal's default disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let mut args = std::env::args();
     let invoked = args.next().unwrap_or_default();
     let argv: Vec<String> = args.collect();

@@ -98,9 +98,10 @@ pub enum Command {
         cargo xtask rollback --to 0001_baseline --dry-run --json | jq .steps\n  \
         cargo xtask rollback colony-dev --to 0001_baseline --app-revision 1 --yes\n  \
         cargo xtask rollback colony-dev --steps 1 --yes\n\n\
-        --dry-run --json keys: as deploy's plan (decision rollback, schema[]: the revisions dropped; or decision refused, with missing[]).\n\
+        --dry-run --json keys: as deploy's plan (decision rollback, schema[]: the revisions dropped; or decision refused, with missing[]; \
+        or decision nothing to do, without steps, which a run with --json prints too).\n\
         --json keys (a run): schema_version, environment, from, target, app_revision, helm_revision, backup, verified, \
-        steps[] (name, seconds)."
+        steps[] (name, seconds, note)."
     )]
     Rollback(RollbackArgs),
     /// Show the SQL the checkout's pending migrations will run on the environment's database, and the risks in it.

@@ -9,6 +9,7 @@ mod config;
 mod confirm;
 mod database;
 mod error;
+mod execute;
 mod images;
 mod plan;
 mod process;
@@ -50,8 +51,9 @@ mod tests {
     /// The layers, lowest first: a file of a layer uses only layers below
     /// its own (the frame's files, `error`, `process`, `progress`, `cli`, are
     /// the floor; `commands` the top). A layer's name is its folder.
-    const LAYERS: [&str; 8] = [
-        "config", "images", "cluster", "alembic", "database", "verify", "plan", "commands",
+    const LAYERS: [&str; 9] = [
+        "config", "images", "cluster", "alembic", "database", "verify", "plan", "execute",
+        "commands",
     ];
 
     /// Every `crate::<layer>` a layer's files name is below it: an import

@@ -12,13 +12,12 @@ use anyhow::{bail, Context, Result};
 use crate::alembic::{database, versions};
 use crate::cli::RollbackArgs;
 use crate::cluster::release::{self, ReleaseState};
-use crate::cluster::rollout::{self, Assessment};
-use crate::cluster::{self, helm, Backend};
+use crate::cluster::{helm, Backend};
 use crate::config::{self, Environment};
-use crate::database::backup;
 use crate::error::input_error;
+use crate::execute::{Executor, Outcome};
 use crate::plan::rollback::{Decision, Request, RollbackFacts, RollbackSpec, Target};
-use crate::plan::{self, Item, Plan, StepJson, StepKind};
+use crate::plan::{self, StepJson};
 use crate::verify;
 
 /// The rollback, phase by phase: check the request, read, decide, show,
@@ -32,14 +31,20 @@ pub fn run(args: RollbackArgs) -> Result<()> {
             &format!("a rollback downgrades the database of {}", env.name),
         )?;
     }
+    let started = Instant::now();
     let facts = gather_facts(&env)?;
+    let facts_took = started.elapsed();
     let (plan, spec) = match plan::rollback::decide(&env, &facts, &request) {
         // As deploy: a dry run shows the plan with why it cannot run; a
         // run refuses (exit 2) before any change.
         Decision::Refuse(plan) if args.dry_run => return plan.show(true, args.json),
         Decision::Refuse(plan) => return plan.refuse_if_missing(),
-        Decision::NothingToDo(why) => {
-            println!("{}: {why}", env.name);
+        // Shown as a plan without steps (`--json`: that plan), exit 0.
+        Decision::NothingToDo(plan) if args.dry_run || args.json => {
+            return plan.show(true, args.json)
+        }
+        Decision::NothingToDo(plan) => {
+            println!("{}: {}; nothing to do", env.name, plan.reason);
             return Ok(());
         }
         Decision::Rollback(planned) => *planned,
@@ -50,9 +55,17 @@ pub fn run(args: RollbackArgs) -> Result<()> {
     plan.show(false, args.json)?;
     confirm(&env, &spec, args.yes)?;
     crate::process::install_interrupts()?;
-    let executed =
-        execute(&env, &plan, &spec, args.json).map_err(|e| after_interrupt(&env, &spec, e))?;
-    report(&env, &spec, &executed, args.json)
+    let executor = Executor {
+        env: &env,
+        verbose: false,
+        // Read again after the downgrade and Helm: nothing from before.
+        observed: None,
+        daemon: None,
+    };
+    let outcome = executor
+        .execute(&plan)
+        .map_err(|e| after_interrupt(&env, &spec, e))?;
+    report(&env, &spec, &outcome, facts_took, args.json)
 }
 
 /// The request from the flags; a malformed or unknown `--to` revision is
@@ -88,13 +101,26 @@ struct RollbackJson<'a> {
     steps: Vec<StepJson>,
 }
 
-/// What was done (text, or JSON with `--json`); a failed verify fails the rollback.
-fn report(env: &Environment, spec: &RollbackSpec, executed: &Executed, json: bool) -> Result<()> {
-    let backup = executed
+/// What was done (text, or JSON with `--json`); a failed verify fails the
+/// rollback. Verify's checks go where the user reads (stderr with `--json`).
+fn report(
+    env: &Environment,
+    spec: &RollbackSpec,
+    outcome: &Outcome,
+    facts_took: Duration,
+    json: bool,
+) -> Result<()> {
+    let backup = outcome
         .backup
         .as_ref()
         .map(|b| b.path.display().to_string());
+    let checks = outcome
+        .verify
+        .as_ref()
+        .map(|(facts, checks)| format!("\n{}", verify::render(env, facts, checks)))
+        .unwrap_or_default();
     if json {
+        eprint!("{checks}");
         crate::report::print_json(&RollbackJson {
             environment: &env.name,
             from: &spec.from,
@@ -102,20 +128,13 @@ fn report(env: &Environment, spec: &RollbackSpec, executed: &Executed, json: boo
             app_revision: spec.app_revision,
             helm_revision: spec.new_revision,
             backup: backup.clone(),
-            verified: executed.verified,
-            steps: executed
-                .steps
-                .iter()
-                .map(|(kind, took)| StepJson {
-                    name: kind.name(),
-                    seconds: took.as_secs_f64(),
-                    note: None,
-                })
-                .collect(),
+            verified: outcome.verified(),
+            steps: outcome.steps_json(),
         })?;
     } else {
+        print!("{checks}");
         println!(
-            "Rolled back {}: database {} -> {} (backup {}); app at Helm revision {} (rollback to {})",
+            "\nRolled back {}: database {} -> {} (backup {}); app at Helm revision {} (rollback to {})\n",
             env.name,
             spec.from,
             spec.target,
@@ -123,8 +142,9 @@ fn report(env: &Environment, spec: &RollbackSpec, executed: &Executed, json: boo
             spec.new_revision,
             spec.app_revision
         );
+        print!("{}", outcome.render_steps(facts_took));
     }
-    if !executed.verified {
+    if !outcome.verified() {
         bail!(
             "the rollback finished but verify failed against {}: see the checks above",
             spec.target
@@ -208,152 +228,4 @@ fn gather_facts(env: &Environment) -> Result<RollbackFacts> {
         database,
         helm_major: helm::detect_version(&xshell::Shell::new()?).map_or(4, |v| v.major),
     })
-}
-
-struct Executed {
-    steps: Vec<(StepKind, Duration)>,
-    backup: Option<backup::Backup>,
-    verified: bool,
-}
-
-/// Runs the plan's steps in order, each one's commands as the plan shows them.
-/// With `json`, stdout is kept for the summary; the checks go to stderr.
-fn execute(env: &Environment, plan: &Plan, spec: &RollbackSpec, json: bool) -> Result<Executed> {
-    let mut executed = Executed {
-        steps: Vec::new(),
-        backup: None,
-        verified: false,
-    };
-    for step in &plan.steps {
-        let started = Instant::now();
-        eprintln!("rollback: {}", step.title);
-        run_step(env, step, spec, json, &mut executed)
-            .with_context(|| format!("during step {}", step.kind.name()))?;
-        executed.steps.push((step.kind, started.elapsed()));
-    }
-    Ok(executed)
-}
-
-/// One step of the plan, by its kind.
-fn run_step(
-    env: &Environment,
-    step: &plan::Step,
-    spec: &RollbackSpec,
-    json: bool,
-    executed: &mut Executed,
-) -> Result<()> {
-    match step.kind {
-        StepKind::Backup => {
-            let backup = backup::take(env).context("the backup failed; nothing was changed")?;
-            eprintln!("rollback: backup {}", backup.path.display());
-            executed.backup = Some(backup);
-        }
-        StepKind::Downgrade => downgrade(step, spec, executed)?,
-        StepKind::HelmRollback => roll_app_back(env, step, spec)?,
-        StepKind::RecordHead => {
-            run_items(step, "recording the expected head")?;
-        }
-        StepKind::Verify => {
-            let expectation = verify::Expectation {
-                head: spec.target.clone(),
-                source: verify::Source::RollbackRecord {
-                    revision: spec.new_revision,
-                },
-            };
-            let facts = verify::gather(env, expectation)?;
-            let checks = verify::evaluate(env, &facts);
-            let table = verify::render(env, &facts, &checks);
-            if json {
-                eprint!("{table}");
-            } else {
-                print!("{table}");
-            }
-            executed.verified = checks.iter().all(|c| c.ok);
-        }
-        // The deploy's steps: `plan::rollback` never plans them.
-        StepKind::Images | StepKind::HelmUpgrade | StepKind::Rollout => {
-            bail!("a rollback plan has no {} step", step.kind.name())
-        }
-    }
-    Ok(())
-}
-
-/// The plan's argvs of one step, in order; output captured.
-fn run_items(step: &plan::Step, what: &str) -> Result<Vec<cluster::Output>> {
-    let mut outputs = Vec::new();
-    for item in &step.items {
-        if let Item::Run { argv, .. } = item {
-            eprintln!("$ {}", crate::process::display_argv(argv));
-            let output = cluster::run(argv)?;
-            if output.code != 0 {
-                bail!("{what} failed: {}", output.stderr.trim());
-            }
-            outputs.push(output);
-        }
-    }
-    Ok(outputs)
-}
-
-/// `alembic downgrade` (output shown as it runs), then `alembic current`
-/// must report the target.
-fn downgrade(step: &plan::Step, spec: &RollbackSpec, done: &Executed) -> Result<()> {
-    let backup = done
-        .backup
-        .as_ref()
-        .map_or("-".into(), |b| b.path.display().to_string());
-    let argvs: Vec<&Vec<String>> = step
-        .items
-        .iter()
-        .filter_map(|item| match item {
-            Item::Run { argv, .. } => Some(argv),
-            Item::Note { .. } => None,
-        })
-        .collect();
-    let [downgrade, current] = argvs.as_slice() else {
-        bail!("the downgrade step must hold the downgrade and the check");
-    };
-    eprintln!("$ {}", crate::process::display_argv(downgrade));
-    let code = cluster::relay(downgrade)?;
-    if code != 0 {
-        bail!(
-            "`alembic downgrade {}` in {} failed (exit {code}); the database is as the output above left it, and the \
-             app was not rolled back. The backup is {backup} (`scripts/restore-db.sh` restores it)",
-            spec.target,
-            spec.pod
-        );
-    }
-    let output = cluster::run(current)?;
-    let now = database::from_alembic_current(&output.stdout);
-    if output.code != 0 || now.revision() != Some(spec.target.as_str()) {
-        bail!(
-            "after `alembic downgrade {}` the database reports {:?} ({}); the app was not rolled back; backup {backup}",
-            spec.target,
-            cluster::last_line(&output.stdout),
-            output.stderr.trim()
-        );
-    }
-    Ok(())
-}
-
-/// `helm rollback` as planned, then wait until the returned revision's pods
-/// are ready.
-fn roll_app_back(env: &Environment, step: &plan::Step, spec: &RollbackSpec) -> Result<()> {
-    run_items(step, "helm rollback").with_context(|| {
-        format!(
-            "the database is at {} but the app was not rolled back: retry with `helm rollback {} {} --namespace {} --kube-context {}`",
-            spec.target, env.release, spec.app_revision, env.namespace, env.kube_context
-        )
-    })?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let timeout = env.helm_timeout;
-    let mut progress = rollout::Progress::new(env);
-    match runtime.block_on(rollout::watch(env, 0, false, timeout, |b| progress.show(b)))? {
-        Assessment::Complete => Ok(()),
-        Assessment::Failed { pod, problem } => {
-            bail!("{}", rollout::explain_failure(env, &pod, &problem))
-        }
-        Assessment::Waiting(why) => bail!("the rolled-back release did not become ready: {why}"),
-    }
 }

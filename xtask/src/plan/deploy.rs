@@ -1,5 +1,5 @@
 //! The deploy plan: `DeployFacts` (read-only, gathered by
-//! `commands::deploy`) + options → `Plan` + `DeploySpec`. No-op detection,
+//! `commands::deploy`) + options → `Plan`. No-op detection,
 //! the backup decision, the schema lines, what is missing (every refusal).
 //! Pure.
 
@@ -16,7 +16,8 @@ use crate::config::{Component, Environment};
 use crate::images::builder::Builder;
 use crate::images::runner::RunnerPlan;
 
-use super::{note, run, verify_step, Plan, Step, StepKind, Verdict};
+use super::{note, run, verify_step, Action, Plan, Step, Verdict};
+use crate::verify::{Expectation, Source};
 
 /// What was learned before planning, all read-only: the checkout, the
 /// registry, the release and the database.
@@ -83,21 +84,17 @@ pub struct DeployOptions {
     pub strict_migrations: bool,
 }
 
-/// What the deploy executor needs beyond the step list: the values that
-/// fill the Helm command once the images are pushed and the backup taken.
+/// What the steps are made of: the images and their pins, the record.
 #[derive(Debug, Clone)]
-pub struct DeploySpec {
+struct DeploySpec {
     /// Component and tag of each image.
-    pub tags: Vec<(Component, String)>,
+    tags: Vec<(Component, String)>,
     /// The digests the plan already knows (the registry holds the tag).
-    pub pinned: Vec<PinnedImage>,
-    pub record: DeployRecord,
-    pub helm_major: u32,
+    pinned: Vec<PinnedImage>,
+    record: DeployRecord,
+    helm_major: u32,
     /// The release's revision before the deploy (0: first install).
-    pub revision_before: u32,
-    /// The head verify expects: the new record's, or for a no-op the
-    /// running revision's.
-    pub verify_head: String,
+    revision_before: u32,
     /// The runner that goes into the backend image, when it is built.
     pub runner: Option<RunnerPlan>,
     /// The builder the images are built with.
@@ -112,25 +109,21 @@ const FAILURE_STATES: &str =
 pub const BACKUP_PLACEHOLDER: &str = "<path printed by the backup>";
 
 /// Decides the deploy. Pure.
-pub fn decide(
-    env: &Environment,
-    facts: &DeployFacts,
-    options: DeployOptions,
-) -> (Plan, DeploySpec) {
+pub fn decide(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Plan {
     let head = expected_head(facts);
-    let mut spec = deploy_spec(env, facts, &head);
+    let spec = deploy_spec(env, facts, &head);
     let mut missing = missing(env, facts, &head, options);
     let schema = schema_lines(facts, &head, &mut missing);
     let (decision, reason, steps) = match nothing_to_deploy(env, facts, options) {
-        Some((reason, recorded_head)) => {
-            // Verify what runs: the running revision's recorded head.
-            spec.verify_head = recorded_head.clone();
-            (
-                Verdict::NothingToDeploy,
-                reason,
-                vec![verify_step(env, &Ok(recorded_head))],
-            )
-        }
+        // Verify what runs: the running revision's recorded head.
+        Some((reason, recorded_head)) => (
+            Verdict::NothingToDeploy,
+            reason,
+            vec![verify_step(
+                env,
+                expect(recorded_head, spec.revision_before),
+            )],
+        ),
         None => {
             let (backup, why_backup) = backup_decision(facts, options);
             let mut steps = vec![images_step(env, &spec, options)];
@@ -139,11 +132,17 @@ pub fn decide(
             }
             steps.push(helm_step(env, &spec, backup));
             steps.push(rollout_step(env));
-            steps.push(verify_step(env, &head));
+            steps.push(verify_step(
+                env,
+                expect(
+                    head.clone().unwrap_or_else(|_| "<unknown>".into()),
+                    spec.revision_before + 1,
+                ),
+            ));
             (Verdict::Deploy, why_backup, steps)
         }
     };
-    let plan = Plan {
+    Plan {
         command: "deploy",
         environment: env.name.clone(),
         facts: fact_lines(env, facts, &head),
@@ -153,8 +152,15 @@ pub fn decide(
         schema,
         migrations: Some(facts.migrations.clone()),
         steps,
-    };
-    (plan, spec)
+    }
+}
+
+/// A deploy verifies against the head the revision's record holds.
+fn expect(head: String, revision: u32) -> Expectation {
+    Expectation {
+        head,
+        source: Source::DeployRecord { revision },
+    }
 }
 
 fn expected_head(facts: &DeployFacts) -> Result<String, String> {
@@ -203,7 +209,6 @@ fn deploy_spec(
     let cluster = facts.cluster.as_ref().ok();
     let head = head.clone().unwrap_or_else(|_| "<unknown>".into());
     DeploySpec {
-        verify_head: head.clone(),
         tags,
         pinned,
         record: DeployRecord {
@@ -445,7 +450,12 @@ fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> 
         "each digest (sha256:…) is read back from the registry and pinned in the Helm command",
     ));
     Step {
-        kind: StepKind::Images,
+        action: Action::Images {
+            tags: spec.tags.clone(),
+            runner: spec.runner.clone(),
+            builder: spec.builder.clone(),
+            use_existing: options.skip_build,
+        },
         title: format!(
             "Build and push the images that the registry lacks (Docker Engine API, {}, both at once)",
             match spec.builder.builder {
@@ -460,7 +470,7 @@ fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> 
 
 fn backup_step(env: &Environment) -> Step {
     Step {
-        kind: StepKind::Backup,
+        action: Action::Backup,
         title: "Back up the database (alongside the images; must succeed before Helm)".into(),
         alongside_previous: true,
         items: vec![run(
@@ -476,7 +486,6 @@ fn helm_step(env: &Environment, spec: &DeploySpec, backup_planned: bool) -> Step
         record.backup_file = BACKUP_PLACEHOLDER.into();
     }
     Step {
-        kind: StepKind::HelmUpgrade,
         title: "Install or upgrade the release, digests pinned, watching the new pods".into(),
         alongside_previous: false,
         items: vec![
@@ -488,12 +497,18 @@ fn helm_step(env: &Environment, spec: &DeploySpec, backup_planned: bool) -> Step
                 "meanwhile, stop Helm at once on {FAILURE_STATES}: print the failing container's log, exit code and the pod's events"
             )),
         ],
+        action: Action::HelmUpgrade {
+            pinned: spec.pinned.clone(),
+            record,
+            helm_major: spec.helm_major,
+            revision: spec.revision_before + 1,
+        },
     }
 }
 
 fn rollout_step(env: &Environment) -> Step {
     Step {
-        kind: StepKind::Rollout,
+        action: Action::Rollout,
         title: "Wait for the rollout of the newest ReplicaSet".into(),
         alongside_previous: false,
         items: vec![
@@ -805,7 +820,7 @@ mod tests {
     }
 
     fn planned(facts: &DeployFacts, options: DeployOptions) -> Plan {
-        decide(&env(), facts, options).0
+        decide(&env(), facts, options)
     }
 
     fn names(plan: &Plan) -> Vec<&'static str> {
@@ -968,7 +983,7 @@ mod tests {
         let groups: Vec<Vec<&str>> = plan
             .groups()
             .iter()
-            .map(|g| g.iter().map(|s| s.kind.name()).collect())
+            .map(|g| g.iter().map(|s| s.kind().name()).collect())
             .collect();
         assert_eq!(
             groups,

@@ -14,8 +14,12 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::alembic::preview::Preview;
+use crate::cluster::helm::{DeployRecord, PinnedImage};
 use crate::cluster::kubectl;
-use crate::config::Environment;
+use crate::config::{Component, Environment};
+use crate::images::builder::Choice;
+use crate::images::runner::RunnerPlan;
+use crate::verify::Expectation;
 
 /// A plan: facts shown, what blocks it, its decision, and its steps.
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +61,9 @@ pub enum Verdict {
     NothingToDeploy,
     #[serde(rename = "rollback")]
     Rollback,
+    /// A rollback whose target the database is at already.
+    #[serde(rename = "nothing to do")]
+    NothingToDo,
     /// A plan that cannot run: `missing` says why.
     #[serde(rename = "refused")]
     Refused,
@@ -68,6 +75,7 @@ impl std::fmt::Display for Verdict {
             Verdict::Deploy => "deploy",
             Verdict::NothingToDeploy => "nothing to deploy",
             Verdict::Rollback => "rollback",
+            Verdict::NothingToDo => "nothing to do",
             Verdict::Refused => "refused",
         })
     }
@@ -85,18 +93,98 @@ fn facts_as_map<S: serde::Serializer>(
     map.end()
 }
 
-/// One step: what the executor runs for `kind`, shown as `items`.
+/// One step: what the executor does (`action`, with all it needs), shown
+/// to the user as `title` and `items`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
-    pub kind: StepKind,
+    /// In `--json`, the step's name (`StepKind::name`); the payload is the
+    /// executor's, shown through `items`.
+    #[serde(rename = "kind", serialize_with = "action_name")]
+    pub action: Action,
     pub title: String,
     /// Runs at the same time as the step before it.
     pub alongside_previous: bool,
     pub items: Vec<Item>,
 }
 
-/// The steps the executors know. A plan is a list of these; a run reports
-/// the same list, which is how tests hold the dry run equal to the run.
+impl Step {
+    pub fn kind(&self) -> StepKind {
+        self.action.kind()
+    }
+}
+
+fn action_name<S: serde::Serializer>(action: &Action, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(action.kind().name())
+}
+
+/// What a step does, with everything the executor needs: the executor
+/// matches on this and never reads a step's displayed argvs back.
+/// Values only execution learns (digests, the backup's path) are filled
+/// in from the steps before it.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Build and push what the registry lacks (or, with `use_existing`,
+    /// only read the digests).
+    Images {
+        tags: Vec<(Component, String)>,
+        runner: Option<RunnerPlan>,
+        builder: Choice,
+        use_existing: bool,
+    },
+    Backup,
+    /// `helm upgrade --install`: `pinned` digests not yet known come from
+    /// the images step, the record's backup path from the backup step.
+    HelmUpgrade {
+        pinned: Vec<PinnedImage>,
+        record: DeployRecord,
+        helm_major: u32,
+        /// The revision Helm will create.
+        revision: u32,
+    },
+    /// Our own watch after Helm's: the newest ReplicaSet ready.
+    Rollout,
+    /// `alembic downgrade` in `pod`, then `check` must report `target`.
+    Downgrade {
+        pod: String,
+        target: String,
+        downgrade: Vec<String>,
+        check: Vec<String>,
+    },
+    /// `helm rollback`, then the returned revision's pods ready.
+    HelmRollback {
+        argv: Vec<String>,
+        /// The database's target, for the message if Helm fails.
+        target: String,
+        /// The revision the rollback creates.
+        revision: u32,
+    },
+    /// The expected head annotated where verify reads it.
+    RecordHead {
+        argv: Vec<String>,
+        head: String,
+    },
+    Verify {
+        expectation: Expectation,
+    },
+}
+
+impl Action {
+    pub fn kind(&self) -> StepKind {
+        match self {
+            Action::Images { .. } => StepKind::Images,
+            Action::Backup => StepKind::Backup,
+            Action::HelmUpgrade { .. } => StepKind::HelmUpgrade,
+            Action::Rollout => StepKind::Rollout,
+            Action::Downgrade { .. } => StepKind::Downgrade,
+            Action::HelmRollback { .. } => StepKind::HelmRollback,
+            Action::RecordHead { .. } => StepKind::RecordHead,
+            Action::Verify { .. } => StepKind::Verify,
+        }
+    }
+}
+
+/// The names of the steps, as plans and runs report them (the tests hold
+/// a run's list equal to its dry run's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepKind {
@@ -148,24 +236,23 @@ pub(crate) fn note(text: impl Into<String>) -> Item {
     Item::Note { text: text.into() }
 }
 
-/// Verify the newest pods against `head` (the deploy record's head).
-pub fn verify_step(env: &Environment, head: &Result<String, String>) -> Step {
-    let head = head.clone().unwrap_or_else(|_| "<unknown>".into());
+/// Verify the newest pods against the expectation (the record's head).
+pub fn verify_step(env: &Environment, expectation: Expectation) -> Step {
     let pod = "<newest backend pod>";
     Step {
-        kind: StepKind::Verify,
         title: "Verify the newest pods".into(),
         alongside_previous: false,
         items: vec![
             run(
                 kubectl::alembic_current_args(env, pod),
-                Some(&format!("{head} (head)")),
+                Some(&format!("{} (head)", expectation.head)),
             ),
             run(
                 kubectl::migrations_log_args(env, pod),
                 Some("last line: Migrations complete."),
             ),
         ],
+        action: Action::Verify { expectation },
     }
 }
 
@@ -290,7 +377,7 @@ impl Plan {
     /// The step kinds in order: what a run of this plan reports it ran.
     #[cfg(test)]
     pub fn step_names(&self) -> Vec<&'static str> {
-        self.steps.iter().map(|s| s.kind.name()).collect()
+        self.steps.iter().map(|s| s.kind().name()).collect()
     }
 
     /// Consecutive steps that run together (`alongside_previous`).

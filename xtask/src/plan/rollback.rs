@@ -10,7 +10,8 @@ use crate::cluster::release::{self, Current, RecordedRevision};
 use crate::cluster::{helm, kubectl};
 use crate::config::{names, Environment};
 use crate::database::backup;
-use crate::plan::{note, run, Item, Plan, Step, StepKind, Verdict};
+use crate::plan::{note, run, Action, Item, Plan, Step, StepKind, Verdict};
+use crate::verify::{Expectation, Source};
 
 /// What was read before deciding, all read-only.
 #[derive(Debug, Clone)]
@@ -42,7 +43,8 @@ pub struct Request {
     pub app_revision: Option<u32>,
 }
 
-/// What the executor needs beyond the step list.
+/// Where the rollback goes, for its confirmation and its summary (the
+/// executor reads only the steps).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RollbackSpec {
     pub from: String,
@@ -56,8 +58,9 @@ pub struct RollbackSpec {
 #[derive(Debug, Clone)]
 pub enum Decision {
     Rollback(Box<(Plan, RollbackSpec)>),
-    /// The database is at the target already; exit 0, nothing changed.
-    NothingToDo(String),
+    /// The database is at the target already; exit 0, nothing changed: a
+    /// plan without steps, its reason saying so.
+    NothingToDo(Box<Plan>),
     /// It cannot finish; exit 2, nothing changed: a plan with what is
     /// known and why (`missing`), shown as any plan.
     Refuse(Box<Plan>),
@@ -113,9 +116,17 @@ fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<D
             .as_deref()
             .is_none_or(|head| head == target)
     {
-        return Ok(Decision::NothingToDo(format!(
-            "the database is already at {target}; nothing to do"
-        )));
+        return Ok(Decision::NothingToDo(Box::new(Plan {
+            decision: Verdict::NothingToDo,
+            reason: format!("the database is already at {target}"),
+            missing: Vec::new(),
+            ..Plan::refused(
+                "rollback",
+                &env.name,
+                refusal_facts(env, facts, request),
+                Vec::new(),
+            )
+        })));
     }
     let dropped = if app_only {
         Vec::new()
@@ -133,7 +144,7 @@ fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<D
     let mut steps = steps(env, facts, &spec, &deployment, &dropped, app);
     if app_only {
         // Nothing in the database changes: no backup, no downgrade.
-        steps.retain(|s| !matches!(s.kind, StepKind::Backup | StepKind::Downgrade));
+        steps.retain(|s| !matches!(s.kind(), StepKind::Backup | StepKind::Downgrade));
     }
     let plan = Plan {
         command: "rollback",
@@ -418,13 +429,21 @@ fn steps(
         downgrade_step(env, facts, spec, dropped),
         helm_rollback_step(env, facts, spec, app),
         record_head_step(env, spec, deployment),
-        crate::plan::verify_step(env, &Ok(spec.target.clone())),
+        crate::plan::verify_step(
+            env,
+            Expectation {
+                head: spec.target.clone(),
+                source: Source::RollbackRecord {
+                    revision: spec.new_revision,
+                },
+            },
+        ),
     ]
 }
 
-fn step(kind: StepKind, title: String, items: Vec<Item>) -> Step {
+fn step(action: Action, title: String, items: Vec<Item>) -> Step {
     Step {
-        kind,
+        action,
         title,
         alongside_previous: false,
         items,
@@ -433,7 +452,7 @@ fn step(kind: StepKind, title: String, items: Vec<Item>) -> Step {
 
 fn backup_step(env: &Environment) -> Step {
     step(
-        StepKind::Backup,
+        Action::Backup,
         "Back up the database".into(),
         vec![run(
             backup::script_args(env),
@@ -450,21 +469,25 @@ fn downgrade_step(
     dropped: &[(String, String)],
 ) -> Step {
     let dropped_ids: Vec<&str> = dropped.iter().map(|(id, _)| id.as_str()).collect();
+    let downgrade = kubectl::alembic_args(env, &spec.pod, &["downgrade", &spec.target]);
+    let check = kubectl::alembic_current_args(env, &spec.pod);
     step(
-        StepKind::Downgrade,
+        Action::Downgrade {
+            pod: spec.pod.clone(),
+            target: spec.target.clone(),
+            downgrade: downgrade.clone(),
+            check: check.clone(),
+        },
         format!(
             "Downgrade the schema in {} (revision {}'s scripts know the way down)",
             spec.pod, facts.current.revision
         ),
         vec![
             run(
-                kubectl::alembic_args(env, &spec.pod, &["downgrade", &spec.target]),
+                downgrade,
                 Some(&format!("drops {}", dropped_ids.join(", "))),
             ),
-            run(
-                kubectl::alembic_current_args(env, &spec.pod),
-                Some(&spec.target),
-            ),
+            run(check, Some(&spec.target)),
         ],
     )
 }
@@ -480,12 +503,17 @@ fn helm_rollback_step(
     } else {
         "none".into()
     };
+    let argv = helm::rollback_args(env, spec.app_revision, facts.helm_major);
     step(
-        StepKind::HelmRollback,
+        Action::HelmRollback {
+            argv: argv.clone(),
+            target: spec.target.clone(),
+            revision: spec.new_revision,
+        },
         format!("Return the app to Helm revision {}", spec.app_revision),
         vec![
             run(
-                helm::rollback_args(env, spec.app_revision, facts.helm_major),
+                argv,
                 Some(&format!(
                     "revision {} is created and rolls out",
                     spec.new_revision
@@ -502,23 +530,24 @@ fn helm_rollback_step(
 
 /// On the Deployment, tied to the Helm revision the rollback creates.
 fn record_head_step(env: &Environment, spec: &RollbackSpec, deployment: &str) -> Step {
-    step(
-        StepKind::RecordHead,
-        "Record the expected head where verify reads it (no pod restarts)".into(),
-        vec![run(
-            kubectl::annotate_deployment_args(
-                env,
-                deployment,
-                &[
-                    (
-                        release::ROLLBACK_REVISION_ANNOTATION,
-                        &spec.new_revision.to_string(),
-                    ),
-                    (release::ROLLBACK_HEAD_ANNOTATION, &spec.target),
-                ],
+    let argv = kubectl::annotate_deployment_args(
+        env,
+        deployment,
+        &[
+            (
+                release::ROLLBACK_REVISION_ANNOTATION,
+                &spec.new_revision.to_string(),
             ),
-            None,
-        )],
+            (release::ROLLBACK_HEAD_ANNOTATION, &spec.target),
+        ],
+    );
+    step(
+        Action::RecordHead {
+            argv: argv.clone(),
+            head: spec.target.clone(),
+        },
+        "Record the expected head where verify reads it (no pod restarts)".into(),
+        vec![run(argv, None)],
     )
 }
 
@@ -672,7 +701,7 @@ mod tests {
         let at_head = facts(history.clone(), "0002_activity_and_comments");
         assert!(matches!(
             decide(&env(), &at_head, &to("0002_activity_and_comments", None)),
-            Decision::NothingToDo(ref why) if why.contains("already at 0002_activity_and_comments")
+            Decision::NothingToDo(ref plan) if plan.reason.contains("already at 0002_activity_and_comments")
         ));
         assert!(refusal(decide(&env(), &at_head, &to("0000_nope", None)))
             .contains("unknown revision \"0000_nope\""));

@@ -1,0 +1,92 @@
+//! `helm upgrade --install` with our rollout watch beside it.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::cluster::rollout::{self, Assessment};
+use crate::cluster::Backend;
+use crate::config::Environment;
+use crate::process;
+use crate::verify;
+
+/// Runs `helm upgrade --install` and watches the newest ReplicaSet at the
+/// same time: a pod that will not recover stops Helm (SIGTERM, so it can
+/// mark the release failed) and the deploy, within seconds. The watch also
+/// starts verify's reads as they become possible; returns those reads.
+pub(super) async fn upgrade_watching_rollout(
+    env: &Environment,
+    argv: &[String],
+    verbose: bool,
+) -> Result<verify::Collector> {
+    // Read now, not taken from the facts: the images took minutes, and
+    // only a ReplicaSet newer than this one is the deploy's.
+    let before = {
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || Backend::read(&env))
+            .await?
+            .map(|b| b.newest_revision())
+            .unwrap_or(0)
+    };
+    eprintln!("$ {}", crate::process::echo_argv(argv, verbose));
+    let running = process::spawn(argv)?;
+    let stopper = running.share();
+    let helm = tokio::task::spawn_blocking(move || {
+        let mut said = Vec::new();
+        let code = running.lines(|line| said.push(line.to_string()));
+        (code, said.join("\n"))
+    });
+    tokio::pin!(helm);
+    let mut progress = rollout::Progress::new(env);
+    let mut collector = verify::Collector::new(env, before);
+    // The watch borrows the collector: it ends with this block.
+    let (code, said) = {
+        let watch = rollout::watch(env, before, true, env.helm_timeout, |backend| {
+            progress.show(backend);
+            collector.observe(backend);
+        });
+        tokio::pin!(watch);
+        tokio::select! {
+            finished = &mut helm => finished?,
+            // A watch that cannot read (an interrupted kubectl) stops watching,
+            // never Helm: Helm is waited for, so it can record the outcome.
+            assessment = &mut watch => match assessment.unwrap_or(Assessment::Waiting(String::new())) {
+                Assessment::Failed { pod, problem } => {
+                    tokio::task::spawn_blocking(move || stopper.terminate(HELM_GRACE)).await?;
+                    let (_, helm_said) = helm.await?;
+                    let explanation = rollout::explain_failure(env, &pod, &problem);
+                    bail!(
+                        "the rollout failed, so Helm was stopped:\n{explanation}\nhelm said:\n{}\n\
+                         The database is untouched unless the failing migration committed; `cargo xtask status {}` shows the release",
+                        indent(helm_said.trim()),
+                        env.name
+                    );
+                }
+                // Complete (or timed out) before Helm returned: let Helm finish.
+                _ => helm.await?,
+            },
+        }
+    };
+    let code = code?;
+    if code != 0 {
+        bail!(
+            "helm upgrade failed (exit {code}):\n{}",
+            indent(said.trim())
+        );
+    }
+    // Helm's own word on what it did (NAME, STATUS, REVISION…).
+    if !said.trim().is_empty() {
+        eprintln!("{}", indent(said.trim()));
+    }
+    Ok(collector)
+}
+
+/// How long Helm gets to record the release as failed after SIGTERM.
+const HELM_GRACE: Duration = Duration::from_secs(15);
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,492 @@
+//! The one executor: runs any `plan::Plan` (deploy's, rollback's) step by
+//! step as printed, a group of `alongside_previous` steps at once. Each
+//! step's `Action` carries what it needs; what only execution learns (the
+//! pushed digests, the backup's path, the revision Helm made) is kept in
+//! the `Outcome` and filled into the steps after it. One summary and one
+//! `--json` step shape come out of it for every command.
+
+mod helm;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::alembic::database;
+use crate::cluster::helm::{DeployRecord, PinnedImage};
+use crate::cluster::rollout::{self, Assessment};
+use crate::cluster::{self as cluster_layer};
+use crate::config::{Component, Environment};
+use crate::database::backup;
+use crate::images::registry::DaemonView;
+use crate::images::runner::RunnerPlan;
+use crate::images::{self, builder, ImageReport, Mode};
+use crate::plan::{Action, Plan, Step, StepJson, StepKind};
+use crate::process;
+use crate::verify;
+
+/// What the executor is given beside the plan.
+pub struct Executor<'a> {
+    pub env: &'a Environment,
+    /// Helm's and kubectl's full command lines (`-v`).
+    pub verbose: bool,
+    /// Verify's reads from the facts phase: used while no step has changed
+    /// the release (a no-op deploy verifies with them).
+    pub observed: Option<verify::Facts>,
+    /// The daemon's view from the facts (how it reaches the registry).
+    pub daemon: Option<DaemonView>,
+}
+
+/// What the steps produced, in order.
+#[derive(Default)]
+pub struct Outcome {
+    pub steps: Vec<TimedStep>,
+    pub images: Vec<ImageReport>,
+    pub backup: Option<backup::Backup>,
+    /// The revision the release is at after a Helm step; None: no Helm step ran.
+    pub helm_revision: Option<u32>,
+    pub verify: Option<(verify::Facts, Vec<verify::Check>)>,
+    /// Verify's reads made while a rollout was watched, taken by the next
+    /// watch or the verify step (steps see the outcome shared).
+    collector: std::sync::Mutex<Option<verify::Collector>>,
+}
+
+/// One executed step: its name, how long it took, what it produced.
+#[derive(Debug, Clone)]
+pub struct TimedStep {
+    pub kind: StepKind,
+    pub took: Duration,
+    pub note: String,
+}
+
+/// What one step hands to the outcome.
+enum Output {
+    Images(Vec<ImageReport>),
+    Backup(backup::Backup),
+    Released {
+        revision: u32,
+        collector: Option<verify::Collector>,
+        note: String,
+    },
+    RolledOut(verify::Collector),
+    Note(String),
+    Verified(Box<(verify::Facts, Vec<verify::Check>)>),
+}
+
+impl Executor<'_> {
+    /// Runs every step of `plan`; the first failure stops it, with the step
+    /// named. Interrupts must be installed by the caller.
+    pub fn execute(&self, plan: &Plan) -> Result<Outcome> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(self.run(plan))
+    }
+
+    async fn run(&self, plan: &Plan) -> Result<Outcome> {
+        let mut outcome = Outcome::default();
+        for group in plan.groups() {
+            let names: Vec<&str> = group.iter().map(|s| s.kind().name()).collect();
+            let during = || format!("during step {}", names.join(" and "));
+            for step in &group {
+                eprintln!("{}: {}", plan.command, step.title);
+            }
+            let steps = futures_util::future::join_all(group.iter().map(|step| async {
+                let started = Instant::now();
+                let output = self.step(step, &outcome).await;
+                (step.kind(), started.elapsed(), output)
+            }));
+            // The image stage works in-process (no child to signal): an
+            // interrupt drops it, so nothing half-pushed is ever pinned.
+            // Steps with children end when their children do (SIGTERM).
+            let in_process = group.iter().any(|s| s.kind() == StepKind::Images);
+            let results = if in_process {
+                tokio::select! {
+                    results = steps => results,
+                    interrupt = interrupt_arrives() => return Err(anyhow::Error::new(interrupt).context(during())),
+                }
+            } else {
+                steps.await
+            };
+            if let Some(interrupt) = process::interrupted() {
+                return Err(anyhow::Error::new(interrupt).context(during()));
+            }
+            // Every step of the group has finished; the first failure stops the plan.
+            let mut outputs = Vec::new();
+            for (kind, took, output) in results {
+                let output = output.with_context(|| format!("during step {}", kind.name()))?;
+                outputs.push((kind, took, output));
+            }
+            for (kind, took, output) in outputs {
+                let note = outcome.keep(output);
+                outcome.steps.push(TimedStep { kind, took, note });
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// One step, by its action.
+    async fn step(&self, step: &Step, done: &Outcome) -> Result<Output> {
+        match &step.action {
+            Action::Images {
+                tags,
+                runner,
+                builder,
+                use_existing,
+            } => self.images(tags, runner, builder, *use_existing).await,
+            Action::Backup => self.backup().await,
+            Action::HelmUpgrade {
+                pinned,
+                record,
+                helm_major,
+                revision,
+            } => {
+                self.helm_upgrade(done, pinned, record, *helm_major, *revision)
+                    .await
+            }
+            Action::Rollout => self.rollout(done).await,
+            Action::Downgrade {
+                pod,
+                target,
+                downgrade,
+                check,
+            } => self.downgrade(done, pod, target, downgrade, check).await,
+            Action::HelmRollback {
+                argv,
+                target,
+                revision,
+            } => self.helm_rollback(argv, target, *revision).await,
+            Action::RecordHead { argv, head } => self.record_head(argv, head).await,
+            Action::Verify { expectation } => self.verify(done, expectation.clone()).await,
+        }
+    }
+
+    async fn images(
+        &self,
+        tags: &[(Component, String)],
+        runner: &Option<RunnerPlan>,
+        builder: &builder::Choice,
+        use_existing: bool,
+    ) -> Result<Output> {
+        let options = images::Options {
+            mode: if use_existing {
+                Mode::UseExisting
+            } else {
+                Mode::Push
+            },
+            jobs: 2,
+            runner: runner.clone(),
+            builder: builder.clone(),
+        };
+        let reports = images::run(self.env, tags, &options, self.daemon.as_ref())
+            .await
+            .context("the image stage failed, so Helm was not run and the cluster is unchanged")?;
+        Ok(Output::Images(reports))
+    }
+
+    async fn backup(&self) -> Result<Output> {
+        let env = self.env.clone();
+        let backup = tokio::task::spawn_blocking(move || backup::take(&env))
+            .await?
+            .context("the backup failed, so Helm was not run, the database is untouched and the cluster is unchanged")?;
+        eprintln!("backup: {}", backup.path.display());
+        Ok(Output::Backup(backup))
+    }
+
+    async fn helm_upgrade(
+        &self,
+        done: &Outcome,
+        pinned: &[PinnedImage],
+        record: &DeployRecord,
+        helm_major: u32,
+        revision: u32,
+    ) -> Result<Output> {
+        let argv = crate::cluster::helm::upgrade_install_args(
+            self.env,
+            &done.pinned(pinned)?,
+            &done.record(record),
+            helm_major,
+        );
+        let collector = helm::upgrade_watching_rollout(self.env, &argv, self.verbose).await?;
+        Ok(Output::Released {
+            revision,
+            collector: Some(collector),
+            note: format!("revision {revision}, digests pinned"),
+        })
+    }
+
+    /// Our own watch after Helm's: fails fast with the failing container's
+    /// log; goes on collecting verify's reads.
+    async fn rollout(&self, done: &Outcome) -> Result<Output> {
+        let env = self.env;
+        let mut progress = rollout::Progress::new(env);
+        let mut collector = done
+            .take_collector()
+            .unwrap_or_else(|| verify::Collector::new(env, 0));
+        let assessment = rollout::watch(env, 0, false, env.helm_timeout, |b| {
+            progress.show(b);
+            collector.observe(b);
+        })
+        .await?;
+        match assessment {
+            Assessment::Complete => Ok(Output::RolledOut(collector)),
+            Assessment::Failed { pod, problem } => {
+                bail!("{}", rollout::explain_failure(env, &pod, &problem))
+            }
+            Assessment::Waiting(why) => bail!("the rollout did not complete: {why}"),
+        }
+    }
+
+    /// `alembic downgrade` (its output shown as it runs), then `check`
+    /// must report the target.
+    async fn downgrade(
+        &self,
+        done: &Outcome,
+        pod: &str,
+        target: &str,
+        downgrade: &[String],
+        check: &[String],
+    ) -> Result<Output> {
+        let backup = done
+            .backup
+            .as_ref()
+            .map_or("-".into(), |b| b.path.display().to_string());
+        eprintln!("$ {}", process::display_argv(downgrade));
+        let code = blocking(downgrade.to_vec(), |argv| cluster_layer::relay(&argv)).await?;
+        if code != 0 {
+            bail!(
+                "`alembic downgrade {target}` in {pod} failed (exit {code}); the database is as the output above left it, and the \
+                 app was not rolled back. The backup is {backup} (`scripts/restore-db.sh` restores it)"
+            );
+        }
+        let output = blocking(check.to_vec(), |argv| cluster_layer::run(&argv)).await?;
+        let now = database::from_alembic_current(&output.stdout);
+        if output.code != 0 || now.revision() != Some(target) {
+            bail!(
+                "after `alembic downgrade {target}` the database reports {:?} ({}); the app was not rolled back; backup {backup}",
+                cluster_layer::last_line(&output.stdout),
+                output.stderr.trim()
+            );
+        }
+        Ok(Output::Note(format!("database at {target}")))
+    }
+
+    /// `helm rollback` as planned, then the returned revision's pods ready.
+    async fn helm_rollback(&self, argv: &[String], target: &str, revision: u32) -> Result<Output> {
+        let env = self.env;
+        run_captured(argv, "helm rollback").await.with_context(|| {
+            format!(
+                "the database is at {target} but the app was not rolled back: retry with `{}`",
+                process::display_argv(argv)
+            )
+        })?;
+        let mut progress = rollout::Progress::new(env);
+        match rollout::watch(env, 0, false, env.helm_timeout, |b| progress.show(b)).await? {
+            Assessment::Complete => Ok(Output::Released {
+                revision,
+                collector: None,
+                note: format!("revision {revision}, rolled out"),
+            }),
+            Assessment::Failed { pod, problem } => {
+                bail!("{}", rollout::explain_failure(env, &pod, &problem))
+            }
+            Assessment::Waiting(why) => {
+                bail!("the rolled-back release did not become ready: {why}")
+            }
+        }
+    }
+
+    async fn record_head(&self, argv: &[String], head: &str) -> Result<Output> {
+        run_captured(argv, "recording the expected head").await?;
+        Ok(Output::Note(format!("{head} recorded for verify")))
+    }
+
+    /// Verify from what is already known: the facts' reads while nothing
+    /// changed the release, the rollout's collected reads after a deploy,
+    /// else a fresh read.
+    async fn verify(&self, done: &Outcome, expectation: verify::Expectation) -> Result<Output> {
+        let env = self.env.clone();
+        let observed = self
+            .observed
+            .clone()
+            .filter(|_| done.helm_revision.is_none());
+        let collected = done.take_collector();
+        let (facts, checks) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let facts = match (observed, collected) {
+                (Some(observed), _) => verify::Facts {
+                    expected: expectation,
+                    ..observed
+                },
+                (None, Some(collected)) => collected.finish(expectation)?,
+                (None, None) => verify::gather(&env, expectation)?,
+            };
+            let checks = verify::evaluate(&env, &facts);
+            Ok((facts, checks))
+        })
+        .await??;
+        Ok(Output::Verified(Box::new((facts, checks))))
+    }
+}
+
+impl Outcome {
+    /// Keeps a step's output; returns the note for the summary table.
+    fn keep(&mut self, output: Output) -> String {
+        match output {
+            Output::Images(reports) => {
+                let note = reports
+                    .iter()
+                    .map(|r| {
+                        let pushed = matches!(r.push, images::StepOutcome::Done(_));
+                        format!(
+                            "{} {}",
+                            r.component,
+                            if pushed { "pushed" } else { "in registry" }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.images = reports;
+                note
+            }
+            Output::Backup(backup) => {
+                let note = backup.path.display().to_string();
+                self.backup = Some(backup);
+                note
+            }
+            Output::Released {
+                revision,
+                collector,
+                note,
+            } => {
+                self.helm_revision = Some(revision);
+                *self.collector.get_mut().expect("collector lock") = collector;
+                note
+            }
+            Output::RolledOut(collector) => {
+                *self.collector.get_mut().expect("collector lock") = Some(collector);
+                "newest ReplicaSet ready, no old pods".into()
+            }
+            Output::Note(note) => note,
+            Output::Verified(verified) => {
+                let (_, checks) = &*verified;
+                let passed = checks.iter().filter(|c| c.ok).count();
+                let note = format!("{passed}/{} checks passed", checks.len());
+                self.verify = Some(*verified);
+                note
+            }
+        }
+    }
+
+    fn take_collector(&self) -> Option<verify::Collector> {
+        self.collector.lock().expect("collector lock").take()
+    }
+
+    /// The plan's pins with the digests the image stage pushed.
+    fn pinned(&self, planned: &[PinnedImage]) -> Result<Vec<PinnedImage>> {
+        planned
+            .iter()
+            .map(|planned| {
+                let mut pinned = planned.clone();
+                if let Some(report) = self
+                    .images
+                    .iter()
+                    .find(|r| r.component == planned.component)
+                {
+                    pinned.digest = Some(report.digest.clone().ok_or_else(|| {
+                        anyhow!("{} has no digest after the image stage", planned.component)
+                    })?);
+                }
+                if pinned.digest.is_none() {
+                    bail!(
+                        "{} was never pushed, so there is no digest to pin",
+                        planned.component
+                    );
+                }
+                Ok(pinned)
+            })
+            .collect()
+    }
+
+    /// The plan's record with the backup this run took (none: none).
+    fn record(&self, planned: &DeployRecord) -> DeployRecord {
+        DeployRecord {
+            backup_file: self
+                .backup
+                .as_ref()
+                .map(|b| b.path.display().to_string())
+                .unwrap_or_default(),
+            ..planned.clone()
+        }
+    }
+
+    /// Every check of the verify step passed (false when none ran).
+    pub fn verified(&self) -> bool {
+        self.verify
+            .as_ref()
+            .is_some_and(|(_, checks)| checks.iter().all(|c| c.ok))
+    }
+
+    /// The steps as `--json` shows them, for every command.
+    pub fn steps_json(&self) -> Vec<StepJson> {
+        self.steps
+            .iter()
+            .map(|s| StepJson {
+                name: s.kind.name(),
+                seconds: s.took.as_secs_f64(),
+                note: Some(s.note.clone()),
+            })
+            .collect()
+    }
+
+    /// The steps as text: one line each, then the total (with the facts'
+    /// time, read before the plan).
+    pub fn render_steps(&self, facts_took: Duration) -> String {
+        let mut out = format!(
+            "  {:<13} {:>6.1} s  read-only: what the plan was decided from\n",
+            "facts",
+            facts_took.as_secs_f64()
+        );
+        for step in &self.steps {
+            out.push_str(&format!(
+                "  {:<13} {:>6.1} s  {}\n",
+                step.kind.name(),
+                step.took.as_secs_f64(),
+                step.note
+            ));
+        }
+        let total = facts_took + self.steps.iter().map(|s| s.took).sum::<Duration>();
+        out.push_str(&format!(
+            "  {:<13} {:>6.1} s\n",
+            "total",
+            total.as_secs_f64()
+        ));
+        out
+    }
+}
+
+/// A plan's argv, output captured; a non-zero exit fails with its stderr.
+async fn run_captured(argv: &[String], what: &str) -> Result<cluster_layer::Output> {
+    eprintln!("$ {}", process::display_argv(argv));
+    let output = blocking(argv.to_vec(), |argv| cluster_layer::run(&argv)).await?;
+    if output.code != 0 {
+        bail!("{what} failed: {}", output.stderr.trim());
+    }
+    Ok(output)
+}
+
+/// A blocking process call off the async workers.
+async fn blocking<T: Send + 'static>(
+    argv: Vec<String>,
+    call: impl FnOnce(Vec<String>) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(move || call(argv)).await?
+}
+
+/// Resolves when an interrupt has arrived.
+async fn interrupt_arrives() -> process::Interrupted {
+    loop {
+        if let Some(interrupt) = process::interrupted() {
+            return interrupt;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

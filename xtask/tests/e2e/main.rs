@@ -15,3 +15,4 @@ mod dry_run;
 mod images;
 mod pods;
 mod registry_faults;
+mod reports;

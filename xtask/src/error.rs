@@ -18,6 +18,35 @@ pub fn input_error(message: impl fmt::Display) -> anyhow::Error {
     InputError(message.to_string()).into()
 }
 
+/// A fact a plan could not have (the cluster, the daemon, a registry's
+/// digest, the chart's inputs, the expected head): why, with every cause.
+/// Facts keep it instead of failing the command; a plan that needs the
+/// fact lists it in `missing`, one that does not runs without it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FactError(String);
+
+/// A fact, or why it could not be had.
+pub type Fact<T> = Result<T, FactError>;
+
+impl FactError {
+    pub fn new(why: impl Into<String>) -> FactError {
+        FactError(why.into())
+    }
+
+    /// A typed error's text and its causes (`with_causes`).
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> FactError {
+        FactError(with_causes(error))
+    }
+}
+
+/// An `anyhow` error with its context chain, as `{:#}` shows it.
+impl From<anyhow::Error> for FactError {
+    fn from(error: anyhow::Error) -> FactError {
+        FactError(format!("{error:#}"))
+    }
+}
+
 /// An error and its causes in one line, as `{:#}` shows an anyhow error:
 /// for a typed error kept as text (a plan's facts), so no cause is lost. A
 /// cause the text already carries (some libraries print their source in

@@ -15,7 +15,7 @@ use crate::cli::DeployArgs;
 use crate::cluster::{self, helm, kubectl, release, Backend};
 use crate::config::{self, git, inputs, Component, Environment};
 use crate::database::backup;
-use crate::error::{input_error, with_causes};
+use crate::error::{input_error, Fact, FactError};
 use crate::execute::{Executor, Outcome};
 use crate::images::registry::{self, RegistryClient};
 use crate::images::{self, builder, docker, runner};
@@ -193,7 +193,10 @@ pub fn gather_facts(
         let daemon = scope.spawn(docker::registry_view_blocking);
         let commit = git::head(sh, &env.root);
         let tags = image_tags(sh, env, commit.as_ref());
-        let daemon = daemon.join().expect("docker probe panicked");
+        let daemon = daemon
+            .join()
+            .expect("docker probe panicked")
+            .map_err(FactError::new);
         // Which runner the backend image gets (asks rustc for its targets).
         let daemon_platform = daemon.as_ref().ok().and_then(|d| d.platform.clone());
         let runner = scope.spawn(move || {
@@ -207,7 +210,10 @@ pub fn gather_facts(
         let builder = builder::choose_here(daemon.as_ref().ok());
         let chart_exists = env.root.join(&env.chart).join("Chart.yaml").is_file();
         let (cluster, migrations) = cluster.join().expect("cluster reader panicked");
-        let runner = runner.join().expect("runner decision panicked");
+        let runner = runner
+            .join()
+            .expect("runner decision panicked")
+            .map_err(FactError::new);
         DeployFacts {
             commit: commit.clone(),
             images,
@@ -216,9 +222,9 @@ pub fn gather_facts(
             chart_exists,
             backup_script_exists: env.root.join(backup::SCRIPT).is_file(),
             inputs_hash: if chart_exists {
-                inputs::hash(env).map_err(|e| format!("{e:#}"))
+                inputs::hash(env).map_err(FactError::from)
             } else {
-                Err("no chart".into())
+                Err(FactError::new("no chart"))
             },
             cluster,
             migrations,
@@ -236,11 +242,11 @@ fn image_tags(
     sh: &Shell,
     env: &Environment,
     commit: Option<&git::Commit>,
-) -> Vec<Option<Result<String, String>>> {
+) -> Vec<Option<Fact<String>>> {
     env.images
         .iter()
         .map(|image| {
-            commit.map(|commit| images::tag(sh, env, commit, image).map_err(|e| format!("{e:#}")))
+            commit.map(|commit| images::tag(sh, env, commit, image).map_err(FactError::from))
         })
         .collect()
 }
@@ -250,13 +256,13 @@ fn image_tags(
 /// for one it treats as insecure). The digests are asked at once.
 fn image_facts(
     env: &Environment,
-    tags: Vec<Option<Result<String, String>>>,
+    tags: Vec<Option<Fact<String>>>,
     daemon: Option<&registry::DaemonView>,
 ) -> Vec<ImageFacts> {
     let access = registry::access_for(&env.registry, daemon);
     // Kept as text: each image's reader needs its own copy.
     let credential =
-        registry::credential_for(registry::host_of(&env.registry)).map_err(|e| with_causes(&e));
+        registry::credential_for(registry::host_of(&env.registry)).map_err(|e| FactError::of(&e));
     std::thread::scope(|scope| {
         let digests: Vec<_> = env
             .images
@@ -267,7 +273,7 @@ fn image_facts(
                 scope.spawn(move || match tag {
                     Some(Ok(tag)) => RegistryClient::new(&image.reference, credential?, access)
                         .manifest_digest(images::repository_path(&image.reference), tag)
-                        .map_err(|e| with_causes(&e)),
+                        .map_err(|e| FactError::of(&e)),
                     _ => Ok(None),
                 })
             })
@@ -301,7 +307,7 @@ fn image_facts(
 fn migrations_preview(
     env: &Environment,
     graph: &Result<RevisionGraph, VersionsError>,
-    cluster: &Result<ClusterFacts, String>,
+    cluster: &Fact<ClusterFacts>,
 ) -> Preview {
     match versions::with_head(graph) {
         Ok((graph, head)) => {
@@ -315,7 +321,7 @@ fn migrations_preview(
 
 /// The cluster's side of the facts. The context must be the environment's
 /// and the release must not be pending: either is a refusal (Err).
-fn cluster_facts(env: &Environment) -> Result<ClusterFacts, String> {
+fn cluster_facts(env: &Environment) -> Fact<ClusterFacts> {
     // Every read names the environment's context, so the reads may start
     // while the current context is checked; a mismatch still refuses.
     std::thread::scope(|scope| {
@@ -325,32 +331,25 @@ fn cluster_facts(env: &Environment) -> Result<ClusterFacts, String> {
         // Verify's reads of the running pods, made now: the database's
         // revision comes from its `alembic current`, and a no-op reuses them.
         let database = scope.spawn(|| {
-            let backend = Backend::read(env).map_err(|e| format!("{e:#}"))?;
+            let backend = Backend::read(env)?;
             let Some(pod) = backend.ready_pod().map(|p| p.name().to_string()) else {
-                return Ok::<_, String>((database::no_ready_pod(), None));
+                return Ok::<_, FactError>((database::no_ready_pod(), None));
             };
             let unknown = verify::Expectation {
                 head: String::new(),
                 source: verify::Source::Flag,
             };
-            let observed =
-                verify::gather_from(env, unknown, backend).map_err(|e| format!("{e:#}"))?;
+            let observed = verify::gather_from(env, unknown, backend)?;
             let database = match &observed.alembic_current {
                 Some(output) => database::from_observed(env, &pod, output),
                 None => database::read(env, &pod),
             };
             Ok((database, Some(observed)))
         });
-        context
-            .join()
-            .expect("context check panicked")
-            .map_err(|e| format!("{e:#}"))?;
-        let release = release
-            .join()
-            .expect("release reader panicked")
-            .map_err(|e| format!("{e:#}"))?;
+        context.join().expect("context check panicked")?;
+        let release = release.join().expect("release reader panicked")?;
         if let Some(current) = &release {
-            release::refuse_if_pending(env, &current.status)?;
+            release::refuse_if_pending(env, &current.status).map_err(FactError::new)?;
         }
         let (database, observed) = database.join().expect("database reader panicked")?;
         let database_pod_exists = database_pods

@@ -13,6 +13,7 @@ use crate::cluster::kubectl;
 use crate::cluster::release::{Current, ReleaseStatus};
 use crate::config::git::Commit;
 use crate::config::{Component, Environment};
+use crate::error::{Fact, FactError};
 use crate::images::builder::Builder;
 use crate::images::runner::RunnerPlan;
 
@@ -31,19 +32,19 @@ pub struct DeployFacts {
     pub chart_exists: bool,
     pub backup_script_exists: bool,
     /// `inputs::hash` of the chart and values files.
-    pub inputs_hash: Result<String, String>,
+    pub inputs_hash: Fact<String>,
     /// The cluster's side, or why it could not be read (a refusal).
-    pub cluster: Result<ClusterFacts, String>,
+    pub cluster: Fact<ClusterFacts>,
     /// `DATABASE_URL` is set: the backup script dumps that (external) database.
     pub external_database: bool,
     /// What the Docker daemon says (`docker info`; needed when an image must
     /// be built, and reused by the image stage), or why it does not answer.
-    pub daemon: Result<crate::images::registry::DaemonView, String>,
+    pub daemon: Fact<crate::images::registry::DaemonView>,
     /// The SQL the pending migrations run, rendered offline and linted.
     pub migrations: Preview,
     /// The run-migrations binary for the backend image's platform, or why
     /// none can be had (a refusal when the backend must be built).
-    pub runner: Result<RunnerPlan, String>,
+    pub runner: Fact<RunnerPlan>,
     /// BuildKit or the legacy builder, and why (`builder::choose`).
     pub builder: crate::images::builder::Choice,
 }
@@ -58,7 +59,7 @@ pub struct ImageFacts {
     /// What its Dockerfile asks of the builder (BuildKit syntax).
     pub needs: crate::images::builder::Needs,
     /// The registry's digest for `tag`: Ok(None) when it does not hold it.
-    pub registry_digest: Result<Option<String>, String>,
+    pub registry_digest: Fact<Option<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -163,14 +164,14 @@ fn expect(head: String, revision: u32) -> Expectation {
     }
 }
 
-fn expected_head(facts: &DeployFacts) -> Result<String, String> {
+fn expected_head(facts: &DeployFacts) -> Fact<String> {
     versions::with_head(&facts.graph)
         .map(|(_, head)| head)
-        .map_err(|e| e.to_string())
+        .map_err(|e| FactError::of(&e))
 }
 
 /// The database's revision as the cluster's facts have it.
-pub fn database_of(cluster: &Result<ClusterFacts, String>) -> DatabaseRevision {
+pub fn database_of(cluster: &Fact<ClusterFacts>) -> DatabaseRevision {
     match cluster {
         Ok(cluster) => cluster.database.clone(),
         Err(_) => DatabaseRevision::Unknown {
@@ -179,11 +180,7 @@ pub fn database_of(cluster: &Result<ClusterFacts, String>) -> DatabaseRevision {
     }
 }
 
-fn deploy_spec(
-    env: &Environment,
-    facts: &DeployFacts,
-    head: &Result<String, String>,
-) -> DeploySpec {
+fn deploy_spec(env: &Environment, facts: &DeployFacts, head: &Fact<String>) -> DeploySpec {
     let tags: Vec<(Component, String)> = env
         .images
         .iter()
@@ -311,7 +308,7 @@ fn backup_decision(facts: &DeployFacts, options: DeployOptions) -> (bool, String
 /// shows their SQL); this only says it in words.
 fn schema_lines(
     facts: &DeployFacts,
-    head: &Result<String, String>,
+    head: &Fact<String>,
     missing: &mut Vec<String>,
 ) -> Vec<String> {
     let (Ok(graph), Ok(head)) = (&facts.graph, head) else {
@@ -527,7 +524,7 @@ fn rollout_step(env: &Environment) -> Step {
 fn fact_lines(
     env: &Environment,
     facts: &DeployFacts,
-    head: &Result<String, String>,
+    head: &Fact<String>,
 ) -> Vec<(&'static str, String)> {
     let sha = facts
         .commit
@@ -594,12 +591,12 @@ fn fact_lines(
 fn missing(
     env: &Environment,
     facts: &DeployFacts,
-    head: &Result<String, String>,
+    head: &Fact<String>,
     options: DeployOptions,
 ) -> Vec<String> {
     let mut missing = build_problems(env, facts, options);
     if let Err(why) = &facts.cluster {
-        missing.push(why.clone());
+        missing.push(why.to_string());
     }
     for path in env.missing_values_files() {
         missing.push(format!("values file {} does not exist", path.display()));
@@ -698,11 +695,7 @@ fn image_problems(env: &Environment, facts: &DeployFacts) -> Vec<String> {
 
 /// The checkout's side: the head, a commit, the chart, the backup script,
 /// and helm on this machine.
-fn checkout_problems(
-    env: &Environment,
-    facts: &DeployFacts,
-    head: &Result<String, String>,
-) -> Vec<String> {
+fn checkout_problems(env: &Environment, facts: &DeployFacts, head: &Fact<String>) -> Vec<String> {
     let mut problems = Vec::new();
     if let Err(why) = head {
         problems.push(format!("expected Alembic head unknown: {why}"));
@@ -716,7 +709,7 @@ fn checkout_problems(
     if !facts.chart_exists {
         problems.push(format!("chart {} does not exist", env.chart));
     } else if let Err(why) = &facts.inputs_hash {
-        problems.push(why.clone());
+        problems.push(why.to_string());
     }
     if !facts.backup_script_exists {
         problems.push(format!(
@@ -945,11 +938,10 @@ mod tests {
     #[test]
     fn a_backend_without_a_runner_for_its_platform_is_refused_only_when_it_must_be_built() {
         let mut facts = facts(at("0002_activity_and_comments"));
-        facts.runner = Err(
+        facts.runner = Err(FactError::new(
             "the backend image is linux/arm64, and this linux/amd64 machine cannot build \
-                            run-migrations for it"
-                .into(),
-        );
+             run-migrations for it",
+        ));
         // In the registry already: nothing to build, nothing refused.
         assert!(planned(&facts, DeployOptions::default()).missing.is_empty());
         facts.images[0].registry_digest = Ok(None);
@@ -964,7 +956,7 @@ mod tests {
     #[test]
     fn a_cluster_that_cannot_be_read_is_listed_and_the_plan_still_shows() {
         let mut facts = facts(at("0002_activity_and_comments"));
-        facts.cluster = Err("the current kube context is \"prod\"".into());
+        facts.cluster = Err(FactError::new("the current kube context is \"prod\""));
         let plan = planned(&facts, DeployOptions::default());
         assert_eq!(plan.missing, ["the current kube context is \"prod\""]);
         assert_eq!(plan.decision, Verdict::Deploy);

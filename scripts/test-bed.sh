@@ -255,6 +255,40 @@ import_python_image() {
     "$rootfs" "$PYTHON_IMAGE" >/dev/null
 }
 
+# A PostgreSQL image as the chart's database image behaves (the official
+# image's POSTGRES_USER/PASSWORD/DB and PGDATA), from Debian's packages:
+# bookworm's postgresql-15, the bed's server version. Rehearsals restore
+# backups into containers of it.
+POSTGRES_IMAGE=colony-bed/postgres:15
+
+import_postgres_image() {
+  local docker_host
+  docker_host=$(cat "$BED_DIR/docker-host")
+  DOCKER_HOST=$docker_host docker image inspect "$POSTGRES_IMAGE" >/dev/null 2>&1 && return
+  local rootfs=$CACHE_DIR/postgres-rootfs-bookworm.tar
+  if [ ! -s "$rootfs" ]; then
+    log "making the PostgreSQL image's root filesystem with mmdebstrap (bookworm: postgresql-15)"
+    mkdir -p "$CACHE_DIR"
+    mmdebstrap --quiet --format=tar --variant=apt --include=postgresql-15 \
+      bookworm "$rootfs.partial" http://deb.debian.org/debian
+    mv "$rootfs.partial" "$rootfs"
+  fi
+  log "importing $POSTGRES_IMAGE"
+  DOCKER_HOST=$docker_host docker import "$rootfs" "$POSTGRES_IMAGE-rootfs" >/dev/null
+  # The entrypoint on top, so changing it needs no new root filesystem.
+  local context
+  context=$(mktemp -d)
+  cp "$ROOT/testkit/postgres-entrypoint.sh" "$context/"
+  printf '%s\n' \
+    "FROM $POSTGRES_IMAGE-rootfs" \
+    'COPY postgres-entrypoint.sh /usr/local/bin/' \
+    'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PGDATA=/var/lib/postgresql/data' \
+    'ENTRYPOINT ["/usr/local/bin/postgres-entrypoint.sh"]' \
+    'CMD ["postgres"]' > "$context/Dockerfile"
+  DOCKER_HOST=$docker_host DOCKER_BUILDKIT=0 /usr/bin/docker build -q -t "$POSTGRES_IMAGE" "$context" >/dev/null
+  rm -rf "$context"
+}
+
 # 200 from an open registry, 401 from one that wants a login: both answer.
 registry_answers() {
   local code
@@ -369,6 +403,7 @@ export COLONY_TEST_CHECKOV=$BED_DIR/policy-venv/bin/checkov
 export COLONY_TEST_KUBERNETES_VALIDATE=$BED_DIR/policy-venv/bin/kubernetes-validate
 export COLONY_TEST_SHELL_IMAGE=$SHELL_IMAGE
 export COLONY_TEST_PYTHON_IMAGE=$PYTHON_IMAGE
+export COLONY_TEST_POSTGRES_IMAGE=$POSTGRES_IMAGE
 EOF
 }
 
@@ -384,6 +419,7 @@ up() {
   start_docker
   import_shell_image
   import_python_image
+  import_postgres_image
   start_registry registry
   start_registry auth-registry auth
   start_postgres

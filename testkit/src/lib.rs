@@ -46,6 +46,9 @@ pub struct TestBed {
     /// A Python base image (Debian trixie: Python 3.13, Alembic,
     /// SQLAlchemy, psycopg; uv), in the bed's Docker only.
     pub python_image: String,
+    /// The bed's PostgreSQL image (the official image's contract), for
+    /// rehearsals.
+    pub postgres_image: String,
 }
 
 const HOW_TO_START: &str =
@@ -91,6 +94,7 @@ impl TestBed {
             kubernetes_validate: var("COLONY_TEST_KUBERNETES_VALIDATE")?.into(),
             shell_image: var("COLONY_TEST_SHELL_IMAGE")?,
             python_image: var("COLONY_TEST_PYTHON_IMAGE")?,
+            postgres_image: var("COLONY_TEST_POSTGRES_IMAGE")?,
         };
         for tool in [
             &bed.alembic,

@@ -298,6 +298,10 @@ pub async fn build(
     while let Some(item) = stream.next().await {
         let info = match item {
             Ok(info) => info,
+            // The daemon sent the image's id and then dropped the stream
+            // ("bytes remaining on stream"): the build is done, as the
+            // docker CLI would count it.
+            Err(_) if image_id.is_some() => break,
             Err(e) => return Err(log.failure(&e.to_string())),
         };
         if let Some(detail) = info.error_detail.and_then(|d| d.message) {
@@ -531,6 +535,35 @@ pub async fn push(
             progress.total = detail.total.unwrap_or(0).max(0) as u64;
         }
         on_progress(progress);
+    }
+    Ok(())
+}
+
+/// Pulls `reference` (`repo:tag` or `repo@sha256:…`) unless the daemon
+/// has it, with `credential` for its registry, as `docker pull` would.
+pub async fn ensure_image(
+    docker: &Docker,
+    reference: &str,
+    credential: Option<&Credential>,
+) -> Result<(), String> {
+    if inspect(docker, reference)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let credentials =
+        credential.map(|c| to_bollard(c, crate::images::registry::host_of(reference)));
+    let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
+        .from_image(reference)
+        .build();
+    let mut stream = docker.create_image(Some(options), None, credentials);
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|e| mask_all(&format!("pulling {reference} failed: {e}")))?;
+        if let Some(message) = info.error_detail.and_then(|d| d.message) {
+            return Err(mask_all(&format!("pulling {reference} failed: {message}")));
+        }
     }
     Ok(())
 }

@@ -45,7 +45,8 @@ pub enum Command {
         --dry-run --json keys: schema_version, command, environment, facts{…}, missing[], decision (deploy | nothing to deploy), \
         reason, schema[], steps[] (kind, title, alongside_previous, items[] (type run: argv, expect | type note: text)).\n\
         --json keys (a run): schema_version, environment, namespace, release, decision, reason, helm_revision, alembic, backup, \
-        stamped, verified, images[], facts_seconds, steps[] (name, seconds, note)."
+        rehearsal (postgres_image, restored_tables, restored_rows, upgrade[], downgrade[] (direction, from, to, took), \
+        locks[] (table, held), downgrade_proven, took; null when not rehearsed), stamped, verified, images[], facts_seconds, steps[] (name, seconds, note)."
     )]
     Deploy(DeployArgs),
     /// Build the backend and frontend images through the Docker Engine API.
@@ -196,9 +197,14 @@ pub struct DeployArgs {
     #[arg(long)]
     pub force: bool,
     /// Refuse (exit 2, nothing changed) when Squawk finds a risk in the
-    /// migrations' SQL [deploy.toml: migrations.strict].
+    /// migrations' SQL, or when pending migrations could not be linted or
+    /// rehearsed [deploy.toml: migrations.strict].
     #[arg(long)]
     pub strict_migrations: bool,
+    /// Do not rehearse pending migrations on a restore of the backup
+    /// before Helm [deploy.toml: rehearsal.enabled = false].
+    #[arg(long)]
+    pub no_rehearsal: bool,
     /// Echo every command in full, and Helm's own output.
     #[arg(long, short = 'v')]
     pub verbose: bool,

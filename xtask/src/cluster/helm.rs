@@ -44,18 +44,21 @@ pub struct DeployRecord {
     pub backup_file: String,
     /// `inputs_hash` of the chart and values files: the no-op check.
     pub inputs_hash: String,
+    /// What the rehearsal measured (`rehearsal::Report::summary`), or empty.
+    pub rehearsal: String,
 }
 
 impl DeployRecord {
     /// The chart's `deployRecord.<key>` values, each beside its field: the
     /// one list that the deploy writes (`--set-string`) and every reader
     /// reads back (`helm get values`).
-    fn fields(&mut self) -> [(&'static str, &mut String); 4] {
+    fn fields(&mut self) -> [(&'static str, &mut String); 5] {
         [
             ("gitSha", &mut self.git_sha),
             ("alembicHead", &mut self.alembic_head),
             ("backupFile", &mut self.backup_file),
             ("inputsHash", &mut self.inputs_hash),
+            ("rehearsal", &mut self.rehearsal),
         ]
     }
 
@@ -237,6 +240,7 @@ mod tests {
             alembic_head: "0002_activity_and_comments".into(),
             backup_file: "/backups/colony.dump".into(),
             inputs_hash: "sha256:ab".into(),
+            rehearsal: "0002_x 0.12 s; downgrade proven".into(),
         };
         let mut values = serde_json::json!({});
         for (key, value) in written.values() {

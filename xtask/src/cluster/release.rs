@@ -181,6 +181,8 @@ pub struct Record {
     pub alembic_head: String,
     pub backup_file: String,
     pub inputs_hash: String,
+    /// What the deploy's rehearsal measured (empty: not rehearsed).
+    pub rehearsal: String,
     pub backend_image: String,
     pub frontend_image: String,
 }
@@ -295,6 +297,7 @@ pub fn record_from_values(values: &Value) -> Record {
         alembic_head: written.alembic_head,
         backup_file: written.backup_file,
         inputs_hash: written.inputs_hash,
+        rehearsal: written.rehearsal,
         backend_image: image(Component::Backend),
         frontend_image: image(Component::Frontend),
     }

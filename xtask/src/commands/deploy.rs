@@ -67,6 +67,7 @@ fn options(args: &DeployArgs) -> Result<DeployOptions> {
         skip_build: args.skip_build,
         no_backup: args.no_backup,
         strict_migrations: args.strict_migrations,
+        no_rehearsal: args.no_rehearsal,
     })
 }
 
@@ -387,6 +388,8 @@ struct DeployJson<'a> {
     /// `<head> (head)` as verify found it.
     alembic: Option<String>,
     backup: Option<String>,
+    /// What the rehearsal of the migrations measured (none: not rehearsed).
+    rehearsal: Option<&'a crate::database::rehearsal::Report>,
     /// The runner's line when it stamped a pre-Alembic schema.
     stamped: Option<String>,
     verified: bool,
@@ -439,6 +442,9 @@ impl Summary<'_> {
         if let Some(backup) = &outcome.backup {
             out.push_str(&format!("  {:<9} {}\n", "backup", backup.path.display()));
         }
+        if let Some(rehearsal) = &outcome.rehearsal {
+            out.push_str(&format!("  {:<9} {}\n", "rehearsal", rehearsal.summary()));
+        }
         if let Some(line) = outcome
             .verify
             .as_ref()
@@ -466,6 +472,7 @@ impl Summary<'_> {
                 .backup
                 .as_ref()
                 .map(|b| b.path.display().to_string()),
+            rehearsal: outcome.rehearsal.as_ref(),
             stamped: outcome
                 .verify
                 .as_ref()

@@ -250,6 +250,9 @@ pub fn render_history(history: &[HistoryEntry], records: &[Record]) -> String {
                 let _ = writeln!(out, "       {component:<9}{image}");
             }
         }
+        if !record.rehearsal.is_empty() {
+            let _ = writeln!(out, "       rehearsal {}", record.rehearsal);
+        }
         if !record.backup_file.is_empty() {
             let _ = writeln!(out, "       backup   {}", record.backup_file);
         }

@@ -53,6 +53,18 @@ struct EnvironmentEntry {
     images: ImagesEntry,
     #[serde(default)]
     migrations: MigrationsEntry,
+    #[serde(default)]
+    rehearsal: RehearsalEntry,
+}
+
+/// `[environments.NAME.rehearsal]`: the migrations tried on a restore of
+/// the fresh backup before Helm.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RehearsalEntry {
+    enabled: Option<bool>,
+    image: Option<String>,
+    working_dir: Option<String>,
 }
 
 /// `[environments.NAME.migrations]`: the SQL preview and its lint.
@@ -149,6 +161,29 @@ pub struct Environment {
     pub alembic_command: Vec<String>,
     pub images: Vec<Image>,
     pub migrations: MigrationSettings,
+    pub rehearsal: RehearsalSettings,
+}
+
+/// How a deploy rehearses its migrations (`rehearsal` in deploy.toml).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RehearsalSettings {
+    /// On by default; `--no-rehearsal` or `enabled = false` turn it off.
+    pub enabled: bool,
+    /// The throwaway PostgreSQL's image; None: `postgres:<major>` of the
+    /// server the backup was dumped from, as the chart's default image.
+    pub image: Option<String>,
+    /// Where Alembic runs in the backend image; None: the image's WORKDIR.
+    pub working_dir: Option<String>,
+}
+
+impl Default for RehearsalSettings {
+    fn default() -> Self {
+        RehearsalSettings {
+            enabled: true,
+            image: None,
+            working_dir: None,
+        }
+    }
 }
 
 /// How a deploy previews and lints its migrations' SQL.
@@ -393,6 +428,7 @@ fn with_defaults(
         helm_timeout: Duration::from_secs(600),
         alembic_command: vec!["alembic".into()],
         migrations: MigrationSettings::default(),
+        rehearsal: RehearsalSettings::default(),
         images: vec![
             image(Component::Backend, &entry.images.backend, &registry),
             image(Component::Frontend, &entry.images.frontend, &registry),
@@ -482,6 +518,10 @@ fn parse_settings(
         Ok(settings) => env.migrations = settings,
         Err(found) => problems.extend(found),
     }
+    match rehearsal_settings(&entry.rehearsal) {
+        Ok(settings) => env.rehearsal = settings,
+        Err(found) => problems.extend(found),
+    }
     if let Some(text) = &entry.helm_timeout {
         match parse_timeout("helm_timeout", text) {
             Ok(duration) => env.helm_timeout = duration,
@@ -489,6 +529,36 @@ fn parse_settings(
         }
     }
     problems
+}
+
+/// The rehearsal's image is one word (an image reference); its working
+/// directory an absolute path in the image.
+fn rehearsal_settings(
+    entry: &RehearsalEntry,
+) -> std::result::Result<RehearsalSettings, Vec<String>> {
+    let mut problems = Vec::new();
+    if let Some(image) = &entry.image {
+        if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            problems.push(format!(
+                "rehearsal.image: {image:?} is not an image reference (one word, e.g. \"postgres:16\")"
+            ));
+        }
+    }
+    if let Some(dir) = &entry.working_dir {
+        if !dir.starts_with('/') {
+            problems.push(format!(
+                "rehearsal.working_dir: {dir:?} must be an absolute path in the backend image (e.g. \"/app\")"
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(RehearsalSettings {
+        enabled: entry.enabled.unwrap_or(true),
+        image: entry.image.clone(),
+        working_dir: entry.working_dir.clone(),
+    })
 }
 
 fn image(component: Component, entry: &ImageEntry, registry: &str) -> Image {

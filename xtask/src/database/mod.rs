@@ -2,3 +2,6 @@
 //! its backup (through the chart's database pod, by scripts/backup-db.sh).
 
 pub mod backup;
+pub mod observe;
+pub mod rehearsal;
+pub mod scratch;

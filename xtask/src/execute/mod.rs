@@ -16,7 +16,9 @@ use crate::cluster::helm::{DeployRecord, PinnedImage};
 use crate::cluster::rollout::{self, Assessment};
 use crate::cluster::{self as cluster_layer};
 use crate::config::{Component, Environment};
-use crate::database::backup;
+use crate::database::{backup, rehearsal};
+use crate::images::docker;
+use crate::images::registry;
 use crate::images::registry::DaemonView;
 use crate::images::runner::RunnerPlan;
 use crate::images::{self, builder, ImageReport, Mode};
@@ -42,6 +44,7 @@ pub struct Outcome {
     pub steps: Vec<TimedStep>,
     pub images: Vec<ImageReport>,
     pub backup: Option<backup::Backup>,
+    pub rehearsal: Option<rehearsal::Report>,
     /// The revision the release is at after a Helm step; None: no Helm step ran.
     pub helm_revision: Option<u32>,
     pub verify: Option<(verify::Facts, Vec<verify::Check>)>,
@@ -62,6 +65,7 @@ pub struct TimedStep {
 enum Output {
     Images(Vec<ImageReport>),
     Backup(backup::Backup),
+    Rehearsed(Box<rehearsal::Report>),
     Released {
         revision: u32,
         collector: Option<verify::Collector>,
@@ -95,10 +99,14 @@ impl Executor<'_> {
                 let output = self.step(step, &outcome).await;
                 (step.kind(), started.elapsed(), output)
             }));
-            // The image stage works in-process (no child to signal): an
-            // interrupt drops it, so nothing half-pushed is ever pinned.
-            // Steps with children end when their children do (SIGTERM).
-            let in_process = group.iter().any(|s| s.kind() == StepKind::Images);
+            // The image stage and the rehearsal work in-process (Docker
+            // API calls, no child to signal): an interrupt drops them, so
+            // nothing half-pushed is ever pinned and the rehearsal's
+            // containers are removed. Steps with children end when their
+            // children do (SIGTERM).
+            let in_process = group
+                .iter()
+                .any(|s| matches!(s.kind(), StepKind::Images | StepKind::Rehearse));
             let results = if in_process {
                 tokio::select! {
                     results = steps => results,
@@ -134,6 +142,11 @@ impl Executor<'_> {
                 use_existing,
             } => self.images(tags, runner, builder, *use_existing).await,
             Action::Backup => self.backup().await,
+            Action::Rehearse {
+                backend,
+                from,
+                head,
+            } => self.rehearse(done, backend, from, head).await,
             Action::HelmUpgrade {
                 pinned,
                 record,
@@ -190,6 +203,49 @@ impl Executor<'_> {
             .context("the backup failed, so Helm was not run, the database is untouched and the cluster is unchanged")?;
         eprintln!("backup: {}", backup.path.display());
         Ok(Output::Backup(backup))
+    }
+
+    /// The rehearsal on the backup just taken, with the backend image just
+    /// pushed; a failure stops the plan before Helm.
+    async fn rehearse(
+        &self,
+        done: &Outcome,
+        backend: &PinnedImage,
+        from: &str,
+        head: &str,
+    ) -> Result<Output> {
+        let context = "the rehearsal failed, so Helm was not run and the cluster is unchanged";
+        let backup = done
+            .backup
+            .as_ref()
+            .context("the rehearsal needs the backup step's file, and there is none")?;
+        let pinned = done.pinned(std::slice::from_ref(backend))?.remove(0);
+        let image = format!(
+            "{}@{}",
+            pinned.repository,
+            pinned.digest.as_deref().unwrap_or_default()
+        );
+        let docker = docker::connect().await?;
+        let credential = registry::credential_for(registry::host_of(&pinned.repository))
+            .ok()
+            .flatten();
+        docker::ensure_image(&docker, &image, credential.as_ref())
+            .await
+            .map_err(anyhow::Error::msg)
+            .context(context)?;
+        let postgres = rehearsal::postgres_image(self.env, &backup.path).context(context)?;
+        let request = rehearsal::Request {
+            backend_image: image,
+            backup: backup.path.clone(),
+            from: from.to_string(),
+            head: head.to_string(),
+        };
+        let report = rehearsal::rehearse(self.env, &docker, &request, &postgres, |line| {
+            eprintln!("rehearsal: {line}")
+        })
+        .await
+        .context(context)?;
+        Ok(Output::Rehearsed(Box::new(report)))
     }
 
     async fn helm_upgrade(
@@ -352,6 +408,11 @@ impl Outcome {
                 self.backup = Some(backup);
                 note
             }
+            Output::Rehearsed(report) => {
+                let note = report.summary();
+                self.rehearsal = Some(*report);
+                note
+            }
             Output::Released {
                 revision,
                 collector,
@@ -406,13 +467,19 @@ impl Outcome {
             .collect()
     }
 
-    /// The plan's record with the backup this run took (none: none).
+    /// The plan's record with the backup this run took and what its
+    /// rehearsal measured (none: empty).
     fn record(&self, planned: &DeployRecord) -> DeployRecord {
         DeployRecord {
             backup_file: self
                 .backup
                 .as_ref()
                 .map(|b| b.path.display().to_string())
+                .unwrap_or_default(),
+            rehearsal: self
+                .rehearsal
+                .as_ref()
+                .map(rehearsal::Report::summary)
                 .unwrap_or_default(),
             ..planned.clone()
         }

@@ -81,8 +81,11 @@ pub struct DeployOptions {
     pub force: bool,
     pub skip_build: bool,
     pub no_backup: bool,
-    /// Squawk's findings refuse the deploy (`--strict-migrations`).
+    /// Squawk's findings refuse the deploy (`--strict-migrations`), and so
+    /// do migrations that could not be linted or rehearsed.
     pub strict_migrations: bool,
+    /// `--no-rehearsal`.
+    pub no_rehearsal: bool,
 }
 
 /// What the steps are made of: the images and their pins, the record.
@@ -114,7 +117,21 @@ pub fn decide(env: &Environment, facts: &DeployFacts, options: DeployOptions) ->
     let head = expected_head(facts);
     let spec = deploy_spec(env, facts, &head);
     let mut missing = missing(env, facts, &head, options);
-    let schema = schema_lines(facts, &head, &mut missing);
+    let mut schema = schema_lines(facts, &head, &mut missing);
+    let rehearsal = rehearsal(env, facts, &head, options);
+    match &rehearsal {
+        Rehearsal::Planned { .. } | Rehearsal::NotNeeded => {}
+        Rehearsal::FreshDatabase(why) => schema.push(format!("not rehearsed: {why}")),
+        Rehearsal::Skipped(why) => {
+            schema.push(format!("not rehearsed: {why}"));
+            if options.strict_migrations || env.migrations.strict {
+                missing.push(format!(
+                    "strict migrations: the pending migrations cannot be rehearsed ({why}); \
+                     a deploy without --strict-migrations runs them unrehearsed"
+                ));
+            }
+        }
+    }
     let (decision, reason, steps) = match nothing_to_deploy(env, facts, options) {
         // Verify what runs: the running revision's recorded head.
         Some((reason, recorded_head)) => (
@@ -130,6 +147,9 @@ pub fn decide(env: &Environment, facts: &DeployFacts, options: DeployOptions) ->
             let mut steps = vec![images_step(env, &spec, options)];
             if backup {
                 steps.push(backup_step(env));
+            }
+            if let Rehearsal::Planned { from, head } = &rehearsal {
+                steps.push(rehearse_step(env, &spec, from, head));
             }
             steps.push(helm_step(env, &spec, backup));
             steps.push(rollout_step(env));
@@ -154,6 +174,79 @@ pub fn decide(env: &Environment, facts: &DeployFacts, options: DeployOptions) ->
         migrations: Some(facts.migrations.clone()),
         steps,
     }
+}
+
+/// Whether the pending migrations are rehearsed before Helm, and if not, why.
+#[derive(Debug, Clone, PartialEq)]
+enum Rehearsal {
+    /// From the database's revision (or the stamp a pre-Alembic schema
+    /// gets) to the head.
+    Planned { from: String, head: String },
+    /// No migration is pending (or none is a deploy).
+    NotNeeded,
+    /// No data to rehearse on (a first install over no database): said,
+    /// never refused.
+    FreshDatabase(String),
+    /// Migrations are pending and cannot be rehearsed: why (strict refuses).
+    Skipped(String),
+}
+
+/// Decides the rehearsal: pending migrations, a backup to restore, a
+/// revision to go back to, and not turned off.
+fn rehearsal(
+    env: &Environment,
+    facts: &DeployFacts,
+    head: &Fact<String>,
+    options: DeployOptions,
+) -> Rehearsal {
+    let (Ok(graph), Ok(head)) = (&facts.graph, head) else {
+        return Rehearsal::Skipped("the checkout's Alembic head is unknown".into());
+    };
+    let database = database_of(&facts.cluster);
+    let (stamp, from) = match preview::range(graph, head, &database) {
+        Range::NoMigrations { .. } => return Rehearsal::NotNeeded,
+        Range::Upgrade { stamp, from, .. } => (stamp, from),
+        Range::Unavailable { why } => {
+            return match first_install_without_data(facts) {
+                true => Rehearsal::FreshDatabase("a first install: there is no data yet".into()),
+                false => {
+                    Rehearsal::Skipped(format!("which migrations are pending is unknown: {why}"))
+                }
+            }
+        }
+    };
+    let (backup, why_backup) = backup_decision(facts, options);
+    let why_not = if options.no_rehearsal {
+        Some("--no-rehearsal".to_string())
+    } else if !env.rehearsal.enabled {
+        Some(format!(
+            "rehearsal.enabled = false in {}",
+            env.config_file.display()
+        ))
+    } else if !backup {
+        Some(format!("no backup to restore ({why_backup})"))
+    } else {
+        None
+    };
+    match (why_not, from.or(stamp)) {
+        (Some(why), _) if first_install_without_data(facts) => Rehearsal::FreshDatabase(why),
+        (Some(why), _) => Rehearsal::Skipped(why),
+        (None, Some(from)) => Rehearsal::Planned {
+            from,
+            head: head.clone(),
+        },
+        (None, None) => {
+            Rehearsal::FreshDatabase("an empty database: no revision to return to".into())
+        }
+    }
+}
+
+/// Nothing installed and no database to back up.
+fn first_install_without_data(facts: &DeployFacts) -> bool {
+    facts
+        .cluster
+        .as_ref()
+        .is_ok_and(|c| c.release.is_none() && !c.database_pod_exists && !facts.external_database)
 }
 
 /// A deploy verifies against the head the revision's record holds.
@@ -217,6 +310,8 @@ fn deploy_spec(env: &Environment, facts: &DeployFacts, head: &Fact<String>) -> D
             // The backup step's path, known once it ran.
             backup_file: String::new(),
             inputs_hash: facts.inputs_hash.clone().unwrap_or_default(),
+            // The rehearsal's summary, known once it ran.
+            rehearsal: String::new(),
         },
         helm_major: facts.helm.as_ref().map_or(4, |h| h.major),
         revision_before: cluster
@@ -477,6 +572,42 @@ fn backup_step(env: &Environment) -> Step {
     }
 }
 
+fn rehearse_step(env: &Environment, spec: &DeploySpec, from: &str, head: &str) -> Step {
+    let backend = spec
+        .pinned
+        .iter()
+        .find(|p| p.component == Component::Backend)
+        .cloned()
+        .expect("the backend is always pinned");
+    let postgres = env
+        .rehearsal
+        .image
+        .clone()
+        .unwrap_or_else(|| "postgres:<the backup's server major version>".into());
+    let alembic = env.alembic_command.join(" ");
+    Step {
+        title: "Rehearse the migrations on a restore of the backup (nothing of the release is touched)".into(),
+        alongside_previous: false,
+        items: vec![
+            note(format!(
+                "restore the backup into a throwaway PostgreSQL ({postgres}, no network, removed after), count its tables and rows"
+            )),
+            note(format!(
+                "the new backend image's run-migrations: {from} -> {head}, each revision timed, ACCESS EXCLUSIVE locks sampled"
+            )),
+            note(format!(
+                "`{alembic} downgrade {from}` in the same image, then run-migrations again: the way back proven"
+            )),
+            note("a failure stops the deploy here: Helm is not run"),
+        ],
+        action: Action::Rehearse {
+            backend,
+            from: from.to_string(),
+            head: head.to_string(),
+        },
+    }
+}
+
 fn helm_step(env: &Environment, spec: &DeploySpec, backup_planned: bool) -> Step {
     let mut record = spec.record.clone();
     if backup_planned {
@@ -604,10 +735,36 @@ fn missing(
     missing.extend(image_problems(env, facts));
     missing.extend(checkout_problems(env, facts, head));
     let findings = facts.migrations.findings();
-    if (options.strict_migrations || env.migrations.strict) && !findings.is_empty() {
+    let strict = options.strict_migrations || env.migrations.strict;
+    if strict && !findings.is_empty() {
         missing.push(crate::alembic::preview::strict_refusal(env, findings));
     }
+    if strict && !first_install_without_data(facts) {
+        missing.extend(not_linted(&facts.migrations));
+    }
     missing
+}
+
+/// Under strict migrations, what could not be linted is a refusal: a check
+/// that did not run never reads as passed.
+fn not_linted(preview: &Preview) -> Vec<String> {
+    match preview {
+        Preview::NoMigrations { .. } => Vec::new(),
+        Preview::Unavailable { why } => vec![format!(
+            "strict migrations: the pending migrations' SQL could not be rendered, so nothing was linted: {why}"
+        )],
+        Preview::Upgrade { revisions, .. } => revisions
+            .iter()
+            .filter(|r| r.sql.is_none())
+            .map(|r| {
+                format!(
+                    "strict migrations: revision {} could not be rendered offline, so it was not linted: {}",
+                    r.id,
+                    r.no_preview.as_deref().unwrap_or("no SQL")
+                )
+            })
+            .collect(),
+    }
 }
 
 /// Images the registry lacks: built here (a runner and a daemon needed),
@@ -894,6 +1051,93 @@ mod tests {
             },
         );
         assert!(!names(&no_backup).contains(&"backup"));
+    }
+
+    #[test]
+    fn pending_migrations_are_rehearsed_after_the_backup_unless_they_cannot_be() {
+        let mut behind = facts(at("0001_baseline"));
+        behind.inputs_hash = Ok("sha256:other".into());
+        let plan = planned(&behind, DeployOptions::default());
+        assert_eq!(
+            names(&plan),
+            [
+                "images",
+                "backup",
+                "rehearse",
+                "helm-upgrade",
+                "rollout",
+                "verify"
+            ]
+        );
+        let rehearse = &plan.steps[2];
+        assert!(
+            !rehearse.alongside_previous,
+            "it needs the backup and the image"
+        );
+        assert!(matches!(
+            &rehearse.action,
+            Action::Rehearse { from, head, .. }
+                if from == "0001_baseline" && head == "0002_activity_and_comments"
+        ));
+        // At the head already: nothing to rehearse (the no-op or a redeploy).
+        let mut at_head = facts(at("0002_activity_and_comments"));
+        at_head.inputs_hash = Ok("sha256:other".into());
+        assert!(!names(&planned(&at_head, DeployOptions::default())).contains(&"rehearse"));
+        // Turned off: said in the schema; refused only when strict.
+        let off = DeployOptions {
+            no_rehearsal: true,
+            ..DeployOptions::default()
+        };
+        let plan = planned(&behind, off);
+        assert!(!names(&plan).contains(&"rehearse"));
+        assert!(plan
+            .schema
+            .contains(&"not rehearsed: --no-rehearsal".to_string()));
+        assert!(plan.missing.is_empty(), "{:?}", plan.missing);
+        let strict = planned(
+            &behind,
+            DeployOptions {
+                strict_migrations: true,
+                ..off
+            },
+        );
+        assert!(strict
+            .missing
+            .iter()
+            .any(|m| m.contains("cannot be rehearsed (--no-rehearsal)")));
+        // No backup, no rehearsal: strict refuses that too.
+        let no_backup = planned(
+            &behind,
+            DeployOptions {
+                no_backup: true,
+                strict_migrations: true,
+                ..DeployOptions::default()
+            },
+        );
+        assert!(no_backup
+            .missing
+            .iter()
+            .any(|m| m.contains("cannot be rehearsed (no backup to restore")));
+    }
+
+    #[test]
+    fn strict_migrations_refuse_sql_that_could_not_be_linted() {
+        let mut behind = facts(at("0001_baseline"));
+        behind.inputs_hash = Ok("sha256:other".into());
+        behind.migrations = Preview::Unavailable {
+            why: "`alembic` is not installed on this machine".into(),
+        };
+        let strict = DeployOptions {
+            strict_migrations: true,
+            ..DeployOptions::default()
+        };
+        assert!(planned(&behind, strict)
+            .missing
+            .iter()
+            .any(|m| m.contains("so nothing was linted: `alembic` is not installed")));
+        assert!(planned(&behind, DeployOptions::default())
+            .missing
+            .is_empty());
     }
 
     #[test]

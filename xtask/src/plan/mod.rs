@@ -141,6 +141,14 @@ pub enum Action {
         /// The revision Helm will create.
         revision: u32,
     },
+    /// The pending migrations on a restore of the backup, with the new
+    /// backend image (`backend`'s digest from the images step): upgrade,
+    /// downgrade to `from`, upgrade to `head` again.
+    Rehearse {
+        backend: PinnedImage,
+        from: String,
+        head: String,
+    },
     /// Our own watch after Helm's: the newest ReplicaSet ready.
     Rollout,
     /// `alembic downgrade` in `pod`, then `check` must report `target`.
@@ -173,6 +181,7 @@ impl Action {
         match self {
             Action::Images { .. } => StepKind::Images,
             Action::Backup => StepKind::Backup,
+            Action::Rehearse { .. } => StepKind::Rehearse,
             Action::HelmUpgrade { .. } => StepKind::HelmUpgrade,
             Action::Rollout => StepKind::Rollout,
             Action::Downgrade { .. } => StepKind::Downgrade,
@@ -190,6 +199,7 @@ impl Action {
 pub enum StepKind {
     Images,
     Backup,
+    Rehearse,
     HelmUpgrade,
     Rollout,
     Downgrade,
@@ -203,6 +213,7 @@ impl StepKind {
         match self {
             StepKind::Images => "images",
             StepKind::Backup => "backup",
+            StepKind::Rehearse => "rehearse",
             StepKind::HelmUpgrade => "helm-upgrade",
             StepKind::Rollout => "rollout",
             StepKind::Downgrade => "downgrade",

@@ -135,8 +135,10 @@ fn a_failing_migration_stops_the_deploy_long_before_the_helm_timeout() {
     assert_eq!(deploy(&stack).code, 0);
     stack.commit_broken_migration();
 
+    // The rehearsal would stop it before Helm (`rehearsal.rs`); this is
+    // what the rollout watch does when a migration fails in the cluster.
     let started = Instant::now();
-    let run = deploy(&stack);
+    let run = stack.xtask(&["deploy", "colony-dev", "--yes", "--no-rehearsal"]);
     let took = started.elapsed();
     assert_eq!(run.code, 1, "{}", run.all());
     // helm_timeout is 10m; the deploy must not wait for it.
@@ -483,7 +485,14 @@ fn dry_runs_list_exactly_the_steps_that_run() {
     stack.repo.git(&["revert", "--no-edit", "HEAD"]);
     assert_eq!(
         same(&deploy_dry, &deploy_real),
-        ["images", "backup", "helm-upgrade", "rollout", "verify"]
+        [
+            "images",
+            "backup",
+            "rehearse",
+            "helm-upgrade",
+            "rollout",
+            "verify"
+        ]
     );
     assert_eq!(
         same(
@@ -1091,11 +1100,13 @@ fn risky_migrations_are_shown_before_the_prompt_and_refused_when_strict() {
         &current.stdout,
         "Migrations: no migrations: the database is at 0002_activity_and_comments already",
     );
-    stack.commit_revision(
+    // Its downgrade is real: the rehearsal proves it before the deploy.
+    stack.commit_revision_both_ways(
         "0003_chore_points",
         "0002_activity_and_comments",
         "Points per chore.",
         RISKY_UPGRADE,
+        "    op.drop_index(\"ix_chores_points\", \"chores\")\n    op.drop_column(\"chores\", \"points\")",
     );
 
     let calls = stack.calls().len();

@@ -15,4 +15,5 @@ mod dry_run;
 mod images;
 mod pods;
 mod registry_faults;
+mod rehearsal;
 mod reports;

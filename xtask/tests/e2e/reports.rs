@@ -170,7 +170,10 @@ fn redact(stack: &Stack, text: &str) -> String {
         (r"API \d+\.\d+", "API <version>"),
         (r#"\bv?\d+\.\d+\.\d+[^\s,;)"]*"#, "<version>"),
         (r"\b\d+(\.\d+)? ?(s|ms)\b", "<t>"),
-        (r#""(seconds|facts_seconds)": [0-9.e-]+"#, r#""$1": "<t>""#),
+        (
+            r#""(seconds|facts_seconds|took|held)": [0-9.e-]+"#,
+            r#""$1": "<t>""#,
+        ),
         (r"\b\d+(\.\d+)? ?(B|KiB|MiB|GiB|kB|MB|GB)\b", "<size>"),
         (r#""(size|bytes)": \d+"#, r#""$1": "<size>""#),
     ] {

@@ -286,11 +286,23 @@ impl Stack {
     /// Commits a new Alembic revision `id` (down from `down`) whose
     /// `upgrade()` body is `body`.
     pub fn commit_revision(&self, id: &str, down: &str, message: &str, body: &str) {
+        self.commit_revision_both_ways(id, down, message, body, "    pass");
+    }
+
+    /// `commit_revision` with a `downgrade()` body too.
+    pub fn commit_revision_both_ways(
+        &self,
+        id: &str,
+        down: &str,
+        message: &str,
+        body: &str,
+        downgrade: &str,
+    ) {
         let script = format!(
             "\"\"\"{message}\n\nRevision ID: {id}\nRevises: {down}\n\"\"\"\n\
              import sqlalchemy as sa\nfrom alembic import op\n\n\
              revision = \"{id}\"\ndown_revision = \"{down}\"\n\n\n\
-             def upgrade() -> None:\n{body}\n\n\ndef downgrade() -> None:\n    pass\n"
+             def upgrade() -> None:\n{body}\n\n\ndef downgrade() -> None:\n{downgrade}\n"
         );
         let path = format!("backend/alembic/versions/{id}.py");
         std::fs::write(self.repo.root().join(&path), script).unwrap();

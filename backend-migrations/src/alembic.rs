@@ -62,6 +62,27 @@ impl AlembicCommand {
     }
 }
 
+/// PGOPTIONS for Alembic: the runner's own (if any), then the lock timeout.
+fn pg_options(lock_timeout: std::time::Duration) -> String {
+    let own = std::env::var("PGOPTIONS").unwrap_or_default();
+    let ours = format!("-c lock_timeout={}ms", lock_timeout.as_millis());
+    if own.trim().is_empty() {
+        ours
+    } else {
+        format!("{own} {ours}")
+    }
+}
+
+/// Whether a failed run's output says a statement gave up waiting for a
+/// lock (PostgreSQL's `lock_not_available`, 55P03).
+pub fn timed_out_on_a_lock(tail: &[String]) -> bool {
+    tail.iter().any(|line| {
+        line.contains("LockNotAvailable")
+            || line.contains("canceling statement due to lock timeout")
+            || line.contains("lock_not_available")
+    })
+}
+
 /// What a finished run left behind.
 #[derive(Debug)]
 pub struct Outcome {
@@ -81,6 +102,7 @@ pub async fn run(
     config: Option<&Path>,
     database_url: &str,
     args: &[&str],
+    lock_timeout: std::time::Duration,
 ) -> Result<Outcome, String> {
     let mut process = Command::new(&command.program);
     process.args(&command.leading_args);
@@ -90,6 +112,10 @@ pub async fn run(
     process
         .args(args)
         .env("DATABASE_URL", database_url)
+        // libpq (psycopg, psycopg2, asyncpg does not read it) applies these
+        // to every session Alembic opens: a statement that waits longer
+        // for a lock fails instead of queueing the app's queries behind it.
+        .env("PGOPTIONS", pg_options(lock_timeout))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

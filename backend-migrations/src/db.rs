@@ -139,6 +139,38 @@ pub async fn unlock(connection: &mut PgConnection) -> Result<(), String> {
 }
 
 /// Reads `alembic_version` (if it exists) and which legacy tables exist.
+/// The other sessions of this database that hold a lock on a table: pid,
+/// how long their transaction has been open, what they run, which tables,
+/// longest first (what a migration timed out waiting behind).
+pub async fn lock_holders(connection: &mut PgConnection) -> Result<Vec<String>, String> {
+    let rows: Vec<(i32, f64, String, String, String)> = sqlx::query_as(
+        "SELECT a.pid, \
+                extract(epoch FROM now() - coalesce(a.xact_start, a.query_start, now()))::float8, \
+                coalesce(a.state, ''), left(coalesce(a.query, ''), 200), \
+                string_agg(DISTINCT c.relname || ' ' || l.mode, ', ') \
+           FROM pg_locks l \
+           JOIN pg_stat_activity a ON a.pid = l.pid \
+           JOIN pg_class c ON c.oid = l.relation \
+          WHERE l.granted AND l.pid <> pg_backend_pid() AND a.datname = current_database() \
+            AND c.relkind IN ('r', 'p') \
+            AND c.relnamespace NOT IN (SELECT oid FROM pg_namespace WHERE nspname LIKE 'pg\\_%' OR nspname = 'information_schema') \
+          GROUP BY a.pid, a.xact_start, a.query_start, a.state, a.query \
+          ORDER BY 2 DESC LIMIT 5",
+    )
+    .fetch_all(connection)
+    .await
+    .map_err(|e| format!("cannot list the sessions holding locks: {e}"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(pid, seconds, state, query, tables)| {
+            format!(
+                "pid {pid} ({state}, transaction open {seconds:.0} s) holds {tables}, running {:?}",
+                query.split_whitespace().collect::<Vec<_>>().join(" ")
+            )
+        })
+        .collect())
+}
+
 pub async fn inspect(
     connection: &mut PgConnection,
     legacy_tables: &[String],

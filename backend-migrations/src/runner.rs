@@ -21,6 +21,10 @@ pub struct Settings {
     pub alembic_command: String,
     pub wait_timeout: Duration,
     pub lock_timeout: Duration,
+    /// PostgreSQL's lock_timeout for Alembic's sessions.
+    pub ddl_lock_timeout: Duration,
+    /// Further tries of the upgrade after a lock timeout.
+    pub ddl_lock_retries: u32,
     pub legacy_tables: Vec<String>,
     pub baseline: String,
 }
@@ -162,14 +166,7 @@ async fn upgrade(
         "run-migrations: running {} upgrade head",
         settings.alembic_command
     );
-    let outcome = alembic::run(
-        &prepared.alembic,
-        settings.alembic_config.as_deref(),
-        &settings.database_url,
-        &["upgrade", "head"],
-    )
-    .await
-    .map_err(&failed)?;
+    let outcome = upgrade_with_lock_retries(connection, settings, prepared).await?;
     if !outcome.status.success() {
         let exit = outcome
             .status
@@ -199,6 +196,60 @@ async fn upgrade(
             "alembic upgrade head exited 0 but the database is at {other:?}, not {head}: check that env.py uses DATABASE_URL"
         ))),
     }
+}
+
+/// `alembic upgrade head` with a lock_timeout on its sessions; after a lock
+/// timeout, the sessions holding locks are named and it is tried again,
+/// `ddl_lock_retries` times, waiting longer each time. Returns the last run.
+async fn upgrade_with_lock_retries(
+    connection: &mut PgConnection,
+    settings: &Settings,
+    prepared: &Prepared,
+) -> Result<alembic::Outcome, Failure> {
+    let failed = fail(ExitCode::MigrationFailed);
+    let tries = settings.ddl_lock_retries + 1;
+    for attempt in 1..=tries {
+        let outcome = alembic::run(
+            &prepared.alembic,
+            settings.alembic_config.as_deref(),
+            &settings.database_url,
+            &["upgrade", "head"],
+            settings.ddl_lock_timeout,
+        )
+        .await
+        .map_err(&failed)?;
+        if outcome.status.success() || !alembic::timed_out_on_a_lock(&outcome.tail) {
+            return Ok(outcome);
+        }
+        let holders = db::lock_holders(connection)
+            .await
+            .unwrap_or_else(|e| vec![e]);
+        let holders = if holders.is_empty() {
+            "no session holds a table lock now".to_string()
+        } else {
+            holders.join("; ")
+        };
+        if attempt == tries {
+            return Err(Failure {
+                code: ExitCode::LockTimeout,
+                message: format!(
+                    "a migration waited longer than its lock timeout ({} s) for a table lock, {tries} time(s); \
+                     holding locks: {holders}. End or wait out those sessions, then deploy again \
+                     (the app's queries were not left queued behind the migration)",
+                    settings.ddl_lock_timeout.as_secs()
+                ),
+            });
+        }
+        let pause = Duration::from_secs(2u64.pow(attempt.min(6)));
+        println!(
+            "run-migrations: a migration waited longer than {} s for a table lock (try {attempt} of {tries}); \
+             holding locks: {holders}; trying again in {} s",
+            settings.ddl_lock_timeout.as_secs(),
+            pause.as_secs()
+        );
+        tokio::time::sleep(pause).await;
+    }
+    unreachable!("the last try returns")
 }
 
 fn describe(state: &DatabaseState) -> String {

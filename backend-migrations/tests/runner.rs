@@ -710,3 +710,79 @@ fn a_killed_runner_leaves_no_alembic_behind() {
         "0003_slow"
     );
 }
+
+/// A session that holds a lock on `chores` (an app's long transaction):
+/// the migration's ALTER TABLE gives up after the lock timeout instead of
+/// queueing every query behind it, is tried again, then fails naming the
+/// session, its query and how long it has held the lock.
+#[test]
+fn a_lock_held_by_another_session_is_waited_for_briefly_retried_then_named() {
+    let bed = TestBed::get();
+    let url = bed.create_database("ddl_lock");
+    assert_success(&run(&fixture_backend(), &url, &[]));
+    let backend = testkit::backend_copy();
+    std::fs::write(
+        backend.path().join("alembic/versions/0003_points.py"),
+        "revision = '0003_points'\ndown_revision = '0002_activity_and_comments'\n\n\
+         import sqlalchemy as sa\nfrom alembic import op\n\n\ndef upgrade():\n    \
+         op.add_column('chores', sa.Column('points', sa.Integer, nullable=True))\n\n\n\
+         def downgrade():\n    op.drop_column('chores', 'points')\n",
+    )
+    .unwrap();
+    // The holder: a transaction that read chores and stays open.
+    let mut holder = Command::new("psql")
+        .args([url.as_str(), "-XAtq", "-v", "ON_ERROR_STOP=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = holder.stdin.as_mut().unwrap();
+        writeln!(
+            stdin,
+            "BEGIN; SELECT count(*) FROM chores /* the app's report */;"
+        )
+        .unwrap();
+        stdin.flush().unwrap();
+    }
+    let held = || {
+        bed.psql(
+            &url,
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 'chores' AND l.granted AND l.pid <> pg_backend_pid()",
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held() == "0" {
+        assert!(Instant::now() < deadline, "the holder never took its lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let finished = run(
+        backend.path(),
+        &url,
+        &["--ddl-lock-timeout=1", "--ddl-lock-retries=1"],
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(finished.code, 4, "{}", finished.all());
+    let all = finished.all();
+    for expected in [
+        "a migration waited longer than 1 s for a table lock (try 1 of 2)",
+        "trying again in 2 s",
+        "waited longer than its lock timeout (1 s) for a table lock, 2 time(s)",
+        "holds chores AccessShareLock, running \"SELECT count(*) FROM chores",
+        "(idle in transaction, transaction open",
+    ] {
+        assert!(all.contains(expected), "{expected}\n{all}");
+    }
+    assert_eq!(
+        bed.psql(&url, "SELECT version_num FROM alembic_version"),
+        HEAD,
+        "the timed-out revision committed nothing"
+    );
+    // With the holder gone, the same run goes through.
+    assert_success(&run(backend.path(), &url, &["--ddl-lock-timeout=1"]));
+}

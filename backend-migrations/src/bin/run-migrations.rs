@@ -61,6 +61,15 @@ struct SettingsArgs {
     /// Seconds to wait for another runner's migration lock.
     #[arg(long, env = "RUN_MIGRATIONS_LOCK_TIMEOUT", default_value = "300", value_parser = seconds, value_name = "SECONDS", global = true)]
     lock_timeout: Duration,
+    /// Seconds a migration's statement may wait for a table lock
+    /// (PostgreSQL's lock_timeout for Alembic's sessions): the app's queries
+    /// queue behind a waiting ALTER, so it must not wait long.
+    #[arg(long, env = "RUN_MIGRATIONS_DDL_LOCK_TIMEOUT", default_value = "5", value_parser = seconds, value_name = "SECONDS", global = true)]
+    ddl_lock_timeout: Duration,
+    /// How many more times `alembic upgrade head` is tried after a lock
+    /// timeout (2 s, 4 s, 8 s… apart), each naming the sessions holding locks.
+    #[arg(long, env = "RUN_MIGRATIONS_DDL_LOCK_RETRIES", default_value = "3", value_parser = clap::value_parser!(u32).range(0..=20), value_name = "N", global = true)]
+    ddl_lock_retries: u32,
     /// A table whose presence without alembic_version marks a pre-Alembic schema (repeatable).
     #[arg(
         long = "legacy-table",
@@ -109,6 +118,8 @@ fn main() -> ExitCode {
         alembic_command: s.alembic_cmd,
         wait_timeout: s.wait_timeout,
         lock_timeout: s.lock_timeout,
+        ddl_lock_timeout: s.ddl_lock_timeout,
+        ddl_lock_retries: s.ddl_lock_retries,
         legacy_tables: s.legacy_tables,
         baseline: s.baseline,
     };

@@ -133,6 +133,8 @@ fn the_init_container_runs_the_migrations_with_the_backend_image() {
         [
             "--wait-timeout=60",
             "--lock-timeout=300",
+            "--ddl-lock-timeout=5",
+            "--ddl-lock-retries=3",
             "--legacy-table=households",
             "--alembic-cmd=alembic"
         ]

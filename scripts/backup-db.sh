@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Back up Colony's database to a custom-format pg_dump archive.
 #
-#   scripts/backup-db.sh [--context CTX] [--release NAME] [--db-user U] [--db-name D] <namespace> [out-dir]
+#   scripts/backup-db.sh [--context CTX] [--release NAME] [--in-chart] [--db-user U] [--db-name D] <namespace> [out-dir]
 #
 # In-chart PostgreSQL: finds the database pod by its labels
 # (app.kubernetes.io/component=database, and app.kubernetes.io/instance=NAME
-# with --release) and runs `pg_dump -Fc` in it through `kubectl exec`.
-# External database: set DATABASE_URL and pg_dump runs here instead.
+# with --release) and runs `pg_dump -Fc` in it through `kubectl exec`, as
+# the role and database of --db-user/--db-name (the pod's POSTGRES_USER and
+# POSTGRES_DB; `cargo xtask` passes them). External database: set
+# DATABASE_URL and pg_dump runs here instead; --in-chart ignores it.
 #
 # Writes <out-dir>/<namespace>-<UTC timestamp, ns>-<random>.dump (mode 0600; out-dir
 # defaults to the current directory), checks it with `pg_restore --list`,
@@ -20,13 +22,14 @@ usage() {
 }
 die() { printf 'backup-db: error: %s\n' "$*" >&2; exit 1; }
 
-context="" release="" db_user=colony db_name=colony
+context="" release="" db_user=colony db_name=colony in_chart=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --context) context=${2:?--context needs a value}; shift 2 ;;
     --release) release=${2:?--release needs a value}; shift 2 ;;
     --db-user) db_user=${2:?--db-user needs a value}; shift 2 ;;
     --db-name) db_name=${2:?--db-name needs a value}; shift 2 ;;
+    --in-chart) in_chart=1; shift ;;
     -h|--help) usage ;;
     --) shift; break ;;
     -*) printf 'backup-db: unknown option %s\n' "$1" >&2; usage ;;
@@ -62,9 +65,21 @@ if ! (set -C; : > "$partial") 2>/dev/null; then
 fi
 [ -e "$final" ] && die "$final already exists"
 
-if [ -n "${DATABASE_URL:-}" ]; then
+# Sets $dbname to the URL without its password, which goes to PGPASSWORD
+# (percent-decoded): a process's argv is visible to every user (`ps`).
+split_password() {
+  dbname=$1
+  if [[ $dbname =~ ^(postgres(ql)?://)([^:@/]*):(.*)@([^@]*)$ ]]; then
+    PGPASSWORD=$(printf '%b' "${BASH_REMATCH[4]//%/\\x}")
+    export PGPASSWORD
+    dbname="${BASH_REMATCH[1]}${BASH_REMATCH[3]}@${BASH_REMATCH[5]}"
+  fi
+}
+
+if [ -n "${DATABASE_URL:-}" ] && [ -z "$in_chart" ]; then
   printf 'backup-db: pg_dump of the external database (DATABASE_URL)\n' >&2
-  pg_dump -Fc --dbname="$DATABASE_URL" > "$partial" || die "pg_dump failed"
+  split_password "$DATABASE_URL"
+  pg_dump -Fc --dbname="$dbname" > "$partial" || die "pg_dump failed"
 else
   selector=app.kubernetes.io/component=database
   [ -n "$release" ] && selector="$selector,app.kubernetes.io/instance=$release"

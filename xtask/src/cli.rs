@@ -125,6 +125,8 @@ pub enum Command {
         after_help = "Examples:\n  cargo xtask migrations colony-dev\n  \
         cargo xtask migrations --from 0001_baseline\n  \
         cargo xtask migrations --from base --strict   # in CI, on every new migration\n\n\
+        Rendering the SQL runs this checkout's env.py and migrations on this machine (deploy's plan does too, \
+        even with --dry-run), with only PATH, HOME, the locale and the variables migrations.preview_env names.\n\n\
         --json keys: schema_version, environment, database, database_source, head, migrations (state: no-migrations | \
         upgrade | unavailable; from, to, stamp, command[], revisions[] (id, message, sql, no_preview), \
         findings[] (revision, rule, impact, statement, why, safer))."
@@ -138,6 +140,17 @@ pub enum Command {
         frontend_image}), replicaset, pods[] (name, state), database (state: revision | failed | unknown, \
         with revision/pod, exit_code/error, or why).")]
     Status(StatusArgs),
+    /// Rehearse the pending migrations on a restore of a fresh backup, without deploying.
+    #[command(
+        after_help = "A fresh backup of the environment's database is restored into a throwaway PostgreSQL; the \
+        backend image of this commit (already in the registry: `cargo xtask push`) runs its run-migrations there, \
+        downgrades to the database's revision and upgrades again. Each revision is timed, the longest ACCESS \
+        EXCLUSIVE lock per table reported. Nothing of the release changes; the backup file stays.\n\n\
+        Examples:\n  cargo xtask rehearse colony-dev\n  cargo xtask rehearse --dry-run\n  \
+        cargo xtask rehearse colony-dev --json | jq .rehearsal.locks\n\n\
+        --json keys: schema_version, environment, backup, rehearsal (as deploy's), steps[] (name, seconds, note)."
+    )]
+    Rehearse(RehearseArgs),
     /// Check every prerequisite (Docker, registry, kubectl and its context, helm, disk) and say how to fix each.
     #[command(
         after_help = "Examples:\n  cargo xtask doctor\n  cargo xtask doctor colony-dev --json\n\n\
@@ -215,6 +228,20 @@ pub struct DeployArgs {
     /// [default: `cargo build --release` it from this workspace].
     #[arg(long, env = "COLONY_RUN_MIGRATIONS_BIN", value_name = "FILE")]
     pub migrations_binary: Option<PathBuf>,
+    #[command(flatten)]
+    pub env_overrides: EnvOverrides,
+}
+
+#[derive(Debug, Args)]
+pub struct RehearseArgs {
+    /// Environment from deploy.toml [default: the file's default_environment].
+    pub env: Option<String>,
+    /// Print the plan, run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result (or, with --dry-run, the plan) as JSON.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub env_overrides: EnvOverrides,
 }

@@ -20,7 +20,7 @@ mod verify;
 use clap::Parser;
 
 use cli::{Cli, Command};
-use commands::{backup, build_push, deploy, doctor, migrations, rollback, status};
+use commands::{backup, build_push, deploy, doctor, migrations, rehearse, rollback, status};
 
 fn main() {
     let cli = Cli::parse();
@@ -33,6 +33,7 @@ fn main() {
         Command::Rollback(args) => rollback::run(args),
         Command::Migrations(args) => migrations::run(args),
         Command::Status(args) => status::run(args),
+        Command::Rehearse(args) => rehearse::run(args),
         Command::Doctor(args) => doctor::run(args),
     };
     if let Err(error) = result {

@@ -46,12 +46,21 @@ pub fn capture(argv: &[String]) -> Result<Output> {
     capture_expression(argv, expression(argv))
 }
 
-/// `capture`, in directory `dir` with `vars` added to the environment.
-pub fn capture_in(argv: &[String], dir: &std::path::Path, vars: &[(&str, &str)]) -> Result<Output> {
-    let expression = vars
+/// `capture` in directory `dir`, with only `keep` of this process's environment (those
+/// set), plus `vars`: for running code that should not see the deployer's
+/// secrets (the checkout's migrations, rendered offline).
+pub fn capture_scrubbed(
+    argv: &[String],
+    dir: &std::path::Path,
+    keep: &[&str],
+    vars: &[(&str, &str)],
+) -> Result<Output> {
+    let mut env: std::collections::HashMap<String, String> = keep
         .iter()
-        .fold(expression(argv).dir(dir), |e, (k, v)| e.env(k, v));
-    capture_expression(argv, expression)
+        .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+        .collect();
+    env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    capture_expression(argv, expression(argv).dir(dir).full_env(env))
 }
 
 fn capture_expression(argv: &[String], expression: duct::Expression) -> Result<Output> {

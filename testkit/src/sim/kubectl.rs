@@ -375,7 +375,7 @@ fn exec(config: &Config, dir: &Dir, state: &State, parsed: &Parsed, namespace: &
         return fail("error: you must specify at least one command for the container");
     };
     if pod.database {
-        return database_exec(config, &parsed.command);
+        return database_exec(config, pod, &parsed.command);
     }
     let container_name = parsed.value(&["-c", "--container"]).unwrap_or_default();
     let container = pod.spec["containers"]
@@ -402,8 +402,12 @@ fn exec(config: &Config, dir: &Dir, state: &State, parsed: &Parsed, namespace: &
 }
 
 /// `pg_dump`/`pg_restore`/`psql` in the database pod: the bed's tools, with
-/// the pod-local connection options replaced by the bed's database URL.
-fn database_exec(config: &Config, command: &[String]) -> i32 {
+/// the pod-local connection options replaced by the bed's database URL. As
+/// the pod's own server would, it knows only the role and the database of
+/// its POSTGRES_USER and POSTGRES_DB (the official image's defaults:
+/// `postgres`, and the user's name): any other is refused as PostgreSQL
+/// refuses it, so a backup of the wrong database fails here too.
+fn database_exec(config: &Config, pod: &Pod, command: &[String]) -> i32 {
     let tool = command[0].as_str();
     if !matches!(tool, "pg_dump" | "pg_restore" | "psql" | "pg_isready") {
         return fail(&format!(
@@ -417,15 +421,19 @@ fn database_exec(config: &Config, command: &[String]) -> i32 {
     let mut rest = Vec::new();
     let mut args = command[1..].iter();
     let mut positional = Vec::new();
+    // libpq's defaults in the pod: the OS user `postgres`, a database of
+    // the role's name.
+    let (mut user, mut database) = (None, None);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "-U" | "-h" | "-p" | "-d" | "--username" | "--host" | "--port" | "--dbname" => {
+            "-U" | "--username" => user = args.next().cloned(),
+            "-d" | "--dbname" => database = args.next().cloned(),
+            "-h" | "-p" | "--host" | "--port" => {
                 args.next();
             }
-            a if a.starts_with("--username=")
-                || a.starts_with("--dbname=")
-                || a.starts_with("--host=")
-                || a.starts_with("--port=") => {}
+            a if a.starts_with("--username=") => user = Some(a["--username=".len()..].into()),
+            a if a.starts_with("--dbname=") => database = Some(a["--dbname=".len()..].into()),
+            a if a.starts_with("--host=") || a.starts_with("--port=") => {}
             a if !a.starts_with('-') => positional.push(a.to_string()),
             a => rest.push(a.to_string()),
         }
@@ -433,6 +441,37 @@ fn database_exec(config: &Config, command: &[String]) -> i32 {
     // pg_restore's positional argument is its input file; the others' is the database.
     if tool == "pg_restore" {
         rest.extend(positional);
+    } else if database.is_none() {
+        database = positional.first().cloned();
+    }
+    let env_value = |name: &str| {
+        pod.spec["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["env"].as_array().cloned().unwrap_or_default())
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str().map(String::from))
+    };
+    let pod_user = env_value("POSTGRES_USER").unwrap_or_else(|| "postgres".into());
+    let pod_database = env_value("POSTGRES_DB").unwrap_or_else(|| pod_user.clone());
+    let user = user.unwrap_or_else(|| "postgres".into());
+    let database = database.unwrap_or_else(|| user.clone());
+    let refused = if user != pod_user && user != "postgres" {
+        Some(format!("role \"{user}\" does not exist"))
+    } else if database != pod_database && database != "postgres" {
+        Some(format!("database \"{database}\" does not exist"))
+    } else if user == "postgres" && pod_user != "postgres" {
+        // The image makes POSTGRES_USER the superuser; `postgres` is no role.
+        Some("role \"postgres\" does not exist".to_string())
+    } else {
+        None
+    };
+    if let Some(refused) = refused {
+        eprintln!(
+            "{tool}: error: connection to server on socket \"/var/run/postgresql/.s.PGSQL.5432\" failed: FATAL:  {refused}"
+        );
+        return if tool == "psql" { 2 } else { 1 };
     }
     let status = Command::new(config.pg_bin.join(tool))
         .arg(format!("--dbname={}", config.database_url))

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::cluster::database::DatabasePod;
 use crate::cluster::{self, kubectl};
 use crate::config::Environment;
 
@@ -104,6 +105,59 @@ fn ask_runner(env: &Environment, pod: &str) -> Option<DatabaseRevision> {
     }
     let status = serde_json::from_str::<RunnerStatus>(&output.stdout).ok()?;
     Some(from_runner_status(status))
+}
+
+/// With no backend pod to ask (a failed deploy, pods still starting): the
+/// database itself, through `psql` in the release's database pod.
+pub fn read_in_database_pod(env: &Environment, pod: &DatabasePod) -> DatabaseRevision {
+    match cluster::run(&pod.revision_args(env)) {
+        Ok(output) => from_psql(&pod.name, &output),
+        Err(e) => DatabaseRevision::Unknown {
+            why: format!("{e:#}"),
+        },
+    }
+}
+
+/// `SELECT version_num FROM alembic_version` as psql answered it. Pure.
+pub fn from_psql(pod: &str, output: &cluster::Output) -> DatabaseRevision {
+    if output.code == 0 {
+        let rows: Vec<&str> = output
+            .stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        return match rows.as_slice() {
+            [] => DatabaseRevision::NoRevision {
+                legacy_tables: None,
+            },
+            [revision] => DatabaseRevision::At {
+                revision: revision.to_string(),
+            },
+            _ => DatabaseRevision::Unknown {
+                why: format!(
+                    "alembic_version holds {} rows: {}",
+                    rows.len(),
+                    rows.join(", ")
+                ),
+            },
+        };
+    }
+    if output
+        .stderr
+        .contains("relation \"alembic_version\" does not exist")
+    {
+        return DatabaseRevision::NoRevision {
+            legacy_tables: None,
+        };
+    }
+    DatabaseRevision::Unknown {
+        why: format!(
+            "psql in {pod} exited {}: {}",
+            output.code,
+            cluster::last_line(&output.stderr)
+        ),
+    }
 }
 
 /// An `alembic current` that ran: its answer, or why it failed. Pure.

@@ -20,6 +20,17 @@ use crate::process;
 /// What Alembic's env.py gets as DATABASE_URL: `.invalid` never resolves.
 pub const PLACEHOLDER_URL: &str = "postgresql://preview@placeholder.invalid/preview";
 
+/// What the offline preview keeps of the deploying shell's environment.
+pub const PREVIEW_ENVIRONMENT: [&str; 7] = [
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "VIRTUAL_ENV",
+    "UV_CACHE_DIR",
+];
+
 /// Which migrations a database at `database` runs to reach `head`. Pure.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Range {
@@ -241,7 +252,13 @@ fn run_offline(
         ("DATABASE_URL", PLACEHOLDER_URL),
         ("PYTHONDONTWRITEBYTECODE", "1"),
     ];
-    let output = process::capture_in(&argv, dir, &vars).map_err(|e| format!("{e:#}"))?;
+    // Rendering runs the checkout's Python (env.py, every migration): it
+    // sees no token, password or URL of the deployer's shell, only what it
+    // needs to start and what deploy.toml names (`migrations.preview_env`).
+    let mut keep: Vec<&str> = PREVIEW_ENVIRONMENT.to_vec();
+    keep.extend(env.migrations.preview_env.iter().map(String::as_str));
+    let output =
+        process::capture_scrubbed(&argv, dir, &keep, &vars).map_err(|e| format!("{e:#}"))?;
     if output.code == 0 {
         Ok(output.stdout)
     } else {

@@ -148,9 +148,17 @@ pub fn database_pods_args(env: &Environment) -> Vec<String> {
             "--selector",
             &component_selector(env, "database"),
             "-o",
-            "name",
+            "json",
         ],
     )
+}
+
+/// `kubectl exec POD -- COMMAND` in the pod's first container (a database
+/// pod has one).
+pub fn pod_exec_args(env: &Environment, pod: &str, command: &[&str]) -> Vec<String> {
+    let mut rest = vec!["exec", pod, "--"];
+    rest.extend_from_slice(command);
+    kubectl(env, &rest)
 }
 
 /// What the runner in a backend pod sees in the database (no Python, no

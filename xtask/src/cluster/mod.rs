@@ -4,6 +4,7 @@
 //! (`rollout`). This file runs an argv and reads its JSON.
 
 pub mod backend;
+pub mod database;
 pub mod helm;
 pub mod kubectl;
 pub mod objects;

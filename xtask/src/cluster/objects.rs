@@ -91,7 +91,43 @@ impl ReplicaSet {
 #[serde(default)]
 pub struct Pod {
     pub metadata: Metadata,
+    pub spec: PodSpec,
     pub status: PodStatus,
+}
+
+/// The containers of a pod and their plain environment values (the rest
+/// of the spec is not read).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PodSpec {
+    pub containers: Vec<ContainerSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub env: Vec<EnvVar>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EnvVar {
+    pub name: String,
+    /// None for a value from a Secret or a ConfigMap (`valueFrom`).
+    pub value: Option<String>,
+}
+
+impl Pod {
+    /// A plain environment value of one of its containers.
+    pub fn env_value(&self, name: &str) -> Option<&str> {
+        self.spec
+            .containers
+            .iter()
+            .flat_map(|c| &c.env)
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.as_deref())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use crate::cli::EnvArgs;
 use crate::config;
-use crate::database::backup::take;
+use crate::database::backup::{script_args, take, Source};
 
 /// `backup --json`: the file, its size and how long it took.
 #[derive(serde::Serialize)]
@@ -18,7 +18,9 @@ struct BackupJson<'a> {
 
 pub fn run(args: EnvArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
-    let backup = take(&env)?;
+    let source = Source::read(&env)?;
+    eprintln!("backup of {}: {}", env.name, source.describe());
+    let backup = take(&env, &script_args(&env, &source))?;
     if args.json {
         return crate::report::print_json(&BackupJson {
             environment: &env.name,

@@ -8,11 +8,11 @@ use anyhow::{bail, Result};
 use backend_migrations::revisions::RevisionGraph;
 use xshell::Shell;
 
-use crate::alembic::database;
+use crate::alembic::database::{self, DatabaseRevision};
 use crate::alembic::preview::{self, Preview};
 use crate::alembic::versions::{self, VersionsError};
 use crate::cli::DeployArgs;
-use crate::cluster::{self, helm, kubectl, release, Backend};
+use crate::cluster::{self, helm, release, Backend};
 use crate::config::{self, git, inputs, Component, Environment};
 use crate::database::backup;
 use crate::error::{input_error, Fact, FactError};
@@ -328,7 +328,7 @@ fn cluster_facts(env: &Environment) -> Fact<ClusterFacts> {
     std::thread::scope(|scope| {
         let context = scope.spawn(|| release::check_context(env));
         let release = scope.spawn(|| release::current(env));
-        let database_pods = scope.spawn(|| cluster::run(&kubectl::database_pods_args(env)));
+        let database_pod = scope.spawn(|| cluster::database::read(env));
         // Verify's reads of the running pods, made now: the database's
         // revision comes from its `alembic current`, and a no-op reuses them.
         let database = scope.spawn(|| {
@@ -353,15 +353,26 @@ fn cluster_facts(env: &Environment) -> Fact<ClusterFacts> {
             release::refuse_if_pending(env, &current.status).map_err(FactError::new)?;
         }
         let (database, observed) = database.join().expect("database reader panicked")?;
-        let database_pod_exists = database_pods
+        // A database pod that cannot be listed is none: the backup refuses
+        // later (no pod), and the revision stays unknown.
+        let database_pod = database_pod
             .join()
             .expect("pod reader panicked")
-            .is_ok_and(|o| o.code == 0 && !o.stdout.trim().is_empty());
+            .ok()
+            .flatten();
+        // No backend pod answered (a failed deploy, pods starting): ask the
+        // database itself.
+        let database = match (&database, &database_pod) {
+            (DatabaseRevision::Unknown { .. }, Some(pod)) if observed.is_none() => {
+                database::read_in_database_pod(env, pod)
+            }
+            _ => database,
+        };
         Ok(ClusterFacts {
             release,
             database,
             observed,
-            database_pod_exists,
+            database_pod,
         })
     })
 }

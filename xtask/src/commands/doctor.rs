@@ -102,6 +102,7 @@ pub fn run(args: EnvArgs) -> Result<()> {
         checks.push(builder_check(env, daemon.as_ref()));
         checks.push(runner_check(env, daemon.as_ref()));
         checks.push(registry_check(env, daemon.as_ref()));
+        checks.push(rehearsal_check(env));
         checks.push(disk_check(&sh, &env.backup_dir));
     }
     if args.json {
@@ -319,6 +320,50 @@ fn registry_check(env: &Environment, daemon: Option<&DaemonView>) -> Prerequisit
                 env.name,
                 env.config_file.display()
             ),
+        ),
+    }
+}
+
+/// The rehearsal's PostgreSQL image: off, in the daemon, or to be pulled
+/// (the first rehearsal then waits for the pull; a registry the daemon
+/// cannot reach fails it).
+fn rehearsal_check(env: &Environment) -> Prerequisite {
+    if !env.rehearsal.enabled {
+        return Prerequisite::ok(
+            "rehearsal",
+            format!(
+                "off (rehearsal.enabled = false in {})",
+                env.config_file.display()
+            ),
+        );
+    }
+    let Some(image) = &env.rehearsal.image else {
+        return Prerequisite::ok(
+            "rehearsal",
+            "postgres:<major of the server each backup comes from> (set rehearsal.image to pin one)",
+        );
+    };
+    let present = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let docker = docker::connect().await.ok()?;
+                docker::inspect(&docker, image).await.ok()
+            })
+        });
+    match present {
+        Some(Some(_)) => Prerequisite::ok("rehearsal", format!("{image}, in the Docker daemon")),
+        Some(None) => Prerequisite::warn(
+            "rehearsal",
+            format!("{image} is not in the Docker daemon: the first rehearsal pulls it"),
+            format!("docker pull {image}"),
+        ),
+        None => Prerequisite::warn(
+            "rehearsal",
+            format!("{image}: the Docker daemon does not answer, so it could not be looked for"),
+            "see the docker line",
         ),
     }
 }

@@ -8,6 +8,7 @@ pub mod build_push;
 pub mod deploy;
 pub mod doctor;
 pub mod migrations;
+pub mod rehearse;
 pub mod rollback;
 pub mod status;
 pub mod verify;

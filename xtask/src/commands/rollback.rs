@@ -200,12 +200,17 @@ fn gather_facts(env: &Environment) -> Result<RollbackFacts> {
         }
         ReleaseState::Installed { .. } => release::current(env)?.context("the release vanished")?,
     };
-    let (history, backend) = std::thread::scope(|scope| {
+    let (history, backend, database_pod) = std::thread::scope(|scope| {
         let history = scope.spawn(|| release::history_with_records(env));
+        let database_pod = scope.spawn(|| crate::cluster::database::read(env));
         let backend = Backend::read(env);
-        (history.join().expect("history reader panicked"), backend)
+        (
+            history.join().expect("history reader panicked"),
+            backend,
+            database_pod.join().expect("database pod reader panicked"),
+        )
     });
-    let (history, backend) = (history?, backend?);
+    let (history, backend, database_pod) = (history?, backend?, database_pod?);
     let pod = backend.ready_pod().map(|p| p.name().to_string());
     let database = database::read_in(env, pod.as_deref());
     // What the running app expects, by verify's own rule (its records only:
@@ -227,5 +232,9 @@ fn gather_facts(env: &Environment) -> Result<RollbackFacts> {
         deployment: backend.deployment.as_ref().map(|d| d.metadata.name.clone()),
         database,
         helm_major: helm::detect_version(&xshell::Shell::new()?).map_or(4, |v| v.major),
+        backup_source: crate::database::backup::Source::choose(
+            database_pod.as_ref(),
+            std::env::var_os("DATABASE_URL").is_some(),
+        ),
     })
 }

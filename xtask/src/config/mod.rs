@@ -78,6 +78,10 @@ struct MigrationsEntry {
     disabled_rules: Vec<String>,
     #[serde(default)]
     enabled_rules: Vec<String>,
+    /// Variables of the deploying shell the preview may see (beside PATH,
+    /// HOME and the locale): rendering runs the checkout's Python.
+    #[serde(default)]
+    preview_env: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +198,8 @@ pub struct MigrationSettings {
     /// Findings refuse the deploy (also `--strict-migrations`).
     pub strict: bool,
     pub rules: RuleChoice,
+    /// The deploying shell's variables the preview keeps (`preview_env`).
+    pub preview_env: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -732,11 +738,22 @@ fn migration_settings(
         disabled: rules("disabled_rules", &entry.disabled_rules),
         enabled: rules("enabled_rules", &entry.enabled_rules),
     };
+    for name in &entry.preview_env {
+        let valid = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            problems.push(format!(
+                "migrations.preview_env: {name:?} is not an environment variable's name"
+            ));
+        }
+    }
     if problems.is_empty() {
         Ok(MigrationSettings {
             preview_command,
             strict: entry.strict,
             rules: choice,
+            preview_env: entry.preview_env.clone(),
         })
     } else {
         Err(problems)

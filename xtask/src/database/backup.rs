@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::cluster::database::DatabasePod;
 use crate::config::Environment;
 
 pub const SCRIPT: &str = "scripts/backup-db.sh";
@@ -18,23 +19,78 @@ pub struct Backup {
     pub took: Duration,
 }
 
+/// Which database a backup dumps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// The release's database pod: its own database and role.
+    InChart(DatabasePod),
+    /// `DATABASE_URL` of the deploying shell (an external database).
+    External,
+    /// Neither: the script will say so (and refuse).
+    Unknown,
+}
+
+impl Source {
+    /// The in-chart database wins over a `DATABASE_URL` in the shell: the
+    /// release's data is in its pod.
+    pub fn choose(database_pod: Option<&DatabasePod>, external_url: bool) -> Source {
+        match (database_pod, external_url) {
+            (Some(pod), _) => Source::InChart(pod.clone()),
+            (None, true) => Source::External,
+            (None, false) => Source::Unknown,
+        }
+    }
+
+    /// Read from the cluster and the shell, for `cargo xtask backup`.
+    pub fn read(env: &Environment) -> Result<Source> {
+        let pod = crate::cluster::database::read(env)?;
+        Ok(Source::choose(
+            pod.as_ref(),
+            std::env::var_os("DATABASE_URL").is_some(),
+        ))
+    }
+
+    /// In words, for the plan.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::InChart(pod) => format!(
+                "database {} as {} in pod {} (the chart's; a DATABASE_URL in this shell is ignored)",
+                pod.database, pod.user, pod.name
+            ),
+            Source::External => "the external database of DATABASE_URL".into(),
+            Source::Unknown => "no database pod and no DATABASE_URL: nothing to dump".into(),
+        }
+    }
+}
+
 /// The script's argv, as the plan shows it and the stage runs it.
-pub fn script_args(env: &Environment) -> Vec<String> {
-    vec![
+pub fn script_args(env: &Environment, source: &Source) -> Vec<String> {
+    let mut argv = vec![
         SCRIPT.into(),
         "--context".into(),
         env.kube_context.clone(),
         "--release".into(),
         env.release.clone(),
-        env.namespace.clone(),
-        env.backup_dir.display().to_string(),
-    ]
+    ];
+    if let Source::InChart(pod) = source {
+        argv.extend([
+            "--in-chart".into(),
+            "--db-user".into(),
+            pod.user.clone(),
+            "--db-name".into(),
+            pod.database.clone(),
+        ]);
+    }
+    argv.push(env.namespace.clone());
+    argv.push(env.backup_dir.display().to_string());
+    argv
 }
 
-/// Runs the backup; its progress goes to stderr, its last stdout line is
-/// the file. Fails if the script does, or if the file is not there.
-pub fn take(env: &Environment) -> Result<Backup> {
-    let argv = script_args(env);
+/// Runs the backup (the plan's `argv`); its progress goes to stderr, its
+/// last stdout line is the file. Fails if the script does, or if the file
+/// is not there.
+pub fn take(env: &Environment, argv: &[String]) -> Result<Backup> {
+    let argv = argv.to_vec();
     let started = Instant::now();
     // Through the process layer: its progress lines (and pg_dump's errors)
     // are shown as they come, masked; its last line is the file's path. An

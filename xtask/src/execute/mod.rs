@@ -141,7 +141,7 @@ impl Executor<'_> {
                 builder,
                 use_existing,
             } => self.images(tags, runner, builder, *use_existing).await,
-            Action::Backup => self.backup().await,
+            Action::Backup { argv } => self.backup(argv).await,
             Action::Rehearse {
                 backend,
                 from,
@@ -160,9 +160,18 @@ impl Executor<'_> {
             Action::Downgrade {
                 pod,
                 target,
+                app_expects,
                 downgrade,
                 check,
-            } => self.downgrade(done, pod, target, downgrade, check).await,
+            } => {
+                let planned = PlannedDowngrade {
+                    pod,
+                    target,
+                    app_expects,
+                    check,
+                };
+                self.downgrade(done, downgrade, &planned).await
+            }
             Action::HelmRollback {
                 argv,
                 target,
@@ -196,9 +205,9 @@ impl Executor<'_> {
         Ok(Output::Images(reports))
     }
 
-    async fn backup(&self) -> Result<Output> {
-        let env = self.env.clone();
-        let backup = tokio::task::spawn_blocking(move || backup::take(&env))
+    async fn backup(&self, argv: &[String]) -> Result<Output> {
+        let (env, argv) = (self.env.clone(), argv.to_vec());
+        let backup = tokio::task::spawn_blocking(move || backup::take(&env, &argv))
             .await?
             .context("the backup failed, so Helm was not run, the database is untouched and the cluster is unchanged")?;
         eprintln!("backup: {}", backup.path.display());
@@ -297,11 +306,10 @@ impl Executor<'_> {
     async fn downgrade(
         &self,
         done: &Outcome,
-        pod: &str,
-        target: &str,
         downgrade: &[String],
-        check: &[String],
+        planned: &PlannedDowngrade<'_>,
     ) -> Result<Output> {
+        let PlannedDowngrade { target, check, .. } = *planned;
         let backup = done
             .backup
             .as_ref()
@@ -309,10 +317,11 @@ impl Executor<'_> {
         eprintln!("$ {}", process::display_argv(downgrade));
         let code = blocking(downgrade.to_vec(), |argv| cluster_layer::relay(&argv)).await?;
         if code != 0 {
-            bail!(
-                "`alembic downgrade {target}` in {pod} failed (exit {code}); the database is as the output above left it, and the \
-                 app was not rolled back. The backup is {backup} (`scripts/restore-db.sh` restores it)"
-            );
+            let now = blocking(check.to_vec(), |argv| cluster_layer::run(&argv))
+                .await
+                .map(|o| database::from_alembic_current(&o.stdout).describe())
+                .unwrap_or_else(|e| format!("unknown ({e:#})"));
+            bail!("{}", self.midway(planned, code, &now, &backup));
         }
         let output = blocking(check.to_vec(), |argv| cluster_layer::run(&argv)).await?;
         let now = database::from_alembic_current(&output.stdout);
@@ -324,6 +333,27 @@ impl Executor<'_> {
             );
         }
         Ok(Output::Note(format!("database at {target}")))
+    }
+
+    /// A downgrade that failed midway: where the database is now, what the
+    /// running app expects and would do on a restart, the two ways out.
+    fn midway(&self, planned: &PlannedDowngrade<'_>, code: i32, now: &str, backup: &str) -> String {
+        let env = self.env;
+        format!(
+            "`alembic downgrade {}` in {} failed (exit {code}), so the app was not rolled back.\n  \
+             the database is now at: {now}\n  \
+             the running app expects {app}: a pod of it that restarts runs its init container, which upgrades \
+             the database to {app} again\n  \
+             ways out: restore the backup this rollback took, `scripts/restore-db.sh --context {} --release {} {} {backup}`; \
+             or go forward, `cargo xtask deploy {}`",
+            planned.target,
+            planned.pod,
+            env.kube_context,
+            env.release,
+            env.namespace,
+            env.name,
+            app = planned.app_expects,
+        )
     }
 
     /// `helm rollback` as planned, then the returned revision's pods ready.
@@ -528,6 +558,15 @@ impl Outcome {
         ));
         out
     }
+}
+
+/// A downgrade step's plan, as the executor needs it beside its argv.
+#[derive(Clone, Copy)]
+struct PlannedDowngrade<'a> {
+    pod: &'a str,
+    target: &'a str,
+    app_expects: &'a str,
+    check: &'a [String],
 }
 
 /// A plan's argv, output captured; a non-zero exit fails with its stderr.

@@ -72,7 +72,7 @@ pub struct ClusterFacts {
     pub observed: Option<crate::verify::Facts>,
     /// An in-chart database pod of this release exists (matters before a
     /// first install: there may be data to back up).
-    pub database_pod_exists: bool,
+    pub database_pod: Option<crate::cluster::database::DatabasePod>,
 }
 
 /// How the user asked to deploy.
@@ -146,7 +146,7 @@ pub fn decide(env: &Environment, facts: &DeployFacts, options: DeployOptions) ->
             let (backup, why_backup) = backup_decision(facts, options);
             let mut steps = vec![images_step(env, &spec, options)];
             if backup {
-                steps.push(backup_step(env));
+                steps.push(backup_step(env, facts));
             }
             if let Rehearsal::Planned { from, head } = &rehearsal {
                 steps.push(rehearse_step(env, &spec, from, head));
@@ -241,12 +241,73 @@ fn rehearsal(
     }
 }
 
+/// `cargo xtask rehearse`: a fresh backup, then the rehearsal of the
+/// pending migrations with the backend image of this commit, which must be
+/// in the registry already (nothing is built). Pure.
+pub fn decide_rehearsal(env: &Environment, facts: &DeployFacts) -> Plan {
+    let head = expected_head(facts);
+    let spec = deploy_spec(env, facts, &head);
+    let options = DeployOptions::default();
+    let mut missing = Vec::new();
+    if let Err(why) = &facts.cluster {
+        missing.push(why.to_string());
+    }
+    missing.extend(checkout_problems(env, facts, &head));
+    let backend = spec
+        .pinned
+        .iter()
+        .find(|p| p.component == Component::Backend);
+    if let Some(backend) = backend.filter(|p| p.digest.is_none()) {
+        missing.push(format!(
+            "the backend image {}:{} is not in the registry: `cargo xtask push {}` first (a rehearsal builds nothing)",
+            backend.repository, backend.tag, env.name
+        ));
+    }
+    let mut schema = schema_lines(facts, &head, &mut missing);
+    let (decision, reason, steps) = match rehearsal(env, facts, &head, options) {
+        Rehearsal::Planned { from, head } => (
+            Verdict::Rehearse,
+            format!("{from} -> {head} on a restore of a fresh backup"),
+            vec![
+                backup_step(env, facts),
+                rehearse_step(env, &spec, &from, &head),
+            ],
+        ),
+        Rehearsal::NotNeeded => (
+            Verdict::NothingToDo,
+            "no migration is pending".to_string(),
+            Vec::new(),
+        ),
+        Rehearsal::FreshDatabase(why) | Rehearsal::Skipped(why) => {
+            schema.push(format!("not rehearsed: {why}"));
+            missing.push(format!("the pending migrations cannot be rehearsed: {why}"));
+            (Verdict::Refused, why, Vec::new())
+        }
+    };
+    let mut steps = steps;
+    if let Some(backup) = steps.first_mut() {
+        backup.title = "Back up the database (the rehearsal restores this file)".into();
+        backup.alongside_previous = false;
+    }
+    Plan {
+        command: "rehearse",
+        environment: env.name.clone(),
+        facts: fact_lines(env, facts, &head),
+        missing,
+        decision,
+        reason,
+        schema,
+        migrations: Some(facts.migrations.clone()),
+        steps,
+    }
+}
+
 /// Nothing installed and no database to back up.
 fn first_install_without_data(facts: &DeployFacts) -> bool {
     facts
         .cluster
         .as_ref()
-        .is_ok_and(|c| c.release.is_none() && !c.database_pod_exists && !facts.external_database)
+        .is_ok_and(|c| c.release.is_none() && c.database_pod.is_none() && !facts.external_database)
 }
 
 /// A deploy verifies against the head the revision's record holds.
@@ -382,7 +443,7 @@ fn backup_decision(facts: &DeployFacts, options: DeployOptions) -> (bool, String
                 release.revision, release.status
             ),
         ),
-        None if cluster.database_pod_exists => (
+        None if cluster.database_pod.is_some() => (
             true,
             "first install beside an existing database pod: back it up first".into(),
         ),
@@ -560,15 +621,20 @@ fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> 
     }
 }
 
-fn backup_step(env: &Environment) -> Step {
+fn backup_step(env: &Environment, facts: &DeployFacts) -> Step {
+    let database_pod = facts
+        .cluster
+        .as_ref()
+        .ok()
+        .and_then(|c| c.database_pod.as_ref());
+    let source = crate::database::backup::Source::choose(database_pod, facts.external_database);
     Step {
-        action: Action::Backup,
-        title: "Back up the database (alongside the images; must succeed before Helm)".into(),
         alongside_previous: true,
-        items: vec![run(
-            crate::database::backup::script_args(env),
-            Some("last line: the backup file's path"),
-        )],
+        ..super::backup_step(
+            env,
+            &source,
+            "Back up the database (alongside the images; must succeed before Helm)",
+        )
     }
 }
 
@@ -948,7 +1014,11 @@ mod tests {
                 }),
                 database,
                 observed: None,
-                database_pod_exists: true,
+                database_pod: Some(crate::cluster::database::DatabasePod {
+                    name: "colony-database-0".into(),
+                    user: "colony".into(),
+                    database: "colony".into(),
+                }),
             }),
             external_database: false,
             daemon: Ok(crate::images::registry::DaemonView::default()),
@@ -1034,7 +1104,11 @@ mod tests {
             facts.external_database = external;
             if let Ok(cluster) = &mut facts.cluster {
                 cluster.release = None;
-                cluster.database_pod_exists = pod;
+                cluster.database_pod = pod.then(|| crate::cluster::database::DatabasePod {
+                    name: "colony-database-0".into(),
+                    user: "colony".into(),
+                    database: "colony".into(),
+                });
             }
             names(&planned(&facts, DeployOptions::default())).contains(&"backup")
         };

@@ -17,6 +17,7 @@ use crate::alembic::preview::Preview;
 use crate::cluster::helm::{DeployRecord, PinnedImage};
 use crate::cluster::kubectl;
 use crate::config::{Component, Environment};
+use crate::database::backup;
 use crate::images::builder::Choice;
 use crate::images::runner::RunnerPlan;
 use crate::verify::Expectation;
@@ -61,7 +62,11 @@ pub enum Verdict {
     NothingToDeploy,
     #[serde(rename = "rollback")]
     Rollback,
-    /// A rollback whose target the database is at already.
+    /// `rehearse`: a rehearsal will run.
+    #[serde(rename = "rehearse")]
+    Rehearse,
+    /// A rollback whose target the database is at already (or a
+    /// rehearsal with no pending migration).
     #[serde(rename = "nothing to do")]
     NothingToDo,
     /// A plan that cannot run: `missing` says why.
@@ -76,6 +81,7 @@ impl std::fmt::Display for Verdict {
             Verdict::NothingToDeploy => "nothing to deploy",
             Verdict::Rollback => "rollback",
             Verdict::NothingToDo => "nothing to do",
+            Verdict::Rehearse => "rehearse",
             Verdict::Refused => "refused",
         })
     }
@@ -131,7 +137,10 @@ pub enum Action {
         builder: Choice,
         use_existing: bool,
     },
-    Backup,
+    /// `scripts/backup-db.sh` with this argv (which database it dumps).
+    Backup {
+        argv: Vec<String>,
+    },
     /// `helm upgrade --install`: `pinned` digests not yet known come from
     /// the images step, the record's backup path from the backup step.
     HelmUpgrade {
@@ -155,6 +164,8 @@ pub enum Action {
     Downgrade {
         pod: String,
         target: String,
+        /// The head the running app expects (its init container's target).
+        app_expects: String,
         downgrade: Vec<String>,
         check: Vec<String>,
     },
@@ -180,7 +191,7 @@ impl Action {
     pub fn kind(&self) -> StepKind {
         match self {
             Action::Images { .. } => StepKind::Images,
-            Action::Backup => StepKind::Backup,
+            Action::Backup { .. } => StepKind::Backup,
             Action::Rehearse { .. } => StepKind::Rehearse,
             Action::HelmUpgrade { .. } => StepKind::HelmUpgrade,
             Action::Rollout => StepKind::Rollout,
@@ -247,6 +258,20 @@ pub(crate) fn note(text: impl Into<String>) -> Item {
     Item::Note { text: text.into() }
 }
 
+/// Back up the database `source` names, with the script's exact argv.
+pub fn backup_step(env: &Environment, source: &backup::Source, title: &str) -> Step {
+    let argv = backup::script_args(env, source);
+    Step {
+        title: title.to_string(),
+        alongside_previous: false,
+        items: vec![
+            run(argv.clone(), Some("last line: the backup file's path")),
+            note(format!("dumps {}", source.describe())),
+        ],
+        action: Action::Backup { argv },
+    }
+}
+
 /// Verify the newest pods against the expectation (the record's head).
 pub fn verify_step(env: &Environment, expectation: Expectation) -> Step {
     let pod = "<newest backend pod>";
@@ -274,6 +299,7 @@ impl Plan {
         let mut out = String::new();
         let title = match self.command {
             "rollback" => "Rollback plan",
+            "rehearse" => "Rehearsal plan",
             _ => "Deploy plan",
         };
         let _ = writeln!(

@@ -29,6 +29,8 @@ pub struct RollbackFacts {
     /// deploy record); None when it has neither.
     pub app_expects: Option<String>,
     pub helm_major: u32,
+    /// Which database the backup dumps.
+    pub backup_source: backup::Source,
 }
 
 #[derive(Debug, Clone)]
@@ -425,7 +427,7 @@ fn steps(
     app: &RecordedRevision,
 ) -> Vec<Step> {
     vec![
-        backup_step(env),
+        backup_step(env, facts),
         downgrade_step(env, facts, spec, dropped),
         helm_rollback_step(env, facts, spec, app),
         record_head_step(env, spec, deployment),
@@ -450,15 +452,8 @@ fn step(action: Action, title: String, items: Vec<Item>) -> Step {
     }
 }
 
-fn backup_step(env: &Environment) -> Step {
-    step(
-        Action::Backup,
-        "Back up the database".into(),
-        vec![run(
-            backup::script_args(env),
-            Some("last line: the backup file's path"),
-        )],
-    )
+fn backup_step(env: &Environment, facts: &RollbackFacts) -> Step {
+    crate::plan::backup_step(env, &facts.backup_source, "Back up the database")
 }
 
 /// In a pod of the current release: its scripts know the way down.
@@ -475,6 +470,10 @@ fn downgrade_step(
         Action::Downgrade {
             pod: spec.pod.clone(),
             target: spec.target.clone(),
+            app_expects: facts
+                .app_expects
+                .clone()
+                .unwrap_or_else(|| spec.from.clone()),
             downgrade: downgrade.clone(),
             check: check.clone(),
         },
@@ -593,6 +592,7 @@ mod tests {
             },
             app_expects: Some(last.record.alembic_head.clone()).filter(|h| !h.is_empty()),
             helm_major: 4,
+            backup_source: backup::Source::External,
         }
     }
 

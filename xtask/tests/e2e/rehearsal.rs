@@ -216,3 +216,211 @@ fn strict_migrations_refuse_what_was_not_rehearsed_or_not_linted() {
     let held = locks[0]["held"].as_f64().unwrap();
     assert!((0.35..5.0).contains(&held), "{locks}");
 }
+
+#[test]
+fn rehearse_on_its_own_needs_the_pushed_image_and_changes_nothing_of_the_release() {
+    let stack = deployed_at_0002();
+    let nothing = stack.xtask(&["rehearse"]);
+    assert_eq!(nothing.code, 0, "{}", nothing.all());
+    assert_contains(
+        &nothing.stdout,
+        "colony-dev: no migration is pending; nothing to rehearse",
+    );
+
+    stack.commit_revision_both_ways(
+        "0003_note",
+        "0002_activity_and_comments",
+        "A note on households",
+        "    op.add_column(\"households\", sa.Column(\"note\", sa.Text, nullable=True))",
+        "    op.drop_column(\"households\", \"note\")",
+    );
+    let calls = stack.calls().len();
+    let unpushed = stack.xtask(&["rehearse"]);
+    assert_eq!(unpushed.code, 2, "{}", unpushed.all());
+    assert_contains(
+        &unpushed.stderr,
+        "cannot rehearse colony-dev; nothing was changed",
+    );
+    assert_contains(
+        &unpushed.stderr,
+        "is not in the registry: `cargo xtask push colony-dev` first",
+    );
+    crate::common::stack::assert_no_mutating_call(&stack.calls_since(calls));
+
+    stack.push_images();
+    let (revisions, backups) = (stack.helm_revisions(), stack.backups());
+    let run = stack.xtask(&["rehearse", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let result: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        result["rehearsal"]["upgrade"][0]["to"], "0003_note",
+        "{result}"
+    );
+    assert_eq!(result["rehearsal"]["downgrade_proven"], true);
+    let steps: Vec<&str> = result["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["backup", "rehearse"]);
+    assert_eq!(stack.backups(), backups + 1, "a fresh backup");
+    assert_eq!(stack.helm_revisions(), revisions, "the release changed");
+    assert_eq!(
+        stack.psql("SELECT version_num FROM alembic_version"),
+        "0002_activity_and_comments"
+    );
+    assert_no_rehearsal_container(&run.stderr);
+}
+
+/// Unrehearsed (`--no-rehearsal`), a downgrade that fails halfway: the
+/// rollback says where the database is, what the running app would do to
+/// it on a restart, and both ways out.
+#[test]
+fn a_rollback_whose_downgrade_fails_midway_says_where_the_database_is_and_the_ways_out() {
+    let stack = deployed_at_0002();
+    stack.commit_revision_both_ways(
+        "0003_tags",
+        "0002_activity_and_comments",
+        "Tags",
+        "    op.create_table(\"tags\", sa.Column(\"id\", sa.Integer, primary_key=True))",
+        "    op.drop_table(\"tag\")",
+    );
+    stack.commit_revision_both_ways(
+        "0004_tag_name",
+        "0003_tags",
+        "Tag names",
+        "    op.add_column(\"tags\", sa.Column(\"name\", sa.Text, nullable=True))",
+        "    op.drop_column(\"tags\", \"name\")",
+    );
+    let run = deploy(&stack, &["--no-rehearsal"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_contains(&run.stdout, "not rehearsed: --no-rehearsal");
+
+    let run = stack.xtask(&["rollback", "--to", "0002_activity_and_comments", "--yes"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    for expected in [
+        "`alembic downgrade 0002_activity_and_comments` in colony-backend-",
+        "so the app was not rolled back",
+        "the database is now at: 0003_tags",
+        "the running app expects 0004_tag_name: a pod of it that restarts runs its init container, \
+         which upgrades the database to 0004_tag_name again",
+        "ways out: restore the backup this rollback took, `scripts/restore-db.sh --context homelab \
+         --release colony colony-dev ",
+        "or go forward, `cargo xtask deploy colony-dev`",
+    ] {
+        assert_contains(&run.stderr, expected);
+    }
+    assert_eq!(
+        stack.psql("SELECT version_num FROM alembic_version"),
+        "0003_tags"
+    );
+}
+
+/// Rendering the SQL runs the checkout's Python on the deploying machine:
+/// it sees none of the deployer's secrets, only what deploy.toml lets in.
+#[test]
+fn the_preview_runs_the_checkout_s_code_without_the_deployer_s_secrets() {
+    let stack = Stack::new(None);
+    stack.commit_revision(
+        "0003_peek",
+        "0002_activity_and_comments",
+        "Peek at the environment",
+        "    import os\n    \
+         seen = ','.join(k for k in ('PGPASSWORD', 'API_TOKEN', 'PREVIEW_OK') if k in os.environ)\n    \
+         op.execute(f\"COMMENT ON TABLE chores IS 'seen: {seen}.'\")",
+    );
+    let secrets = [
+        ("PGPASSWORD", "pg-pa55word"),
+        ("API_TOKEN", "tok-123"),
+        ("PREVIEW_OK", "yes"),
+    ];
+    let run = stack.xtask_with(
+        &["migrations", "--from", "0002_activity_and_comments"],
+        &secrets,
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_contains(&run.stdout, "COMMENT ON TABLE chores IS 'seen: .';");
+    let config = std::fs::read_to_string(stack.repo.config()).unwrap();
+    std::fs::write(
+        stack.repo.config(),
+        format!("{config}\n[environments.colony-dev.migrations]\npreview_env = [\"PREVIEW_OK\"]\n"),
+    )
+    .unwrap();
+    let run = stack.xtask_with(
+        &["migrations", "--from", "0002_activity_and_comments"],
+        &secrets,
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_contains(
+        &run.stdout,
+        "COMMENT ON TABLE chores IS 'seen: PREVIEW_OK.';",
+    );
+}
+
+/// The chart's database name and role are the pod's; the backup dumps
+/// those (the simulated pod refuses others, as PostgreSQL does).
+#[test]
+fn a_custom_database_name_and_user_are_what_gets_dumped() {
+    let stack = Stack::new(None);
+    std::fs::write(
+        stack.values_file(),
+        "backend:\n  replicas: 2\ndatabase:\n  internal:\n    name: households_db\n    user: colony_app\n",
+    )
+    .unwrap();
+    let first = deploy(&stack, &[]);
+    assert_eq!(first.code, 0, "{}", first.all());
+    // The script's defaults (colony/colony) are not this database's.
+    let script = stack.repo.root().join("scripts/backup-db.sh");
+    let env = stack.env();
+    let wrong = std::process::Command::new(&script)
+        .args(["--context", "homelab", "--release", "colony", NAMESPACE])
+        .arg(stack.backup_dir())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env_remove("DATABASE_URL")
+        .current_dir(stack.repo.root())
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert_contains(
+        &String::from_utf8_lossy(&wrong.stderr),
+        "FATAL:  role \"colony\" does not exist",
+    );
+
+    let run = deploy(&stack, &["--force"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_contains(
+        &run.stdout,
+        "--in-chart --db-user colony_app --db-name households_db colony-dev",
+    );
+    assert_contains(
+        &run.stdout,
+        "dumps database households_db as colony_app in pod colony-database-0",
+    );
+    assert!(stack.backups() >= 1, "{}", run.all());
+}
+
+/// After a deploy whose new pods never became ready, the plan still knows
+/// the database's revision: the database pod is asked with psql.
+#[test]
+fn after_a_failed_deploy_the_plan_still_knows_the_database_revision() {
+    let stack = deployed_at_0002();
+    stack.commit_broken_migration();
+    let failed = deploy(&stack, &["--no-rehearsal"]);
+    assert_eq!(failed.code, 1, "{}", failed.all());
+    let planned = stack.xtask(&["deploy", "colony-dev", "--dry-run", "--json"]);
+    assert_eq!(planned.code, 0, "{}", planned.all());
+    let plan: serde_json::Value = serde_json::from_str(&planned.stdout).unwrap();
+    assert_eq!(
+        plan["facts"]["database"], "0002_activity_and_comments",
+        "{plan:#}"
+    );
+    assert_eq!(plan["migrations"]["from"], "0002_activity_and_comments");
+    let calls = stack.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.contains("exec colony-database-0 -- psql") && c.contains("alembic_version")),
+        "{calls:#?}"
+    );
+}

@@ -231,6 +231,7 @@ pub fn gather_facts(
             migrations,
             runner,
             external_database: std::env::var_os("DATABASE_URL").is_some(),
+            external_mode_file: config::values::external_database_file(env),
             daemon,
             builder,
         }

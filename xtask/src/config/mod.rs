@@ -9,6 +9,7 @@ pub mod inputs;
 pub mod names;
 pub mod platform;
 pub mod rules;
+pub mod values;
 
 pub use platform::Platform;
 

@@ -37,6 +37,9 @@ pub struct DeployFacts {
     pub cluster: Fact<ClusterFacts>,
     /// `DATABASE_URL` is set: the backup script dumps that (external) database.
     pub external_database: bool,
+    /// The values file that sets `database.mode: external` (None: the
+    /// chart's in-chart database).
+    pub external_mode_file: Option<std::path::PathBuf>,
     /// What the Docker daemon says (`docker info`; needed when an image must
     /// be built, and reused by the image stage), or why it does not answer.
     pub daemon: Fact<crate::images::registry::DaemonView>,
@@ -304,10 +307,12 @@ pub fn decide_rehearsal(env: &Environment, facts: &DeployFacts) -> Plan {
 
 /// Nothing installed and no database to back up.
 fn first_install_without_data(facts: &DeployFacts) -> bool {
-    facts
-        .cluster
-        .as_ref()
-        .is_ok_and(|c| c.release.is_none() && c.database_pod.is_none() && !facts.external_database)
+    facts.cluster.as_ref().is_ok_and(|c| {
+        c.release.is_none()
+            && c.database_pod.is_none()
+            && !facts.external_database
+            && facts.external_mode_file.is_none()
+    })
 }
 
 /// A deploy verifies against the head the revision's record holds.
@@ -447,7 +452,7 @@ fn backup_decision(facts: &DeployFacts, options: DeployOptions) -> (bool, String
             true,
             "first install beside an existing database pod: back it up first".into(),
         ),
-        None if facts.external_database => (
+        None if facts.external_database || facts.external_mode_file.is_some() => (
             true,
             "first install with an external database (DATABASE_URL): back it up first".into(),
         ),
@@ -799,6 +804,7 @@ fn missing(
         missing.push(format!("values file {} does not exist", path.display()));
     }
     missing.extend(image_problems(env, facts));
+    missing.extend(unreachable_external_database(facts, options));
     missing.extend(checkout_problems(env, facts, head));
     let findings = facts.migrations.findings();
     let strict = options.strict_migrations || env.migrations.strict;
@@ -811,6 +817,37 @@ fn missing(
     missing
 }
 
+/// SQL the lint cannot read: a `DO $$ … $$` block (PL/pgSQL, any statement
+/// inside) or dynamic `EXECUTE`. Pure.
+fn runs_hidden_sql(sql: &str) -> bool {
+    let upper = sql.to_uppercase();
+    upper
+        .split(|c: char| c == ';' || c == '\n')
+        .map(str::trim_start)
+        .any(|statement| {
+            statement.starts_with("DO $")
+                || statement.starts_with("DO LANGUAGE")
+                || statement.starts_with("EXECUTE ")
+        })
+}
+
+/// An external database (the values say so) that this machine cannot back
+/// up (no `DATABASE_URL` here): refused before anything is pushed, rather
+/// than failing at the backup after, or migrating it with no backup at all
+/// on a first install.
+fn unreachable_external_database(facts: &DeployFacts, options: DeployOptions) -> Option<String> {
+    let file = facts.external_mode_file.as_ref()?;
+    if facts.external_database || options.no_backup {
+        return None;
+    }
+    Some(format!(
+        "database.mode is external ({}) and DATABASE_URL is not set here, so the backup cannot reach that database \
+         and its migrations would run unbacked: set DATABASE_URL to it (the URL the chart's secret holds), \
+         or deploy with --no-backup --yes",
+        file.display()
+    ))
+}
+
 /// Under strict migrations, what could not be linted is a refusal: a check
 /// that did not run never reads as passed.
 fn not_linted(preview: &Preview) -> Vec<String> {
@@ -821,13 +858,17 @@ fn not_linted(preview: &Preview) -> Vec<String> {
         )],
         Preview::Upgrade { revisions, .. } => revisions
             .iter()
-            .filter(|r| r.sql.is_none())
-            .map(|r| {
-                format!(
+            .filter_map(|r| match &r.sql {
+                None => Some(format!(
                     "strict migrations: revision {} could not be rendered offline, so it was not linted: {}",
                     r.id,
                     r.no_preview.as_deref().unwrap_or("no SQL")
-                )
+                )),
+                Some(sql) if runs_hidden_sql(sql) => Some(format!(
+                    "strict migrations: revision {} runs SQL inside a DO block or EXECUTE, which the lint cannot see into",
+                    r.id
+                )),
+                Some(_) => None,
             })
             .collect(),
     }
@@ -1021,6 +1062,7 @@ mod tests {
                 }),
             }),
             external_database: false,
+            external_mode_file: None,
             daemon: Ok(crate::images::registry::DaemonView::default()),
             migrations: Preview::NoMigrations {
                 head: "0002_activity_and_comments".into(),
@@ -1192,6 +1234,41 @@ mod tests {
             .missing
             .iter()
             .any(|m| m.contains("cannot be rehearsed (no backup to restore")));
+    }
+
+    #[test]
+    fn an_external_database_this_machine_cannot_back_up_is_refused_before_anything() {
+        let mut first_install = facts(DatabaseRevision::Unknown {
+            why: "no pod".into(),
+        });
+        if let Ok(cluster) = &mut first_install.cluster {
+            cluster.release = None;
+            cluster.database_pod = None;
+        }
+        first_install.external_mode_file = Some("/home/me/values.yaml".into());
+        let refused = planned(&first_install, DeployOptions::default());
+        assert!(
+            refused.missing.iter().any(|m| m.contains(
+                "database.mode is external (/home/me/values.yaml) and DATABASE_URL is not set here"
+            )),
+            "{:?}",
+            refused.missing
+        );
+        first_install.external_database = true;
+        let backed_up = planned(&first_install, DeployOptions::default());
+        assert!(backed_up.missing.is_empty(), "{:?}", backed_up.missing);
+        assert!(names(&backed_up).contains(&"backup"));
+    }
+
+    #[test]
+    fn sql_hidden_in_a_do_block_is_not_lintable() {
+        assert!(runs_hidden_sql(
+            "BEGIN;\n\nDO $$ BEGIN EXECUTE 'DROP TABLE chores'; END $$;\n\nCOMMIT;"
+        ));
+        assert!(runs_hidden_sql("do $body$ begin null; end $body$;"));
+        assert!(!runs_hidden_sql(
+            "ALTER TABLE chores ADD COLUMN done_at TIMESTAMP;\nCOMMENT ON TABLE chores IS 'DO $$ not a block';"
+        ));
     }
 
     #[test]

@@ -689,6 +689,62 @@ fn alembic_command_is_used_by_the_init_container_and_every_exec() {
 
 /// A deploy started as a user's terminal would: its own process group (so
 /// that a Ctrl-C reaches it and its children), output into files.
+/// Ctrl-C while the rehearsal runs: its containers go, Helm never runs,
+/// the database is untouched.
+#[test]
+fn an_interrupt_during_the_rehearsal_removes_its_containers_and_never_reaches_helm() {
+    let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
+    stack.commit_baseline_era();
+    assert_eq!(deploy(&stack).code, 0);
+    stack.repo.git(&["revert", "--no-edit", "HEAD"]);
+    let before = (helm_upgrades(&stack), stack.helm_revisions());
+    let started = start_deploy(&stack);
+    started.wait_for(
+        || {
+            started
+                .stderr()
+                .contains("rehearsal: started a throwaway PostgreSQL")
+        },
+        "the rehearsal",
+    );
+    started.signal(2, true);
+    let (exit, stderr) = started.exit_code();
+    assert_eq!(exit, 130, "{stderr}");
+    assert!(stderr.contains("during step rehearse"), "{stderr}");
+    assert_eq!(
+        (helm_upgrades(&stack), stack.helm_revisions()),
+        before,
+        "Helm ran:\n{stderr}"
+    );
+    let name = stderr
+        .split("started a throwaway PostgreSQL ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let left = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=colony-deploy.rehearsal={name}"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .env("DOCKER_HOST", &testkit::TestBed::get().docker_host)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout).trim(),
+        "",
+        "{name} left behind"
+    );
+    assert_eq!(
+        stack.psql("SELECT version_num FROM alembic_version"),
+        "0001_baseline"
+    );
+}
+
 struct Started {
     child: std::process::Child,
     stderr: std::path::PathBuf,

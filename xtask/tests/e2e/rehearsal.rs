@@ -424,3 +424,126 @@ fn after_a_failed_deploy_the_plan_still_knows_the_database_revision() {
         "{calls:#?}"
     );
 }
+
+/// The restore script: all or nothing, and not under a connected app.
+#[test]
+fn a_restore_refuses_while_sessions_are_connected_and_is_one_transaction() {
+    let stack = deployed_at_0002();
+    let backup = stack.xtask(&["backup", "colony-dev", "--json"]);
+    assert_eq!(backup.code, 0, "{}", backup.all());
+    let path: serde_json::Value = serde_json::from_str(&backup.stdout).unwrap();
+    let dump = path["path"].as_str().unwrap().to_string();
+    let bed = testkit::TestBed::get();
+    let scratch = bed.create_database("restore_target");
+    // An app's session on the target.
+    let mut app = std::process::Command::new("psql")
+        .args([scratch.as_str(), "-XAtq"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        writeln!(app.stdin.as_mut().unwrap(), "SELECT 1;").unwrap();
+    }
+    let connected = || {
+        bed.psql(&scratch, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while connected() == "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the app never connected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let restore = |extra: &[&str]| {
+        std::process::Command::new(testkit::workspace_root().join("scripts/restore-db.sh"))
+            .args(["--yes"])
+            .args(extra)
+            .args([NAMESPACE, &dump])
+            .env("DATABASE_URL", &scratch)
+            .output()
+            .unwrap()
+    };
+    let refused = restore(&[]);
+    assert!(!refused.status.success());
+    assert_contains(
+        &String::from_utf8_lossy(&refused.stderr),
+        "1 other session(s) are connected to the database",
+    );
+    assert_eq!(
+        bed.psql(&scratch, "SELECT to_regclass('households') IS NULL"),
+        "t"
+    );
+    let told = restore(&["--while-connected"]);
+    assert!(
+        told.status.success(),
+        "{}",
+        String::from_utf8_lossy(&told.stderr)
+    );
+    assert_eq!(bed.psql(&scratch, "SELECT count(*) FROM households"), "3");
+    let _ = app.kill();
+    let _ = app.wait();
+}
+
+/// Under --strict-migrations, what the preview could not check refuses the
+/// deploy (exit 2, nothing built or backed up): a syntax error, a query
+/// through op.get_bind(), a DROP hidden in a DO block, an env.py without
+/// an offline mode.
+#[test]
+fn strict_migrations_refuse_what_the_lint_could_not_see() {
+    let stack = deployed_at_0002();
+    let strict = |stack: &Stack| {
+        let backups = stack.backups();
+        let run = deploy(stack, &["--strict-migrations"]);
+        assert_eq!(run.code, 2, "{}", run.all());
+        assert_eq!(stack.backups(), backups, "a refused deploy took a backup");
+        run.stderr
+    };
+    let cases = [
+        (
+            "0003_typo",
+            "    op.add_column(\"chores\" sa.Column(\"x\", sa.Integer))",
+            "revision 0003_typo could not be rendered offline, so it was not linted",
+        ),
+        (
+            "0003_query",
+            "    n = op.get_bind().execute(sa.text(\"SELECT count(*) FROM chores\")).scalar()\n    \
+             op.execute(f\"COMMENT ON TABLE chores IS '{int(n)}'\")",
+            "revision 0003_query could not be rendered offline, so it was not linted",
+        ),
+        (
+            "0003_hidden",
+            "    op.execute(\"DO $$ BEGIN EXECUTE 'DROP TABLE comments'; END $$\")",
+            "revision 0003_hidden runs SQL inside a DO block or EXECUTE, which the lint cannot see into",
+        ),
+    ];
+    for (id, body, expected) in cases {
+        stack.commit_revision(id, "0002_activity_and_comments", "case", body);
+        assert_contains(&strict(&stack), expected);
+        stack.repo.git(&["reset", "-q", "--hard", "HEAD~1"]);
+    }
+    // An env.py with no offline mode renders nothing.
+    let env_py = stack.repo.root().join("backend/alembic/env.py");
+    let text = std::fs::read_to_string(&env_py).unwrap();
+    std::fs::write(
+        &env_py,
+        text.replace(
+            "if context.is_offline_mode():\n    run_migrations_offline()\nelse:\n    run_migrations_online()",
+            "if context.is_offline_mode():\n    raise SystemExit('no offline mode')\nrun_migrations_online()",
+        ),
+    )
+    .unwrap();
+    stack.commit_revision_both_ways(
+        "0003_note",
+        "0002_activity_and_comments",
+        "A note",
+        "    op.add_column(\"households\", sa.Column(\"note\", sa.Text))",
+        "    op.drop_column(\"households\", \"note\")",
+    );
+    assert_contains(
+        &strict(&stack),
+        "revision 0003_note could not be rendered offline, so it was not linted",
+    );
+}

@@ -70,7 +70,19 @@ fn real_revision_seconds() -> Option<f64> {
             .env("DOCKER_HOST", &bed.docker_host)
             .output()
             .unwrap();
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        // Both streams (Alembic logs to stderr), in the order of their
+        // timestamps.
+        let mut lines: Vec<String> = [&output.stdout, &output.stderr]
+            .iter()
+            .flat_map(|bytes| {
+                String::from_utf8_lossy(bytes)
+                    .lines()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        lines.sort();
+        lines.join("\n")
     };
     // The newest run-migrations container that ran this revision.
     let names = docker(&[

@@ -822,7 +822,7 @@ fn missing(
 fn runs_hidden_sql(sql: &str) -> bool {
     let upper = sql.to_uppercase();
     upper
-        .split(|c: char| c == ';' || c == '\n')
+        .split([';', '\n'])
         .map(str::trim_start)
         .any(|statement| {
             statement.starts_with("DO $")

@@ -145,6 +145,24 @@ pub fn upgrade_install_args(
     for (key, value) in record.values() {
         set(key, &value);
     }
+    // Numbers for the chart's schema (`--set`, not `--set-string`), and
+    // only when deploy.toml sets them: else the chart's values decide.
+    let migrations = &env.migrations;
+    for (key, value) in [
+        (
+            "backend.migrations.ddlLockTimeoutSeconds",
+            migrations.ddl_lock_timeout.map(|d| d.as_secs()),
+        ),
+        (
+            "backend.migrations.ddlLockRetries",
+            migrations.ddl_lock_retries.map(u64::from),
+        ),
+    ] {
+        if let Some(value) = value {
+            args.push("--set".into());
+            args.push(format!("{key}={value}"));
+        }
+    }
     if helm_major >= 4 {
         args.push("--wait=watcher".into());
     } else {
@@ -233,6 +251,24 @@ mod tests {
 
     /// What the deploy writes is what every reader reads: `--set-string`
     /// keys nest in the release's values as Helm nests dotted keys.
+    #[test]
+    fn the_migrations_lock_settings_reach_the_chart_only_when_deploy_toml_sets_them() {
+        let mut env = crate::config::tests::environment();
+        let argv = |env: &crate::config::Environment| {
+            upgrade_install_args(env, &[], &DeployRecord::default(), 4).join(" ")
+        };
+        assert!(!argv(&env).contains("ddlLock"), "{}", argv(&env));
+        env.migrations.ddl_lock_timeout = Some(std::time::Duration::from_secs(10));
+        env.migrations.ddl_lock_retries = Some(2);
+        assert!(
+            argv(&env).contains(
+                "--set backend.migrations.ddlLockTimeoutSeconds=10 --set backend.migrations.ddlLockRetries=2"
+            ),
+            "{}",
+            argv(&env)
+        );
+    }
+
     #[test]
     fn the_deploy_record_reads_back_what_was_written() {
         let written = DeployRecord {

@@ -83,6 +83,10 @@ struct MigrationsEntry {
     /// HOME and the locale): rendering runs the checkout's Python.
     #[serde(default)]
     preview_env: Vec<String>,
+    /// How long a migration's statement may wait for a table lock.
+    ddl_lock_timeout: Option<String>,
+    /// How many more tries after such a timeout.
+    ddl_lock_retries: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -201,6 +205,11 @@ pub struct MigrationSettings {
     pub rules: RuleChoice,
     /// The deploying shell's variables the preview keeps (`preview_env`).
     pub preview_env: Vec<String>,
+    /// run-migrations' `--ddl-lock-timeout` (the chart's value, and the
+    /// rehearsal's); None: the chart's default.
+    pub ddl_lock_timeout: Option<Duration>,
+    /// run-migrations' `--ddl-lock-retries`; None: the chart's default.
+    pub ddl_lock_retries: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -749,12 +758,24 @@ fn migration_settings(
             ));
         }
     }
+    let ddl_lock_timeout = entry.ddl_lock_timeout.as_deref().and_then(|text| {
+        parse_timeout("migrations.ddl_lock_timeout", text)
+            .map_err(|p| problems.push(p))
+            .ok()
+    });
+    if let Some(retries) = entry.ddl_lock_retries.filter(|r| *r > 20) {
+        problems.push(format!(
+            "migrations.ddl_lock_retries = {retries}: at most 20 (each waits longer than the one before)"
+        ));
+    }
     if problems.is_empty() {
         Ok(MigrationSettings {
             preview_command,
             strict: entry.strict,
             rules: choice,
             preview_env: entry.preview_env.clone(),
+            ddl_lock_timeout,
+            ddl_lock_retries: entry.ddl_lock_retries,
         })
     } else {
         Err(problems)
@@ -914,6 +935,48 @@ registry = "ghcr.io/colony-app"
         );
         assert!(message.contains("release name \"-colony\""), "{message}");
         assert!(message.contains("registry is empty"), "{message}");
+    }
+
+    #[test]
+    fn the_migrations_lock_timeout_and_retries_are_checked() {
+        let with = |lines: &str| {
+            resolve(
+                &CONFIG.replace(
+                    "[environments.colony-dev.images.backend]",
+                    &format!(
+                        "[environments.colony-dev.migrations]\n{lines}\n[environments.colony-dev.images.backend]"
+                    ),
+                ),
+                Path::new("/repo/deploy.toml"),
+                None,
+                &EnvOverrides::default(),
+                None,
+            )
+        };
+        let env = with("ddl_lock_timeout = \"10s\"\nddl_lock_retries = 2").unwrap();
+        assert_eq!(
+            env.migrations.ddl_lock_timeout,
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(env.migrations.ddl_lock_retries, Some(2));
+        for (bad, says) in [
+            (
+                "ddl_lock_timeout = \"0s\"",
+                "migrations.ddl_lock_timeout \"0s\" is out of bounds",
+            ),
+            (
+                "ddl_lock_timeout = \"soon\"",
+                "migrations.ddl_lock_timeout \"soon\" is not a duration",
+            ),
+            (
+                "ddl_lock_retries = 21",
+                "migrations.ddl_lock_retries = 21: at most 20",
+            ),
+        ] {
+            let (message, code) = error_of(with(bad));
+            assert_eq!(code, 2);
+            assert!(message.contains(says), "{message}");
+        }
     }
 
     #[test]

@@ -279,14 +279,28 @@ async fn run_migrations(
         .run_beside(
             image,
             vec![MIGRATIONS_BINARY_IN_IMAGE.to_string()],
-            vec![
-                "--wait-timeout=60".to_string(),
-                format!("--alembic-cmd={}", env.alembic_command.join(" ")),
-            ],
+            migration_args(env),
             env.rehearsal.working_dir.as_deref(),
             relay(say),
         )
         .await
+}
+
+/// run-migrations' flags, as the chart passes them: the same lock timeout
+/// and retries as the deploy will use (deploy.toml's, else the defaults
+/// that are also the chart's).
+fn migration_args(env: &Environment) -> Vec<String> {
+    let mut args = vec![
+        "--wait-timeout=60".to_string(),
+        format!("--alembic-cmd={}", env.alembic_command.join(" ")),
+    ];
+    if let Some(timeout) = env.migrations.ddl_lock_timeout {
+        args.push(format!("--ddl-lock-timeout={}", timeout.as_secs()));
+    }
+    if let Some(retries) = env.migrations.ddl_lock_retries {
+        args.push(format!("--ddl-lock-retries={retries}"));
+    }
+    args
 }
 
 /// The image's Alembic with `args`, as `kubectl exec` runs it.
@@ -375,4 +389,35 @@ fn indent(text: &str) -> String {
         .map(|l| format!("    {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rehearsal_runs_run_migrations_with_the_deploy_s_lock_settings() {
+        let mut env = crate::config::tests::environment();
+        assert_eq!(
+            migration_args(&env),
+            ["--wait-timeout=60", "--alembic-cmd=alembic"]
+        );
+        env.migrations.ddl_lock_timeout = Some(Duration::from_secs(7));
+        env.migrations.ddl_lock_retries = Some(0);
+        env.alembic_command = vec![
+            "uv".into(),
+            "run".into(),
+            "--no-sync".into(),
+            "alembic".into(),
+        ];
+        assert_eq!(
+            migration_args(&env),
+            [
+                "--wait-timeout=60",
+                "--alembic-cmd=uv run --no-sync alembic",
+                "--ddl-lock-timeout=7",
+                "--ddl-lock-retries=0"
+            ]
+        );
+    }
 }

@@ -273,6 +273,20 @@ impl Stopped {
 
 /// From now on, the first SIGINT/SIGTERM stops the children with SIGTERM
 /// (and is remembered); a second one kills them and exits at once.
+/// Waits, at most `limit`, until every child this process started has
+/// ended: after an interrupt, a step that was dropped (the in-process image
+/// stage's group) may still have a child finishing its own cleanup (the
+/// backup script removing its partial file), and exiting before it would
+/// report a state that is not yet true.
+pub fn wait_for_children(limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline
+        && children().lock().map(|c| !c.is_empty()).unwrap_or(false)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn install_interrupts() -> Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])?;
     std::thread::spawn(move || {

@@ -108,9 +108,19 @@ impl Executor<'_> {
                 .iter()
                 .any(|s| matches!(s.kind(), StepKind::Images | StepKind::Rehearse));
             let results = if in_process {
-                tokio::select! {
-                    results = steps => results,
-                    interrupt = interrupt_arrives() => return Err(anyhow::Error::new(interrupt).context(during())),
+                let interrupt = tokio::select! {
+                    results = steps => Ok(results),
+                    interrupt = interrupt_arrives() => Err(interrupt),
+                };
+                match interrupt {
+                    Ok(results) => results,
+                    Err(interrupt) => {
+                        // The steps beside it had children (the backup):
+                        // they got SIGTERM; let them finish cleaning up.
+                        tokio::task::spawn_blocking(|| process::wait_for_children(CHILDREN_GRACE))
+                            .await?;
+                        return Err(anyhow::Error::new(interrupt).context(during()));
+                    }
                 }
             } else {
                 steps.await
@@ -586,6 +596,9 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(move || call(argv)).await?
 }
+
+/// How long an interrupted run waits for its children's own cleanup.
+const CHILDREN_GRACE: Duration = Duration::from_secs(20);
 
 /// Resolves when an interrupt has arrived.
 async fn interrupt_arrives() -> process::Interrupted {

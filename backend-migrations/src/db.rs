@@ -34,7 +34,8 @@ impl Target {
                 mask_all(url)
             ));
         }
-        let options = PgConnectOptions::from_str(url)
+        let (parseable, host_in_query) = with_host_placeholder(url);
+        let options = PgConnectOptions::from_str(&parseable)
             .map_err(|e| {
                 format!(
                     "DATABASE_URL {} is not a valid PostgreSQL URL: {}",
@@ -43,8 +44,63 @@ impl Target {
                 )
             })?
             .application_name("run-migrations");
-        let address = format!("{}:{}", options.get_host(), options.get_port());
+        let options = match host_in_query {
+            Some(false) => default_host(options),
+            _ => options,
+        };
+        let address = match options.get_socket() {
+            Some(dir) => format!("{}/.s.PGSQL.{}", dir.display(), options.get_port()),
+            None => format!("{}:{}", options.get_host(), options.get_port()),
+        };
         Ok(Target { options, address })
+    }
+}
+
+/// libpq takes a URL with a user but no host (`postgresql://app@/db`, or
+/// `postgresql://app@/db?host=/run/postgresql` for a socket); a URL parser
+/// refuses user-info without a host. So the host becomes `localhost`, and
+/// the second value says whether the query names the host (which wins);
+/// None: the URL had a host.
+fn with_host_placeholder(url: &str) -> (String, Option<bool>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host_and_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if !host_and_port.is_empty() && !host_and_port.starts_with(':') {
+        return (url.to_string(), None);
+    }
+    let query = tail.split_once('?').map_or("", |(_, q)| q);
+    let host_in_query = query
+        .split('&')
+        .any(|pair| pair.starts_with("host=") || pair.starts_with("hostaddr="));
+    let (user_info, port) = match authority.rsplit_once('@') {
+        Some((user_info, port)) => (format!("{user_info}@"), port),
+        None => (String::new(), authority),
+    };
+    (
+        format!("{scheme}://{user_info}localhost{port}{tail}"),
+        Some(host_in_query),
+    )
+}
+
+/// No host anywhere: libpq's default, `PGHOST`, else the server's socket
+/// where Debian or the source build puts it, else localhost over TCP.
+fn default_host(options: PgConnectOptions) -> PgConnectOptions {
+    if let Some(host) = std::env::var("PGHOST").ok().filter(|h| !h.is_empty()) {
+        return match host.starts_with('/') {
+            true => options.socket(host),
+            false => options.host(&host),
+        };
+    }
+    let socket = format!(".s.PGSQL.{}", options.get_port());
+    match ["/var/run/postgresql", "/tmp"]
+        .into_iter()
+        .find(|dir| std::path::Path::new(dir).join(&socket).exists())
+    {
+        Some(dir) => options.socket(dir),
+        None => options,
     }
 }
 
@@ -225,4 +281,43 @@ pub async fn stamp(connection: &mut PgConnection, revision: &str) -> Result<(), 
         .await
         .map_err(error)?;
     transaction.commit().await.map_err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_without_a_host_is_taken_as_libpq_takes_it() {
+        let socket =
+            Target::parse("postgresql://rehearsal@/rehearsal?host=/run/colony-rehearsal").unwrap();
+        assert_eq!(
+            socket.options.get_socket().map(|p| p.display().to_string()),
+            Some("/run/colony-rehearsal".to_string())
+        );
+        assert_eq!(socket.options.get_username(), "rehearsal");
+        assert_eq!(socket.options.get_database(), Some("rehearsal"));
+        assert_eq!(socket.address, "/run/colony-rehearsal/.s.PGSQL.5432");
+        let with_password = Target::parse("postgres://app:p%2Fw@:6543/colony?host=/sock").unwrap();
+        assert_eq!(with_password.options.get_port(), 6543);
+        assert_eq!(with_password.address, "/sock/.s.PGSQL.6543");
+        // A URL with a host is left alone.
+        let tcp = Target::parse("postgresql://app:pw@db.lan:5433/colony").unwrap();
+        assert_eq!(tcp.address, "db.lan:5433");
+        assert_eq!(
+            with_host_placeholder("postgresql://app@db/colony"),
+            ("postgresql://app@db/colony".to_string(), None)
+        );
+        assert_eq!(
+            with_host_placeholder("postgresql://app@/colony"),
+            ("postgresql://app@localhost/colony".to_string(), Some(false))
+        );
+        assert_eq!(
+            with_host_placeholder("postgresql:///colony?host=/s"),
+            (
+                "postgresql://localhost/colony?host=/s".to_string(),
+                Some(true)
+            )
+        );
+    }
 }

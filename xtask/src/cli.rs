@@ -45,7 +45,7 @@ pub enum Command {
         --dry-run --json keys: schema_version, command, environment, facts{…}, missing[], decision (deploy | nothing to deploy), \
         reason, schema[], steps[] (kind, title, alongside_previous, items[] (type run: argv, expect | type note: text)).\n\
         --json keys (a run): schema_version, environment, namespace, release, decision, reason, helm_revision, alembic, backup, \
-        rehearsal (postgres_image, restored_tables, restored_rows, upgrade[], downgrade[] (direction, from, to, took), \
+        rehearsal (postgres, restored_tables, restored_rows, upgrade[], downgrade[] (direction, from, to, took), \
         locks[] (table, held), downgrade_proven, took; null when not rehearsed), stamped, verified, images[], facts_seconds, steps[] (name, seconds, note)."
     )]
     Deploy(DeployArgs),

@@ -234,6 +234,7 @@ pub fn gather_facts(
             external_mode_file: config::values::external_database_file(env),
             daemon,
             builder,
+            docker_host: crate::images::docker::endpoint().host,
         }
     })
 }

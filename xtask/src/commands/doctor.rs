@@ -337,6 +337,9 @@ fn rehearsal_check(env: &Environment) -> Prerequisite {
             ),
         );
     }
+    if let crate::config::RehearsalEngine::Local { bin_dir } = &env.rehearsal.engine {
+        return local_rehearsal_check(bin_dir.as_deref());
+    }
     let Some(image) = &env.rehearsal.image else {
         return Prerequisite::ok(
             "rehearsal",
@@ -364,6 +367,57 @@ fn rehearsal_check(env: &Environment) -> Prerequisite {
             "rehearsal",
             format!("{image}: the Docker daemon does not answer, so it could not be looked for"),
             "see the docker line",
+        ),
+    }
+}
+
+/// The local engine: which PostgreSQL versions this machine can run (the
+/// deploy picks the backup's major among them), a user to run them as when
+/// root, and a Docker daemon here to mount the socket into.
+fn local_rehearsal_check(bin_dir: Option<&std::path::Path>) -> Prerequisite {
+    use crate::database::local;
+    let found: Vec<String> = match bin_dir {
+        Some(dir) => local::version_in(dir)
+            .map(|v| format!("PostgreSQL {v} in {}", dir.display()))
+            .into_iter()
+            .collect(),
+        None => local::installed()
+            .into_iter()
+            .map(|b| format!("PostgreSQL {} in {}", b.version, b.dir.display()))
+            .collect(),
+    };
+    let host = docker::endpoint().host;
+    let problem = if found.is_empty() {
+        Some((
+            "no initdb and pg_ctl found (rehearsal.engine = \"local\")".to_string(),
+            "install postgresql-<major> (the server's major version), set rehearsal.bin_dir, or use engine = \"container\"".to_string(),
+        ))
+    } else if !host.starts_with("unix://") {
+        Some((
+            format!(
+                "rehearsal.engine = \"local\" needs a Docker daemon on this machine; it is at {}",
+                redact::mask_all(&host)
+            ),
+            "use engine = \"container\" with a remote daemon".to_string(),
+        ))
+    } else if nix::unistd::geteuid().is_root()
+        && !matches!(nix::unistd::User::from_name("postgres"), Ok(Some(_)))
+    {
+        Some((
+            "running as root, and there is no user postgres to run PostgreSQL as".to_string(),
+            "run as another user or create the user postgres".to_string(),
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some((what, fix)) => Prerequisite::fail("rehearsal", what, fix),
+        None => Prerequisite::ok(
+            "rehearsal",
+            format!(
+                "local engine: {} (the backup's major version is used)",
+                found.join(", ")
+            ),
         ),
     }
 }

@@ -64,7 +64,9 @@ struct EnvironmentEntry {
 #[serde(deny_unknown_fields)]
 struct RehearsalEntry {
     enabled: Option<bool>,
+    engine: Option<String>,
     image: Option<String>,
+    bin_dir: Option<String>,
     working_dir: Option<String>,
 }
 
@@ -178,6 +180,8 @@ pub struct Environment {
 pub struct RehearsalSettings {
     /// On by default; `--no-rehearsal` or `enabled = false` turn it off.
     pub enabled: bool,
+    /// Where the throwaway PostgreSQL runs.
+    pub engine: RehearsalEngine,
     /// The throwaway PostgreSQL's image; None: `postgres:<major>` of the
     /// server the backup was dumped from, as the chart's default image.
     pub image: Option<String>,
@@ -189,10 +193,21 @@ impl Default for RehearsalSettings {
     fn default() -> Self {
         RehearsalSettings {
             enabled: true,
+            engine: RehearsalEngine::Container,
             image: None,
             working_dir: None,
         }
     }
+}
+
+/// Where a rehearsal's throwaway PostgreSQL runs (`rehearsal.engine`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RehearsalEngine {
+    /// A container of `rehearsal.image` through the Docker Engine API.
+    Container,
+    /// This machine's `initdb`/`pg_ctl` (`rehearsal.bin_dir`, else the
+    /// backup's major version's, e.g. `/usr/lib/postgresql/15/bin`).
+    Local { bin_dir: Option<PathBuf> },
 }
 
 /// How a deploy previews and lints its migrations' SQL.
@@ -567,14 +582,45 @@ fn rehearsal_settings(
             ));
         }
     }
-    if !problems.is_empty() {
+    let engine = match rehearsal_engine(entry) {
+        Ok(engine) => Some(engine),
+        Err(problem) => {
+            problems.push(problem);
+            None
+        }
+    };
+    let Some(engine) = engine.filter(|_| problems.is_empty()) else {
         return Err(problems);
-    }
+    };
     Ok(RehearsalSettings {
         enabled: entry.enabled.unwrap_or(true),
+        engine,
         image: entry.image.clone(),
         working_dir: entry.working_dir.clone(),
     })
+}
+
+/// `engine = "container"` (the default) or `"local"`; `image` belongs to
+/// the first, `bin_dir` (absolute) to the second.
+fn rehearsal_engine(entry: &RehearsalEntry) -> std::result::Result<RehearsalEngine, String> {
+    match entry.engine.as_deref().unwrap_or("container") {
+        "container" => match &entry.bin_dir {
+            Some(_) => Err("rehearsal.bin_dir is for engine = \"local\"; the container engine runs rehearsal.image".into()),
+            None => Ok(RehearsalEngine::Container),
+        },
+        "local" => match (&entry.image, &entry.bin_dir) {
+            (Some(_), _) => Err("rehearsal.image is for engine = \"container\"; the local engine runs this machine's initdb and pg_ctl (rehearsal.bin_dir)".into()),
+            (None, Some(dir)) if !dir.starts_with('/') => Err(format!(
+                "rehearsal.bin_dir: {dir:?} must be an absolute directory holding initdb and pg_ctl (e.g. \"/usr/lib/postgresql/16/bin\")"
+            )),
+            (None, dir) => Ok(RehearsalEngine::Local {
+                bin_dir: dir.as_ref().map(PathBuf::from),
+            }),
+        },
+        other => Err(format!(
+            "rehearsal.engine: {other:?} is not an engine: \"container\" (a container of rehearsal.image through Docker) or \"local\" (this machine's initdb and pg_ctl)"
+        )),
+    }
 }
 
 fn image(component: Component, entry: &ImageEntry, registry: &str) -> Image {
@@ -976,6 +1022,60 @@ registry = "ghcr.io/colony-app"
             let (message, code) = error_of(with(bad));
             assert_eq!(code, 2);
             assert!(message.contains(says), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_rehearsal_engine_is_a_container_or_this_machine_s_postgresql() {
+        let with = |lines: &str| {
+            resolve(
+                &CONFIG.replace(
+                    "[environments.colony-dev.images.backend]",
+                    &format!(
+                        "[environments.colony-dev.rehearsal]\n{lines}\n[environments.colony-dev.images.backend]"
+                    ),
+                ),
+                Path::new("/repo/deploy.toml"),
+                None,
+                &EnvOverrides::default(),
+                None,
+            )
+        };
+        let default = resolve_with(None, EnvOverrides::default()).unwrap();
+        assert_eq!(default.rehearsal.engine, RehearsalEngine::Container);
+        let local = with("engine = \"local\"").unwrap();
+        assert_eq!(
+            local.rehearsal.engine,
+            RehearsalEngine::Local { bin_dir: None }
+        );
+        let pinned = with("engine = \"local\"\nbin_dir = \"/opt/pg16/bin\"").unwrap();
+        assert_eq!(
+            pinned.rehearsal.engine,
+            RehearsalEngine::Local {
+                bin_dir: Some(PathBuf::from("/opt/pg16/bin"))
+            }
+        );
+        for (bad, says) in [
+            (
+                "engine = \"podman\"",
+                "rehearsal.engine: \"podman\" is not an engine",
+            ),
+            (
+                "engine = \"local\"\nimage = \"postgres:16\"",
+                "rehearsal.image is for engine = \"container\"",
+            ),
+            (
+                "bin_dir = \"/usr/lib/postgresql/16/bin\"",
+                "rehearsal.bin_dir is for engine = \"local\"",
+            ),
+            (
+                "engine = \"local\"\nbin_dir = \"pg/bin\"",
+                "rehearsal.bin_dir: \"pg/bin\" must be an absolute directory",
+            ),
+        ] {
+            let (message, code) = error_of(with(bad));
+            assert_eq!(code, 2, "{bad}");
+            assert!(message.contains(says), "{bad}: {message}");
         }
     }
 

@@ -2,6 +2,7 @@
 //! its backup (through the chart's database pod, by scripts/backup-db.sh).
 
 pub mod backup;
+pub mod local;
 pub mod observe;
 pub mod rehearsal;
 pub mod scratch;

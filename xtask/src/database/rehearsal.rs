@@ -12,8 +12,8 @@ use anyhow::{bail, Context, Result};
 use bollard::Docker;
 
 use super::observe::{self, Direction, RevisionRun};
-use super::scratch::{Finished, Scratch};
-use crate::config::{Environment, MIGRATIONS_BINARY_IN_IMAGE};
+use super::scratch::{Engine, Finished, Scratch};
+use crate::config::{Environment, RehearsalEngine, MIGRATIONS_BINARY_IN_IMAGE};
 
 /// What to rehearse.
 #[derive(Debug, Clone)]
@@ -30,8 +30,9 @@ pub struct Request {
 /// `summary`) and `status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
-    /// The throwaway PostgreSQL's image.
-    pub postgres_image: String,
+    /// The throwaway PostgreSQL: its image, or `local PostgreSQL 15.8
+    /// (/usr/lib/postgresql/15/bin)`.
+    pub postgres: String,
     pub restored_tables: u64,
     pub restored_rows: u64,
     pub upgrade: Vec<RevisionRun>,
@@ -79,25 +80,37 @@ impl Report {
     }
 }
 
-/// The PostgreSQL image for a backup: the configured one, else the
-/// official image of the major version the backup was dumped from.
-pub fn postgres_image(env: &Environment, backup: &Path) -> Result<String> {
-    if let Some(image) = &env.rehearsal.image {
-        return Ok(image.clone());
+/// The PostgreSQL for a backup. The container engine: the configured
+/// image, else the official image of the major version the backup was
+/// dumped from. The local engine: this machine's binaries of that major.
+pub fn engine(env: &Environment, backup: &Path) -> Result<Engine> {
+    match (&env.rehearsal.engine, &env.rehearsal.image) {
+        (RehearsalEngine::Container, Some(image)) => Ok(Engine::Container(image.clone())),
+        (RehearsalEngine::Container, None) => Ok(Engine::Container(format!(
+            "postgres:{}",
+            dumped_by(backup)?
+        ))),
+        (RehearsalEngine::Local { bin_dir }, _) => Ok(Engine::Local(super::local::find(
+            bin_dir.as_deref(),
+            &dumped_by(backup)?,
+        )?)),
     }
+}
+
+/// The major version of the server that dumped `backup`.
+fn dumped_by(backup: &Path) -> Result<String> {
     let argv = vec![
         "pg_restore".to_string(),
         "--list".to_string(),
         backup.display().to_string(),
     ];
     let listing = crate::process::capture(&argv)?;
-    let major = observe::server_major(&listing.stdout).with_context(|| {
+    observe::server_major(&listing.stdout).with_context(|| {
         format!(
-            "cannot tell which PostgreSQL dumped {} (`pg_restore --list` says no version); set rehearsal.image in deploy.toml",
+            "cannot tell which PostgreSQL dumped {} (`pg_restore --list` says no version); set rehearsal.image (or rehearsal.bin_dir) in deploy.toml",
             backup.display()
         )
-    })?;
-    Ok(format!("postgres:{major}"))
+    })
 }
 
 /// Runs the rehearsal; `say` gets each line worth showing as it happens.
@@ -105,19 +118,23 @@ pub async fn rehearse(
     env: &Environment,
     docker: &Docker,
     request: &Request,
-    postgres: &str,
+    engine: &Engine,
     mut say: impl FnMut(&str),
 ) -> Result<Report> {
     let started = Instant::now();
-    let scratch = Scratch::start(docker, postgres, &env.name).await?;
+    let scratch = Scratch::start(docker, engine, &env.name).await?;
+    let reach = match engine {
+        Engine::Container(_) => "no network",
+        Engine::Local(_) => "a socket only",
+    };
     say(&format!(
-        "started a throwaway PostgreSQL {} ({postgres}, no network)",
+        "started a throwaway PostgreSQL {} ({engine}, {reach})",
         scratch.name
     ));
     let result = rehearse_in(env, &scratch, request, &mut say).await;
     scratch.remove().await;
     let mut report = result?;
-    report.postgres_image = postgres.to_string();
+    report.postgres = engine.to_string();
     report.took = started.elapsed();
     Ok(report)
 }
@@ -155,7 +172,7 @@ async fn rehearse_in(
         .collect();
     locks.sort_by_key(|l| std::cmp::Reverse(l.held));
     Ok(Report {
-        postgres_image: String::new(),
+        postgres: String::new(),
         restored_tables,
         restored_rows,
         upgrade: runs(&upgraded, Direction::Upgrade),

@@ -1,9 +1,12 @@
-//! A throwaway PostgreSQL for rehearsals: a container of a PostgreSQL image
-//! (the official image's `POSTGRES_*` contract) with no network of its own,
-//! and one-shot containers of the backend image that join its network
-//! namespace, so they reach it at 127.0.0.1 on any Docker (a remote daemon,
-//! a daemon without a bridge). Everything through the Docker Engine API;
-//! every container is removed when the `Scratch` is, even on an interrupt.
+//! A throwaway PostgreSQL for rehearsals, and one-shot containers of the
+//! backend image beside it. The server is either a container of a
+//! PostgreSQL image (the official image's `POSTGRES_*` contract) with no
+//! network of its own, whose network namespace the backend's containers
+//! join, so they reach it at 127.0.0.1 on any Docker (a remote daemon, a
+//! daemon without a bridge); or this machine's initdb/pg_ctl on a Unix
+//! socket (`local`), whose directory is mounted into the backend's
+//! containers (no network at all). Containers through the Docker Engine
+//! API; everything is removed when the `Scratch` is, even on an interrupt.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,6 +22,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
+use super::local::{self, Binaries, LocalServer};
 use super::observe::LogLine;
 
 /// What every rehearsal container carries, so leftovers can be found.
@@ -29,16 +33,80 @@ const DATABASE: &str = "rehearsal";
 const DUMP_DIR: &str = "/tmp";
 const DUMP_NAME: &str = "rehearsal.dump";
 
+/// Which PostgreSQL a rehearsal starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    /// A container of this image.
+    Container(String),
+    /// This machine's binaries.
+    Local(Binaries),
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Engine::Container(image) => write!(f, "{image}"),
+            Engine::Local(binaries) => write!(f, "{binaries}"),
+        }
+    }
+}
+
+/// Where the throwaway server runs.
+enum Server {
+    Container { id: String, password: String },
+    Local(LocalServer),
+}
+
 /// A running throwaway PostgreSQL.
 pub struct Scratch {
     docker: Docker,
-    /// The database container's name, also the label of every container
-    /// of this rehearsal.
+    /// The server's name (its container's, or its directory's), also the
+    /// label of every container of this rehearsal.
     pub name: String,
-    id: String,
-    password: String,
-    /// The one-shot containers started beside it, removed with it.
+    server: Server,
+    /// Its containers (the database's, the one-shot ones beside it), to
+    /// remove with it.
     others: std::sync::Mutex<Vec<String>>,
+}
+
+/// Creates and starts the database's container, its data on a tmpfs, with
+/// a fresh password; a container that does not start is removed.
+async fn start_container(docker: &Docker, image: &str, name: &str) -> Result<Server> {
+    crate::images::docker::ensure_image(docker, image, None)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let password = random_word();
+    let config = ContainerCreateBody {
+        image: Some(image.to_string()),
+        env: Some(vec![
+            format!("POSTGRES_USER={USER}"),
+            format!("POSTGRES_PASSWORD={password}"),
+            format!("POSTGRES_DB={DATABASE}"),
+        ]),
+        labels: Some(HashMap::from([(LABEL.to_string(), name.to_string())])),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".into()),
+            tmpfs: Some(HashMap::from([(
+                "/var/lib/postgresql/data".to_string(),
+                String::new(),
+            )])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let options = CreateContainerOptionsBuilder::default().name(name).build();
+    let created = docker
+        .create_container(Some(options), config)
+        .await
+        .with_context(|| format!("creating a container of {image}"))?;
+    if let Err(e) = docker.start_container(&created.id, None).await {
+        remove_all(docker, vec![created.id]).await;
+        return Err(e).with_context(|| format!("starting a container of {image}"));
+    }
+    Ok(Server::Container {
+        id: created.id,
+        password,
+    })
 }
 
 /// A finished process: its exit code and output.
@@ -61,58 +129,43 @@ impl Finished {
 }
 
 impl Scratch {
-    /// Starts `image` (pulled if the daemon lacks it) with a fresh password,
-    /// its data on a tmpfs; returns once it accepts connections over TCP.
-    pub async fn start(docker: &Docker, image: &str, environment: &str) -> Result<Scratch> {
-        crate::images::docker::ensure_image(docker, image, None)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let password = random_word();
+    /// Starts the engine's server; returns once it accepts connections.
+    pub async fn start(docker: &Docker, engine: &Engine, environment: &str) -> Result<Scratch> {
         let name = format!("colony-rehearsal-{environment}-{}", random_word());
-        let config = ContainerCreateBody {
-            image: Some(image.to_string()),
-            env: Some(vec![
-                format!("POSTGRES_USER={USER}"),
-                format!("POSTGRES_PASSWORD={password}"),
-                format!("POSTGRES_DB={DATABASE}"),
-            ]),
-            labels: Some(HashMap::from([(LABEL.to_string(), name.clone())])),
-            host_config: Some(HostConfig {
-                network_mode: Some("none".into()),
-                tmpfs: Some(HashMap::from([(
-                    "/var/lib/postgresql/data".to_string(),
-                    String::new(),
-                )])),
-                ..Default::default()
-            }),
-            ..Default::default()
+        let server = match engine {
+            Engine::Container(image) => start_container(docker, image, &name).await?,
+            Engine::Local(binaries) => {
+                Server::Local(LocalServer::start(binaries, &name, USER, DATABASE).await?)
+            }
         };
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = docker
-            .create_container(Some(options), config)
-            .await
-            .with_context(|| format!("creating a container of {image}"))?;
+        // The database's container is removed with the others.
+        let containers = match &server {
+            Server::Container { id, .. } => vec![id.clone()],
+            Server::Local(_) => Vec::new(),
+        };
         let scratch = Scratch {
             docker: docker.clone(),
             name,
-            id: created.id,
-            password,
-            others: std::sync::Mutex::new(Vec::new()),
+            server,
+            others: std::sync::Mutex::new(containers),
         };
-        docker
-            .start_container(&scratch.id, None)
-            .await
-            .with_context(|| format!("starting a container of {image}"))?;
-        scratch.wait_ready(Duration::from_secs(120)).await?;
+        if let Server::Container { .. } = scratch.server {
+            scratch.wait_ready(Duration::from_secs(120)).await?;
+        }
         Ok(scratch)
     }
 
     /// The URL a container beside it connects with.
     pub fn url(&self) -> String {
-        format!(
-            "postgresql://{USER}:{}@127.0.0.1:5432/{DATABASE}",
-            self.password
-        )
+        match &self.server {
+            Server::Container { password, .. } => {
+                format!("postgresql://{USER}:{password}@127.0.0.1:5432/{DATABASE}")
+            }
+            Server::Local(_) => format!(
+                "postgresql://{USER}@/{DATABASE}?host={}",
+                local::SOCKET_IN_CONTAINER
+            ),
+        }
     }
 
     /// Polls `pg_isready` over TCP: the official image's first server
@@ -144,7 +197,10 @@ impl Scratch {
             .stderr(true)
             .tail("20")
             .build();
-        let mut logs = self.docker.logs(&self.id, Some(options));
+        let Server::Container { id, .. } = &self.server else {
+            return String::new();
+        };
+        let mut logs = self.docker.logs(id, Some(options));
         let mut text = String::new();
         while let Some(Ok(chunk)) = logs.next().await {
             text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
@@ -152,18 +208,26 @@ impl Scratch {
         text.trim().to_string()
     }
 
-    /// Runs `argv` in the database's container (as its image's user, over
-    /// its socket: trusted), output collected.
+    /// Runs the client program `argv` beside the server over its socket
+    /// (trusted): in the database's container (as its image's user), or
+    /// from the local engine's binaries. Output collected.
     pub async fn exec(&self, argv: &[&str]) -> Result<Finished> {
         self.exec_with_env(argv, &[]).await
     }
 
     pub async fn exec_with_env(&self, argv: &[&str], env: &[&str]) -> Result<Finished> {
+        match &self.server {
+            Server::Container { id, .. } => self.exec_in_container(id, argv, env).await,
+            Server::Local(server) => server.exec(argv, env).await,
+        }
+    }
+
+    async fn exec_in_container(&self, id: &str, argv: &[&str], env: &[&str]) -> Result<Finished> {
         let started = Instant::now();
         let exec = self
             .docker
             .create_exec(
-                &self.id,
+                id,
                 CreateExecOptions {
                     cmd: Some(argv.to_vec()),
                     env: Some(env.to_vec()),
@@ -209,9 +273,13 @@ impl Scratch {
         })
     }
 
-    /// Copies the backup into the database's container, streamed (a tar
-    /// of one file); returns its path there.
+    /// Where `exec`'s programs read the backup: copied into the database's
+    /// container, streamed (a tar of one file); the file itself locally.
     pub async fn copy_in(&self, backup: &Path) -> Result<String> {
+        let id = match &self.server {
+            Server::Container { id, .. } => id,
+            Server::Local(_) => return Ok(backup.display().to_string()),
+        };
         let size = std::fs::metadata(backup)
             .with_context(|| format!("reading {}", backup.display()))?
             .len();
@@ -234,7 +302,7 @@ impl Scratch {
             .path(DUMP_DIR)
             .build();
         self.docker
-            .upload_to_container(&self.id, Some(options), bollard::body_try_stream(archive))
+            .upload_to_container(id, Some(options), bollard::body_try_stream(archive))
             .await
             .context("copying the backup into the rehearsal's PostgreSQL")?;
         Ok(format!("{DUMP_DIR}/{DUMP_NAME}"))
@@ -258,10 +326,7 @@ impl Scratch {
             working_dir: working_dir.map(String::from),
             env: Some(vec![format!("DATABASE_URL={}", self.url())]),
             labels: Some(HashMap::from([(LABEL.to_string(), self.name.clone())])),
-            host_config: Some(HostConfig {
-                network_mode: Some(format!("container:{}", self.id)),
-                ..Default::default()
-            }),
+            host_config: Some(self.beside()),
             ..Default::default()
         };
         let created = self
@@ -316,16 +381,37 @@ impl Scratch {
         Ok(Finished { code, lines, ended })
     }
 
-    /// Removes every container of this rehearsal (the data was on tmpfs).
-    pub async fn remove(self) {
-        remove_all(&self.docker, self.ids()).await;
-        std::mem::forget(self);
+    /// How a container beside the server reaches it: in the database
+    /// container's network namespace, or with no network and the local
+    /// server's socket directory mounted.
+    fn beside(&self) -> HostConfig {
+        match &self.server {
+            Server::Container { id, .. } => HostConfig {
+                network_mode: Some(format!("container:{id}")),
+                ..Default::default()
+            },
+            Server::Local(server) => HostConfig {
+                network_mode: Some("none".into()),
+                binds: Some(vec![format!(
+                    "{}:{}",
+                    server.socket_dir().display(),
+                    local::SOCKET_IN_CONTAINER
+                )]),
+                ..Default::default()
+            },
+        }
     }
 
-    fn ids(&self) -> Vec<String> {
-        let mut ids = self.others.lock().expect("containers lock").clone();
-        ids.push(self.id.clone());
-        ids
+    /// Removes every container of this rehearsal (the data was on tmpfs)
+    /// and stops a local server (its directory removed).
+    pub async fn remove(self) {
+        let ids = self.take_ids();
+        remove_all(&self.docker, ids).await;
+    }
+
+    /// The containers to remove, once: later calls get none.
+    fn take_ids(&self) -> Vec<String> {
+        std::mem::take(&mut *self.others.lock().expect("containers lock"))
     }
 }
 
@@ -333,7 +419,10 @@ impl Scratch {
 /// from a thread of its own (no async in `drop`).
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let (docker, ids) = (self.docker.clone(), self.ids());
+        let (docker, ids) = (self.docker.clone(), self.take_ids());
+        if ids.is_empty() {
+            return;
+        }
         let removal = std::thread::spawn(move || {
             if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -252,14 +252,14 @@ impl Executor<'_> {
             .await
             .map_err(anyhow::Error::msg)
             .context(context)?;
-        let postgres = rehearsal::postgres_image(self.env, &backup.path).context(context)?;
+        let engine = rehearsal::engine(self.env, &backup.path).context(context)?;
         let request = rehearsal::Request {
             backend_image: image,
             backup: backup.path.clone(),
             from: from.to_string(),
             head: head.to_string(),
         };
-        let report = rehearsal::rehearse(self.env, &docker, &request, &postgres, |line| {
+        let report = rehearsal::rehearse(self.env, &docker, &request, &engine, |line| {
             eprintln!("rehearsal: {line}")
         })
         .await

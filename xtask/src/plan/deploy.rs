@@ -12,7 +12,7 @@ use crate::cluster::helm::{self, DeployRecord, HelmVersion, PinnedImage};
 use crate::cluster::kubectl;
 use crate::cluster::release::{Current, ReleaseStatus};
 use crate::config::git::Commit;
-use crate::config::{Component, Environment};
+use crate::config::{Component, Environment, RehearsalEngine};
 use crate::error::{Fact, FactError};
 use crate::images::builder::Builder;
 use crate::images::runner::RunnerPlan;
@@ -50,6 +50,8 @@ pub struct DeployFacts {
     pub runner: Fact<RunnerPlan>,
     /// BuildKit or the legacy builder, and why (`builder::choose`).
     pub builder: crate::images::builder::Choice,
+    /// The Docker daemon's address (`unix:///…`, `tcp://…`, `ssh://…`).
+    pub docker_host: String,
 }
 
 #[derive(Debug, Clone)]
@@ -123,7 +125,8 @@ pub fn decide(env: &Environment, facts: &DeployFacts, options: DeployOptions) ->
     let mut schema = schema_lines(facts, &head, &mut missing);
     let rehearsal = rehearsal(env, facts, &head, options);
     match &rehearsal {
-        Rehearsal::Planned { .. } | Rehearsal::NotNeeded => {}
+        Rehearsal::Planned { .. } => missing.extend(engine_problem(env, facts)),
+        Rehearsal::NotNeeded => {}
         Rehearsal::FreshDatabase(why) => schema.push(format!("not rehearsed: {why}")),
         Rehearsal::Skipped(why) => {
             schema.push(format!("not rehearsed: {why}"));
@@ -244,6 +247,18 @@ fn rehearsal(
     }
 }
 
+/// The local engine mounts its socket's directory into the backend's
+/// containers, so the Docker daemon must run on this machine.
+fn engine_problem(env: &Environment, facts: &DeployFacts) -> Option<String> {
+    let local = matches!(env.rehearsal.engine, RehearsalEngine::Local { .. });
+    (local && !facts.docker_host.starts_with("unix://")).then(|| {
+        format!(
+            "rehearsal.engine = \"local\" runs PostgreSQL on this machine and mounts its socket into the backend image's containers, but the Docker daemon is at {}: use engine = \"container\" (it works with any daemon) or a local daemon",
+            backend_migrations::redact::mask_all(&facts.docker_host)
+        )
+    })
+}
+
 /// `cargo xtask rehearse`: a fresh backup, then the rehearsal of the
 /// pending migrations with the backend image of this commit, which must be
 /// in the registry already (nothing is built). Pure.
@@ -267,7 +282,11 @@ pub fn decide_rehearsal(env: &Environment, facts: &DeployFacts) -> Plan {
         ));
     }
     let mut schema = schema_lines(facts, &head, &mut missing);
-    let (decision, reason, steps) = match rehearsal(env, facts, &head, options) {
+    let planned = rehearsal(env, facts, &head, options);
+    if let Rehearsal::Planned { .. } = planned {
+        missing.extend(engine_problem(env, facts));
+    }
+    let (decision, reason, steps) = match planned {
         Rehearsal::Planned { from, head } => (
             Verdict::Rehearse,
             format!("{from} -> {head} on a restore of a fresh backup"),
@@ -650,18 +669,28 @@ fn rehearse_step(env: &Environment, spec: &DeploySpec, from: &str, head: &str) -
         .find(|p| p.component == Component::Backend)
         .cloned()
         .expect("the backend is always pinned");
-    let postgres = env
-        .rehearsal
-        .image
-        .clone()
-        .unwrap_or_else(|| "postgres:<the backup's server major version>".into());
+    let postgres = match (&env.rehearsal.engine, &env.rehearsal.image) {
+        (RehearsalEngine::Container, Some(image)) => format!("a container of {image}, no network"),
+        (RehearsalEngine::Container, None) => {
+            "a container of postgres:<the backup's server major version>, no network".into()
+        }
+        (RehearsalEngine::Local { bin_dir: Some(dir) }, _) => {
+            format!(
+                "this machine's initdb/pg_ctl in {}, a socket only",
+                dir.display()
+            )
+        }
+        (RehearsalEngine::Local { bin_dir: None }, _) => {
+            "this machine's initdb/pg_ctl of the backup's major version, a socket only".into()
+        }
+    };
     let alembic = env.alembic_command.join(" ");
     Step {
         title: "Rehearse the migrations on a restore of the backup (nothing of the release is touched)".into(),
         alongside_previous: false,
         items: vec![
             note(format!(
-                "restore the backup into a throwaway PostgreSQL ({postgres}, no network, removed after), count its tables and rows"
+                "restore the backup into a throwaway PostgreSQL ({postgres}, removed after), count its tables and rows"
             )),
             note(format!(
                 "the new backend image's run-migrations: {from} -> {head}, each revision timed, ACCESS EXCLUSIVE locks sampled"
@@ -1072,6 +1101,7 @@ mod tests {
                 source: crate::images::runner::Source::Prebuilt("/bin/run-migrations".into()),
             }),
             builder: crate::images::builder::choose(None, None),
+            docker_host: "unix:///var/run/docker.sock".into(),
         }
     }
 

@@ -77,7 +77,7 @@ fn a_clean_migration_is_rehearsed_with_the_new_image_then_deployed() {
     );
     let rehearsal = &summary["rehearsal"];
     assert_eq!(
-        rehearsal["postgres_image"],
+        rehearsal["postgres"],
         testkit::TestBed::get().postgres_image.as_str()
     );
     assert_eq!(rehearsal["downgrade_proven"], true, "{rehearsal}");
@@ -546,4 +546,62 @@ fn strict_migrations_refuse_what_the_lint_could_not_see() {
         &strict(&stack),
         "revision 0003_note could not be rendered offline, so it was not linted",
     );
+}
+
+/// `rehearsal.engine = "local"`: this machine's initdb/pg_ctl (the bed's
+/// postgresql-15; as root the server runs as `postgres`), on a socket that
+/// the backend image's containers get mounted, with no network.
+#[test]
+fn the_local_engine_rehearses_with_this_machine_s_postgresql() {
+    let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
+    stack.commit_baseline_era();
+    assert_eq!(deploy(&stack, &[]).code, 0);
+    stack.repo.git(&["revert", "--no-edit", "HEAD"]);
+    let config = std::fs::read_to_string(stack.repo.config()).unwrap();
+    let local = config.replace("image = \"colony-bed/postgres:15\"", "engine = \"local\"");
+    assert_ne!(config, local, "the fixture's rehearsal section moved");
+    std::fs::write(stack.repo.config(), local).unwrap();
+
+    let refused = stack.xtask_with(
+        &["deploy", "colony-dev", "--yes"],
+        &[("DOCKER_HOST", "tcp://127.0.0.1:9")],
+    );
+    assert_eq!(refused.code, 2, "{}", refused.all());
+    assert_contains(
+        &refused.all(),
+        "rehearsal.engine = \"local\" runs PostgreSQL on this machine and mounts its socket",
+    );
+
+    let plan = deploy(&stack, &["--dry-run"]);
+    assert_contains(
+        &plan.stdout,
+        "this machine's initdb/pg_ctl of the backup's major version, a socket only",
+    );
+    let run = deploy(&stack, &["--json"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let rehearsal = &summary["rehearsal"];
+    assert!(
+        rehearsal["postgres"]
+            .as_str()
+            .unwrap()
+            .starts_with("local PostgreSQL 15."),
+        "{rehearsal}"
+    );
+    assert_eq!(rehearsal["downgrade_proven"], true, "{rehearsal}");
+    assert_eq!(rehearsal["restored_rows"], 13, "{rehearsal}");
+    assert_eq!(rehearsal["upgrade"][0]["to"], "0002_activity_and_comments");
+    assert_contains(&run.stderr, "rehearsal:   | Migrations complete.");
+    // The server's directory is gone, and every container beside it.
+    let name = run
+        .stderr
+        .split("started a throwaway PostgreSQL ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    assert!(
+        !std::env::temp_dir().join(name).exists(),
+        "{name}'s directory was left behind"
+    );
+    assert_no_rehearsal_container(&run.stderr);
 }

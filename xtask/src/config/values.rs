@@ -1,5 +1,6 @@
 //! What the tool reads of the environment's Helm values files: only what a
-//! plan must know before Helm renders them (where the database is).
+//! plan must know before Helm renders them (where the database is) and what
+//! the rehearsal must run as the chart will (the migrations' lock settings).
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,40 @@ pub fn mode_in(text: &str) -> Option<String> {
         .map(String::from)
 }
 
+/// run-migrations' lock settings as the values files set them
+/// (`backend.migrations.ddlLockTimeoutSeconds`, `ddlLockRetries`; the last
+/// file that sets each wins). None: the chart's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MigrationLock {
+    pub timeout_seconds: Option<u64>,
+    pub retries: Option<u64>,
+}
+
+pub fn migration_lock(env: &Environment) -> MigrationLock {
+    let texts: Vec<String> = env
+        .values
+        .iter()
+        .filter(|v| v.exists)
+        .filter_map(|v| std::fs::read_to_string(&v.path).ok())
+        .collect();
+    migration_lock_in(texts.iter().map(String::as_str))
+}
+
+/// The same over the files' texts, in Helm's order. Pure.
+pub fn migration_lock_in<'a>(texts: impl Iterator<Item = &'a str>) -> MigrationLock {
+    let mut lock = MigrationLock::default();
+    for text in texts {
+        let Ok(values) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
+            continue;
+        };
+        let migrations = values.get("backend").and_then(|b| b.get("migrations"));
+        let number = |key: &str| migrations.and_then(|m| m.get(key)).and_then(|v| v.as_u64());
+        lock.timeout_seconds = number("ddlLockTimeoutSeconds").or(lock.timeout_seconds);
+        lock.retries = number("ddlLockRetries").or(lock.retries);
+    }
+    lock
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +83,25 @@ mod tests {
         );
         assert_eq!(mode_in("backend:\n  replicas: 2\n"), None);
         assert_eq!(mode_in("not: [yaml"), None);
+    }
+
+    #[test]
+    fn the_migrations_lock_settings_are_the_last_file_s_that_sets_each() {
+        let files = [
+            "backend:\n  migrations:\n    ddlLockTimeoutSeconds: 30\n    ddlLockRetries: 1\n",
+            "not: [yaml",
+            "backend:\n  migrations:\n    ddlLockRetries: 0\n",
+        ];
+        assert_eq!(
+            migration_lock_in(files.into_iter()),
+            MigrationLock {
+                timeout_seconds: Some(30),
+                retries: Some(0)
+            }
+        );
+        assert_eq!(
+            migration_lock_in(["backend:\n  replicas: 2\n"].into_iter()),
+            MigrationLock::default()
+        );
     }
 }

@@ -13,6 +13,7 @@ use bollard::Docker;
 
 use super::observe::{self, Direction, RevisionRun};
 use super::scratch::{Engine, Finished, Scratch};
+use crate::config::values::MigrationLock;
 use crate::config::{Environment, RehearsalEngine, MIGRATIONS_BINARY_IN_IMAGE};
 
 /// What to rehearse.
@@ -296,7 +297,7 @@ async fn run_migrations(
         .run_beside(
             image,
             vec![MIGRATIONS_BINARY_IN_IMAGE.to_string()],
-            migration_args(env),
+            migration_args(env, crate::config::values::migration_lock(env)),
             env.rehearsal.working_dir.as_deref(),
             relay(say),
         )
@@ -304,17 +305,20 @@ async fn run_migrations(
 }
 
 /// run-migrations' flags, as the chart passes them: the same lock timeout
-/// and retries as the deploy will use (deploy.toml's, else the defaults
-/// that are also the chart's).
-fn migration_args(env: &Environment) -> Vec<String> {
+/// and retries as the deploy will use. deploy.toml's (Helm gets them with
+/// `--set`, which wins), else the values files', else run-migrations'
+/// defaults, which are also the chart's.
+fn migration_args(env: &Environment, values: MigrationLock) -> Vec<String> {
     let mut args = vec![
         "--wait-timeout=60".to_string(),
         format!("--alembic-cmd={}", env.alembic_command.join(" ")),
     ];
-    if let Some(timeout) = env.migrations.ddl_lock_timeout {
-        args.push(format!("--ddl-lock-timeout={}", timeout.as_secs()));
+    let timeout = env.migrations.ddl_lock_timeout.map(|t| t.as_secs());
+    if let Some(seconds) = timeout.or(values.timeout_seconds) {
+        args.push(format!("--ddl-lock-timeout={seconds}"));
     }
-    if let Some(retries) = env.migrations.ddl_lock_retries {
+    let retries = env.migrations.ddl_lock_retries.map(u64::from);
+    if let Some(retries) = retries.or(values.retries) {
         args.push(format!("--ddl-lock-retries={retries}"));
     }
     args
@@ -416,8 +420,22 @@ mod tests {
     fn the_rehearsal_runs_run_migrations_with_the_deploy_s_lock_settings() {
         let mut env = crate::config::tests::environment();
         assert_eq!(
-            migration_args(&env),
+            migration_args(&env, MigrationLock::default()),
             ["--wait-timeout=60", "--alembic-cmd=alembic"]
+        );
+        // A values file's settings, when deploy.toml sets none.
+        let values = MigrationLock {
+            timeout_seconds: Some(30),
+            retries: Some(1),
+        };
+        assert_eq!(
+            migration_args(&env, values),
+            [
+                "--wait-timeout=60",
+                "--alembic-cmd=alembic",
+                "--ddl-lock-timeout=30",
+                "--ddl-lock-retries=1"
+            ]
         );
         env.migrations.ddl_lock_timeout = Some(Duration::from_secs(7));
         env.migrations.ddl_lock_retries = Some(0);
@@ -427,8 +445,9 @@ mod tests {
             "--no-sync".into(),
             "alembic".into(),
         ];
+        // deploy.toml's win, as Helm's --set wins over a values file.
         assert_eq!(
-            migration_args(&env),
+            migration_args(&env, values),
             [
                 "--wait-timeout=60",
                 "--alembic-cmd=uv run --no-sync alembic",

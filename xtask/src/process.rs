@@ -46,6 +46,12 @@ pub fn capture(argv: &[String]) -> Result<Output> {
     capture_expression(argv, expression(argv))
 }
 
+/// `capture` with `vars` added to the environment (a password for libpq).
+pub fn capture_with_env(argv: &[String], vars: &[(String, String)]) -> Result<Output> {
+    let expression = vars.iter().fold(expression(argv), |e, (k, v)| e.env(k, v));
+    capture_expression(argv, expression)
+}
+
 /// `capture` in directory `dir`, with only `keep` of this process's environment (those
 /// set), plus `vars`: for running code that should not see the deployer's
 /// secrets (the checkout's migrations, rendered offline).

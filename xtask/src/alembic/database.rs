@@ -118,6 +118,54 @@ pub fn read_in_database_pod(env: &Environment, pod: &DatabasePod) -> DatabaseRev
     }
 }
 
+/// With no backend pod to ask and an external database (`database.mode:
+/// external`): the database itself, through the `DATABASE_URL` of this
+/// shell (the one the backup dumps), with `psql` here. The password goes
+/// to `PGPASSWORD`, never into an argv.
+pub fn read_external(url: &str) -> DatabaseRevision {
+    let (dbname, password) = split_password(url);
+    let argv: Vec<String> = [
+        "psql",
+        "--no-psqlrc",
+        "--no-align",
+        "--tuples-only",
+        "--quiet",
+        &format!("--dbname={dbname}"),
+        "--command=SELECT version_num FROM alembic_version",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut env = vec![("PGCONNECT_TIMEOUT".to_string(), "5".to_string())];
+    env.extend(password.map(|p| ("PGPASSWORD".to_string(), p)));
+    match crate::process::capture_with_env(&argv, &env) {
+        Ok(output) => from_psql("the external database (DATABASE_URL)", &output),
+        Err(e) => DatabaseRevision::Unknown {
+            why: format!("psql for the external database (DATABASE_URL): {e:#}"),
+        },
+    }
+}
+
+/// `postgresql://user:pa%2Fss@host/db` → (`postgresql://user@host/db`,
+/// `pa/ss`): what `scripts/backup-db.sh` does, so both connect alike. The
+/// password runs to the last `@`. Pure.
+pub fn split_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let Some((user_info, host_and_rest)) = rest.rsplit_once('@') else {
+        return (url.to_string(), None);
+    };
+    match user_info.split_once(':') {
+        Some((user, password)) if !user.contains('/') => {
+            let password = percent_encoding::percent_decode_str(password)
+                .decode_utf8_lossy()
+                .into_owned();
+            (format!("{scheme}://{user}@{host_and_rest}"), Some(password))
+        }
+        _ => (url.to_string(), None),
+    }
+}
+
 /// `SELECT version_num FROM alembic_version` as psql answered it. Pure.
 pub fn from_psql(pod: &str, output: &cluster::Output) -> DatabaseRevision {
     if output.code == 0 {
@@ -225,6 +273,26 @@ pub fn from_alembic_current(stdout: &str) -> DatabaseRevision {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_password_leaves_the_url_as_the_backup_script_takes_it_out() {
+        assert_eq!(
+            split_password("postgresql://app:pa%2Fs@w:rd@db.lan:5432/colony?sslmode=require"),
+            (
+                "postgresql://app@db.lan:5432/colony?sslmode=require".to_string(),
+                Some("pa/s@w:rd".to_string())
+            )
+        );
+        assert_eq!(
+            split_password("postgres://app@db/colony"),
+            ("postgres://app@db/colony".to_string(), None)
+        );
+        assert_eq!(
+            split_password("postgresql://db/colony"),
+            ("postgresql://db/colony".to_string(), None)
+        );
+    }
+
     use super::*;
     use serde_json::json;
 

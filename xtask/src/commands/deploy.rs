@@ -363,10 +363,17 @@ fn cluster_facts(env: &Environment) -> Fact<ClusterFacts> {
             .ok()
             .flatten();
         // No backend pod answered (a failed deploy, pods starting): ask the
-        // database itself.
-        let database = match (&database, &database_pod) {
-            (DatabaseRevision::Unknown { .. }, Some(pod)) if observed.is_none() => {
+        // database itself, in its pod, or the external one this shell's
+        // DATABASE_URL names (the one the backup dumps).
+        let external_url = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|_| config::values::external_database_file(env).is_some());
+        let database = match (&database, &database_pod, external_url) {
+            (DatabaseRevision::Unknown { .. }, Some(pod), _) if observed.is_none() => {
                 database::read_in_database_pod(env, pod)
+            }
+            (DatabaseRevision::Unknown { .. }, None, Some(url)) if observed.is_none() => {
+                database::read_external(&url)
             }
             _ => database,
         };

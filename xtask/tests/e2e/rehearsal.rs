@@ -605,3 +605,36 @@ fn the_local_engine_rehearses_with_this_machine_s_postgresql() {
     );
     assert_no_rehearsal_container(&run.stderr);
 }
+
+/// An external database (`database.mode: external`) and no backend pod to
+/// ask after a failed deploy: the revision is read through this shell's
+/// DATABASE_URL, the database the backup dumps.
+#[test]
+fn after_a_failed_deploy_an_external_database_is_asked_through_database_url() {
+    let stack = Stack::new(None);
+    let values = std::fs::read_to_string(stack.values_file()).unwrap_or_default();
+    std::fs::write(
+        stack.values_file(),
+        format!("{values}\ndatabase:\n  mode: external\n  existingSecret: colony-db\n"),
+    )
+    .unwrap();
+    let url = [("DATABASE_URL", stack.database_url.as_str())];
+    let first = stack.xtask_with(&["deploy", "colony-dev", "--yes"], &url);
+    assert_eq!(first.code, 0, "{}", first.all());
+    assert_contains(&first.stdout, "the external database of DATABASE_URL");
+    stack.commit_broken_migration();
+    let failed = stack.xtask_with(&["deploy", "colony-dev", "--yes", "--no-rehearsal"], &url);
+    assert_eq!(failed.code, 1, "{}", failed.all());
+
+    let planned = stack.xtask_with(&["deploy", "colony-dev", "--dry-run", "--json"], &url);
+    assert_eq!(planned.code, 0, "{}", planned.all());
+    let plan: serde_json::Value = serde_json::from_str(&planned.stdout).unwrap();
+    assert_eq!(
+        plan["facts"]["database"], "0002_activity_and_comments",
+        "{plan:#}"
+    );
+    // Without the URL the tool cannot reach it, and says so.
+    let blind = stack.xtask(&["deploy", "colony-dev", "--dry-run", "--json"]);
+    let plan: serde_json::Value = serde_json::from_str(&blind.stdout).unwrap();
+    assert_ne!(plan["facts"]["database"], "0002_activity_and_comments");
+}

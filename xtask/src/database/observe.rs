@@ -54,17 +54,29 @@ fn revision_started(text: &str) -> Option<(Direction, String, String)> {
 }
 
 /// Each revision the log shows Alembic running, timed from its line to
-/// the next revision's (the last one: to `ended`).
+/// the next revision's; the last one to run-migrations' first line after
+/// it (it speaks only once Alembic has exited), else to `ended`. So the
+/// last revision does not count the process's and the container's exit,
+/// which the real init container's log does not show either.
 pub fn revision_runs(lines: &[LogLine], ended: Duration) -> Vec<RevisionRun> {
     let started: Vec<(Duration, (Direction, String, String))> = lines
         .iter()
         .filter_map(|line| revision_started(&line.text).map(|r| (line.at, r)))
         .collect();
+    let alembic_done = |after: Duration| {
+        lines
+            .iter()
+            .filter(|l| l.at >= after)
+            .find(|l| l.text.starts_with("run-migrations:") || l.text == "Migrations complete.")
+            .map_or(ended, |l| l.at)
+    };
     started
         .iter()
         .enumerate()
         .map(|(i, (at, (direction, from, to)))| {
-            let until = started.get(i + 1).map_or(ended, |(next, _)| *next);
+            let until = started
+                .get(i + 1)
+                .map_or_else(|| alembic_done(*at), |(next, _)| *next);
             RevisionRun {
                 direction: *direction,
                 from: from.clone(),
@@ -245,7 +257,9 @@ mod tests {
                 620,
                 "INFO  [alembic.runtime.migration] Running upgrade 0002_x -> 0003_y",
             ),
-            line(700, "Migrations complete."),
+            line(660, "some output of the migration itself"),
+            line(700, "run-migrations: database at 0003_y (head)"),
+            line(710, "Migrations complete."),
         ];
         let runs = revision_runs(&lines, Duration::from_millis(900));
         assert_eq!(runs.len(), 2);
@@ -255,7 +269,8 @@ mod tests {
         );
         assert_eq!(runs[0].took, Duration::from_millis(500));
         assert_eq!(runs[1].to, "0003_y");
-        assert_eq!(runs[1].took, Duration::from_millis(280));
+        // To the runner's line after Alembic, not the container's end.
+        assert_eq!(runs[1].took, Duration::from_millis(80));
         let down = revision_runs(
             &[line(0, "INFO  [alembic.runtime.migration] Running downgrade 0002_x -> 0001_baseline, Add x")],
             Duration::from_millis(40),

@@ -65,16 +65,8 @@ if ! (set -C; : > "$partial") 2>/dev/null; then
 fi
 [ -e "$final" ] && die "$final already exists"
 
-# Sets $dbname to the URL without its password, which goes to PGPASSWORD
-# (percent-decoded): a process's argv is visible to every user (`ps`).
-split_password() {
-  dbname=$1
-  if [[ $dbname =~ ^(postgres(ql)?://)([^:@/]*):(.*)@([^@]*)$ ]]; then
-    PGPASSWORD=$(printf '%b' "${BASH_REMATCH[4]//%/\\x}")
-    export PGPASSWORD
-    dbname="${BASH_REMATCH[1]}${BASH_REMATCH[3]}@${BASH_REMATCH[5]}"
-  fi
-}
+# shellcheck source=scripts/lib/pg-url.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/pg-url.sh"
 
 if [ -n "${DATABASE_URL:-}" ] && [ -z "$in_chart" ]; then
   printf 'backup-db: pg_dump of the external database (DATABASE_URL)\n' >&2

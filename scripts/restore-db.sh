@@ -48,16 +48,8 @@ fi
 kubectl_args=(--namespace "$namespace")
 [ -n "$context" ] && kubectl_args=(--context "$context" "${kubectl_args[@]}")
 
-# Sets $dbname to the URL without its password, which goes to PGPASSWORD
-# (percent-decoded): a process's argv is visible to every user (`ps`).
-split_password() {
-  dbname=$1
-  if [[ $dbname =~ ^(postgres(ql)?://)([^:@/]*):(.*)@([^@]*)$ ]]; then
-    PGPASSWORD=$(printf '%b' "${BASH_REMATCH[4]//%/\\x}")
-    export PGPASSWORD
-    dbname="${BASH_REMATCH[1]}${BASH_REMATCH[3]}@${BASH_REMATCH[5]}"
-  fi
-}
+# shellcheck source=scripts/lib/pg-url.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/pg-url.sh"
 
 others_sql="SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
 refuse_if_connected() {

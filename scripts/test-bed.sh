@@ -477,7 +477,7 @@ run_tests() {
   log "cargo clippy"
   cargo clippy --workspace --all-targets -- -D warnings
   log "shellcheck"
-  shellcheck scripts/*.sh .ci/run
+  shellcheck -x scripts/*.sh scripts/lib/*.sh .ci/run
   log "cargo test"
   cargo test --workspace
   check_demo

@@ -3,8 +3,8 @@
 //! postgresql-15), by the new backend image's own run-migrations and
 //! Alembic, before Helm. Real Docker, real PostgreSQL, real Alembic.
 
-use crate::common::assert_contains;
 use crate::common::stack::{Stack, NAMESPACE};
+use crate::common::{assert_contains, assert_no_rehearsal_left};
 
 fn deploy(stack: &Stack, extra: &[&str]) -> crate::common::Run {
     let mut args = vec!["deploy", "colony-dev", "--yes"];
@@ -18,34 +18,6 @@ fn deployed_at_0002() -> Stack {
     let first = deploy(&stack, &[]);
     assert_eq!(first.code, 0, "{}", first.all());
     stack
-}
-
-/// None of the rehearsal's containers (the database and each run beside
-/// it carry its name as their label) is left behind.
-fn assert_no_rehearsal_container(stderr: &str) {
-    let name = stderr
-        .split("started a throwaway PostgreSQL ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no rehearsal started:\n{stderr}"));
-    let output = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=colony-deploy.rehearsal={name}"),
-            "--format",
-            "{{.Names}}",
-        ])
-        .env("DOCKER_HOST", &testkit::TestBed::get().docker_host)
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let left = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        left.trim().is_empty(),
-        "{name}'s containers left behind:\n{left}"
-    );
 }
 
 #[test]
@@ -101,7 +73,7 @@ fn a_clean_migration_is_rehearsed_with_the_new_image_then_deployed() {
     );
     // The real database was not touched by the rehearsal's downgrade.
     assert_eq!(stack.psql("SELECT count(*) FROM households"), "3");
-    assert_no_rehearsal_container(&run.stderr);
+    assert_no_rehearsal_left(&run.stderr);
 }
 
 #[test]
@@ -145,7 +117,7 @@ fn a_not_null_column_on_a_table_with_rows_stops_the_deploy_before_helm() {
     );
     let releases = stack.sim.state().releases[&format!("{NAMESPACE}/colony")].clone();
     assert_eq!(releases.last().unwrap().status, "deployed");
-    assert_no_rehearsal_container(&run.stderr);
+    assert_no_rehearsal_left(&run.stderr);
 }
 
 #[test]
@@ -172,7 +144,7 @@ fn a_downgrade_that_fails_is_found_before_helm() {
     assert_contains(&run.stderr, "statement: DROP TABLE tag");
     assert_eq!(stack.helm_revisions(), revisions);
     assert_eq!(stack.psql("SELECT to_regclass('tags') IS NULL"), "t");
-    assert_no_rehearsal_container(&run.stderr);
+    assert_no_rehearsal_left(&run.stderr);
 }
 
 #[test]
@@ -270,7 +242,7 @@ fn rehearse_on_its_own_needs_the_pushed_image_and_changes_nothing_of_the_release
         stack.psql("SELECT version_num FROM alembic_version"),
         "0002_activity_and_comments"
     );
-    assert_no_rehearsal_container(&run.stderr);
+    assert_no_rehearsal_left(&run.stderr);
 }
 
 /// Unrehearsed (`--no-rehearsal`), a downgrade that fails halfway: the
@@ -593,17 +565,7 @@ fn the_local_engine_rehearses_with_this_machine_s_postgresql() {
     assert_eq!(rehearsal["upgrade"][0]["to"], "0002_activity_and_comments");
     assert_contains(&run.stderr, "rehearsal:   | Migrations complete.");
     // The server's directory is gone, and every container beside it.
-    let name = run
-        .stderr
-        .split("started a throwaway PostgreSQL ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap();
-    assert!(
-        !std::env::temp_dir().join(name).exists(),
-        "{name}'s directory was left behind"
-    );
-    assert_no_rehearsal_container(&run.stderr);
+    assert_no_rehearsal_left(&run.stderr);
 }
 
 /// An external database (`database.mode: external`) and no backend pod to

@@ -2,6 +2,7 @@
 //! environment: nothing of the developer's own PATH, HOME or COLONY_*
 //! variables leaks into a test.
 
+pub mod background;
 pub mod stack;
 
 use std::path::Path;
@@ -23,6 +24,40 @@ impl Run {
 #[track_caller]
 pub fn assert_contains(text: &str, needle: &str) {
     assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+}
+
+/// Nothing of the rehearsal whose start `stderr` shows is left: no
+/// container labelled with its name (the database's and each one run
+/// beside it), no local engine's directory. Panics if none started.
+#[track_caller]
+pub fn assert_no_rehearsal_left(stderr: &str) {
+    let name = stderr
+        .split("started a throwaway PostgreSQL ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no rehearsal started:\n{stderr}"));
+    let output = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=colony-deploy.rehearsal={name}"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .env("DOCKER_HOST", &testkit::TestBed::get().docker_host)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let left = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        left.trim().is_empty(),
+        "{name}'s containers left behind:\n{left}"
+    );
+    assert!(
+        !std::env::temp_dir().join(name).exists(),
+        "{name}'s directory was left behind"
+    );
 }
 
 /// `prefix-<pid>-<counter>-<nanos>`: a name no other test of this run,

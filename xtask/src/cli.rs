@@ -151,6 +151,15 @@ pub enum Command {
         --json keys: schema_version, environment, backup, rehearsal (as deploy's), steps[] (name, seconds, note)."
     )]
     Rehearse(RehearseArgs),
+    /// Show who holds the environment's deploy lock; `--break` removes a stale one.
+    #[command(
+        after_help = "deploy and rollback hold a lock per environment while they change it (a Kubernetes Lease         `colony-deploy-<release>` in the namespace, naming user@host, pid, command, git sha, start and the step         it is at). It is renewed while they run and released at their end, on an error and on Ctrl-C; a second         deploy or rollback refuses (exit 2, nothing changed) or waits with --wait-for-lock. A holder killed         with -9 stops renewing: its lock is stale after `lock_stale_after` (deploy.toml, 60s by default) and         the next command takes it over. --break removes the lock whoever holds it (it asks first): only for         a holder you know is gone.\n\n\
+        Exit status: 0 free, 3 held by a live holder, 4 stale.\n\n\
+        Examples:\n  cargo xtask lock colony-dev\n  cargo xtask lock --json\n  cargo xtask lock colony-dev --break\n\n\
+        --json keys: schema_version, environment, lease, state (free | held | stale), holder (identity, command, \
+        git_sha, started, step), renewed_seconds_ago, stale_after_seconds."
+    )]
+    Lock(LockArgs),
     /// Check every prerequisite (Docker, registry, kubectl and its context, helm, disk) and say how to fix each.
     #[command(
         after_help = "Examples:\n  cargo xtask doctor\n  cargo xtask doctor colony-dev --json\n\n\
@@ -228,6 +237,30 @@ pub struct DeployArgs {
     /// [default: `cargo build --release` it from this workspace].
     #[arg(long, env = "COLONY_RUN_MIGRATIONS_BIN", value_name = "FILE")]
     pub migrations_binary: Option<PathBuf>,
+    /// When another deploy or rollback holds the environment's lock, wait up
+    /// to this long (`90s`, `10m`) for it, then plan on what it left.
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+    pub wait_for_lock: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub env_overrides: EnvOverrides,
+}
+
+/// `--wait-for-lock`: a duration as deploy.toml's timeouts are written.
+fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_timeout("--wait-for-lock", text)
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Environment from deploy.toml [default: the file's default_environment].
+    pub env: Option<String>,
+    /// Remove the lock whoever holds it (asks first; --yes without a terminal).
+    #[arg(long = "break")]
+    pub break_it: bool,
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub env_overrides: EnvOverrides,
 }
@@ -343,6 +376,10 @@ pub struct RollbackArgs {
     /// Do not ask for confirmation (required without a terminal).
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// When another deploy or rollback holds the environment's lock, wait up
+    /// to this long for it, then plan on what it left.
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+    pub wait_for_lock: Option<std::time::Duration>,
     #[command(flatten)]
     pub env_overrides: EnvOverrides,
 }

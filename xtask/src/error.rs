@@ -68,6 +68,9 @@ pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
 /// The exit code for an error that reached `main`.
 pub fn exit_code(error: &anyhow::Error) -> i32 {
     for cause in error.chain() {
+        if let Some(status) = cause.downcast_ref::<Status>() {
+            return status.code;
+        }
         if let Some(interrupt) = cause.downcast_ref::<crate::process::Interrupted>() {
             return interrupt.exit_code();
         }
@@ -80,6 +83,15 @@ pub fn exit_code(error: &anyhow::Error) -> i32 {
     } else {
         1
     }
+}
+
+/// A command's answer given as its exit status (`lock`: 3 held, 4 stale),
+/// with what it means.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Status {
+    pub code: i32,
+    pub message: String,
 }
 
 #[cfg(test)]

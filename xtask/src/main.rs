@@ -35,6 +35,7 @@ fn main() {
         Command::Status(args) => status::run(args),
         Command::Rehearse(args) => rehearse::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Lock(args) => commands::lock::run(args),
     };
     if let Err(error) = result {
         eprintln!(

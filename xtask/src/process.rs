@@ -294,6 +294,11 @@ pub fn wait_for_children(limit: Duration) {
 }
 
 pub fn install_interrupts() -> Result<()> {
+    // Once per process: a second handler thread would count every signal twice.
+    static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])?;
     std::thread::spawn(move || {
         for signal in signals.forever() {

@@ -101,6 +101,9 @@ fn release_name(parsed: &Parsed) -> Result<String, String> {
 }
 
 fn upgrade(dir: &Dir, config: &Config, parsed: &Parsed, namespace: &str) -> Result<(), String> {
+    // Before the pending revision exists: a signal from here on marks it
+    // failed, as Helm's does, never leaving it pending.
+    catch_terminate();
     let release = release_name(parsed)?;
     let chart = parsed
         .positional
@@ -153,6 +156,17 @@ fn upgrade(dir: &Dir, config: &Config, parsed: &Parsed, namespace: &str) -> Resu
             state.namespaces.push(namespace.to_string());
         }
         let revisions = state.releases.entry(key(namespace, &release)).or_default();
+        // Checked again under the state's lock: two upgrades that both
+        // passed the first check must not both go pending (Helm's storage
+        // refuses the second revision's create).
+        if revisions
+            .last()
+            .is_some_and(|r| r.status.starts_with("pending-"))
+        {
+            return Err(failed(
+                "another operation (install/upgrade/rollback) is in progress",
+            ));
+        }
         let number = revisions.last().map_or(1, |r| r.revision + 1);
         revisions.push(Revision {
             revision: number,
@@ -220,7 +234,9 @@ fn apply_and_wait(
         .value(&["--timeout"])
         .and_then(|t| args::duration(&t))
         .unwrap_or(Duration::from_secs(300));
-    let outcome = if wait {
+    let outcome = if TERMINATED.load(Ordering::SeqCst) {
+        Err("context canceled".to_string())
+    } else if wait {
         wait_ready(dir, config, namespace, timeout)
     } else {
         Ok(())
@@ -295,7 +311,6 @@ fn wait_ready(
     timeout: Duration,
 ) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
-    catch_terminate();
     loop {
         if TERMINATED.load(Ordering::SeqCst) {
             return Err("context canceled".into());
@@ -517,6 +532,7 @@ fn get_values(dir: &Dir, parsed: &Parsed, namespace: &str) -> Result<(), String>
 }
 
 fn rollback(dir: &Dir, config: &Config, parsed: &Parsed, namespace: &str) -> Result<(), String> {
+    catch_terminate();
     let release = release_name(parsed)?;
     let revisions = revisions(dir, namespace, &release)?;
     let latest = revisions.last().expect("not empty").clone();
@@ -539,18 +555,23 @@ fn rollback(dir: &Dir, config: &Config, parsed: &Parsed, namespace: &str) -> Res
     let documents = parse_manifest(&target.manifest)?;
     let number = latest.revision + 1;
     dir.update(|state| {
-        state
-            .releases
-            .entry(key(namespace, &release))
-            .or_default()
-            .push(Revision {
-                revision: number,
-                status: "pending-rollback".into(),
-                updated: timestamp(now_ms()),
-                description: format!("Rollback to {}", target.revision),
-                ..target.clone()
-            });
-    });
+        let revisions = state.releases.entry(key(namespace, &release)).or_default();
+        if revisions.last().map(|r| (r.revision, r.status.as_str()))
+            != Some((latest.revision, latest.status.as_str()))
+        {
+            return Err(
+                "Error: another operation (install/upgrade/rollback) is in progress".to_string(),
+            );
+        }
+        revisions.push(Revision {
+            revision: number,
+            status: "pending-rollback".into(),
+            updated: timestamp(now_ms()),
+            description: format!("Rollback to {}", target.revision),
+            ..target.clone()
+        });
+        Ok(())
+    })?;
     apply_and_wait(
         dir, config, parsed, namespace, &release, number, &documents, "Rollback",
     )

@@ -25,6 +25,8 @@ const VALUE_FLAGS: &[&str] = &[
     "--tail",
     "--since",
     "--sort-by",
+    "-f",
+    "--filename",
 ];
 
 pub fn main(dir: &Dir, argv: &[String]) -> i32 {
@@ -64,6 +66,9 @@ pub fn main(dir: &Dir, argv: &[String]) -> i32 {
         "logs" => logs(dir, &state, &parsed, &namespace),
         "exec" => return exec(&config, dir, &state, &parsed, &namespace),
         "annotate" => annotate(dir, &parsed, &namespace),
+        "create" => super::lease::create(dir, &parsed, &namespace),
+        "replace" => super::lease::replace(dir, &parsed, &namespace),
+        "delete" if is_lease(&parsed) => super::lease::delete(dir, &parsed, &namespace),
         other => Err(format!(
             "error: the simulated cluster does not implement `kubectl {other}`"
         )),
@@ -72,6 +77,13 @@ pub fn main(dir: &Dir, argv: &[String]) -> i32 {
         Ok(()) => 0,
         Err(message) => fail(&message),
     }
+}
+
+fn is_lease(parsed: &Parsed) -> bool {
+    matches!(
+        parsed.positional.get(1).map(String::as_str),
+        Some("lease" | "leases" | "leases.coordination.k8s.io")
+    )
 }
 
 fn fail(message: &str) -> i32 {
@@ -214,6 +226,10 @@ fn get(
                     .collect(),
             )
         }
+        "leases" | "lease" | "leases.coordination.k8s.io" => (
+            "lease.coordination.k8s.io",
+            super::lease::list(state, namespace, name.as_deref()),
+        ),
         "events" | "event" | "ev" => {
             let field = parsed.value(&["--field-selector"]).unwrap_or_default();
             let involved = field.strip_prefix("involvedObject.name=").map(String::from);
@@ -233,9 +249,12 @@ fn get(
         }
     };
     if let (Some(wanted), true) = (&name, items.is_empty()) {
+        // The plural with its group, as the API server names it:
+        // `deployments.apps`, `leases.coordination.k8s.io`, `pods`.
+        let (kind, group) = resource.split_once('.').unwrap_or((resource, ""));
+        let dot = if group.is_empty() { "" } else { "." };
         return Err(format!(
-            "Error from server (NotFound): {}s \"{wanted}\" not found",
-            resource.split('.').next().unwrap_or(resource)
+            "Error from server (NotFound): {kind}s{dot}{group} \"{wanted}\" not found"
         ));
     }
     match parsed.value(&["-o", "--output"]).as_deref() {

@@ -11,6 +11,7 @@ pub mod args;
 pub mod cluster;
 pub mod helm;
 pub mod kubectl;
+pub mod lease;
 pub mod pod;
 pub mod runtime;
 pub mod state;

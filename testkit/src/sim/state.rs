@@ -52,6 +52,9 @@ pub struct State {
     pub deployments: Vec<Deployment>,
     pub replicasets: Vec<ReplicaSet>,
     pub pods: Vec<Pod>,
+    /// `namespace/name` → the Lease object as stored (coordination.k8s.io/v1).
+    #[serde(default)]
+    pub leases: BTreeMap<String, serde_json::Value>,
     /// Ever-increasing, for creation order and names.
     pub clock: u64,
 }

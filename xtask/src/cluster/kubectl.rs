@@ -153,6 +153,22 @@ pub fn database_pods_args(env: &Environment) -> Vec<String> {
     )
 }
 
+/// The environment's deploy lock (a Lease), as JSON.
+pub fn lease_get_args(env: &Environment, name: &str) -> Vec<String> {
+    kubectl(env, &["get", "lease", name, "-o", "json"])
+}
+
+/// `kubectl create -f FILE` or `kubectl replace -f FILE` (a Lease): the
+/// API server refuses a create over an existing name and a replace with a
+/// stale resourceVersion, which is what makes the lock a lock.
+pub fn lease_write_args(env: &Environment, verb: &str, file: &str) -> Vec<String> {
+    kubectl(env, &[verb, "-f", file])
+}
+
+pub fn lease_delete_args(env: &Environment, name: &str) -> Vec<String> {
+    kubectl(env, &["delete", "lease", name])
+}
+
 /// `kubectl exec POD -- COMMAND` in the pod's first container (a database
 /// pod has one).
 pub fn pod_exec_args(env: &Environment, pod: &str, command: &[&str]) -> Vec<String> {

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod database;
 pub mod helm;
 pub mod kubectl;
+pub mod lock;
 pub mod objects;
 pub mod release;
 pub mod rollout;
@@ -54,4 +55,13 @@ pub fn last_line(text: &str) -> &str {
         .map(str::trim)
         .rfind(|l| !l.is_empty())
         .unwrap_or_default()
+}
+
+/// Text from the cluster (annotations, Helm descriptions) as it may be
+/// printed: control characters (an escape sequence could retitle or clear
+/// the terminal) become `?`. Pure.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }

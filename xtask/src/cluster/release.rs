@@ -11,6 +11,9 @@ use crate::cluster::{helm, kubectl};
 
 use crate::config::{Component, Environment};
 use crate::error::input_error;
+use std::time::SystemTime;
+
+use super::lock::Lease;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReleaseState {
@@ -339,13 +342,38 @@ pub fn check_context(env: &Environment) -> Result<()> {
     Ok(())
 }
 
-/// A release left `pending-*` blocks every later operation: say exactly
-/// how to get out. Pure.
+/// A release left `pending-*` blocks every later operation. Pending is
+/// not always interrupted: when another command holds the environment's
+/// lock, it is running now, and rolling back would cut it short; only a
+/// pending revision no live holder owns gets the way out. Pure.
 pub fn pending_recovery(
     env: &Environment,
     status: &ReleaseStatus,
     history: &[HistoryEntry],
+    lock: Option<&Lease>,
+    now: SystemTime,
 ) -> String {
+    let since = history
+        .last()
+        .filter(|h| h.status.is_pending())
+        .map_or(String::new(), |h| {
+            let mut about = format!(" (revision {}", h.revision);
+            if !h.updated.is_empty() {
+                about.push_str(&format!(", since {}", h.updated));
+            }
+            if !h.description.is_empty() {
+                about.push_str(&format!(": \"{}\"", cluster::printable(&h.description)));
+            }
+            about + ")"
+        });
+    if let Some(lease) = lock.filter(|l| l.blocks(now)) {
+        return format!(
+            "release {} in {} is {status}{since} because {} (do not roll back a release whose deploy is running)",
+            env.release,
+            env.namespace,
+            super::lock::refusal(env, lease, now, None)
+        );
+    }
     let target = history.iter().rev().find(|h| h.was_good());
     let how = match (status, target) {
         (ReleaseStatus::PendingInstall, _) | (_, None) => format!(
@@ -361,9 +389,10 @@ pub fn pending_recovery(
         ),
     };
     format!(
-        "release {} in {} is {status}: an earlier install, upgrade or rollback was interrupted, and Helm refuses every \
-         other operation until it is resolved ({how})",
-        env.release, env.namespace
+        "release {} in {} is {status}{since}: no deploy or rollback of this tool holds the lock of {}, so unless \
+         someone runs helm on this release by hand right now, an earlier install, upgrade or rollback was \
+         interrupted, and Helm refuses every other operation until it is resolved ({how})",
+        env.release, env.namespace, env.name
     )
 }
 
@@ -372,19 +401,31 @@ pub fn check_not_pending(env: &Environment) -> Result<ReleaseState> {
     let state = state(env)?;
     if let ReleaseState::Installed { status, .. } = &state {
         // Nothing was changed: a refusal (exit 2), like a wrong context.
-        refuse_if_pending(env, status).map_err(input_error)?;
+        let lock = super::lock::read(env).ok().flatten();
+        refuse_if_pending(env, status, lock.as_ref()).map_err(input_error)?;
     }
     Ok(state)
 }
 
 /// A release in `pending-*` refuses every operation: the refusal, with the
-/// way out (it reads the history for the last good revision).
-pub fn refuse_if_pending(env: &Environment, status: &ReleaseStatus) -> Result<(), String> {
+/// way out (it reads the history for the last good revision) or the
+/// command that is running.
+pub fn refuse_if_pending(
+    env: &Environment,
+    status: &ReleaseStatus,
+    lock: Option<&Lease>,
+) -> Result<(), String> {
     if !status.is_pending() {
         return Ok(());
     }
     let history = history(env).unwrap_or_default();
-    Err(pending_recovery(env, status, &history))
+    Err(pending_recovery(
+        env,
+        status,
+        &history,
+        lock,
+        SystemTime::now(),
+    ))
 }
 
 #[cfg(test)]
@@ -427,8 +468,16 @@ mod tests {
             entry(2, "deployed"),
             entry(3, "pending-upgrade"),
         ];
-        let message = pending_recovery(&env, &ReleaseStatus::PendingUpgrade, &history);
-        assert!(message.contains("is pending-upgrade"), "{message}");
+        let now = SystemTime::now();
+        let message = pending_recovery(&env, &ReleaseStatus::PendingUpgrade, &history, None, now);
+        assert!(
+            message.contains("is pending-upgrade (revision 3"),
+            "{message}"
+        );
+        assert!(
+            message.contains("no deploy or rollback of this tool holds the lock"),
+            "{message}"
+        );
         assert!(
             message
                 .contains("`helm rollback colony 2 --namespace colony-dev --kube-context homelab`"),
@@ -438,11 +487,45 @@ mod tests {
             &env,
             &ReleaseStatus::PendingInstall,
             &[entry(1, "pending-install")],
+            None,
+            now,
         );
         assert!(
             first.contains("helm uninstall colony --namespace colony-dev --kube-context homelab"),
             "{first}"
         );
+        // A live holder: running, not interrupted; no rollback advised.
+        let holder = super::super::lock::Holder {
+            identity: "bob@ci pid 7".into(),
+            command: "deploy colony-dev".into(),
+            git_sha: None,
+            started: "2026-12-01T05:00:00Z".into(),
+            step: "helm-upgrade".into(),
+        };
+        let mut object = super::super::lock::manifest(
+            &env,
+            &holder,
+            std::time::Duration::from_secs(60),
+            now,
+            Some("5"),
+        );
+        object["metadata"]["resourceVersion"] = json!("5");
+        let lease = Lease::from_json(&object).unwrap();
+        let running = pending_recovery(
+            &env,
+            &ReleaseStatus::PendingUpgrade,
+            &history,
+            Some(&lease),
+            now,
+        );
+        assert!(
+            running.contains(
+                "because another command is changing colony-dev: `deploy colony-dev` by bob@ci pid 7"
+            ),
+            "{running}"
+        );
+        assert!(running.contains("at step helm-upgrade"), "{running}");
+        assert!(!running.contains("helm rollback"), "{running}");
     }
 
     #[test]

@@ -12,7 +12,9 @@ use crate::alembic::database::{self, DatabaseRevision};
 use crate::alembic::preview::{self, Preview};
 use crate::alembic::versions::{self, VersionsError};
 use crate::cli::DeployArgs;
+use crate::cluster::lock::Guard;
 use crate::cluster::{self, helm, release, Backend};
+use crate::commands::locking;
 use crate::config::{self, git, inputs, Component, Environment};
 use crate::database::backup;
 use crate::error::{input_error, Fact, FactError};
@@ -34,6 +36,8 @@ pub fn run(args: DeployArgs) -> Result<()> {
         // Local problems first: they need no cluster to refuse.
         env.require_values_files()?;
     }
+    let command = format!("deploy {}", env.name);
+    let early_lock = locking::before_facts(&env, &command, args.wait_for_lock, args.dry_run)?;
     let facts = gather_facts(&Shell::new()?, &env, args.migrations_binary.as_deref());
     let plan = plan::deploy::decide(&env, &facts, options);
     // A dry run shows the plan, its missing items included; a run refuses.
@@ -45,7 +49,9 @@ pub fn run(args: DeployArgs) -> Result<()> {
     // The plan goes where the user reads; with --json, stdout is the summary only.
     plan.show(false, args.json)?;
     confirm_changes(&env, &facts, &plan, args.yes)?;
-    let outcome = execute(&env, &facts, &plan, args.verbose)?;
+    let seen = locking::seen(facts.cluster.as_ref().ok().and_then(|c| c.release.as_ref()));
+    let lock = locking::before_changes(&env, &command, early_lock, seen)?;
+    let outcome = execute(&env, &facts, &plan, args.verbose, &lock)?;
     let summary = Summary {
         plan: &plan,
         facts_took,
@@ -68,6 +74,7 @@ fn options(args: &DeployArgs) -> Result<DeployOptions> {
         no_backup: args.no_backup,
         strict_migrations: args.strict_migrations,
         no_rehearsal: args.no_rehearsal,
+        wait_for_lock: args.wait_for_lock.is_some(),
     })
 }
 
@@ -88,12 +95,19 @@ fn confirm_changes(env: &Environment, facts: &DeployFacts, plan: &Plan, yes: boo
 }
 
 /// Runs the plan's steps as printed, with interrupts handled from here on.
-fn execute(env: &Environment, facts: &DeployFacts, plan: &Plan, verbose: bool) -> Result<Outcome> {
+fn execute(
+    env: &Environment,
+    facts: &DeployFacts,
+    plan: &Plan,
+    verbose: bool,
+    lock: &Guard,
+) -> Result<Outcome> {
     let executor = Executor {
         env,
         verbose,
         observed: facts.cluster.as_ref().ok().and_then(|c| c.observed.clone()),
         daemon: facts.daemon.clone().ok(),
+        lock: Some(lock),
     };
     process::install_interrupts()?;
     executor
@@ -331,6 +345,7 @@ fn cluster_facts(env: &Environment) -> Fact<ClusterFacts> {
         let context = scope.spawn(|| release::check_context(env));
         let release = scope.spawn(|| release::current(env));
         let database_pod = scope.spawn(|| cluster::database::read(env));
+        let lock = scope.spawn(|| cluster::lock::read(env));
         // Verify's reads of the running pods, made now: the database's
         // revision comes from its `alembic current`, and a no-op reuses them.
         let database = scope.spawn(|| {
@@ -351,8 +366,13 @@ fn cluster_facts(env: &Environment) -> Fact<ClusterFacts> {
         });
         context.join().expect("context check panicked")?;
         let release = release.join().expect("release reader panicked")?;
+        let lock = lock
+            .join()
+            .expect("lock reader panicked")
+            .map_err(FactError::from)?;
         if let Some(current) = &release {
-            release::refuse_if_pending(env, &current.status).map_err(FactError::new)?;
+            release::refuse_if_pending(env, &current.status, lock.as_ref())
+                .map_err(FactError::new)?;
         }
         let (database, observed) = database.join().expect("database reader panicked")?;
         // A database pod that cannot be listed is none: the backup refuses
@@ -382,6 +402,10 @@ fn cluster_facts(env: &Environment) -> Fact<ClusterFacts> {
             database,
             observed,
             database_pod,
+            // Ours (taken before the facts with --wait-for-lock) is no news.
+            lock: lock
+                .filter(|lease| lease.holder.identity != cluster::lock::this_identity())
+                .map(|lease| plan::LockFact::read(env, &lease)),
         })
     })
 }

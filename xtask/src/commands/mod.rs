@@ -7,6 +7,8 @@ pub mod backup;
 pub mod build_push;
 pub mod deploy;
 pub mod doctor;
+pub mod lock;
+pub mod locking;
 pub mod migrations;
 pub mod rehearse;
 pub mod rollback;

@@ -35,6 +35,7 @@ pub fn run(args: RehearseArgs) -> Result<()> {
     plan.show(false, args.json)?;
     process::install_interrupts()?;
     let executor = Executor {
+        lock: None,
         env: &env,
         verbose: false,
         observed: None,

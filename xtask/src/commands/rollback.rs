@@ -13,6 +13,7 @@ use crate::alembic::{database, versions};
 use crate::cli::RollbackArgs;
 use crate::cluster::release::{self, ReleaseState};
 use crate::cluster::{helm, Backend};
+use crate::commands::locking;
 use crate::config::{self, Environment};
 use crate::error::input_error;
 use crate::execute::{Executor, Outcome};
@@ -32,7 +33,9 @@ pub fn run(args: RollbackArgs) -> Result<()> {
         )?;
     }
     let started = Instant::now();
-    let facts = gather_facts(&env)?;
+    let command = format!("rollback {} {}", env.name, request_words(&args));
+    let early_lock = locking::before_facts(&env, &command, args.wait_for_lock, args.dry_run)?;
+    let facts = gather_facts(&env, early_lock.is_some())?;
     let facts_took = started.elapsed();
     let (plan, spec) = match plan::rollback::decide(&env, &facts, &request) {
         // As deploy: a dry run shows the plan with why it cannot run; a
@@ -54,6 +57,8 @@ pub fn run(args: RollbackArgs) -> Result<()> {
     }
     plan.show(false, args.json)?;
     confirm(&env, &spec, args.yes)?;
+    let seen = locking::seen(Some(&facts.current));
+    let lock = locking::before_changes(&env, &command, early_lock, seen)?;
     crate::process::install_interrupts()?;
     let executor = Executor {
         env: &env,
@@ -61,11 +66,21 @@ pub fn run(args: RollbackArgs) -> Result<()> {
         // Read again after the downgrade and Helm: nothing from before.
         observed: None,
         daemon: None,
+        lock: Some(&lock),
     };
     let outcome = executor
         .execute(&plan)
         .map_err(|e| after_interrupt(&env, &spec, e))?;
     report(&env, &spec, &outcome, facts_took, args.json)
+}
+
+/// The request as the lock's holder shows it (`--to 0001_baseline`).
+fn request_words(args: &RollbackArgs) -> String {
+    match (&args.to, args.steps) {
+        (Some(to), _) => format!("--to {to}"),
+        (None, Some(steps)) => format!("--steps {steps}"),
+        (None, None) => String::new(),
+    }
 }
 
 /// The request from the flags; a malformed or unknown `--to` revision is
@@ -188,9 +203,19 @@ fn confirm(env: &Environment, spec: &RollbackSpec, yes: bool) -> Result<()> {
 }
 
 /// Reads the release, its history with records, the backend and the
-/// database's revision. Changes nothing; refuses what cannot be rolled back.
-fn gather_facts(env: &Environment) -> Result<RollbackFacts> {
+/// database's revision. Changes nothing; refuses what cannot be rolled back,
+/// and a rollback while another command holds the lock (unless this one
+/// holds it: `holding`).
+fn gather_facts(env: &Environment, holding: bool) -> Result<RollbackFacts> {
     release::check_context(env)?;
+    if let Some(lease) = crate::cluster::lock::read(env)? {
+        let now = std::time::SystemTime::now();
+        if lease.blocks(now) && !holding {
+            return Err(input_error(crate::cluster::lock::refusal(
+                env, &lease, now, None,
+            )));
+        }
+    }
     let current = match release::check_not_pending(env)? {
         ReleaseState::NotInstalled => {
             return Err(input_error(format!(

@@ -49,6 +49,7 @@ struct EnvironmentEntry {
     alembic_versions: Option<String>,
     backup_dir: Option<String>,
     helm_timeout: Option<String>,
+    lock_stale_after: Option<String>,
     alembic_command: Option<String>,
     #[serde(default)]
     images: ImagesEntry,
@@ -167,6 +168,8 @@ pub struct Environment {
     pub backup_dir: PathBuf,
     /// Parsed once at load (`parse_timeout`); Helm gets `helm_duration` of it.
     pub helm_timeout: Duration,
+    /// The deploy lock is stale this long after its holder's last renewal.
+    pub lock_stale_after: Duration,
     /// How the backend image runs Alembic, as argv (`alembic`, or `uv run
     /// --no-sync alembic`): the init container and every exec use it.
     pub alembic_command: Vec<String>,
@@ -457,6 +460,7 @@ fn with_defaults(
                 .unwrap_or("~/.local/state/colony/backups"),
         ),
         helm_timeout: Duration::from_secs(600),
+        lock_stale_after: Duration::from_secs(60),
         alembic_command: vec!["alembic".into()],
         migrations: MigrationSettings::default(),
         rehearsal: RehearsalSettings::default(),
@@ -556,6 +560,12 @@ fn parse_settings(
     if let Some(text) = &entry.helm_timeout {
         match parse_timeout("helm_timeout", text) {
             Ok(duration) => env.helm_timeout = duration,
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if let Some(text) = &entry.lock_stale_after {
+        match parse_timeout("lock_stale_after", text) {
+            Ok(duration) => env.lock_stale_after = duration,
             Err(problem) => problems.push(problem),
         }
     }

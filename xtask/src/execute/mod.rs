@@ -36,6 +36,8 @@ pub struct Executor<'a> {
     pub observed: Option<verify::Facts>,
     /// The daemon's view from the facts (how it reaches the registry).
     pub daemon: Option<DaemonView>,
+    /// The environment's deploy lock, told which step runs (others see it).
+    pub lock: Option<&'a crate::cluster::lock::Guard>,
 }
 
 /// What the steps produced, in order.
@@ -91,6 +93,9 @@ impl Executor<'_> {
         for group in plan.groups() {
             let names: Vec<&str> = group.iter().map(|s| s.kind().name()).collect();
             let during = || format!("during step {}", names.join(" and "));
+            if let Some(lock) = self.lock {
+                lock.set_step(&names.join(" and "));
+            }
             for step in &group {
                 eprintln!("{}: {}", plan.command, step.title);
             }

@@ -17,7 +17,7 @@ use crate::error::{Fact, FactError};
 use crate::images::builder::Builder;
 use crate::images::runner::RunnerPlan;
 
-use super::{note, run, verify_step, Action, Plan, Step, Verdict};
+use super::{note, run, verify_step, Action, Command, Plan, Step, Verdict};
 use crate::verify::{Expectation, Source};
 
 /// What was learned before planning, all read-only: the checkout, the
@@ -78,6 +78,8 @@ pub struct ClusterFacts {
     /// An in-chart database pod of this release exists (matters before a
     /// first install: there may be data to back up).
     pub database_pod: Option<crate::cluster::database::DatabasePod>,
+    /// The environment's deploy lock; None: free.
+    pub lock: Option<super::LockFact>,
 }
 
 /// How the user asked to deploy.
@@ -91,6 +93,8 @@ pub struct DeployOptions {
     pub strict_migrations: bool,
     /// `--no-rehearsal`.
     pub no_rehearsal: bool,
+    /// `--wait-for-lock`: the lock was taken (waited for) before the facts.
+    pub wait_for_lock: bool,
 }
 
 /// What the steps are made of: the images and their pins, the record.
@@ -152,7 +156,7 @@ pub fn decide(env: &Environment, facts: &DeployFacts, options: DeployOptions) ->
             let (backup, why_backup) = backup_decision(facts, options);
             let mut steps = vec![images_step(env, &spec, options)];
             if backup {
-                steps.push(backup_step(env, facts));
+                steps.push(backup_step(env, facts, Command::Deploy));
             }
             if let Rehearsal::Planned { from, head } = &rehearsal {
                 steps.push(rehearse_step(env, &spec, from, head));
@@ -170,15 +174,17 @@ pub fn decide(env: &Environment, facts: &DeployFacts, options: DeployOptions) ->
         }
     };
     Plan {
-        command: "deploy",
-        environment: env.name.clone(),
-        facts: fact_lines(env, facts, &head),
         missing,
-        decision,
-        reason,
         schema,
         migrations: Some(facts.migrations.clone()),
         steps,
+        ..Plan::without_steps(
+            Command::Deploy,
+            &env.name,
+            fact_lines(env, facts, &head),
+            decision,
+            reason,
+        )
     }
 }
 
@@ -291,7 +297,7 @@ pub fn decide_rehearsal(env: &Environment, facts: &DeployFacts) -> Plan {
             Verdict::Rehearse,
             format!("{from} -> {head} on a restore of a fresh backup"),
             vec![
-                backup_step(env, facts),
+                backup_step(env, facts, Command::Rehearse),
                 rehearse_step(env, &spec, &from, &head),
             ],
         ),
@@ -306,21 +312,18 @@ pub fn decide_rehearsal(env: &Environment, facts: &DeployFacts) -> Plan {
             (Verdict::Refused, why, Vec::new())
         }
     };
-    let mut steps = steps;
-    if let Some(backup) = steps.first_mut() {
-        backup.title = "Back up the database (the rehearsal restores this file)".into();
-        backup.alongside_previous = false;
-    }
     Plan {
-        command: "rehearse",
-        environment: env.name.clone(),
-        facts: fact_lines(env, facts, &head),
         missing,
-        decision,
-        reason,
         schema,
         migrations: Some(facts.migrations.clone()),
         steps,
+        ..Plan::without_steps(
+            Command::Rehearse,
+            &env.name,
+            fact_lines(env, facts, &head),
+            decision,
+            reason,
+        )
     }
 }
 
@@ -456,6 +459,12 @@ fn backup_decision(facts: &DeployFacts, options: DeployOptions) -> (bool, String
     if options.no_backup {
         return (false, "deploy without a backup (--no-backup)".into());
     }
+    if first_install_without_data(facts) {
+        return (
+            false,
+            "first install: no database pod and no DATABASE_URL, so nothing to back up".into(),
+        );
+    }
     let Ok(cluster) = &facts.cluster else {
         return (true, "back up, then deploy".into());
     };
@@ -471,13 +480,10 @@ fn backup_decision(facts: &DeployFacts, options: DeployOptions) -> (bool, String
             true,
             "first install beside an existing database pod: back it up first".into(),
         ),
-        None if facts.external_database || facts.external_mode_file.is_some() => (
+        // Not `first_install_without_data`: the data is external.
+        None => (
             true,
             "first install with an external database (DATABASE_URL): back it up first".into(),
-        ),
-        None => (
-            false,
-            "first install: no database pod and no DATABASE_URL, so nothing to back up".into(),
         ),
     }
 }
@@ -645,20 +651,27 @@ fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> 
     }
 }
 
-fn backup_step(env: &Environment, facts: &DeployFacts) -> Step {
+/// The deploy's backup runs beside the image stage; `rehearse`'s alone.
+fn backup_step(env: &Environment, facts: &DeployFacts, command: Command) -> Step {
     let database_pod = facts
         .cluster
         .as_ref()
         .ok()
         .and_then(|c| c.database_pod.as_ref());
     let source = crate::database::backup::Source::choose(database_pod, facts.external_database);
-    Step {
-        alongside_previous: true,
-        ..super::backup_step(
-            env,
-            &source,
+    let (title, alongside_previous) = match command {
+        Command::Rehearse => (
+            "Back up the database (the rehearsal restores this file)",
+            false,
+        ),
+        _ => (
             "Back up the database (alongside the images; must succeed before Helm)",
-        )
+            true,
+        ),
+    };
+    Step {
+        alongside_previous,
+        ..super::backup_step(env, &source, title)
     }
 }
 
@@ -761,6 +774,12 @@ fn fact_lines(
         .commit
         .as_ref()
         .map_or("<no commit>".to_string(), |c| c.short.clone());
+    let lock = facts
+        .cluster
+        .as_ref()
+        .ok()
+        .and_then(|c| c.lock.as_ref())
+        .map(|l| l.describe.clone());
     let (release, database) = match &facts.cluster {
         Ok(cluster) => (
             match &cluster.release {
@@ -816,6 +835,10 @@ fn fact_lines(
                 }),
         ),
     ]
+    .into_iter()
+    // Shown only when someone holds it: a free lock is the usual case.
+    .chain(lock.map(|l| ("deploy lock", l)))
+    .collect()
 }
 
 /// Everything that refuses the deploy, in the order a user fixes them.
@@ -828,6 +851,10 @@ fn missing(
     let mut missing = build_problems(env, facts, options);
     if let Err(why) = &facts.cluster {
         missing.push(why.to_string());
+    }
+    let lock = facts.cluster.as_ref().ok().and_then(|c| c.lock.as_ref());
+    if let Some(lock) = lock.filter(|l| l.blocks && !options.wait_for_lock) {
+        missing.push(lock.refusal.clone());
     }
     for path in env.missing_values_files() {
         missing.push(format!("values file {} does not exist", path.display()));
@@ -1089,6 +1116,7 @@ mod tests {
                     user: "colony".into(),
                     database: "colony".into(),
                 }),
+                lock: None,
             }),
             external_database: false,
             external_mode_file: None,

@@ -22,10 +22,75 @@ use crate::images::builder::Choice;
 use crate::images::runner::RunnerPlan;
 use crate::verify::Expectation;
 
+/// The environment's deploy lock as the facts found it (read at one
+/// moment, so the deciders stay pure).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockFact {
+    /// Another command holds it and renews it: a change must wait.
+    pub blocks: bool,
+    /// `lock::Lease::describe`.
+    pub describe: String,
+    /// What a refusal says (`lock::refusal`).
+    pub refusal: String,
+}
+
+impl LockFact {
+    pub fn read(env: &Environment, lease: &crate::cluster::lock::Lease) -> LockFact {
+        let now = std::time::SystemTime::now();
+        LockFact {
+            blocks: lease.blocks(now),
+            describe: lease.describe(now),
+            refusal: crate::cluster::lock::refusal(env, lease, now, None),
+        }
+    }
+}
+
+/// The command a plan belongs to; in `--json` as its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Command {
+    Deploy,
+    Rollback,
+    Rehearse,
+}
+
+impl Command {
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Deploy => "deploy",
+            Command::Rollback => "rollback",
+            Command::Rehearse => "rehearse",
+        }
+    }
+
+    /// The plan's heading.
+    fn title(self) -> &'static str {
+        match self {
+            Command::Deploy => "Deploy plan",
+            Command::Rollback => "Rollback plan",
+            Command::Rehearse => "Rehearsal plan",
+        }
+    }
+
+    /// As a refusal says it: "cannot roll back …".
+    fn verb(self) -> &'static str {
+        match self {
+            Command::Rollback => "roll back",
+            other => other.name(),
+        }
+    }
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A plan: facts shown, what blocks it, its decision, and its steps.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
-    pub command: &'static str,
+    pub command: Command,
     pub environment: String,
     #[serde(serialize_with = "facts_as_map")]
     pub facts: Vec<(&'static str, String)>,
@@ -297,11 +362,7 @@ impl Plan {
     /// prints before it asks and executes.
     pub fn render(&self, dry_run: bool) -> String {
         let mut out = String::new();
-        let title = match self.command {
-            "rollback" => "Rollback plan",
-            "rehearse" => "Rehearsal plan",
-            _ => "Deploy plan",
-        };
+        let title = self.command.title();
         let _ = writeln!(
             out,
             "{title} for {}{}\n",
@@ -366,22 +427,38 @@ impl Plan {
     /// a real run prints it before asking, on stderr when stdout is JSON.
     /// A plan that cannot run, with what is known and why: shown and
     /// printed as any plan, so every command refuses the same way.
-    pub fn refused(
-        command: &'static str,
+    /// A plan with its decision and no steps, nothing missing, nothing
+    /// said of the schema; a decider adds what it has.
+    pub fn without_steps(
+        command: Command,
         environment: &str,
         facts: Vec<(&'static str, String)>,
-        why: Vec<String>,
+        decision: Verdict,
+        reason: String,
     ) -> Plan {
         Plan {
             command,
             environment: environment.to_string(),
             facts,
-            reason: format!("{} problem(s) below", why.len()),
-            missing: why,
-            decision: Verdict::Refused,
+            missing: Vec::new(),
+            decision,
+            reason,
             schema: Vec::new(),
             migrations: None,
             steps: Vec::new(),
+        }
+    }
+
+    pub fn refused(
+        command: Command,
+        environment: &str,
+        facts: Vec<(&'static str, String)>,
+        why: Vec<String>,
+    ) -> Plan {
+        let reason = format!("{} problem(s) below", why.len());
+        Plan {
+            missing: why,
+            ..Plan::without_steps(command, environment, facts, Verdict::Refused, reason)
         }
     }
 
@@ -390,10 +467,7 @@ impl Plan {
         if self.missing.is_empty() {
             return Ok(());
         }
-        let verb = match self.command {
-            "rollback" => "roll back",
-            other => other,
-        };
+        let verb = self.command.verb();
         Err(crate::error::input_error(format!(
             "cannot {verb} {}; nothing was changed:\n  - {}\n  the same command with --dry-run shows the whole plan",
             self.environment,

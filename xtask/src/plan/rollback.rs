@@ -10,7 +10,7 @@ use crate::cluster::release::{self, Current, RecordedRevision};
 use crate::cluster::{helm, kubectl};
 use crate::config::{names, Environment};
 use crate::database::backup;
-use crate::plan::{note, run, Action, Item, Plan, Step, StepKind, Verdict};
+use crate::plan::{note, run, Action, Command, Item, Plan, Step, StepKind, Verdict};
 use crate::verify::{Expectation, Source};
 
 /// What was read before deciding, all read-only.
@@ -72,7 +72,7 @@ pub fn decide(env: &Environment, facts: &RollbackFacts, request: &Request) -> De
     match plan(env, facts, request) {
         Ok(decision) => decision,
         Err(why) => Decision::Refuse(Box::new(Plan::refused(
-            "rollback",
+            Command::Rollback,
             &env.name,
             refusal_facts(env, facts, request),
             vec![why],
@@ -118,17 +118,13 @@ fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<D
             .as_deref()
             .is_none_or(|head| head == target)
     {
-        return Ok(Decision::NothingToDo(Box::new(Plan {
-            decision: Verdict::NothingToDo,
-            reason: format!("the database is already at {target}"),
-            missing: Vec::new(),
-            ..Plan::refused(
-                "rollback",
-                &env.name,
-                refusal_facts(env, facts, request),
-                Vec::new(),
-            )
-        })));
+        return Ok(Decision::NothingToDo(Box::new(Plan::without_steps(
+            Command::Rollback,
+            &env.name,
+            refusal_facts(env, facts, request),
+            Verdict::NothingToDo,
+            format!("the database is already at {target}"),
+        ))));
     }
     let dropped = if app_only {
         Vec::new()
@@ -149,12 +145,6 @@ fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<D
         steps.retain(|s| !matches!(s.kind(), StepKind::Backup | StepKind::Downgrade));
     }
     let plan = Plan {
-        command: "rollback",
-        environment: env.name.clone(),
-        facts: fact_lines(env, facts, &spec),
-        missing: Vec::new(),
-        decision: Verdict::Rollback,
-        reason: reason(facts, &spec, app_only),
         schema: dropped
             .iter()
             .map(|(id, message)| match message.as_str() {
@@ -162,8 +152,14 @@ fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<D
                 m => format!("drop {id}: {m}"),
             })
             .collect(),
-        migrations: None,
         steps,
+        ..Plan::without_steps(
+            Command::Rollback,
+            &env.name,
+            fact_lines(env, facts, &spec),
+            Verdict::Rollback,
+            reason(facts, &spec, app_only),
+        )
     };
     Ok(Decision::Rollback(Box::new((plan, spec))))
 }

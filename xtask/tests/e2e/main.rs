@@ -13,6 +13,7 @@ mod deploy;
 mod doctor;
 mod dry_run;
 mod images;
+mod lock;
 mod pods;
 mod registry_faults;
 mod rehearsal;

@@ -267,6 +267,52 @@ fn describe(state: &DatabaseState) -> String {
 }
 
 /// What `run` would do, without the lock and without changing anything.
+/// `alembic downgrade TARGET` under the migration lock: no init container
+/// (a backend pod restarting during a rollback) upgrades the database while
+/// it goes down, and a second downgrade waits for the first. The target
+/// must be a revision these scripts know, or `base`.
+pub async fn downgrade(settings: &Settings, target: &str) -> Result<(), Failure> {
+    let prepared = prepare(settings)?;
+    if target != "base" && !prepared.graph.contains(target) {
+        return Err(fail(ExitCode::BadInput)(format!(
+            "the scripts in {} have no revision {target:?} to downgrade to",
+            prepared.project.config_file.display()
+        )));
+    }
+    let mut connection = db::connect_with_retry(&prepared.target, settings.wait_timeout)
+        .await
+        .map_err(fail(ExitCode::DatabaseUnreachable))?;
+    db::lock(&mut connection, settings.lock_timeout)
+        .await
+        .map_err(fail(ExitCode::LockTimeout))?;
+    println!(
+        "run-migrations: migration lock taken; running {} downgrade {target}",
+        settings.alembic_command
+    );
+    let outcome = alembic::run(
+        &prepared.alembic,
+        settings.alembic_config.as_deref(),
+        &settings.database_url,
+        &["downgrade", target],
+        settings.ddl_lock_timeout,
+    )
+    .await;
+    let unlocked = db::unlock(&mut connection).await;
+    let _ = connection.close().await;
+    let outcome = outcome.map_err(fail(ExitCode::MigrationFailed))?;
+    if !outcome.status.success() {
+        let exit = outcome
+            .status
+            .code()
+            .map_or("a signal".to_string(), |c| format!("exit status {c}"));
+        return Err(fail(ExitCode::MigrationFailed)(format!(
+            "{} downgrade {target} failed ({exit})",
+            settings.alembic_command
+        )));
+    }
+    unlocked.map_err(fail(ExitCode::MigrationFailed))
+}
+
 pub async fn status(settings: &Settings) -> Result<serde_json::Value, Failure> {
     let prepared = prepare(settings)?;
     let mut connection = db::connect_with_retry(&prepared.target, settings.wait_timeout)

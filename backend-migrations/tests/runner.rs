@@ -786,3 +786,60 @@ fn a_lock_held_by_another_session_is_waited_for_briefly_retried_then_named() {
     // With the holder gone, the same run goes through.
     assert_success(&run(backend.path(), &url, &["--ddl-lock-timeout=1"]));
 }
+
+/// `run-migrations downgrade` holds the migration lock while Alembic goes
+/// down: an init container starting meanwhile cannot upgrade under it.
+#[test]
+fn a_downgrade_holds_the_migration_lock_until_it_is_done() {
+    let bed = TestBed::get();
+    let url = bed.create_database("downgrade_lock");
+    let backend = testkit::backend_copy();
+    std::fs::write(
+        backend.path().join("alembic/versions/0003_slow_down.py"),
+        "revision = '0003_slow_down'\ndown_revision = '0002_activity_and_comments'\n\n\
+         from alembic import op\n\n\ndef upgrade():\n    pass\n\n\ndef downgrade():\n    \
+         op.execute('SELECT pg_sleep(4)')\n",
+    )
+    .unwrap();
+    assert_success(&run(backend.path(), &url, &[]));
+    let down = runner(backend.path(), &url, &["downgrade", HEAD])
+        .spawn()
+        .expect("run-migrations runs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bed.psql(
+        &url,
+        &format!(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = {}",
+            LOCK_KEY & 0xffff_ffff
+        ),
+    ) == "0"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the downgrade never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // An upgrade meanwhile waits for the lock, and gives up after its timeout.
+    let meanwhile = run(backend.path(), &url, &["--lock-timeout", "1"]);
+    assert_eq!(meanwhile.code, 4, "{}", meanwhile.all());
+    let down: Finished = down.wait_with_output().expect("downgrade ends").into();
+    assert_success_with(&down, "Downgrade complete.");
+    assert_eq!(
+        bed.psql(&url, "SELECT version_num FROM alembic_version"),
+        HEAD
+    );
+    // An unknown target is refused before any connection.
+    let unknown = run(backend.path(), &url, &["downgrade", "0009_nope"]);
+    assert_eq!(unknown.code, 2, "{}", unknown.all());
+    assert!(
+        unknown.stderr.contains("no revision \"0009_nope\""),
+        "{}",
+        unknown.all()
+    );
+}
+
+fn assert_success_with(finished: &Finished, last: &str) {
+    assert_eq!(finished.code, 0, "{}", finished.all());
+    assert_eq!(finished.last_line(), last, "{}", finished.all());
+}

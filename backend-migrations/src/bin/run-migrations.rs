@@ -37,6 +37,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// `alembic downgrade REVISION` under the migration lock (what `cargo
+    /// xtask rollback` runs), so no init container upgrades meanwhile.
+    Downgrade {
+        /// A revision of these scripts, or `base`.
+        revision: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +149,15 @@ fn main() -> ExitCode {
             }
             Err(failure) => report(failure),
         },
+        Some(Command::Downgrade { revision }) => {
+            match runtime.block_on(runner::downgrade(&settings, &revision)) {
+                Ok(()) => {
+                    println!("Downgrade complete.");
+                    ExitCode::SUCCESS
+                }
+                Err(failure) => report(failure),
+            }
+        }
         Some(Command::Status { json }) => match runtime.block_on(runner::status(&settings)) {
             Ok(status) if json => {
                 println!("{status}");

@@ -54,15 +54,21 @@ impl DatabaseRevision {
 /// it sees the legacy tables too); an image without the runner falls back to
 /// `alembic current`.
 pub fn read(env: &Environment, pod: &str) -> DatabaseRevision {
+    read_noting_runner(env, pod).0
+}
+
+/// `read`, and whether the pod's image has a runner that answered.
+pub fn read_noting_runner(env: &Environment, pod: &str) -> (DatabaseRevision, bool) {
     if let Some(answer) = ask_runner(env, pod) {
-        return answer;
+        return (answer, true);
     }
-    match cluster::run(&kubectl::alembic_current_args(env, pod)) {
+    let answer = match cluster::run(&kubectl::alembic_current_args(env, pod)) {
         Ok(output) => from_alembic_output(pod, &output),
         Err(e) => DatabaseRevision::Unknown {
             why: format!("{e:#}"),
         },
-    }
+    };
+    (answer, false)
 }
 
 /// `read` in a ready backend pod, or Unknown when there is none.

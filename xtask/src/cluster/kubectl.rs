@@ -193,6 +193,22 @@ pub fn migrations_status_args(env: &Environment, pod: &str) -> Vec<String> {
     )
 }
 
+/// `alembic downgrade TARGET` through the image's runner, which holds the
+/// migration lock meanwhile (no init container upgrades during it).
+pub fn migrations_downgrade_args(env: &Environment, pod: &str, target: &str) -> Vec<String> {
+    let alembic = format!("--alembic-cmd={}", env.alembic_command.join(" "));
+    backend_exec_args(
+        env,
+        pod,
+        &[
+            crate::config::MIGRATIONS_BINARY_IN_IMAGE,
+            "downgrade",
+            target,
+            &alembic,
+        ],
+    )
+}
+
 /// The last `lines` lines of a container's log (the runner's progress).
 pub fn tail_log_args(env: &Environment, pod: &str, container: &str, lines: u32) -> Vec<String> {
     kubectl(

@@ -31,6 +31,9 @@ pub struct RollbackFacts {
     pub helm_major: u32,
     /// Which database the backup dumps.
     pub backup_source: backup::Source,
+    /// The pod's image has run-migrations (it answered): the downgrade
+    /// runs through it, under the migration lock.
+    pub runner: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -460,7 +463,12 @@ fn downgrade_step(
     dropped: &[(String, String)],
 ) -> Step {
     let dropped_ids: Vec<&str> = dropped.iter().map(|(id, _)| id.as_str()).collect();
-    let downgrade = kubectl::alembic_args(env, &spec.pod, &["downgrade", &spec.target]);
+    // Through the runner when the image has it: it holds the migration
+    // lock, so a backend pod restarting meanwhile does not upgrade again.
+    let downgrade = match facts.runner {
+        true => kubectl::migrations_downgrade_args(env, &spec.pod, &spec.target),
+        false => kubectl::alembic_args(env, &spec.pod, &["downgrade", &spec.target]),
+    };
     let check = kubectl::alembic_current_args(env, &spec.pod);
     step(
         Action::Downgrade {
@@ -589,6 +597,7 @@ mod tests {
             app_expects: Some(last.record.alembic_head.clone()).filter(|h| !h.is_empty()),
             helm_major: 4,
             backup_source: backup::Source::External,
+            runner: false,
         }
     }
 
@@ -773,5 +782,24 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("drop 0002_activity_and_comments"), "{text}");
+        // An image with the runner: the downgrade holds the migration lock.
+        let mut with_runner = facts(
+            vec![
+                revision(1, "superseded", "0001_baseline"),
+                revision(2, "deployed", "0002_activity_and_comments"),
+            ],
+            "0002_activity_and_comments",
+        );
+        with_runner.runner = true;
+        let Decision::Rollback(planned) = decide(&env(), &with_runner, &to("0001_baseline", None))
+        else {
+            panic!("no plan");
+        };
+        let text = planned.0.render(true);
+        assert!(
+            text.contains("/usr/local/bin/run-migrations downgrade 0001_baseline"),
+            "{text}"
+        );
+        assert!(text.contains("--alembic-cmd=alembic"), "{text}");
     }
 }

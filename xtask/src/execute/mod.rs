@@ -167,7 +167,11 @@ impl Executor<'_> {
                 record,
                 helm_major,
                 revision,
+                database_before,
             } => {
+                if let Some(before) = database_before {
+                    self.database_still_at(before).await?;
+                }
                 self.helm_upgrade(done, pinned, record, *helm_major, *revision)
                     .await
             }
@@ -270,6 +274,36 @@ impl Executor<'_> {
         .await
         .context(context)?;
         Ok(Output::Rehearsed(Box::new(report)))
+    }
+
+    /// The database must still be where the plan saw it: another
+    /// migration or downgrade since (by hand, or by a tool without the
+    /// lock) would leave this deploy's code on a schema it was not planned
+    /// for. Unknown now (no ready pod) is said, not refused.
+    async fn database_still_at(&self, before: &str) -> Result<()> {
+        let env = self.env.clone();
+        let now = tokio::task::spawn_blocking(move || {
+            let pod = crate::cluster::Backend::read(&env)
+                .ok()
+                .and_then(|b| b.ready_pod().map(|p| p.name().to_string()));
+            crate::alembic::database::read_in(&env, pod.as_deref())
+        })
+        .await?;
+        match now.revision() {
+            Some(now) if now != before => bail!(
+                "the database is at {now}, not at {before} as when this deploy was planned: another migration or \
+                 downgrade ran meanwhile, so Helm was not run (the cluster is unchanged; the images and the backup \
+                 are kept). Deploy again to plan on what is there now"
+            ),
+            Some(_) => Ok(()),
+            None => {
+                eprintln!(
+                    "deploy: the database's revision could not be read again before Helm ({}); going on with the plan's {before}",
+                    now.describe()
+                );
+                Ok(())
+            }
+        }
     }
 
     async fn helm_upgrade(

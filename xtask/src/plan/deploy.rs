@@ -161,7 +161,8 @@ pub fn decide(env: &Environment, facts: &DeployFacts, options: DeployOptions) ->
             if let Rehearsal::Planned { from, head } = &rehearsal {
                 steps.push(rehearse_step(env, &spec, from, head));
             }
-            steps.push(helm_step(env, &spec, backup));
+            let database_before = database_of(&facts.cluster).revision().map(String::from);
+            steps.push(helm_step(env, &spec, backup, database_before));
             steps.push(rollout_step(env));
             steps.push(verify_step(
                 env,
@@ -721,28 +722,39 @@ fn rehearse_step(env: &Environment, spec: &DeploySpec, from: &str, head: &str) -
     }
 }
 
-fn helm_step(env: &Environment, spec: &DeploySpec, backup_planned: bool) -> Step {
+fn helm_step(
+    env: &Environment,
+    spec: &DeploySpec,
+    backup_planned: bool,
+    database_before: Option<String>,
+) -> Step {
     let mut record = spec.record.clone();
     if backup_planned {
         record.backup_file = BACKUP_PLACEHOLDER.into();
     }
+    let mut items = Vec::new();
+    if let Some(revision) = &database_before {
+        items.push(note(format!(
+            "first, the database's revision read again: still {revision}, or Helm is not run"
+        )));
+    }
+    items.push(run(
+        helm::upgrade_install_args(env, &spec.pinned, &record, spec.helm_major),
+        None,
+    ));
+    items.push(note(format!(
+        "meanwhile, stop Helm at once on {FAILURE_STATES}: print the failing container's log, exit code and the pod's events"
+    )));
     Step {
         title: "Install or upgrade the release, digests pinned, watching the new pods".into(),
         alongside_previous: false,
-        items: vec![
-            run(
-                helm::upgrade_install_args(env, &spec.pinned, &record, spec.helm_major),
-                None,
-            ),
-            note(format!(
-                "meanwhile, stop Helm at once on {FAILURE_STATES}: print the failing container's log, exit code and the pod's events"
-            )),
-        ],
+        items,
         action: Action::HelmUpgrade {
             pinned: spec.pinned.clone(),
             record,
             helm_major: spec.helm_major,
             revision: spec.revision_before + 1,
+            database_before,
         },
     }
 }

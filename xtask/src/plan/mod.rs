@@ -214,6 +214,9 @@ pub enum Action {
         helm_major: u32,
         /// The revision Helm will create.
         revision: u32,
+        /// The database's revision the plan was made on: read again just
+        /// before Helm, which must not run on another (None: unknown then).
+        database_before: Option<String>,
     },
     /// The pending migrations on a restore of the backup, with the new
     /// backend image (`backend`'s digest from the images step): upgrade,

@@ -600,3 +600,35 @@ fn after_a_failed_deploy_an_external_database_is_asked_through_database_url() {
     let plan: serde_json::Value = serde_json::from_str(&blind.stdout).unwrap();
     assert_ne!(plan["facts"]["database"], "0002_activity_and_comments");
 }
+
+/// The database moved between the plan and Helm (an `alembic downgrade`
+/// typed by hand while the rehearsal ran): Helm is not run on a schema the
+/// deploy was not planned for.
+#[test]
+fn helm_is_not_run_when_the_database_moved_since_the_plan() {
+    let stack = deployed_at_0002();
+    let revisions = stack.helm_revisions();
+    stack.commit_revision(
+        "0003_slow",
+        "0002_activity_and_comments",
+        "A slow one",
+        "    op.execute(\"SELECT pg_sleep(3)\")",
+    );
+    let started = crate::common::background::start(&stack, &["deploy", "colony-dev", "--yes"]);
+    started.wait_for(
+        || {
+            started
+                .stderr()
+                .contains("upgrading 0002_activity_and_comments -> 0003_slow")
+        },
+        "the rehearsal's upgrade",
+    );
+    stack.alembic(&["downgrade", "0001_baseline"]);
+    let (code, stderr) = started.exit_code();
+    assert_eq!(code, 1, "{stderr}");
+    assert_contains(
+        &stderr,
+        "the database is at 0001_baseline, not at 0002_activity_and_comments as when this deploy was planned",
+    );
+    assert_eq!(stack.helm_revisions(), revisions, "Helm ran:\n{stderr}");
+}

@@ -14,7 +14,7 @@ use crate::alembic::versions::{self, VersionsError};
 use crate::cli::DeployArgs;
 use crate::cluster::lock::Guard;
 use crate::cluster::{self, helm, release, Backend};
-use crate::commands::locking;
+use crate::commands::{hook, locking};
 use crate::config::{self, git, inputs, Component, Environment};
 use crate::database::backup;
 use crate::error::{input_error, Fact, FactError};
@@ -29,17 +29,28 @@ use crate::verify;
 /// The deploy, phase by phase: read, decide, show, confirm, execute, report.
 /// Every refusal comes before `execute`, the first change.
 pub fn run(args: DeployArgs) -> Result<()> {
-    let started = Instant::now();
     let env = config::load(Some(&args.env), &args.env_overrides)?;
-    let options = options(&args)?;
+    let mut event = hook::Event::new("deploy", &env);
+    let result = run_in(&env, &args, &mut event);
+    if !args.dry_run {
+        hook::after(&env, &event, &result);
+    }
+    result
+}
+
+/// The deploy of `env`; `event` gathers what the hook is told.
+fn run_in(env: &Environment, args: &DeployArgs, event: &mut hook::Event) -> Result<()> {
+    let started = Instant::now();
+    let options = options(args)?;
     if !args.dry_run {
         // Local problems first: they need no cluster to refuse.
         env.require_values_files()?;
     }
     let command = format!("deploy {}", env.name);
-    let early_lock = locking::before_facts(&env, &command, args.wait_for_lock, args.dry_run)?;
-    let facts = gather_facts(&Shell::new()?, &env, args.migrations_binary.as_deref());
-    let plan = plan::deploy::decide(&env, &facts, options);
+    let early_lock = locking::before_facts(env, &command, args.wait_for_lock, args.dry_run)?;
+    let facts = gather_facts(&Shell::new()?, env, args.migrations_binary.as_deref());
+    tell_hook_the_facts(event, &facts);
+    let plan = plan::deploy::decide(env, &facts, options);
     // A dry run shows the plan, its missing items included; a run refuses.
     if args.dry_run {
         return plan.show(true, args.json);
@@ -48,17 +59,57 @@ pub fn run(args: DeployArgs) -> Result<()> {
     let facts_took = started.elapsed();
     // The plan goes where the user reads; with --json, stdout is the summary only.
     plan.show(false, args.json)?;
-    confirm_changes(&env, &facts, &plan, args.yes)?;
+    confirm_changes(env, &facts, &plan, args.yes)?;
     let seen = locking::seen(facts.cluster.as_ref().ok().and_then(|c| c.release.as_ref()));
-    let lock = locking::before_changes(&env, &command, early_lock, seen)?;
-    let outcome = execute(&env, &facts, &plan, args.verbose, &lock)?;
+    let lock = locking::before_changes(env, &command, early_lock, seen)?;
+    let outcome = execute(env, &facts, &plan, args.verbose, &lock)?;
     let summary = Summary {
         plan: &plan,
         facts_took,
         revision_before: revision_before(&facts),
         outcome: &outcome,
     };
-    report(&env, &summary, args.json)
+    tell_hook_the_outcome(event, &summary);
+    report(env, &summary, args.json)
+}
+
+/// What the facts say that the hook is told: the commit, the database's
+/// revision and the checkout's head.
+fn tell_hook_the_facts(event: &mut hook::Event, facts: &DeployFacts) {
+    if let Some(commit) = &facts.commit {
+        event.set("GIT_SHA", &commit.sha);
+    }
+    if let Ok(cluster) = &facts.cluster {
+        if let Some(revision) = cluster.database.revision() {
+            event.set("ALEMBIC_FROM", revision);
+        }
+    }
+    if let Ok(graph) = &facts.graph {
+        if let Ok(head) = graph.head() {
+            event.set("ALEMBIC_TO", head);
+        }
+    }
+}
+
+fn tell_hook_the_outcome(event: &mut hook::Event, summary: &Summary) {
+    event.set("HELM_REVISION", &summary.helm_revision().to_string());
+    if summary.plan.decision == Verdict::NothingToDeploy {
+        event.set("OUTCOME", "nothing to deploy");
+    }
+    if let Some(backup) = &summary.outcome.backup {
+        event.set("BACKUP", &backup.path.display().to_string());
+    }
+    for image in &summary.outcome.images {
+        let key = match image.component {
+            Component::Backend => "BACKEND_IMAGE",
+            Component::Frontend => "FRONTEND_IMAGE",
+        };
+        let reference = match &image.digest {
+            Some(digest) => format!("{}@{digest}", image.repository),
+            None => format!("{}:{}", image.repository, image.tag),
+        };
+        event.set(key, &reference);
+    }
 }
 
 /// The flags as the planner takes them; `--no-backup` needs `--yes`.

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod build_push;
 pub mod deploy;
 pub mod doctor;
+pub mod hook;
 pub mod lock;
 pub mod locking;
 pub mod migrations;

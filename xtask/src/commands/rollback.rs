@@ -13,7 +13,7 @@ use crate::alembic::{database, versions};
 use crate::cli::RollbackArgs;
 use crate::cluster::release::{self, ReleaseState};
 use crate::cluster::{helm, Backend};
-use crate::commands::locking;
+use crate::commands::{hook, locking};
 use crate::config::{self, Environment};
 use crate::error::input_error;
 use crate::execute::{Executor, Outcome};
@@ -25,7 +25,17 @@ use crate::verify;
 /// confirm, execute, report. Every refusal comes before `execute`.
 pub fn run(args: RollbackArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
-    let request = request(&env, &args)?;
+    let mut event = hook::Event::new("rollback", &env);
+    let result = run_in(&env, &args, &mut event);
+    if !args.dry_run {
+        hook::after(&env, &event, &result);
+    }
+    result
+}
+
+/// The rollback of `env`; `event` gathers what the hook is told.
+fn run_in(env: &Environment, args: &RollbackArgs, event: &mut hook::Event) -> Result<()> {
+    let request = request(env, args)?;
     if !args.dry_run {
         crate::confirm::require_terminal_or_yes(
             args.yes,
@@ -33,11 +43,11 @@ pub fn run(args: RollbackArgs) -> Result<()> {
         )?;
     }
     let started = Instant::now();
-    let command = format!("rollback {} {}", env.name, request_words(&args));
-    let early_lock = locking::before_facts(&env, &command, args.wait_for_lock, args.dry_run)?;
-    let facts = gather_facts(&env, early_lock.is_some())?;
+    let command = format!("rollback {} {}", env.name, request_words(args));
+    let early_lock = locking::before_facts(env, &command, args.wait_for_lock, args.dry_run)?;
+    let facts = gather_facts(env, early_lock.is_some())?;
     let facts_took = started.elapsed();
-    let (plan, spec) = match plan::rollback::decide(&env, &facts, &request) {
+    let (plan, spec) = match plan::rollback::decide(env, &facts, &request) {
         // As deploy: a dry run shows the plan with why it cannot run; a
         // run refuses (exit 2) before any change.
         Decision::Refuse(plan) if args.dry_run => return plan.show(true, args.json),
@@ -47,6 +57,7 @@ pub fn run(args: RollbackArgs) -> Result<()> {
             return plan.show(true, args.json)
         }
         Decision::NothingToDo(plan) => {
+            event.set("OUTCOME", "nothing to do");
             println!("{}: {}; nothing to do", env.name, plan.reason);
             return Ok(());
         }
@@ -56,22 +67,30 @@ pub fn run(args: RollbackArgs) -> Result<()> {
         return plan.show(true, args.json);
     }
     plan.show(false, args.json)?;
-    confirm(&env, &spec, args.yes)?;
+    confirm(env, &spec, args.yes)?;
     let seen = locking::seen(Some(&facts.current));
-    let lock = locking::before_changes(&env, &command, early_lock, seen)?;
+    let lock = locking::before_changes(env, &command, early_lock, seen)?;
     crate::process::install_interrupts()?;
     let executor = Executor {
-        env: &env,
+        env,
         verbose: false,
         // Read again after the downgrade and Helm: nothing from before.
         observed: None,
         daemon: None,
         lock: Some(&lock),
     };
+    event.set("ALEMBIC_FROM", &spec.from);
+    event.set("ALEMBIC_TO", &spec.target);
     let outcome = executor
         .execute(&plan)
-        .map_err(|e| after_interrupt(&env, &spec, e))?;
-    report(&env, &spec, &outcome, facts_took, args.json)
+        .map_err(|e| after_interrupt(env, &spec, e))?;
+    if let Some(revision) = outcome.helm_revision {
+        event.set("HELM_REVISION", &revision.to_string());
+    }
+    if let Some(backup) = &outcome.backup {
+        event.set("BACKUP", &backup.path.display().to_string());
+    }
+    report(env, &spec, &outcome, facts_took, args.json)
 }
 
 /// The request as the lock's holder shows it (`--to 0001_baseline`).
@@ -237,7 +256,10 @@ fn gather_facts(env: &Environment, holding: bool) -> Result<RollbackFacts> {
     });
     let (history, backend, database_pod) = (history?, backend?, database_pod?);
     let pod = backend.ready_pod().map(|p| p.name().to_string());
-    let database = database::read_in(env, pod.as_deref());
+    let (database, runner) = match pod.as_deref() {
+        Some(pod) => database::read_noting_runner(env, pod),
+        None => (database::no_ready_pod(), false),
+    };
     // What the running app expects, by verify's own rule (its records only:
     // the checkout says nothing about the app).
     let app_expects = verify::expectation(
@@ -257,6 +279,7 @@ fn gather_facts(env: &Environment, holding: bool) -> Result<RollbackFacts> {
         deployment: backend.deployment.as_ref().map(|d| d.metadata.name.clone()),
         database,
         helm_major: helm::detect_version(&xshell::Shell::new()?).map_or(4, |v| v.major),
+        runner,
         backup_source: crate::database::backup::Source::choose(
             database_pod.as_ref(),
             std::env::var_os("DATABASE_URL").is_some(),

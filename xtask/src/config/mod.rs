@@ -50,6 +50,7 @@ struct EnvironmentEntry {
     backup_dir: Option<String>,
     helm_timeout: Option<String>,
     lock_stale_after: Option<String>,
+    hook: Option<String>,
     alembic_command: Option<String>,
     #[serde(default)]
     images: ImagesEntry,
@@ -170,6 +171,8 @@ pub struct Environment {
     pub helm_timeout: Duration,
     /// The deploy lock is stale this long after its holder's last renewal.
     pub lock_stale_after: Duration,
+    /// Run after every deploy and rollback (`commands::hook`), as argv.
+    pub hook: Option<Vec<String>>,
     /// How the backend image runs Alembic, as argv (`alembic`, or `uv run
     /// --no-sync alembic`): the init container and every exec use it.
     pub alembic_command: Vec<String>,
@@ -461,6 +464,7 @@ fn with_defaults(
         ),
         helm_timeout: Duration::from_secs(600),
         lock_stale_after: Duration::from_secs(60),
+        hook: None,
         alembic_command: vec!["alembic".into()],
         migrations: MigrationSettings::default(),
         rehearsal: RehearsalSettings::default(),
@@ -561,6 +565,16 @@ fn parse_settings(
         match parse_timeout("helm_timeout", text) {
             Ok(duration) => env.helm_timeout = duration,
             Err(problem) => problems.push(problem),
+        }
+    }
+    if let Some(text) = &entry.hook {
+        // Run here, not in a pod: a word may hold spaces (`sh -c '…'`).
+        match shell_words::split(text) {
+            Ok(argv) if !argv.is_empty() => env.hook = Some(argv),
+            Ok(_) => problems.push(
+                "hook is empty; write the command to run, e.g. \"scripts/notify-chat.sh\"".into(),
+            ),
+            Err(e) => problems.push(format!("hook {text:?} does not split into words: {e}")),
         }
     }
     if let Some(text) = &entry.lock_stale_after {

@@ -184,3 +184,66 @@ fn a_stale_lock_is_taken_over_and_ctrl_c_releases_the_lock() {
     assert_eq!(lock.code, 0, "{}", lock.all());
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// deploy.toml's `hook` runs after every deploy and rollback with what
+/// happened; its failure does not fail a deploy that succeeded.
+#[test]
+fn the_hook_hears_of_every_deploy_and_its_failure_fails_nothing() {
+    let stack = Stack::new(None);
+    let script = stack.repo.root().join("record-hook.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nn=$(ls hook-*.log 2>/dev/null | wc -l)\nenv | grep '^COLONY_EVENT_' | sort > hook-$n.log\nexit \"${HOOK_EXIT:-0}\"\n",
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", script.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let config = std::fs::read_to_string(stack.repo.config()).unwrap();
+    std::fs::write(
+        stack.repo.config(),
+        config.replace(
+            "backup_dir = \"~/backups\"",
+            "backup_dir = \"~/backups\"\nhook = \"./record-hook.sh\"",
+        ),
+    )
+    .unwrap();
+    let read = |n: usize| {
+        std::fs::read_to_string(stack.repo.root().join(format!("hook-{n}.log"))).unwrap_or_default()
+    };
+
+    let first = stack.xtask(&["deploy", "colony-dev", "--yes"]);
+    assert_eq!(first.code, 0, "{}", first.all());
+    let heard = read(0);
+    for line in [
+        "COLONY_EVENT_COMMAND=deploy",
+        "COLONY_EVENT_ENVIRONMENT=colony-dev",
+        "COLONY_EVENT_OUTCOME=succeeded",
+        "COLONY_EVENT_HELM_REVISION=1",
+        "COLONY_EVENT_ALEMBIC_TO=0002_activity_and_comments",
+        "COLONY_EVENT_BACKEND_IMAGE=",
+    ] {
+        assert_contains(&heard, line);
+    }
+    assert!(heard.contains("@sha256:"), "{heard}");
+    assert!(heard.contains("COLONY_EVENT_GIT_SHA="), "{heard}");
+
+    // A refusal is heard too; a dry run is not.
+    let dry = stack.xtask(&["deploy", "colony-dev", "--dry-run"]);
+    assert_eq!(dry.code, 0);
+    let refused = stack.xtask_with(
+        &["deploy", "colony-dev", "--yes"],
+        &[("COLONY_KUBE_CONTEXT", "elsewhere")],
+    );
+    assert_eq!(refused.code, 2, "{}", refused.all());
+    let heard = read(1);
+    assert_contains(&heard, "COLONY_EVENT_OUTCOME=refused");
+    assert!(read(2).is_empty(), "the dry run ran the hook");
+
+    // A failing hook is reported; the deploy's own status stands.
+    let noop = stack.xtask_with(&["deploy", "colony-dev", "--yes"], &[("HOOK_EXIT", "3")]);
+    assert_eq!(noop.code, 0, "{}", noop.all());
+    assert_contains(&noop.stderr, "hook: `./record-hook.sh` exited 3");
+    assert_contains(&read(2), "COLONY_EVENT_OUTCOME=nothing to deploy");
+}

@@ -43,7 +43,8 @@ pub enum Command {
         cargo xtask deploy colony-dev --yes\n  \
         COLONY_REGISTRY=127.0.0.1:5000 cargo xtask deploy colony-dev --dry-run\n\n\
         --dry-run --json keys: schema_version, command, environment, facts{…}, missing[], decision (deploy | nothing to deploy), \
-        reason, schema[], steps[] (kind, title, alongside_previous, items[] (type run: argv, expect | type note: text)).\n\
+        reason, schema[], migrations, manifests (changes: revision, objects[] (object, change: added | removed | changed, \
+        fields[]) | unavailable: why), steps[] (kind, title, alongside_previous, items[] (type run: argv, expect | type note: text)).\n\
         --json keys (a run): schema_version, environment, namespace, release, decision, reason, helm_revision, alembic, backup, \
         rehearsal (postgres, restored_tables, restored_rows, upgrade[], downgrade[] (direction, from, to, took), \
         locks[] (table, held), downgrade_proven, took; null when not rehearsed), stamped, verified, images[], facts_seconds, steps[] (name, seconds, note)."

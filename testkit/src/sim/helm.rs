@@ -500,9 +500,15 @@ fn history(dir: &Dir, parsed: &Parsed, namespace: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `helm get values` and `helm get manifest` of a revision (the newest by
+/// default).
 fn get_values(dir: &Dir, parsed: &Parsed, namespace: &str) -> Result<(), String> {
-    if parsed.positional.get(1).map(String::as_str) != Some("values") {
-        return Err("Error: the simulated cluster implements only `helm get values`".into());
+    let what = parsed.positional.get(1).cloned().unwrap_or_default();
+    if what != "values" && what != "manifest" {
+        return Err(
+            "Error: the simulated cluster implements only `helm get values` and `helm get manifest`"
+                .into(),
+        );
     }
     let release = parsed
         .positional
@@ -520,6 +526,10 @@ fn get_values(dir: &Dir, parsed: &Parsed, namespace: &str) -> Result<(), String>
             .ok_or("Error: release: not found")?,
         None => revisions.last().expect("not empty"),
     };
+    if what == "manifest" {
+        print!("{}", revision.manifest);
+        return Ok(());
+    }
     if parsed.value(&["-o", "--output"]).as_deref() == Some("json") {
         println!("{}", revision.values);
     } else {

@@ -173,6 +173,29 @@ pub fn upgrade_install_args(
     args
 }
 
+/// `helm template` with the values of an `upgrade --install` argv: what
+/// that upgrade would apply, rendered locally (nothing is contacted).
+pub fn template_args(upgrade: &[String]) -> Vec<String> {
+    let mut args = vec!["helm".to_string(), "template".to_string()];
+    let mut rest = upgrade.iter().skip(3).peekable(); // helm upgrade --install
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--create-namespace" | "--wait" => {}
+            a if a.starts_with("--wait=") => {}
+            "--timeout" => {
+                rest.next();
+            }
+            _ => args.push(arg.clone()),
+        }
+    }
+    args
+}
+
+/// The running revision's manifest, as Helm applied it.
+pub fn get_manifest_args(env: &Environment) -> Vec<String> {
+    release_command(env, &["get", "manifest"], &[])
+}
+
 /// `helm status` as JSON, to refuse a release stuck in `pending-*`.
 pub fn status_args(env: &Environment) -> Vec<String> {
     [
@@ -267,6 +290,34 @@ mod tests {
             "{}",
             argv(&env)
         );
+    }
+
+    #[test]
+    fn the_template_renders_the_upgrade_s_values_without_its_cluster_flags() {
+        let env = crate::config::tests::environment();
+        for major in [3, 4] {
+            let upgrade = upgrade_install_args(&env, &[], &DeployRecord::default(), major);
+            let template = template_args(&upgrade);
+            assert_eq!(
+                template[..4],
+                ["helm", "template", "colony", "./helm/colony"]
+            );
+            let text = template.join(" ");
+            for gone in [
+                "--wait",
+                "--timeout",
+                "--create-namespace",
+                "--install",
+                "600s",
+            ] {
+                assert!(!text.contains(gone), "{gone} in {text}");
+            }
+            assert!(
+                text.contains("--set-string backend.migrations.alembicCommand=alembic"),
+                "{text}"
+            );
+            assert!(text.contains("--namespace colony-dev"), "{text}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod database;
 pub mod helm;
 pub mod kubectl;
 pub mod lock;
+pub mod manifests;
 pub mod objects;
 pub mod release;
 pub mod rollout;

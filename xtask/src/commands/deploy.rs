@@ -48,7 +48,9 @@ fn run_in(env: &Environment, args: &DeployArgs, event: &mut hook::Event) -> Resu
     }
     let command = format!("deploy {}", env.name);
     let early_lock = locking::before_facts(env, &command, args.wait_for_lock, args.dry_run)?;
-    let facts = gather_facts(&Shell::new()?, env, args.migrations_binary.as_deref());
+    let mut facts = gather_facts(&Shell::new()?, env, args.migrations_binary.as_deref());
+    facts.manifests = plan::deploy::upgrade_argv(env, &facts, options)
+        .map(|argv| cluster::manifests::compare(env, &argv, revision_before(&facts)));
     tell_hook_the_facts(event, &facts);
     let plan = plan::deploy::decide(env, &facts, options);
     // A dry run shows the plan, its missing items included; a run refuses.
@@ -300,6 +302,7 @@ pub fn gather_facts(
             daemon,
             builder,
             docker_host: crate::images::docker::endpoint().host,
+            manifests: None,
         }
     })
 }

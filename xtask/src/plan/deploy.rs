@@ -10,6 +10,7 @@ use crate::alembic::preview::{self, Preview, Range};
 use crate::alembic::versions::{self, VersionsError};
 use crate::cluster::helm::{self, DeployRecord, HelmVersion, PinnedImage};
 use crate::cluster::kubectl;
+use crate::cluster::manifests::ManifestDiff;
 use crate::cluster::release::{Current, ReleaseStatus};
 use crate::config::git::Commit;
 use crate::config::{Component, Environment, RehearsalEngine};
@@ -52,6 +53,9 @@ pub struct DeployFacts {
     pub builder: crate::images::builder::Choice,
     /// The Docker daemon's address (`unix:///…`, `tcp://…`, `ssh://…`).
     pub docker_host: String,
+    /// What Helm would change (`upgrade_argv` rendered; None: not compared,
+    /// as for nothing to deploy).
+    pub manifests: Option<crate::cluster::manifests::ManifestDiff>,
 }
 
 #[derive(Debug, Clone)]
@@ -174,10 +178,26 @@ pub fn decide(env: &Environment, facts: &DeployFacts, options: DeployOptions) ->
             (Verdict::Deploy, why_backup, steps)
         }
     };
+    let manifests = match decision {
+        Verdict::Deploy => facts.manifests.clone(),
+        // Same chart, values and digests as the running revision (that is
+        // what nothing to deploy means): nothing to render to know it.
+        Verdict::NothingToDeploy => Some(ManifestDiff::Changes {
+            revision: facts
+                .cluster
+                .as_ref()
+                .ok()
+                .and_then(|c| c.release.as_ref())
+                .map_or(0, |r| r.revision),
+            objects: Vec::new(),
+        }),
+        _ => None,
+    };
     Plan {
         missing,
         schema,
         migrations: Some(facts.migrations.clone()),
+        manifests,
         steps,
         ..Plan::without_steps(
             Command::Deploy,
@@ -325,6 +345,34 @@ pub fn decide_rehearsal(env: &Environment, facts: &DeployFacts) -> Plan {
             decision,
             reason,
         )
+    }
+}
+
+/// The `helm upgrade --install` argv a deploy would run (digests not yet
+/// pushed as placeholders), for the manifest diff; None when there would be
+/// nothing to deploy (no Helm call to compare). Pure.
+pub fn upgrade_argv(
+    env: &Environment,
+    facts: &DeployFacts,
+    options: DeployOptions,
+) -> Option<Vec<String>> {
+    if nothing_to_deploy(env, facts, options).is_some() {
+        return None;
+    }
+    let head = expected_head(facts);
+    let spec = deploy_spec(env, facts, &head);
+    let (backup, _) = backup_decision(facts, options);
+    let step = helm_step(env, &spec, backup, None);
+    match step.action {
+        Action::HelmUpgrade {
+            pinned,
+            record,
+            helm_major,
+            ..
+        } => Some(helm::upgrade_install_args(
+            env, &pinned, &record, helm_major,
+        )),
+        _ => None,
     }
 }
 
@@ -1142,6 +1190,7 @@ mod tests {
             }),
             builder: crate::images::builder::choose(None, None),
             docker_host: "unix:///var/run/docker.sock".into(),
+            manifests: None,
         }
     }
 

@@ -104,6 +104,9 @@ pub struct Plan {
     /// A deploy's pending migrations: their SQL and Squawk's findings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migrations: Option<Preview>,
+    /// What Helm will change in Kubernetes (a deploy that runs Helm).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifests: Option<crate::cluster::manifests::ManifestDiff>,
     pub steps: Vec<Step>,
 }
 
@@ -399,6 +402,9 @@ impl Plan {
         if let Some(migrations) = &self.migrations {
             let _ = write!(out, "\nMigrations: {}", migrations.render());
         }
+        if let Some(manifests) = &self.manifests {
+            let _ = write!(out, "\nManifests: {}", manifests.render());
+        }
         for (number, step) in self.steps.iter().enumerate() {
             let _ = writeln!(out, "\n{}. {}", number + 1, step.title);
             for item in &step.items {
@@ -448,6 +454,7 @@ impl Plan {
             reason,
             schema: Vec::new(),
             migrations: None,
+            manifests: None,
             steps: Vec::new(),
         }
     }

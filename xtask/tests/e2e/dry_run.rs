@@ -173,3 +173,64 @@ fn a_fresh_clone_without_cluster_docker_or_values_still_shows_the_plan() {
     assert_no_mutating_call(&calls);
     assert_contains(&run.stdout, "the current kube context is not set");
 }
+
+/// The plan says what Helm will change in Kubernetes: the rendered
+/// manifests against the running revision's, per object.
+#[test]
+fn the_plan_shows_the_manifest_changes_of_an_image_and_of_a_values_change() {
+    let stack = crate::common::stack::Stack::new(None);
+    let first = stack.xtask(&["deploy", "colony-dev", "--yes"]);
+    assert_eq!(first.code, 0, "{}", first.all());
+    let manifests = |stack: &crate::common::stack::Stack| {
+        let run = stack.xtask(&["deploy", "colony-dev", "--dry-run", "--json"]);
+        assert_eq!(run.code, 0, "{}", run.all());
+        let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert!(
+            plan["manifests"]["changes"].is_object(),
+            "{}",
+            plan["manifests"]
+        );
+        plan["manifests"]["changes"].clone()
+    };
+    // A no-op: nothing changes, and the plan says so.
+    let noop = manifests(&stack);
+    assert_eq!(noop["objects"], serde_json::json!([]), "{noop}");
+    let text = stack.xtask(&["deploy", "colony-dev", "--dry-run"]);
+    crate::common::assert_contains(&text.stdout, "Manifests: no manifest changes");
+
+    // An image change: the frontend Deployment's image, nothing of the backend's.
+    std::fs::write(
+        stack.repo.root().join("frontend/index.html"),
+        "<!-- the manifest diff -->\n",
+    )
+    .unwrap();
+    stack.repo.git(&["commit", "-qam", "a new frontend"]);
+    let changed = manifests(&stack);
+    assert_eq!(changed["revision"], 1, "{changed}");
+    let objects = changed["objects"].as_array().unwrap();
+    let frontend = objects
+        .iter()
+        .find(|o| o["object"] == "Deployment/colony-frontend")
+        .unwrap_or_else(|| panic!("{changed:#}"));
+    assert!(
+        frontend["fields"].as_array().unwrap().iter().any(|f| f
+            .as_str()
+            .unwrap()
+            .starts_with("spec.template.spec.containers[frontend].image: ")),
+        "{frontend:#}"
+    );
+    // A values change: the replicas of the backend.
+    let values = std::fs::read_to_string(stack.values_file()).unwrap_or_default();
+    std::fs::write(
+        stack.values_file(),
+        format!("{values}\nbackend:\n  replicas: 3\n"),
+    )
+    .unwrap();
+    let text = stack.xtask(&["deploy", "colony-dev", "--dry-run"]);
+    crate::common::assert_contains(
+        &text.stdout,
+        "Manifests: what Helm changes in Kubernetes, against revision 1",
+    );
+    crate::common::assert_contains(&text.stdout, "  ~ Deployment/colony-backend");
+    crate::common::assert_contains(&text.stdout, "      spec.replicas: 2 -> 3");
+}

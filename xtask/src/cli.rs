@@ -242,6 +242,15 @@ pub struct DeployArgs {
     /// to this long (`90s`, `10m`) for it, then plan on what it left.
     #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
     pub wait_for_lock: Option<std::time::Duration>,
+    /// With --dry-run: also write the plan and the facts it was decided from
+    /// to FILE, for review; `--plan FILE` applies exactly it.
+    #[arg(long, value_name = "FILE", requires = "dry_run")]
+    pub plan_out: Option<PathBuf>,
+    /// Apply the plan in FILE (from --plan-out) exactly: refused, changing
+    /// nothing, if a fact it was decided from (commit, release, database,
+    /// digests, chart and values) or the plan itself differs now.
+    #[arg(long, value_name = "FILE", conflicts_with = "plan_out")]
+    pub plan: Option<PathBuf>,
     #[command(flatten)]
     pub env_overrides: EnvOverrides,
 }

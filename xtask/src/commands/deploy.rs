@@ -14,7 +14,7 @@ use crate::alembic::versions::{self, VersionsError};
 use crate::cli::DeployArgs;
 use crate::cluster::lock::Guard;
 use crate::cluster::{self, helm, release, Backend};
-use crate::commands::{hook, locking};
+use crate::commands::{hook, locking, plan_file};
 use crate::config::{self, git, inputs, Component, Environment};
 use crate::database::backup;
 use crate::error::{input_error, Fact, FactError};
@@ -53,8 +53,20 @@ fn run_in(env: &Environment, args: &DeployArgs, event: &mut hook::Event) -> Resu
         .map(|argv| cluster::manifests::compare(env, &argv, revision_before(&facts)));
     tell_hook_the_facts(event, &facts);
     let plan = plan::deploy::decide(env, &facts, options);
+    if let Some(file) = &args.plan {
+        plan_file::check(file, &plan, &plan_file::Basis::of(env, &facts))?;
+    }
     // A dry run shows the plan, its missing items included; a run refuses.
     if args.dry_run {
+        if let Some(file) = &args.plan_out {
+            plan_file::write(file, &plan, plan_file::Basis::of(env, &facts))?;
+            eprintln!(
+                "plan written to {}: review it, then `cargo xtask deploy {} --plan {}` applies exactly it",
+                file.display(),
+                env.name,
+                file.display()
+            );
+        }
         return plan.show(true, args.json);
     }
     plan.refuse_if_missing()?;

@@ -11,6 +11,7 @@ pub mod hook;
 pub mod lock;
 pub mod locking;
 pub mod migrations;
+pub mod plan_file;
 pub mod rehearse;
 pub mod rollback;
 pub mod status;

@@ -234,3 +234,86 @@ fn the_plan_shows_the_manifest_changes_of_an_image_and_of_a_values_change() {
     crate::common::assert_contains(&text.stdout, "  ~ Deployment/colony-backend");
     crate::common::assert_contains(&text.stdout, "      spec.replicas: 2 -> 3");
 }
+
+/// A plan written for review is applied exactly, or refused with what moved.
+#[test]
+fn a_saved_plan_applies_exactly_or_is_refused_after_a_new_commit_or_another_deploy() {
+    let stack = crate::common::stack::Stack::new(None);
+    let first = stack.xtask(&["deploy", "colony-dev", "--yes"]);
+    assert_eq!(first.code, 0, "{}", first.all());
+    let commit = |what: &str| {
+        std::fs::write(
+            stack.repo.root().join("frontend/index.html"),
+            format!("<!-- {what} -->\n"),
+        )
+        .unwrap();
+        stack.repo.git(&["commit", "-qam", what]);
+    };
+    let file = stack.repo.root().join("reviewed-plan.json");
+    let path = file.to_str().unwrap();
+    commit("reviewed");
+    let written = stack.xtask(&["deploy", "colony-dev", "--dry-run", "--plan-out", path]);
+    assert_eq!(written.code, 0, "{}", written.all());
+    crate::common::assert_contains(&written.stderr, "plan written to");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(
+        saved["basis"]["release"], "revision 1 (deployed)",
+        "{saved:#}"
+    );
+
+    // A flag that changes the plan: refused, naming where it differs.
+    let other = stack.xtask(&[
+        "deploy",
+        "colony-dev",
+        "--yes",
+        "--plan",
+        path,
+        "--no-backup",
+    ]);
+    assert_eq!(other.code, 2, "{}", other.all());
+    crate::common::assert_contains(
+        &other.stderr,
+        "the plan decided now differs from the one in",
+    );
+    // Applied as reviewed: exactly its steps.
+    let applied = stack.xtask(&["deploy", "colony-dev", "--yes", "--json", "--plan", path]);
+    assert_eq!(applied.code, 0, "{}", applied.all());
+    let summary: serde_json::Value = serde_json::from_str(&applied.stdout).unwrap();
+    let ran: Vec<&str> = summary["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    let planned: Vec<&str> = saved["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(ran, planned);
+
+    // The same file again: the release it was decided on has moved.
+    let again = stack.xtask(&["deploy", "colony-dev", "--yes", "--plan", path]);
+    assert_eq!(again.code, 2, "{}", again.all());
+    crate::common::assert_contains(
+        &again.stderr,
+        "release: revision 1 (deployed) then, revision 2 (deployed) now",
+    );
+    // A new commit after the plan: refused, nothing run.
+    let written = stack.xtask(&["deploy", "colony-dev", "--dry-run", "--plan-out", path]);
+    assert_eq!(written.code, 0, "{}", written.all());
+    commit("after the review");
+    let revisions = stack.helm_revisions();
+    let moved = stack.xtask(&["deploy", "colony-dev", "--yes", "--plan", path]);
+    assert_eq!(moved.code, 2, "{}", moved.all());
+    crate::common::assert_contains(&moved.stderr, "git commit: ");
+    crate::common::assert_contains(&moved.stderr, "nothing was changed");
+    assert_eq!(stack.helm_revisions(), revisions);
+}

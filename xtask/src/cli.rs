@@ -251,6 +251,11 @@ pub struct DeployArgs {
     /// digests, chart and values) or the plan itself differs now.
     #[arg(long, value_name = "FILE", conflicts_with = "plan_out")]
     pub plan: Option<PathBuf>,
+    /// Promote: deploy the images another environment runs, by the digests
+    /// its release recorded (no build, no push); the checkout must be at
+    /// their commit (its migrations are previewed, linted and rehearsed).
+    #[arg(long, value_name = "ENV", conflicts_with = "skip_build")]
+    pub images_from: Option<String>,
     #[command(flatten)]
     pub env_overrides: EnvOverrides,
 }

@@ -156,7 +156,9 @@ fn roll(
     let live = state
         .pods
         .iter()
-        .filter(|p| !p.deleted && p.replicaset == rs_name)
+        // ReplicaSet names repeat across namespaces (same release, same
+        // template): a pod belongs to one by name *and* namespace.
+        .filter(|p| !p.deleted && p.replicaset == rs_name && p.namespace == namespace)
         .count() as u32;
     let mut started = Vec::new();
     for index in live..replicas {
@@ -270,7 +272,9 @@ pub fn progress(state: &mut State, dir: &Dir, config: &Config) {
         let ready = state
             .pods
             .iter()
-            .filter(|p| !p.deleted && p.replicaset == newest.name)
+            .filter(|p| {
+                !p.deleted && p.replicaset == newest.name && p.namespace == newest.namespace
+            })
             .filter(|p| condition(dir, config, p) == PodCondition::Running { ready: true })
             .count() as u32;
         if ready < newest.replicas {

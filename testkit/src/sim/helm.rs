@@ -327,10 +327,11 @@ fn wait_ready(
                         .iter()
                         .filter(|rs| rs.namespace == namespace)
                         .filter(|rs| {
-                            state
-                                .replicasets
-                                .iter()
-                                .any(|r| r.name == p.replicaset && r.deployment == rs.deployment)
+                            state.replicasets.iter().any(|r| {
+                                r.namespace == namespace
+                                    && r.name == p.replicaset
+                                    && r.deployment == rs.deployment
+                            })
                         })
                         .max_by_key(|rs| rs.revision)
                         .map(|rs| rs.name.clone());

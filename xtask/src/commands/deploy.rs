@@ -14,7 +14,7 @@ use crate::alembic::versions::{self, VersionsError};
 use crate::cli::DeployArgs;
 use crate::cluster::lock::Guard;
 use crate::cluster::{self, helm, release, Backend};
-use crate::commands::{hook, locking, plan_file};
+use crate::commands::{hook, locking, plan_file, promote};
 use crate::config::{self, git, inputs, Component, Environment};
 use crate::database::backup;
 use crate::error::{input_error, Fact, FactError};
@@ -48,7 +48,15 @@ fn run_in(env: &Environment, args: &DeployArgs, event: &mut hook::Event) -> Resu
     }
     let command = format!("deploy {}", env.name);
     let early_lock = locking::before_facts(env, &command, args.wait_for_lock, args.dry_run)?;
+    let promotion = match &args.images_from {
+        Some(other) => Some(promote::read(env, other, &args.env_overrides)?),
+        None => None,
+    };
     let mut facts = gather_facts(&Shell::new()?, env, args.migrations_binary.as_deref());
+    if let Some(promotion) = &promotion {
+        promote::apply(&mut facts, promotion);
+        event.set("PROMOTED_FROM", &promotion.from);
+    }
     facts.manifests = plan::deploy::upgrade_argv(env, &facts, options)
         .map(|argv| cluster::manifests::compare(env, &argv, revision_before(&facts)));
     tell_hook_the_facts(event, &facts);
@@ -315,6 +323,7 @@ pub fn gather_facts(
             builder,
             docker_host: crate::images::docker::endpoint().host,
             manifests: None,
+            promotion: None,
         }
     })
 }

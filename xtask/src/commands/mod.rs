@@ -12,6 +12,7 @@ pub mod lock;
 pub mod locking;
 pub mod migrations;
 pub mod plan_file;
+pub mod promote;
 pub mod rehearse;
 pub mod rollback;
 pub mod status;

@@ -56,6 +56,37 @@ pub struct DeployFacts {
     /// What Helm would change (`upgrade_argv` rendered; None: not compared,
     /// as for nothing to deploy).
     pub manifests: Option<crate::cluster::manifests::ManifestDiff>,
+    /// `--images-from`: the digests come from another environment's release.
+    pub promotion: Option<Promotion>,
+}
+
+/// `deploy --images-from OTHER`: the images OTHER's running release
+/// recorded (their digests are in `DeployFacts::images`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Promotion {
+    pub from: String,
+    /// The commit they were built from.
+    pub git_sha: String,
+    /// (component, repository, digest).
+    pub images: Vec<(Component, String, String)>,
+}
+
+/// The checkout must be the commit the promoted images were built from:
+/// its migrations are what the plan previews, lints and rehearses. Pure.
+fn promotion_problem(facts: &DeployFacts) -> Option<String> {
+    let promotion = facts.promotion.as_ref()?;
+    let short = |sha: &str| sha[..sha.len().min(12)].to_string();
+    let here = facts.commit.as_ref().map(|c| c.sha.as_str());
+    (here != Some(promotion.git_sha.as_str())).then(|| {
+        format!(
+            "--images-from {}: its images were built from commit {}, the checkout is at {}; `git checkout {}` \
+             first, so that the plan previews, lints and rehearses the migrations those images hold",
+            promotion.from,
+            short(&promotion.git_sha),
+            here.map_or("no commit".to_string(), short),
+            short(&promotion.git_sha)
+        )
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +147,8 @@ struct DeploySpec {
     pub runner: Option<RunnerPlan>,
     /// The builder the images are built with.
     pub builder: crate::images::builder::Choice,
+    /// `--images-from`: the environment whose digests are pinned.
+    promoted_from: Option<String>,
 }
 
 const FAILURE_STATES: &str =
@@ -456,6 +489,7 @@ fn deploy_spec(env: &Environment, facts: &DeployFacts, head: &Fact<String>) -> D
             .map_or(0, |r| r.revision),
         runner: facts.runner.clone().ok(),
         builder: facts.builder.clone(),
+        promoted_from: facts.promotion.as_ref().map(|p| p.from.clone()),
     }
 }
 
@@ -625,6 +659,13 @@ fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> 
     let mut items = Vec::new();
     for (image, pinned) in env.images.iter().zip(&spec.pinned) {
         let reference = format!("{}:{}", pinned.repository, pinned.tag);
+        if let (Some(promotion), Some(digest)) = (&spec.promoted_from, &pinned.digest) {
+            items.push(note(format!(
+                "{:<8} {}@{digest}: what {promotion} runs, promoted (no build, no push)",
+                image.component, pinned.repository
+            )));
+            continue;
+        }
         if let Some(digest) = &pinned.digest {
             items.push(note(format!(
                 "{:<8} {reference} is in the registry ({digest}): nothing to build or push",
@@ -920,6 +961,7 @@ fn missing(
         missing.push(format!("values file {} does not exist", path.display()));
     }
     missing.extend(image_problems(env, facts));
+    missing.extend(promotion_problem(facts));
     missing.extend(unreachable_external_database(facts, options));
     missing.extend(checkout_problems(env, facts, head));
     let findings = facts.migrations.findings();
@@ -1191,6 +1233,7 @@ mod tests {
             builder: crate::images::builder::choose(None, None),
             docker_host: "unix:///var/run/docker.sock".into(),
             manifests: None,
+            promotion: None,
         }
     }
 

@@ -1229,3 +1229,83 @@ fn a_clean_revision_shows_no_findings_and_a_query_without_offline_sql_still_depl
         "0003_count_chores"
     );
 }
+
+/// `--images-from`: staging's digests deployed to dev, no build, the
+/// checkout at their commit.
+#[test]
+fn promotion_deploys_the_digests_another_environment_runs_without_a_build() {
+    let stack = Stack::new(None);
+    let config = std::fs::read_to_string(stack.repo.config()).unwrap();
+    let staging = config
+        .split("[environments.colony-dev]")
+        .nth(1)
+        .unwrap()
+        .replace("[environments.colony-dev.", "[environments.colony-staging.")
+        .replace(
+            "namespace = \"colony-dev\"",
+            "namespace = \"colony-staging\"",
+        )
+        .replace("APP_ENV = \"dev\"", "APP_ENV = \"staging\"");
+    std::fs::write(
+        stack.repo.config(),
+        format!("{config}\n[environments.colony-staging]{staging}"),
+    )
+    .unwrap();
+    let staged = stack.xtask(&["deploy", "colony-staging", "--yes"]);
+    assert_eq!(staged.code, 0, "{}", staged.all());
+    let backend_image = |env: &str| {
+        let run = stack.xtask(&["status", env, "--json"]);
+        assert_eq!(run.code, 0, "{}", run.all());
+        let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        status["history"].as_array().unwrap().last().unwrap()["record"]["backend_image"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let staging_image = backend_image("colony-staging");
+    assert!(staging_image.contains("@sha256:"), "{staging_image}");
+
+    let promoted = stack.xtask(&[
+        "deploy",
+        "colony-dev",
+        "--yes",
+        "--images-from",
+        "colony-staging",
+    ]);
+    assert_eq!(promoted.code, 0, "{}", promoted.all());
+    assert_contains(
+        &promoted.stdout,
+        "what colony-staging runs, promoted (no build, no push)",
+    );
+    assert!(!promoted.stderr.contains("building"), "{}", promoted.stderr);
+    assert_eq!(backend_image("colony-dev"), staging_image);
+
+    // A checkout at another commit: refused before anything.
+    std::fs::write(
+        stack.repo.root().join("frontend/index.html"),
+        "<!-- later -->\n",
+    )
+    .unwrap();
+    stack.repo.git(&["commit", "-qam", "later"]);
+    let refused = stack.xtask(&[
+        "deploy",
+        "colony-dev",
+        "--yes",
+        "--images-from",
+        "colony-staging",
+    ]);
+    assert_eq!(refused.code, 2, "{}", refused.all());
+    assert_contains(
+        &refused.stderr,
+        "--images-from colony-staging: its images were built from commit",
+    );
+    assert_contains(&refused.stderr, "git checkout");
+    let itself = stack.xtask(&[
+        "deploy",
+        "colony-dev",
+        "--images-from",
+        "colony-dev",
+        "--dry-run",
+    ]);
+    assert_eq!(itself.code, 2, "{}", itself.all());
+}

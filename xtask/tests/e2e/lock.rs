@@ -247,3 +247,40 @@ fn the_hook_hears_of_every_deploy_and_its_failure_fails_nothing() {
     assert_contains(&noop.stderr, "hook: `./record-hook.sh` exited 3");
     assert_contains(&read(2), "COLONY_EVENT_OUTCOME=nothing to deploy");
 }
+
+/// A deploy while a rollback's downgrade runs: refused before any change,
+/// naming the rollback and its step; the downgrade finishes undisturbed.
+#[test]
+fn a_deploy_during_a_rollback_s_downgrade_is_refused() {
+    let stack = Stack::new(None);
+    // A revision at 0002 for the app to return to.
+    let at_0002 = stack.xtask(&["deploy", "colony-dev", "--yes"]);
+    assert_eq!(at_0002.code, 0, "{}", at_0002.all());
+    stack.commit_revision_both_ways(
+        "0003_slow_down",
+        "0002_activity_and_comments",
+        "Slow to undo",
+        "    op.execute(\"SELECT 1\")",
+        "    op.execute(\"SELECT pg_sleep(8)\")",
+    );
+    let first = stack.xtask(&["deploy", "colony-dev", "--yes", "--no-rehearsal"]);
+    assert_eq!(first.code, 0, "{}", first.all());
+    let rollback = start(
+        &stack,
+        &["rollback", "--to", "0002_activity_and_comments", "--yes"],
+    );
+    lock_at_step(&stack, &rollback, "downgrade");
+    let deploy = stack.xtask(&["deploy", "colony-dev", "--yes", "--force"]);
+    assert_eq!(deploy.code, 2, "{}", deploy.all());
+    assert_contains(
+        &deploy.stderr,
+        "`rollback colony-dev --to 0002_activity_and_comments` by ",
+    );
+    assert_contains(&deploy.stderr, "at step downgrade");
+    let (code, stderr) = rollback.exit_code();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stack.psql("SELECT version_num FROM alembic_version"),
+        "0002_activity_and_comments"
+    );
+}

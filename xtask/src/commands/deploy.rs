@@ -82,9 +82,15 @@ fn run_in(env: &Environment, args: &DeployArgs, event: &mut hook::Event) -> Resu
     // The plan goes where the user reads; with --json, stdout is the summary only.
     plan.show(false, args.json)?;
     confirm_changes(env, &facts, &plan, args.yes)?;
-    let seen = locking::seen(facts.cluster.as_ref().ok().and_then(|c| c.release.as_ref()));
-    let lock = locking::before_changes(env, &command, early_lock, seen)?;
-    let outcome = execute(env, &facts, &plan, args.verbose, &lock)?;
+    // A plan that only verifies changes nothing: it needs no lock.
+    let lock = match plan.steps.iter().all(|s| s.kind() == StepKind::Verify) {
+        true => early_lock,
+        false => {
+            let seen = locking::seen(facts.cluster.as_ref().ok().and_then(|c| c.release.as_ref()));
+            Some(locking::before_changes(env, &command, early_lock, seen)?)
+        }
+    };
+    let outcome = execute(env, &facts, &plan, args.verbose, lock.as_ref())?;
     let summary = Summary {
         plan: &plan,
         facts_took,
@@ -173,14 +179,14 @@ fn execute(
     facts: &DeployFacts,
     plan: &Plan,
     verbose: bool,
-    lock: &Guard,
+    lock: Option<&Guard>,
 ) -> Result<Outcome> {
     let executor = Executor {
         env,
         verbose,
         observed: facts.cluster.as_ref().ok().and_then(|c| c.observed.clone()),
         daemon: facts.daemon.clone().ok(),
-        lock: Some(lock),
+        lock,
     };
     process::install_interrupts()?;
     executor

@@ -53,7 +53,11 @@ pub fn before_changes(
         return Ok(guard);
     }
     let guard = lock::acquire(env, holder(env, command), env.lock_stale_after, None)?;
-    let now = release::current(env)?.map(|c| (c.revision, c.status));
+    // `helm status` alone: revision and status are what a change moves.
+    let now = match release::state(env)? {
+        release::ReleaseState::NotInstalled => None,
+        release::ReleaseState::Installed { status, revision } => Some((revision, status)),
+    };
     if now != seen {
         return Err(input_error(changed_since_plan(env, &seen, &now)));
     }

@@ -282,11 +282,20 @@ impl Executor<'_> {
     /// for. Unknown now (no ready pod) is said, not refused.
     async fn database_still_at(&self, before: &str) -> Result<()> {
         let env = self.env.clone();
+        // The pod the facts asked, if it still answers (one exec); else
+        // whichever backend pod is ready now.
+        let known = self.observed.as_ref().and_then(|o| o.pod.clone());
         let now = tokio::task::spawn_blocking(move || {
-            let pod = crate::cluster::Backend::read(&env)
-                .ok()
-                .and_then(|b| b.ready_pod().map(|p| p.name().to_string()));
-            crate::alembic::database::read_in(&env, pod.as_deref())
+            let answer = known.map(|pod| crate::alembic::database::read(&env, &pod));
+            match answer {
+                Some(answer) if answer.revision().is_some() => answer,
+                _ => {
+                    let pod = crate::cluster::Backend::read(&env)
+                        .ok()
+                        .and_then(|b| b.ready_pod().map(|p| p.name().to_string()));
+                    crate::alembic::database::read_in(&env, pod.as_deref())
+                }
+            }
         })
         .await?;
         match now.revision() {

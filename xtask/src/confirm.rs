@@ -29,11 +29,34 @@ pub fn confirm(yes: bool, what: &str, question: &str) -> Result<()> {
         )));
     }
     eprint!("{question} [y/N] ");
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
+    let answer = read_answer()?;
     if matches!(answer.trim(), "y" | "Y" | "yes") {
         Ok(())
     } else {
         Err(input_error("not confirmed; nothing was changed"))
+    }
+}
+
+/// A line from the terminal, read on a thread of its own so that a Ctrl-C
+/// (once the interrupt handler is installed, as while a deploy lock is
+/// held) ends the question at once, with the lock released by the
+/// unwinding, instead of waiting for Enter.
+fn read_answer() -> Result<String> {
+    let (sender, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let read = std::io::stdin().read_line(&mut line).map(|_| line);
+        let _ = sender.send(read);
+    });
+    loop {
+        if let Some(interrupt) = crate::process::interrupted() {
+            eprintln!();
+            return Err(interrupt.into());
+        }
+        match answer.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(read) => return Ok(read?),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(String::new()),
+        }
     }
 }

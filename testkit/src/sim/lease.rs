@@ -15,9 +15,9 @@ fn key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
-/// The object in `-f FILE` (YAML or JSON), checked to be a Lease; its
-/// namespace defaults to `-n`'s.
-fn read_file(parsed: &Parsed, namespace: &str) -> Result<(String, Value), String> {
+/// The object in `-f FILE` (YAML or JSON), checked to be a Lease, with
+/// the file's path and the object's name; its namespace defaults to `-n`'s.
+fn read_file(parsed: &Parsed, namespace: &str) -> Result<(String, String, Value), String> {
     let file = parsed
         .value(&["-f", "--filename"])
         .ok_or("error: must specify one of -f and -k")?;
@@ -48,15 +48,15 @@ fn read_file(parsed: &Parsed, namespace: &str) -> Result<(String, Value), String
         }
         _ => object["metadata"]["namespace"] = Value::from(namespace),
     }
-    Ok((file, object))
-}
-
-pub fn create(dir: &Dir, parsed: &Parsed, namespace: &str) -> Result<(), String> {
-    let (file, mut object) = read_file(parsed, namespace)?;
     let name = object["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_string();
+    Ok((file, name, object))
+}
+
+pub fn create(dir: &Dir, parsed: &Parsed, namespace: &str) -> Result<(), String> {
+    let (file, name, mut object) = read_file(parsed, namespace)?;
     dir.update(|state| {
         let key = key(namespace, &name);
         if state.leases.contains_key(&key) {
@@ -75,11 +75,7 @@ pub fn create(dir: &Dir, parsed: &Parsed, namespace: &str) -> Result<(), String>
 }
 
 pub fn replace(dir: &Dir, parsed: &Parsed, namespace: &str) -> Result<(), String> {
-    let (file, mut object) = read_file(parsed, namespace)?;
-    let name = object["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let (file, name, mut object) = read_file(parsed, namespace)?;
     dir.update(|state| {
         let key = key(namespace, &name);
         let Some(stored) = state.leases.get(&key) else {

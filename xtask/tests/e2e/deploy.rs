@@ -18,14 +18,6 @@ fn deploy(stack: &Stack) -> common::Run {
     stack.xtask(&["deploy", "colony-dev", "--yes"])
 }
 
-fn helm_upgrades(stack: &Stack) -> usize {
-    stack
-        .calls()
-        .iter()
-        .filter(|c| c.starts_with("helm upgrade --install"))
-        .count()
-}
-
 #[test]
 fn a_fresh_cluster_deploys_verifies_and_redeploys_with_nothing_to_build() {
     let stack = Stack::new(None);
@@ -76,7 +68,7 @@ fn a_fresh_cluster_deploys_verifies_and_redeploys_with_nothing_to_build() {
     assert_eq!(summary["verified"], true);
     assert!(summary["backup"].is_null(), "{summary}");
     assert_eq!(Stack::step_names(&again.stdout), ["verify"]);
-    assert_eq!((helm_upgrades(&stack), stack.helm_revisions()), (1, 1));
+    assert_eq!((stack.helm_upgrades(), stack.helm_revisions()), (1, 1));
     assert_contains(&again.stderr, "Decision: nothing to deploy");
 
     // --force deploys anyway: both images are in the registry (not built),
@@ -171,7 +163,7 @@ fn preflight_failures_stop_before_helm_and_change_nothing() {
     };
     assert_eq!(deploy(&stack).code, 0);
     assert_eq!(forced(&[]).code, 0);
-    let before = (helm_upgrades(&stack), stack.helm_revisions());
+    let before = (stack.helm_upgrades(), stack.helm_revisions());
 
     stack.sim.set_context("prod");
     let run = forced(&[]);
@@ -213,7 +205,7 @@ fn preflight_failures_stop_before_helm_and_change_nothing() {
     );
 
     assert_eq!(
-        (helm_upgrades(&stack), stack.helm_revisions()),
+        (stack.helm_upgrades(), stack.helm_revisions()),
         before,
         "a failed preflight reached Helm"
     );
@@ -457,7 +449,7 @@ fn a_changed_values_file_template_or_commit_is_not_a_noop() {
     std::fs::write(stack.repo.root().join("frontend/notes.md"), "changed\n").unwrap();
     stack.repo.git(&["commit", "-qam", "a new commit"]);
     assert_eq!(decision(&stack), "deploy", "a new commit");
-    assert_eq!((helm_upgrades(&stack), stack.helm_revisions()), (1, 1));
+    assert_eq!((stack.helm_upgrades(), stack.helm_revisions()), (1, 1));
 }
 
 /// The plan a dry run prints is the list of steps a run executes, for the
@@ -701,7 +693,7 @@ fn an_interrupt_during_the_rehearsal_removes_its_containers_and_never_reaches_he
     stack.commit_baseline_era();
     assert_eq!(deploy(&stack).code, 0);
     stack.repo.git(&["revert", "--no-edit", "HEAD"]);
-    let before = (helm_upgrades(&stack), stack.helm_revisions());
+    let before = (stack.helm_upgrades(), stack.helm_revisions());
     let started = start_deploy(&stack);
     started.wait_for(
         || {
@@ -716,7 +708,7 @@ fn an_interrupt_during_the_rehearsal_removes_its_containers_and_never_reaches_he
     assert_eq!(exit, 130, "{stderr}");
     assert!(stderr.contains("during step rehearse"), "{stderr}");
     assert_eq!(
-        (helm_upgrades(&stack), stack.helm_revisions()),
+        (stack.helm_upgrades(), stack.helm_revisions()),
         before,
         "Helm ran:\n{stderr}"
     );
@@ -768,9 +760,9 @@ fn an_interrupt_during_helm_leaves_a_failed_release_never_a_pending_one() {
         // Content no run has built (the fixture's commits are reproducible).
         std::fs::write(stack.repo.root().join("frontend/index.html"), nonce(name)).unwrap();
         stack.repo.git(&["commit", "-qam", name]);
-        let upgrades = helm_upgrades(&stack);
+        let upgrades = stack.helm_upgrades();
         let started = start_deploy(&stack);
-        started.wait_for(|| helm_upgrades(&stack) > upgrades, "helm upgrade");
+        started.wait_for(|| stack.helm_upgrades() > upgrades, "helm upgrade");
         std::thread::sleep(Duration::from_millis(1500));
         started.signal(signal, group);
         let (exit, stderr) = started.exit_code();
@@ -807,7 +799,7 @@ fn an_interrupt_during_the_images_never_reaches_helm() {
     )
     .unwrap();
     stack.repo.git(&["commit", "-qam", "a build to interrupt"]);
-    let before = (helm_upgrades(&stack), stack.helm_revisions());
+    let before = (stack.helm_upgrades(), stack.helm_revisions());
     let started = start_deploy(&stack);
     started.wait_for(|| started.stderr().contains("building"), "the image stage");
     started.signal(2, true);
@@ -815,7 +807,7 @@ fn an_interrupt_during_the_images_never_reaches_helm() {
     assert_eq!(exit, 130, "{stderr}");
     assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
     assert_eq!(
-        (helm_upgrades(&stack), stack.helm_revisions()),
+        (stack.helm_upgrades(), stack.helm_revisions()),
         before,
         "Helm ran:\n{stderr}"
     );

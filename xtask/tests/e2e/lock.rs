@@ -9,14 +9,6 @@ use crate::common::assert_contains;
 use crate::common::background::{start, start_deploy, Started};
 use crate::common::stack::Stack;
 
-fn helm_upgrades(stack: &Stack) -> usize {
-    stack
-        .calls()
-        .iter()
-        .filter(|c| c.starts_with("helm upgrade --install"))
-        .count()
-}
-
 /// A stack deployed once, with a new commit to deploy whose pods take
 /// `ready_after` to become ready (so a deploy stays in its rollout).
 fn deployed_with_slow_pods(ready_after: Duration, commit: &str) -> Stack {
@@ -28,6 +20,19 @@ fn deployed_with_slow_pods(ready_after: Duration, commit: &str) -> Stack {
         .sim
         .faults(|f| f.readiness_delay_ms = ready_after.as_millis() as u64);
     stack
+}
+
+/// deploy.toml's `lock_stale_after` for the environment.
+fn stale_after(stack: &Stack, bound: &str) {
+    let config = std::fs::read_to_string(stack.repo.config()).unwrap();
+    std::fs::write(
+        stack.repo.config(),
+        config.replace(
+            "backup_dir = \"~/backups\"",
+            &format!("backup_dir = \"~/backups\"\nlock_stale_after = \"{bound}\""),
+        ),
+    )
+    .unwrap();
 }
 
 /// Frontend content no run has built (the fixture's commits reproduce).
@@ -46,7 +51,7 @@ fn new_commit(stack: &Stack, what: &str) {
 
 /// Waits until the first deploy is inside Helm (it holds the lock).
 fn in_helm(stack: &Stack, started: &Started, before: usize) {
-    started.wait_for(|| helm_upgrades(stack) > before, "helm upgrade");
+    started.wait_for(|| stack.helm_upgrades() > before, "helm upgrade");
 }
 
 /// Waits until the lock shows the holder at `step` (published with its
@@ -65,7 +70,7 @@ fn lock_at_step(stack: &Stack, started: &Started, step: &str) {
 #[test]
 fn a_second_deploy_or_a_rollback_refuses_while_one_runs_and_waits_with_wait_for_lock() {
     let stack = deployed_with_slow_pods(Duration::from_secs(10), "first");
-    let upgrades = helm_upgrades(&stack);
+    let upgrades = stack.helm_upgrades();
     let first = start_deploy(&stack);
     in_helm(&stack, &first, upgrades);
     lock_at_step(&stack, &first, "helm-upgrade");
@@ -84,7 +89,7 @@ fn a_second_deploy_or_a_rollback_refuses_while_one_runs_and_waits_with_wait_for_
     let rollback = stack.xtask(&["rollback", "--to", "0001_baseline", "--yes"]);
     assert_eq!(rollback.code, 2, "{}", rollback.all());
     assert_contains(&rollback.stderr, "`deploy colony-dev` by ");
-    assert_eq!(helm_upgrades(&stack), upgrades + 1, "a second Helm ran");
+    assert_eq!(stack.helm_upgrades(), upgrades + 1, "a second Helm ran");
 
     // Waiting: it runs once the first is done, on what the first left.
     let waiting = start(
@@ -100,7 +105,7 @@ fn a_second_deploy_or_a_rollback_refuses_while_one_runs_and_waits_with_wait_for_
     let (code, stderr) = waiting.exit_code();
     assert_eq!(code, 0, "{stderr}");
     assert_contains(&stderr, "nothing to deploy");
-    assert_eq!(helm_upgrades(&stack), upgrades + 1);
+    assert_eq!(stack.helm_upgrades(), upgrades + 1);
     let lock = stack.xtask(&["lock"]);
     assert_eq!(lock.code, 0, "{}", lock.all());
     assert_contains(&lock.stdout, "colony-dev: free");
@@ -109,16 +114,8 @@ fn a_second_deploy_or_a_rollback_refuses_while_one_runs_and_waits_with_wait_for_
 #[test]
 fn a_deploy_killed_with_sigkill_leaves_a_lock_that_goes_stale_and_can_be_broken() {
     let stack = deployed_with_slow_pods(Duration::from_secs(30), "killed");
-    let config = std::fs::read_to_string(stack.repo.config()).unwrap();
-    std::fs::write(
-        stack.repo.config(),
-        config.replace(
-            "backup_dir = \"~/backups\"",
-            "backup_dir = \"~/backups\"\nlock_stale_after = \"3s\"",
-        ),
-    )
-    .unwrap();
-    let upgrades = helm_upgrades(&stack);
+    stale_after(&stack, "3s");
+    let upgrades = stack.helm_upgrades();
     let killed = start_deploy(&stack);
     in_helm(&stack, &killed, upgrades);
     killed.signal(9, false);
@@ -150,17 +147,9 @@ fn a_deploy_killed_with_sigkill_leaves_a_lock_that_goes_stale_and_can_be_broken(
 #[test]
 fn a_stale_lock_is_taken_over_and_ctrl_c_releases_the_lock() {
     let stack = deployed_with_slow_pods(Duration::from_secs(30), "interrupted");
-    let config = std::fs::read_to_string(stack.repo.config()).unwrap();
-    std::fs::write(
-        stack.repo.config(),
-        config.replace(
-            "backup_dir = \"~/backups\"",
-            "backup_dir = \"~/backups\"\nlock_stale_after = \"2s\"",
-        ),
-    )
-    .unwrap();
+    stale_after(&stack, "2s");
     // A holder that vanished: its lock is taken over once stale.
-    let upgrades = helm_upgrades(&stack);
+    let upgrades = stack.helm_upgrades();
     let killed = start_deploy(&stack);
     killed.wait_for(|| killed.stderr().contains("deploy: Build"), "the images");
     killed.signal(9, false);

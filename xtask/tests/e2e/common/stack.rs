@@ -264,6 +264,14 @@ impl Stack {
     }
 
     /// Helm revisions of the release so far.
+    /// `helm upgrade --install` calls so far.
+    pub fn helm_upgrades(&self) -> usize {
+        self.calls()
+            .iter()
+            .filter(|c| c.starts_with("helm upgrade --install"))
+            .count()
+    }
+
     pub fn helm_revisions(&self) -> usize {
         self.sim
             .state()

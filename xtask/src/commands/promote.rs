@@ -3,9 +3,8 @@
 //! no build and no push, so that what was tested there is what this
 //! environment gets. The plan previews, lints and rehearses the migrations
 //! of the commit those images were built from, so the checkout must be at
-//! that commit. The images must be in this environment's repositories
-//! already (the same registry, as a homelab's environments usually share);
-//! copying between registries is refused with the way to do it by hand.
+//! that commit. Images in another repository (another registry) are
+//! copied by digest (`images::copy`), so the digest pinned is the same.
 
 use anyhow::Result;
 
@@ -55,15 +54,6 @@ pub fn read(
                 current.revision
             ))
         })?;
-        let here = &env.image(component).reference;
-        if &repository != here {
-            return Err(input_error(format!(
-                "--images-from {other}: its {component} image is in {repository}, this environment's is {here}; \
-                 copying between repositories is not done by this tool: copy it by digest \
-                 (`skopeo copy docker://{repository}@{digest} docker://{here}@{digest}`, or `crane copy`), \
-                 or give both environments the same registry"
-            )));
-        }
         images.push((component, repository, digest));
     }
     if record.git_sha.is_empty() {

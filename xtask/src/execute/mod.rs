@@ -17,12 +17,13 @@ use crate::cluster::rollout::{self, Assessment};
 use crate::cluster::{self as cluster_layer};
 use crate::config::{Component, Environment};
 use crate::database::{backup, rehearsal};
+use crate::images::copy as image_copy;
 use crate::images::docker;
 use crate::images::registry;
 use crate::images::registry::DaemonView;
 use crate::images::runner::RunnerPlan;
 use crate::images::{self, builder, ImageReport, Mode};
-use crate::plan::{Action, Plan, Step, StepJson, StepKind};
+use crate::plan::{Action, ImageCopy, Plan, Step, StepJson, StepKind};
 use crate::process;
 use crate::verify;
 
@@ -109,9 +110,12 @@ impl Executor<'_> {
             // nothing half-pushed is ever pinned and the rehearsal's
             // containers are removed. Steps with children end when their
             // children do (SIGTERM).
-            let in_process = group
-                .iter()
-                .any(|s| matches!(s.kind(), StepKind::Images | StepKind::Rehearse));
+            let in_process = group.iter().any(|s| {
+                matches!(
+                    s.kind(),
+                    StepKind::Images | StepKind::PromoteImages | StepKind::Rehearse
+                )
+            });
             let results = if in_process {
                 let interrupt = tokio::select! {
                     results = steps => Ok(results),
@@ -156,6 +160,7 @@ impl Executor<'_> {
                 builder,
                 use_existing,
             } => self.images(tags, runner, builder, *use_existing).await,
+            Action::PromoteImages { copies } => self.promote_images(copies).await,
             Action::Backup { argv } => self.backup(argv).await,
             Action::Rehearse {
                 backend,
@@ -222,6 +227,34 @@ impl Executor<'_> {
             .await
             .context("the image stage failed, so Helm was not run and the cluster is unchanged")?;
         Ok(Output::Images(reports))
+    }
+
+    /// Copies each promoted image by digest to this environment's
+    /// repository (the digests pinned are the plan's: a copy keeps them).
+    async fn promote_images(&self, copies: &[ImageCopy]) -> Result<Output> {
+        let mut notes = Vec::new();
+        for copy in copies.iter().cloned() {
+            let daemon = self.daemon.clone();
+            let note = tokio::task::spawn_blocking(move || -> Result<String> {
+                let from = image_copy::Repository::open(&copy.from, daemon.as_ref())?;
+                let to = image_copy::Repository::open(&copy.to, daemon.as_ref())?;
+                let say = |what: String| eprintln!("{}: copying {what}", copy.component);
+                let copied = image_copy::copy(&from, &to, &copy.digest, &say)?;
+                eprintln!(
+                    "{}: {}@{} -> {}: {copied}",
+                    copy.component, copy.from, copy.digest, copy.to
+                );
+                Ok(format!("{} {copied}", copy.component))
+            })
+            .await?
+            .context("the copy of the promoted images failed, so Helm was not run and the cluster is unchanged")?;
+            notes.push(note);
+        }
+        Ok(Output::Note(if notes.is_empty() {
+            "in this environment's repositories already".into()
+        } else {
+            notes.join("; ")
+        }))
     }
 
     async fn backup(&self, argv: &[String]) -> Result<Output> {

@@ -10,6 +10,7 @@
 
 pub mod builder;
 pub mod context;
+pub mod copy;
 pub mod docker;
 pub mod dockerignore;
 pub mod machine_lock;

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -221,30 +222,75 @@ pub fn credential_for(host: &str) -> Result<Option<Credential>, RegistryError> {
     }
 }
 
-/// Reads manifests of one registry, over HTTPS or, for a registry the
-/// daemon treats as insecure, over plain HTTP when HTTPS fails.
+/// Talks to one registry, over HTTPS or, for a registry the daemon treats
+/// as insecure, over plain HTTP when HTTPS fails: reads manifests, and
+/// (`images::copy`) writes blobs and manifests.
 pub struct RegistryClient {
     agent: ureq::Agent,
+    /// For blobs: no overall deadline (a layer may take minutes), only
+    /// deadlines for connecting and for the answer to start.
+    blob_agent: ureq::Agent,
     host: String,
     access: Access,
     /// The scheme that answered last (an index into `access.schemes()`).
     scheme: AtomicUsize,
     credential: Option<Credential>,
+    /// The last Authorization header a challenge led to, reused until the
+    /// registry asks again (a token per request would be a round trip each).
+    authorization: Mutex<Option<String>>,
 }
 
-const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+pub const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
     application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
+
+/// What a request sends: nothing, bytes (sent again after a challenge),
+/// or another registry's answer streamed through (sent once: the token
+/// must be had before).
+pub enum Payload {
+    Empty,
+    Bytes(Vec<u8>),
+    Stream(ureq::http::Response<ureq::Body>),
+}
+
+/// Whom a token is asked for: `repository:<name>:<actions>`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Want {
+    Pull,
+    Push,
+}
+
+impl Want {
+    fn scope(self, name: &str) -> String {
+        match self {
+            Want::Pull => format!("repository:{name}:pull"),
+            Want::Push => format!("repository:{name}:pull,push"),
+        }
+    }
+}
+
+type Response = ureq::http::Response<ureq::Body>;
 
 impl RegistryClient {
     pub fn new(registry: &str, credential: Option<Credential>, access: &Access) -> RegistryClient {
         RegistryClient {
             agent: agent(),
+            blob_agent: ureq::Agent::config_builder()
+                .timeout_connect(Some(Duration::from_secs(10)))
+                .timeout_recv_response(Some(Duration::from_secs(120)))
+                .http_status_as_error(false)
+                .build()
+                .into(),
             host: host_of(registry).to_string(),
             access: access.clone(),
             scheme: AtomicUsize::new(0),
             credential,
+            authorization: Mutex::new(None),
         }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// The scheme in use (after a request), e.g. for doctor.
@@ -253,31 +299,53 @@ impl RegistryClient {
     }
 
     /// Sends `method path` with the schemes allowed, in order; the first that
-    /// answers at all is kept. Only a transport failure moves on.
+    /// answers at all is kept. Only a transport failure moves on. A `path`
+    /// that is a whole URL (an upload's `Location`) is sent as it is.
     fn send(
         &self,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
-    ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+        payload: Payload,
+    ) -> Result<Response, RegistryError> {
         let schemes = self.access.schemes();
         let start = self.scheme.load(Ordering::Relaxed);
+        let whole_url = path.starts_with("http://") || path.starts_with("https://");
+        let mut payload = Some(payload);
         let mut failures = Vec::new();
         for (index, scheme) in schemes.iter().enumerate().skip(start) {
-            let url = format!("{scheme}://{}{path}", self.host);
-            let mut request = match method {
-                "HEAD" => self.agent.head(&url),
-                _ => self.agent.get(&url),
+            let url = if whole_url {
+                path.to_string()
+            } else {
+                format!("{scheme}://{}{path}", self.host)
             };
-            for (name, value) in headers {
-                request = request.header(*name, *value);
-            }
-            match request.call() {
+            let sent = match payload.take().unwrap_or(Payload::Empty) {
+                Payload::Stream(body) => {
+                    // Cannot be sent twice: this scheme is the last try.
+                    return self
+                        .request(method, &url, headers, Payload::Stream(body))
+                        .map_err(|e| {
+                            RegistryError::Unreachable(format!("registry {}: {e}", self.host))
+                        });
+                }
+                Payload::Bytes(bytes) => {
+                    let sent = self.request(method, &url, headers, Payload::Bytes(bytes.clone()));
+                    payload = Some(Payload::Bytes(bytes));
+                    sent
+                }
+                Payload::Empty => self.request(method, &url, headers, Payload::Empty),
+            };
+            match sent {
                 Ok(response) => {
-                    self.scheme.store(index, Ordering::Relaxed);
+                    if !whole_url {
+                        self.scheme.store(index, Ordering::Relaxed);
+                    }
                     return Ok(response);
                 }
                 Err(e) => failures.push(format!("{scheme}: {e}")),
+            }
+            if whole_url {
+                break;
             }
         }
         Err(RegistryError::Unreachable(if self.access.insecure {
@@ -299,9 +367,95 @@ impl RegistryClient {
         }))
     }
 
+    /// One HTTP request; blobs go through the agent without a deadline.
+    fn request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        payload: Payload,
+    ) -> Result<Response, ureq::Error> {
+        let agent = if url.contains("/blobs/") {
+            &self.blob_agent
+        } else {
+            &self.agent
+        };
+        macro_rules! with_headers {
+            ($request:expr) => {{
+                let mut request = $request;
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
+                request
+            }};
+        }
+        match (method, payload) {
+            ("HEAD", _) => with_headers!(agent.head(url)).call(),
+            ("GET", _) => with_headers!(agent.get(url)).call(),
+            (method, payload) => {
+                let request = match method {
+                    "PUT" => with_headers!(agent.put(url)),
+                    "PATCH" => with_headers!(agent.patch(url)),
+                    _ => with_headers!(agent.post(url)),
+                };
+                match payload {
+                    Payload::Empty => request.send_empty(),
+                    Payload::Bytes(bytes) => request.send(&bytes[..]),
+                    Payload::Stream(body) => request.send(body),
+                }
+            }
+        }
+    }
+
+    /// `send` with the registry's login: the token cached from the last
+    /// challenge, and on a 401 a new one for `name` and `want` (sent again
+    /// once, unless the payload is a stream, which must not need it).
+    pub fn send_as(
+        &self,
+        want: Want,
+        name: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        payload: Payload,
+    ) -> Result<Response, RegistryError> {
+        let cached = self.authorization.lock().expect("not poisoned").clone();
+        let with = |authorization: &Option<String>| {
+            let mut all = headers.to_vec();
+            if let Some(value) = authorization {
+                all.push(("Authorization", value.as_str()));
+            }
+            all.into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let again = match &payload {
+            Payload::Bytes(bytes) => Some(Payload::Bytes(bytes.clone())),
+            Payload::Empty => Some(Payload::Empty),
+            Payload::Stream(_) => None,
+        };
+        let first = with(&cached);
+        let response = self.send(method, path, &borrowed(&first), payload)?;
+        if response.status().as_u16() != 401 {
+            return Ok(response);
+        }
+        let Some(again) = again else {
+            return Ok(response);
+        };
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let authorization = Some(self.authorization(&challenge, &want.scope(name))?);
+        *self.authorization.lock().expect("not poisoned") = authorization.clone();
+        self.send(method, path, &borrowed(&with(&authorization)), again)
+    }
+
     /// `GET /v2/`: 200 (open) or 401 (auth required) both mean it answers.
     pub fn ping(&self) -> Result<u16, RegistryError> {
-        let response = self.send("GET", "/v2/", &[])?;
+        let response = self.send("GET", "/v2/", &[], Payload::Empty)?;
         match response.status().as_u16() {
             status @ (200 | 401) => Ok(status),
             status => Err(RegistryError::Unexpected(format!(
@@ -316,24 +470,14 @@ impl RegistryClient {
     /// host), or None when it has no such tag.
     pub fn manifest_digest(&self, image: &str, tag: &str) -> Result<Option<String>, RegistryError> {
         let path = format!("/v2/{image}/manifests/{tag}");
-        let head = |authorization: Option<&str>| {
-            let mut headers = vec![("Accept", MANIFEST_TYPES)];
-            if let Some(value) = authorization {
-                headers.push(("Authorization", value));
-            }
-            self.send("HEAD", &path, &headers)
-        };
-        let mut response = head(None)?;
-        if response.status().as_u16() == 401 {
-            let challenge = response
-                .headers()
-                .get("www-authenticate")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
-            let authorization = self.authorization(&challenge, image)?;
-            response = head(Some(&authorization))?;
-        }
+        let response = self.send_as(
+            Want::Pull,
+            image,
+            "HEAD",
+            &path,
+            &[("Accept", MANIFEST_TYPES)],
+            Payload::Empty,
+        )?;
         match response.status().as_u16() {
             200 => response
                 .headers()
@@ -347,22 +491,29 @@ impl RegistryClient {
                     ))
                 }),
             404 => Ok(None),
-            status @ (401 | 403) => Err(RegistryError::CredentialsRefused {
+            status => Err(self.refused(status, &format!("{image}:{tag}"))),
+        }
+    }
+
+    /// The error for an answer that is neither what was asked nor "absent".
+    pub fn refused(&self, status: u16, what: &str) -> RegistryError {
+        match status {
+            401 | 403 => RegistryError::CredentialsRefused {
                 host: self.host.clone(),
-                image: image.to_string(),
+                image: what.to_string(),
                 status,
-            }),
-            status => Err(RegistryError::Unexpected(format!(
-                "registry {} answered HTTP {status} for {image}:{tag}",
+            },
+            status => RegistryError::Unexpected(format!(
+                "registry {} answered HTTP {status} for {what}",
                 self.host
-            ))),
+            )),
         }
     }
 
     /// The Authorization header for a `WWW-Authenticate` challenge: Basic
     /// directly, Bearer through the token service it names (Docker's token
     /// flow; an identity token from `docker login` is an OAuth2 refresh token).
-    fn authorization(&self, challenge: &str, image: &str) -> Result<String, RegistryError> {
+    fn authorization(&self, challenge: &str, scope: &str) -> Result<String, RegistryError> {
         let login = || RegistryError::LoginRequired {
             host: self.host.clone(),
         };
@@ -386,19 +537,14 @@ impl RegistryClient {
             return basic.map(|b| format!("Basic {b}")).ok_or_else(login);
         }
         let realm = challenge.param("realm").ok_or_else(login)?;
-        let scope = format!("repository:{image}:pull");
         let mut response = match &self.credential {
             Some(Credential::IdentityToken(token)) => self
                 .agent
                 .post(realm)
-                .send_form(refresh_token_form(
-                    token,
-                    challenge.param("service"),
-                    &scope,
-                ))
+                .send_form(refresh_token_form(token, challenge.param("service"), scope))
                 .map_err(token_service)?,
             _ => {
-                let mut request = self.agent.get(realm).query("scope", &scope);
+                let mut request = self.agent.get(realm).query("scope", scope);
                 if let Some(service) = challenge.param("service") {
                     request = request.query("service", service);
                 }
@@ -421,6 +567,13 @@ impl RegistryClient {
         let token = body.token.or(body.access_token).ok_or_else(login)?;
         Ok(format!("Bearer {token}"))
     }
+}
+
+fn borrowed(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 /// A token service's answer: Docker's `token`, or OAuth2's `access_token`.

@@ -18,7 +18,7 @@ use crate::error::{Fact, FactError};
 use crate::images::builder::Builder;
 use crate::images::runner::RunnerPlan;
 
-use super::{note, run, verify_step, Action, Command, Plan, Step, Verdict};
+use super::{note, run, verify_step, Action, Command, ImageCopy, Plan, Step, Verdict};
 use crate::verify::{Expectation, Source};
 
 /// What was learned before planning, all read-only: the checkout, the
@@ -147,8 +147,6 @@ struct DeploySpec {
     pub runner: Option<RunnerPlan>,
     /// The builder the images are built with.
     pub builder: crate::images::builder::Choice,
-    /// `--images-from`: the environment whose digests are pinned.
-    promoted_from: Option<String>,
 }
 
 const FAILURE_STATES: &str =
@@ -191,7 +189,10 @@ pub fn decide(env: &Environment, facts: &DeployFacts, options: DeployOptions) ->
         ),
         None => {
             let (backup, why_backup) = backup_decision(facts, options);
-            let mut steps = vec![images_step(env, &spec, options)];
+            let mut steps = vec![match &facts.promotion {
+                Some(promotion) => promote_step(env, promotion),
+                None => images_step(env, &spec, options),
+            }];
             if backup {
                 steps.push(backup_step(env, facts, Command::Deploy));
             }
@@ -489,7 +490,6 @@ fn deploy_spec(env: &Environment, facts: &DeployFacts, head: &Fact<String>) -> D
             .map_or(0, |r| r.revision),
         runner: facts.runner.clone().ok(),
         builder: facts.builder.clone(),
-        promoted_from: facts.promotion.as_ref().map(|p| p.from.clone()),
     }
 }
 
@@ -659,13 +659,6 @@ fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> 
     let mut items = Vec::new();
     for (image, pinned) in env.images.iter().zip(&spec.pinned) {
         let reference = format!("{}:{}", pinned.repository, pinned.tag);
-        if let (Some(promotion), Some(digest)) = (&spec.promoted_from, &pinned.digest) {
-            items.push(note(format!(
-                "{:<8} {}@{digest}: what {promotion} runs, promoted (no build, no push)",
-                image.component, pinned.repository
-            )));
-            continue;
-        }
         if let Some(digest) = &pinned.digest {
             items.push(note(format!(
                 "{:<8} {reference} is in the registry ({digest}): nothing to build or push",
@@ -736,6 +729,40 @@ fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> 
                 Builder::Legacy => format!("{}: {}", spec.builder.builder, spec.builder.why),
             }
         ),
+        alongside_previous: false,
+        items,
+    }
+}
+
+/// `--images-from`: the other environment's digests, copied here where
+/// they live in another repository, never built.
+fn promote_step(env: &Environment, promotion: &Promotion) -> Step {
+    let mut items = Vec::new();
+    let mut copies = Vec::new();
+    for (component, from, digest) in &promotion.images {
+        let to = &env.image(*component).reference;
+        if from == to {
+            items.push(note(format!(
+                "{component:<8} {to}@{digest}: what {} runs, promoted (no build, no push)",
+                promotion.from
+            )));
+        } else {
+            items.push(note(format!(
+                "{component:<8} {from}@{digest}: what {} runs, copied by digest to {to} (no build; \
+                 blobs it has are skipped)",
+                promotion.from
+            )));
+            copies.push(ImageCopy {
+                component: *component,
+                from: from.clone(),
+                to: to.clone(),
+                digest: digest.clone(),
+            });
+        }
+    }
+    Step {
+        title: format!("Promote the images {} runs, by digest", promotion.from),
+        action: Action::PromoteImages { copies },
         alongside_previous: false,
         items,
     }
@@ -1267,6 +1294,63 @@ mod tests {
         assert_eq!(
             names(&forced),
             ["images", "backup", "helm-upgrade", "rollout", "verify"]
+        );
+    }
+
+    #[test]
+    fn a_promotion_builds_nothing_and_copies_only_what_lives_elsewhere() {
+        let env = env();
+        let mut facts = facts(at("0002_activity_and_comments"));
+        let backend_here = env.image(Component::Backend).reference.clone();
+        facts.promotion = Some(Promotion {
+            from: "colony-staging".into(),
+            git_sha: "abcdef".into(),
+            images: vec![
+                (Component::Backend, backend_here, "sha256:b".into()),
+                (
+                    Component::Frontend,
+                    "other.example:5000/colony-frontend".into(),
+                    "sha256:f".into(),
+                ),
+            ],
+        });
+        let plan = decide(
+            &env,
+            &facts,
+            DeployOptions {
+                force: true,
+                ..DeployOptions::default()
+            },
+        );
+        assert_eq!(
+            names(&plan),
+            [
+                "promote-images",
+                "backup",
+                "helm-upgrade",
+                "rollout",
+                "verify"
+            ]
+        );
+        let Action::PromoteImages { copies } = &plan.steps[0].action else {
+            panic!("{:?}", plan.steps[0].action)
+        };
+        assert_eq!(
+            copies,
+            &[ImageCopy {
+                component: Component::Frontend,
+                from: "other.example:5000/colony-frontend".into(),
+                to: env.image(Component::Frontend).reference.clone(),
+                digest: "sha256:f".into(),
+            }]
+        );
+        // Another commit checked out: refused before anything.
+        facts.promotion.as_mut().unwrap().git_sha = "0123456789".into();
+        let refused = decide(&env, &facts, DeployOptions::default());
+        assert!(
+            refused.missing.iter().any(|m| m.contains("git checkout")),
+            "{:?}",
+            refused.missing
         );
     }
 

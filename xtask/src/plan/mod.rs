@@ -205,6 +205,11 @@ pub enum Action {
         builder: Choice,
         use_existing: bool,
     },
+    /// `--images-from`: no build; the images another environment runs are
+    /// copied by digest where they live in another repository.
+    PromoteImages {
+        copies: Vec<ImageCopy>,
+    },
     /// `scripts/backup-db.sh` with this argv (which database it dumps).
     Backup {
         argv: Vec<String>,
@@ -262,6 +267,7 @@ impl Action {
     pub fn kind(&self) -> StepKind {
         match self {
             Action::Images { .. } => StepKind::Images,
+            Action::PromoteImages { .. } => StepKind::PromoteImages,
             Action::Backup { .. } => StepKind::Backup,
             Action::Rehearse { .. } => StepKind::Rehearse,
             Action::HelmUpgrade { .. } => StepKind::HelmUpgrade,
@@ -274,12 +280,22 @@ impl Action {
     }
 }
 
+/// One image of a promotion copied by digest, repository to repository.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageCopy {
+    pub component: Component,
+    pub from: String,
+    pub to: String,
+    pub digest: String,
+}
+
 /// The names of the steps, as plans and runs report them (the tests hold
 /// a run's list equal to its dry run's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepKind {
     Images,
+    PromoteImages,
     Backup,
     Rehearse,
     HelmUpgrade,
@@ -294,6 +310,7 @@ impl StepKind {
     pub fn name(self) -> &'static str {
         match self {
             StepKind::Images => "images",
+            StepKind::PromoteImages => "promote-images",
             StepKind::Backup => "backup",
             StepKind::Rehearse => "rehearse",
             StepKind::HelmUpgrade => "helm-upgrade",

@@ -1222,11 +1222,9 @@ fn a_clean_revision_shows_no_findings_and_a_query_without_offline_sql_still_depl
     );
 }
 
-/// `--images-from`: staging's digests deployed to dev, no build, the
-/// checkout at their commit.
-#[test]
-fn promotion_deploys_the_digests_another_environment_runs_without_a_build() {
-    let stack = Stack::new(None);
+/// Adds a `colony-staging` environment (its own namespace, the same
+/// registry), deploys it, and returns the backend image its release runs.
+fn deploy_staging(stack: &Stack) -> String {
     let config = std::fs::read_to_string(stack.repo.config()).unwrap();
     let staging = config
         .split("[environments.colony-dev]")
@@ -1245,16 +1243,100 @@ fn promotion_deploys_the_digests_another_environment_runs_without_a_build() {
     .unwrap();
     let staged = stack.xtask(&["deploy", "colony-staging", "--yes"]);
     assert_eq!(staged.code, 0, "{}", staged.all());
-    let backend_image = |env: &str| {
-        let run = stack.xtask(&["status", env, "--json"]);
-        assert_eq!(run.code, 0, "{}", run.all());
-        let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-        status["history"].as_array().unwrap().last().unwrap()["record"]["backend_image"]
-            .as_str()
-            .unwrap()
-            .to_string()
+    let image = backend_image(stack, "colony-staging");
+    assert!(image.contains("@sha256:"), "{image}");
+    image
+}
+
+/// The backend image the environment's running release recorded.
+fn backend_image(stack: &Stack, env: &str) -> String {
+    let run = stack.xtask(&["status", env, "--json"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    status["history"].as_array().unwrap().last().unwrap()["record"]["backend_image"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `--images-from` where this environment's registry is another one: the
+/// images are copied by digest, blob by blob, with the Docker config's
+/// login, and the same digest is pinned and pulled by the pods.
+#[test]
+fn promotion_to_another_registry_copies_the_images_by_digest() {
+    let bed = testkit::TestBed::get();
+    let stack = Stack::new(None);
+    let staging_image = deploy_staging(&stack);
+    let digest = staging_image.split_once('@').unwrap().1;
+    let promote = |registry: &str, extra: &[&str]| {
+        let mut args = vec![
+            "deploy",
+            "colony-dev",
+            "--yes",
+            "--images-from",
+            "colony-staging",
+        ];
+        args.extend(extra);
+        stack.xtask_with(&args, &[("COLONY_REGISTRY", registry)])
     };
-    let staging_image = backend_image("colony-staging");
+
+    // Another registry host (the bed's, by name): copied, pulled, verified.
+    let elsewhere = format!("{}/{}", bed.named_registry, common::unique("promoted"));
+    let promoted = promote(&elsewhere, &[]);
+    assert_eq!(promoted.code, 0, "{}", promoted.all());
+    assert_contains(&promoted.stdout, "copied by digest to");
+    assert_contains(&promoted.stderr, "copying blob sha256:");
+    assert_contains(&promoted.stdout, "4/4 checks passed");
+    assert!(!promoted.stderr.contains("building"), "{}", promoted.stderr);
+    assert_eq!(
+        backend_image(&stack, "colony-dev"),
+        format!("{elsewhere}/e2e-colony-backend@{digest}")
+    );
+    // Again: the target has it, nothing is sent.
+    let again = promote(&elsewhere, &["--force"]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_contains(&again.stderr, "already there");
+    assert!(!again.stderr.contains("copying blob"), "{}", again.stderr);
+
+    // A registry behind a login: the copy pushes with the Docker config's
+    // credentials and never shows them. The simulated cluster, like one
+    // without imagePullSecrets, then cannot pull from it: the copy is done
+    // and the rollout fails on the pull, as it would.
+    let docker_dir = stack.home.path().join(".docker");
+    std::fs::create_dir_all(&docker_dir).unwrap();
+    let auth = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", bed.auth_user, bed.auth_password))
+    };
+    std::fs::write(
+        docker_dir.join("config.json"),
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}",
+            bed.auth_registry
+        ),
+    )
+    .unwrap();
+    let behind_login = format!("{}/{}", bed.auth_registry, common::unique("promoted"));
+    let copied = promote(&behind_login, &["--force"]);
+    assert!(
+        !copied.all().contains(&bed.auth_password),
+        "the password was printed"
+    );
+    assert_contains(
+        &copied.stderr,
+        &format!("-> {behind_login}/e2e-colony-backend: 1 manifest, "),
+    );
+    assert_eq!(copied.code, 1, "{}", copied.all());
+    assert_contains(&copied.stderr, "ErrImagePull");
+}
+
+/// `--images-from`: staging's digests deployed to dev, no build, the
+/// checkout at their commit.
+#[test]
+fn promotion_deploys_the_digests_another_environment_runs_without_a_build() {
+    let stack = Stack::new(None);
+    let staging_image = deploy_staging(&stack);
     assert!(staging_image.contains("@sha256:"), "{staging_image}");
 
     let promoted = stack.xtask(&[
@@ -1270,7 +1352,7 @@ fn promotion_deploys_the_digests_another_environment_runs_without_a_build() {
         "what colony-staging runs, promoted (no build, no push)",
     );
     assert!(!promoted.stderr.contains("building"), "{}", promoted.stderr);
-    assert_eq!(backend_image("colony-dev"), staging_image);
+    assert_eq!(backend_image(&stack, "colony-dev"), staging_image);
 
     // A checkout at another commit: refused before anything.
     std::fs::write(

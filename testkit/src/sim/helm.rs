@@ -143,7 +143,7 @@ fn upgrade(dir: &Dir, config: &Config, parsed: &Parsed, namespace: &str) -> Resu
         ));
     }
     let manifest = render(config, &release, &chart, namespace, parsed).map_err(|e| failed(&e))?;
-    let values = user_values(parsed).map_err(|e| failed(&e))?;
+    let values = user_values(config, dir, parsed).map_err(|e| failed(&e))?;
     let documents = parse_manifest(&manifest)?;
     let (chart_name, app_version) = chart_metadata(&chart);
     let revision = dir.update(|state| -> Result<u32, String> {
@@ -394,41 +394,48 @@ fn parse_manifest(manifest: &str) -> Result<Vec<Value>, String> {
         .collect()
 }
 
-/// `-f` files merged, then `--set`/`--set-string` paths: what `helm get
-/// values` calls user-supplied.
-fn user_values(parsed: &Parsed) -> Result<Value, String> {
-    let mut values = json!({});
+/// The user-supplied values (what `helm get values` prints), merged and
+/// parsed by the real Helm itself: `-f` files, then `--set` (typed),
+/// `--set-string`, with Helm's own escapes and errors. It renders a chart
+/// of one template, `{{ toJson .Values }}`, with the upgrade's value flags.
+fn user_values(config: &Config, dir: &Dir, parsed: &Parsed) -> Result<Value, String> {
+    let chart = dir.root.join("values-echo");
+    if !chart.join("templates").is_dir() {
+        std::fs::create_dir_all(chart.join("templates")).map_err(|e| e.to_string())?;
+        std::fs::write(
+            chart.join("Chart.yaml"),
+            "apiVersion: v2\nname: values-echo\nversion: 0.1.0\n",
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::write(
+            chart.join("templates/values.yaml"),
+            "{{ toJson .Values }}\n",
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let mut command = Command::new(&config.real_helm);
+    command.args(["template", "values", &chart.display().to_string()]);
     for file in parsed.values(&["-f", "--values"]) {
-        let text = std::fs::read_to_string(&file).map_err(|e| format!("open {file}: {e}"))?;
-        let parsed: Value = serde_yaml_ng::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
-        merge(&mut values, parsed);
+        command.args(["-f", &file]);
     }
-    for assignment in parsed.values(&["--set", "--set-string"]) {
-        let (path, value) = assignment
-            .split_once('=')
-            .ok_or_else(|| format!("failed parsing --set data: {assignment}"))?;
-        let mut target = &mut values;
-        for part in path.split('.') {
-            target = target
-                .as_object_mut()
-                .ok_or("set path through a non-map")?
-                .entry(part.to_string())
-                .or_insert_with(|| json!({}));
+    for flag in ["--set", "--set-string"] {
+        for value in parsed.values(&[flag]) {
+            command.args([flag, &value]);
         }
-        *target = Value::String(value.to_string());
     }
-    Ok(values)
-}
-
-fn merge(into: &mut Value, from: Value) {
-    match (into, from) {
-        (Value::Object(into), Value::Object(from)) => {
-            for (k, v) in from {
-                merge(into.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (slot, from) => *slot = from,
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
     }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let json = text
+        .lines()
+        .find(|line| line.starts_with('{'))
+        .ok_or_else(|| format!("values-echo printed no values: {text}"))?;
+    serde_json::from_str(json).map_err(|e| e.to_string())
 }
 
 fn chart_metadata(chart: &str) -> (String, String) {

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use serde_json::{json, Value};
 use xshell::{cmd, Shell};
 
 use crate::config::{Component, Environment};
@@ -50,7 +51,7 @@ pub struct DeployRecord {
 
 impl DeployRecord {
     /// The chart's `deployRecord.<key>` values, each beside its field: the
-    /// one list that the deploy writes (`--set-string`) and every reader
+    /// one list that the deploy writes (`tool_values`) and every reader
     /// reads back (`helm get values`).
     fn fields(&mut self) -> [(&'static str, &mut String); 5] {
         [
@@ -62,7 +63,7 @@ impl DeployRecord {
         ]
     }
 
-    /// `deployRecord.<key>` and the value, for `--set-string`.
+    /// `deployRecord.<key>` and the value, for the values file.
     pub fn values(&self) -> Vec<(String, String)> {
         let mut record = self.clone();
         record
@@ -101,14 +102,107 @@ pub struct PinnedImage {
 /// Shown in a plan where a digest will be once the image is pushed.
 pub const DIGEST_PLACEHOLDER: &str = "<digest of the pushed image>";
 
-/// `helm upgrade --install` with the images pinned and the record set.
+/// Where an argv names the values file `tool_values` are written to when
+/// Helm runs (`with_values_file`); what a plan shows.
+pub const VALUES_FILE_PLACEHOLDER: &str = "<the values below, as JSON>";
+
+/// The values the deploy gives Helm: the images pinned (repository, tag,
+/// digest), the Alembic command deploy.toml names (the one truth: the init
+/// container runs what verify and rollback exec), the lock settings
+/// deploy.toml sets (numbers, for the chart's schema; absent: the chart's
+/// values decide), and the deploy record. Pure.
+pub fn tool_values(env: &Environment, images: &[PinnedImage], record: &DeployRecord) -> Value {
+    let mut values = json!({});
+    for image in images {
+        let digest = image.digest.as_deref().unwrap_or(DIGEST_PLACEHOLDER);
+        values[image.component.as_str()]["image"] = json!({
+            "repository": image.repository,
+            "tag": image.tag,
+            "digest": digest,
+        });
+    }
+    let mut migrations = json!({ "alembicCommand": env.alembic_command.join(" ") });
+    if let Some(timeout) = env.migrations.ddl_lock_timeout {
+        migrations["ddlLockTimeoutSeconds"] = json!(timeout.as_secs());
+    }
+    if let Some(retries) = env.migrations.ddl_lock_retries {
+        migrations["ddlLockRetries"] = json!(retries);
+    }
+    merge(&mut values["backend"]["migrations"], migrations);
+    let mut deploy_record = json!({});
+    for (key, value) in record.values() {
+        deploy_record[key.trim_start_matches("deployRecord.")] = json!(value);
+    }
+    values["deployRecord"] = deploy_record;
+    values
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(into), Value::Object(from)) => {
+            for (k, v) in from {
+                merge(into.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, from) => *slot = from,
+    }
+}
+
+/// `values` as `key.path: value` lines, for a plan to show. Pure.
+pub fn values_lines(values: &Value) -> Vec<String> {
+    fn walk(prefix: &str, value: &Value, lines: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, inner) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&path, inner, lines);
+                }
+            }
+            Value::String(text) if text.is_empty() => lines.push(format!("{prefix}: (empty)")),
+            Value::String(text) => lines.push(format!("{prefix}: {text}")),
+            other => lines.push(format!("{prefix}: {other}")),
+        }
+    }
+    let mut lines = Vec::new();
+    walk("", values, &mut lines);
+    lines
+}
+
+/// Writes `values` (JSON, which Helm reads as YAML) to a private temporary
+/// file and returns it with `argv`'s placeholder replaced by its path; the
+/// file lives as long as the returned handle.
+pub fn with_values_file(
+    argv: &[String],
+    values: &Value,
+) -> std::io::Result<(tempfile::NamedTempFile, Vec<String>)> {
+    let mut file = tempfile::Builder::new()
+        .prefix("colony-deploy-values-")
+        .suffix(".json")
+        .tempfile()?;
+    serde_json::to_writer_pretty(&mut file, values)?;
+    std::io::Write::flush(&mut file)?;
+    let path = file.path().display().to_string();
+    let argv = argv
+        .iter()
+        .map(|arg| {
+            if arg == VALUES_FILE_PLACEHOLDER {
+                path.clone()
+            } else {
+                arg.clone()
+            }
+        })
+        .collect();
+    Ok((file, argv))
+}
+
+/// `helm upgrade --install` with the user's values files, then the tool's
+/// (`tool_values`, named by the placeholder until `with_values_file`).
 /// Helm 4 waits for nothing by default, so the wait strategy is explicit.
-pub fn upgrade_install_args(
-    env: &Environment,
-    images: &[PinnedImage],
-    record: &DeployRecord,
-    helm_major: u32,
-) -> Vec<String> {
+pub fn upgrade_install_args(env: &Environment, helm_major: u32) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "helm".into(),
         "upgrade".into(),
@@ -125,44 +219,10 @@ pub fn upgrade_install_args(
         args.push("-f".into());
         args.push(values.path.display().to_string());
     }
-    let mut set = |key: String, value: &str| {
-        args.push("--set-string".into());
-        args.push(format!("{key}={value}"));
-    };
-    for image in images {
-        let c = &image.component;
-        set(format!("{c}.image.repository"), &image.repository);
-        set(format!("{c}.image.tag"), &image.tag);
-        let digest = image.digest.as_deref().unwrap_or(DIGEST_PLACEHOLDER);
-        set(format!("{c}.image.digest"), digest);
-    }
-    // deploy.toml's alembic_command is the one truth: the init container
-    // runs what verify and rollback exec.
-    set(
-        "backend.migrations.alembicCommand".into(),
-        &env.alembic_command.join(" "),
-    );
-    for (key, value) in record.values() {
-        set(key, &value);
-    }
-    // Numbers for the chart's schema (`--set`, not `--set-string`), and
-    // only when deploy.toml sets them: else the chart's values decide.
-    let migrations = &env.migrations;
-    for (key, value) in [
-        (
-            "backend.migrations.ddlLockTimeoutSeconds",
-            migrations.ddl_lock_timeout.map(|d| d.as_secs()),
-        ),
-        (
-            "backend.migrations.ddlLockRetries",
-            migrations.ddl_lock_retries.map(u64::from),
-        ),
-    ] {
-        if let Some(value) = value {
-            args.push("--set".into());
-            args.push(format!("{key}={value}"));
-        }
-    }
+    // The tool's own values last, so they win as `--set` would; a file,
+    // so no value needs escaping (a comma in `--set-string` starts another).
+    args.push("-f".into());
+    args.push(VALUES_FILE_PLACEHOLDER.into());
     if helm_major >= 4 {
         args.push("--wait=watcher".into());
     } else {
@@ -272,31 +332,69 @@ fn chart_path(chart: &str) -> String {
 mod tests {
     use super::*;
 
-    /// What the deploy writes is what every reader reads: `--set-string`
-    /// keys nest in the release's values as Helm nests dotted keys.
     #[test]
     fn the_migrations_lock_settings_reach_the_chart_only_when_deploy_toml_sets_them() {
         let mut env = crate::config::tests::environment();
-        let argv = |env: &crate::config::Environment| {
-            upgrade_install_args(env, &[], &DeployRecord::default(), 4).join(" ")
+        let migrations = |env: &crate::config::Environment| {
+            tool_values(env, &[], &DeployRecord::default())["backend"]["migrations"].clone()
         };
-        assert!(!argv(&env).contains("ddlLock"), "{}", argv(&env));
+        assert_eq!(migrations(&env), json!({"alembicCommand": "alembic"}));
         env.migrations.ddl_lock_timeout = Some(std::time::Duration::from_secs(10));
         env.migrations.ddl_lock_retries = Some(2);
-        assert!(
-            argv(&env).contains(
-                "--set backend.migrations.ddlLockTimeoutSeconds=10 --set backend.migrations.ddlLockRetries=2"
-            ),
-            "{}",
-            argv(&env)
+        // Numbers, as the chart's schema wants them.
+        assert_eq!(
+            migrations(&env),
+            json!({"alembicCommand": "alembic", "ddlLockTimeoutSeconds": 10, "ddlLockRetries": 2})
         );
+    }
+
+    /// What `--set-string` would have split (a comma starts another
+    /// assignment, a dot another key) arrives as it was written.
+    #[test]
+    fn values_with_commas_dots_and_equals_signs_reach_helm_as_written() {
+        let mut env = crate::config::tests::environment();
+        env.alembic_command = vec!["uv".into(), "run".into(), "--with=a,b.c".into()];
+        let record = DeployRecord {
+            git_sha: "abc,backend.image.tag=forged".into(),
+            backup_file: "/b/x,y=z.dump".into(),
+            ..DeployRecord::default()
+        };
+        let image = PinnedImage {
+            component: Component::Backend,
+            repository: "reg:5000/colony-backend".into(),
+            tag: "abc".into(),
+            digest: Some("sha256:00".into()),
+        };
+        let values = tool_values(&env, &[image], &record);
+        assert_eq!(
+            values["backend"]["migrations"]["alembicCommand"],
+            "uv run --with=a,b.c"
+        );
+        assert_eq!(
+            values["deployRecord"]["gitSha"],
+            "abc,backend.image.tag=forged"
+        );
+        assert_eq!(values["backend"]["image"]["tag"], "abc");
+        assert_eq!(values["backend"]["image"]["digest"], "sha256:00");
+        assert_eq!(DeployRecord::from_values(&values), record);
+        let argv = upgrade_install_args(&env, 4);
+        let (file, written) = with_values_file(&argv, &values).unwrap();
+        let path = file.path().display().to_string();
+        assert_eq!(
+            written[written.len() - 5..written.len() - 3],
+            ["-f".to_string(), path.clone()]
+        );
+        let read: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(read, values);
+        assert!(values_lines(&values)
+            .contains(&"deployRecord.gitSha: abc,backend.image.tag=forged".to_string()));
     }
 
     #[test]
     fn the_template_renders_the_upgrade_s_values_without_its_cluster_flags() {
         let env = crate::config::tests::environment();
         for major in [3, 4] {
-            let upgrade = upgrade_install_args(&env, &[], &DeployRecord::default(), major);
+            let upgrade = upgrade_install_args(&env, major);
             let template = template_args(&upgrade);
             assert_eq!(
                 template[..4],
@@ -313,7 +411,7 @@ mod tests {
                 assert!(!text.contains(gone), "{gone} in {text}");
             }
             assert!(
-                text.contains("--set-string backend.migrations.alembicCommand=alembic"),
+                text.contains(&format!("-f {VALUES_FILE_PLACEHOLDER}")),
                 "{text}"
             );
             assert!(text.contains("--namespace colony-dev"), "{text}");

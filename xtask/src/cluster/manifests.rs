@@ -33,6 +33,12 @@ pub enum ManifestDiff {
     Unavailable {
         why: String,
     },
+    /// `helm template` refused the chart with these values (a values file
+    /// that is not YAML, a value the chart's schema rejects): a deploy
+    /// would fail in Helm, after the push and the backup, so it is refused.
+    Rejected {
+        why: String,
+    },
 }
 
 impl ManifestDiff {
@@ -40,6 +46,7 @@ impl ManifestDiff {
     pub fn render(&self) -> String {
         let objects = match self {
             ManifestDiff::Unavailable { why } => return format!("not compared: {why}\n"),
+            ManifestDiff::Rejected { why } => return format!("not rendered: {why}\n"),
             ManifestDiff::Changes { objects, .. } if objects.is_empty() => {
                 return "no manifest changes\n".into()
             }
@@ -52,7 +59,9 @@ impl ManifestDiff {
             ManifestDiff::Changes { revision, .. } => {
                 format!("what Helm changes in Kubernetes, against revision {revision}\n")
             }
-            ManifestDiff::Unavailable { .. } => unreachable!("returned above"),
+            ManifestDiff::Unavailable { .. } | ManifestDiff::Rejected { .. } => {
+                unreachable!("returned above")
+            }
         };
         let mut secret_values = false;
         for object in objects {
@@ -85,23 +94,36 @@ impl ManifestDiff {
 pub fn compare(
     env: &crate::config::Environment,
     upgrade: &[String],
+    values: &serde_json::Value,
     revision: u32,
 ) -> ManifestDiff {
     let unavailable = |why: String| ManifestDiff::Unavailable { why };
     // A digest not pushed yet renders as a well-formed stand-in (the
     // chart's schema checks the form), shown as the placeholder again.
     let placeholder = super::helm::DIGEST_PLACEHOLDER;
-    let argv: Vec<String> = super::helm::template_args(upgrade)
-        .into_iter()
-        .map(|arg| arg.replace(placeholder, STAND_IN_DIGEST))
-        .collect();
+    let values: serde_json::Value =
+        serde_json::from_str(&values.to_string().replace(placeholder, STAND_IN_DIGEST))
+            .expect("a JSON text with one string replaced by another");
+    let (_values_file, argv) =
+        match super::helm::with_values_file(&super::helm::template_args(upgrade), &values) {
+            Ok(written) => written,
+            Err(e) => return unavailable(format!("cannot write the values file: {e}")),
+        };
     let rendered = match super::run(&argv) {
         Ok(output) if output.code == 0 => output.stdout.replace(STAND_IN_DIGEST, placeholder),
         Ok(output) => {
-            return unavailable(format!(
-                "helm template failed: {}",
-                super::last_line(&output.stderr)
-            ))
+            return ManifestDiff::Rejected {
+                why: format!(
+                    "`helm template` refuses the chart with these values: {}",
+                    output
+                        .stderr
+                        .trim()
+                        .lines()
+                        .map(super::printable)
+                        .collect::<Vec<_>>()
+                        .join("\n    ")
+                ),
+            }
         }
         Err(e) => return unavailable(format!("{e:#}")),
     };

@@ -57,8 +57,9 @@ fn run_in(env: &Environment, args: &DeployArgs, event: &mut hook::Event) -> Resu
         promote::apply(&mut facts, promotion);
         event.set("PROMOTED_FROM", &promotion.from);
     }
-    facts.manifests = plan::deploy::upgrade_argv(env, &facts, options)
-        .map(|argv| cluster::manifests::compare(env, &argv, revision_before(&facts)));
+    facts.manifests = plan::deploy::upgrade_argv(env, &facts, options).map(|(argv, values)| {
+        cluster::manifests::compare(env, &argv, &values, revision_before(&facts))
+    });
     tell_hook_the_facts(event, &facts);
     let plan = plan::deploy::decide(env, &facts, options);
     if let Some(file) = &args.plan {

@@ -356,12 +356,16 @@ impl Executor<'_> {
         helm_major: u32,
         revision: u32,
     ) -> Result<Output> {
-        let argv = crate::cluster::helm::upgrade_install_args(
+        let values = crate::cluster::helm::tool_values(
             self.env,
             &done.pinned(pinned)?,
             &done.record(record),
-            helm_major,
         );
+        let (_values_file, argv) = crate::cluster::helm::with_values_file(
+            &crate::cluster::helm::upgrade_install_args(self.env, helm_major),
+            &values,
+        )
+        .context("cannot write this deploy's values file for Helm")?;
         let collector = helm::upgrade_watching_rollout(self.env, &argv, self.verbose).await?;
         Ok(Output::Released {
             revision,

@@ -212,6 +212,11 @@ pub fn decide(env: &Environment, facts: &DeployFacts, options: DeployOptions) ->
             (Verdict::Deploy, why_backup, steps)
         }
     };
+    if let (Verdict::Deploy, Some(ManifestDiff::Rejected { why })) = (&decision, &facts.manifests) {
+        missing.push(format!(
+            "{why}\n  (Helm would refuse it too, after the push and the backup: fix the values files or deploy.toml)"
+        ));
+    }
     let manifests = match decision {
         Verdict::Deploy => facts.manifests.clone(),
         // Same chart, values and digests as the running revision (that is
@@ -389,7 +394,7 @@ pub fn upgrade_argv(
     env: &Environment,
     facts: &DeployFacts,
     options: DeployOptions,
-) -> Option<Vec<String>> {
+) -> Option<(Vec<String>, serde_json::Value)> {
     if nothing_to_deploy(env, facts, options).is_some() {
         return None;
     }
@@ -403,8 +408,9 @@ pub fn upgrade_argv(
             record,
             helm_major,
             ..
-        } => Some(helm::upgrade_install_args(
-            env, &pinned, &record, helm_major,
+        } => Some((
+            helm::upgrade_install_args(env, helm_major),
+            helm::tool_values(env, &pinned, &record),
         )),
         _ => None,
     }
@@ -854,10 +860,16 @@ fn helm_step(
             "first, the database's revision read again: still {revision}, or Helm is not run"
         )));
     }
-    items.push(run(
-        helm::upgrade_install_args(env, &spec.pinned, &record, spec.helm_major),
-        None,
+    items.push(run(helm::upgrade_install_args(env, spec.helm_major), None));
+    items.push(note(
+        "the values below, as JSON (a private temporary file when Helm runs; the last -f, so they win over yours):",
     ));
+    let values = helm::tool_values(env, &spec.pinned, &record);
+    items.extend(
+        helm::values_lines(&values)
+            .into_iter()
+            .map(|line| note(format!("  {line}"))),
+    );
     items.push(note(format!(
         "meanwhile, stop Helm at once on {FAILURE_STATES}: print the failing container's log, exit code and the pod's events"
     )));

@@ -38,22 +38,19 @@ fn a_fresh_cluster_deploys_verifies_and_redeploys_with_nothing_to_build() {
         .into_iter()
         .find(|c| c.starts_with("helm upgrade --install"))
         .unwrap();
-    assert!(
-        upgrade.contains("--set-string backend.image.digest=sha256:"),
-        "{upgrade}"
-    );
-    assert!(
-        upgrade.contains("--set-string frontend.image.digest=sha256:"),
-        "{upgrade}"
-    );
+    let values = stack.helm_values(1);
+    for component in ["backend", "frontend"] {
+        let digest = values[component]["image"]["digest"].as_str().unwrap();
+        assert!(digest.starts_with("sha256:"), "{values}");
+    }
     assert!(!upgrade.contains("latest"), "{upgrade}");
     assert!(
         upgrade.contains("--wait=watcher"),
         "Helm 4 waits for nothing without it: {upgrade}"
     );
-    assert!(
-        upgrade.contains("deployRecord.alembicHead=0002_activity_and_comments"),
-        "{upgrade}"
+    assert_eq!(
+        values["deployRecord"]["alembicHead"], "0002_activity_and_comments",
+        "{values}"
     );
 
     let verify = stack.xtask(&["verify"]);
@@ -96,11 +93,7 @@ fn a_fresh_cluster_deploys_verifies_and_redeploys_with_nothing_to_build() {
         "the backup must finish before helm upgrade:\n{}",
         calls.join("\n")
     );
-    assert!(
-        calls[second_upgrade].contains(&format!("deployRecord.backupFile={backup}")),
-        "{}",
-        calls[second_upgrade]
-    );
+    assert_eq!(stack.helm_values(2)["deployRecord"]["backupFile"], backup);
 
     let status = stack.xtask(&["status"]);
     assert_eq!(status.code, 0, "{}", status.all());
@@ -613,6 +606,82 @@ fn an_init_container_exit_code_is_explained() {
     );
 }
 
+/// Values with commas, dots and equals signs (which `--set-string` would
+/// have split into other assignments) reach the release exactly: the
+/// images stay pinned by digest and the record holds what was written.
+#[test]
+fn values_that_look_like_more_assignments_reach_helm_exactly() {
+    let stack = Stack::new(None);
+    let config = stack.repo.config();
+    let command = "alembic -x note=a,backend.image.digest=";
+    let backups = format!(
+        "{},deployRecord.gitSha=forged",
+        stack.backup_dir().display()
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen(
+            "release = \"colony\"",
+            &format!("release = \"colony\"\nalembic_command = \"{command}\""),
+            1,
+        )
+        .replace(
+            "backup_dir = \"~/backups\"",
+            &format!("backup_dir = \"{backups}\""),
+        );
+    std::fs::write(&config, text).unwrap();
+    stack.repo.git(&["commit", "-qam", "odd values"]);
+    assert_eq!(deploy(&stack).code, 0);
+    let forced = stack.xtask(&["deploy", "colony-dev", "--yes", "--force"]);
+    assert_eq!(forced.code, 0, "{}", forced.all());
+
+    let values = stack.helm_values(2);
+    let sha = stack.repo.git(&["rev-parse", "HEAD"]);
+    assert_eq!(values["deployRecord"]["gitSha"], sha.as_str(), "{values}");
+    assert_eq!(values["backend"]["migrations"]["alembicCommand"], command);
+    assert!(
+        values["deployRecord"]["backupFile"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{backups}/")),
+        "{values}"
+    );
+    let image = backend_image(&stack, "colony-dev");
+    assert!(image.contains("/e2e-colony-backend@sha256:"), "{image}");
+    assert_contains(&forced.stdout, "4/4 checks passed");
+}
+
+/// A values file Helm would refuse (not YAML, or a value the chart's schema
+/// rejects) is refused with the facts, exit 2: no push, no backup, no Helm
+/// call, on an installed release as on a first install.
+#[test]
+fn values_helm_would_refuse_are_refused_before_any_change() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    let original = std::fs::read_to_string(stack.values_file()).unwrap();
+    stack
+        .repo
+        .git(&["commit", "--allow-empty", "-qm", "a new commit to deploy"]);
+    for (values, says) in [
+        (
+            format!("{original}\nbackend:\n  replicas: two\n"),
+            "/backend/replicas",
+        ),
+        (
+            format!("{original}\nbackend: [unclosed\n"),
+            "my-values.yaml",
+        ),
+    ] {
+        std::fs::write(stack.values_file(), values).unwrap();
+        let before = (stack.helm_upgrades(), stack.backups());
+        let run = stack.xtask(&["deploy", "colony-dev", "--yes"]);
+        assert_eq!(run.code, 2, "{}", run.all());
+        assert_contains(&run.stderr, says);
+        assert_eq!((stack.helm_upgrades(), stack.backups()), before);
+        assert_contains(&run.stderr, "nothing was changed");
+    }
+}
+
 /// An image that runs Alembic through uv: deploy.toml's alembic_command is
 /// what the init container runs and what every exec (verify, the facts,
 /// rollback) runs.
@@ -643,13 +712,12 @@ fn alembic_command_is_used_by_the_init_container_and_every_exec() {
     assert_eq!(rollback.code, 0, "{}", rollback.all());
 
     let calls = stack.calls();
-    let upgrades: Vec<&String> = calls
-        .iter()
-        .filter(|c| c.starts_with("helm upgrade"))
-        .collect();
-    assert!(upgrades
-        .iter()
-        .all(|c| c.contains("backend.migrations.alembicCommand=uv run --no-sync alembic")));
+    for revision in 1..=stack.helm_upgrades() as u32 {
+        assert_eq!(
+            stack.helm_values(revision)["backend"]["migrations"]["alembicCommand"],
+            "uv run --no-sync alembic"
+        );
+    }
     assert!(calls.iter().any(|c| c.contains(
         "run-migrations downgrade 0001_baseline --alembic-cmd=uv run --no-sync alembic"
     )));

@@ -55,7 +55,7 @@ fn the_plan_for_colony_dev_matches_the_reviewed_snapshot() {
     // plan's shape is what is reviewed.
     let sha = stack.repo.git(&["rev-parse", "HEAD"]);
     let hash_start =
-        run.stdout.find("deployRecord.inputsHash=").unwrap() + "deployRecord.inputsHash=".len();
+        run.stdout.find("deployRecord.inputsHash: ").unwrap() + "deployRecord.inputsHash: ".len();
     let hash = &run.stdout[hash_start..hash_start + 71];
     let plan = run
         .stdout
@@ -116,7 +116,7 @@ fn a_dirty_context_changes_only_its_own_tag() {
     let dirty = plan(&repo);
     let backend_tag = |plan: &str| {
         plan.lines()
-            .find_map(|l| l.split("backend.image.tag=").nth(1))
+            .find_map(|l| l.split("backend.image.tag: ").nth(1))
             .map(|t| t.trim_end_matches([' ', '\\']).to_string())
             .unwrap()
     };

@@ -121,6 +121,32 @@ impl Stack {
             .collect()
     }
 
+    /// The values the release's `revision` was given (`helm get values`):
+    /// what the deploy wrote, as Helm parsed it.
+    pub fn helm_values(&self, revision: u32) -> serde_json::Value {
+        let output = Command::new("helm")
+            .args([
+                "get",
+                "values",
+                "colony",
+                "--revision",
+                &revision.to_string(),
+                "-o",
+                "json",
+            ])
+            .args(["--namespace", NAMESPACE, "--kube-context", CONTEXT])
+            .current_dir(self.repo.root())
+            .envs(self.env())
+            .output()
+            .expect("helm (simulated) runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("JSON values")
+    }
+
     /// `helm upgrade --install` through the simulated cluster, as a user
     /// following the runbook would, with the pushed images pinned.
     pub fn helm_install(&self, extra: &[&str]) -> std::process::Output {

@@ -27,12 +27,16 @@ pub enum ContextState {
     },
 }
 
-/// The tag an image built from `context` at `commit` gets. Pure.
-pub fn image_tag(commit: &Commit, state: &ContextState) -> String {
+/// The tag an image built from `context` at `commit` with `settings`
+/// (`Image::settings_fingerprint`: the Dockerfile, build args, platform and
+/// target deploy.toml gives it) gets: a change of any of them is another
+/// image, so another tag. Pure.
+pub fn image_tag(commit: &Commit, state: &ContextState, settings: &str) -> String {
+    let clean = format!("{}-{settings}", commit.short);
     match state {
-        ContextState::Clean => commit.short.clone(),
+        ContextState::Clean => clean,
         ContextState::Dirty { fingerprint } => {
-            format!("{}-dirty-{}", commit.short, &fingerprint[..12])
+            format!("{clean}-dirty-{}", &fingerprint[..12])
         }
     }
 }
@@ -99,8 +103,15 @@ mod tests {
     }
 
     #[test]
-    fn clean_contexts_get_the_short_sha() {
-        assert_eq!(image_tag(&commit(), &ContextState::Clean), "0123456789ab");
+    fn clean_contexts_get_the_short_sha_and_the_settings() {
+        assert_eq!(
+            image_tag(&commit(), &ContextState::Clean, "5e771265"),
+            "0123456789ab-5e771265"
+        );
+        assert_ne!(
+            image_tag(&commit(), &ContextState::Clean, "5e771265"),
+            image_tag(&commit(), &ContextState::Clean, "0ther5e7")
+        );
     }
 
     #[test]
@@ -111,8 +122,14 @@ mod tests {
         let b = ContextState::Dirty {
             fingerprint: "bbbbbbbbbbbbbbbb".into(),
         };
-        assert_eq!(image_tag(&commit(), &a), "0123456789ab-dirty-aaaaaaaaaaaa");
-        assert_ne!(image_tag(&commit(), &a), image_tag(&commit(), &b));
+        assert_eq!(
+            image_tag(&commit(), &a, "5e771265"),
+            "0123456789ab-5e771265-dirty-aaaaaaaaaaaa"
+        );
+        assert_ne!(
+            image_tag(&commit(), &a, "5e771265"),
+            image_tag(&commit(), &b, "5e771265")
+        );
     }
 
     #[test]
@@ -135,10 +152,18 @@ mod tests {
         );
 
         std::fs::write(dir.path().join("backend/app.py"), "v2\n").unwrap();
-        let first = image_tag(&head, &context_state(&sh, dir.path(), backend).unwrap());
+        let first = image_tag(
+            &head,
+            &context_state(&sh, dir.path(), backend).unwrap(),
+            "s",
+        );
         std::fs::write(dir.path().join("backend/app.py"), "v3\n").unwrap();
-        let second = image_tag(&head, &context_state(&sh, dir.path(), backend).unwrap());
-        assert!(first.starts_with(&format!("{}-dirty-", head.short)));
+        let second = image_tag(
+            &head,
+            &context_state(&sh, dir.path(), backend).unwrap(),
+            "s",
+        );
+        assert!(first.starts_with(&format!("{}-s-dirty-", head.short)));
         assert_ne!(first, second);
 
         std::fs::write(dir.path().join("backend/app.py"), "v1\n").unwrap();

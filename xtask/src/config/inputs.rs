@@ -1,5 +1,5 @@
-//! What Helm renders a revision from besides the images: the chart's files
-//! and the values files. Their hash goes into the deploy record, so that a
+//! What Helm renders a revision from besides the images: the chart's files,
+//! the values files and deploy.toml's settings that become values. Their hash goes into the deploy record, so that a
 //! deploy can tell that nothing changed since the running revision.
 
 use std::path::{Path, PathBuf};
@@ -28,6 +28,23 @@ pub fn hash(env: &Environment) -> Result<String> {
             Path::new(&position.to_string()),
             &values.path,
         )?;
+    }
+    // deploy.toml's settings that reach the chart as values beside the
+    // images and the record (`helm::tool_values`): a change is a deploy.
+    let migrations = &env.migrations;
+    for (name, value) in [
+        ("alembicCommand", Some(env.alembic_command.join(" "))),
+        (
+            "ddlLockTimeoutSeconds",
+            migrations.ddl_lock_timeout.map(|d| d.as_secs().to_string()),
+        ),
+        (
+            "ddlLockRetries",
+            migrations.ddl_lock_retries.map(|r| r.to_string()),
+        ),
+    ] {
+        let value = value.unwrap_or_else(|| "<chart's>".into());
+        hasher.update(format!("setting\0{name}\0{}\0{value}", value.len()));
     }
     Ok(format!("sha256:{:x}", hasher.finalize()))
 }
@@ -86,6 +103,13 @@ mod tests {
         let template_changed = hash(&env).unwrap();
         assert_ne!(template_changed, first);
         std::fs::write(&values, "x: 2\n").unwrap();
-        assert_ne!(hash(&env).unwrap(), template_changed);
+        let values_changed = hash(&env).unwrap();
+        assert_ne!(values_changed, template_changed);
+        // deploy.toml's settings that become the chart's values count too.
+        env.alembic_command = vec!["uv".into(), "run".into(), "alembic".into()];
+        let command_changed = hash(&env).unwrap();
+        assert_ne!(command_changed, values_changed);
+        env.migrations.ddl_lock_retries = Some(3);
+        assert_ne!(hash(&env).unwrap(), command_changed);
     }
 }

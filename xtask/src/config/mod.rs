@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::cli::EnvOverrides;
 use crate::error::input_error;
@@ -285,6 +286,32 @@ pub struct Image {
     pub network: Option<String>,
     /// Build secrets by id, for `RUN --mount=type=secret,id=ID`.
     pub secrets: BTreeMap<String, SecretSource>,
+}
+
+impl Image {
+    /// 8 hex digits over what deploy.toml says about building this image
+    /// and that changes what is built: the Dockerfile, the build args (their
+    /// values too: hashed, never shown), the platform and the target. Part
+    /// of the tag, so that a changed setting never reuses a tag built
+    /// without it. (The network and the secrets are left out: what a build
+    /// may reach, not what it makes.) Pure.
+    pub fn settings_fingerprint(&self) -> String {
+        let mut hasher = Sha256::new();
+        let mut field = |name: &str, value: &str| {
+            hasher.update(format!("{name}\0{}\0{value}\0", value.len()));
+        };
+        field("dockerfile", &self.dockerfile.display().to_string());
+        for (key, value) in &self.build_args {
+            field("build-arg", &format!("{key}={value}"));
+        }
+        if let Some(platform) = &self.platform {
+            field("platform", &platform.to_string());
+        }
+        if let Some(target) = &self.target {
+            field("target", target);
+        }
+        format!("{:x}", hasher.finalize())[..8].to_string()
+    }
 }
 
 impl Environment {
@@ -1260,5 +1287,33 @@ registry = "ghcr.io/colony-app"
                 "{bad}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn every_build_setting_changes_the_image_s_fingerprint() {
+        let env = environment();
+        let base = env.image(Component::Backend).clone();
+        let fingerprint = base.settings_fingerprint();
+        assert_eq!(fingerprint.len(), 8);
+        assert_eq!(base.settings_fingerprint(), fingerprint, "deterministic");
+        let mut changes: Vec<Image> = Vec::new();
+        let mut with = |change: &dyn Fn(&mut Image)| {
+            let mut image = base.clone();
+            change(&mut image);
+            changes.push(image);
+        };
+        with(&|i| i.dockerfile = "Dockerfile.prod".into());
+        with(&|i| {
+            i.build_args.insert("APP_ENV".into(), "other".into());
+        });
+        with(&|i| i.platform = Platform::parse("linux/arm64").ok());
+        with(&|i| i.target = Some("runtime".into()));
+        for changed in &changes {
+            assert_ne!(changed.settings_fingerprint(), fingerprint, "{changed:?}");
+        }
+        // What a build may reach is not what it makes.
+        let mut network = base.clone();
+        network.network = Some("host".into());
+        assert_eq!(network.settings_fingerprint(), fingerprint);
     }
 }

@@ -108,7 +108,11 @@ pub fn tag(
     image: &Image,
 ) -> Result<String> {
     let state = git::context_state(sh, &env.root, &image.context)?;
-    Ok(git::image_tag(commit, &state))
+    Ok(git::image_tag(
+        commit,
+        &state,
+        &image.settings_fingerprint(),
+    ))
 }
 
 /// Runs the pipeline for `tags` (component → tag, from `tags` or the deploy

@@ -651,6 +651,49 @@ fn values_that_look_like_more_assignments_reach_helm_exactly() {
     assert_contains(&forced.stdout, "4/4 checks passed");
 }
 
+/// deploy.toml's settings are inputs: an edited alembic_command (which the
+/// chart receives) is a deploy, an edited build arg another image (another
+/// tag, so a build), though the checkout's commit and contexts are the same.
+#[test]
+fn a_changed_setting_in_deploy_toml_is_deployed_not_nothing_to_deploy() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    let config = stack.repo.config();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let command = text.replacen(
+        "release = \"colony\"",
+        "release = \"colony\"\nalembic_command = \"alembic -x note=1\"",
+        1,
+    );
+    std::fs::write(&config, &command).unwrap();
+    let run = deploy(&stack);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(!run.stdout.contains("Nothing to deploy"), "{}", run.stdout);
+    assert_eq!(
+        stack.helm_values(2)["backend"]["migrations"]["alembicCommand"],
+        "alembic -x note=1"
+    );
+    let before = backend_image(&stack, "colony-dev");
+
+    std::fs::write(
+        &config,
+        command.replace("APP_ENV = \"dev\"", "APP_ENV = \"dev2\""),
+    )
+    .unwrap();
+    let run = stack.xtask(&["deploy", "colony-dev", "--yes", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let built: Vec<&str> = summary["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["build"]["status"] == "done")
+        .map(|i| i["component"].as_str().unwrap())
+        .collect();
+    assert_eq!(built, ["backend"], "{summary}");
+    assert_ne!(backend_image(&stack, "colony-dev"), before);
+}
+
 /// A values file Helm would refuse (not YAML, or a value the chart's schema
 /// rejects) is refused with the facts, exit 2: no push, no backup, no Helm
 /// call, on an installed release as on a first install.

@@ -23,6 +23,19 @@ fn frontend_manifest_fault(status: u16, body: &str, times: usize) -> Fault {
 }
 
 /// The digest each image was pinned by, from `push --json`.
+/// (component, tag) of each image a run reports.
+fn tags(run: &Run) -> Vec<(String, String)> {
+    reports(run)
+        .iter()
+        .map(|r| {
+            (
+                r["component"].as_str().unwrap().to_string(),
+                r["tag"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 fn digests(run: &Run) -> Vec<(String, String)> {
     reports(run)
         .iter()
@@ -76,9 +89,13 @@ fn a_push_the_registry_answers_500_twice_is_tried_again_and_lands() {
     }
     assert!(!run.stderr.contains("attempt 4 of 4"), "{}", run.stderr);
     // What was pinned is what the registry serves, read past the proxy.
-    let sha = repo.git(&["rev-parse", "--short=12", "HEAD"]);
+    let tag = tags(&run)
+        .into_iter()
+        .find(|(c, _)| c == "frontend")
+        .unwrap()
+        .1;
     let frontend = pinned.iter().find(|(c, _)| c == "frontend").unwrap();
-    assert_eq!(served_digest(&repo, "frontend", &sha), frontend.1);
+    assert_eq!(served_digest(&repo, "frontend", &tag), frontend.1);
 }
 
 #[test]
@@ -146,9 +163,13 @@ fn two_pushes_of_one_commit_at_once_both_succeed_with_one_digest() {
         "manifest blob unknown: blob unknown to registry; retrying in 1 s (attempt 2 of 4)",
     );
     assert_contains(&both, "already in the registry; build and push skipped");
-    let sha = first.git(&["rev-parse", "--short=12", "HEAD"]);
+    let tag = tags(&a)
+        .into_iter()
+        .find(|(c, _)| c == "frontend")
+        .unwrap()
+        .1;
     let frontend = a_digests.iter().find(|(c, _)| c == "frontend").unwrap();
-    assert_eq!(served_digest(&first, "frontend", &sha), frontend.1);
+    assert_eq!(served_digest(&first, "frontend", &tag), frontend.1);
 }
 
 /// The digest the bed's registry serves for a component's tag.

@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use crate::cli::EnvArgs;
 use crate::config;
-use crate::database::backup::{script_args, take, Source};
+use crate::database::backup::{dir_problem, script_args, take, Source};
 
 /// `backup --json`: the file, its size and how long it took.
 #[derive(serde::Serialize)]
@@ -18,6 +18,9 @@ struct BackupJson<'a> {
 
 pub fn run(args: EnvArgs) -> Result<()> {
     let env = config::load(args.env.as_deref(), &args.env_overrides)?;
+    if let Some(why) = dir_problem(&env) {
+        return Err(crate::error::input_error(why));
+    }
     let source = Source::read(&env)?;
     eprintln!("backup of {}: {}", env.name, source.describe());
     let backup = take(&env, &script_args(&env, &source))?;

@@ -316,6 +316,7 @@ pub fn gather_facts(
             helm: helm.join().expect("helm probe panicked"),
             chart_exists,
             backup_script_exists: env.root.join(backup::SCRIPT).is_file(),
+            backup_dir_problem: backup::dir_problem(env),
             inputs_hash: if chart_exists {
                 inputs::hash(env).map_err(FactError::from)
             } else {

@@ -280,6 +280,7 @@ fn gather_facts(env: &Environment, holding: bool) -> Result<RollbackFacts> {
         database,
         helm_major: helm::detect_version(&xshell::Shell::new()?).map_or(4, |v| v.major),
         runner,
+        backup_dir_problem: crate::database::backup::dir_problem(env),
         backup_source: crate::database::backup::Source::choose(
             database_pod.as_ref(),
             std::env::var_os("DATABASE_URL").is_some(),

@@ -816,6 +816,28 @@ pub fn parse_command(what: &str, text: &str) -> Result<Vec<String>, String> {
     {
         return Err(format!("{what} {text:?}: the word {word:?} holds whitespace, which the init container cannot pass on"));
     }
+    // The words run as a command (kubectl exec, the init container's
+    // argv), never through a shell: what only a shell understands would
+    // reach the program as an argument, or name no program at all.
+    if words[0].contains('=') {
+        return Err(format!(
+            "{what} {text:?}: {:?} is a variable assignment, which only a shell understands; \
+             set the variable in the image or the chart's backend.extraEnv",
+            words[0]
+        ));
+    }
+    let shell_only = |w: &str| {
+        matches!(w, "&&" | "||" | "|" | ";" | "&" | ">" | ">>" | "<" | "2>&1")
+            || w.contains("$(")
+            || w.contains('`')
+            || w.ends_with(';')
+    };
+    if let Some(word) = words.iter().find(|w| shell_only(w)) {
+        return Err(format!(
+            "{what} {text:?}: {word:?} is shell syntax, and the command runs without a shell; \
+             put the steps in a script inside the image and name it here"
+        ));
+    }
     Ok(words)
 }
 
@@ -1183,6 +1205,21 @@ registry = "ghcr.io/colony-app"
         assert!(parse_command("c", "uv run 'alembic")
             .unwrap_err()
             .contains("does not split"));
+        for shell in [
+            "cd /app && alembic",
+            "alembic; rm -rf /",
+            "alembic | tee log",
+            "$(which alembic)",
+            "`which alembic`",
+        ] {
+            let refused = parse_command("c", shell).unwrap_err();
+            assert!(refused.contains("shell syntax"), "{shell}: {refused}");
+        }
+        assert!(parse_command("c", "PYTHONPATH=/app alembic")
+            .unwrap_err()
+            .contains("variable assignment"));
+        // An `=` in a later word is an argument, as Alembic's -x takes it.
+        assert!(parse_command("c", "alembic -x note=a,b").is_ok());
     }
 
     #[test]

@@ -99,8 +99,10 @@ pub fn tar_stream(
     })
 }
 
-/// Deterministic headers (fixed mtime, uid 0), so an unchanged tree gives
-/// the daemon the same layer cache keys on every machine.
+/// Each file with its own mode, as `docker build` sends it (a 0600 file
+/// stays 0600 in the image, a 0700 script stays executable to its owner
+/// only); times and owners fixed (mtime 0, uid and gid 0), so an unchanged
+/// tree gives the daemon the same layer cache keys on every machine.
 fn write_tar(
     writer: ChannelWriter,
     root: &Path,
@@ -109,9 +111,8 @@ fn write_tar(
 ) -> io::Result<()> {
     let mut tar = tar::Builder::new(writer);
     tar.follow_symlinks(false);
-    tar.mode(tar::HeaderMode::Deterministic);
     for file in files {
-        tar.append_path_with_name(root.join(file), file)?;
+        append_with_mode(&mut tar, &root.join(file), file)?;
     }
     for extra in extras {
         let mut header = tar::Header::new_gnu();
@@ -132,6 +133,46 @@ fn write_tar(
     }
     let mut writer = tar.into_inner()?;
     writer.flush()
+}
+
+/// One entry (file, directory or symbolic link) with its mode kept and its
+/// times and owners fixed.
+fn append_with_mode<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &Path,
+    name: &Path,
+) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_username("")?;
+    header.set_groupname("")?;
+    if let Some(gnu) = header.as_gnu_mut() {
+        gnu.set_atime(0);
+        gnu.set_ctime(0);
+    }
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        header.set_size(0);
+        tar.append_link(&mut header, name, std::fs::read_link(path)?)
+    } else if kind.is_dir() {
+        header.set_size(0);
+        tar.append_data(&mut header, name, io::empty())
+    } else if kind.is_file() {
+        tar.append_data(&mut header, name, std::fs::File::open(path)?)
+    } else {
+        // Sockets, FIFOs and devices: `docker build` refuses them too.
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not a file, directory or symbolic link",
+                path.display()
+            ),
+        ))
+    }
 }
 
 /// Blocking writer half: fills a chunk, hands it to the async side, waits
@@ -206,6 +247,59 @@ mod tests {
                 "README.md",
                 "app.py",
                 "cache/keep.txt"
+            ]
+        );
+    }
+
+    #[test]
+    fn modes_are_kept_and_times_and_owners_fixed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for (file, mode) in [("secret.txt", 0o600), ("run.sh", 0o750), ("app.py", 0o644)] {
+            std::fs::write(root.join(file), "x").unwrap();
+            std::fs::set_permissions(root.join(file), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        std::os::unix::fs::symlink("app.py", root.join("link.py")).unwrap();
+        let files: Vec<PathBuf> = ["app.py", "link.py", "run.sh", "secret.txt"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let mut out = Vec::new();
+        {
+            let mut tar = tar::Builder::new(&mut out);
+            for file in &files {
+                append_with_mode(&mut tar, &root.join(file), file).unwrap();
+            }
+            tar.finish().unwrap();
+        }
+        let mut archive = tar::Archive::new(out.as_slice());
+        let mut seen = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let header = entry.header();
+            assert_eq!(
+                (
+                    header.mtime().unwrap(),
+                    header.uid().unwrap(),
+                    header.gid().unwrap()
+                ),
+                (0, 0, 0)
+            );
+            seen.push((
+                entry.path().unwrap().display().to_string(),
+                header.mode().unwrap() & 0o7777,
+                header.entry_type(),
+            ));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("app.py".to_string(), 0o644, tar::EntryType::Regular),
+                ("link.py".to_string(), 0o777, tar::EntryType::Symlink),
+                ("run.sh".to_string(), 0o750, tar::EntryType::Regular),
+                ("secret.txt".to_string(), 0o600, tar::EntryType::Regular),
             ]
         );
     }

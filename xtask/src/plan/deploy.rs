@@ -32,6 +32,8 @@ pub struct DeployFacts {
     pub helm: Option<HelmVersion>,
     pub chart_exists: bool,
     pub backup_script_exists: bool,
+    /// Why dumps cannot go to backup_dir (`backup::dir_problem`), if so.
+    pub backup_dir_problem: Option<String>,
     /// `inputs::hash` of the chart and values files.
     pub inputs_hash: Fact<String>,
     /// The cluster's side, or why it could not be read (a refusal).
@@ -1003,6 +1005,10 @@ fn missing(
     missing.extend(promotion_problem(facts));
     missing.extend(unreachable_external_database(facts, options));
     missing.extend(checkout_problems(env, facts, head));
+    if backup_decision(facts, options).0 && nothing_to_deploy(env, facts, options).is_none() {
+        missing.extend(facts.backup_dir_problem.clone());
+    }
+    missing.extend(overlong_revision_ids(facts, head));
     let findings = facts.migrations.findings();
     let strict = options.strict_migrations || env.migrations.strict;
     if strict && !findings.is_empty() {
@@ -1012,6 +1018,47 @@ fn missing(
         missing.extend(not_linted(&facts.migrations));
     }
     missing
+}
+
+/// `alembic_version.version_num` is `varchar(32)` as Alembic creates it: a
+/// longer revision id fails when its migration has run, in the init
+/// container, mid-deploy. Checked for the revisions this deploy stores,
+/// unless one of them widens the column (its SQL alters alembic_version). Pure.
+fn overlong_revision_ids(facts: &DeployFacts, head: &Fact<String>) -> Option<String> {
+    const COLUMN_WIDTH: usize = 32;
+    let (Ok(graph), Ok(head)) = (&facts.graph, head) else {
+        return None;
+    };
+    let from = database_of(&facts.cluster)
+        .revision()
+        .filter(|r| graph.contains(r))
+        .map(String::from);
+    let stored = graph.upgrade_path(from.as_deref(), head)?;
+    let overlong: Vec<&str> = stored
+        .into_iter()
+        .filter(|id| id.chars().count() > COLUMN_WIDTH)
+        .collect();
+    if overlong.is_empty() {
+        return None;
+    }
+    let widened = match &facts.migrations {
+        Preview::Upgrade { revisions, .. } => revisions.iter().any(|r| {
+            r.sql
+                .as_deref()
+                .is_some_and(|sql| sql.to_lowercase().contains("alter table alembic_version"))
+        }),
+        _ => false,
+    };
+    (!widened).then(|| {
+        format!(
+            "revision id{} {} longer than {COLUMN_WIDTH} characters: alembic_version.version_num is \
+             varchar({COLUMN_WIDTH}), so the migration would run and then fail to record itself; \
+             give {} a shorter id (`revision = \"...\"` and the next one's down_revision)",
+            if overlong.len() == 1 { "" } else { "s" },
+            overlong.iter().map(|id| format!("{id:?}")).collect::<Vec<_>>().join(", "),
+            if overlong.len() == 1 { "it" } else { "them" },
+        )
+    })
 }
 
 /// SQL the lint cannot read: a `DO $$ … $$` block (PL/pgSQL, any statement
@@ -1231,6 +1278,7 @@ mod tests {
             }),
             chart_exists: true,
             backup_script_exists: true,
+            backup_dir_problem: None,
             inputs_hash: Ok("sha256:inputs".into()),
             cluster: Ok(ClusterFacts {
                 release: Some(Current {

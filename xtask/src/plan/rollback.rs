@@ -31,6 +31,8 @@ pub struct RollbackFacts {
     pub helm_major: u32,
     /// Which database the backup dumps.
     pub backup_source: backup::Source,
+    /// Why dumps cannot go to backup_dir (`backup::dir_problem`), if so.
+    pub backup_dir_problem: Option<String>,
     /// The pod's image has run-migrations (it answered): the downgrade
     /// runs through it, under the migration lock.
     pub runner: bool,
@@ -146,6 +148,8 @@ fn plan(env: &Environment, facts: &RollbackFacts, request: &Request) -> Result<D
     if app_only {
         // Nothing in the database changes: no backup, no downgrade.
         steps.retain(|s| !matches!(s.kind(), StepKind::Backup | StepKind::Downgrade));
+    } else if let Some(why) = &facts.backup_dir_problem {
+        return Err(why.clone());
     }
     let plan = Plan {
         schema: dropped
@@ -597,6 +601,7 @@ mod tests {
             app_expects: Some(last.record.alembic_head.clone()).filter(|h| !h.is_empty()),
             helm_major: 4,
             backup_source: backup::Source::External,
+            backup_dir_problem: None,
             runner: false,
         }
     }

@@ -694,6 +694,88 @@ fn a_changed_setting_in_deploy_toml_is_deployed_not_nothing_to_deploy() {
     assert_ne!(backend_image(&stack, "colony-dev"), before);
 }
 
+/// What would fail mid-deploy is refused with the facts, exit 2, before the
+/// push, the backup and Helm: a backup_dir inside a build context or the
+/// checkout or where no file can be made, a revision id too long for
+/// alembic_version, an alembic_command that needs a shell.
+#[test]
+fn settings_that_would_fail_mid_deploy_are_refused_before_any_change() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    let config = stack.repo.config();
+    let original = std::fs::read_to_string(&config).unwrap();
+    let a_file = stack.home.path().join("a-file");
+    std::fs::write(&a_file, "x").unwrap();
+    let with_backup_dir = |dir: &str| {
+        original.replace(
+            "backup_dir = \"~/backups\"",
+            &format!("backup_dir = \"{dir}\""),
+        )
+    };
+    let cases = [
+        (
+            with_backup_dir("backend/dumps"),
+            "inside the backend build context",
+        ),
+        (with_backup_dir(""), "git add -A"),
+        (
+            with_backup_dir(&format!("{}/backups", a_file.display())),
+            "is not a directory",
+        ),
+        (
+            original.replacen(
+                "release = \"colony\"",
+                "release = \"colony\"\nalembic_command = \"cd /app && alembic\"",
+                1,
+            ),
+            "shell syntax",
+        ),
+    ];
+    stack
+        .repo
+        .git(&["commit", "--allow-empty", "-qm", "something to deploy"]);
+    for (text, says) in cases {
+        std::fs::write(&config, text).unwrap();
+        let before = (stack.helm_upgrades(), stack.backups());
+        let run = stack.xtask(&["deploy", "colony-dev", "--yes"]);
+        assert_eq!(run.code, 2, "{says}: {}", run.all());
+        assert_contains(&run.stderr, says);
+        assert_eq!((stack.helm_upgrades(), stack.backups()), before, "{says}");
+    }
+    assert!(!stack.repo.root().join("backend/dumps").exists());
+    let dumps_in_root = std::fs::read_dir(stack.repo.root())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "dump")
+        })
+        .count();
+    assert_eq!(dumps_in_root, 0);
+
+    std::fs::write(&config, &original).unwrap();
+    let long_id = "0003_add_household_membership_roles";
+    stack.commit_revision(
+        long_id,
+        "0002_activity_and_comments",
+        "roles",
+        "    op.add_column('households', sa.Column('roles', sa.Text()))",
+    );
+    let run = stack.xtask(&["deploy", "colony-dev", "--yes"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert_contains(
+        &run.stderr,
+        &format!("{long_id:?} longer than 32 characters"),
+    );
+    assert_eq!(stack.helm_upgrades(), 1);
+    assert_eq!(
+        stack.psql("SELECT version_num FROM alembic_version"),
+        "0002_activity_and_comments"
+    );
+}
+
 /// A values file Helm would refuse (not YAML, or a value the chart's schema
 /// rejects) is refused with the facts, exit 2: no push, no backup, no Helm
 /// call, on an installed release as on a first install.

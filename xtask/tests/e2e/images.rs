@@ -253,6 +253,40 @@ fn both_images_are_built_pushed_and_pinned_by_the_digest_the_registry_serves() {
     );
 }
 
+/// A file's mode reaches the image as `docker build` sends it: a 0600 file
+/// is not made world-readable, a 0750 script keeps its bits.
+#[test]
+fn build_contexts_keep_each_file_s_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let bed = TestBed::get();
+    let repo = repo_named("modes");
+    for (file, mode) in [
+        ("backend/app/private.cfg", 0o600),
+        ("backend/app/tool.sh", 0o750),
+    ] {
+        let path = repo.root().join(file);
+        std::fs::write(&path, "x\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-qm", "files with their own modes"]);
+    let reports = reports(&images(&repo, "push", &bed.registry, &[]));
+    let tag = report(&reports, "backend")["tag"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let entries = entries_in_image(&bed.registry, &repository(&repo, "backend"), &tag);
+    let mode = |name: &str| {
+        entries
+            .iter()
+            .rfind(|(path, _)| path == name)
+            .unwrap_or_else(|| panic!("{name} not in {entries:?}"))
+            .1
+    };
+    assert_eq!(mode("app/app/private.cfg"), 0o600);
+    assert_eq!(mode("app/app/tool.sh"), 0o750);
+}
+
 #[test]
 fn dockerignore_keeps_files_out_and_exceptions_in() {
     let bed = TestBed::get();

@@ -43,7 +43,7 @@ impl Target {
                     mask_all(&e.to_string())
                 )
             })?
-            .application_name("run-migrations");
+            .application_name(&application_name());
         let options = match host_in_query {
             Some(false) => default_host(options),
             _ => options,
@@ -155,6 +155,46 @@ pub async fn connect_with_retry(target: &Target, wait: Duration) -> Result<PgCon
 /// Takes the migration lock on `connection`, polling until `wait` is over.
 /// The lock lives as long as the session: it is released by `unlock` or,
 /// on any other exit, when the connection closes.
+/// What this runner calls itself in `pg_stat_activity`: with its pod's
+/// name (Kubernetes sets HOSTNAME to it), so that a runner waiting for the
+/// migration lock can say which pod holds it.
+fn application_name() -> String {
+    match std::env::var("HOSTNAME") {
+        Ok(host) if !host.is_empty() => format!("run-migrations {host}"),
+        _ => "run-migrations".into(),
+    }
+}
+
+/// Who holds the migration lock (another runner, a rollback's downgrade,
+/// or a session someone left open): pid, application, client and since
+/// when; None when nobody does (it was just released).
+pub async fn lock_holder(connection: &mut PgConnection) -> Option<String> {
+    // A bigint advisory key is kept as classid (high half), objid (low
+    // half) and objsubid 1.
+    let row: Option<(i32, String, String, f64)> = sqlx::query_as(
+        "SELECT a.pid, coalesce(nullif(a.application_name, ''), '?'), \
+                coalesce(host(a.client_addr), 'local socket'), \
+                extract(epoch FROM now() - coalesce(a.backend_start, now()))::float8 \
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+           AND l.classid = (($1::bigint >> 32) & 4294967295)::bigint::oid \
+           AND l.objid = ($1::bigint & 4294967295)::bigint::oid \
+         LIMIT 1",
+    )
+    .bind(LOCK_KEY)
+    .fetch_optional(&mut *connection)
+    .await
+    .ok()
+    .flatten();
+    row.map(|(pid, application, client, seconds)| {
+        format!(
+            "pid {pid} ({}, from {client}, connected {} s ago)",
+            crate::redact::printable(&application),
+            seconds.round()
+        )
+    })
+}
+
 pub async fn lock(connection: &mut PgConnection, wait: Duration) -> Result<(), String> {
     let deadline = Instant::now() + wait;
     let mut logged = false;
@@ -168,15 +208,21 @@ pub async fn lock(connection: &mut PgConnection, wait: Duration) -> Result<(), S
             return Ok(());
         }
         if Instant::now() >= deadline {
+            let holder = lock_holder(connection)
+                .await
+                .unwrap_or_else(|| "a session that has just let it go".into());
             return Err(format!(
-                "another runner held the migration lock (advisory lock {LOCK_KEY}) for more than {} s; \
-                 if none is running, find the session with `SELECT pid FROM pg_locks WHERE locktype = 'advisory'`",
+                "the migration lock (advisory lock {LOCK_KEY}) was held for more than {} s, by {holder}; \
+                 if that is no runner of yours, end it with `SELECT pg_terminate_backend(<pid>)`",
                 wait.as_secs()
             ));
         }
         if !logged {
+            let holder = lock_holder(connection)
+                .await
+                .unwrap_or_else(|| "another session".into());
             println!(
-                "run-migrations: another runner holds the migration lock; waiting up to {} s",
+                "run-migrations: the migration lock is held by {holder}; waiting up to {} s",
                 wait.as_secs()
             );
             logged = true;

@@ -15,6 +15,15 @@
 
 const MASK: &str = "***";
 
+/// Text another session chose (its application_name) as it may be
+/// printed: control characters become `?`, so no escape sequence reaches a
+/// terminal through a log.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// Masks every password in `text`: any number of URLs and `password=`
 /// settings, on any line, in any position.
 pub fn mask_all(text: &str) -> String {

@@ -394,6 +394,56 @@ fn a_failing_migration_exits_non_zero_releases_the_lock_and_keeps_the_version() 
     );
 }
 
+/// A runner waiting for the migration lock names who holds it (pid,
+/// application, client), and says so again when it gives up.
+#[test]
+fn a_runner_waiting_for_the_migration_lock_names_its_holder() {
+    let bed = TestBed::get();
+    let url = bed.create_database("held_lock");
+    let mut holder = Command::new("psql")
+        .args([url.as_str(), "-XAtq", "-c"])
+        .arg(format!("SELECT pg_advisory_lock({LOCK_KEY})"))
+        .args(["-c", "SELECT pg_sleep(60)"])
+        .env("PGAPPNAME", "someone-else's-session")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let held = || {
+        bed.psql(
+            &url,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+        )
+    };
+    let start = std::time::Instant::now();
+    while held() != "1" {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the lock was never taken"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let finished = run(&fixture_backend(), &url, &["--lock-timeout", "2"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_ne!(finished.code, 0, "{}", finished.all());
+    assert!(
+        finished
+            .stdout
+            .contains("the migration lock is held by pid ")
+            && finished.stdout.contains("(someone-else's-session, from "),
+        "{}",
+        finished.all()
+    );
+    assert!(
+        finished
+            .stderr
+            .contains("was held for more than 2 s, by pid ")
+            && finished.stderr.contains("pg_terminate_backend"),
+        "{}",
+        finished.all()
+    );
+}
+
 #[test]
 fn a_pre_alembic_database_with_a_newer_table_stops_with_a_precise_message() {
     let bed = TestBed::get();

@@ -79,14 +79,23 @@ pub fn apply(state: &mut State, namespace: &str, documents: &[Value]) -> Vec<Str
             generation: 1,
             kind: kind.to_string(),
         };
+        // As the API server: the spec (replicas, the pod template) bumps
+        // the generation; metadata (annotations) does not.
+        let hash = template_hash(&template);
+        let newest = newest_replicaset_revision(state, namespace, &name);
+        let template_changed = !state.replicasets.iter().any(|rs| {
+            rs.namespace == namespace
+                && rs.deployment == name
+                && rs.hash == hash
+                && Some(rs.revision) == newest
+        });
         match state
             .deployments
             .iter_mut()
             .find(|d| d.namespace == namespace && d.name == name)
         {
             Some(existing) => {
-                let changed =
-                    existing.replicas != replicas || existing.annotations != record.annotations;
+                let changed = existing.replicas != replicas || template_changed;
                 let generation = existing.generation + u64::from(changed);
                 *existing = Deployment {
                     generation,
@@ -99,6 +108,16 @@ pub fn apply(state: &mut State, namespace: &str, documents: &[Value]) -> Vec<Str
         started.extend(roll(state, namespace, &name, kind, template, replicas));
     }
     started
+}
+
+/// The revision of a Deployment's newest ReplicaSet, if it has one.
+fn newest_replicaset_revision(state: &State, namespace: &str, deployment: &str) -> Option<u64> {
+    state
+        .replicasets
+        .iter()
+        .filter(|rs| rs.namespace == namespace && rs.deployment == deployment)
+        .map(|rs| rs.revision)
+        .max()
 }
 
 /// Makes the ReplicaSet for `template` the newest one (re-using one with the
@@ -505,7 +524,17 @@ pub fn deployment_json(
             "name": deployment.name,
             "namespace": deployment.namespace,
             "labels": deployment.labels,
-            "annotations": deployment.annotations.iter().chain(&deployment.external_annotations).collect::<BTreeMap<_, _>>(),
+            "annotations": deployment
+                .annotations
+                .iter()
+                .chain(&deployment.external_annotations)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(
+                    // The controller names the ReplicaSet it rolls out.
+                    newest_replicaset_revision(state, &deployment.namespace, &deployment.name)
+                        .map(|r| ("deployment.kubernetes.io/revision".to_string(), r.to_string())),
+                )
+                .collect::<BTreeMap<_, _>>(),
             "generation": deployment.generation,
         },
         "spec": {"replicas": deployment.replicas, "selector": {"matchLabels": deployment.selector}},

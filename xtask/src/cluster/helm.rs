@@ -111,7 +111,14 @@ pub const VALUES_FILE_PLACEHOLDER: &str = "<the values below, as JSON>";
 /// container runs what verify and rollback exec), the lock settings
 /// deploy.toml sets (numbers, for the chart's schema; absent: the chart's
 /// values decide), and the deploy record. Pure.
-pub fn tool_values(env: &Environment, images: &[PinnedImage], record: &DeployRecord) -> Value {
+/// `helm_revision` is the revision the upgrade makes, for the Deployment's
+/// `colony.dev/helm-revision` (the rollout watch's sign that it is applied).
+pub fn tool_values(
+    env: &Environment,
+    images: &[PinnedImage],
+    record: &DeployRecord,
+    helm_revision: u32,
+) -> Value {
     let mut values = json!({});
     for image in images {
         let digest = image.digest.as_deref().unwrap_or(DIGEST_PLACEHOLDER);
@@ -133,6 +140,7 @@ pub fn tool_values(env: &Environment, images: &[PinnedImage], record: &DeployRec
     for (key, value) in record.values() {
         deploy_record[key.trim_start_matches("deployRecord.")] = json!(value);
     }
+    deploy_record["helmRevision"] = json!(helm_revision.to_string());
     values["deployRecord"] = deploy_record;
     values
 }
@@ -336,7 +344,7 @@ mod tests {
     fn the_migrations_lock_settings_reach_the_chart_only_when_deploy_toml_sets_them() {
         let mut env = crate::config::tests::environment();
         let migrations = |env: &crate::config::Environment| {
-            tool_values(env, &[], &DeployRecord::default())["backend"]["migrations"].clone()
+            tool_values(env, &[], &DeployRecord::default(), 1)["backend"]["migrations"].clone()
         };
         assert_eq!(migrations(&env), json!({"alembicCommand": "alembic"}));
         env.migrations.ddl_lock_timeout = Some(std::time::Duration::from_secs(10));
@@ -365,7 +373,7 @@ mod tests {
             tag: "abc".into(),
             digest: Some("sha256:00".into()),
         };
-        let values = tool_values(&env, &[image], &record);
+        let values = tool_values(&env, &[image], &record, 2);
         assert_eq!(
             values["backend"]["migrations"]["alembicCommand"],
             "uv run --with=a,b.c"

@@ -32,6 +32,8 @@ pub struct Metadata {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// Bumped by the API server on every change of the spec.
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -39,6 +41,14 @@ pub struct Metadata {
 pub struct Deployment {
     pub metadata: Metadata,
     pub spec: DeploymentSpec,
+    pub status: DeploymentStatus,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct DeploymentStatus {
+    /// The generation the controller has acted on.
+    pub observed_generation: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -55,6 +65,20 @@ impl Deployment {
 
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.metadata.annotations.get(key).map(String::as_str)
+    }
+
+    /// Helm revision `helm_revision` applied this Deployment, the
+    /// controller has acted on it, and the ReplicaSet it rolls out is not
+    /// newer than `before`: the pod template did not change, so no new
+    /// ReplicaSet will come (the current one is the deploy's).
+    pub fn kept_its_replicaset(&self, helm_revision: u32, before: u64) -> bool {
+        let applied =
+            self.annotation("colony.dev/helm-revision") == Some(helm_revision.to_string().as_str());
+        let observed = self.status.observed_generation >= self.metadata.generation;
+        let current = self
+            .annotation("deployment.kubernetes.io/revision")
+            .and_then(|r| r.parse::<u64>().ok());
+        applied && observed && current.is_some_and(|r| r <= before)
     }
 }
 

@@ -23,18 +23,36 @@ pub enum Assessment {
     Complete,
 }
 
-/// Judges one look at the cluster. `expect_new`: Helm changed the pod
-/// template, so a ReplicaSet newer than `before` must appear. Pure.
-pub fn assess(backend: &Backend, before: u64, expect_new: bool) -> Assessment {
-    if backend.deployment.is_none() {
+/// What a watch waits for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Expect {
+    /// The newest ReplicaSet, whichever it is.
+    Newest,
+    /// The ReplicaSet of Helm revision `helm_revision`: newer than `before`,
+    /// unless that revision kept the pod template (then there is no new one,
+    /// and the current one is judged).
+    NewerThan { before: u64, helm_revision: u32 },
+}
+
+/// Judges one look at the cluster. Pure.
+pub fn assess(backend: &Backend, expect: Expect) -> Assessment {
+    let Some(deployment) = &backend.deployment else {
         return Assessment::Waiting("waiting for the backend Deployment".into());
-    }
+    };
     let state = backend.rollout_state();
     if state.newest.is_none() {
         return Assessment::Waiting("waiting for the first ReplicaSet".into());
     }
-    if expect_new && state.newest_revision() <= before {
-        return Assessment::Waiting("waiting for the new ReplicaSet".into());
+    if let Expect::NewerThan {
+        before,
+        helm_revision,
+    } = expect
+    {
+        if state.newest_revision() <= before
+            && !deployment.kept_its_replicaset(helm_revision, before)
+        {
+            return Assessment::Waiting("waiting for the new ReplicaSet".into());
+        }
     }
     if let Some((pod, problem)) = state.fatal_problem() {
         return Assessment::Failed {
@@ -56,8 +74,7 @@ pub fn assess(backend: &Backend, before: u64, expect_new: bool) -> Assessment {
 /// `on_poll` sees every look (for the progress display).
 pub async fn watch(
     env: &Environment,
-    before: u64,
-    expect_new: bool,
+    expect: Expect,
     timeout: Duration,
     mut on_poll: impl FnMut(&Backend),
 ) -> Result<Assessment> {
@@ -70,7 +87,7 @@ pub async fn watch(
         let env_for_read = env.clone();
         let backend = tokio::task::spawn_blocking(move || Backend::read(&env_for_read)).await??;
         on_poll(&backend);
-        match assess(&backend, before, expect_new) {
+        match assess(&backend, expect) {
             Assessment::Waiting(_) if Instant::now() < deadline => {}
             Assessment::Waiting(why) => {
                 return Ok(Assessment::Waiting(format!("timed out: {why}")))
@@ -270,11 +287,42 @@ mod tests {
                 "state": {"waiting": {"reason": r}}, "lastState": {"terminated": {"exitCode": 1}}})]).unwrap_or_default()}}))
     }
 
+    const NEW: Expect = Expect::NewerThan {
+        before: 1,
+        helm_revision: 2,
+    };
+
     #[test]
     fn waits_for_the_new_replicaset_before_judging() {
         let old_only = backend(&[(1, 1)], vec![pod(true, None)]);
-        assert!(matches!(assess(&old_only, 1, true), Assessment::Waiting(_)));
-        assert_eq!(assess(&old_only, 1, false), Assessment::Complete);
+        assert!(matches!(assess(&old_only, NEW), Assessment::Waiting(_)));
+        assert_eq!(assess(&old_only, Expect::Newest), Assessment::Complete);
+    }
+
+    /// Helm revision 2 applied a Deployment with the same pod template (a
+    /// redeploy of identical inputs): the controller, having seen it, still
+    /// rolls out ReplicaSet 1, so that one is judged, at once.
+    #[test]
+    fn an_unchanged_pod_template_is_judged_on_the_current_replicaset() {
+        let deployment = |helm_revision: &str,
+                          generation: u64,
+                          observed: u64|
+         -> crate::cluster::objects::Deployment {
+            from_json(json!({
+                "metadata": {"generation": generation, "annotations": {
+                    "colony.dev/helm-revision": helm_revision,
+                    "deployment.kubernetes.io/revision": "1"}},
+                "spec": {"replicas": 1},
+                "status": {"observedGeneration": observed}}))
+        };
+        let mut failing = backend(&[(1, 1)], vec![pod(false, Some("CrashLoopBackOff"))]);
+        failing.deployment = Some(deployment("2", 3, 3));
+        assert!(matches!(assess(&failing, NEW), Assessment::Failed { .. }));
+        // Not applied by this revision yet, or not seen by the controller yet.
+        failing.deployment = Some(deployment("1", 3, 3));
+        assert!(matches!(assess(&failing, NEW), Assessment::Waiting(_)));
+        failing.deployment = Some(deployment("2", 4, 3));
+        assert!(matches!(assess(&failing, NEW), Assessment::Waiting(_)));
     }
 
     #[test]
@@ -283,7 +331,7 @@ mod tests {
             &[(1, 1), (2, 1)],
             vec![pod(false, Some("CrashLoopBackOff"))],
         );
-        match assess(&crashing, 1, true) {
+        match assess(&crashing, NEW) {
             Assessment::Failed { problem, .. } => {
                 assert_eq!(problem.reason, "Init:CrashLoopBackOff");
                 assert_eq!(problem.exit_code, Some(1));
@@ -295,16 +343,10 @@ mod tests {
     #[test]
     fn complete_only_when_old_pods_are_gone() {
         let overlapping = backend(&[(1, 1), (2, 1)], vec![pod(true, None)]);
-        assert!(matches!(
-            assess(&overlapping, 1, true),
-            Assessment::Waiting(_)
-        ));
+        assert!(matches!(assess(&overlapping, NEW), Assessment::Waiting(_)));
         let done = backend(&[(1, 0), (2, 1)], vec![pod(true, None)]);
-        assert_eq!(assess(&done, 1, true), Assessment::Complete);
+        assert_eq!(assess(&done, NEW), Assessment::Complete);
         let initializing = backend(&[(1, 0), (2, 1)], vec![pod(false, Some("PodInitializing"))]);
-        assert!(matches!(
-            assess(&initializing, 1, true),
-            Assessment::Waiting(_)
-        ));
+        assert!(matches!(assess(&initializing, NEW), Assessment::Waiting(_)));
     }
 }

@@ -317,6 +317,7 @@ pub fn gather_facts(
             chart_exists,
             backup_script_exists: env.root.join(backup::SCRIPT).is_file(),
             backup_dir_problem: backup::dir_problem(env),
+            migration_lock_wait: config::values::migration_lock_wait(env),
             inputs_hash: if chart_exists {
                 inputs::hash(env).map_err(FactError::from)
             } else {

@@ -44,6 +44,9 @@ pub fn mode_in(text: &str) -> Option<String> {
 pub struct MigrationLock {
     pub timeout_seconds: Option<u64>,
     pub retries: Option<u64>,
+    /// `lockTimeoutSeconds`: how long an init container waits for the
+    /// migration lock another pod holds.
+    pub wait_seconds: Option<u64>,
 }
 
 pub fn migration_lock(env: &Environment) -> MigrationLock {
@@ -54,6 +57,22 @@ pub fn migration_lock(env: &Environment) -> MigrationLock {
         .filter_map(|v| std::fs::read_to_string(&v.path).ok())
         .collect();
     migration_lock_in(texts.iter().map(String::as_str))
+}
+
+/// How long the init container waits for the migration lock: the values
+/// files' `backend.migrations.lockTimeoutSeconds`, else the chart's own
+/// values.yaml (None: neither says).
+pub fn migration_lock_wait(env: &Environment) -> Option<u64> {
+    let chart =
+        std::fs::read_to_string(env.root.join(&env.chart).join("values.yaml")).unwrap_or_default();
+    let files: Vec<String> = env
+        .values
+        .iter()
+        .filter(|v| v.exists)
+        .filter_map(|v| std::fs::read_to_string(&v.path).ok())
+        .collect();
+    migration_lock_in(std::iter::once(chart.as_str()).chain(files.iter().map(String::as_str)))
+        .wait_seconds
 }
 
 /// The same over the files' texts, in Helm's order. Pure.
@@ -67,6 +86,7 @@ pub fn migration_lock_in<'a>(texts: impl Iterator<Item = &'a str>) -> MigrationL
         let number = |key: &str| migrations.and_then(|m| m.get(key)).and_then(|v| v.as_u64());
         lock.timeout_seconds = number("ddlLockTimeoutSeconds").or(lock.timeout_seconds);
         lock.retries = number("ddlLockRetries").or(lock.retries);
+        lock.wait_seconds = number("lockTimeoutSeconds").or(lock.wait_seconds);
     }
     lock
 }
@@ -90,13 +110,14 @@ mod tests {
         let files = [
             "backend:\n  migrations:\n    ddlLockTimeoutSeconds: 30\n    ddlLockRetries: 1\n",
             "not: [yaml",
-            "backend:\n  migrations:\n    ddlLockRetries: 0\n",
+            "backend:\n  migrations:\n    ddlLockRetries: 0\n    lockTimeoutSeconds: 900\n",
         ];
         assert_eq!(
             migration_lock_in(files.into_iter()),
             MigrationLock {
                 timeout_seconds: Some(30),
-                retries: Some(0)
+                retries: Some(0),
+                wait_seconds: Some(900),
             }
         );
         assert_eq!(

@@ -17,6 +17,7 @@ use crate::verify;
 pub(super) async fn upgrade_watching_rollout(
     env: &Environment,
     argv: &[String],
+    helm_revision: u32,
     verbose: bool,
 ) -> Result<verify::Collector> {
     // Read now, not taken from the facts: the images took minutes, and
@@ -41,7 +42,11 @@ pub(super) async fn upgrade_watching_rollout(
     let mut collector = verify::Collector::new(env, before);
     // The watch borrows the collector: it ends with this block.
     let (code, said) = {
-        let watch = rollout::watch(env, before, true, env.helm_timeout, |backend| {
+        let expect = rollout::Expect::NewerThan {
+            before,
+            helm_revision,
+        };
+        let watch = rollout::watch(env, expect, env.helm_timeout, |backend| {
             progress.show(backend);
             collector.observe(backend);
         });
@@ -57,9 +62,9 @@ pub(super) async fn upgrade_watching_rollout(
                     let explanation = rollout::explain_failure(env, &pod, &problem);
                     bail!(
                         "the rollout failed, so Helm was stopped:\n{explanation}\nhelm said:\n{}\n\
-                         The database is untouched unless the failing migration committed; `cargo xtask status {}` shows the release",
+                         The database is untouched unless the failing migration committed. {}",
                         indent(helm_said.trim()),
-                        env.name
+                        next_steps(env)
                     );
                 }
                 // Complete (or timed out) before Helm returned: let Helm finish.
@@ -69,9 +74,16 @@ pub(super) async fn upgrade_watching_rollout(
     };
     let code = code?;
     if code != 0 {
+        let lock_wait = crate::config::values::migration_lock_wait(env)
+            .map_or(String::new(), |s| {
+                format!(" (for up to {s} s, if another pod holds the migration lock)")
+            });
         bail!(
-            "helm upgrade failed (exit {code}):\n{}",
-            indent(said.trim())
+            "helm upgrade failed (exit {code}):\n{}\n\
+             Helm has stopped waiting, but Kubernetes has not: the new pods may still be starting, \
+             and their run-migrations init container may still migrate the database{lock_wait}. {}",
+            indent(said.trim()),
+            next_steps(env)
         );
     }
     // Helm's own word on what it did (NAME, STATUS, REVISION…).
@@ -79,6 +91,15 @@ pub(super) async fn upgrade_watching_rollout(
         eprintln!("{}", indent(said.trim()));
     }
     Ok(collector)
+}
+
+/// What to do after a failed upgrade: look before acting again.
+fn next_steps(env: &Environment) -> String {
+    format!(
+        "`cargo xtask status {0}` shows the release and its pods, `cargo xtask verify {0}` the database's \
+         revision once they settle; then deploy again, or `cargo xtask rollback {0}`",
+        env.name
+    )
 }
 
 /// How long Helm gets to record the release as failed after SIGTERM.

@@ -360,13 +360,15 @@ impl Executor<'_> {
             self.env,
             &done.pinned(pinned)?,
             &done.record(record),
+            revision,
         );
         let (_values_file, argv) = crate::cluster::helm::with_values_file(
             &crate::cluster::helm::upgrade_install_args(self.env, helm_major),
             &values,
         )
         .context("cannot write this deploy's values file for Helm")?;
-        let collector = helm::upgrade_watching_rollout(self.env, &argv, self.verbose).await?;
+        let collector =
+            helm::upgrade_watching_rollout(self.env, &argv, revision, self.verbose).await?;
         Ok(Output::Released {
             revision,
             collector: Some(collector),
@@ -382,7 +384,7 @@ impl Executor<'_> {
         let mut collector = done
             .take_collector()
             .unwrap_or_else(|| verify::Collector::new(env, 0));
-        let assessment = rollout::watch(env, 0, false, env.helm_timeout, |b| {
+        let assessment = rollout::watch(env, rollout::Expect::Newest, env.helm_timeout, |b| {
             progress.show(b);
             collector.observe(b);
         })
@@ -461,7 +463,11 @@ impl Executor<'_> {
             )
         })?;
         let mut progress = rollout::Progress::new(env);
-        match rollout::watch(env, 0, false, env.helm_timeout, |b| progress.show(b)).await? {
+        match rollout::watch(env, rollout::Expect::Newest, env.helm_timeout, |b| {
+            progress.show(b)
+        })
+        .await?
+        {
             Assessment::Complete => Ok(Output::Released {
                 revision,
                 collector: None,

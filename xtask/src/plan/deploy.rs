@@ -34,6 +34,9 @@ pub struct DeployFacts {
     pub backup_script_exists: bool,
     /// Why dumps cannot go to backup_dir (`backup::dir_problem`), if so.
     pub backup_dir_problem: Option<String>,
+    /// Seconds an init container waits for the migration lock
+    /// (`values::migration_lock_wait`), if the chart or values say.
+    pub migration_lock_wait: Option<u64>,
     /// `inputs::hash` of the chart and values files.
     pub inputs_hash: Fact<String>,
     /// The cluster's side, or why it could not be read (a refusal).
@@ -179,6 +182,7 @@ pub fn decide(env: &Environment, facts: &DeployFacts, options: DeployOptions) ->
             }
         }
     }
+    schema.extend(lock_wait_outlasts_helm(env, facts));
     let (decision, reason, steps) = match nothing_to_deploy(env, facts, options) {
         // Verify what runs: the running revision's recorded head.
         Some((reason, recorded_head)) => (
@@ -412,7 +416,7 @@ pub fn upgrade_argv(
             ..
         } => Some((
             helm::upgrade_install_args(env, helm_major),
-            helm::tool_values(env, &pinned, &record),
+            helm::tool_values(env, &pinned, &record, spec.revision_before + 1),
         )),
         _ => None,
     }
@@ -866,7 +870,7 @@ fn helm_step(
     items.push(note(
         "the values below, as JSON (a private temporary file when Helm runs; the last -f, so they win over yours):",
     ));
-    let values = helm::tool_values(env, &spec.pinned, &record);
+    let values = helm::tool_values(env, &spec.pinned, &record, spec.revision_before + 1);
     items.extend(
         helm::values_lines(&values)
             .into_iter()
@@ -1018,6 +1022,22 @@ fn missing(
         missing.extend(not_linted(&facts.migrations));
     }
     missing
+}
+
+/// A said risk, not a refusal: an init container that waits longer for the
+/// migration lock than Helm waits for the rollout may migrate the database
+/// after Helm gave up and this tool stopped. Pure.
+fn lock_wait_outlasts_helm(env: &Environment, facts: &DeployFacts) -> Option<String> {
+    let wait = facts.migration_lock_wait?;
+    let helm = env.helm_timeout.as_secs();
+    (wait > helm).then(|| {
+        format!(
+            "warning: an init container waits up to {wait} s for the migration lock \
+             (backend.migrations.lockTimeoutSeconds), longer than Helm's {helm} s (helm_timeout): \
+             if Helm times out, a pod may still migrate the database after this tool has stopped; \
+             raise helm_timeout above it or lower lockTimeoutSeconds"
+        )
+    })
 }
 
 /// `alembic_version.version_num` is `varchar(32)` as Alembic creates it: a
@@ -1279,6 +1299,7 @@ mod tests {
             chart_exists: true,
             backup_script_exists: true,
             backup_dir_problem: None,
+            migration_lock_wait: None,
             inputs_hash: Ok("sha256:inputs".into()),
             cluster: Ok(ClusterFacts {
                 release: Some(Current {

@@ -776,6 +776,70 @@ fn settings_that_would_fail_mid_deploy_are_refused_before_any_change() {
     );
 }
 
+/// Helm's timeout shorter than the migration lock's wait: the plan warns;
+/// when Helm gives up while a pod waits for the lock, the error says the
+/// pods may still migrate and what to run; and they do, once the lock is
+/// free, as a cluster's would.
+#[test]
+fn helm_giving_up_before_the_migration_lock_is_said_with_the_next_steps() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    let config = stack.repo.config();
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "release = \"colony\"",
+        "release = \"colony\"\nhelm_timeout = \"4s\"",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    stack.commit_revision(
+        "0003_count_chores",
+        "0002_activity_and_comments",
+        "count chores",
+        "    op.add_column('households', sa.Column('chores', sa.Integer()))",
+    );
+    let mut holder = std::process::Command::new("psql")
+        .args([stack.database_url.as_str(), "-XAtq", "-c"])
+        .arg(format!(
+            "SELECT pg_advisory_lock({})",
+            i64::from_be_bytes(*b"colonymg")
+        ))
+        .args(["-c", "SELECT pg_sleep(120)"])
+        .env("PGAPPNAME", "a-slow-migration")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = stack.xtask(&["deploy", "colony-dev", "--yes", "--no-rehearsal"]);
+    // The session ends (a killed psql's backend would sleep on with the lock).
+    stack.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'a-slow-migration'",
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_contains(
+        &run.stdout,
+        "warning: an init container waits up to 300 s for the migration lock",
+    );
+    assert_contains(
+        &run.stderr,
+        "Helm has stopped waiting, but Kubernetes has not",
+    );
+    assert_contains(
+        &run.stderr,
+        "(for up to 300 s, if another pod holds the migration lock)",
+    );
+    assert_contains(&run.stderr, "`cargo xtask status colony-dev`");
+    // The lock is free now: the waiting init container migrates without us.
+    let start = Instant::now();
+    while stack.psql("SELECT version_num FROM alembic_version") != "0003_count_chores" {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the pod never migrated"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// A values file Helm would refuse (not YAML, or a value the chart's schema
 /// rejects) is refused with the facts, exit 2: no push, no backup, no Helm
 /// call, on an installed release as on a first install.
@@ -1495,6 +1559,26 @@ fn promotion_to_another_registry_copies_the_images_by_digest() {
     // credentials and never shows them. The simulated cluster, like one
     // without imagePullSecrets, then cannot pull from it: the copy is done
     // and the rollout fails on the pull, as it would.
+    log_in_to_the_auth_registry(&stack);
+    let behind_login = format!("{}/{}", bed.auth_registry, common::unique("promoted"));
+    let copied = promote(&behind_login, &["--force"]);
+    assert!(
+        !copied.all().contains(&bed.auth_password),
+        "the password was printed"
+    );
+    assert_contains(
+        &copied.stderr,
+        &format!("-> {behind_login}/e2e-colony-backend: 1 manifest, "),
+    );
+    assert_eq!(copied.code, 1, "{}", copied.all());
+    assert_contains(&copied.stderr, "ErrImagePull");
+}
+
+/// `docker login` to the bed's htpasswd registry, in the stack's HOME: the
+/// tool pushes there; the simulated cluster, like one without
+/// imagePullSecrets, cannot pull from it.
+fn log_in_to_the_auth_registry(stack: &Stack) {
+    let bed = testkit::TestBed::get();
     let docker_dir = stack.home.path().join(".docker");
     std::fs::create_dir_all(&docker_dir).unwrap();
     let auth = {
@@ -1510,18 +1594,32 @@ fn promotion_to_another_registry_copies_the_images_by_digest() {
         ),
     )
     .unwrap();
-    let behind_login = format!("{}/{}", bed.auth_registry, common::unique("promoted"));
-    let copied = promote(&behind_login, &["--force"]);
-    assert!(
-        !copied.all().contains(&bed.auth_password),
-        "the password was printed"
-    );
-    assert_contains(
-        &copied.stderr,
-        &format!("-> {behind_login}/e2e-colony-backend: 1 manifest, "),
-    );
-    assert_eq!(copied.code, 1, "{}", copied.all());
-    assert_contains(&copied.stderr, "ErrImagePull");
+}
+
+/// A deploy whose pods cannot pull, then the same deploy again (identical
+/// inputs: Helm makes no new ReplicaSet): the second fails at once on the
+/// same pods' pull error, not after waiting Helm's whole timeout for a
+/// ReplicaSet that never comes.
+#[test]
+fn a_redeploy_of_identical_inputs_after_a_failure_fails_fast_on_the_same_pods() {
+    let bed = testkit::TestBed::get();
+    let stack = Stack::new(None);
+    log_in_to_the_auth_registry(&stack);
+    let unpullable = format!("{}/{}", bed.auth_registry, common::unique("unpullable"));
+    let deploy_there = || {
+        stack.xtask_with(
+            &["deploy", "colony-dev", "--yes"],
+            &[("COLONY_REGISTRY", &unpullable)],
+        )
+    };
+    let first = deploy_there();
+    assert_eq!(first.code, 1, "{}", first.all());
+    assert_contains(&first.stderr, "ErrImagePull");
+    let again = deploy_there();
+    assert_eq!(again.code, 1, "{}", again.all());
+    assert_contains(&again.stderr, "the rollout failed, so Helm was stopped");
+    assert!(!again.stderr.contains("timed out"), "{}", again.stderr);
+    assert_eq!(stack.helm_upgrades(), 2);
 }
 
 /// `--images-from`: staging's digests deployed to dev, no build, the

@@ -427,6 +427,7 @@ mod tests {
         let values = MigrationLock {
             timeout_seconds: Some(30),
             retries: Some(1),
+            wait_seconds: None,
         };
         assert_eq!(
             migration_args(&env, values),

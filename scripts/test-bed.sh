@@ -360,12 +360,20 @@ start_postgres() {
 # 127.0.0.0/8 CIDR: plain HTTP works, as with `docker push`) and one that
 # resolves to ::1 (not in that CIDR: the daemon treats it as secure).
 HOSTS_FILE=${COLONY_TEST_HOSTS_FILE:-/etc/hosts}
-HOSTS_MARK="# colony-test-bed"
+# Each bed marks its own lines with its directory: `down` removes only
+# those, never the lines another bed (another BED_DIR) added.
+HOSTS_MARK="# colony-test-bed $BED_DIR"
 NAMED_REGISTRY=registry.colony-bed.test
 SECURE_NAME=secure-registry.colony-bed.test
 
 add_hosts() {
   grep -qF "$HOSTS_MARK" "$HOSTS_FILE" 2>/dev/null && return
+  # Another bed's lines give the same names the same addresses: reuse them.
+  if grep -qE "^127\.0\.0\.1[[:space:]]+${NAMED_REGISTRY}[[:space:]]" "$HOSTS_FILE" 2>/dev/null &&
+    grep -qE "^::1[[:space:]]+${SECURE_NAME}[[:space:]]" "$HOSTS_FILE" 2>/dev/null; then
+    log "$NAMED_REGISTRY and $SECURE_NAME are in $HOSTS_FILE already (another bed's): not adding them"
+    return
+  fi
   [ -w "$HOSTS_FILE" ] || die "cannot write $HOSTS_FILE to add the test names $NAMED_REGISTRY and $SECURE_NAME"
   log "adding $NAMED_REGISTRY (127.0.0.1) and $SECURE_NAME (::1) to $HOSTS_FILE"
   printf '127.0.0.1 %s %s\n::1 %s %s\n' "$NAMED_REGISTRY" "$HOSTS_MARK" "$SECURE_NAME" "$HOSTS_MARK" >> "$HOSTS_FILE"
@@ -375,7 +383,9 @@ remove_hosts() {
   grep -qF "$HOSTS_MARK" "$HOSTS_FILE" 2>/dev/null || return 0
   log "removing the test names from $HOSTS_FILE"
   local kept
-  kept=$(grep -vF "$HOSTS_MARK" "$HOSTS_FILE" || true)
+  # Only lines that end with this bed's own mark, compared as text.
+  kept=$(awk -v mark=" $HOSTS_MARK" \
+    'length($0) < length(mark) || substr($0, length($0) - length(mark) + 1) != mark' "$HOSTS_FILE")
   # Rewrite in place: the file may be a bind mount that cannot be replaced.
   printf '%s\n' "$kept" > "$HOSTS_FILE"
 }

@@ -81,3 +81,40 @@ fn alembic_helm_and_kubectl_are_the_expected_versions() {
     let kubectl = output_of(&bed.kubectl, &["version", "--client", "-o", "json"], &[]);
     assert!(kubectl.contains("\"gitVersion\": \"v1.33."), "{kubectl}");
 }
+
+/// Two beds on one machine (two BED_DIRs) share the hosts file: `down` of
+/// one removes only the lines it added, never the other's.
+#[test]
+fn a_bed_s_down_removes_only_its_own_hosts_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let bed = dir.path().join("bed");
+    std::fs::create_dir(&bed).unwrap();
+    let hosts = dir.path().join("hosts");
+    let other = "# colony-test-bed /tmp/another-bed";
+    let own = format!("# colony-test-bed {}", bed.display());
+    std::fs::write(
+        &hosts,
+        format!(
+            "127.0.0.1 localhost\n\
+             127.0.0.1 registry.colony-bed.test {other}\n::1 secure-registry.colony-bed.test {other}\n\
+             127.0.0.1 registry.colony-bed.test {own}\n::1 secure-registry.colony-bed.test {own}\n"
+        ),
+    )
+    .unwrap();
+    let script = testkit::workspace_root().join("scripts/test-bed.sh");
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg("down")
+        .env("COLONY_TEST_BED_DIR", &bed)
+        .env("COLONY_TEST_HOSTS_FILE", &hosts)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        std::fs::read_to_string(&hosts).unwrap(),
+        format!(
+            "127.0.0.1 localhost\n\
+             127.0.0.1 registry.colony-bed.test {other}\n::1 secure-registry.colony-bed.test {other}\n"
+        )
+    );
+}

@@ -371,6 +371,7 @@ pub fn pod_json(dir: &Dir, config: &Config, pod: &Pod) -> Value {
     };
     let waiting =
         |reason: &str, message: &str| json!({"waiting": {"reason": reason, "message": message}});
+    let (restart_count, last_crash) = super::pod::restarts(dir, &pod.name);
     let (phase, init_state, init_last, restarts, main_state, ready) = match &condition {
         PodCondition::ImagePull(message) => {
             let reason = if now_ms() > pod.created + 2000 {
@@ -390,8 +391,11 @@ pub fn pod_json(dir: &Dir, config: &Config, pod: &Pod) -> Value {
         PodCondition::Initializing => (
             "Pending",
             json!({"running": {"startedAt": timestamp(pod.created)}}),
-            json!({}),
-            0,
+            match last_crash {
+                Some(code) => json!({"terminated": {"exitCode": code, "reason": "Error"}}),
+                None => json!({}),
+            },
+            restart_count,
             waiting("PodInitializing", ""),
             false,
         ),
@@ -406,15 +410,18 @@ pub fn pod_json(dir: &Dir, config: &Config, pod: &Pod) -> Value {
                 ),
             ),
             json!({"terminated": {"exitCode": code, "reason": "Error", "startedAt": timestamp(pod.created), "finishedAt": timestamp(now_ms())}}),
-            1,
+            restart_count + 1,
             waiting("PodInitializing", ""),
             false,
         ),
         PodCondition::Running { ready } => (
             "Running",
             json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": timestamp(pod.created), "finishedAt": timestamp(pod.created)}}),
-            json!({}),
-            0,
+            match last_crash {
+                Some(code) => json!({"terminated": {"exitCode": code, "reason": "Error"}}),
+                None => json!({}),
+            },
+            restart_count,
             json!({"running": {"startedAt": timestamp(pod.created)}}),
             *ready,
         ),

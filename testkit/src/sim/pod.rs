@@ -34,6 +34,9 @@ pub enum Record {
     ImageIds,
     /// The init containers' exit code: 0 once the main containers run.
     InitExit,
+    /// How often the init containers were restarted after a crash, and the
+    /// last crash's exit code: `<count> <code>`.
+    Restarts,
 }
 
 impl Record {
@@ -42,6 +45,7 @@ impl Record {
             Record::PullError => "pull.error",
             Record::ImageIds => "image-ids.json",
             Record::InitExit => "init.exit",
+            Record::Restarts => "restarts",
         }
     }
 
@@ -67,6 +71,27 @@ impl Record {
         std::fs::write(&partial, text).map_err(|e| e.to_string())?;
         std::fs::rename(&partial, &path).map_err(|e| e.to_string())
     }
+
+    fn remove(&self, dir: &Dir, pod: &str) {
+        let _ = std::fs::remove_file(dir.pod_dir(pod).join(self.file()));
+    }
+}
+
+/// (restarts so far, the last crash's exit code), as the pod status shows
+/// them (`restartCount`, `lastState.terminated.exitCode`).
+pub fn restarts(dir: &Dir, pod: &str) -> (u64, Option<i32>) {
+    let text = Record::Restarts.read(dir, pod).unwrap_or_default();
+    let mut words = text.split_whitespace();
+    let count = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    let code = words.next().and_then(|w| w.parse().ok());
+    (count, code)
+}
+
+/// The kubelet's back-off before the `restart`th restart of a crashed
+/// container: 10 s, doubled each time, at most 5 minutes.
+pub fn back_off(restart: u64) -> std::time::Duration {
+    let seconds = 10u64.saturating_mul(1 << restart.min(5)).min(300);
+    std::time::Duration::from_secs(seconds)
 }
 
 /// Pulls the pod's image, runs its init containers one after the other
@@ -89,19 +114,47 @@ pub fn run(dir: &Dir, pod_name: &str) -> Result<(), String> {
         Err(error) => return Record::PullError.write(dir, pod_name, &error),
     };
     Record::ImageIds.write(dir, pod_name, &serde_json::to_string(&image_ids).unwrap())?;
-    let mut code = 0;
-    for container in containers(&pod, "initContainers") {
-        let spec = ContainerSpec::from_spec(&container, container_env(&config, &container));
-        let log = File::create(log_path(dir, pod_name, &spec.name)).map_err(|e| e.to_string())?;
-        code = run_init(&config, &pod, &spec, log);
+    // As the kubelet (restartPolicy Always): a crashed init container is
+    // run again after a growing back-off, for as long as the pod exists,
+    // so that a pod recovers once what made it crash (the database, a
+    // lock) is fixed.
+    let mut restarts = 0;
+    loop {
+        // Read again each time: what made it crash (a fault) may be gone.
+        let config = dir.config()?;
+        let code = run_containers(dir, &config, &pod)?;
+        Record::InitExit.write(dir, pod_name, &code.to_string())?;
+        if code == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(back_off(restarts));
+        let gone = dir
+            .read()
+            .pods
+            .iter()
+            .find(|p| p.name == pod_name)
+            .is_none_or(|p| p.deleted);
+        if gone {
+            return Ok(());
+        }
+        restarts += 1;
+        Record::Restarts.write(dir, pod_name, &format!("{restarts} {code}"))?;
+        Record::InitExit.remove(dir, pod_name);
+    }
+}
+
+/// The init containers one after the other, then the main containers: the
+/// first non-zero exit code, or 0.
+fn run_containers(dir: &Dir, config: &Config, pod: &Pod) -> Result<i32, String> {
+    for container in containers(pod, "initContainers") {
+        let spec = ContainerSpec::from_spec(&container, container_env(config, &container));
+        let log = File::create(log_path(dir, &pod.name, &spec.name)).map_err(|e| e.to_string())?;
+        let code = run_init(config, pod, &spec, log);
         if code != 0 {
-            break;
+            return Ok(code);
         }
     }
-    if code == 0 {
-        code = start_main_containers(dir, &config, &pod);
-    }
-    Record::InitExit.write(dir, pod_name, &code.to_string())
+    Ok(start_main_containers(dir, config, pod))
 }
 
 fn run_init(config: &Config, pod: &Pod, spec: &ContainerSpec, log: File) -> i32 {

@@ -171,6 +171,13 @@ impl Runtime {
     /// its exit code (docker's own 125–127 when it could not start, with
     /// runc's words in the log, as the kubelet reports them).
     pub fn run_to_end(&self, pod: &str, spec: &ContainerSpec, log: std::fs::File) -> i32 {
+        // A restart replaces the crashed container of the same name.
+        let _ = self
+            .docker()
+            .args(["rm", "--force", &self.container_name(pod, &spec.name)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let mut args = self.run_args(pod, spec);
         if let Some((program, rest)) = spec.command.split_first() {
             args.extend(["--entrypoint".into(), program.clone()]);

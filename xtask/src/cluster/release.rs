@@ -269,7 +269,7 @@ pub fn rollback_record(deployment: &Deployment) -> Option<(u32, String)> {
         .parse()
         .ok()?;
     let head = deployment.annotation(ROLLBACK_HEAD_ANNOTATION)?;
-    Some((revision, head.to_string()))
+    Some((revision, cluster::printable(head)))
 }
 
 pub fn record(env: &Environment, revision: u32) -> Result<Record> {
@@ -295,14 +295,17 @@ pub fn record_from_values(values: &Value) -> Record {
         }
     };
     let written = helm::DeployRecord::from_values(values);
+    // Whatever the cluster holds is printed: no control character (an
+    // escape sequence could retitle or clear the terminal) gets through.
+    let clean = |text: String| cluster::printable(&text);
     Record {
-        git_sha: written.git_sha,
-        alembic_head: written.alembic_head,
-        backup_file: written.backup_file,
-        inputs_hash: written.inputs_hash,
-        rehearsal: written.rehearsal,
-        backend_image: image(Component::Backend),
-        frontend_image: image(Component::Frontend),
+        git_sha: clean(written.git_sha),
+        alembic_head: clean(written.alembic_head),
+        backup_file: clean(written.backup_file),
+        inputs_hash: clean(written.inputs_hash),
+        rehearsal: clean(written.rehearsal),
+        backend_image: clean(image(Component::Backend)),
+        frontend_image: clean(image(Component::Frontend)),
     }
 }
 
@@ -542,5 +545,8 @@ mod tests {
             (record.git_sha.as_str(), record.alembic_head.as_str()),
             ("abc", "0002_x")
         );
+        // A record edited to carry escape sequences prints them harmless.
+        let hostile = json!({"deployRecord": {"gitSha": "abc\u{1b}]0;owned\u{7}\u{1b}[2J"}});
+        assert_eq!(record_from_values(&hostile).git_sha, "abc?]0;owned??[2J");
     }
 }

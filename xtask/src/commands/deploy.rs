@@ -396,6 +396,7 @@ fn image_facts(
                         Err(why) => Err(why.clone()),
                         Ok(_) => digest.join().expect("registry reader panicked"),
                     },
+                    tag_problem: tag.as_ref().err().cloned(),
                     tag: tag.ok().flatten(),
                 }
             })

@@ -99,6 +99,8 @@ pub struct ImageFacts {
     pub component: Component,
     /// None when there is no commit to tag from.
     pub tag: Option<String>,
+    /// Why git could not tell the tag (the registry was then not asked).
+    pub tag_problem: Option<FactError>,
     pub context_exists: bool,
     pub dockerfile_exists: bool,
     /// What its Dockerfile asks of the builder (BuildKit syntax).
@@ -212,7 +214,7 @@ pub fn decide(env: &Environment, facts: &DeployFacts, options: DeployOptions) ->
                 env,
                 expect(
                     head.clone().unwrap_or_else(|_| "<unknown>".into()),
-                    spec.revision_before + 1,
+                    spec.revision_before.saturating_add(1),
                 ),
             ));
             (Verdict::Deploy, why_backup, steps)
@@ -416,7 +418,12 @@ pub fn upgrade_argv(
             ..
         } => Some((
             helm::upgrade_install_args(env, helm_major),
-            helm::tool_values(env, &pinned, &record, spec.revision_before + 1),
+            helm::tool_values(
+                env,
+                &pinned,
+                &record,
+                spec.revision_before.saturating_add(1),
+            ),
         )),
         _ => None,
     }
@@ -870,7 +877,12 @@ fn helm_step(
     items.push(note(
         "the values below, as JSON (a private temporary file when Helm runs; the last -f, so they win over yours):",
     ));
-    let values = helm::tool_values(env, &spec.pinned, &record, spec.revision_before + 1);
+    let values = helm::tool_values(
+        env,
+        &spec.pinned,
+        &record,
+        spec.revision_before.saturating_add(1),
+    );
     items.extend(
         helm::values_lines(&values)
             .into_iter()
@@ -887,7 +899,7 @@ fn helm_step(
             pinned: spec.pinned.clone(),
             record,
             helm_major: spec.helm_major,
-            revision: spec.revision_before + 1,
+            revision: spec.revision_before.saturating_add(1),
             database_before,
         },
     }
@@ -1013,6 +1025,18 @@ fn missing(
         missing.extend(facts.backup_dir_problem.clone());
     }
     missing.extend(overlong_revision_ids(facts, head));
+    let revision = facts
+        .cluster
+        .as_ref()
+        .ok()
+        .and_then(|c| c.release.as_ref())
+        .map(|r| r.revision);
+    if revision == Some(u32::MAX) {
+        missing.push(format!(
+            "release revision {} is the last one this tool can count to",
+            u32::MAX
+        ));
+    }
     let findings = facts.migrations.findings();
     let strict = options.strict_migrations || env.migrations.strict;
     if strict && !findings.is_empty() {
@@ -1211,7 +1235,13 @@ fn image_problems(env: &Environment, facts: &DeployFacts) -> Vec<String> {
                 image.dockerfile.display()
             ));
         }
-        if let Err(why) = &found.registry_digest {
+        if let Some(why) = &found.tag_problem {
+            problems.push(format!(
+                "{}: git cannot tell the image's tag from its context {}/: {why}",
+                image.component,
+                image.context.display()
+            ));
+        } else if let Err(why) = &found.registry_digest {
             problems.push(format!(
                 "{}: registry {} does not answer: {why} (`cargo xtask doctor` checks it)",
                 image.component, env.registry
@@ -1277,6 +1307,7 @@ mod tests {
         let image = |component: Component, digest: &str| ImageFacts {
             component,
             tag: Some("abc".into()),
+            tag_problem: None,
             context_exists: true,
             dockerfile_exists: true,
             needs: crate::images::builder::Needs::default(),
@@ -1433,6 +1464,74 @@ mod tests {
             "{:?}",
             refused.missing
         );
+    }
+
+    #[test]
+    fn a_git_error_is_named_as_git_s_not_the_registry_s() {
+        let mut facts = facts(at("0002_activity_and_comments"));
+        let why = FactError::of(&std::io::Error::other("fatal: bad object HEAD"));
+        facts.images[0].tag_problem = Some(why.clone());
+        facts.images[0].registry_digest = Err(why);
+        let plan = planned(&facts, DeployOptions::default());
+        let said = plan.missing.join("\n");
+        assert!(said.contains("git cannot tell the image's tag"), "{said}");
+        assert!(!said.contains("does not answer"), "{said}");
+    }
+
+    #[test]
+    fn the_last_countable_revision_is_refused_not_a_panic() {
+        let mut facts = facts(at("0002_activity_and_comments"));
+        if let Ok(cluster) = &mut facts.cluster {
+            cluster.release.as_mut().unwrap().revision = u32::MAX;
+        }
+        let plan = planned(
+            &facts,
+            DeployOptions {
+                force: true,
+                ..DeployOptions::default()
+            },
+        );
+        assert!(
+            plan.missing
+                .iter()
+                .any(|m| m.contains("last one this tool can count to")),
+            "{:?}",
+            plan.missing
+        );
+    }
+
+    #[test]
+    fn overlong_revision_ids_are_refused_unless_a_migration_widens_the_column() {
+        let long = "0003_a_revision_id_longer_than_32_chars";
+        let mut facts = facts(at("0002_activity_and_comments"));
+        let mut revisions: Vec<_> = ["0001_baseline", "0002_activity_and_comments"]
+            .iter()
+            .map(|id| graph().get(id).unwrap().clone())
+            .collect();
+        let mut extra = revisions[1].clone();
+        extra.id = long.into();
+        extra.down = vec!["0002_activity_and_comments".into()];
+        revisions.push(extra);
+        facts.graph = Ok(RevisionGraph::from_revisions(revisions).unwrap());
+        let head = Ok(long.to_string());
+        let refused = overlong_revision_ids(&facts, &head).unwrap();
+        assert!(refused.contains("longer than 32 characters"), "{refused}");
+        facts.migrations = Preview::Upgrade {
+            from: Some("0002_activity_and_comments".into()),
+            to: long.into(),
+            stamp: None,
+            command: vec![],
+            revisions: vec![crate::alembic::preview::RevisionPreview {
+                id: long.into(),
+                message: String::new(),
+                sql: Some(
+                    "ALTER TABLE alembic_version ALTER COLUMN version_num TYPE varchar(64);".into(),
+                ),
+                no_preview: None,
+            }],
+            findings: vec![],
+        };
+        assert_eq!(overlong_revision_ids(&facts, &head), None);
     }
 
     #[test]

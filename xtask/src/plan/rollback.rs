@@ -197,13 +197,17 @@ fn rollback_spec(
             facts.current.revision, env.name
         )
     })?;
-    let new_revision = facts
+    let newest = facts
         .history
         .iter()
         .map(|r| r.entry.revision)
         .max()
-        .unwrap_or(facts.current.revision)
-        + 1;
+        .unwrap_or(facts.current.revision);
+    let new_revision = newest.checked_add(1).ok_or_else(|| {
+        format!(
+            "release revision {newest} is the last one this tool can count to; nothing was changed"
+        )
+    })?;
     Ok(RollbackSpec {
         from,
         target,
@@ -364,12 +368,45 @@ fn app_revision<'a>(
                 revision.record.alembic_head, revision.record.alembic_head
             ));
         }
-        return Ok(revision);
+        return same_image_same_head(env, facts, revision).map(|()| revision);
     }
-    earlier()
+    let revision = earlier()
         .filter(|r| r.entry.was_good() && r.record.alembic_head == target)
         .max_by_key(|r| r.entry.revision)
-        .ok_or_else(|| no_app_revision(env, target, earlier().collect()))
+        .ok_or_else(|| no_app_revision(env, target, earlier().collect()))?;
+    same_image_same_head(env, facts, revision).map(|()| revision)
+}
+
+/// One backend image holds one Alembic head: an earlier revision that runs
+/// the current revision's image but records another head has a wrong
+/// record (or the current one has), and rolling the app back to it would
+/// change nothing the database needs. Refused, naming both.
+fn same_image_same_head(
+    env: &Environment,
+    facts: &RollbackFacts,
+    app: &RecordedRevision,
+) -> Result<(), String> {
+    let current = facts.current.revision;
+    let Some(now) = facts.history.iter().find(|r| r.entry.revision == current) else {
+        return Ok(());
+    };
+    let (then, now_record) = (&app.record, &now.record);
+    if then.backend_image.is_empty()
+        || then.backend_image != now_record.backend_image
+        || then.alembic_head == now_record.alembic_head
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "revision {} runs the same backend image as the current revision {current} ({}), yet records head {} \
+         where revision {current} records {}: an image holds one Alembic head, so one of these deploy records \
+         is wrong (`helm get values {} --revision N` shows them); choose the app's revision with --app-revision",
+        app.entry.revision,
+        crate::cluster::printable(&then.backend_image),
+        crate::cluster::printable(&then.alembic_head),
+        crate::cluster::printable(&now_record.alembic_head),
+        env.release
+    ))
 }
 
 /// The refusal when no earlier revision recorded the target: the candidates
@@ -647,6 +684,39 @@ mod tests {
         assert_eq!(decided.app_revision, 2, "a failed revision is never chosen");
         assert_eq!(decided.new_revision, 5);
         assert_eq!(decided.from, "0002_activity_and_comments");
+    }
+
+    /// A record edited by hand: revision 2 claims 0001 but runs the image
+    /// that revision 3 (at 0002) runs. Refused, naming both records.
+    #[test]
+    fn an_app_revision_with_the_current_image_but_another_head_is_refused() {
+        let mut tampered = revision(2, "superseded", "0001_baseline");
+        tampered.record.backend_image = "r/colony-backend@sha256:3".into();
+        let history = vec![
+            revision(1, "superseded", "0001_baseline"),
+            tampered,
+            revision(3, "deployed", "0002_activity_and_comments"),
+        ];
+        let facts = facts(history, "0002_activity_and_comments");
+        let why = refusal(decide(&env(), &facts, &to("0001_baseline", None)));
+        assert!(
+            why.contains("revision 2 runs the same backend image as the current revision 3"),
+            "{why}"
+        );
+        let chosen = refusal(decide(&env(), &facts, &to("0001_baseline", Some(2))));
+        assert!(chosen.contains("one of these deploy records"), "{chosen}");
+        let fine = spec(decide(&env(), &facts, &to("0001_baseline", Some(1))));
+        assert_eq!(fine.app_revision, 1);
+    }
+
+    #[test]
+    fn the_last_countable_revision_is_refused_not_a_panic() {
+        let mut last = revision(3, "deployed", "0002_activity_and_comments");
+        last.entry.revision = u32::MAX;
+        let history = vec![revision(1, "superseded", "0001_baseline"), last];
+        let facts = facts(history, "0002_activity_and_comments");
+        let why = refusal(decide(&env(), &facts, &to("0001_baseline", None)));
+        assert!(why.contains("last one this tool can count to"), "{why}");
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct Target {
 
 impl Target {
     pub fn parse(url: &str) -> Result<Target, String> {
+        let libpq = libpq_url(url);
+        let url = libpq.as_str();
         // Anything else would be retried for the whole wait, then called
         // unreachable: refuse it at once.
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
@@ -54,6 +56,46 @@ impl Target {
         };
         Ok(Target { options, address })
     }
+}
+
+/// A SQLAlchemy URL (`postgresql+psycopg://`, `postgresql+asyncpg://`…:
+/// what a FastAPI app keeps in DATABASE_URL, and what Alembic's env.py
+/// passes on) as libpq's: the driver dropped from the scheme, and asyncpg's
+/// `ssl=` query key as libpq's `sslmode=` (`true` is `require`). Any other
+/// text comes back as it was. Pure.
+pub fn libpq_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let lower = scheme.to_ascii_lowercase();
+    let Some((base, driver)) = lower.split_once('+') else {
+        return url.to_string();
+    };
+    if !matches!(base, "postgresql" | "postgres") || driver.is_empty() {
+        return url.to_string();
+    }
+    let mut rest = rest.to_string();
+    if driver == "asyncpg" {
+        if let Some((before, query)) = rest.split_once('?') {
+            let has_sslmode = query.split('&').any(|pair| pair.starts_with("sslmode="));
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some(("ssl", value)) if !has_sslmode => {
+                        let mode = if value.eq_ignore_ascii_case("true") {
+                            "require"
+                        } else {
+                            value
+                        };
+                        format!("sslmode={mode}")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            rest = format!("{before}?{}", pairs.join("&"));
+        }
+    }
+    format!("postgresql://{rest}")
 }
 
 /// libpq takes a URL with a user but no host (`postgresql://app@/db`, or
@@ -170,13 +212,15 @@ fn application_name() -> String {
 /// when; None when nobody does (it was just released).
 pub async fn lock_holder(connection: &mut PgConnection) -> Option<String> {
     // A bigint advisory key is kept as classid (high half), objid (low
-    // half) and objsubid 1.
+    // half) and objsubid 1; advisory locks are per database, and pg_locks
+    // shows every database's.
     let row: Option<(i32, String, String, f64)> = sqlx::query_as(
         "SELECT a.pid, coalesce(nullif(a.application_name, ''), '?'), \
                 coalesce(host(a.client_addr), 'local socket'), \
                 extract(epoch FROM now() - coalesce(a.backend_start, now()))::float8 \
          FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
            AND l.classid = (($1::bigint >> 32) & 4294967295)::bigint::oid \
            AND l.objid = ($1::bigint & 4294967295)::bigint::oid \
          LIMIT 1",
@@ -231,13 +275,24 @@ pub async fn lock(connection: &mut PgConnection, wait: Duration) -> Result<(), S
     }
 }
 
+/// Releases the migration lock, and says so if it was no longer held: the
+/// session was lost while Alembic ran (an idle connection cut by a NAT or a
+/// proxy, or a pooler in transaction mode, which voids session locks), so
+/// another runner may have migrated alongside this one.
 pub async fn unlock(connection: &mut PgConnection) -> Result<(), String> {
-    sqlx::query("SELECT pg_advisory_unlock($1)")
+    let held: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
         .bind(LOCK_KEY)
-        .execute(connection)
+        .fetch_one(connection)
         .await
-        .map(|_| ())
-        .map_err(|e| format!("cannot release the migration lock: {e}"))
+        .map_err(|e| format!("cannot release the migration lock (its session was lost?): {e}"))?;
+    if held {
+        Ok(())
+    } else {
+        Err("the migration lock was no longer held when the migrations ended: its session was lost or \
+             reset (a pooler in transaction mode voids session locks; connect run-migrations to PostgreSQL \
+             directly), so another runner may have migrated at the same time"
+            .into())
+    }
 }
 
 /// Reads `alembic_version` (if it exists) and which legacy tables exist.
@@ -365,5 +420,35 @@ mod tests {
                 Some(true)
             )
         );
+    }
+
+    #[test]
+    fn sqlalchemy_urls_are_taken_as_alembic_s_env_py_takes_them() {
+        for url in [
+            "postgresql+psycopg://app:p%2Fw@db.lan:5433/colony",
+            "postgresql+asyncpg://app:p%2Fw@db.lan:5433/colony",
+            "postgresql+psycopg2://app:p%2Fw@db.lan:5433/colony",
+            "postgres+pg8000://app:p%2Fw@db.lan:5433/colony",
+        ] {
+            let target = Target::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(target.address, "db.lan:5433", "{url}");
+            assert_eq!(target.options.get_database(), Some("colony"));
+        }
+        assert_eq!(
+            libpq_url("postgresql+asyncpg://a@h/d?ssl=true&x=1"),
+            "postgresql://a@h/d?sslmode=require&x=1"
+        );
+        assert_eq!(
+            libpq_url("postgresql+asyncpg://a@h/d?ssl=verify-full"),
+            "postgresql://a@h/d?sslmode=verify-full"
+        );
+        assert_eq!(
+            libpq_url("postgresql+psycopg://a@h/d?sslmode=require"),
+            "postgresql://a@h/d?sslmode=require"
+        );
+        // Not PostgreSQL with a driver: left for parse to refuse or take.
+        assert_eq!(libpq_url("mysql+pymysql://a@h/d"), "mysql+pymysql://a@h/d");
+        assert!(Target::parse("mysql+pymysql://a@h/d").is_err());
+        assert_eq!(libpq_url("postgresql://a@h/d"), "postgresql://a@h/d");
     }
 }

@@ -158,6 +158,31 @@ fn a_pre_alembic_database_is_stamped_then_upgraded_keeping_its_rows() {
     assert_eq!(definition, "alembic_version_pkc PRIMARY KEY (version_num)");
 }
 
+/// DATABASE_URL as an async FastAPI app keeps it (a SQLAlchemy URL with
+/// its driver): the runner connects as libpq would, and Alembic's env.py
+/// gets the URL as it was.
+#[test]
+fn sqlalchemy_urls_stamp_and_reach_head() {
+    let url = pre_alembic_database();
+    let with_driver =
+        |driver: &str| url.replacen("postgresql://", &format!("postgresql+{driver}://"), 1);
+    let finished = run(&fixture_backend(), &with_driver("psycopg"), &[]);
+    assert_success(&finished);
+    assert!(finished.stdout.contains(DETECTION), "{}", finished.all());
+    assert_eq!(
+        alembic_current(&fixture_backend(), &url),
+        format!("{HEAD} (head)")
+    );
+    // At head no Alembic runs: the async driver's URL is only connected to.
+    let again = run(&fixture_backend(), &with_driver("asyncpg"), &[]);
+    assert_success(&again);
+    assert!(
+        again.stdout.contains("Migrations complete."),
+        "{}",
+        again.all()
+    );
+}
+
 #[test]
 fn at_head_a_second_run_changes_nothing_and_starts_no_python() {
     let url = TestBed::get().create_database("at_head");
@@ -408,10 +433,12 @@ fn a_runner_waiting_for_the_migration_lock_names_its_holder() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Advisory locks are per database; pg_locks shows every database's.
     let held = || {
         bed.psql(
             &url,
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
     };
     let start = std::time::Instant::now();

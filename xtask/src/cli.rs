@@ -18,7 +18,9 @@ use clap::{Args, Parser, Subcommand};
         cargo xtask doctor                        check every prerequisite, with fixes\n  \
         cargo xtask verify colony-dev             check the running release's migrations\n  \
         cargo xtask rollback --to 0001_baseline   downgrade the schema, then the app",
-    version
+    version,
+    // Help wraps to the terminal (or COLUMNS), at most 100 columns.
+    max_term_width = 100
 )]
 pub struct Cli {
     #[command(subcommand)]

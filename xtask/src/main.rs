@@ -58,6 +58,28 @@ mod tests {
         "commands",
     ];
 
+    /// Help that a terminal of 80 columns (COLUMNS=80) shows: wrapped, no
+    /// line over 100 characters, for the top level and every command.
+    #[test]
+    fn help_fits_an_80_column_terminal() {
+        use clap::CommandFactory;
+        let mut top = crate::cli::Cli::command().term_width(80);
+        top.build();
+        let mut commands = vec![top.clone()];
+        commands.extend(top.get_subcommands().cloned());
+        for mut command in commands {
+            let name = command.get_name().to_string();
+            let help = command.render_long_help().to_string();
+            for line in help.lines() {
+                assert!(
+                    line.chars().count() <= 100,
+                    "{name}: {} chars: {line}",
+                    line.chars().count()
+                );
+            }
+        }
+    }
+
     /// Every `crate::<layer>` a layer's files name is below it: an import
     /// that goes up (a decider using a command, a config type from images)
     /// fails here with the file and the layer it reached.

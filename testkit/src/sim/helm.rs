@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::args::{self, Parsed};
 use super::cluster::{self, PodCondition};
 use super::pod;
-use super::state::{now_ms, timestamp, Config, Dir, Revision, State};
+use super::state::{helm_timestamp, now_ms, timestamp, Config, Dir, Revision, State};
 
 const VALUE_FLAGS: &[&str] = &[
     "-n",
@@ -178,7 +178,7 @@ fn upgrade(dir: &Dir, config: &Config, parsed: &Parsed, namespace: &str) -> Resu
             .into(),
             chart: chart_name.clone(),
             app_version: app_version.clone(),
-            updated: timestamp(now_ms()),
+            updated: helm_timestamp(),
             description: if upgrading {
                 "Preparing upgrade"
             } else {
@@ -274,7 +274,7 @@ fn finish_revision(
         if r.revision == revision {
             r.status = status.to_string();
             r.description = description.to_string();
-            r.updated = timestamp(now_ms());
+            r.updated = helm_timestamp();
         } else if status == "deployed" && r.status == "deployed" {
             r.status = "superseded".into();
         }
@@ -584,7 +584,7 @@ fn rollback(dir: &Dir, config: &Config, parsed: &Parsed, namespace: &str) -> Res
         revisions.push(Revision {
             revision: number,
             status: "pending-rollback".into(),
-            updated: timestamp(now_ms()),
+            updated: helm_timestamp(),
             description: format!("Rollback to {}", target.revision),
             ..target.clone()
         });

@@ -140,13 +140,22 @@ fn annotate(dir: &Dir, parsed: &Parsed, namespace: &str) -> Result<(), String> {
 }
 
 fn config_command(config: &Config, parsed: &Parsed) -> i32 {
+    let current = config.current_context.as_deref().unwrap_or(&config.context);
     match parsed.positional.get(1).map(String::as_str) {
-        Some("current-context") if config.context.is_empty() => {
-            fail("error: current-context is not set")
-        }
+        Some("current-context") if current.is_empty() => fail("error: current-context is not set"),
         Some("current-context") => {
-            println!("{}", config.context);
+            println!("{current}");
             0
+        }
+        // `get-contexts NAME -o name`: the name, if the kubeconfig has it.
+        Some("get-contexts") => {
+            let name = parsed.positional.get(2).cloned().unwrap_or_default();
+            if !name.is_empty() && (name == config.context || name == current) {
+                println!("{name}");
+                0
+            } else {
+                fail(&format!("error: context {name} not found"))
+            }
         }
         other => fail(&format!(
             "error: the simulated cluster does not implement `kubectl config {}`",

@@ -70,6 +70,14 @@ impl SimCluster {
         self.state.write_config(&config);
     }
 
+    /// Makes `context` (another cluster of the kubeconfig) the current one;
+    /// the simulated cluster's own context stays where it is.
+    pub fn set_current_context(&self, context: &str) {
+        let mut config = self.state.config().expect("config");
+        config.current_context = Some(context.to_string());
+        self.state.write_config(&config);
+    }
+
     /// Every `kubectl`/`helm` call so far: (tool, argv).
     pub fn calls(&self) -> Vec<(String, Vec<String>)> {
         self.state.calls()
@@ -142,6 +150,7 @@ pub fn init(
     let state = Dir::new(state_dir);
     let config = Config {
         context: context.to_string(),
+        current_context: None,
         database_url: database_url.to_string(),
         runtime: runtime::Runtime::new(&bed.docker_host, state_dir),
         pg_bin: bed.pg_bin.clone(),

@@ -11,8 +11,13 @@ use serde::{Deserialize, Serialize};
 /// Settings a test chooses, and faults it injects.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Config {
-    /// What `kubectl config current-context` answers; the only context that exists.
+    /// The cluster's context in the kubeconfig (`kubectl config
+    /// get-contexts NAME` finds it; every call must name it).
     pub context: String,
+    /// What `kubectl config current-context` answers when it is another
+    /// context of the kubeconfig (a second cluster); None: `context`.
+    #[serde(default)]
+    pub current_context: Option<String>,
     /// Every `DATABASE_URL` in the cluster points here (the bed's PostgreSQL).
     pub database_url: String,
     /// The bed's Docker, where pods run as containers.
@@ -250,6 +255,20 @@ pub fn timestamp(ms: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// Now as Helm prints a revision's time (Go's RFC3339Nano: nanoseconds
+/// without trailing zeros, `Z` for UTC; up to 35 characters with an offset).
+pub fn helm_timestamp() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let whole = timestamp(now.as_millis() as u64);
+    let nanos = format!("{:09}", now.subsec_nanos());
+    match nanos.trim_end_matches('0') {
+        "" => whole,
+        fraction => format!("{}.{fraction}Z", whole.trim_end_matches('Z')),
+    }
 }
 
 /// Howard Hinnant's days → (year, month, day).

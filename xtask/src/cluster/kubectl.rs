@@ -17,8 +17,10 @@ pub fn component_selector(env: &Environment, component: &str) -> String {
     )
 }
 
-pub fn current_context_args() -> Vec<String> {
-    ["kubectl", "config", "current-context"]
+/// `kubectl config get-contexts NAME -o name`: prints NAME when the
+/// kubeconfig has that context, fails when it does not.
+pub fn context_exists_args(context: &str) -> Vec<String> {
+    ["kubectl", "config", "get-contexts", context, "-o", "name"]
         .map(String::from)
         .to_vec()
 }

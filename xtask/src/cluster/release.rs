@@ -328,17 +328,18 @@ pub fn describe(env: &Environment, state: &Result<ReleaseState>) -> String {
     }
 }
 
-/// The kube context must be the environment's: refuse naming both.
+/// The environment's kube context must be in the kubeconfig. It need not
+/// be the current one: every kubectl and helm call names it, as werf and
+/// helm's own `--kube-context` let a deploy go to a context that is not
+/// current (the plan shows which).
 pub fn check_context(env: &Environment) -> Result<()> {
-    let output = cluster::run(&kubectl::current_context_args())?;
-    let current = output.stdout.trim();
-    if output.code != 0 || current != env.kube_context {
+    let output = cluster::run(&kubectl::context_exists_args(&env.kube_context))?;
+    if output.code != 0 || output.stdout.trim() != env.kube_context {
         return Err(input_error(format!(
-            "the current kube context is {}, but {} deploys to {}: run `kubectl config use-context {}` (or fix kube_context in {})",
-            if current.is_empty() { "not set".to_string() } else { format!("{current:?}") },
+            "kube context {:?} ({}'s kube_context in {}) is not in the kubeconfig: `kubectl config get-contexts` \
+             lists the contexts there; fix kube_context (or --kube-context, COLONY_KUBE_CONTEXT)",
+            env.kube_context,
             env.name,
-            env.kube_context,
-            env.kube_context,
             env.config_file.display()
         )));
     }

@@ -469,30 +469,42 @@ fn kubectl_check(sh: &Shell, env: Option<&Environment>) -> Prerequisite {
         .ignore_stderr()
         .read()
         .ok();
-    context_check(
-        &version,
-        current.as_deref(),
-        env.map(|e| (e.name.as_str(), e.kube_context.as_str())),
-    )
+    let wanted = env.map(|e| {
+        let context = &e.kube_context;
+        let exists = cmd!(sh, "kubectl config get-contexts {context} -o name")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .is_ok_and(|name| name.trim() == e.kube_context);
+        (e.name.as_str(), e.kube_context.as_str(), exists)
+    });
+    context_check(&version, current.as_deref(), wanted)
 }
 
-/// Compares the current kube context with the one the environment names. Pure.
+/// The environment's kube context must be in the kubeconfig; another
+/// current context is only noted (every call names the context). `wanted`:
+/// (environment, its context, whether the kubeconfig has it). Pure.
 pub fn context_check(
     version: &str,
     current: Option<&str>,
-    wanted: Option<(&str, &str)>,
+    wanted: Option<(&str, &str, bool)>,
 ) -> Prerequisite {
     match (current, wanted) {
-        (Some(current), Some((_, wanted))) if current == wanted => {
+        (_, Some((env, wanted, false))) => Prerequisite::fail(
+            "kubectl",
+            format!("{version}; {env} deploys to context {wanted:?}, which the kubeconfig does not have"),
+            "fix kube_context in deploy.toml, or add the context (`kubectl config get-contexts` lists them)",
+        ),
+        (Some(current), Some((_, wanted, true))) if current == wanted => {
             Prerequisite::ok("kubectl", format!("{version}; current context {current}"))
         }
-        (current, Some((env, wanted))) => Prerequisite::fail(
+        (current, Some((env, wanted, true))) => Prerequisite::ok(
             "kubectl",
             format!(
-                "{version}; current context is {}, but {env} deploys to context {wanted}",
-                current.map_or("not set".to_string(), |c| format!("{c:?}"))
+                "{version}; {env} deploys to context {wanted} (current context: {}; every call names {wanted}, \
+                 so no use-context is needed)",
+                current.unwrap_or("not set")
             ),
-            format!("kubectl config use-context {wanted}"),
         ),
         (Some(current), None) => {
             Prerequisite::ok("kubectl", format!("{version}; current context {current}"))
@@ -568,25 +580,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn context_mismatch_names_both_and_the_fix() {
-        let check = context_check("v1.33.9", Some("prod"), Some(("colony-dev", "homelab")));
-        assert_eq!(check.level, Level::Fail);
+    fn another_current_context_is_noted_and_a_missing_one_fails() {
+        let other = context_check(
+            "v1.33.9",
+            Some("prod"),
+            Some(("colony-dev", "homelab", true)),
+        );
+        assert_eq!(other.level, Level::Ok);
         assert!(
-            check.detail.contains("\"prod\"") && check.detail.contains("homelab"),
+            other.detail.contains("current context: prod")
+                && other.detail.contains("no use-context"),
             "{}",
-            check.detail
+            other.detail
         );
         assert_eq!(
-            check.fix.as_deref(),
-            Some("kubectl config use-context homelab")
-        );
-        assert_eq!(
-            context_check("v1", Some("homelab"), Some(("colony-dev", "homelab"))).level,
+            context_check("v1", Some("homelab"), Some(("colony-dev", "homelab", true))).level,
             Level::Ok
         );
-        assert_eq!(
-            context_check("v1", None, Some(("colony-dev", "homelab"))).level,
-            Level::Fail
+        let missing = context_check("v1", Some("prod"), Some(("colony-dev", "homelab", false)));
+        assert_eq!(missing.level, Level::Fail);
+        assert!(
+            missing.detail.contains("does not have"),
+            "{}",
+            missing.detail
         );
     }
 

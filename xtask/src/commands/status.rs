@@ -220,28 +220,55 @@ fn to_json<'a>(env: &'a Environment, view: &'a View) -> StatusJson<'a> {
     }
 }
 
-/// The history table. Pure.
+/// The history table, its columns as wide as their widest cell (Helm's
+/// timestamps run to 35 characters with nanoseconds and an offset). Pure.
 pub fn render_history(history: &[HistoryEntry], records: &[Record]) -> String {
-    let mut out = format!(
-        "\n  {:<4} {:<16} {:<20} {:<12} {:<28} {}\n",
-        "REV", "STATUS", "UPDATED", "GIT SHA", "ALEMBIC HEAD", "DESCRIPTION"
-    );
-    for (entry, record) in history.iter().zip(records) {
-        let sha: String = record.git_sha.chars().take(12).collect();
-        let _ = writeln!(
-            out,
-            "  {:<4} {:<16} {:<20} {:<12} {:<28} {}",
-            entry.revision,
-            entry.status,
-            entry.updated,
-            if sha.is_empty() { "-".into() } else { sha },
-            if record.alembic_head.is_empty() {
-                "-"
-            } else {
-                &record.alembic_head
-            },
-            entry.description
-        );
+    let dash = |text: &str| {
+        if text.is_empty() {
+            "-".to_string()
+        } else {
+            text.to_string()
+        }
+    };
+    let rows: Vec<[String; 6]> = history
+        .iter()
+        .zip(records)
+        .map(|(entry, record)| {
+            [
+                entry.revision.to_string(),
+                entry.status.to_string(),
+                entry.updated.clone(),
+                dash(&record.git_sha.chars().take(12).collect::<String>()),
+                dash(&record.alembic_head),
+                entry.description.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "REV",
+        "STATUS",
+        "UPDATED",
+        "GIT SHA",
+        "ALEMBIC HEAD",
+        "DESCRIPTION",
+    ]
+    .map(String::from);
+    let mut widths = [0usize; 6];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |row: &[String; 6]| {
+        let mut text = String::from(" ");
+        for (cell, width) in row.iter().zip(widths).take(5) {
+            text.push_str(&format!(" {cell:<width$}"));
+        }
+        format!("{text} {}", row[5])
+    };
+    let mut out = format!("\n{}\n", line(&header));
+    for (row, record) in rows.iter().zip(records) {
+        let _ = writeln!(out, "{}", line(row));
         for (component, image) in [
             ("backend", &record.backend_image),
             ("frontend", &record.frontend_image),
@@ -281,7 +308,29 @@ mod tests {
             ..Record::default()
         }];
         let text = render_history(&history, &records);
-        assert!(text.contains("2    deployed         2026-11-26T04:00:00Z 0123456789ab 0002_activity_and_comments"), "{text}");
+        assert!(
+            text.contains("  2   deployed 2026-11-26T04:00:00Z 0123456789ab 0002_activity_and_comments Upgrade complete"),
+            "{text}"
+        );
+        // A real Helm timestamp (nanoseconds, an offset) widens its column,
+        // and every row stays aligned under the header.
+        let mut long = history.clone();
+        long.push(HistoryEntry {
+            revision: 13,
+            status: "superseded".into(),
+            updated: "2026-11-26T05:00:00.123456789+01:00".into(),
+            ..HistoryEntry::default()
+        });
+        let text = render_history(&long, &[records[0].clone(), Record::default()]);
+        let header = text.lines().find(|l| l.contains("GIT SHA")).unwrap();
+        let sha_at = header.find("GIT SHA").unwrap();
+        let row = |revision: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(revision))
+                .unwrap()
+        };
+        assert_eq!(&row("2 ")[sha_at..sha_at + 12], "0123456789ab", "{text}");
+        assert_eq!(&row("13 ")[sha_at..sha_at + 2], "- ", "{text}");
         assert!(
             text.contains("backup   /b/colony-dev-x.dump")
                 && text.contains("backend  r/colony-backend@sha256:1"),

@@ -355,3 +355,30 @@ fn malformed_command_lines_are_usage_errors() {
         );
     }
 }
+
+/// `--help` as a terminal of 80 columns shows it (COLUMNS=80, clap's
+/// wrap_help): no line wider than 100 characters.
+#[test]
+fn help_wraps_at_the_terminal_s_width() {
+    let repo = testkit::ColonyRepo::create();
+    for args in [
+        &["--help"][..],
+        &["deploy", "--help"],
+        &["rollback", "--help"],
+    ] {
+        let run = crate::common::xtask(repo.root(), args, &[("COLUMNS", "80")]);
+        assert_eq!(run.code, 0, "{}", run.all());
+        let widest = run
+            .stdout
+            .lines()
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(0);
+        assert!(
+            widest <= 100,
+            "{args:?}: a line of {widest} characters:\n{}",
+            run.stdout
+        );
+        assert!(run.stdout.lines().count() > 10, "{}", run.stdout);
+    }
+}

@@ -158,15 +158,28 @@ fn preflight_failures_stop_before_helm_and_change_nothing() {
     assert_eq!(forced(&[]).code, 0);
     let before = (stack.helm_upgrades(), stack.helm_revisions());
 
+    // The kubeconfig has no "homelab" context (its cluster is "prod" now).
     stack.sim.set_context("prod");
     let run = forced(&[]);
     assert_eq!(run.code, 2, "{}", run.all());
     assert_contains(
         &run.stderr,
-        "the current kube context is \"prod\", but colony-dev deploys to homelab",
+        "kube context \"homelab\" (colony-dev's kube_context in",
     );
-    assert_contains(&run.stderr, "kubectl config use-context homelab");
+    assert_contains(&run.stderr, "is not in the kubeconfig");
+    assert_eq!((stack.helm_upgrades(), stack.helm_revisions()), before);
     stack.sim.set_context("homelab");
+    // Another current context is no reason to refuse: every call names
+    // homelab, and the plan says so.
+    stack.sim.set_current_context("prod");
+    let elsewhere = forced(&[]);
+    assert_eq!(elsewhere.code, 0, "{}", elsewhere.all());
+    assert_contains(
+        &elsewhere.stdout,
+        "cluster      context homelab, namespace colony-dev",
+    );
+    stack.sim.set_current_context("homelab");
+    let before = (stack.helm_upgrades(), stack.helm_revisions());
 
     stack
         .sim
@@ -174,7 +187,7 @@ fn preflight_failures_stop_before_helm_and_change_nothing() {
     let run = forced(&[]);
     assert_eq!(run.code, 2, "{}", run.all());
     assert_contains(&run.stderr, "is pending-upgrade");
-    assert_contains(&run.stderr, "roll back to the last good revision 1: `helm rollback colony 1 --namespace colony-dev --kube-context homelab`");
+    assert_contains(&run.stderr, "roll back to the last good revision 2: `helm rollback colony 2 --namespace colony-dev --kube-context homelab`");
     stack
         .sim
         .set_release_status(NAMESPACE, "colony", "deployed");
@@ -294,6 +307,7 @@ fn slow_readiness_is_waited_for_not_reported_as_a_failure() {
 fn mutating_calls_are_told_apart_from_reads() {
     for read in [
         "kubectl config current-context",
+        "kubectl config get-contexts homelab -o name",
         "kubectl --context h --namespace n get pods -o json",
         "kubectl --context h --namespace n exec p --container backend -- alembic current",
         "kubectl --context h --namespace n exec p --container backend -- run-migrations status --json",

@@ -6,16 +6,21 @@ use crate::common::assert_contains;
 use crate::common::xtask;
 use testkit::{ColonyRepo, TestBed, ToolDir};
 
-/// A kubeconfig whose current context is `context` (kubectl reads it
-/// without contacting any server).
-fn kubeconfig(dir: &std::path::Path, context: &str) -> std::path::PathBuf {
+/// A kubeconfig (kubectl reads it without contacting any server) with the
+/// contexts `contexts` names, comma-separated, the first one current.
+fn kubeconfig(dir: &std::path::Path, contexts: &str) -> std::path::PathBuf {
     let path = dir.join("kubeconfig");
+    let current = contexts.split(',').next().unwrap();
+    let entries: String = contexts
+        .split(',')
+        .map(|c| format!("- name: {c}\n  context:\n    cluster: c\n    user: u\n"))
+        .collect();
     std::fs::write(
         &path,
         format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: {context}\n\
+            "apiVersion: v1\nkind: Config\ncurrent-context: {current}\n\
              clusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n\
-             contexts:\n- name: {context}\n  context:\n    cluster: c\n    user: u\n\
+             contexts:\n{entries}\
              users:\n- name: u\n  user:\n    token: kube-t0ken-secret\n"
         ),
     )
@@ -123,15 +128,23 @@ fn a_missing_helm_is_reported_with_its_fix() {
     assert_contains(&run.stderr, "1 prerequisite(s) missing");
 }
 
+/// A kubeconfig without the environment's context fails, with the fix; one
+/// whose current context is another is fine (every call names the context).
 #[test]
-fn a_context_mismatch_names_both_contexts_and_the_fix() {
+fn a_context_the_kubeconfig_lacks_fails_and_another_current_one_is_noted() {
     let run = doctor(&all_tools(), "prod");
     assert_eq!(run.code, 1, "{}", run.all());
     assert_contains(
         &run.stdout,
-        "current context is \"prod\", but colony-dev deploys to context homelab",
+        "colony-dev deploys to context \"homelab\", which the kubeconfig does not have",
     );
-    assert_contains(&run.stdout, "fix: kubectl config use-context homelab");
+    assert_contains(&run.stdout, "fix: fix kube_context in deploy.toml");
+    let noted = doctor(&all_tools(), "prod,homelab");
+    assert_eq!(noted.code, 0, "{}", noted.all());
+    assert_contains(
+        &noted.stdout,
+        "(current context: prod; every call names homelab",
+    );
 }
 
 #[test]

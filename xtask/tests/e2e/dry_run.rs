@@ -169,11 +169,12 @@ fn a_fresh_clone_without_cluster_docker_or_values_still_shows_the_plan() {
     // No cluster here: the reads it tried failed, and nothing else ran.
     let calls = tools.calls();
     assert!(
-        calls.contains(&"kubectl config current-context".to_string()),
+        calls.contains(&"kubectl config get-contexts homelab -o name".to_string()),
         "{calls:?}"
     );
     assert_no_mutating_call(&calls);
-    assert_contains(&run.stdout, "the current kube context is not set");
+    assert_contains(&run.stdout, "kube context \"homelab\"");
+    assert_contains(&run.stdout, "is not in the kubeconfig");
 }
 
 /// The plan says what Helm will change in Kubernetes: the rendered

@@ -25,6 +25,7 @@ const VALUE_FLAGS: &[&str] = &[
     "-o",
     "--output",
     "--revision",
+    "--history-max",
     "--max",
     "--version",
     "--template",
@@ -168,6 +169,7 @@ fn upgrade(dir: &Dir, config: &Config, parsed: &Parsed, namespace: &str) -> Resu
             ));
         }
         let number = revisions.last().map_or(1, |r| r.revision + 1);
+        prune_history(revisions, history_max(parsed));
         revisions.push(Revision {
             revision: number,
             status: if upgrading {
@@ -355,6 +357,32 @@ fn wait_ready(
 
 fn print_summary(release: &str, namespace: &str, revision: u32) {
     println!("NAME: {release}\nLAST DEPLOYED: {}\nNAMESPACE: {namespace}\nSTATUS: deployed\nREVISION: {revision}\nTEST SUITE: None", timestamp(now_ms()));
+}
+
+/// `--history-max` as Helm's upgrade and rollback take it: 10 when not
+/// given, 0 for no limit.
+fn history_max(parsed: &Parsed) -> usize {
+    parsed
+        .value(&["--history-max"])
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10)
+}
+
+/// Before a new revision is stored, Helm deletes the oldest ones so that
+/// at most `max` remain with it, never the newest deployed one.
+fn prune_history(revisions: &mut Vec<Revision>, max: usize) {
+    if max == 0 {
+        return;
+    }
+    while revisions.len() >= max {
+        let deployed = revisions.iter().rposition(|r| r.status == "deployed");
+        match (0..revisions.len()).find(|i| Some(*i) != deployed) {
+            Some(oldest) => {
+                revisions.remove(oldest);
+            }
+            None => return,
+        }
+    }
 }
 
 /// The real `helm template` with the upgrade's chart and values.
@@ -581,6 +609,7 @@ fn rollback(dir: &Dir, config: &Config, parsed: &Parsed, namespace: &str) -> Res
                 "Error: another operation (install/upgrade/rollback) is in progress".to_string(),
             );
         }
+        prune_history(revisions, history_max(parsed));
         revisions.push(Revision {
             revision: number,
             status: "pending-rollback".into(),

@@ -238,7 +238,15 @@ pub fn upgrade_install_args(env: &Environment, helm_major: u32) -> Vec<String> {
     }
     args.push("--timeout".into());
     args.push(crate::config::helm_duration(env.helm_timeout));
+    args.extend(history_max_args(env));
     args
+}
+
+/// `--history-max N` when deploy.toml sets history_max (else Helm's 10).
+fn history_max_args(env: &Environment) -> Vec<String> {
+    env.history_max
+        .map(|n| vec!["--history-max".to_string(), n.to_string()])
+        .unwrap_or_default()
 }
 
 /// `helm template` with the values of an `upgrade --install` argv: what
@@ -250,7 +258,7 @@ pub fn template_args(upgrade: &[String]) -> Vec<String> {
         match arg.as_str() {
             "--create-namespace" | "--wait" => {}
             a if a.starts_with("--wait=") => {}
-            "--timeout" => {
+            "--timeout" | "--history-max" => {
                 rest.next();
             }
             _ => args.push(arg.clone()),
@@ -300,7 +308,7 @@ pub fn rollback_args(env: &Environment, revision: u32, helm_major: u32) -> Vec<S
     } else {
         "--wait"
     };
-    release_command(
+    let mut args = release_command(
         env,
         &["rollback"],
         &[
@@ -309,7 +317,9 @@ pub fn rollback_args(env: &Environment, revision: u32, helm_major: u32) -> Vec<S
             "--timeout",
             &crate::config::helm_duration(env.helm_timeout),
         ],
-    )
+    );
+    args.extend(history_max_args(env));
+    args
 }
 
 /// `helm <verb…> <release> <extra…> --namespace … --kube-context …`.
@@ -400,7 +410,8 @@ mod tests {
 
     #[test]
     fn the_template_renders_the_upgrade_s_values_without_its_cluster_flags() {
-        let env = crate::config::tests::environment();
+        let mut env = crate::config::tests::environment();
+        env.history_max = Some(3);
         for major in [3, 4] {
             let upgrade = upgrade_install_args(&env, major);
             let template = template_args(&upgrade);
@@ -409,7 +420,9 @@ mod tests {
                 ["helm", "template", "colony", "./helm/colony"]
             );
             let text = template.join(" ");
+            assert!(upgrade.join(" ").contains("--history-max 3"));
             for gone in [
+                "--history-max",
                 "--wait",
                 "--timeout",
                 "--create-namespace",

@@ -51,6 +51,7 @@ struct EnvironmentEntry {
     backup_dir: Option<String>,
     helm_timeout: Option<String>,
     lock_stale_after: Option<String>,
+    history_max: Option<u32>,
     hook: Option<String>,
     alembic_command: Option<String>,
     #[serde(default)]
@@ -172,6 +173,8 @@ pub struct Environment {
     pub helm_timeout: Duration,
     /// The deploy lock is stale this long after its holder's last renewal.
     pub lock_stale_after: Duration,
+    /// Helm's `--history-max` (revisions kept; 0: all); None: Helm's 10.
+    pub history_max: Option<u32>,
     /// Run after every deploy and rollback (`commands::hook`), as argv.
     pub hook: Option<Vec<String>>,
     /// How the backend image runs Alembic, as argv (`alembic`, or `uv run
@@ -491,6 +494,7 @@ fn with_defaults(
         ),
         helm_timeout: Duration::from_secs(600),
         lock_stale_after: Duration::from_secs(60),
+        history_max: entry.history_max,
         hook: None,
         alembic_command: vec!["alembic".into()],
         migrations: MigrationSettings::default(),

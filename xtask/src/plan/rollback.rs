@@ -373,7 +373,10 @@ fn app_revision<'a>(
     let revision = earlier()
         .filter(|r| r.entry.was_good() && r.record.alembic_head == target)
         .max_by_key(|r| r.entry.revision)
-        .ok_or_else(|| no_app_revision(env, target, earlier().collect()))?;
+        .ok_or_else(|| {
+            let oldest = facts.history.iter().map(|r| r.entry.revision).min();
+            no_app_revision(env, target, earlier().collect(), oldest)
+        })?;
     same_image_same_head(env, facts, revision).map(|()| revision)
 }
 
@@ -411,7 +414,12 @@ fn same_image_same_head(
 
 /// The refusal when no earlier revision recorded the target: the candidates
 /// without a record, for the user to choose with `--app-revision`.
-fn no_app_revision(env: &Environment, target: &str, earlier: Vec<&RecordedRevision>) -> String {
+fn no_app_revision(
+    env: &Environment,
+    target: &str,
+    earlier: Vec<&RecordedRevision>,
+    oldest: Option<u32>,
+) -> String {
     let unrecorded: Vec<String> = earlier
         .iter()
         .filter(|r| r.entry.was_good() && !r.record.has_head())
@@ -443,6 +451,21 @@ fn no_app_revision(env: &Environment, target: &str, earlier: Vec<&RecordedRevisi
              If one of them runs code for {target}, choose it: `cargo xtask rollback {} --to {target} --app-revision N`",
             unrecorded.join("\n"),
             env.name
+        ));
+    }
+    // Helm keeps the newest revisions only (`--history-max`, 10 by default):
+    // the one that ran code for the target may have been pruned.
+    if let Some(oldest) = oldest.filter(|o| *o > 1) {
+        let kept = env
+            .history_max
+            .map_or("10 (Helm's default)".to_string(), |n| n.to_string());
+        message.push_str(&format!(
+            "\n  Revisions 1 to {} of {} were pruned (Helm keeps the last {kept}: history_max in {}); the \
+             revision that ran code for {target} may have been among them. Raise history_max so that later \
+             rollbacks find theirs.",
+            oldest - 1,
+            env.release,
+            env.config_file.display()
         ));
     }
     message
@@ -707,6 +730,23 @@ mod tests {
         assert!(chosen.contains("one of these deploy records"), "{chosen}");
         let fine = spec(decide(&env(), &facts, &to("0001_baseline", Some(1))));
         assert_eq!(fine.app_revision, 1);
+    }
+
+    /// Helm pruned the revision that recorded the target: the refusal says
+    /// so and names history_max.
+    #[test]
+    fn a_pruned_history_is_named_in_the_refusal() {
+        let history = vec![
+            revision(12, "superseded", "0002_activity_and_comments"),
+            revision(13, "deployed", "0002_activity_and_comments"),
+        ];
+        let facts = facts(history, "0002_activity_and_comments");
+        let why = refusal(decide(&env(), &facts, &to("0001_baseline", None)));
+        assert!(
+            why.contains("Revisions 1 to 11 of colony were pruned"),
+            "{why}"
+        );
+        assert!(why.contains("history_max"), "{why}");
     }
 
     #[test]

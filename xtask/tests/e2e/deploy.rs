@@ -217,6 +217,41 @@ fn preflight_failures_stop_before_helm_and_change_nothing() {
     );
 }
 
+/// history_max reaches Helm: it keeps that many revisions, and a rollback
+/// whose app revision was pruned says so and names the setting.
+#[test]
+fn history_max_prunes_revisions_and_a_rollback_says_what_was_pruned() {
+    let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
+    let config = stack.repo.config();
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "release = \"colony\"",
+        "release = \"colony\"\nhistory_max = 3",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    stack.repo.git(&["commit", "-qam", "history_max"]);
+    stack.commit_baseline_era();
+    assert_eq!(deploy(&stack).code, 0);
+    stack.repo.git(&["revert", "--no-edit", "HEAD"]);
+    for _ in 0..3 {
+        let run = stack.xtask(&["deploy", "colony-dev", "--yes", "--force"]);
+        assert_eq!(run.code, 0, "{}", run.all());
+    }
+    assert_eq!(
+        stack.helm_revisions(),
+        3,
+        "Helm keeps history_max revisions"
+    );
+    assert!(stack
+        .calls()
+        .iter()
+        .any(|c| c.starts_with("helm upgrade") && c.contains("--history-max 3")));
+    let refused = stack.xtask(&["rollback", "--to", "0001_baseline", "--yes"]);
+    assert_eq!(refused.code, 2, "{}", refused.all());
+    assert_contains(&refused.stderr, "Revisions 1 to 1 of colony were pruned");
+    assert_contains(&refused.stderr, "history_max");
+}
+
 #[test]
 fn rollback_to_the_baseline_downgrades_then_rolls_the_app_back() {
     let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));

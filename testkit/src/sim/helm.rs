@@ -393,13 +393,20 @@ fn render(
     namespace: &str,
     parsed: &Parsed,
 ) -> Result<String, String> {
+    real_template(config, parsed, &[release, chart, "--namespace", namespace])
+}
+
+/// The real `helm template ARGS…` with the call's value flags (`-f`,
+/// `--set`, `--set-string`), as Helm would read them: its output, or its
+/// error.
+fn real_template(config: &Config, parsed: &Parsed, args: &[&str]) -> Result<String, String> {
     let mut command = Command::new(&config.real_helm);
-    command.args(["template", release, chart, "--namespace", namespace]);
+    command.arg("template").args(args);
     for file in parsed.values(&["-f", "--values"]) {
         command.args(["-f", &file]);
     }
-    for (flag, names) in [("--set", ["--set"]), ("--set-string", ["--set-string"])] {
-        for value in parsed.values(&names) {
+    for flag in ["--set", "--set-string"] {
+        for value in parsed.values(&[flag]) {
             command.args([flag, &value]);
         }
     }
@@ -441,24 +448,7 @@ fn user_values(config: &Config, dir: &Dir, parsed: &Parsed) -> Result<Value, Str
         )
         .map_err(|e| e.to_string())?;
     }
-    let mut command = Command::new(&config.real_helm);
-    command.args(["template", "values", &chart.display().to_string()]);
-    for file in parsed.values(&["-f", "--values"]) {
-        command.args(["-f", &file]);
-    }
-    for flag in ["--set", "--set-string"] {
-        for value in parsed.values(&[flag]) {
-            command.args([flag, &value]);
-        }
-    }
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = real_template(config, parsed, &["values", &chart.display().to_string()])?;
     let json = text
         .lines()
         .find(|line| line.starts_with('{'))

@@ -50,13 +50,18 @@ pub struct MigrationLock {
 }
 
 pub fn migration_lock(env: &Environment) -> MigrationLock {
-    let texts: Vec<String> = env
-        .values
+    let texts = values_texts(env);
+    migration_lock_in(texts.iter().map(String::as_str))
+}
+
+/// The values files' texts, in Helm's order (missing or unreadable ones
+/// say nothing here: Helm refuses them with its own words).
+fn values_texts(env: &Environment) -> Vec<String> {
+    env.values
         .iter()
         .filter(|v| v.exists)
         .filter_map(|v| std::fs::read_to_string(&v.path).ok())
-        .collect();
-    migration_lock_in(texts.iter().map(String::as_str))
+        .collect()
 }
 
 /// How long the init container waits for the migration lock: the values
@@ -65,12 +70,7 @@ pub fn migration_lock(env: &Environment) -> MigrationLock {
 pub fn migration_lock_wait(env: &Environment) -> Option<u64> {
     let chart =
         std::fs::read_to_string(env.root.join(&env.chart).join("values.yaml")).unwrap_or_default();
-    let files: Vec<String> = env
-        .values
-        .iter()
-        .filter(|v| v.exists)
-        .filter_map(|v| std::fs::read_to_string(&v.path).ok())
-        .collect();
+    let files = values_texts(env);
     migration_lock_in(std::iter::once(chart.as_str()).chain(files.iter().map(String::as_str)))
         .wait_seconds
 }

@@ -79,10 +79,36 @@ app.kubernetes.io/component: {{ .component }}
       key: {{ .Values.database.secretKey }}
 {{- end }}
 
-{{/* Containers run as an unprivileged user with nothing to escalate to. */}}
-{{- define "colony.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-capabilities:
-  drop: ["ALL"]
+{{/*
+A component's pod-spec lines from its values: the ServiceAccount, the pod's
+securityContext, nodeSelector, tolerations, affinity. Called with
+(dict "root" $ "values" .Values.<component>).
+*/}}
+{{- define "colony.podSpec" -}}
+{{- with include "colony.serviceAccountName" .root }}
+serviceAccountName: {{ . }}
+{{- end }}
+securityContext:
+  {{- toYaml .values.podSecurityContext | nindent 2 }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The pods' ServiceAccount: the one named, else the created one, else none (the namespace's default). */}}
+{{- define "colony.serviceAccountName" -}}
+{{- if .Values.serviceAccount.name }}
+{{- .Values.serviceAccount.name }}
+{{- else if .Values.serviceAccount.create }}
+{{- include "colony.fullname" . }}
+{{- end }}
 {{- end }}

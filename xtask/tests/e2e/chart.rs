@@ -277,6 +277,74 @@ fn the_in_chart_database_is_found_by_label_and_an_existing_secret_is_referenced(
     );
 }
 
+/// The homelab example's placement reaches each workload's pods (a mixed
+/// amd64/arm64 cluster keeps single-arch images on amd64 nodes), with its
+/// ServiceAccount, annotations, budget and /dev/shm; the defaults make no
+/// budget and no ServiceAccount.
+#[test]
+fn placement_values_reach_every_pod_and_budgets_are_opt_in() {
+    let docs = render("colony", &["-f", &example("homelab.yaml")]);
+    let pod =
+        |kind: &str, component: &str| find(&docs, kind, component)["spec"]["template"].clone();
+    for component in ["backend", "frontend"] {
+        let pod = pod("Deployment", component);
+        assert_eq!(
+            pod["spec"]["nodeSelector"]["kubernetes.io/arch"], "amd64",
+            "{pod:?}"
+        );
+        assert_eq!(pod["spec"]["serviceAccountName"], "colony", "{pod:?}");
+        assert_eq!(
+            pod["spec"]["securityContext"]["runAsUser"], 10001,
+            "{pod:?}"
+        );
+    }
+    assert_eq!(
+        pod("Deployment", "backend")["metadata"]["annotations"]["prometheus.io/scrape"],
+        "true"
+    );
+    let database = pod("StatefulSet", "database");
+    assert_eq!(
+        database["spec"]["nodeSelector"]["kubernetes.io/hostname"],
+        "nas"
+    );
+    assert_eq!(database["spec"]["tolerations"][0]["value"], "storage");
+    assert_eq!(database["spec"]["securityContext"]["fsGroup"], 999);
+    let shm = database["spec"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "shm")
+        .expect("a /dev/shm volume");
+    assert_eq!(
+        shm["emptyDir"],
+        serde_yaml_ng::from_str::<Value>("{medium: Memory, sizeLimit: 512Mi}").unwrap()
+    );
+    let budget = find(&docs, "PodDisruptionBudget", "backend");
+    assert_eq!(budget["spec"]["maxUnavailable"], 1, "{budget:?}");
+    assert_eq!(
+        budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "backend"
+    );
+    let account = docs
+        .iter()
+        .find(|d| d["kind"] == "ServiceAccount")
+        .expect("a ServiceAccount");
+    assert_eq!(account["metadata"]["name"], "colony");
+    assert_eq!(account["automountServiceAccountToken"], false);
+
+    let defaults = render("colony", &[]);
+    for kind in ["PodDisruptionBudget", "ServiceAccount"] {
+        assert!(
+            !defaults.iter().any(|d| d["kind"] == kind),
+            "{kind} by default"
+        );
+    }
+    let backend = find(&defaults, "Deployment", "backend");
+    assert!(backend["spec"]["template"]["spec"]
+        .get("serviceAccountName")
+        .is_none());
+}
+
 #[test]
 fn bad_values_fail_with_the_schema_message() {
     let chart = chart();
@@ -297,6 +365,16 @@ fn bad_values_fail_with_the_schema_message() {
             "backend.image.repository=null",
             "at '/backend/image': missing property 'repository'",
             "backend.image: repository is required",
+        ),
+        (
+            "backend.nodeSelector.arch=1",
+            "at '/backend/nodeSelector/arch': got number, want string",
+            "backend.nodeSelector.arch: Invalid type. Expected: string, given: integer",
+        ),
+        (
+            "frontend.podDisruptionBudget.minAvailable=1,frontend.podDisruptionBudget.maxUnavailable=1",
+            "at '/frontend/podDisruptionBudget': 'not' failed",
+            "frontend.podDisruptionBudget: Must not validate the schema (not)",
         ),
         (
             "database.mode=cloud",

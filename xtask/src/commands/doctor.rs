@@ -286,17 +286,20 @@ fn runner_check(env: &Environment, daemon: Option<&DaemonView>) -> Prerequisite 
 /// Pings the registry the way pushes reach it, and says which scheme and why.
 fn registry_check(env: &Environment, daemon: Option<&DaemonView>) -> Prerequisite {
     let access = registry::access_for(&env.registry, daemon);
-    let client = registry::RegistryClient::new(&env.registry, None, &access);
+    let client = match registry::RegistryClient::new(&env.registry, None, &access) {
+        Ok(client) => client,
+        Err(e) => return Prerequisite::fail("registry", e.to_string(), certs_d_fix()),
+    };
     let how = |scheme: &str| {
-        format!(
-            "over {}, because {}",
-            if scheme == "http" {
-                "plain HTTP"
-            } else {
-                "HTTPS"
-            },
-            access.why
-        )
+        if scheme == "http" {
+            format!("over plain HTTP, because {}", access.why)
+        } else {
+            format!(
+                "over HTTPS, trusting {}, because {}",
+                client.trust(),
+                access.why
+            )
+        }
     };
     match client.ping() {
         Ok(status) => Prerequisite::ok(
@@ -322,6 +325,14 @@ fn registry_check(env: &Environment, daemon: Option<&DaemonView>) -> Prerequisit
             ),
         ),
     }
+}
+
+/// What to do about a certs.d directory the TLS settings cannot use.
+fn certs_d_fix() -> String {
+    format!(
+        "as dockerd reads {}/<host:port>/: CAs in *.crt files, a client certificate as NAME.cert with its NAME.key",
+        crate::images::trust::SYSTEM_CERTS_D
+    )
 }
 
 /// The rehearsal's PostgreSQL image: off, in the daemon, or to be pulled

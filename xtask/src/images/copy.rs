@@ -33,7 +33,7 @@ impl Repository {
             .trim_start_matches('/')
             .to_string();
         let client =
-            RegistryClient::new(reference, credential_for(host)?, &access_for(host, daemon));
+            RegistryClient::new(reference, credential_for(host)?, &access_for(host, daemon))?;
         client.ping()?;
         Ok(Repository { client, name })
     }

@@ -26,13 +26,24 @@ pub struct Endpoint {
     pub host: String,
     /// `DOCKER_HOST`, `docker context NAME`, or the default socket.
     pub source: String,
+    /// The directory of `ca.pem`, `cert.pem` and `key.pem` when the daemon
+    /// is reached over TLS (`DOCKER_TLS_VERIFY` with `DOCKER_CERT_PATH`, or
+    /// the context's TLS files), as the CLI reaches it.
+    pub tls: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (from {})", mask_all(&self.host), self.source)
+        write!(f, "{} (from {}", mask_all(&self.host), self.source)?;
+        match &self.tls {
+            Some(dir) => write!(f, "; TLS with the certificates in {})", dir.display()),
+            None => write!(f, ")"),
+        }
     }
 }
+
+/// The files of a TLS endpoint, as the docker CLI names them.
+const TLS_FILES: [&str; 3] = ["ca.pem", "cert.pem", "key.pem"];
 
 const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
 
@@ -41,35 +52,54 @@ const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
 /// Docker context's endpoint (`DOCKER_CONTEXT` or the config's
 /// `currentContext`), else the default socket.
 pub fn endpoint() -> Endpoint {
-    if let Some(host) = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
-        return Endpoint {
-            host,
-            source: "DOCKER_HOST".into(),
-        };
-    }
     let config_dir = std::env::var_os("DOCKER_CONFIG")
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".docker")));
+    if let Some(host) = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
+        // The CLI's rule: a non-empty DOCKER_TLS_VERIFY turns TLS on, with
+        // the files in DOCKER_CERT_PATH, else in the config directory.
+        let verify = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty());
+        let tls = verify
+            .then(|| std::env::var_os("DOCKER_CERT_PATH").map(std::path::PathBuf::from))
+            .map(|path| path.or(config_dir).unwrap_or_default());
+        return Endpoint {
+            host,
+            source: "DOCKER_HOST".into(),
+            tls,
+        };
+    }
     let context = std::env::var("DOCKER_CONTEXT").ok();
     match config_dir.and_then(|dir| context_endpoint(&dir, context.as_deref())) {
-        Some((name, host)) => Endpoint {
-            host,
-            source: format!("docker context {name}"),
+        Some(found) => Endpoint {
+            host: found.host,
+            source: format!("docker context {}", found.name),
+            tls: found.tls,
         },
         None => Endpoint {
             host: DEFAULT_SOCKET.into(),
             source: "the default socket".into(),
+            tls: None,
         },
     }
 }
 
+/// A Docker context's endpoint.
+#[derive(Debug, PartialEq)]
+pub struct ContextEndpoint {
+    pub name: String,
+    pub host: String,
+    /// `contexts/tls/<id>/docker/` when the context has TLS files.
+    pub tls: Option<std::path::PathBuf>,
+}
+
 /// The current context's Docker endpoint, as the CLI stores it:
-/// `contexts/meta/<sha256 of the name>/meta.json` → `Endpoints.docker.Host`.
-/// None for the `default` context or when nothing is configured.
+/// `contexts/meta/<sha256 of the name>/meta.json` → `Endpoints.docker.Host`,
+/// its TLS files in `contexts/tls/<same id>/docker/`. None for the
+/// `default` context or when nothing is configured.
 pub fn context_endpoint(
     config_dir: &std::path::Path,
     chosen: Option<&str>,
-) -> Option<(String, String)> {
+) -> Option<ContextEndpoint> {
     use sha2::{Digest, Sha256};
     let name = match chosen {
         Some(name) => name.to_string(),
@@ -83,11 +113,59 @@ pub fn context_endpoint(
         return None;
     }
     let id = format!("{:x}", Sha256::digest(name.as_bytes()));
-    let meta = std::fs::read_to_string(config_dir.join("contexts/meta").join(id).join("meta.json"))
-        .ok()?;
+    let meta =
+        std::fs::read_to_string(config_dir.join("contexts/meta").join(&id).join("meta.json"))
+            .ok()?;
     let meta: serde_json::Value = serde_json::from_str(&meta).ok()?;
     let host = meta["Endpoints"]["docker"]["Host"].as_str()?.to_string();
-    Some((name, host))
+    let tls = config_dir.join("contexts/tls").join(&id).join("docker");
+    Some(ContextEndpoint {
+        name,
+        host,
+        tls: tls.is_dir().then_some(tls),
+    })
+}
+
+/// `user@host` of `ssh://user@host:port`, for the forwarding hint. Pure.
+fn ssh_host(url: &str) -> &str {
+    let rest = url.trim_start_matches("ssh://");
+    let rest = rest.split('/').next().unwrap_or(rest);
+    rest.rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map_or(rest, |(host, _)| host)
+}
+
+/// Connects as the endpoint says: TLS with its three files (a missing one
+/// named), else bollard's own reading of the address.
+fn connect_to(endpoint: &Endpoint) -> Result<Docker, String> {
+    if endpoint.host.starts_with("ssh://") {
+        // bollard's ssh transport needs a library this tool does not build
+        // with; ssh's own socket forwarding does the same job.
+        return Err(format!(
+            "ssh:// Docker endpoints are not supported yet: forward the remote socket with \
+             `ssh -nNT -L /tmp/docker-{host}.sock:/var/run/docker.sock {host}` and set \
+             DOCKER_HOST=unix:///tmp/docker-{host}.sock",
+            host = ssh_host(&endpoint.host)
+        ));
+    }
+    let Some(dir) = &endpoint.tls else {
+        return Docker::connect_with_host(&endpoint.host).map_err(|e| mask_all(&with_causes(&e)));
+    };
+    if let Some(missing) = TLS_FILES.iter().find(|f| !dir.join(f).is_file()) {
+        return Err(format!(
+            "{} has no {missing}: a TLS Docker endpoint needs ca.pem, cert.pem and key.pem there (as `docker --tlsverify` does)",
+            dir.display()
+        ));
+    }
+    Docker::connect_with_ssl(
+        &endpoint.host,
+        &dir.join("key.pem"),
+        &dir.join("cert.pem"),
+        &dir.join("ca.pem"),
+        120,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .map_err(|e| mask_all(&with_causes(&e)))
 }
 
 /// Where the daemon is, for messages (masked).
@@ -133,8 +211,7 @@ pub async fn connect() -> Result<Docker, DockerError> {
 /// Connect, negotiate and ping; the error is only why (masked), for callers
 /// that word the failure themselves (`doctor`).
 pub async fn probe() -> Result<Docker, String> {
-    let docker =
-        Docker::connect_with_host(&endpoint().host).map_err(|e| mask_all(&with_causes(&e)))?;
+    let docker = connect_to(&endpoint())?;
     let answered = async {
         let docker = docker.negotiate_version().await?;
         docker.ping().await.map(|_| docker)
@@ -724,6 +801,13 @@ pub async fn inspect(docker: &Docker, image: &str) -> Result<Option<InspectedIma
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ssh_endpoint_s_host_is_what_ssh_is_given() {
+        assert_eq!(ssh_host("ssh://me@builder"), "me@builder");
+        assert_eq!(ssh_host("ssh://me@builder:2222"), "me@builder");
+        assert_eq!(ssh_host("ssh://builder/"), "builder");
+    }
 
     #[test]
     fn a_registry_racing_another_push_or_failing_for_a_moment_is_retried() {

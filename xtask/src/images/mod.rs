@@ -16,6 +16,7 @@ pub mod dockerignore;
 pub mod machine_lock;
 pub mod registry;
 pub mod runner;
+pub mod trust;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -645,7 +646,7 @@ async fn registry_digest(
     credential: Option<Credential>,
     access: &registry::Access,
 ) -> Result<Option<String>> {
-    let client = RegistryClient::new(reference, credential, access);
+    let client = RegistryClient::new(reference, credential, access)?;
     let (path, tag) = (repository_path(reference).to_string(), tag.to_string());
     let digest = tokio::task::spawn_blocking(move || client.manifest_digest(&path, &tag))
         .await

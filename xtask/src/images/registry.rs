@@ -12,6 +12,8 @@ use base64::Engine as _;
 use docker_credential::{CredentialRetrievalError, DockerCredential};
 use ipnet::IpNet;
 
+use crate::images::trust;
+
 /// `host[:port]` of a registry or an image reference.
 pub fn host_of(reference: &str) -> &str {
     reference.split('/').next().unwrap_or(reference)
@@ -135,12 +137,43 @@ pub fn access_for(registry: &str, daemon: Option<&DaemonView>) -> Access {
     decide_access(host, daemon, &resolve(host))
 }
 
-fn agent() -> ureq::Agent {
+/// The agent for manifests and tokens: a 10 s deadline per request.
+fn agent(tls: &ureq::tls::TlsConfig) -> ureq::Agent {
     ureq::Agent::config_builder()
+        .tls_config(tls.clone())
         .timeout_global(Some(Duration::from_secs(10)))
         .http_status_as_error(false)
         .build()
         .into()
+}
+
+/// The agent for blobs: no overall deadline (a layer may take minutes),
+/// only deadlines for connecting and for the answer to start.
+fn blob_agent(tls: &ureq::tls::TlsConfig) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .tls_config(tls.clone())
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_recv_response(Some(Duration::from_secs(120)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// Docker Hub's API host and credential key for the names users write
+/// (`docker.io/me/app`): the daemon maps them so, and so must we. Pure.
+pub fn api_host(host: &str) -> &str {
+    match host {
+        "docker.io" | "index.docker.io" => "registry-1.docker.io",
+        other => other,
+    }
+}
+
+/// The key Docker keeps a login under: Docker Hub's is its v1 URL. Pure.
+pub fn credential_key(host: &str) -> &str {
+    match host {
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" => "https://index.docker.io/v1/",
+        other => other,
+    }
 }
 
 /// A registry login. Debug never shows the secret.
@@ -185,6 +218,9 @@ pub enum RegistryError {
     /// It answered, but not as a registry API does.
     #[error("{0}")]
     Unexpected(String),
+    /// A certs.d file for the registry that cannot be used.
+    #[error("the TLS settings for registry {host}: {problem}")]
+    Certificates { host: String, problem: String },
     /// The helper's own output may hold secrets: the failure is only named.
     #[error("the Docker credential helper docker-credential-{helper} failed for {host}")]
     CredentialHelper { helper: String, host: String },
@@ -199,7 +235,7 @@ pub enum RegistryError {
 /// The credential the Docker config (`DOCKER_CONFIG` or `~/.docker`) holds
 /// for `host`: `auths`, `credHelpers` or `credsStore`. None when it has none.
 pub fn credential_for(host: &str) -> Result<Option<Credential>, RegistryError> {
-    match docker_credential::get_credential(host) {
+    match docker_credential::get_credential(credential_key(host)) {
         Ok(DockerCredential::UsernamePassword(username, password)) => {
             Ok(Some(Credential::UsernamePassword { username, password }))
         }
@@ -227,10 +263,11 @@ pub fn credential_for(host: &str) -> Result<Option<Credential>, RegistryError> {
 /// (`images::copy`) writes blobs and manifests.
 pub struct RegistryClient {
     agent: ureq::Agent,
-    /// For blobs: no overall deadline (a layer may take minutes), only
-    /// deadlines for connecting and for the answer to start.
     blob_agent: ureq::Agent,
+    /// Where requests go (`registry-1.docker.io` for `docker.io`).
     host: String,
+    /// What its HTTPS is checked against, in words (doctor).
+    trust: String,
     access: Access,
     /// The scheme that answered last (an index into `access.schemes()`).
     scheme: AtomicUsize,
@@ -272,25 +309,39 @@ impl Want {
 type Response = ureq::http::Response<ureq::Body>;
 
 impl RegistryClient {
-    pub fn new(registry: &str, credential: Option<Credential>, access: &Access) -> RegistryClient {
-        RegistryClient {
-            agent: agent(),
-            blob_agent: ureq::Agent::config_builder()
-                .timeout_connect(Some(Duration::from_secs(10)))
-                .timeout_recv_response(Some(Duration::from_secs(120)))
-                .http_status_as_error(false)
-                .build()
-                .into(),
-            host: host_of(registry).to_string(),
+    /// A client trusting what dockerd would for this registry
+    /// (`images::trust`); a certs.d file it cannot use is an error.
+    pub fn new(
+        registry: &str,
+        credential: Option<Credential>,
+        access: &Access,
+    ) -> Result<RegistryClient, RegistryError> {
+        let named = host_of(registry);
+        let trust = trust::for_registry(named, access.insecure).map_err(|problem| {
+            RegistryError::Certificates {
+                host: named.to_string(),
+                problem,
+            }
+        })?;
+        Ok(RegistryClient {
+            agent: agent(&trust.tls),
+            blob_agent: blob_agent(&trust.tls),
+            host: api_host(named).to_string(),
+            trust: trust.said,
             access: access.clone(),
             scheme: AtomicUsize::new(0),
             credential,
             authorization: Mutex::new(None),
-        }
+        })
     }
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// What its HTTPS is checked against, in words.
+    pub fn trust(&self) -> &str {
+        &self.trust
     }
 
     /// The scheme in use (after a request), e.g. for doctor.
@@ -354,6 +405,13 @@ impl RegistryClient {
                 self.host,
                 failures.join("; "),
                 self.access.why
+            )
+        } else if failures.iter().any(|f| f.contains("certificate")) {
+            format!(
+                "registry {} does not answer over HTTPS ({}): {}",
+                self.host,
+                failures.join("; "),
+                trust::untrusted_hint(&self.host)
             )
         } else {
             format!(
@@ -644,6 +702,15 @@ mod tests {
             insecure_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
             ..DaemonView::default()
         }
+    }
+
+    #[test]
+    fn docker_hub_names_reach_its_api_host_and_its_login_key() {
+        assert_eq!(api_host("docker.io"), "registry-1.docker.io");
+        assert_eq!(api_host("index.docker.io"), "registry-1.docker.io");
+        assert_eq!(api_host("ghcr.io"), "ghcr.io");
+        assert_eq!(credential_key("docker.io"), "https://index.docker.io/v1/");
+        assert_eq!(credential_key("registry.lan:5000"), "registry.lan:5000");
     }
 
     #[test]

@@ -1583,6 +1583,34 @@ fn backend_image(stack: &Stack, env: &str) -> String {
         .to_string()
 }
 
+/// A registry over TLS with a certificate of a private CA, trusted as
+/// dockerd trusts it (its CA in certs.d): pushed to, pulled from by the
+/// pods, and read over HTTPS for the next deploy's nothing-to-deploy.
+#[test]
+fn a_registry_with_a_private_ca_in_certs_d_is_deployed_from() {
+    let bed = testkit::TestBed::get();
+    let stack = Stack::new(None);
+    let registry = format!("{}/{}", bed.tls_registry, common::unique("tls"));
+    let deploy = || {
+        stack.xtask_with(
+            &["deploy", "colony-dev", "--yes"],
+            &[("COLONY_REGISTRY", &registry)],
+        )
+    };
+    let first = deploy();
+    assert_eq!(first.code, 0, "{}", first.all());
+    assert_contains(&first.stdout, "4/4 checks passed");
+    assert!(
+        backend_image(&stack, "colony-dev")
+            .starts_with(&format!("{registry}/e2e-colony-backend@sha256:")),
+        "{}",
+        first.stdout
+    );
+    let again = deploy();
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_contains(&again.stdout, "Nothing to deploy");
+}
+
 /// `--images-from` where this environment's registry is another one: the
 /// images are copied by digest, blob by blob, with the Docker config's
 /// login, and the same digest is pinned and pulled by the pods.

@@ -201,6 +201,22 @@ fn the_registry_line_says_which_scheme_and_why() {
     assert_contains(&run.stdout, "insecure-registries");
 }
 
+/// A TLS registry whose CA is in certs.d: doctor says what it trusts.
+#[test]
+fn the_registry_line_names_the_ca_it_trusts() {
+    let bed = TestBed::get();
+    let run = doctor_with_registry(&all_tools(), "homelab", &bed.tls_registry);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_contains(
+        &run.stdout,
+        &format!(
+            "ok    registry    {registry} answers the registry API over HTTPS, trusting the system's CA store and {}/{registry}/ca.crt, because",
+            bed.certs_d.display(),
+            registry = bed.tls_registry
+        ),
+    );
+}
+
 /// The bed's daemon socket (the tests' DOCKER_HOST is `unix://…`).
 fn bed_socket() -> std::path::PathBuf {
     let host = &TestBed::get().docker_host;

@@ -542,6 +542,62 @@ fn a_secure_registry_speaking_plain_http_names_the_daemon_setting() {
     assert!(!run.stderr.contains("pushed "), "{}", run.stderr);
 }
 
+/// The TLS registry by its address, 127.0.0.1, inside the daemon's
+/// insecure CIDR: `docker push` speaks HTTPS without verifying the
+/// certificate (made for another name), and so do we, for the push and for
+/// the digests that make the second run skip both images.
+#[test]
+fn an_insecure_registry_serving_https_is_used_without_verification() {
+    let bed = TestBed::get();
+    let port = bed.tls_registry.rsplit_once(':').unwrap().1;
+    let registry = format!("127.0.0.1:{port}");
+    let repo = repo_named("insecure-tls");
+    let first = reports(&images(&repo, "push", &registry, &[]));
+    let again = reports(&images(&repo, "push", &registry, &[]));
+    for component in ["backend", "frontend"] {
+        assert_eq!(report(&first, component)["push"]["status"], "done");
+        let skipped = report(&again, component);
+        assert_eq!(skipped["build"]["status"], "skipped", "{skipped}");
+        assert_eq!(skipped["digest"], report(&first, component)["digest"]);
+    }
+}
+
+/// The TLS registry's name on a port certs.d has no CA for: the
+/// certificate is untrusted, as `docker push` finds it; the error says
+/// where the CA goes, and nothing is built or pushed.
+#[test]
+fn an_untrusted_registry_certificate_says_where_its_ca_goes() {
+    let bed = TestBed::get();
+    let port = bed.tls_registry.rsplit_once(':').unwrap().1;
+    let forwarder = testkit::TcpForwarder::start_on("::1", format!("127.0.0.1:{port}"));
+    let registry = format!("{}:{}", bed.secure_name, forwarder.port);
+    let run = images(&repo_named("untrusted"), "push", &registry, &[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    for expected in [
+        &format!("registry {registry} does not answer over HTTPS"),
+        "UnknownIssuer",
+        &format!("put the CA that signed it in /etc/docker/certs.d/{registry}/ca.crt"),
+    ] {
+        assert_contains(&run.stderr, expected);
+    }
+    assert!(!run.stderr.contains("pushed "), "{}", run.stderr);
+
+    // A client certificate without its key, as moby refuses it.
+    let dir = bed.certs_d.join(&registry);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("client.cert"), "").unwrap();
+    let run = images(&repo_named("untrusted"), "push", &registry, &[]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_contains(
+        &run.stderr,
+        &format!(
+            "{}: missing key client.key for client certificate client.cert",
+            dir.display()
+        ),
+    );
+}
+
 /// `DOCKER_HOST=tcp://…`, which the docker CLI honours: builds go there.
 #[test]
 fn a_tcp_docker_host_is_where_images_are_built() {
@@ -574,6 +630,123 @@ fn a_tcp_docker_host_is_where_images_are_built() {
     assert_contains(
         &run.stderr,
         &format!("no Docker daemon at {closed} (from DOCKER_HOST)"),
+    );
+    // ssh://: not yet, and the forwarding that does the same job.
+    let run = images(
+        &repo_named("tcp"),
+        "build",
+        &bed.registry,
+        &[("DOCKER_HOST", "ssh://me@builder")],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_contains(
+        &run.stderr,
+        "ssh:// Docker endpoints are not supported yet: forward the remote socket with \
+         `ssh -nNT -L /tmp/docker-me@builder.sock:/var/run/docker.sock me@builder`",
+    );
+}
+
+/// A Docker context made by the docker CLI for a TCP daemon with TLS and
+/// a client certificate (the bed's daemon's TLS port): builds go there
+/// over TLS. `DOCKER_TLS_VERIFY` with `DOCKER_CERT_PATH` too; without the
+/// certificates the daemon does not answer, said with the endpoint.
+#[test]
+fn a_docker_context_with_tls_files_is_where_images_are_built() {
+    let bed = TestBed::get();
+    let config = tempfile::tempdir().unwrap();
+    let tls = |file: &str| bed.tls_dir.join(file).to_str().unwrap().to_string();
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new("docker")
+            .env("DOCKER_CONFIG", config.path())
+            .env_remove("DOCKER_HOST")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    };
+    let endpoint = format!(
+        "host={},ca={},cert={},key={}",
+        bed.docker_tls_host,
+        tls("ca.pem"),
+        tls("client.pem"),
+        tls("client-key.pem")
+    );
+    cli(&["context", "create", "tls-bed", "--docker", &endpoint]);
+    cli(&["context", "use", "tls-bed"]);
+    let docker_config = config.path().to_str().unwrap();
+    let built = images(
+        &repo_named("tls-context"),
+        "build",
+        &bed.registry,
+        &[("DOCKER_HOST", ""), ("DOCKER_CONFIG", docker_config)],
+    );
+    assert_eq!(
+        report(&reports(&built), "backend")["build"]["status"],
+        "done"
+    );
+    // The context's files are what it used: without its key, it says so.
+    let tls_files = std::fs::read_dir(config.path().join("contexts/tls"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("docker");
+    std::fs::remove_file(tls_files.join("key.pem")).unwrap();
+    let keyless = images(
+        &repo_named("tls-context"),
+        "build",
+        &bed.registry,
+        &[("DOCKER_HOST", ""), ("DOCKER_CONFIG", docker_config)],
+    );
+    assert_eq!(keyless.code, 1, "{}", keyless.all());
+    for expected in [
+        &format!(
+            "no Docker daemon at {} (from docker context tls-bed; TLS with the certificates in {})",
+            bed.docker_tls_host,
+            tls_files.display()
+        ),
+        "has no key.pem",
+    ] {
+        assert_contains(&keyless.stderr, expected);
+    }
+
+    // The environment variables' way, with the CLI's file names.
+    let cert_path = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("ca.pem", "ca.pem"),
+        ("client.pem", "cert.pem"),
+        ("client-key.pem", "key.pem"),
+    ] {
+        std::fs::copy(bed.tls_dir.join(from), cert_path.path().join(to)).unwrap();
+    }
+    let tls_env = [
+        ("DOCKER_HOST", bed.docker_tls_host.as_str()),
+        ("DOCKER_TLS_VERIFY", "1"),
+        ("DOCKER_CERT_PATH", cert_path.path().to_str().unwrap()),
+    ];
+    let built = reports(&images(
+        &repo_named("tls-env"),
+        "build",
+        &bed.registry,
+        &tls_env,
+    ));
+    assert_eq!(report(&built, "frontend")["build"]["status"], "done");
+
+    // Without TLS the daemon's TLS port does not answer.
+    let plain = images(
+        &repo_named("tls-env"),
+        "build",
+        &bed.registry,
+        &[("DOCKER_HOST", bed.docker_tls_host.as_str())],
+    );
+    assert_eq!(plain.code, 1, "{}", plain.all());
+    assert_contains(
+        &plain.stderr,
+        &format!(
+            "no Docker daemon at {} (from DOCKER_HOST)",
+            bed.docker_tls_host
+        ),
     );
 }
 

@@ -25,6 +25,13 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Echo every command in full (Helm's and kubectl's argv, unshortened).
+    #[arg(long, short = 'v', global = true)]
+    pub verbose: bool,
+    /// Say only warnings, errors and the result: no progress lines, no
+    /// echoed commands (a refusal, a failure and the summary are still said).
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,9 +237,6 @@ pub struct DeployArgs {
     /// before Helm [deploy.toml: rehearsal.enabled = false].
     #[arg(long)]
     pub no_rehearsal: bool,
-    /// Echo every command in full, and Helm's own output.
-    #[arg(long, short = 'v')]
-    pub verbose: bool,
     /// Print the summary (or, with --dry-run, the plan) as JSON.
     #[arg(long)]
     pub json: bool,

@@ -24,6 +24,11 @@ use commands::{backup, build_push, deploy, doctor, migrations, rehearse, rollbac
 
 fn main() {
     let cli = Cli::parse();
+    progress::set_verbosity(match (cli.quiet, cli.verbose) {
+        (true, _) => progress::Verbosity::Quiet,
+        (_, true) => progress::Verbosity::Verbose,
+        _ => progress::Verbosity::Normal,
+    });
     let result = match cli.command {
         Command::Deploy(args) => deploy::run(args),
         Command::Build(args) => build_push::build(args),

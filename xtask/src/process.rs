@@ -180,7 +180,7 @@ impl Stopper {
 /// Runs `argv`, showing each line of its output (masked) on stderr as it
 /// comes, prefixed; returns the exit code and the lines.
 pub fn stream(argv: &[String], prefix: &str) -> Result<(i32, Vec<String>)> {
-    spawn(argv)?.lines_collect(|line| eprintln!("{prefix}{line}"))
+    spawn(argv)?.lines_collect(|line| crate::progress::say(format!("{prefix}{line}")))
 }
 
 fn signal_all(pids: &[u32], signal: Signal) {

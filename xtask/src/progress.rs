@@ -2,10 +2,46 @@
 //! plain prefixed lines otherwise (CI logs, pipes, --json).
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use backend_migrations::redact::mask_all;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+/// How much a command says on stderr while it works: the global `-q`
+/// (errors, warnings and the result only) and `-v` (every command echoed
+/// whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verbosity {
+    Quiet,
+    #[default]
+    Normal,
+    Verbose,
+}
+
+static VERBOSITY: OnceLock<Verbosity> = OnceLock::new();
+
+/// Set once, from the command line, before anything is said.
+pub fn set_verbosity(verbosity: Verbosity) {
+    let _ = VERBOSITY.set(verbosity);
+}
+
+pub fn verbosity() -> Verbosity {
+    VERBOSITY.get().copied().unwrap_or_default()
+}
+
+/// `-v`: echo commands whole, show what tools say on success too.
+pub fn verbose() -> bool {
+    verbosity() == Verbosity::Verbose
+}
+
+/// A line of progress on stderr (masked), unless `-q`. Warnings and
+/// errors use `eprintln!` and are always said.
+pub fn say(line: impl std::fmt::Display) {
+    if verbosity() != Verbosity::Quiet {
+        eprintln!("{}", mask_all(&line.to_string()));
+    }
+}
 
 #[derive(Clone)]
 pub struct Progress {
@@ -13,10 +49,11 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Live lines only when stderr is a terminal.
+    /// Live lines only when stderr is a terminal (and not `-q`).
     pub fn new() -> Progress {
+        let live = std::io::stderr().is_terminal() && verbosity() != Verbosity::Quiet;
         Progress {
-            multi: std::io::stderr().is_terminal().then(MultiProgress::new),
+            multi: live.then(MultiProgress::new),
         }
     }
 
@@ -56,7 +93,7 @@ impl Line {
         let message = mask_all(message);
         match &self.bar {
             Some(bar) => bar.set_message(message.to_string()),
-            None => eprintln!("[{}] {message}", self.name),
+            None => say(format!("[{}] {message}", self.name)),
         }
     }
 
@@ -65,7 +102,7 @@ impl Line {
         let message = mask_all(message);
         match &self.bar {
             Some(bar) => bar.finish_with_message(message.to_string()),
-            None => eprintln!("[{}] {message}", self.name),
+            None => say(format!("[{}] {message}", self.name)),
         }
     }
 }

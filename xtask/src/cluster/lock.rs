@@ -286,11 +286,11 @@ pub fn acquire(
                     )));
                 }
                 if !said {
-                    eprintln!(
+                    crate::progress::say(format!(
                         "deploy lock: {} is held by {}; waiting (--wait-for-lock)",
                         env.name,
                         lease.describe(now)
-                    );
+                    ));
                     said = true;
                 }
                 std::thread::sleep(Duration::from_millis(500));

@@ -183,7 +183,9 @@ impl Progress {
         );
         match &self.live {
             Some((_, bar)) => bar.set_message(format!("{summary}, {clock}")),
-            None if summary != self.summary => eprintln!("rollout: {summary} ({clock})"),
+            None if summary != self.summary => {
+                crate::progress::say(format!("rollout: {summary} ({clock})"))
+            }
             None => {}
         }
         self.summary = summary;
@@ -200,7 +202,7 @@ impl Progress {
                 bar.set_message(line);
                 bar.tick();
             }
-            None => eprintln!("rollout: {line}"),
+            None => crate::progress::say(format!("rollout: {line}")),
         }
     }
 }

@@ -22,7 +22,7 @@ pub fn run(args: EnvArgs) -> Result<()> {
         return Err(crate::error::input_error(why));
     }
     let source = Source::read(&env)?;
-    eprintln!("backup of {}: {}", env.name, source.describe());
+    crate::progress::say(format!("backup of {}: {}", env.name, source.describe()));
     let backup = take(&env, &script_args(&env, &source))?;
     if args.json {
         return crate::report::print_json(&BackupJson {

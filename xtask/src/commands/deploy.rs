@@ -91,7 +91,7 @@ fn run_in(env: &Environment, args: &DeployArgs, event: &mut hook::Event) -> Resu
             Some(locking::before_changes(env, &command, early_lock, seen)?)
         }
     };
-    let outcome = execute(env, &facts, &plan, args.verbose, lock.as_ref())?;
+    let outcome = execute(env, &facts, &plan, lock.as_ref())?;
     let summary = Summary {
         plan: &plan,
         facts_took,
@@ -179,12 +179,10 @@ fn execute(
     env: &Environment,
     facts: &DeployFacts,
     plan: &Plan,
-    verbose: bool,
     lock: Option<&Guard>,
 ) -> Result<Outcome> {
     let executor = Executor {
         env,
-        verbose,
         observed: facts.cluster.as_ref().ok().and_then(|c| c.observed.clone()),
         daemon: facts.daemon.clone().ok(),
         lock,

@@ -37,7 +37,6 @@ pub fn run(args: RehearseArgs) -> Result<()> {
     let executor = Executor {
         lock: None,
         env: &env,
-        verbose: false,
         observed: None,
         daemon: facts.daemon.clone().ok(),
     };

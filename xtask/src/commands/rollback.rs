@@ -73,7 +73,6 @@ fn run_in(env: &Environment, args: &RollbackArgs, event: &mut hook::Event) -> Re
     crate::process::install_interrupts()?;
     let executor = Executor {
         env,
-        verbose: false,
         // Read again after the downgrade and Helm: nothing from before.
         observed: None,
         daemon: None,

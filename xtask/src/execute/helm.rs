@@ -8,6 +8,7 @@ use crate::cluster::rollout::{self, Assessment};
 use crate::cluster::Backend;
 use crate::config::Environment;
 use crate::process;
+use crate::progress;
 use crate::verify;
 
 /// Runs `helm upgrade --install` and watches the newest ReplicaSet at the
@@ -18,7 +19,6 @@ pub(super) async fn upgrade_watching_rollout(
     env: &Environment,
     argv: &[String],
     helm_revision: u32,
-    verbose: bool,
 ) -> Result<verify::Collector> {
     // Read now, not taken from the facts: the images took minutes, and
     // only a ReplicaSet newer than this one is the deploy's.
@@ -29,7 +29,10 @@ pub(super) async fn upgrade_watching_rollout(
             .map(|b| b.newest_revision())
             .unwrap_or(0)
     };
-    eprintln!("$ {}", crate::process::echo_argv(argv, verbose));
+    progress::say(format!(
+        "$ {}",
+        process::echo_argv(argv, progress::verbose())
+    ));
     let running = process::spawn(argv)?;
     let stopper = running.share();
     let helm = tokio::task::spawn_blocking(move || {
@@ -88,7 +91,7 @@ pub(super) async fn upgrade_watching_rollout(
     }
     // Helm's own word on what it did (NAME, STATUS, REVISION…).
     if !said.trim().is_empty() {
-        eprintln!("{}", indent(said.trim()));
+        progress::say(indent(said.trim()));
     }
     Ok(collector)
 }

@@ -25,13 +25,12 @@ use crate::images::runner::RunnerPlan;
 use crate::images::{self, builder, ImageReport, Mode};
 use crate::plan::{Action, ImageCopy, Plan, Step, StepJson, StepKind};
 use crate::process;
+use crate::progress;
 use crate::verify;
 
 /// What the executor is given beside the plan.
 pub struct Executor<'a> {
     pub env: &'a Environment,
-    /// Helm's and kubectl's full command lines (`-v`).
-    pub verbose: bool,
     /// Verify's reads from the facts phase: used while no step has changed
     /// the release (a no-op deploy verifies with them).
     pub observed: Option<verify::Facts>,
@@ -98,7 +97,7 @@ impl Executor<'_> {
                 lock.set_step(&names.join(" and "));
             }
             for step in &group {
-                eprintln!("{}: {}", plan.command, step.title);
+                progress::say(format!("{}: {}", plan.command, step.title));
             }
             let steps = futures_util::future::join_all(group.iter().map(|step| async {
                 let started = Instant::now();
@@ -238,12 +237,12 @@ impl Executor<'_> {
             let note = tokio::task::spawn_blocking(move || -> Result<String> {
                 let from = image_copy::Repository::open(&copy.from, daemon.as_ref())?;
                 let to = image_copy::Repository::open(&copy.to, daemon.as_ref())?;
-                let say = |what: String| eprintln!("{}: copying {what}", copy.component);
+                let say = |what: String| progress::say(format!("{}: copying {what}", copy.component));
                 let copied = image_copy::copy(&from, &to, &copy.digest, &say)?;
-                eprintln!(
+                progress::say(format!(
                     "{}: {}@{} -> {}: {copied}",
                     copy.component, copy.from, copy.digest, copy.to
-                );
+                ));
                 Ok(format!("{} {copied}", copy.component))
             })
             .await?
@@ -262,7 +261,7 @@ impl Executor<'_> {
         let backup = tokio::task::spawn_blocking(move || backup::take(&env, &argv))
             .await?
             .context("the backup failed, so Helm was not run, the database is untouched and the cluster is unchanged")?;
-        eprintln!("backup: {}", backup.path.display());
+        progress::say(format!("backup: {}", backup.path.display()));
         Ok(Output::Backup(backup))
     }
 
@@ -302,7 +301,7 @@ impl Executor<'_> {
             head: head.to_string(),
         };
         let report = rehearsal::rehearse(self.env, &docker, &request, &engine, |line| {
-            eprintln!("rehearsal: {line}")
+            progress::say(format!("rehearsal: {line}"))
         })
         .await
         .context(context)?;
@@ -367,8 +366,7 @@ impl Executor<'_> {
             &values,
         )
         .context("cannot write this deploy's values file for Helm")?;
-        let collector =
-            helm::upgrade_watching_rollout(self.env, &argv, revision, self.verbose).await?;
+        let collector = helm::upgrade_watching_rollout(self.env, &argv, revision).await?;
         Ok(Output::Released {
             revision,
             collector: Some(collector),
@@ -411,7 +409,7 @@ impl Executor<'_> {
             .backup
             .as_ref()
             .map_or("-".into(), |b| b.path.display().to_string());
-        eprintln!("$ {}", process::display_argv(downgrade));
+        progress::say(format!("$ {}", process::display_argv(downgrade)));
         let code = blocking(downgrade.to_vec(), |argv| cluster_layer::relay(&argv)).await?;
         if code != 0 {
             let now = blocking(check.to_vec(), |argv| cluster_layer::run(&argv))
@@ -672,7 +670,7 @@ struct PlannedDowngrade<'a> {
 
 /// A plan's argv, output captured; a non-zero exit fails with its stderr.
 async fn run_captured(argv: &[String], what: &str) -> Result<cluster_layer::Output> {
-    eprintln!("$ {}", process::display_argv(argv));
+    progress::say(format!("$ {}", process::display_argv(argv)));
     let output = blocking(argv.to_vec(), |argv| cluster_layer::run(&argv)).await?;
     if output.code != 0 {
         bail!("{what} failed: {}", output.stderr.trim());

@@ -1769,3 +1769,35 @@ fn promotion_deploys_the_digests_another_environment_runs_without_a_build() {
     ]);
     assert_eq!(itself.code, 2, "{}", itself.all());
 }
+
+/// `-q` on any command: only the result (the summary on stdout), no
+/// progress or echoed commands on stderr; `-v` anywhere on the line echoes
+/// commands whole; both at once is a usage error.
+#[test]
+fn quiet_says_only_the_result_and_verbose_is_global() {
+    let stack = Stack::new(None);
+    let quiet = stack.xtask(&["deploy", "colony-dev", "--yes", "-q"]);
+    assert_eq!(quiet.code, 0, "{}", quiet.all());
+    assert_contains(&quiet.stdout, "4/4 checks passed");
+    assert_eq!(quiet.stderr, "", "stderr of a quiet deploy");
+
+    // Helm's command line is shortened unless -v, given before the command.
+    let normal = stack.xtask(&["deploy", "colony-dev", "--yes", "--force"]);
+    assert_contains(&normal.stderr, "more arguments");
+    let verbose = stack.xtask(&["-v", "deploy", "colony-dev", "--yes", "--force"]);
+    assert_eq!(verbose.code, 0, "{}", verbose.all());
+    let helm = verbose
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("$ helm upgrade"))
+        .expect("Helm's command echoed");
+    assert!(!helm.contains("more arguments"), "{helm}");
+    assert_contains(helm, " -f ");
+    let status = stack.xtask(&["status", "colony-dev", "--quiet"]);
+    assert_eq!(status.code, 0, "{}", status.all());
+    assert_eq!(status.stderr, "", "stderr of a quiet status");
+
+    let both = stack.xtask(&["deploy", "colony-dev", "-q", "-v"]);
+    assert_eq!(both.code, 2, "{}", both.all());
+    assert_contains(&both.stderr, "cannot be used with");
+}

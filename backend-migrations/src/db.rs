@@ -279,6 +279,17 @@ pub async fn lock(connection: &mut PgConnection, wait: Duration) -> Result<(), S
 /// session was lost while Alembic ran (an idle connection cut by a NAT or a
 /// proxy, or a pooler in transaction mode, which voids session locks), so
 /// another runner may have migrated alongside this one.
+/// One round trip on the lock's session, so that it never looks idle to
+/// a NAT or a proxy (sqlx has no TCP keepalive setting). Named, so that
+/// `pg_stat_activity` shows what it is.
+pub async fn keepalive(connection: &mut PgConnection) -> Result<(), String> {
+    sqlx::query("SELECT 1 AS run_migrations_keepalive")
+        .execute(connection)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 pub async fn unlock(connection: &mut PgConnection) -> Result<(), String> {
     let held: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
         .bind(LOCK_KEY)

@@ -27,6 +27,8 @@ pub struct Settings {
     pub ddl_lock_retries: u32,
     pub legacy_tables: Vec<String>,
     pub baseline: String,
+    /// How often the lock's connection is used while Alembic runs.
+    pub keepalive: Duration,
 }
 
 /// A failure and the exit code it maps to.
@@ -209,12 +211,16 @@ async fn upgrade_with_lock_retries(
     let failed = fail(ExitCode::MigrationFailed);
     let tries = settings.ddl_lock_retries + 1;
     for attempt in 1..=tries {
-        let outcome = alembic::run(
-            &prepared.alembic,
-            settings.alembic_config.as_deref(),
-            &settings.database_url,
-            &["upgrade", "head"],
-            settings.ddl_lock_timeout,
+        let outcome = keeping_alive(
+            connection,
+            settings.keepalive,
+            alembic::run(
+                &prepared.alembic,
+                settings.alembic_config.as_deref(),
+                &settings.database_url,
+                &["upgrade", "head"],
+                settings.ddl_lock_timeout,
+            ),
         )
         .await
         .map_err(&failed)?;
@@ -250,6 +256,34 @@ async fn upgrade_with_lock_retries(
         tokio::time::sleep(pause).await;
     }
     unreachable!("the last try returns")
+}
+
+/// Runs `work` (Alembic) while the lock's connection is used every
+/// `every`: a connection idle for the whole migration is what a NAT or a
+/// proxy drops, and the session lock goes with it. A failed keepalive is
+/// said at once; `unlock` then fails the run.
+async fn keeping_alive<T>(
+    connection: &mut PgConnection,
+    every: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut alive = true;
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = ticks.tick(), if alive => {
+                if let Err(e) = db::keepalive(connection).await {
+                    alive = false;
+                    println!(
+                        "run-migrations: WARNING: the migration lock's connection failed its keepalive ({e}); \
+                         the lock went with it, so another runner may start. This run fails when Alembic ends."
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn describe(state: &DatabaseState) -> String {
@@ -289,12 +323,16 @@ pub async fn downgrade(settings: &Settings, target: &str) -> Result<(), Failure>
         "run-migrations: migration lock taken; running {} downgrade {target}",
         settings.alembic_command
     );
-    let outcome = alembic::run(
-        &prepared.alembic,
-        settings.alembic_config.as_deref(),
-        &settings.database_url,
-        &["downgrade", target],
-        settings.ddl_lock_timeout,
+    let outcome = keeping_alive(
+        &mut connection,
+        settings.keepalive,
+        alembic::run(
+            &prepared.alembic,
+            settings.alembic_config.as_deref(),
+            &settings.database_url,
+            &["downgrade", target],
+            settings.ddl_lock_timeout,
+        ),
     )
     .await;
     let unlocked = db::unlock(&mut connection).await;

@@ -920,3 +920,45 @@ fn assert_success_with(finished: &Finished, last: &str) {
     assert_eq!(finished.code, 0, "{}", finished.all());
     assert_eq!(finished.last_line(), last, "{}", finished.all());
 }
+
+/// While Alembic runs a long migration, the lock's session is used every
+/// `--keepalive-interval`, so that a NAT or proxy never drops it as idle
+/// (and the advisory lock with it): pg_stat_activity sees its keepalive
+/// queries start again and again during the migration.
+#[test]
+fn the_lock_s_connection_is_kept_alive_while_alembic_runs() {
+    let bed = TestBed::get();
+    let url = bed.create_database("keepalive");
+    assert_success(&run(&fixture_backend(), &url, &[]));
+    let backend = testkit::backend_copy();
+    std::fs::write(
+        backend.path().join("alembic/versions/0003_slow.py"),
+        "revision = '0003_slow'\ndown_revision = '0002_activity_and_comments'\n\n\
+         from alembic import op\n\n\ndef upgrade():\n    op.execute('SELECT pg_sleep(5)')\n\n\n\
+         def downgrade():\n    pass\n",
+    )
+    .unwrap();
+    let runner = runner(backend.path(), &url, &["--keepalive-interval", "1"])
+        .spawn()
+        .unwrap();
+    let mut starts = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while starts.len() < 3 && Instant::now() < deadline {
+        let start = bed.psql(
+            &url,
+            "SELECT query_start FROM pg_stat_activity \
+             WHERE query = 'SELECT 1 AS run_migrations_keepalive' \
+             AND application_name LIKE 'run-migrations%'",
+        );
+        if !start.is_empty() {
+            starts.insert(start);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let finished: Finished = runner.wait_with_output().unwrap().into();
+    assert_success_with(&finished, "Migrations complete.");
+    assert!(
+        starts.len() >= 3,
+        "keepalives seen during the 5 s migration: {starts:?}"
+    );
+}

@@ -86,6 +86,11 @@ struct SettingsArgs {
         global = true
     )]
     legacy_tables: Vec<String>,
+    /// Seconds between uses of the migration lock's connection while
+    /// Alembic runs, so that a NAT or proxy never drops it as idle (the
+    /// session lock would go with it).
+    #[arg(long, env = "RUN_MIGRATIONS_KEEPALIVE_INTERVAL", default_value = "30", value_parser = seconds, value_name = "SECONDS", global = true)]
+    keepalive_interval: Duration,
     /// The revision that a pre-Alembic schema is stamped with.
     #[arg(
         long,
@@ -128,6 +133,7 @@ fn main() -> ExitCode {
         ddl_lock_retries: s.ddl_lock_retries,
         legacy_tables: s.legacy_tables,
         baseline: s.baseline,
+        keepalive: s.keepalive_interval,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

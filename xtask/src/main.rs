@@ -15,6 +15,7 @@ mod plan;
 mod process;
 mod progress;
 mod report;
+mod runtime;
 mod verify;
 
 use clap::Parser;

@@ -35,11 +35,8 @@ fn build_or_push(args: ImageArgs, mode: Mode) -> Result<()> {
         builder,
         runner: Some(runner),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let tags = images::tags(&env)?;
-    let reports = runtime.block_on(images::run(&env, &tags, &options, daemon.as_ref()))?;
+    let reports = crate::runtime::block_on(images::run(&env, &tags, &options, daemon.as_ref()))?;
     if args.json {
         crate::report::print_json(&images::ImagesJson {
             images: images::to_json(&reports),

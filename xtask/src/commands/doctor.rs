@@ -175,16 +175,7 @@ pub fn render(checks: &[Prerequisite]) -> String {
 fn docker_check() -> Prerequisite {
     let host = docker::daemon_address();
     let fix = format!("start the Docker daemon (systemctl start docker) or point DOCKER_HOST at one; {TEST_BED_HINT}");
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            return Prerequisite::fail("docker", format!("cannot start an async runtime: {e}"), fix)
-        }
-    };
-    let answer = runtime.block_on(async {
+    let answer = crate::runtime::block_on(async {
         let docker = docker::probe().await?;
         docker
             .version()
@@ -357,16 +348,10 @@ fn rehearsal_check(env: &Environment) -> Prerequisite {
             "postgres:<major of the server each backup comes from> (set rehearsal.image to pin one)",
         );
     };
-    let present = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()
-        .and_then(|runtime| {
-            runtime.block_on(async {
-                let docker = docker::connect().await.ok()?;
-                docker::inspect(&docker, image).await.ok()
-            })
-        });
+    let present = crate::runtime::block_on(async {
+        let docker = docker::connect().await.ok()?;
+        docker::inspect(&docker, image).await.ok()
+    });
     match present {
         Some(Some(_)) => Prerequisite::ok("rehearsal", format!("{image}, in the Docker daemon")),
         Some(None) => Prerequisite::warn(

@@ -424,12 +424,7 @@ impl Drop for Scratch {
             return;
         }
         let removal = std::thread::spawn(move || {
-            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                runtime.block_on(remove_all(&docker, ids));
-            }
+            crate::runtime::block_on(remove_all(&docker, ids));
         });
         let _ = removal.join();
     }

@@ -82,10 +82,7 @@ impl Executor<'_> {
     /// Runs every step of `plan`; the first failure stops it, with the step
     /// named. Interrupts must be installed by the caller.
     pub fn execute(&self, plan: &Plan) -> Result<Outcome> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(self.run(plan))
+        crate::runtime::block_on(self.run(plan))
     }
 
     async fn run(&self, plan: &Plan) -> Result<Outcome> {

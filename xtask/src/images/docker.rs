@@ -279,12 +279,7 @@ pub async fn registry_view(
 /// `registry_view` from synchronous code; Err (why, with its causes) when
 /// no daemon answers (callers then assume Docker's defaults, and say so).
 pub fn registry_view_blocking() -> Result<crate::images::registry::DaemonView, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime
-        .block_on(async { registry_view(&connect().await?).await })
+    crate::runtime::block_on(async { registry_view(&connect().await?).await })
         .map_err(|e| crate::error::with_causes(&e))
 }
 
@@ -435,18 +430,14 @@ pub async fn build_with_secrets(
     let (docker, tag, options) = (docker.clone(), request.tag.to_string(), options.build());
     // The driver's future is not Send: it runs on a thread of its own.
     let solved = tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime
-            .block_on(Moby::new(&docker).docker_build(
-                &tag,
-                options,
-                ImageBuildLoadInput::Upload(context),
-                None,
-                None,
-            ))
-            .map_err(|e| std::io::Error::other(e.to_string()))
+        crate::runtime::block_on(Moby::new(&docker).docker_build(
+            &tag,
+            options,
+            ImageBuildLoadInput::Upload(context),
+            None,
+            None,
+        ))
+        .map_err(|e| std::io::Error::other(e.to_string()))
     })
     .await
     .map_err(|e| std::io::Error::other(e.to_string()))

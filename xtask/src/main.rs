@@ -43,6 +43,7 @@ fn main() {
         Command::Doctor(args) => doctor::run(args),
         Command::Lock(args) => commands::lock::run(args),
     };
+    runtime::shutdown();
     if let Err(error) = result {
         eprintln!(
             "error: {}",

@@ -126,28 +126,11 @@ pub fn context_endpoint(
     })
 }
 
-/// `user@host` of `ssh://user@host:port`, for the forwarding hint. Pure.
-fn ssh_host(url: &str) -> &str {
-    let rest = url.trim_start_matches("ssh://");
-    let rest = rest.split('/').next().unwrap_or(rest);
-    rest.rsplit_once(':')
-        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
-        .map_or(rest, |(host, _)| host)
-}
-
 /// Connects as the endpoint says: TLS with its three files (a missing one
-/// named), else bollard's own reading of the address.
+/// named), else bollard's own reading of the address (`ssh://` runs
+/// `ssh HOST docker system dial-stdio`, as the docker CLI does, with the
+/// user's ssh config, keys and known hosts).
 fn connect_to(endpoint: &Endpoint) -> Result<Docker, String> {
-    if endpoint.host.starts_with("ssh://") {
-        // bollard's ssh transport needs a library this tool does not build
-        // with; ssh's own socket forwarding does the same job.
-        return Err(format!(
-            "ssh:// Docker endpoints are not supported yet: forward the remote socket with \
-             `ssh -nNT -L /tmp/docker-{host}.sock:/var/run/docker.sock {host}` and set \
-             DOCKER_HOST=unix:///tmp/docker-{host}.sock",
-            host = ssh_host(&endpoint.host)
-        ));
-    }
     let Some(dir) = &endpoint.tls else {
         return Docker::connect_with_host(&endpoint.host).map_err(|e| mask_all(&with_causes(&e)));
     };
@@ -792,13 +775,6 @@ pub async fn inspect(docker: &Docker, image: &str) -> Result<Option<InspectedIma
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_ssh_endpoint_s_host_is_what_ssh_is_given() {
-        assert_eq!(ssh_host("ssh://me@builder"), "me@builder");
-        assert_eq!(ssh_host("ssh://me@builder:2222"), "me@builder");
-        assert_eq!(ssh_host("ssh://builder/"), "builder");
-    }
 
     #[test]
     fn a_registry_racing_another_push_or_failing_for_a_moment_is_retried() {

@@ -35,6 +35,11 @@ pub fn verbose() -> bool {
     verbosity() == Verbosity::Verbose
 }
 
+/// Live lines (redrawn in place): on a terminal, unless `-q`.
+pub fn live() -> bool {
+    std::io::stderr().is_terminal() && verbosity() != Verbosity::Quiet
+}
+
 /// A line of progress on stderr (masked), unless `-q`. Warnings and
 /// errors use `eprintln!` and are always said.
 pub fn say(line: impl std::fmt::Display) {
@@ -51,9 +56,8 @@ pub struct Progress {
 impl Progress {
     /// Live lines only when stderr is a terminal (and not `-q`).
     pub fn new() -> Progress {
-        let live = std::io::stderr().is_terminal() && verbosity() != Verbosity::Quiet;
         Progress {
-            multi: live.then(MultiProgress::new),
+            multi: live().then(MultiProgress::new),
         }
     }
 

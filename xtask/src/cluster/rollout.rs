@@ -133,8 +133,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(env: &Environment) -> Progress {
-        use std::io::IsTerminal;
-        let live = std::io::stderr().is_terminal().then(|| {
+        let live = crate::progress::live().then(|| {
             let multi = indicatif::MultiProgress::new();
             let summary = multi.add(indicatif::ProgressBar::new_spinner());
             summary.enable_steady_tick(Duration::from_millis(120));

@@ -177,7 +177,7 @@ pub fn take(env: &Environment, argv: &[String]) -> Result<Backup> {
     let mut last = String::new();
     let code = running.lines(|line| {
         if !last.is_empty() {
-            eprintln!("  backup: {last}");
+            crate::progress::say(format!("  backup: {last}"));
         }
         last = line.to_string();
     })?;

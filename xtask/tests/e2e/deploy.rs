@@ -1797,6 +1797,31 @@ fn quiet_says_only_the_result_and_verbose_is_global() {
     assert_eq!(status.code, 0, "{}", status.all());
     assert_eq!(status.stderr, "", "stderr of a quiet status");
 
+    // On a terminal too: no live pod lines, no backup lines, the result.
+    let command = format!(
+        "{} deploy colony-dev --yes --force -q",
+        env!("CARGO_BIN_EXE_xtask")
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .current_dir(stack.repo.root())
+        .env_clear()
+        .env("LANG", "C.UTF-8")
+        .env("TERM", "xterm")
+        .envs(stack.env())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    assert_contains(&screen, "4/4 checks passed");
+    for progress in ["pod colony-backend-", "backup: ", "ready ("] {
+        assert!(
+            !screen.contains(progress),
+            "{progress:?} on a quiet terminal: {screen}"
+        );
+    }
+
     let both = stack.xtask(&["deploy", "colony-dev", "-q", "-v"]);
     assert_eq!(both.code, 2, "{}", both.all());
     assert_contains(&both.stderr, "cannot be used with");

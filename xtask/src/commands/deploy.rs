@@ -81,7 +81,7 @@ fn run_in(env: &Environment, args: &DeployArgs, event: &mut hook::Event) -> Resu
     plan.refuse_if_missing()?;
     let facts_took = started.elapsed();
     // The plan goes where the user reads; with --json, stdout is the summary only.
-    plan.show(false, args.json)?;
+    plan.show_before_running(args.json, args.yes)?;
     confirm_changes(env, &facts, &plan, args.yes)?;
     // A plan that only verifies changes nothing: it needs no lock.
     let lock = match plan.steps.iter().all(|s| s.kind() == StepKind::Verify) {

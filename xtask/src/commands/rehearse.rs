@@ -32,7 +32,7 @@ pub fn run(args: RehearseArgs) -> Result<()> {
         return Ok(());
     }
     let facts_took = started.elapsed();
-    plan.show(false, args.json)?;
+    plan.show_before_running(args.json, true)?;
     process::install_interrupts()?;
     let executor = Executor {
         lock: None,

@@ -66,7 +66,7 @@ fn run_in(env: &Environment, args: &RollbackArgs, event: &mut hook::Event) -> Re
     if args.dry_run {
         return plan.show(true, args.json);
     }
-    plan.show(false, args.json)?;
+    plan.show_before_running(args.json, args.yes)?;
     confirm(env, &spec, args.yes)?;
     let seen = locking::seen(Some(&facts.current));
     let lock = locking::before_changes(env, &command, early_lock, seen)?;

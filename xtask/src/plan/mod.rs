@@ -512,6 +512,15 @@ impl Plan {
         Ok(())
     }
 
+    /// The plan before a run: shown, except under `-q --yes`, where nobody
+    /// reads it before it runs (the summary says what ran).
+    pub fn show_before_running(&self, json: bool, yes: bool) -> anyhow::Result<()> {
+        if yes && crate::progress::verbosity() == crate::progress::Verbosity::Quiet {
+            return Ok(());
+        }
+        self.show(false, json)
+    }
+
     /// The step kinds in order: what a run of this plan reports it ran.
     #[cfg(test)]
     pub fn step_names(&self) -> Vec<&'static str> {

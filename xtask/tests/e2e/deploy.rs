@@ -1780,6 +1780,12 @@ fn quiet_says_only_the_result_and_verbose_is_global() {
     assert_eq!(quiet.code, 0, "{}", quiet.all());
     assert_contains(&quiet.stdout, "4/4 checks passed");
     assert_eq!(quiet.stderr, "", "stderr of a quiet deploy");
+    // With --yes nobody reads the plan before it runs: only the summary.
+    assert!(
+        !quiet.stdout.contains("Deploy plan for"),
+        "{}",
+        quiet.stdout
+    );
 
     // Helm's command line is shortened unless -v, given before the command.
     let normal = stack.xtask(&["deploy", "colony-dev", "--yes", "--force"]);

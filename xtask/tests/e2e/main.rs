@@ -18,3 +18,4 @@ mod pods;
 mod registry_faults;
 mod rehearsal;
 mod reports;
+mod shapes;

@@ -25,6 +25,7 @@ use commands::{backup, build_push, deploy, doctor, migrations, rehearse, rollbac
 
 fn main() {
     let cli = Cli::parse();
+    let ssh_masters = images::ssh::prepare();
     progress::set_verbosity(match (cli.quiet, cli.verbose) {
         (true, _) => progress::Verbosity::Quiet,
         (_, true) => progress::Verbosity::Verbose,
@@ -44,6 +45,9 @@ fn main() {
         Command::Lock(args) => commands::lock::run(args),
     };
     runtime::shutdown();
+    if let Some(masters) = ssh_masters {
+        masters.close();
+    }
     if let Err(error) = result {
         eprintln!(
             "error: {}",

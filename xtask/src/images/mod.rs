@@ -16,6 +16,7 @@ pub mod dockerignore;
 pub mod machine_lock;
 pub mod registry;
 pub mod runner;
+pub mod ssh;
 pub mod trust;
 
 use std::collections::HashMap;

@@ -176,6 +176,9 @@ fn redact(stack: &Stack, text: &str) -> String {
         ),
         (r"\b\d+(\.\d+)? ?(B|KiB|MiB|GiB|kB|MB|GB)\b", "<size>"),
         (r#""(size|bytes)": \d+"#, r#""$1": "<size>""#),
+        // Helm's times have 1 to 9 digits of nanoseconds, and status sizes
+        // its UPDATED column from them: the padding after one varies.
+        (r"(<time>|UPDATED) {2,}", "$1 "),
     ] {
         text = regex::Regex::new(pattern)
             .unwrap()

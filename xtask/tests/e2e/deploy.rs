@@ -1230,6 +1230,25 @@ fn status_doctor_and_backup_speak_json() {
     );
 }
 
+/// `cargo xtask ARGS` on a terminal (a pty, through `script`): what the
+/// screen showed; the command must succeed.
+fn on_a_terminal(stack: &Stack, args: &str) -> String {
+    let command = format!("{} {args}", env!("CARGO_BIN_EXE_xtask"));
+    let output = std::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .current_dir(stack.repo.root())
+        .env_clear()
+        .env("LANG", "C.UTF-8")
+        .env("TERM", "xterm")
+        .envs(stack.env())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{screen}");
+    screen
+}
+
 /// The rollout as it happens: on a terminal (a pty, through `script`),
 /// each new pod's line and `backend x/y ready`; off a terminal, the same
 /// as plain lines.
@@ -1255,19 +1274,7 @@ fn the_rollout_shows_each_pod_on_a_terminal_and_plain_lines_off_it() {
     .unwrap();
     stack.repo.git(&["add", "-A"]);
     stack.repo.git(&["commit", "-qm", "a deploy on a terminal"]);
-    let command = format!("{} deploy colony-dev --yes", env!("CARGO_BIN_EXE_xtask"));
-    let output = std::process::Command::new("script")
-        .args(["-qefc", &command, "/dev/null"])
-        .current_dir(stack.repo.root())
-        .env_clear()
-        .env("LANG", "C.UTF-8")
-        .env("TERM", "xterm")
-        .envs(stack.env())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let screen = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{screen}");
+    let screen = on_a_terminal(&stack, "deploy colony-dev --yes");
     assert!(screen.contains("pod colony-backend-"), "{screen}");
     assert!(
         screen.contains("backend 0/2 ready") || screen.contains("backend 1/2 ready"),
@@ -1804,22 +1811,7 @@ fn quiet_says_only_the_result_and_verbose_is_global() {
     assert_eq!(status.stderr, "", "stderr of a quiet status");
 
     // On a terminal too: no live pod lines, no backup lines, the result.
-    let command = format!(
-        "{} deploy colony-dev --yes --force -q",
-        env!("CARGO_BIN_EXE_xtask")
-    );
-    let output = std::process::Command::new("script")
-        .args(["-qefc", &command, "/dev/null"])
-        .current_dir(stack.repo.root())
-        .env_clear()
-        .env("LANG", "C.UTF-8")
-        .env("TERM", "xterm")
-        .envs(stack.env())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let screen = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{screen}");
+    let screen = on_a_terminal(&stack, "deploy colony-dev --yes --force -q");
     assert_contains(&screen, "4/4 checks passed");
     for progress in ["pod colony-backend-", "backup: ", "ready ("] {
         assert!(

@@ -98,6 +98,9 @@ struct MigrationsEntry {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ImagesEntry {
+    /// Who pushes: "docker" (the daemon) or "fast" (this tool, from the
+    /// daemon's export).
+    push: Option<String>,
     #[serde(default)]
     backend: ImageEntry,
     #[serde(default)]
@@ -181,8 +184,30 @@ pub struct Environment {
     /// --no-sync alembic`): the init container and every exec use it.
     pub alembic_command: Vec<String>,
     pub images: Vec<Image>,
+    /// Who pushes the built images (`images.push`).
+    pub image_push: PushMethod,
     pub migrations: MigrationSettings,
     pub rehearsal: RehearsalSettings,
+}
+
+/// Who pushes a built image to the registry (`images.push`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PushMethod {
+    /// The daemon, as `docker push` (gzip at Go's default level).
+    #[default]
+    Docker,
+    /// This tool, from the daemon's export: each layer gzipped at the
+    /// fastest level, incompressible bytes stored (`images::push`).
+    Fast,
+}
+
+impl std::fmt::Display for PushMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PushMethod::Fast => "fast",
+            PushMethod::Docker => "docker",
+        })
+    }
 }
 
 /// How a deploy rehearses its migrations (`rehearsal` in deploy.toml).
@@ -503,6 +528,7 @@ fn with_defaults(
             image(Component::Backend, &entry.images.backend, &registry),
             image(Component::Frontend, &entry.images.frontend, &registry),
         ],
+        image_push: PushMethod::default(),
         registry,
     }
 }
@@ -545,6 +571,13 @@ fn parse_settings(
             Ok(argv) => env.alembic_command = argv,
             Err(problem) => problems.push(problem),
         }
+    }
+    match entry.images.push.as_deref() {
+        None | Some("docker") => env.image_push = PushMethod::Docker,
+        Some("fast") => env.image_push = PushMethod::Fast,
+        Some(other) => problems.push(format!(
+            "images.push: {other:?} is not a way to push: \"docker\" (the daemon pushes, as `docker push`; the default) or \"fast\" (this tool pushes from the daemon's export, gzip at its fastest, incompressible bytes stored)"
+        )),
     }
     for (image, entry) in env
         .images
@@ -1100,6 +1133,41 @@ registry = "ghcr.io/colony-app"
             assert_eq!(code, 2);
             assert!(message.contains(says), "{message}");
         }
+    }
+
+    #[test]
+    fn images_are_pushed_by_the_daemon_unless_fast_is_asked() {
+        let with = |lines: &str| {
+            resolve(
+                &CONFIG.replace(
+                    "[environments.colony-dev.images.backend]",
+                    &format!(
+                        "[environments.colony-dev.images]\n{lines}\n[environments.colony-dev.images.backend]"
+                    ),
+                ),
+                Path::new("/repo/deploy.toml"),
+                None,
+                &EnvOverrides::default(),
+                None,
+            )
+        };
+        let default = resolve_with(None, EnvOverrides::default()).unwrap();
+        assert_eq!(default.image_push, PushMethod::Docker);
+        assert_eq!(
+            with("push = \"fast\"").unwrap().image_push,
+            PushMethod::Fast
+        );
+        assert_eq!(
+            with("push = \"docker\"").unwrap().image_push,
+            PushMethod::Docker
+        );
+        let (message, code) = error_of(with("push = \"zstd\""));
+        assert_eq!(code, 2);
+        assert!(
+            message.contains("images.push: \"zstd\" is not a way to push: \"docker\"")
+                && message.contains("\"fast\""),
+            "{message}"
+        );
     }
 
     #[test]

@@ -53,6 +53,95 @@ impl Repository {
     fn what(&self, digest: &str) -> String {
         format!("{}/{}@{digest}", self.client.host(), self.name)
     }
+
+    /// A repository reached through `client` (`name` as the API spells it).
+    pub fn with_client(client: RegistryClient, name: &str) -> Repository {
+        Repository {
+            client,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn blob_exists(&self, digest: &str) -> Result<bool, RegistryError> {
+        let path = format!("/v2/{}/blobs/{digest}", self.name);
+        let head = self.send(Want::Push, "HEAD", &path, &[], Payload::Empty)?;
+        match head.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            status => Err(answered(self, status, &self.what(digest), head)),
+        }
+    }
+
+    /// Starts a blob's upload; with `mount_from` (a repository on the same
+    /// registry) the registry may take the blob from there instead (then
+    /// None: no bytes need to move).
+    pub fn start_upload(
+        &self,
+        digest: &str,
+        mount_from: Option<&str>,
+    ) -> Result<Option<String>, RegistryError> {
+        let mut start = format!("/v2/{}/blobs/uploads/", self.name);
+        if let Some(from) = mount_from {
+            start.push_str(&format!("?mount={digest}&from={from}"));
+        }
+        let started = self.send(Want::Push, "POST", &start, &[], Payload::Empty)?;
+        match started.status().as_u16() {
+            201 => Ok(None),
+            202 => started
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(|location| Some(location.to_string()))
+                .ok_or_else(|| {
+                    RegistryError::Unexpected(format!(
+                        "registry {} started an upload without a Location",
+                        self.client.host()
+                    ))
+                }),
+            status => Err(answered(self, status, &self.what(digest), started)),
+        }
+    }
+
+    /// Sends the blob's bytes to an upload `start_upload` began, in one
+    /// request that names its digest (the registry checks it).
+    pub fn finish_upload(
+        &self,
+        location: &str,
+        digest: &str,
+        payload: Payload,
+    ) -> Result<(), RegistryError> {
+        let put = self.send(
+            Want::Push,
+            "PUT",
+            &upload_url(location, digest),
+            &[("Content-Type", "application/octet-stream")],
+            payload,
+        )?;
+        match put.status().as_u16() {
+            201 | 204 => Ok(()),
+            status => Err(answered(self, status, &self.what(digest), put)),
+        }
+    }
+
+    /// Puts a manifest under `reference` (a tag or its digest).
+    pub fn put_manifest(
+        &self,
+        reference: &str,
+        media_type: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), RegistryError> {
+        let response = self.send(
+            Want::Push,
+            "PUT",
+            &format!("/v2/{}/manifests/{reference}", self.name),
+            &[("Content-Type", media_type)],
+            Payload::Bytes(bytes),
+        )?;
+        match response.status().as_u16() {
+            200 | 201 => Ok(()),
+            status => Err(answered(self, status, &self.what(reference), response)),
+        }
+    }
 }
 
 /// What a copy did, for the step's note.
@@ -139,20 +228,9 @@ fn copy_manifest(
     for (blob, size) in &references.blobs {
         copy_blob(from, to, blob, *size, say, copied)?;
     }
-    let response = to.send(
-        Want::Push,
-        "PUT",
-        &format!("/v2/{}/manifests/{digest}", to.name),
-        &[("Content-Type", media_type.as_str())],
-        Payload::Bytes(bytes),
-    )?;
-    match response.status().as_u16() {
-        200 | 201 => {
-            copied.manifests += 1;
-            Ok(())
-        }
-        status => Err(answered(to, status, &to.what(digest), response)),
-    }
+    to.put_manifest(digest, &media_type, bytes)?;
+    copied.manifests += 1;
+    Ok(())
 }
 
 /// The manifest's media type and bytes, checked against its digest (the
@@ -199,62 +277,33 @@ fn copy_blob(
     say: &dyn Fn(String),
     copied: &mut Copied,
 ) -> Result<(), RegistryError> {
-    let blob_path = |repository: &Repository| format!("/v2/{}/blobs/{digest}", repository.name);
-    let head = to.send(Want::Push, "HEAD", &blob_path(to), &[], Payload::Empty)?;
-    if head.status().as_u16() == 200 {
+    if to.blob_exists(digest)? {
         copied.blobs_present += 1;
         return Ok(());
     }
     // On the same registry, ask it to mount the blob from the source
     // repository (no bytes move); it answers 202 and an upload when it won't.
-    let mut start = format!("/v2/{}/blobs/uploads/", to.name);
-    if from.client.host() == to.client.host() {
-        start.push_str(&format!("?mount={digest}&from={}", from.name));
-    }
-    let started = to.send(Want::Push, "POST", &start, &[], Payload::Empty)?;
-    let location = match started.status().as_u16() {
-        201 => {
-            copied.blobs_present += 1;
-            return Ok(());
-        }
-        202 => started
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from)
-            .ok_or_else(|| {
-                RegistryError::Unexpected(format!(
-                    "registry {} started an upload without a Location",
-                    to.client.host()
-                ))
-            })?,
-        status => return Err(answered(to, status, &to.what(digest), started)),
+    let same_registry = from.client.host() == to.client.host();
+    let Some(location) = to.start_upload(digest, same_registry.then_some(from.name.as_str()))?
+    else {
+        copied.blobs_present += 1;
+        return Ok(());
     };
     say(format!(
         "blob {} ({})",
         short(digest),
         super::human_bytes(size)
     ));
-    let source = from.send(Want::Pull, "GET", &blob_path(from), &[], Payload::Empty)?;
+    let blob_path = format!("/v2/{}/blobs/{digest}", from.name);
+    let source = from.send(Want::Pull, "GET", &blob_path, &[], Payload::Empty)?;
     let status = source.status().as_u16();
     if status != 200 {
         return Err(answered(from, status, &from.what(digest), source));
     }
-    let put = to.send(
-        Want::Push,
-        "PUT",
-        &upload_url(&location, digest),
-        &[("Content-Type", "application/octet-stream")],
-        Payload::Stream(source),
-    )?;
-    match put.status().as_u16() {
-        201 | 204 => {
-            copied.blobs += 1;
-            copied.bytes += size;
-            Ok(())
-        }
-        status => Err(answered(to, status, &to.what(digest), put)),
-    }
+    to.finish_upload(&location, digest, Payload::Stream(source))?;
+    copied.blobs += 1;
+    copied.bytes += size;
+    Ok(())
 }
 
 /// The upload's URL with the digest that completes it. Pure.

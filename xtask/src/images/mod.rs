@@ -13,7 +13,9 @@ pub mod context;
 pub mod copy;
 pub mod docker;
 pub mod dockerignore;
+pub mod gzip;
 pub mod machine_lock;
+pub mod push;
 pub mod registry;
 pub mod runner;
 pub mod ssh;
@@ -30,7 +32,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bollard::Docker;
 use tokio::sync::Semaphore;
 
-use crate::config::{git, Component, Environment, Image, SecretSource};
+use crate::config::{git, Component, Environment, Image, PushMethod, SecretSource};
 use crate::images::context::{Extra, ExtraSource};
 use crate::progress::{Line, Progress};
 use docker::{BuildEvent, BuildRequest};
@@ -158,6 +160,7 @@ pub async fn run(
             mode: options.mode,
             runner: options.runner.clone(),
             builder: options.builder.builder,
+            push_method: env.image_push,
             pushing: Arc::new(AtomicBool::new(false)),
         };
         let pushing = task.pushing.clone();
@@ -288,6 +291,7 @@ struct ImageTask {
     mode: Mode,
     runner: Option<RunnerPlan>,
     builder: builder::Builder,
+    push_method: PushMethod,
     line: Arc<Line>,
     /// Set once its push starts: a failure elsewhere lets it finish.
     pushing: Arc<AtomicBool>,
@@ -524,27 +528,35 @@ impl ImageTask {
         let on_retry = |attempt, pause: Duration, error: &docker::DockerError| {
             line.log(&retry_line(attempt, pause, error))
         };
-        let mut tags = vec![tag.as_str()];
+        let mut tags = vec![tag.to_string()];
         if self.image.also_tag_latest {
-            tags.push("latest");
+            tags.push("latest".into());
         }
-        for tag in tags {
-            docker::push_with_retries(
-                &self.docker,
-                repository,
-                tag,
-                self.credential.as_ref(),
-                |p| {
-                    line.set(&format!(
-                        "{} layers pushed; {} of {}",
-                        p.layers_done,
-                        human_bytes(p.current),
-                        human_bytes(p.total)
-                    ))
-                },
-                on_retry,
-            )
-            .await?;
+        match self.push_method {
+            PushMethod::Docker => {
+                for tag in &tags {
+                    docker::push_with_retries(
+                        &self.docker,
+                        repository,
+                        tag,
+                        self.credential.as_ref(),
+                        |p| line.set(&push_progress_line(p)),
+                        on_retry,
+                    )
+                    .await?;
+                }
+            }
+            PushMethod::Fast => {
+                let pushed = self.push_from_export(&tags).await?;
+                line.log(&format!(
+                    "{} layer{} sent ({} gzipped from {}), {} already in the registry",
+                    pushed.layers_sent,
+                    if pushed.layers_sent == 1 { "" } else { "s" },
+                    human_bytes(pushed.bytes_sent),
+                    human_bytes(pushed.bytes_read),
+                    pushed.layers_present
+                ));
+            }
         }
         let pushed = started.elapsed();
         let digest = self.registry_digest().await?.ok_or_else(|| {
@@ -555,6 +567,60 @@ impl ImageTask {
             pushed.as_secs_f64()
         ));
         Ok((digest, pushed))
+    }
+
+    /// `images.push = "fast"`: the image read from the daemon's export and
+    /// pushed by `push::push_export`, the whole push tried again after a
+    /// transient registry answer (as the daemon's push is).
+    async fn push_from_export(&self, tags: &[String]) -> Result<push::Pushed> {
+        let local = format!("{}:{}", self.image.reference, self.tag);
+        let inspected = self
+            .docker
+            .inspect_image(&local)
+            .await
+            .with_context(|| format!("inspecting the built image {local}"))?;
+        let image = push::LocalImage {
+            id: inspected.id.unwrap_or_default(),
+            diff_ids: inspected.root_fs.and_then(|r| r.layers).unwrap_or_default(),
+        };
+        let client =
+            RegistryClient::new(&self.image.reference, self.credential.clone(), &self.access)?;
+        let repository = Arc::new(copy::Repository::with_client(
+            client,
+            repository_path(&self.image.reference),
+        ));
+        let mut attempt = 1;
+        loop {
+            let export = export_reader(&self.docker, &image.id);
+            let (image, repository, tags, line) = (
+                image.clone(),
+                repository.clone(),
+                tags.to_vec(),
+                self.line.clone(),
+            );
+            let pushed = tokio::task::spawn_blocking(move || {
+                push::push_export(export, &image, &repository, &tags, &mut |p| {
+                    line.set(&push_progress_line(p))
+                })
+            })
+            .await
+            .context("the push panicked")?;
+            match pushed {
+                Err(error) if error.transient() && attempt < docker::PUSH_ATTEMPTS => {
+                    attempt += 1;
+                    let pause = docker::push_retry_delay(attempt);
+                    self.line.log(&format!(
+                        "the push failed ({error}); trying again in {} s (attempt {attempt} of {})",
+                        pause.as_secs(),
+                        docker::PUSH_ATTEMPTS
+                    ));
+                    tokio::time::sleep(pause).await;
+                }
+                done => {
+                    return done.with_context(|| format!("pushing {local}"));
+                }
+            }
+        }
     }
 
     async fn tag_latest(&self, target: &str) -> Result<()> {
@@ -653,6 +719,58 @@ async fn registry_digest(
         .await
         .context("a registry lookup panicked")??;
     Ok(digest)
+}
+
+fn push_progress_line(p: docker::PushProgress) -> String {
+    format!(
+        "{} layers pushed; {} of {}",
+        p.layers_done,
+        human_bytes(p.current),
+        human_bytes(p.total)
+    )
+}
+
+/// The daemon's export of `image` (`docker save`) as a blocking reader:
+/// a task forwards the stream's chunks through a short channel, so a slow
+/// reader holds back the daemon instead of filling memory.
+fn export_reader(docker: &Docker, image: &str) -> ChannelReader {
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let docker = docker.clone();
+    let image = image.to_string();
+    tokio::spawn(async move {
+        use futures_util::StreamExt as _;
+        let mut stream = std::pin::pin!(docker.export_image(&image));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(std::io::Error::other);
+            let failed = chunk.is_err();
+            if sender.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    ChannelReader {
+        receiver,
+        current: bytes::Bytes::new(),
+    }
+}
+
+struct ChannelReader {
+    receiver: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    current: bytes::Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.receiver.blocking_recv() {
+                Some(chunk) => self.current = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
 }
 
 /// One line for a push about to be tried again: what failed (the

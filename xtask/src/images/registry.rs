@@ -282,12 +282,13 @@ pub const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v
     application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
 
 /// What a request sends: nothing, bytes (sent again after a challenge),
-/// or another registry's answer streamed through (sent once: the token
-/// must be had before).
+/// or another registry's answer or a file streamed through (sent once: the
+/// token must be had before).
 pub enum Payload {
     Empty,
     Bytes(Vec<u8>),
     Stream(ureq::http::Response<ureq::Body>),
+    File(std::fs::File),
 }
 
 /// Whom a token is asked for: `repository:<name>:<actions>`.
@@ -371,13 +372,11 @@ impl RegistryClient {
                 format!("{scheme}://{}{path}", self.host)
             };
             let sent = match payload.take().unwrap_or(Payload::Empty) {
-                Payload::Stream(body) => {
+                once @ (Payload::Stream(_) | Payload::File(_)) => {
                     // Cannot be sent twice: this scheme is the last try.
-                    return self
-                        .request(method, &url, headers, Payload::Stream(body))
-                        .map_err(|e| {
-                            RegistryError::Unreachable(format!("registry {}: {e}", self.host))
-                        });
+                    return self.request(method, &url, headers, once).map_err(|e| {
+                        RegistryError::Unreachable(format!("registry {}: {e}", self.host))
+                    });
                 }
                 Payload::Bytes(bytes) => {
                     let sent = self.request(method, &url, headers, Payload::Bytes(bytes.clone()));
@@ -460,6 +459,7 @@ impl RegistryClient {
                     Payload::Empty => request.send_empty(),
                     Payload::Bytes(bytes) => request.send(&bytes[..]),
                     Payload::Stream(body) => request.send(body),
+                    Payload::File(file) => request.send(file),
                 }
             }
         }
@@ -490,7 +490,7 @@ impl RegistryClient {
         let again = match &payload {
             Payload::Bytes(bytes) => Some(Payload::Bytes(bytes.clone())),
             Payload::Empty => Some(Payload::Empty),
-            Payload::Stream(_) => None,
+            Payload::Stream(_) | Payload::File(_) => None,
         };
         let first = with(&cached);
         let response = self.send(method, path, &borrowed(&first), payload)?;

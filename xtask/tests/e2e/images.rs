@@ -65,7 +65,7 @@ pub(crate) fn reports(run: &Run) -> Vec<Value> {
     document["images"].as_array().unwrap().clone()
 }
 
-fn report<'a>(reports: &'a [Value], component: &str) -> &'a Value {
+pub(crate) fn report<'a>(reports: &'a [Value], component: &str) -> &'a Value {
     reports
         .iter()
         .find(|r| r["component"] == component)

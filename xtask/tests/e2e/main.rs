@@ -12,6 +12,7 @@ mod config_errors;
 mod deploy;
 mod doctor;
 mod dry_run;
+mod fast_push;
 mod images;
 mod lock;
 mod pods;

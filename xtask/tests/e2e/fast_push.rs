@@ -1,0 +1,179 @@
+//! `images.push = "fast"`: this tool pushes from the daemon's export, each
+//! layer gzipped at the fastest level with incompressible bytes stored.
+
+use std::io::Read;
+
+use crate::common::assert_contains;
+use crate::images::{
+    blob, images, layers_and_config, manifest, repo_named, report, reports, repository,
+};
+use testkit::TestBed;
+
+const NOISE_BYTES: usize = 6 * 1024 * 1024;
+
+/// Bytes no compressor can shrink, new on every run.
+fn noise() -> Vec<u8> {
+    let mut state = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    (0..NOISE_BYTES / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect()
+}
+
+fn docker(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", &TestBed::get().docker_host)
+        .output()
+        .expect("the docker CLI runs")
+}
+
+#[test]
+fn a_fast_push_is_plain_gzip_that_docker_pulls_and_no_layer_goes_up_twice() {
+    let bed = TestBed::get();
+    let repo = repo_named("fastpush");
+    let config = repo.config();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[environments.colony-dev.images]\npush = \"fast\"\n"),
+    )
+    .unwrap();
+    let noise = noise();
+    std::fs::write(repo.root().join("frontend/noise.bin"), &noise).unwrap();
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-qm", "a frontend with incompressible data"]);
+
+    let run = images(&repo, "push", &bed.registry, &[]);
+    let first = reports(&run);
+    for component in ["backend", "frontend"] {
+        assert_eq!(
+            report(&first, component)["push"]["status"],
+            "done",
+            "{}",
+            run.all()
+        );
+    }
+    assert_contains(&run.stderr, "layers sent");
+
+    // What the registry holds: a Docker v2 manifest of gzip layers, under
+    // the digest the report pins.
+    let frontend = repository(&repo, "frontend");
+    let tag = report(&first, "frontend")["tag"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (digest, served) = manifest(&bed.registry, &frontend, &tag).expect("pushed");
+    assert_eq!(report(&first, "frontend")["digest"], digest.as_str());
+    assert_eq!(
+        served["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let layers = served["layers"].as_array().unwrap();
+    for layer in layers {
+        assert_eq!(
+            layer["mediaType"],
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+        let bytes = blob(&bed.registry, &frontend, layer["digest"].as_str().unwrap());
+        assert_eq!(&bytes[..2], &[0x1f, 0x8b], "gzip's magic");
+    }
+    // The noise went out stored: about its own size, not shrunk, barely grown.
+    let size = layers
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        size >= NOISE_BYTES as u64 && size < NOISE_BYTES as u64 + NOISE_BYTES as u64 / 50,
+        "the noise's layer is {size} bytes"
+    );
+    // Its contents are the file's, read back through gzip.
+    let (tars, _) = layers_and_config(&bed.registry, &frontend, &tag);
+    let mut found = None;
+    for tar in tars {
+        let mut archive = tar::Archive::new(tar.as_slice());
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if entry.path().unwrap().ends_with("noise.bin") {
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).unwrap();
+                found = Some(bytes);
+            }
+        }
+    }
+    assert!(found == Some(noise), "noise.bin read back differs");
+
+    // The bed's Docker pulls both by digest, and the backend's runner runs.
+    for component in ["backend", "frontend"] {
+        let pinned = report(&first, component)["pinned"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let pulled = docker(&["pull", &pinned]);
+        assert!(
+            pulled.status.success(),
+            "{}",
+            String::from_utf8_lossy(&pulled.stderr)
+        );
+    }
+    let backend = report(&first, "backend")["pinned"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ran = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "/usr/local/bin/run-migrations",
+        &backend,
+        "--help",
+    ]);
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_contains(&String::from_utf8_lossy(&ran.stdout), "Usage");
+
+    // A new commit with nothing changed in the images: a new tag, the same
+    // image, and no layer sent again.
+    repo.git(&[
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "nothing for the images",
+    ]);
+    let run = images(&repo, "push", &bed.registry, &[]);
+    let second = reports(&run);
+    for component in ["backend", "frontend"] {
+        assert_eq!(
+            report(&second, component)["push"]["status"],
+            "done",
+            "{}",
+            run.all()
+        );
+        assert_eq!(
+            report(&second, component)["digest"],
+            report(&first, component)["digest"],
+            "the same image pushed the same way has the same digest"
+        );
+    }
+    assert_eq!(
+        run.stderr.matches("0 layers sent").count(),
+        2,
+        "{}",
+        run.stderr
+    );
+}

@@ -13,7 +13,7 @@ use crate::cluster::kubectl;
 use crate::cluster::manifests::ManifestDiff;
 use crate::cluster::release::{Current, ReleaseStatus};
 use crate::config::git::Commit;
-use crate::config::{Component, Environment, RehearsalEngine};
+use crate::config::{Component, Environment, PushMethod, RehearsalEngine};
 use crate::error::{Fact, FactError};
 use crate::images::builder::Builder;
 use crate::images::runner::RunnerPlan;
@@ -730,6 +730,12 @@ fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> 
                 pinned.repository
             )));
         }
+    }
+    if env.image_push == PushMethod::Fast {
+        items.push(note(
+            "pushed by this tool from the daemon's export (images.push = \"fast\"): each layer \
+             gzipped at the fastest level, incompressible stretches stored",
+        ));
     }
     items.push(note(
         "each digest (sha256:…) is read back from the registry and pinned in the Helm command",
@@ -1463,6 +1469,25 @@ mod tests {
             refused.missing.iter().any(|m| m.contains("git checkout")),
             "{:?}",
             refused.missing
+        );
+    }
+
+    #[test]
+    fn the_images_step_says_when_this_tool_pushes() {
+        let facts = facts(at("0002_activity_and_comments"));
+        let forced = DeployOptions {
+            force: true,
+            ..DeployOptions::default()
+        };
+        let said = |env: &Environment| decide(env, &facts, forced).render(false);
+        let mut env = env();
+        assert!(!said(&env).contains("images.push"), "{}", said(&env));
+        env.image_push = PushMethod::Fast;
+        assert!(
+            said(&env)
+                .contains("pushed by this tool from the daemon's export (images.push = \"fast\")"),
+            "{}",
+            said(&env)
         );
     }
 

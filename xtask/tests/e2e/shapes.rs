@@ -70,6 +70,11 @@ fn a_monorepo_of_another_shape_deploys_verifies_and_rolls_back() {
                 "repository = \"e2e-colony-frontend\"",
                 "context = \"web\"\nrepository = \"household-web\"",
             ),
+            // And pushed by this tool: the pods run what it pushed.
+            (
+                "[environments.colony-dev.images.backend]",
+                "[environments.colony-dev.images]\npush = \"fast\"\n\n[environments.colony-dev.images.backend]",
+            ),
         ],
     );
     std::fs::write(stack.values_file(), "backend:\n  replicas: 3\n").unwrap();
@@ -86,6 +91,7 @@ fn a_monorepo_of_another_shape_deploys_verifies_and_rolls_back() {
     assert_contains(&first.stdout, "Detected pre-Alembic schema");
     assert_contains(&first.stdout, "3/3 pods of the newest ReplicaSet ready");
     assert_contains(&first.stdout, "/household-api@sha256:");
+    assert_contains(&first.all(), "layers sent");
 
     std::fs::write(stack.repo.root().join(revision), activity_log).unwrap();
     stack.repo.git(&["add", "-A"]);

@@ -102,6 +102,41 @@ impl Repository {
         }
     }
 
+    /// Sends bytes to an upload `start_upload` began, without naming their
+    /// digest yet (a PATCH); where the upload goes on.
+    pub fn append_to_upload(
+        &self,
+        location: &str,
+        payload: Payload,
+    ) -> Result<String, RegistryError> {
+        let patch = self.send(
+            Want::Push,
+            "PATCH",
+            location,
+            &[("Content-Type", "application/octet-stream")],
+            payload,
+        )?;
+        match patch.status().as_u16() {
+            202 => patch
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+                .ok_or_else(|| {
+                    RegistryError::Unexpected(format!(
+                        "registry {} took an upload's bytes without a Location",
+                        self.client.host()
+                    ))
+                }),
+            status => Err(answered(
+                self,
+                status,
+                &format!("an upload to {}", self.name),
+                patch,
+            )),
+        }
+    }
+
     /// Sends the blob's bytes to an upload `start_upload` began, in one
     /// request that names its digest (the registry checks it).
     pub fn finish_upload(

@@ -13,6 +13,10 @@ use std::io::{self, Read};
 
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 
+/// Changes whenever the output for some input would: part of the name of
+/// the file where pushes remember the digests of layers' gzips.
+pub const ENCODING: u32 = 1;
+
 /// How much input one decision covers.
 const CHUNK: usize = 128 * 1024;
 
@@ -168,7 +172,7 @@ impl<R: Read> Read for FastGzip<R> {
 }
 
 /// Reads until `buf` is full or the input ends; how much was read.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {

@@ -589,23 +589,41 @@ impl ImageTask {
             client,
             repository_path(&self.image.reference),
         ));
+        let known_file = push::known_file();
+        let mut known = known_file
+            .as_deref()
+            .map(push::load_known)
+            .unwrap_or_default();
         let mut attempt = 1;
         loop {
             let export = export_reader(&self.docker, &image.id);
-            let (image, repository, tags, line) = (
+            let (image, repository, tags, line, guesses) = (
                 image.clone(),
                 repository.clone(),
                 tags.to_vec(),
                 self.line.clone(),
+                known.clone(),
             );
             let pushed = tokio::task::spawn_blocking(move || {
-                push::push_export(export, &image, &repository, &tags, &mut |p| {
+                push::push_export(export, &image, &repository, &tags, &guesses, &mut |p| {
                     line.set(&push_progress_line(p))
                 })
             })
             .await
             .context("the push panicked")?;
             match pushed {
+                Ok((pushed, learned)) => {
+                    if let Some(path) = &known_file {
+                        // Lost, it only costs a gzip next time.
+                        let _ = push::remember(path, &learned);
+                    }
+                    return Ok(pushed);
+                }
+                Err(push::PushError::Stale) if !known.is_empty() => {
+                    self.line
+                        .log("a layer was not the one its size suggested; pushing again, reading every layer");
+                    known.clear();
+                }
                 Err(error) if error.transient() && attempt < docker::PUSH_ATTEMPTS => {
                     attempt += 1;
                     let pause = docker::push_retry_delay(attempt);
@@ -616,8 +634,8 @@ impl ImageTask {
                     ));
                     tokio::time::sleep(pause).await;
                 }
-                done => {
-                    return done.with_context(|| format!("pushing {local}"));
+                Err(error) => {
+                    return Err(anyhow::Error::new(error).context(format!("pushing {local}")))
                 }
             }
         }

@@ -3,10 +3,20 @@
 //! on incompressible content that is most of an image stage's time, and a
 //! separate `docker push` cannot be told otherwise (Docker 20.10's BuildKit
 //! exports only to the image store). So the image is read once from the
-//! daemon's export (`docker save`'s stream, uncompressed layers), each
-//! layer is gzipped by `gzip::FastGzip` into a spool file while both its
-//! digests are taken, and sent only when the registry lacks it; then the
-//! config and a Docker v2 manifest go up under each tag. The result is what
+//! daemon's export (`docker save`'s stream, uncompressed layers); each
+//! layer is gzipped by `gzip::FastGzip` and streamed to the registry as it
+//! is read (one PATCH, then the PUT that names the digest taken on the
+//! way), unless this machine knows its gzip and the registry has that:
+//! then it is only read through and checked. Then the config and a Docker
+//! v2 manifest go up under each tag.
+//!
+//! What this machine knows (`Known`, a file in its cache directory): a
+//! layer's gzip is a pure function of its tar, so a layer's diff id and tar
+//! size name its gzip's digest for any registry. A Docker 20.10 export
+//! names a layer only after its bytes (by their hash), so a layer is
+//! recognised by its tar size among the image's known layers the registry
+//! has, when exactly one has that size, and checked once read: a wrong
+//! guess (`PushError::Stale`) makes the push start over without guesses. The result is what
 //! `docker push` makes (same config, same layers' contents, gzip), with
 //! other bytes of gzip, so another digest.
 //!
@@ -22,14 +32,14 @@
 //! (`blobs/sha256/<digest>`, layers named by their diff id).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read};
 
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::copy::Repository;
 use super::docker::PushProgress;
-use super::gzip::FastGzip;
+use super::gzip::{read_full, FastGzip};
 use super::registry::{Payload, RegistryError};
 
 pub const MANIFEST_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -64,8 +74,9 @@ pub enum PushError {
     Export(#[source] io::Error),
     #[error("the daemon's export of the image {0}; set images.push = \"docker\" in deploy.toml to let the daemon push it")]
     Shape(String),
-    #[error("spooling a layer to a temporary file: {0}")]
-    Spool(#[source] io::Error),
+    /// A layer taken for a known one by its size was not: start over.
+    #[error("a layer of the export was not the known layer its size suggested")]
+    Stale,
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -119,18 +130,42 @@ fn classify(path: &str, image_id: &str, diff_ids: &HashSet<&str>) -> Entry {
     }
 }
 
+/// What this machine learned of a layer from an earlier fast push.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    pub diff_id: String,
+    /// The uncompressed tar's length, as the export's entry has it.
+    pub tar_size: u64,
+    /// Its gzip's digest and length.
+    pub digest: String,
+    pub size: u64,
+}
+
 /// Pushes `image` from `export` (the daemon's `docker save` stream of it)
-/// to `repository` under each of `tags`; `on_progress` hears of each layer
-/// as it is read.
+/// to `repository` under each of `tags`; `known` is what earlier pushes
+/// learned, and the layers this one gzipped are returned to be learned.
+/// `on_progress` hears of each layer as it is read.
 pub fn push_export(
     export: impl Read,
     image: &LocalImage,
     repository: &Repository,
     tags: &[String],
+    known: &[Known],
     on_progress: &mut dyn FnMut(PushProgress),
-) -> Result<Pushed, PushError> {
+) -> Result<(Pushed, Vec<Known>), PushError> {
     let wanted: HashSet<&str> = image.diff_ids.iter().map(String::as_str).collect();
+    let mut present = Vec::new();
+    for layer in known {
+        let new = !present.iter().any(|p: &&Known| p.diff_id == layer.diff_id);
+        if new
+            && wanted.contains(layer.diff_id.as_str())
+            && repository.blob_exists(&layer.digest)?
+        {
+            present.push(layer);
+        }
+    }
     let mut layers: HashMap<String, Descriptor> = HashMap::new();
+    let mut learned = Vec::new();
     let mut config: Option<Descriptor> = None;
     let mut pushed = Pushed::default();
     let mut archive = tar::Archive::new(export);
@@ -144,39 +179,47 @@ pub fn push_export(
             .map_err(PushError::Export)?
             .to_string_lossy()
             .into_owned();
-        match classify(&path, &image.id, &wanted) {
+        let tar_size = entry.header().size().unwrap_or(0);
+        let named = match classify(&path, &image.id, &wanted) {
             Entry::Config => {
                 config = Some(send_config(&mut entry, &image.id, repository)?);
+                continue;
             }
-            Entry::Layer(named) => {
-                if named.as_ref().is_some_and(|d| layers.contains_key(d)) {
-                    continue;
-                }
-                let size = entry.header().size().unwrap_or(0);
-                let progress = PushProgress {
-                    layers_done: layers.len(),
-                    current: 0,
-                    total: size,
-                };
-                let layer = send_layer(&mut entry, &wanted, &layers, repository, &mut |read| {
-                    on_progress(PushProgress {
-                        current: read,
-                        ..progress
-                    })
-                })?;
-                if let Some(layer) = layer {
-                    pushed.bytes_read += layer.read;
-                    if layer.sent {
-                        pushed.layers_sent += 1;
-                        pushed.bytes_sent += layer.descriptor.size;
-                    } else {
-                        pushed.layers_present += 1;
-                    }
-                    layers.insert(layer.diff_id, layer.descriptor);
-                }
+            Entry::Other => continue,
+            Entry::Layer(named) => named,
+        };
+        let progress = PushProgress {
+            layers_done: layers.len(),
+            current: 0,
+            total: tar_size,
+        };
+        let mut on_read = |read| {
+            on_progress(PushProgress {
+                current: read,
+                ..progress
+            })
+        };
+        if let Some(known) = recognise(named.as_deref(), tar_size, &present, &layers) {
+            let diff_id = read_through(&mut entry, &mut on_read)?;
+            if diff_id != known.diff_id {
+                return Err(PushError::Stale);
             }
-            Entry::Other => {}
+            pushed.layers_present += 1;
+            pushed.bytes_read += tar_size;
+            layers.insert(diff_id, descriptor(&known.digest, known.size));
+            continue;
         }
+        let sent = stream_layer(&mut entry, repository, &mut on_read)?;
+        pushed.layers_sent += 1;
+        pushed.bytes_read += tar_size;
+        pushed.bytes_sent += sent.size;
+        learned.push(Known {
+            diff_id: sent.diff_id.clone(),
+            tar_size,
+            digest: sent.digest.clone(),
+            size: sent.size,
+        });
+        layers.insert(sent.diff_id, descriptor(&sent.digest, sent.size));
     }
     let config = config.ok_or_else(|| {
         PushError::Shape(format!(
@@ -189,7 +232,36 @@ pub fn push_export(
     for tag in tags {
         repository.put_manifest(tag, MANIFEST_TYPE, manifest.clone())?;
     }
-    Ok(pushed)
+    Ok((pushed, learned))
+}
+
+/// The known layer (that the registry has) an entry is taken for: the one
+/// its name says, or else the only one of its tar size not seen yet. Pure.
+fn recognise<'a>(
+    named: Option<&str>,
+    tar_size: u64,
+    present: &[&'a Known],
+    seen: &HashMap<String, Descriptor>,
+) -> Option<&'a Known> {
+    if let Some(diff_id) = named {
+        return present.iter().copied().find(|k| k.diff_id == diff_id);
+    }
+    let mut candidates = present
+        .iter()
+        .copied()
+        .filter(|k| k.tar_size == tar_size && !seen.contains_key(&k.diff_id));
+    match (candidates.next(), candidates.next()) {
+        (Some(only), None) => Some(only),
+        _ => None,
+    }
+}
+
+fn descriptor(digest: &str, size: u64) -> Descriptor {
+    Descriptor {
+        media_type: LAYER_TYPE,
+        size,
+        digest: digest.to_string(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -265,69 +337,130 @@ fn send_config(
     Ok(descriptor)
 }
 
-struct SentLayer {
+struct StreamedLayer {
     diff_id: String,
-    descriptor: Descriptor,
-    read: u64,
-    /// False when the registry had it.
-    sent: bool,
+    digest: String,
+    size: u64,
 }
 
-/// Gzips one layer's tar into a spool file, taking the digests of both;
-/// sends it unless the registry has it. None: not a layer of this image
-/// (or one already sent under another name).
-fn send_layer(
+/// How much gzip goes to the upload at a time, and how many such chunks
+/// may wait for it: a few MiB in flight, whatever the layer's size.
+const CHUNK: usize = 256 * 1024;
+const CHUNKS_IN_FLIGHT: usize = 8;
+
+/// Gzips one layer's tar and streams it to the registry as it is read (an
+/// upload thread sends what a channel brings), taking the digests of both;
+/// the upload is then completed under the gzip's digest.
+fn stream_layer(
     entry: &mut impl Read,
-    wanted: &HashSet<&str>,
-    done: &HashMap<String, Descriptor>,
     repository: &Repository,
     on_read: &mut dyn FnMut(u64),
-) -> Result<Option<SentLayer>, PushError> {
-    let mut spool = tempfile::tempfile().map_err(PushError::Spool)?;
+) -> Result<StreamedLayer, PushError> {
+    let location = repository
+        .start_upload("a layer", None)?
+        .ok_or_else(|| PushError::Shape("led the registry to mount a blob nobody named".into()))?;
     let mut gzip = FastGzip::new(Hashing::new(entry));
-    let mut out = Hashing::new(io::BufWriter::with_capacity(1 << 20, &mut spool));
-    let mut buffer = vec![0; 256 * 1024];
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+    let (uploaded, produced) = std::thread::scope(|scope| {
+        let upload = scope.spawn(|| {
+            let body = Payload::Reader(Box::new(ChannelReader::new(receiver)));
+            repository.append_to_upload(&location, body)
+        });
+        let produced = produce(&mut gzip, sender, on_read);
+        (upload.join().expect("the upload thread ends"), produced)
+    });
+    // The registry's refusal explains a gzip that could not be handed over.
+    let next = uploaded?;
+    let (digest, size) = produced.map_err(PushError::Export)?;
+    repository.finish_upload(&next, &digest, Payload::Empty)?;
+    Ok(StreamedLayer {
+        diff_id: gzip.into_inner().digest(),
+        digest,
+        size,
+    })
+}
+
+/// Reads the gzip out in chunks to `sender`; the gzip's digest and length.
+fn produce<R: Read>(
+    gzip: &mut FastGzip<Hashing<R>>,
+    sender: std::sync::mpsc::SyncSender<Vec<u8>>,
+    on_read: &mut dyn FnMut(u64),
+) -> io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut size = 0;
     let mut said = 0;
     loop {
-        let n = match gzip.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(PushError::Export(e)),
-        };
-        out.write_all(&buffer[..n]).map_err(PushError::Spool)?;
+        let mut chunk = vec![0; CHUNK];
+        let n = read_full(gzip, &mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        chunk.truncate(n);
+        hasher.update(&chunk);
+        size += n as u64;
+        if sender.send(chunk).is_err() {
+            return Err(io::Error::other("the upload stopped"));
+        }
         if gzip.read >= said + (8 << 20) {
             said = gzip.read;
             on_read(said);
         }
     }
-    let read = gzip.read;
-    on_read(read);
-    let diff_id = gzip.into_inner().digest();
-    if !wanted.contains(diff_id.as_str()) || done.contains_key(&diff_id) {
-        return Ok(None);
-    }
-    let size = out.count;
-    let digest = out.digest();
-    let descriptor = Descriptor {
-        media_type: LAYER_TYPE,
-        size,
-        digest: digest.clone(),
-    };
-    let mut sent = false;
-    if !repository.blob_exists(&digest)? {
-        if let Some(location) = repository.start_upload(&digest, None)? {
-            spool.rewind().map_err(PushError::Spool)?;
-            repository.finish_upload(&location, &digest, Payload::File(spool))?;
-            sent = true;
+    on_read(gzip.read);
+    Ok((format!("sha256:{:x}", hasher.finalize()), size))
+}
+
+/// Reads a layer the registry has through, for its diff id.
+fn read_through(entry: &mut impl Read, on_read: &mut dyn FnMut(u64)) -> Result<String, PushError> {
+    let mut hashing = Hashing::new(entry);
+    let mut buffer = vec![0; CHUNK];
+    let mut said = 0;
+    loop {
+        match hashing.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(PushError::Export(e)),
+        }
+        if hashing.count >= said + (8 << 20) {
+            said = hashing.count;
+            on_read(said);
         }
     }
-    Ok(Some(SentLayer {
-        diff_id,
-        descriptor,
-        read,
-        sent,
-    }))
+    on_read(hashing.count);
+    Ok(hashing.digest())
+}
+
+/// The upload's body: what the channel brings, until it closes.
+struct ChannelReader {
+    receiver: std::sync::mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    given: usize,
+}
+
+impl ChannelReader {
+    fn new(receiver: std::sync::mpsc::Receiver<Vec<u8>>) -> ChannelReader {
+        ChannelReader {
+            receiver,
+            current: Vec::new(),
+            given: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.given == self.current.len() {
+            match self.receiver.recv() {
+                Ok(chunk) => (self.current, self.given) = (chunk, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.given);
+        buf[..n].copy_from_slice(&self.current[self.given..self.given + n]);
+        self.given += n;
+        Ok(n)
+    }
 }
 
 /// Passes bytes through (read or written), taking their sha256 and count.
@@ -360,17 +493,68 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
+/// Where this machine keeps what it learned (`Known`): the user's cache
+/// directory; the encoder's version is in the name, since another encoder
+/// would give other digests. None without a home.
+pub fn known_file() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    Some(
+        base.join("colony-deploy")
+            .join(format!("fast-push-layers-v{}.tsv", super::gzip::ENCODING)),
+    )
+}
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+/// The file's lines (`diff_id tar_size digest size`); a line that does
+/// not parse is left out (it only costs a gzip), a missing file is empty.
+pub fn load_known(path: &std::path::Path) -> Vec<Known> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    parse_known(&text)
+}
+
+/// Pure.
+fn parse_known(text: &str) -> Vec<Known> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let known = Known {
+                diff_id: words.next()?.to_string(),
+                tar_size: words.next()?.parse().ok()?,
+                digest: words.next()?.to_string(),
+                size: words.next()?.parse().ok()?,
+            };
+            (known.diff_id.starts_with("sha256:") && known.digest.starts_with("sha256:"))
+                .then_some(known)
+        })
+        .collect()
+}
+
+/// Appends `learned` (each line in one write, so two pushes at once do not
+/// interleave within a line); a failure only loses what would be learned.
+pub fn remember(path: &std::path::Path, learned: &[Known]) -> io::Result<()> {
+    use std::io::Write as _;
+    if learned.is_empty() {
+        return Ok(());
     }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    for known in learned {
+        file.write_all(
+            format!(
+                "{} {} {} {}\n",
+                known.diff_id, known.tar_size, known.digest, known.size
+            )
+            .as_bytes(),
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -437,6 +621,57 @@ mod tests {
                 && missing.to_string().contains("images.push = \"docker\""),
             "{missing}"
         );
+    }
+
+    fn known(diff_id: &str, tar_size: u64) -> Known {
+        Known {
+            diff_id: diff_id.into(),
+            tar_size,
+            digest: format!("{diff_id}-gz"),
+            size: tar_size / 2,
+        }
+    }
+
+    #[test]
+    fn a_known_layer_is_recognised_by_its_name_or_its_one_size() {
+        let (a, b, c) = (
+            known("sha256:a", 1024),
+            known("sha256:b", 2048),
+            known("sha256:c", 2048),
+        );
+        let present = [&a, &b, &c];
+        let mut seen = HashMap::new();
+        assert_eq!(recognise(None, 1024, &present, &seen), Some(&a));
+        // Two of that size: neither is guessed.
+        assert_eq!(recognise(None, 2048, &present, &seen), None);
+        assert_eq!(recognise(None, 4096, &present, &seen), None);
+        // Once one of them was seen, the other is the only one left.
+        seen.insert("sha256:b".to_string(), descriptor("sha256:b-gz", 1024));
+        assert_eq!(recognise(None, 2048, &present, &seen), Some(&c));
+        // An OCI layout names it.
+        assert_eq!(recognise(Some("sha256:b"), 1, &present, &seen), Some(&b));
+        assert_eq!(recognise(Some("sha256:z"), 1024, &present, &seen), None);
+    }
+
+    #[test]
+    fn what_was_learned_reads_back_and_a_bad_line_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache/known.tsv");
+        let learned = [known("sha256:a", 1024), known("sha256:b", 2048)];
+        remember(&path, &learned[..1]).unwrap();
+        remember(&path, &learned[1..]).unwrap();
+        remember(&path, &[]).unwrap();
+        assert_eq!(load_known(&path), learned);
+        assert_eq!(
+            parse_known("sha256:a 12 sha256:x 6\nhalf a line\nsha256:b many sha256:y 1\nmd5:c 1 sha256:z 1\n"),
+            [Known {
+                diff_id: "sha256:a".into(),
+                tar_size: 12,
+                digest: "sha256:x".into(),
+                size: 6
+            }]
+        );
+        assert!(load_known(&dir.path().join("none")).is_empty());
     }
 
     #[test]

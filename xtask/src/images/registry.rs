@@ -282,13 +282,14 @@ pub const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v
     application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
 
 /// What a request sends: nothing, bytes (sent again after a challenge),
-/// or another registry's answer or a file streamed through (sent once: the
-/// token must be had before).
+/// or another registry's answer or a reader streamed through (sent once:
+/// the token must be had before).
 pub enum Payload {
     Empty,
     Bytes(Vec<u8>),
     Stream(ureq::http::Response<ureq::Body>),
-    File(std::fs::File),
+    /// Sent as it is read, chunked.
+    Reader(Box<dyn std::io::Read + Send>),
 }
 
 /// Whom a token is asked for: `repository:<name>:<actions>`.
@@ -372,7 +373,7 @@ impl RegistryClient {
                 format!("{scheme}://{}{path}", self.host)
             };
             let sent = match payload.take().unwrap_or(Payload::Empty) {
-                once @ (Payload::Stream(_) | Payload::File(_)) => {
+                once @ (Payload::Stream(_) | Payload::Reader(_)) => {
                     // Cannot be sent twice: this scheme is the last try.
                     return self.request(method, &url, headers, once).map_err(|e| {
                         RegistryError::Unreachable(format!("registry {}: {e}", self.host))
@@ -459,7 +460,9 @@ impl RegistryClient {
                     Payload::Empty => request.send_empty(),
                     Payload::Bytes(bytes) => request.send(&bytes[..]),
                     Payload::Stream(body) => request.send(body),
-                    Payload::File(file) => request.send(file),
+                    Payload::Reader(reader) => {
+                        request.send(ureq::SendBody::from_owned_reader(reader))
+                    }
                 }
             }
         }
@@ -490,7 +493,7 @@ impl RegistryClient {
         let again = match &payload {
             Payload::Bytes(bytes) => Some(Payload::Bytes(bytes.clone())),
             Payload::Empty => Some(Payload::Empty),
-            Payload::Stream(_) | Payload::File(_) => None,
+            Payload::Stream(_) | Payload::Reader(_) => None,
         };
         let first = with(&cached);
         let response = self.send(method, path, &borrowed(&first), payload)?;

@@ -547,15 +547,20 @@ pub fn run_migrations_binary() -> PathBuf {
                 "run-migrations",
                 Some((&triple, &env)),
             );
-            let stripped = std::env::temp_dir()
-                .join(format!("run-migrations-stripped-{}", std::process::id()));
+            // Next to the build, one per build (a file per test process in
+            // the temp directory was never removed: 11 MB each); written
+            // under a name of its own, then renamed, for processes at once.
+            let stripped = built.with_file_name("run-migrations-stripped");
+            let writing =
+                built.with_file_name(format!("run-migrations-stripped.{}", std::process::id()));
             let status = std::process::Command::new("strip")
                 .arg("-o")
-                .arg(&stripped)
-                .arg(built)
+                .arg(&writing)
+                .arg(&built)
                 .status()
                 .expect("strip runs (binutils)");
             assert!(status.success(), "strip failed");
+            std::fs::rename(&writing, &stripped).expect("rename the stripped runner");
             stripped
         })
         .clone()

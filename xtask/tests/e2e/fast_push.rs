@@ -5,7 +5,7 @@ use std::io::Read;
 
 use crate::common::assert_contains;
 use crate::images::{
-    blob, images, layers_and_config, manifest, repo_named, report, reports, repository,
+    blob, docker, images, layers_and_config, manifest, repo_named, report, reports, repository,
 };
 use testkit::TestBed;
 
@@ -26,14 +26,6 @@ fn noise() -> Vec<u8> {
             state.to_le_bytes()
         })
         .collect()
-}
-
-fn docker(args: &[&str]) -> std::process::Output {
-    std::process::Command::new("docker")
-        .args(args)
-        .env("DOCKER_HOST", &TestBed::get().docker_host)
-        .output()
-        .expect("the docker CLI runs")
 }
 
 #[test]

@@ -803,7 +803,7 @@ fn a_docker_context_with_tls_files_is_where_images_are_built() {
 
 /// The docker CLI against the bed's daemon (for reference builds and
 /// running images).
-fn docker(args: &[&str]) -> std::process::Output {
+pub(crate) fn docker(args: &[&str]) -> std::process::Output {
     std::process::Command::new("docker")
         .args(args)
         .env("DOCKER_HOST", &TestBed::get().docker_host)

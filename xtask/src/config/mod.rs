@@ -193,8 +193,11 @@ pub struct Environment {
 /// Who pushes a built image to the registry (`images.push`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PushMethod {
-    /// The daemon, as `docker push` (gzip at Go's default level).
+    /// The daemon starts, and hands over to this tool's push when what it
+    /// reports sending is most of the image (`images::push::worth_taking_over`).
     #[default]
+    Auto,
+    /// The daemon, as `docker push` (gzip at Go's default level).
     Docker,
     /// This tool, from the daemon's export: each layer gzipped at the
     /// fastest level, incompressible bytes stored (`images::push`).
@@ -204,6 +207,7 @@ pub enum PushMethod {
 impl std::fmt::Display for PushMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            PushMethod::Auto => "auto",
             PushMethod::Fast => "fast",
             PushMethod::Docker => "docker",
         })
@@ -573,10 +577,11 @@ fn parse_settings(
         }
     }
     match entry.images.push.as_deref() {
-        None | Some("docker") => env.image_push = PushMethod::Docker,
+        None | Some("auto") => env.image_push = PushMethod::Auto,
+        Some("docker") => env.image_push = PushMethod::Docker,
         Some("fast") => env.image_push = PushMethod::Fast,
         Some(other) => problems.push(format!(
-            "images.push: {other:?} is not a way to push: \"docker\" (the daemon pushes, as `docker push`; the default) or \"fast\" (this tool pushes from the daemon's export, gzip at its fastest, incompressible bytes stored)"
+            "images.push: {other:?} is not a way to push: \"auto\" (the default: the daemon pushes, and this tool takes over when most of the image is new to the registry), \"docker\" (the daemon pushes, as `docker push`) or \"fast\" (this tool pushes from the daemon's export, gzip at its fastest, incompressible bytes stored)"
         )),
     }
     for (image, entry) in env
@@ -1136,7 +1141,7 @@ registry = "ghcr.io/colony-app"
     }
 
     #[test]
-    fn images_are_pushed_by_the_daemon_unless_fast_is_asked() {
+    fn images_are_pushed_by_the_daemon_with_a_hand_over_unless_one_way_is_asked() {
         let with = |lines: &str| {
             resolve(
                 &CONFIG.replace(
@@ -1152,7 +1157,11 @@ registry = "ghcr.io/colony-app"
             )
         };
         let default = resolve_with(None, EnvOverrides::default()).unwrap();
-        assert_eq!(default.image_push, PushMethod::Docker);
+        assert_eq!(default.image_push, PushMethod::Auto);
+        assert_eq!(
+            with("push = \"auto\"").unwrap().image_push,
+            PushMethod::Auto
+        );
         assert_eq!(
             with("push = \"fast\"").unwrap().image_push,
             PushMethod::Fast
@@ -1164,7 +1173,8 @@ registry = "ghcr.io/colony-app"
         let (message, code) = error_of(with("push = \"zstd\""));
         assert_eq!(code, 2);
         assert!(
-            message.contains("images.push: \"zstd\" is not a way to push: \"docker\"")
+            message.contains("images.push: \"zstd\" is not a way to push: \"auto\"")
+                && message.contains("\"docker\"")
                 && message.contains("\"fast\""),
             "{message}"
         );

@@ -554,6 +554,9 @@ pub struct PushProgress {
     pub layers_done: usize,
     pub current: u64,
     pub total: u64,
+    /// The uncompressed bytes of every layer the daemon has started to
+    /// send so far (those the registry lacks and it could not mount).
+    pub sending: u64,
 }
 
 /// Pushes `repository:tag` with `credential`; calls `on_progress` as layers move.
@@ -569,12 +572,26 @@ pub async fn push(
     let options = PushImageOptionsBuilder::default().tag(tag).build();
     let mut stream = docker.push_image(repository, Some(options), credentials);
     let mut progress = PushProgress::default();
+    // The stream (as bollard types it) does not name the layer of an
+    // event; a layer's size stands for it (two layers of the very same
+    // size count once: the sum errs low).
+    let mut sending = std::collections::BTreeSet::new();
     while let Some(item) = stream.next().await {
         let info = item.map_err(|e| push_error(repository, &e.to_string()))?;
         if let Some(message) = info.error_detail.and_then(|d| d.message) {
             return Err(push_error(repository, &message));
         }
         let status = info.status.unwrap_or_default();
+        if let Some(total) = info
+            .progress_detail
+            .as_ref()
+            .and_then(|d| d.total)
+            .filter(|_| status == "Pushing")
+        {
+            if sending.insert(total.max(0) as u64) {
+                progress.sending = sending.iter().sum();
+            }
+        }
         if status == "Pushed"
             || status == "Layer already exists"
             || status.starts_with("Mounted from")

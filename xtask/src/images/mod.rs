@@ -279,6 +279,16 @@ pub fn dockerfile_needs(env: &Environment, image: &Image) -> std::io::Result<bui
     std::fs::read_to_string(path).map(|text| builder::needs(&text))
 }
 
+/// How the daemon's push ended.
+enum DaemonPush {
+    Done,
+    /// Given up for this tool's push, when the daemon had started to send
+    /// this many bytes of layers.
+    TakenOver {
+        sending: u64,
+    },
+}
+
 /// One image's way through the stage: the registry check, the build, the
 /// push; under this machine's lock on its tag (`machine_lock`).
 struct ImageTask {
@@ -306,7 +316,7 @@ impl ImageTask {
         let mut report = self.build_unless_pushed().await?;
         if self.mode == Mode::Push && report.digest.is_none() {
             self.pushing.store(true, Ordering::SeqCst);
-            let (digest, took) = self.push().await?;
+            let (digest, took) = self.push(report.size.unwrap_or(0)).await?;
             report.digest = Some(digest);
             report.push = StepOutcome::Done(took);
         }
@@ -518,45 +528,36 @@ impl ImageTask {
             .map_err(|failure| anyhow!("{} image build {failure}", self.image.component))
     }
 
-    /// Pushes the built tag (and `latest` when asked), tried again after a
-    /// transient registry answer; the digest is read back from the registry.
-    async fn push(&self) -> Result<(String, Duration)> {
+    /// Pushes the built tag (and `latest` when asked) as `images.push`
+    /// says, tried again after a transient registry answer; the digest is
+    /// read back from the registry. `image_size` (0 when unknown) is what
+    /// the daemon's hand-over is weighed against.
+    async fn push(&self, image_size: u64) -> Result<(String, Duration)> {
         let (repository, tag) = (&self.image.reference, &self.tag);
         let line = &self.line;
         let started = Instant::now();
         line.log(&format!("pushing {repository}:{tag}"));
-        let on_retry = |attempt, pause: Duration, error: &docker::DockerError| {
-            line.log(&retry_line(attempt, pause, error))
-        };
         let mut tags = vec![tag.to_string()];
         if self.image.also_tag_latest {
             tags.push("latest".into());
         }
-        match self.push_method {
+        let ours = match self.push_method {
             PushMethod::Docker => {
-                for tag in &tags {
-                    docker::push_with_retries(
-                        &self.docker,
-                        repository,
-                        tag,
-                        self.credential.as_ref(),
-                        |p| line.set(&push_progress_line(p)),
-                        on_retry,
-                    )
-                    .await?;
-                }
+                self.daemon_push(&tags, None).await?;
+                None
             }
-            PushMethod::Fast => {
-                let pushed = self.push_from_export(&tags).await?;
-                line.log(&format!(
-                    "{} layer{} sent ({} gzipped from {}), {} already in the registry",
-                    pushed.layers_sent,
-                    if pushed.layers_sent == 1 { "" } else { "s" },
-                    human_bytes(pushed.bytes_sent),
-                    human_bytes(pushed.bytes_read),
-                    pushed.layers_present
-                ));
-            }
+            PushMethod::Fast => Some(self.push_from_export(&tags).await?),
+            PushMethod::Auto => self.push_or_take_over(&tags, image_size).await?,
+        };
+        if let Some(pushed) = ours {
+            line.log(&format!(
+                "{} layer{} sent ({} gzipped from {}), {} already in the registry",
+                pushed.layers_sent,
+                if pushed.layers_sent == 1 { "" } else { "s" },
+                human_bytes(pushed.bytes_sent),
+                human_bytes(pushed.bytes_read),
+                pushed.layers_present
+            ));
         }
         let pushed = started.elapsed();
         let digest = self.registry_digest().await?.ok_or_else(|| {
@@ -569,7 +570,82 @@ impl ImageTask {
         Ok((digest, pushed))
     }
 
-    /// `images.push = "fast"`: the image read from the daemon's export and
+    /// `images.push = "auto"`: the daemon pushes; once the layers it says
+    /// it is sending are most of the image (`push::worth_taking_over`), its
+    /// push is dropped (the daemon stops with the connection) and this
+    /// tool's push from the export does the image instead. An export this
+    /// tool cannot read leaves the push to the daemon after all.
+    async fn push_or_take_over(
+        &self,
+        tags: &[String],
+        image_size: u64,
+    ) -> Result<Option<push::Pushed>> {
+        let DaemonPush::TakenOver { sending } = self.daemon_push(tags, Some(image_size)).await?
+        else {
+            return Ok(None);
+        };
+        let of_image = match image_size {
+            0 => String::new(),
+            size => format!(" of this {} image", human_bytes(size)),
+        };
+        self.line.log(&format!(
+            "the daemon is sending {}{of_image}, gzipped at Go's default level: this tool \
+             pushes it instead, gzip at its fastest (images.push = \"auto\")",
+            human_bytes(sending),
+        ));
+        match self.push_from_export(tags).await {
+            Ok(pushed) => Ok(Some(pushed)),
+            Err(error) => match error.downcast_ref() {
+                Some(push::PushError::Shape(what)) => {
+                    self.line.log(&format!(
+                        "this tool cannot read the daemon's export of the image ({what}); the \
+                         daemon pushes it after all"
+                    ));
+                    self.daemon_push(tags, None).await?;
+                    Ok(None)
+                }
+                _ => Err(error),
+            },
+        }
+    }
+
+    /// The daemon's push of each of `tags`, each tried again after a
+    /// transient answer. With `take_over` (the image's size), it is given
+    /// up as soon as `push::worth_taking_over` says this tool's push is
+    /// the faster one.
+    async fn daemon_push(&self, tags: &[String], take_over: Option<u64>) -> Result<DaemonPush> {
+        let (repository, line) = (&self.image.reference, &self.line);
+        let on_retry = |attempt, pause: Duration, error: &docker::DockerError| {
+            line.log(&retry_line(attempt, pause, error))
+        };
+        let (taken_over, sending) = (tokio::sync::Notify::new(), AtomicU64::new(0));
+        for tag in tags {
+            let daemon = docker::push_with_retries(
+                &self.docker,
+                repository,
+                tag,
+                self.credential.as_ref(),
+                |p| {
+                    line.set(&push_progress_line(p));
+                    if take_over.is_some_and(|size| push::worth_taking_over(p.sending, size)) {
+                        sending.store(p.sending, Ordering::Relaxed);
+                        taken_over.notify_one();
+                    }
+                },
+                on_retry,
+            );
+            tokio::select! {
+                biased;
+                pushed = daemon => pushed?,
+                () = taken_over.notified() => {
+                    return Ok(DaemonPush::TakenOver { sending: sending.load(Ordering::Relaxed) })
+                }
+            }
+        }
+        Ok(DaemonPush::Done)
+    }
+
+    /// `images.push = "fast"` (or a hand-over): the image read from the daemon's export and
     /// pushed by `push::push_export`, the whole push tried again after a
     /// transient registry answer (as the daemon's push is).
     async fn push_from_export(&self, tags: &[String]) -> Result<push::Pushed> {

@@ -20,12 +20,15 @@
 //! `docker push` makes (same config, same layers' contents, gzip), with
 //! other bytes of gzip, so another digest.
 //!
-//! It is not the default: Docker 20.10 writes an export whole to disk
+//! It is not always faster: Docker 20.10 writes an export whole to disk
 //! before sending it (about 13 ms a MiB here, every layer, also those the
 //! registry has), while the daemon's push skips what the registry has and
 //! gzips the rest at about 25–35 ms a MiB. So it pays when most of an
-//! image's bytes are new and poorly compressible (media, models, wheels),
-//! and costs when a small layer changes on a big base image.
+//! image's bytes are new (media, models, wheels), and costs when a small
+//! layer changes on a big base image. By default (`images.push = "auto"`)
+//! the daemon starts the push, and this push takes over when the layers
+//! the daemon says it is sending are most of the image
+//! (`worth_taking_over`).
 //!
 //! The export comes in either shape the daemon writes: Docker 20.10's
 //! (`<id>/layer.tar`, `<image id>.json`) or the OCI layout of Docker 25+
@@ -45,6 +48,20 @@ use super::registry::{Payload, RegistryError};
 pub const MANIFEST_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const CONFIG_TYPE: &str = "application/vnd.docker.container.image.v1+json";
 const LAYER_TYPE: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// Below this many new bytes a hand-over saves under a second: the
+/// daemon's push goes on.
+pub const TAKE_OVER_FROM: u64 = 32 * 1024 * 1024;
+
+/// Whether this push should take over from the daemon's, now that the
+/// daemon has started to send `sending` bytes of layers of an image of
+/// `image_size` bytes (pure). The export costs about 13 ms a MiB of the
+/// whole image; each new MiB the daemon would gzip costs it 25–35, this
+/// push under 5 (measured on the test bed): so this push is the faster
+/// one once the new bytes are about half the image.
+pub fn worth_taking_over(sending: u64, image_size: u64) -> bool {
+    sending >= TAKE_OVER_FROM && sending.saturating_mul(2) >= image_size
+}
 
 /// The built image as the daemon's inspect tells it.
 #[derive(Debug, Clone)]
@@ -192,6 +209,7 @@ pub fn push_export(
             layers_done: layers.len(),
             current: 0,
             total: tar_size,
+            sending: 0,
         };
         let mut on_read = |read| {
             on_progress(PushProgress {
@@ -560,6 +578,24 @@ pub fn remember(path: &std::path::Path, learned: &[Known]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daemon_hands_over_only_when_most_of_a_big_enough_image_is_new() {
+        const MIB: u64 = 1024 * 1024;
+        // 200 MiB of new data on a 2 MiB base: this push's export pays.
+        assert!(worth_taking_over(200 * MIB, 202 * MIB));
+        // Half the image is new: even.
+        assert!(worth_taking_over(100 * MIB, 200 * MIB));
+        // A 50 MiB layer on a 230 MiB Python base: the daemon's gzip of
+        // the new layer costs less than an export of the whole image.
+        assert!(!worth_taking_over(50 * MIB, 280 * MIB));
+        // A small image, all new: under a second either way.
+        assert!(!worth_taking_over(20 * MIB, 20 * MIB));
+        // The daemon has said nothing yet.
+        assert!(!worth_taking_over(0, 100 * MIB));
+        // The image's size unknown (0): the new bytes alone decide.
+        assert!(worth_taking_over(40 * MIB, 0));
+    }
 
     const ID: &str = "sha256:aaaa";
 

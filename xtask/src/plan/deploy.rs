@@ -731,11 +731,16 @@ fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> 
             )));
         }
     }
-    if env.image_push == PushMethod::Fast {
-        items.push(note(
+    match env.image_push {
+        PushMethod::Fast => items.push(note(
             "pushed by this tool from the daemon's export (images.push = \"fast\"): each layer \
              gzipped at the fastest level, incompressible stretches stored",
-        ));
+        )),
+        PushMethod::Auto => items.push(note(
+            "pushed by the daemon; an image whose new layers are most of it (32 MiB or more) is \
+             taken over by this tool's faster push (images.push = \"auto\")",
+        )),
+        PushMethod::Docker => {}
     }
     items.push(note(
         "each digest (sha256:…) is read back from the registry and pinned in the Helm command",
@@ -1481,6 +1486,12 @@ mod tests {
         };
         let said = |env: &Environment| decide(env, &facts, forced).render(false);
         let mut env = env();
+        assert!(
+            said(&env).contains("taken over by this tool's faster push (images.push = \"auto\")"),
+            "{}",
+            said(&env)
+        );
+        env.image_push = PushMethod::Docker;
         assert!(!said(&env).contains("images.push"), "{}", said(&env));
         env.image_push = PushMethod::Fast;
         assert!(

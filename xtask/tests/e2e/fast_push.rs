@@ -1,5 +1,6 @@
-//! `images.push = "fast"`: this tool pushes from the daemon's export, each
-//! layer gzipped at the fastest level with incompressible bytes stored.
+//! `images.push = "fast"`, and the default "auto" handing over to it: this
+//! tool pushes from the daemon's export, each layer gzipped at the fastest
+//! level with incompressible bytes stored.
 
 use std::io::Read;
 
@@ -214,4 +215,65 @@ fn a_fast_push_is_plain_gzip_that_docker_pulls_and_no_layer_goes_up_twice() {
         report(&third, "backend")["digest"],
         report(&first, "backend")["digest"]
     );
+}
+
+/// The default (`images.push = "auto"`): the daemon pushes an image that
+/// changed a little on a base the registry has, and hands an image whose
+/// new layers are most of it over to this tool's push.
+#[test]
+fn by_default_the_daemon_pushes_a_small_change_and_hands_a_big_new_image_over() {
+    const BIG: usize = 40 * 1024 * 1024;
+    let bed = TestBed::get();
+    let repo = repo_named("autopush");
+    let mut data = Vec::new();
+    while data.len() < BIG {
+        data.extend(noise());
+    }
+    std::fs::write(repo.root().join("frontend/noise.bin"), &data).unwrap();
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-qm", "a frontend of 40 MiB of new data"]);
+
+    let run = images(&repo, "push", &bed.registry, &[]);
+    let pushed = reports(&run);
+    let said = |component: &str, what: &str| {
+        run.stderr
+            .lines()
+            .any(|l| l.contains(component) && l.contains(what))
+    };
+    // The frontend (all of it new): taken over, and pushed by this tool.
+    assert!(
+        said("frontend", "this tool pushes it instead"),
+        "{}",
+        run.all()
+    );
+    assert!(said("frontend", "1 layer sent"), "{}", run.all());
+    // The backend (a small app on the Python base the registry has): the
+    // daemon's push, to the end.
+    assert!(
+        !said("backend", "this tool pushes it instead") && !said("backend", "layers sent"),
+        "{}",
+        run.all()
+    );
+    for component in ["backend", "frontend"] {
+        assert_eq!(
+            report(&pushed, component)["push"]["status"],
+            "done",
+            "{}",
+            run.all()
+        );
+        // The tag names the reported digest (the daemon's given-up push
+        // named nothing), and the bed's Docker pulls it.
+        let tag = report(&pushed, component)["tag"].as_str().unwrap();
+        let (digest, _) = manifest(&bed.registry, &repository(&repo, component), tag).unwrap();
+        assert_eq!(report(&pushed, component)["digest"], digest.as_str());
+        let pulled = docker(&[
+            "pull",
+            report(&pushed, component)["pinned"].as_str().unwrap(),
+        ]);
+        assert!(
+            pulled.status.success(),
+            "{}",
+            String::from_utf8_lossy(&pulled.stderr)
+        );
+    }
 }

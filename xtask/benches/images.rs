@@ -7,10 +7,14 @@
 //!   daemon, same run); goal <= 0.55x. Three rounds, interleaved, each with
 //!   content that no run has built or pushed before (seeded from the
 //!   clock); medians. The daemon's storage driver is printed.
-//!   The same with `images.push = "fast"` (this tool pushes from the
-//!   daemon's export), a third contender in each round.
+//!   `xtask push` runs with the default `images.push = "auto"` (the daemon
+//!   pushes; this tool takes over an image that is mostly new), and, as
+//!   contenders of their own in each round, with `"docker"` (the daemon
+//!   to the end) and `"fast"` (this tool from the start).
 //! - no-op rerun of `xtask push`; goal < 2 s
 //! - peak RSS of `xtask build` on a 1 GiB context; goal <= 16 MiB
+//!
+//! `IMAGES_BENCH=speed` runs the first two, `IMAGES_BENCH=memory` the last.
 
 use std::io::Write;
 use std::path::Path;
@@ -188,9 +192,22 @@ fn fresh_seed() -> u64 {
         .as_nanos() as u64
 }
 
+const ROUNDS: usize = 3;
+
+/// `IMAGES_BENCH=speed` or `=memory` runs one part; both by default.
 fn main() {
-    const ROUNDS: usize = 3;
+    let part = std::env::var("IMAGES_BENCH").unwrap_or_default();
     let run = std::process::id();
+    if part != "memory" {
+        speed(run);
+    }
+    if part != "speed" {
+        memory(run);
+    }
+}
+
+/// The contenders' rounds, then the no-op rerun.
+fn speed(run: u32) {
     let bed = TestBed::get();
     let driver = Command::new("/usr/bin/docker")
         .args(["info", "--format", "{{.Driver}}"])
@@ -200,48 +217,60 @@ fn main() {
         .unwrap_or_default();
     println!("test bed: {} (storage driver {driver})", bed.docker_host);
 
-    // Three contenders a round, each on content of its own, in an order
-    // that rotates: xtask with the daemon's push (the default), xtask with
-    // `images.push = "fast"`, and the docker CLI.
-    let (mut ours, mut fast, mut clis, mut fast_peaks) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Four contenders a round, each on content of its own, in an order
+    // that rotates: xtask with the default push ("auto"), with the
+    // daemon's push to the end ("docker"), with this tool's ("fast"), and
+    // the docker CLI.
+    const WHO: [&str; 4] = ["auto", "docker", "fast", "cli"];
+    let mut took: Vec<Vec<f64>> = vec![Vec::new(); WHO.len()];
+    let mut auto_peaks = Vec::new();
     let mut last_repo = None;
     for round in 1..=ROUNDS {
         let prefix = |who: &str| format!("bench{run}-{round}-{who}");
-        let ours_repo = repo_with_data(&prefix("xtask"), 200, 200, fresh_seed(), None);
-        let fast_repo = repo_with_data(&prefix("fast"), 200, 200, fresh_seed(), Some("fast"));
-        let cli_repo = repo_with_data(&prefix("cli"), 200, 200, fresh_seed(), None);
-        let mut took = [0.0; 3];
-        for turn in 0..3 {
-            let who = (turn + round) % 3;
-            took[who] = match who {
-                0 => xtask(&ours_repo, "push").0.as_secs_f64(),
-                1 => {
-                    let (time, peak) = xtask(&fast_repo, "push");
-                    fast_peaks.push(peak as f64);
-                    time.as_secs_f64()
+        let repos: Vec<ColonyRepo> = WHO
+            .iter()
+            .map(|&who| {
+                let push = (who != "cli").then_some(who);
+                repo_with_data(&prefix(who), 200, 200, fresh_seed(), push)
+            })
+            .collect();
+        for turn in 0..WHO.len() {
+            let who = (turn + round) % WHO.len();
+            let seconds = if WHO[who] == "cli" {
+                docker_cli(&repos[who], &prefix("cli")).as_secs_f64()
+            } else {
+                let (time, peak) = xtask(&repos[who], "push");
+                if WHO[who] == "auto" {
+                    auto_peaks.push(peak as f64);
                 }
-                _ => docker_cli(&cli_repo, &prefix("cli")).as_secs_f64(),
+                time.as_secs_f64()
             };
+            took[who].push(seconds);
         }
         println!(
-            "round {round}/{ROUNDS}: xtask push {:.1} s, xtask push (push = \"fast\") {:.1} s, docker build + push (CLI, sequential) {:.1} s",
-            took[0], took[1], took[2]
+            "round {round}/{ROUNDS}: xtask push {:.1} s (default, \"auto\"), {:.1} s (\"docker\"), {:.1} s (\"fast\"); docker build + push (CLI, sequential) {:.1} s",
+            took[0][round - 1],
+            took[1][round - 1],
+            took[2][round - 1],
+            took[3][round - 1]
         );
-        ours.push(took[0]);
-        fast.push(took[1]);
-        clis.push(took[2]);
-        last_repo = Some(ours_repo);
+        last_repo = repos.into_iter().next();
     }
-    let (ours, fast, cli) = (median(ours), median(fast), median(clis));
+    let medians: Vec<f64> = took.into_iter().map(median).collect();
+    let cli = medians[3];
     let verdict = |ratio: f64| if ratio <= 0.55 { "met" } else { "MISSED" };
+    println!("medians of {ROUNDS}: 2 x 200 MiB contexts, BuildKit: docker CLI {cli:.1} s");
+    for (who, median) in WHO.iter().zip(&medians).take(3) {
+        println!(
+            "  xtask push, images.push = \"{who}\"{}: {median:.1} s, ratio {:.2}x (goal <= 0.55x) {}",
+            if *who == "auto" { " (the default)" } else { "" },
+            median / cli,
+            verdict(median / cli)
+        );
+    }
     println!(
-        "medians of {ROUNDS}: 2 x 200 MiB contexts, BuildKit: docker CLI {cli:.1} s; xtask push {ours:.1} s: ratio {:.2}x (goal <= 0.55x) {}; with push = \"fast\" {fast:.1} s: ratio {:.2}x (goal <= 0.55x) {}; peak RSS of the fast push {:.1} MiB",
-        ours / cli,
-        verdict(ours / cli),
-        fast / cli,
-        verdict(fast / cli),
-        median(fast_peaks) / MIB as f64
+        "  peak RSS of the default push {:.1} MiB",
+        median(auto_peaks) / MIB as f64
     );
 
     let (noop, _) = xtask(last_repo.as_ref().expect("a round ran"), "push");
@@ -254,7 +283,10 @@ fn main() {
             "MISSED"
         }
     );
+}
 
+/// Peak RSS of a build of a 1 GiB context.
+fn memory(run: u32) {
     let (mut peaks, mut anonymous_peaks) = (Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
         let big = repo_with_data(

@@ -270,6 +270,22 @@ import_python_image() {
     "$rootfs" "$PYTHON_IMAGE" >/dev/null
 }
 
+# The base images as a user's come: pulled from (here: pushed to) a
+# registry, so the daemon knows their layers are there and a push of an
+# image built on them mounts them instead of sending them again, as it
+# would for a base pulled from Docker Hub. Quick when already pushed.
+publish_base_images() {
+  local docker_host addr image
+  docker_host=$(cat "$BED_DIR/docker-host")
+  addr=$(cat "$BED_DIR/registry/addr")
+  for image in "$SHELL_IMAGE" "$PYTHON_IMAGE"; do
+    DOCKER_HOST=$docker_host docker tag "$image" "$addr/$image"
+    DOCKER_HOST=$docker_host docker push -q "$addr/$image" >/dev/null \
+      || die "pushing $image to the bed's registry failed"
+  done
+  log "base images in the registry: $addr/$SHELL_IMAGE, $addr/$PYTHON_IMAGE"
+}
+
 # A PostgreSQL image as the chart's database image behaves (the official
 # image's POSTGRES_USER/PASSWORD/DB and PGDATA), from Debian's packages:
 # bookworm's postgresql-15, the bed's server version. Rehearsals restore
@@ -568,6 +584,7 @@ up() {
   start_registry registry
   start_registry auth-registry auth
   start_registry tls-registry tls
+  publish_base_images
   trust_tls_registry
   start_sshd
   start_postgres

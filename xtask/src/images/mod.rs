@@ -279,6 +279,23 @@ pub fn dockerfile_needs(env: &Environment, image: &Image) -> std::io::Result<bui
     std::fs::read_to_string(path).map(|text| builder::needs(&text))
 }
 
+/// What the daemon's push is weighed against (`push::worth_taking_over`):
+/// the image's size and the bytes of its layers this tool pushed before.
+#[derive(Debug, Clone, Copy)]
+struct TakeOver {
+    image_size: u64,
+    known: u64,
+}
+
+/// What this machine's earlier pushes learned (`push::Known`); nothing
+/// without a home.
+fn load_known() -> Vec<push::Known> {
+    push::known_file()
+        .as_deref()
+        .map(push::load_known)
+        .unwrap_or_default()
+}
+
 /// How the daemon's push ended.
 enum DaemonPush {
     Done,
@@ -580,7 +597,13 @@ impl ImageTask {
         tags: &[String],
         image_size: u64,
     ) -> Result<Option<push::Pushed>> {
-        let DaemonPush::TakenOver { sending } = self.daemon_push(tags, Some(image_size)).await?
+        // Without the image's layers, nothing counts as known.
+        let known = match self.local_image().await {
+            Ok(image) => push::known_bytes(&load_known(), &image.diff_ids),
+            Err(_) => 0,
+        };
+        let take_over = TakeOver { image_size, known };
+        let DaemonPush::TakenOver { sending } = self.daemon_push(tags, Some(take_over)).await?
         else {
             return Ok(None);
         };
@@ -610,10 +633,13 @@ impl ImageTask {
     }
 
     /// The daemon's push of each of `tags`, each tried again after a
-    /// transient answer. With `take_over` (the image's size), it is given
-    /// up as soon as `push::worth_taking_over` says this tool's push is
-    /// the faster one.
-    async fn daemon_push(&self, tags: &[String], take_over: Option<u64>) -> Result<DaemonPush> {
+    /// transient answer. With `take_over`, it is given up as soon as
+    /// `push::worth_taking_over` says this tool's push is the faster one.
+    async fn daemon_push(
+        &self,
+        tags: &[String],
+        take_over: Option<TakeOver>,
+    ) -> Result<DaemonPush> {
         let (repository, line) = (&self.image.reference, &self.line);
         let on_retry = |attempt, pause: Duration, error: &docker::DockerError| {
             line.log(&retry_line(attempt, pause, error))
@@ -627,7 +653,9 @@ impl ImageTask {
                 self.credential.as_ref(),
                 |p| {
                     line.set(&push_progress_line(p));
-                    if take_over.is_some_and(|size| push::worth_taking_over(p.sending, size)) {
+                    if take_over
+                        .is_some_and(|t| push::worth_taking_over(p.sending, t.image_size, t.known))
+                    {
                         sending.store(p.sending, Ordering::Relaxed);
                         taken_over.notify_one();
                     }
@@ -650,15 +678,7 @@ impl ImageTask {
     /// transient registry answer (as the daemon's push is).
     async fn push_from_export(&self, tags: &[String]) -> Result<push::Pushed> {
         let local = format!("{}:{}", self.image.reference, self.tag);
-        let inspected = self
-            .docker
-            .inspect_image(&local)
-            .await
-            .with_context(|| format!("inspecting the built image {local}"))?;
-        let image = push::LocalImage {
-            id: inspected.id.unwrap_or_default(),
-            diff_ids: inspected.root_fs.and_then(|r| r.layers).unwrap_or_default(),
-        };
+        let image = self.local_image().await?;
         let client =
             RegistryClient::new(&self.image.reference, self.credential.clone(), &self.access)?;
         let repository = Arc::new(copy::Repository::with_client(
@@ -666,10 +686,7 @@ impl ImageTask {
             repository_path(&self.image.reference),
         ));
         let known_file = push::known_file();
-        let mut known = known_file
-            .as_deref()
-            .map(push::load_known)
-            .unwrap_or_default();
+        let mut known = load_known();
         let mut attempt = 1;
         loop {
             let export = export_reader(&self.docker, &image.id);
@@ -715,6 +732,20 @@ impl ImageTask {
                 }
             }
         }
+    }
+
+    /// The built image's id and layers, as the daemon's inspect has them.
+    async fn local_image(&self) -> Result<push::LocalImage> {
+        let local = format!("{}:{}", self.image.reference, self.tag);
+        let inspected = self
+            .docker
+            .inspect_image(&local)
+            .await
+            .with_context(|| format!("inspecting the built image {local}"))?;
+        Ok(push::LocalImage {
+            id: inspected.id.unwrap_or_default(),
+            diff_ids: inspected.root_fs.and_then(|r| r.layers).unwrap_or_default(),
+        })
     }
 
     async fn tag_latest(&self, target: &str) -> Result<()> {

@@ -765,11 +765,15 @@ fn to_bollard(credential: &Credential, server: &str) -> DockerCredentials {
     }
 }
 
-/// Size, OS and architecture of a local image.
+/// Size, OS, architecture, id and layers of a local image.
 pub struct InspectedImage {
     pub size: u64,
     pub os: String,
     pub architecture: String,
+    /// `sha256:…` of its config: the image id.
+    pub id: String,
+    /// `sha256:…` of each layer's uncompressed tar, bottom first.
+    pub diff_ids: Vec<String>,
 }
 
 pub async fn inspect(docker: &Docker, image: &str) -> Result<Option<InspectedImage>, DockerError> {
@@ -778,6 +782,8 @@ pub async fn inspect(docker: &Docker, image: &str) -> Result<Option<InspectedIma
             size: found.size.unwrap_or(0).max(0) as u64,
             os: found.os.unwrap_or_default(),
             architecture: found.architecture.unwrap_or_default(),
+            id: found.id.unwrap_or_default(),
+            diff_ids: found.root_fs.and_then(|r| r.layers).unwrap_or_default(),
         })),
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..

@@ -330,10 +330,10 @@ impl ImageTask {
             Mode::UseExisting => None,
             Mode::Build | Mode::Push => Some(self.lock().await?),
         };
-        let mut report = self.build_unless_pushed().await?;
+        let (mut report, built) = self.build_unless_pushed().await?;
         if self.mode == Mode::Push && report.digest.is_none() {
             self.pushing.store(true, Ordering::SeqCst);
-            let (digest, took) = self.push(report.size.unwrap_or(0)).await?;
+            let (digest, took) = self.push(built.as_ref()).await?;
             report.digest = Some(digest);
             report.push = StepOutcome::Done(took);
         }
@@ -348,7 +348,9 @@ impl ImageTask {
             .context("waiting for the image lock panicked")?
     }
 
-    async fn build_unless_pushed(&self) -> Result<ImageReport> {
+    /// The report, and the built image as inspected right after its build
+    /// (none when the registry had it, or the inspect failed).
+    async fn build_unless_pushed(&self) -> Result<(ImageReport, Option<docker::InspectedImage>)> {
         let mut report = ImageReport {
             component: self.image.component,
             repository: self.image.reference.clone(),
@@ -367,7 +369,7 @@ impl ImageTask {
                 report.digest = Some(digest);
                 report.build = StepOutcome::InRegistry;
                 report.push = StepOutcome::InRegistry;
-                return Ok(report);
+                return Ok((report, None));
             }
             Ok(None) if self.mode == Mode::UseExisting => {
                 return Err(anyhow!(
@@ -412,14 +414,14 @@ impl ImageTask {
             self.tag_latest(&target).await?;
         }
         report.build = StepOutcome::Done(started.elapsed());
-        report.size = built.map(|f| f.size);
-        let built = format!("built {target} in {:.1} s", started.elapsed().as_secs_f64());
+        report.size = built.as_ref().map(|f| f.size);
+        let built_line = format!("built {target} in {:.1} s", started.elapsed().as_secs_f64());
         // The push goes on on the same line; a finished line stays finished.
         match self.mode {
-            Mode::Push => self.line.log(&built),
-            _ => self.line.finish(&built),
+            Mode::Push => self.line.log(&built_line),
+            _ => self.line.finish(&built_line),
         }
-        Ok(report)
+        Ok((report, built))
     }
 
     async fn registry_digest(&self) -> Result<Option<String>> {
@@ -547,9 +549,10 @@ impl ImageTask {
 
     /// Pushes the built tag (and `latest` when asked) as `images.push`
     /// says, tried again after a transient registry answer; the digest is
-    /// read back from the registry. `image_size` (0 when unknown) is what
-    /// the daemon's hand-over is weighed against.
-    async fn push(&self, image_size: u64) -> Result<(String, Duration)> {
+    /// read back from the registry. `built` (the inspect after the build)
+    /// gives the image's size, which the daemon's hand-over is weighed
+    /// against, and the id and layers that this tool's push reads.
+    async fn push(&self, built: Option<&docker::InspectedImage>) -> Result<(String, Duration)> {
         let (repository, tag) = (&self.image.reference, &self.tag);
         let line = &self.line;
         let started = Instant::now();
@@ -563,8 +566,11 @@ impl ImageTask {
                 self.daemon_push(&tags, None).await?;
                 None
             }
-            PushMethod::Fast => Some(self.push_from_export(&tags).await?),
-            PushMethod::Auto => self.push_or_take_over(&tags, image_size).await?,
+            PushMethod::Fast => {
+                let image = self.local_image(built).await?;
+                Some(self.push_from_export(&tags, &image, load_known()).await?)
+            }
+            PushMethod::Auto => self.push_or_take_over(&tags, built).await?,
         };
         if let Some(pushed) = ours {
             line.log(&format!(
@@ -595,13 +601,15 @@ impl ImageTask {
     async fn push_or_take_over(
         &self,
         tags: &[String],
-        image_size: u64,
+        built: Option<&docker::InspectedImage>,
     ) -> Result<Option<push::Pushed>> {
+        let image_size = built.map_or(0, |b| b.size);
+        let image = self.local_image(built).await;
+        let known_layers = load_known();
         // Without the image's layers, nothing counts as known.
-        let known = match self.local_image().await {
-            Ok(image) => push::known_bytes(&load_known(), &image.diff_ids),
-            Err(_) => 0,
-        };
+        let known = image
+            .as_ref()
+            .map_or(0, |image| push::known_bytes(&known_layers, &image.diff_ids));
         let take_over = TakeOver { image_size, known };
         let DaemonPush::TakenOver { sending } = self.daemon_push(tags, Some(take_over)).await?
         else {
@@ -616,7 +624,7 @@ impl ImageTask {
              pushes it instead, gzip at its fastest (images.push = \"auto\")",
             human_bytes(sending),
         ));
-        match self.push_from_export(tags).await {
+        match self.push_from_export(tags, &image?, known_layers).await {
             Ok(pushed) => Ok(Some(pushed)),
             Err(error) => match error.downcast_ref() {
                 Some(push::PushError::Shape(what)) => {
@@ -676,9 +684,13 @@ impl ImageTask {
     /// `images.push = "fast"` (or a hand-over): the image read from the daemon's export and
     /// pushed by `push::push_export`, the whole push tried again after a
     /// transient registry answer (as the daemon's push is).
-    async fn push_from_export(&self, tags: &[String]) -> Result<push::Pushed> {
+    async fn push_from_export(
+        &self,
+        tags: &[String],
+        image: &push::LocalImage,
+        mut known: Vec<push::Known>,
+    ) -> Result<push::Pushed> {
         let local = format!("{}:{}", self.image.reference, self.tag);
-        let image = self.local_image().await?;
         let client =
             RegistryClient::new(&self.image.reference, self.credential.clone(), &self.access)?;
         let repository = Arc::new(copy::Repository::with_client(
@@ -686,7 +698,6 @@ impl ImageTask {
             repository_path(&self.image.reference),
         ));
         let known_file = push::known_file();
-        let mut known = load_known();
         let mut attempt = 1;
         loop {
             let export = export_reader(&self.docker, &image.id);
@@ -734,8 +745,18 @@ impl ImageTask {
         }
     }
 
-    /// The built image's id and layers, as the daemon's inspect has them.
-    async fn local_image(&self) -> Result<push::LocalImage> {
+    /// The built image's id and layers: from the inspect after the build,
+    /// else as the daemon's inspect has them now.
+    async fn local_image(
+        &self,
+        built: Option<&docker::InspectedImage>,
+    ) -> Result<push::LocalImage> {
+        if let Some(built) = built {
+            return Ok(push::LocalImage {
+                id: built.id.clone(),
+                diff_ids: built.diff_ids.clone(),
+            });
+        }
         let local = format!("{}:{}", self.image.reference, self.tag);
         let inspected = self
             .docker

@@ -134,16 +134,19 @@ fn runbook(stack: &Stack) -> Duration {
     // `docker build` as the runbook's CLI runs it today: BuildKit (Debian's
     // CLI has it without buildx), the fixture's backend needing no network.
     let docker = |args: &[&str]| {
-        let status = Command::new("/usr/bin/docker")
+        let output = Command::new("/usr/bin/docker")
             .args(args)
             .current_dir(stack.repo.root())
             .env("DOCKER_HOST", &bed.docker_host)
             .env("DOCKER_BUILDKIT", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .stdin(Stdio::null())
+            .output()
             .unwrap();
-        assert!(status.success(), "docker {args:?}");
+        assert!(
+            output.status.success(),
+            "docker {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     };
     docker(&[
         "build",

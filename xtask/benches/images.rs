@@ -99,6 +99,8 @@ fn xtask(repo: &ColonyRepo, command: &str) -> (Duration, u64) {
     let bed = TestBed::get();
     // Built (once) before the clock starts.
     let migrations_binary = testkit::run_migrations_binary();
+    // Its stderr is kept to say why, should it fail (a full disk, say).
+    let stderr = tempfile::tempfile().unwrap();
     let started = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args([command, "--json"])
@@ -108,15 +110,24 @@ fn xtask(repo: &ColonyRepo, command: &str) -> (Duration, u64) {
         .env("COLONY_REGISTRY", &bed.registry)
         .env("COLONY_RUN_MIGRATIONS_BIN", migrations_binary)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr.try_clone().unwrap())
         .spawn()
         .unwrap();
     let anonymous = sample_anonymous_rss(child.id());
     let (status, peak_rss) = wait_with_rusage(child.id() as i32);
-    assert_eq!(status, 0, "xtask {command} failed");
+    assert_eq!(status, 0, "xtask {command} failed: {}", tail_of(stderr));
     let peak_anonymous = anonymous.join().unwrap();
     LAST_ANONYMOUS_PEAK.store(peak_anonymous, std::sync::atomic::Ordering::Relaxed);
     (started.elapsed(), peak_rss)
+}
+
+/// The last lines of a run's stderr, kept in `file`.
+fn tail_of(mut file: std::fs::File) -> String {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    let _ = file.rewind().and_then(|()| file.read_to_string(&mut text));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// The last `xtask` run's peak of anonymous memory (heap, stacks), sampled.
@@ -164,16 +175,19 @@ fn docker_cli(repo: &ColonyRepo, prefix: &str) -> Duration {
         ] {
             // Debian's CLI builds with BuildKit without buildx (the one in
             // /usr/local/bin would need it), as `docker build` does today.
-            let status = Command::new("/usr/bin/docker")
+            let output = Command::new("/usr/bin/docker")
                 .args(&args)
                 .current_dir(repo.root())
                 .env("DOCKER_HOST", &bed.docker_host)
                 .env("DOCKER_BUILDKIT", "1")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
+                .stdin(Stdio::null())
+                .output()
                 .expect("the docker CLI runs");
-            assert!(status.success(), "docker {args:?} failed");
+            assert!(
+                output.status.success(),
+                "docker {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
     }
     started.elapsed()

@@ -70,18 +70,55 @@ pub fn capture_scrubbed(
 }
 
 fn capture_expression(argv: &[String], expression: duct::Expression) -> Result<Output> {
+    start_expression(argv, expression)?.finish()
+}
+
+/// A capture started now and finished later, or never: a slow read begun
+/// before it is known to be needed (verify's `alembic current` during the
+/// facts). Dropped unfinished, its child is killed.
+pub struct Started {
+    handle: Option<duct::Handle>,
+    _registered: Registered,
+}
+
+/// Starts `argv` capturing stdout and stderr apart; `finish` waits for it.
+pub fn start_capture(argv: &[String]) -> Result<Started> {
+    start_expression(argv, expression(argv))
+}
+
+fn start_expression(argv: &[String], expression: duct::Expression) -> Result<Started> {
     let handle = expression
         .stdout_capture()
         .stderr_capture()
         .start()
         .with_context(|| cannot_start(argv))?;
-    let _registered = Registered::new(handle.pids());
-    let output = handle.into_output()?;
-    Ok(Output {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: mask_all(&String::from_utf8_lossy(&output.stderr)),
+    Ok(Started {
+        _registered: Registered::new(handle.pids()),
+        handle: Some(handle),
     })
+}
+
+impl Started {
+    /// Waits for the child to end; what it printed.
+    pub fn finish(mut self) -> Result<Output> {
+        let handle = self.handle.take().expect("a Started is finished once");
+        let output = handle.into_output()?;
+        Ok(Output {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: mask_all(&String::from_utf8_lossy(&output.stderr)),
+        })
+    }
+}
+
+impl Drop for Started {
+    /// Not waited for: a grandchild (a `kubectl exec`'s remote command) may
+    /// hold the pipes a little longer, and nobody needs its answer.
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.kill();
+        }
+    }
 }
 
 /// A running child whose output (stdout and stderr together, in order) is

@@ -423,6 +423,12 @@ fn exec(config: &Config, dir: &Dir, state: &State, parsed: &Parsed, namespace: &
         ));
     }
     let container_name = container["name"].as_str().unwrap_or_default();
+    let faults = &config.faults;
+    if pod.created < faults.alembic_delay_since_ms
+        && parsed.command.iter().any(|word| word.ends_with("alembic"))
+    {
+        std::thread::sleep(std::time::Duration::from_millis(faults.alembic_delay_ms));
+    }
     let stdin = parsed.flags.contains_key("-i") || parsed.flags.contains_key("--stdin");
     config
         .runtime

@@ -56,10 +56,16 @@ impl SimCluster {
 
     pub fn faults(&self, change: impl FnOnce(&mut Faults)) {
         let mut config = self.state.config().expect("config");
-        let delay_before = config.faults.readiness_delay_ms;
+        let delays_before = (
+            config.faults.readiness_delay_ms,
+            config.faults.alembic_delay_ms,
+        );
         change(&mut config.faults);
-        if config.faults.readiness_delay_ms != delay_before {
+        if config.faults.readiness_delay_ms != delays_before.0 {
             config.faults.readiness_delay_since_ms = state::now_ms();
+        }
+        if config.faults.alembic_delay_ms != delays_before.1 {
+            config.faults.alembic_delay_since_ms = state::now_ms();
         }
         self.state.write_config(&config);
     }

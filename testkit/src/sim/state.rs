@@ -47,6 +47,14 @@ pub struct Faults {
     pub readiness_delay_since_ms: u64,
     /// `pg_dump` in the database pod fails.
     pub pg_dump_fails: bool,
+    /// A `kubectl exec` of Alembic waits this long before it starts, in
+    /// pods created before `alembic_delay_since_ms` (old pods on a busy
+    /// node: a slow Python start-up).
+    #[serde(default)]
+    pub alembic_delay_ms: u64,
+    /// When `alembic_delay_ms` was last changed (`SimCluster::faults`).
+    #[serde(default)]
+    pub alembic_delay_since_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -59,10 +59,23 @@ pub fn read(env: &Environment, pod: &str) -> DatabaseRevision {
 
 /// `read`, and whether the pod's image has a runner that answered.
 pub fn read_noting_runner(env: &Environment, pod: &str) -> (DatabaseRevision, bool) {
+    read_or_else(env, pod, || {
+        cluster::run(&kubectl::alembic_current_args(env, pod))
+    })
+}
+
+/// `read_noting_runner`, with the `alembic current` of the fallback got
+/// from `alembic_current` (a read already under way: verify's, started
+/// with the facts), asked for only when the runner cannot answer.
+pub fn read_or_else(
+    env: &Environment,
+    pod: &str,
+    alembic_current: impl FnOnce() -> anyhow::Result<cluster::Output>,
+) -> (DatabaseRevision, bool) {
     if let Some(answer) = ask_runner(env, pod) {
         return (answer, true);
     }
-    let answer = match cluster::run(&kubectl::alembic_current_args(env, pod)) {
+    let answer = match alembic_current() {
         Ok(output) => from_alembic_output(pod, &output),
         Err(e) => DatabaseRevision::Unknown {
             why: format!("{e:#}"),
@@ -84,22 +97,6 @@ pub fn no_ready_pod() -> DatabaseRevision {
     DatabaseRevision::Unknown {
         why: "no ready backend pod to ask".into(),
     }
-}
-
-/// From an `alembic current` already run in `pod` (verify's own read, so a
-/// deploy asks once): a revision when it printed one; otherwise the runner
-/// is asked, which also sees a pre-Alembic schema or a revision these
-/// scripts do not know; without a runner, that `alembic current` answers.
-pub fn from_observed(
-    env: &Environment,
-    pod: &str,
-    alembic_current: &cluster::Output,
-) -> DatabaseRevision {
-    let answer = from_alembic_output(pod, alembic_current);
-    if answer.revision().is_some() {
-        return answer;
-    }
-    ask_runner(env, pod).unwrap_or(answer)
 }
 
 /// `run-migrations status --json` in `pod`; None when the image has no

@@ -109,6 +109,9 @@ pub fn compare(
             Ok(written) => written,
             Err(e) => return unavailable(format!("cannot write the values file: {e}")),
         };
+    // The running revision's manifest is read while the chart renders.
+    let running = (revision != 0)
+        .then(|| crate::process::start_capture(&super::helm::get_manifest_args(env)));
     let rendered = match super::run(&argv) {
         Ok(output) if output.code == 0 => output.stdout.replace(STAND_IN_DIGEST, placeholder),
         Ok(output) => {
@@ -127,9 +130,9 @@ pub fn compare(
         }
         Err(e) => return unavailable(format!("{e:#}")),
     };
-    let running = match revision {
-        0 => String::new(),
-        _ => match super::run(&super::helm::get_manifest_args(env)) {
+    let running = match running {
+        None => String::new(),
+        Some(started) => match started.and_then(crate::process::Started::finish) {
             Ok(output) if output.code == 0 => output.stdout,
             Ok(output) => {
                 return unavailable(format!(

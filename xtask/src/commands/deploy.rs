@@ -62,6 +62,18 @@ fn run_in(env: &Environment, args: &DeployArgs, event: &mut hook::Event) -> Resu
     });
     tell_hook_the_facts(event, &facts);
     let plan = plan::deploy::decide(env, &facts, options);
+    let only_verifies = plan.steps.iter().all(|s| s.kind() == StepKind::Verify);
+    if !only_verifies {
+        // Its verify reads the new pods: the running ones' reads are not needed.
+        if let Some(observed) = facts
+            .cluster
+            .as_ref()
+            .ok()
+            .and_then(|c| c.observed.as_ref())
+        {
+            observed.stop();
+        }
+    }
     if let Some(file) = &args.plan {
         plan_file::check(file, &plan, &plan_file::Basis::of(env, &facts))?;
     }
@@ -84,7 +96,7 @@ fn run_in(env: &Environment, args: &DeployArgs, event: &mut hook::Event) -> Resu
     plan.show_before_running(args.json, args.yes)?;
     confirm_changes(env, &facts, &plan, args.yes)?;
     // A plan that only verifies changes nothing: it needs no lock.
-    let lock = match plan.steps.iter().all(|s| s.kind() == StepKind::Verify) {
+    let lock = match only_verifies {
         true => early_lock,
         false => {
             let seen = locking::seen(facts.cluster.as_ref().ok().and_then(|c| c.release.as_ref()));
@@ -431,22 +443,16 @@ fn cluster_facts(env: &Environment) -> Fact<ClusterFacts> {
         let release = scope.spawn(|| release::current(env));
         let database_pod = scope.spawn(|| cluster::database::read(env));
         let lock = scope.spawn(|| cluster::lock::read(env));
-        // Verify's reads of the running pods, made now: the database's
-        // revision comes from its `alembic current`, and a no-op reuses them.
+        // Verify's reads of the running pods start now, and a no-op
+        // verifies with them; the facts wait only for the runner's answer
+        // (no Python), or for that `alembic current` without a runner.
         let database = scope.spawn(|| {
             let backend = Backend::read(env)?;
             let Some(pod) = backend.ready_pod().map(|p| p.name().to_string()) else {
                 return Ok::<_, FactError>((database::no_ready_pod(), None));
             };
-            let unknown = verify::Expectation {
-                head: String::new(),
-                source: verify::Source::Flag,
-            };
-            let observed = verify::gather_from(env, unknown, backend)?;
-            let database = match &observed.alembic_current {
-                Some(output) => database::from_observed(env, &pod, output),
-                None => database::read(env, &pod),
-            };
+            let observed = verify::Prefetch::start(env, backend, &pod);
+            let (database, _) = database::read_or_else(env, &pod, || observed.alembic_current());
             Ok((database, Some(observed)))
         });
         context.join().expect("context check panicked")?;

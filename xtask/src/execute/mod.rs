@@ -33,7 +33,7 @@ pub struct Executor<'a> {
     pub env: &'a Environment,
     /// Verify's reads from the facts phase: used while no step has changed
     /// the release (a no-op deploy verifies with them).
-    pub observed: Option<verify::Facts>,
+    pub observed: Option<verify::Prefetch>,
     /// The daemon's view from the facts (how it reaches the registry).
     pub daemon: Option<DaemonView>,
     /// The environment's deploy lock, told which step runs (others see it).
@@ -313,7 +313,7 @@ impl Executor<'_> {
         let env = self.env.clone();
         // The pod the facts asked, if it still answers (one exec); else
         // whichever backend pod is ready now.
-        let known = self.observed.as_ref().and_then(|o| o.pod.clone());
+        let known = self.observed.as_ref().map(|o| o.pod().to_string());
         let now = tokio::task::spawn_blocking(move || {
             let answer = known.map(|pod| crate::alembic::database::read(&env, &pod));
             match answer {
@@ -494,10 +494,7 @@ impl Executor<'_> {
         let collected = done.take_collector();
         let (facts, checks) = tokio::task::spawn_blocking(move || -> Result<_> {
             let facts = match (observed, collected) {
-                (Some(observed), _) => verify::Facts {
-                    expected: expectation,
-                    ..observed
-                },
+                (Some(observed), _) => observed.finish(expectation)?,
                 (None, Some(collected)) => collected.finish(expectation)?,
                 (None, None) => verify::gather(&env, expectation)?,
             };

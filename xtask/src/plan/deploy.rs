@@ -114,9 +114,9 @@ pub struct ClusterFacts {
     /// None: the release is not installed.
     pub release: Option<Current>,
     pub database: DatabaseRevision,
-    /// What verify reads, read once with the facts (the database's revision
-    /// comes from its `alembic current`): a no-op verifies with it.
-    pub observed: Option<crate::verify::Facts>,
+    /// Verify's reads of the running pods, started with the facts: a no-op
+    /// verifies with them; a deploy stops them.
+    pub observed: Option<crate::verify::Prefetch>,
     /// An in-chart database pod of this release exists (matters before a
     /// first install: there may be data to back up).
     pub database_pod: Option<crate::cluster::database::DatabasePod>,

@@ -17,6 +17,9 @@ use crate::cluster::release::{self, Current};
 use crate::cluster::{self, Backend, RolloutState};
 use crate::config::{Component, Environment};
 
+mod prefetch;
+pub use prefetch::Prefetch;
+
 pub const COMPLETE: &str = "Migrations complete.";
 const DETECTION: &str = "Detected pre-Alembic schema";
 
@@ -184,17 +187,11 @@ fn gather_with(
         .as_ref()
         .and_then(|name| backend.pod(name))
         .is_some_and(|p| p.phase() == Some("Running"));
-    let mut names: Vec<String> = pod.iter().cloned().collect();
-    names.extend(
-        backend
-            .pods
-            .iter()
-            .map(|p| p.name().to_string())
-            .filter(|n| Some(n) != pod.as_ref()),
-    );
-    names.truncate(MAX_LOGS);
+    let names = pods_to_read(&backend, pod.as_deref());
+    // An early read that failed is made again: a failure verify reports
+    // is one that happens now, not one of a container that was restarting.
     let early_current = match (&ready_known, known.alembic_current.take()) {
-        (Some(_), Some((_, output))) => Some(output),
+        (Some(_), Some((_, output))) if output.code == 0 => Some(output),
         _ => None,
     };
     // `alembic current` (a Python start-up) and the log reads are
@@ -234,6 +231,21 @@ fn gather_with(
         alembic_current,
         migrations_logs,
     })
+}
+
+/// The pods whose `run-migrations` log verify reads: the examined `pod`
+/// first, then the others, at most `MAX_LOGS`.
+fn pods_to_read(backend: &Backend, pod: Option<&str>) -> Vec<String> {
+    let mut names: Vec<String> = pod.iter().map(|p| p.to_string()).collect();
+    names.extend(
+        backend
+            .pods
+            .iter()
+            .map(|p| p.name().to_string())
+            .filter(|n| Some(n.as_str()) != pod),
+    );
+    names.truncate(MAX_LOGS);
+    names
 }
 
 /// Verify's reads, made while the rollout is watched: each new pod's

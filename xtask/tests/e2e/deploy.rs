@@ -338,6 +338,53 @@ fn slow_readiness_is_waited_for_not_reported_as_a_failure() {
     );
     assert_contains(&run.stdout, "4/4 checks passed");
 }
+/// The facts do not wait for verify's `alembic current` in the running
+/// pods (a Python start-up, here made 30 s slow in them): a deploy that
+/// upgrades verifies its new pods, and reads the database's revision from
+/// the runner's status. A deploy with nothing to deploy verifies the
+/// running pods with the `alembic current` its facts started, read once.
+#[test]
+fn the_facts_do_not_wait_for_the_running_pods_alembic() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    stack.sim.faults(|f| f.alembic_delay_ms = 30_000);
+    // A new pod template (new pods), with the images already pushed.
+    std::fs::write(
+        stack.values_file(),
+        "backend:\n  replicas: 2\n  podAnnotations:\n    colony.test/changed: \"yes\"\n",
+    )
+    .unwrap();
+    let calls = stack.calls().len();
+    let upgraded = stack.xtask(&["deploy", "colony-dev", "--yes", "--json"]);
+    assert_eq!(upgraded.code, 0, "{}", upgraded.all());
+    let summary: serde_json::Value = serde_json::from_str(&upgraded.stdout).unwrap();
+    let facts = summary["facts_seconds"].as_f64().unwrap();
+    assert!(
+        facts < 30.0,
+        "the facts waited {facts} s for the old pods' Alembic"
+    );
+    assert_eq!(summary["verified"], true, "{summary}");
+    let runner_status = stack
+        .calls_since(calls)
+        .into_iter()
+        .find(|c| c.contains("run-migrations status"));
+    assert!(runner_status.is_some(), "{}", stack.calls().join("\n"));
+
+    let calls = stack.calls().len();
+    let again = stack.xtask(&["deploy", "colony-dev", "--yes", "--json"]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    let summary: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(summary["decision"], "nothing to deploy", "{summary}");
+    assert_eq!(summary["verified"], true, "{summary}");
+    assert_eq!(summary["alembic"], "0002_activity_and_comments (head)");
+    let currents = stack
+        .calls_since(calls)
+        .into_iter()
+        .filter(|c| c.ends_with("alembic current"))
+        .count();
+    assert_eq!(currents, 1, "{}", stack.calls_since(calls).join("\n"));
+}
+
 #[test]
 fn mutating_calls_are_told_apart_from_reads() {
     for read in [

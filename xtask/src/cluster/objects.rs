@@ -259,6 +259,16 @@ impl Pod {
         })
     }
 
+    /// Whether main container `name` is running (ready or not): an exec
+    /// into it works.
+    pub fn container_running(&self, name: &str) -> bool {
+        self.status
+            .container_statuses
+            .iter()
+            .flatten()
+            .any(|s| s.name == name && s.state.running.is_some())
+    }
+
     /// The init container running now, if any.
     pub fn running_init(&self) -> Option<&str> {
         self.status

@@ -89,6 +89,7 @@ pub(super) async fn upgrade_watching_rollout(
             next_steps(env)
         );
     }
+    collector.helm_waited();
     // Helm's own word on what it did (NAME, STATUS, REVISION…).
     if !said.trim().is_empty() {
         progress::say(indent(said.trim()));

@@ -250,9 +250,10 @@ fn pods_to_read(backend: &Backend, pod: Option<&str>) -> Vec<String> {
 
 /// Verify's reads, made while the rollout is watched: each new pod's
 /// `run-migrations` log as soon as its init container has succeeded, and
-/// `alembic current` as soon as the first new pod is ready (every
-/// migration has run by then: a pod is ready only after its init
-/// container). The watch's last look is the backend verify checks.
+/// `alembic current` as soon as the first new pod's backend container runs
+/// (every migration has run by then: it starts only after the init
+/// container) or Helm has waited for the pods. The watch's last look is
+/// the backend verify checks.
 pub struct Collector {
     env: Environment,
     /// The newest ReplicaSet revision before the deploy: older pods are
@@ -291,11 +292,29 @@ impl Collector {
                     std::thread::spawn(move || cluster::run(&argv)),
                 );
             }
-            if self.current.is_none() && pod.ready() {
-                let argv = kubectl::alembic_current_args(&self.env, &name);
-                self.current = Some((name, std::thread::spawn(move || cluster::run(&argv))));
+            if self.current.is_none() && answers_alembic(pod) {
+                self.start_alembic_current(name);
             }
         }
+    }
+
+    /// Helm has waited for the new pods: `alembic current` starts now in
+    /// one the watch saw, without waiting for its next look. A pod that
+    /// is gone or not ready by verify's look, or whose read failed, is
+    /// asked again then.
+    pub fn helm_waited(&mut self) {
+        let seen = match &self.last {
+            Some(backend) if backend.newest_revision() > self.before => backend.pods.first(),
+            _ => None,
+        };
+        if let (None, Some(pod)) = (&self.current, seen) {
+            self.start_alembic_current(pod.name().to_string());
+        }
+    }
+
+    fn start_alembic_current(&mut self, pod: String) {
+        let argv = kubectl::alembic_current_args(&self.env, &pod);
+        self.current = Some((pod, std::thread::spawn(move || cluster::run(&argv))));
     }
 
     /// The facts verify evaluates: the last look, the reads made early,
@@ -318,6 +337,16 @@ impl Collector {
         };
         gather_with(&self.env, expected, backend, known)
     }
+}
+
+/// Whether `alembic current` in this new pod tells the deploy's outcome:
+/// its init container has migrated (or found the head) and its backend
+/// container runs. Readiness is not awaited: a readiness probe's delay
+/// says nothing of the schema, and verify checks the rollout apart.
+fn answers_alembic(pod: &Pod) -> bool {
+    pod.ready()
+        || (pod.init_succeeded(MIGRATIONS_CONTAINER)
+            && pod.container_running(Component::Backend.as_str()))
 }
 
 /// A ready pod if there is one, else a running one, else the first: the
@@ -641,6 +670,30 @@ mod tests {
             }),
             migrations_logs: vec![("colony-backend-new-abcde".into(), Some(log.into()))],
         }
+    }
+
+    #[test]
+    fn alembic_is_asked_once_migrated_and_running_not_only_once_ready() {
+        let with_main = |mut pod: Pod, state: serde_json::Value| {
+            let status = json!({"name": "backend", "state": state});
+            pod.status.container_statuses = Some(vec![serde_json::from_value(status).unwrap()]);
+            pod
+        };
+        let running = json!({"running": {}});
+        let waiting = json!({"waiting": {"reason": "PodInitializing"}});
+        assert!(answers_alembic(&pod("ready", true, false)));
+        assert!(answers_alembic(&with_main(
+            pod("probe-pending", false, false),
+            running.clone()
+        )));
+        assert!(!answers_alembic(&with_main(
+            pod("starting", false, false),
+            waiting
+        )));
+        assert!(!answers_alembic(&with_main(
+            pod("init-failed", false, true),
+            running
+        )));
     }
 
     const GOOD_LOG: &str =

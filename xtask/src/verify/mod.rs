@@ -188,6 +188,10 @@ fn gather_with(
         .and_then(|name| backend.pod(name))
         .is_some_and(|p| p.phase() == Some("Running"));
     let names = pods_to_read(&backend, pod.as_deref());
+    // An interrupt stopped the early reads (SIGTERM): none is made again.
+    if let Some(interrupt) = crate::process::interrupted() {
+        return Err(interrupt.into());
+    }
     // An early read that failed is made again: a failure verify reports
     // is one that happens now, not one of a container that was restarting.
     let early_current = match (&ready_known, known.alembic_current.take()) {

@@ -1159,6 +1159,32 @@ fn an_interrupt_during_helm_leaves_a_failed_release_never_a_pending_one() {
     }
 }
 
+/// Ctrl-C while a no-op verifies running pods whose Alembic is slow: the
+/// `alembic current` the facts started is stopped, and no read is made
+/// again after the interrupt; exit 130.
+#[test]
+fn an_interrupt_during_a_no_op_verify_starts_no_new_read() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    stack.sim.faults(|f| f.alembic_delay_ms = 60_000);
+    let calls = stack.calls().len();
+    let started = start_deploy(&stack);
+    started.wait_for(
+        || started.stderr().contains("deploy: Verify the newest pods"),
+        "the verify step",
+    );
+    started.signal(2, true);
+    let (exit, stderr) = started.exit_code();
+    assert_eq!(exit, 130, "{stderr}");
+    assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
+    let currents: Vec<String> = stack
+        .calls_since(calls)
+        .into_iter()
+        .filter(|c| c.ends_with("alembic current"))
+        .collect();
+    assert_eq!(currents.len(), 1, "{currents:#?}");
+}
+
 /// Ctrl-C while the images build: nothing reaches Helm.
 #[test]
 fn an_interrupt_during_the_images_never_reaches_helm() {

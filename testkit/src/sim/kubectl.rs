@@ -429,6 +429,15 @@ fn exec(config: &Config, dir: &Dir, state: &State, parsed: &Parsed, namespace: &
     {
         std::thread::sleep(std::time::Duration::from_millis(faults.alembic_delay_ms));
     }
+    let program = &parsed.command[0];
+    if faults.runner_missing && program.ends_with("run-migrations") {
+        eprintln!(
+            "error: Internal error occurred: error executing command in container: failed to exec in container: \
+             OCI runtime exec failed: exec failed: unable to start container process: exec: \"{program}\": \
+             stat {program}: no such file or directory: unknown"
+        );
+        return 126;
+    }
     let stdin = parsed.flags.contains_key("-i") || parsed.flags.contains_key("--stdin");
     config
         .runtime

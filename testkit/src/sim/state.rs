@@ -55,6 +55,11 @@ pub struct Faults {
     /// When `alembic_delay_ms` was last changed (`SimCluster::faults`).
     #[serde(default)]
     pub alembic_delay_since_ms: u64,
+    /// The pods' image has no `run-migrations` (a release installed before
+    /// this tool, its init container its own): an exec of it fails as
+    /// runc's does.
+    #[serde(default)]
+    pub runner_missing: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

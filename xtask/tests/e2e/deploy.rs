@@ -385,6 +385,39 @@ fn the_facts_do_not_wait_for_the_running_pods_alembic() {
     assert_eq!(currents, 1, "{}", stack.calls_since(calls).join("\n"));
 }
 
+/// Running pods whose image has no runner (a release installed before
+/// this tool): the facts read the database's revision from verify's
+/// `alembic current`, and a no-op verifies with that same read.
+#[test]
+fn without_a_runner_in_the_pods_the_facts_ask_alembic_once() {
+    let stack = Stack::new(None);
+    assert_eq!(deploy(&stack).code, 0);
+    stack.sim.faults(|f| f.runner_missing = true);
+    let planned = stack.xtask(&["deploy", "colony-dev", "--dry-run", "--json"]);
+    assert_eq!(planned.code, 0, "{}", planned.all());
+    let plan: serde_json::Value = serde_json::from_str(&planned.stdout).unwrap();
+    assert_eq!(
+        plan["facts"]["database"], "0002_activity_and_comments",
+        "{plan}"
+    );
+    let calls = stack.calls().len();
+    let again = stack.xtask(&["deploy", "colony-dev", "--yes", "--json"]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    let summary: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(summary["decision"], "nothing to deploy", "{summary}");
+    assert_eq!(summary["verified"], true, "{summary}");
+    let reads = stack.calls_since(calls);
+    assert!(
+        reads.iter().any(|c| c.contains("run-migrations status")),
+        "{reads:#?}"
+    );
+    let currents = reads
+        .iter()
+        .filter(|c| c.ends_with("alembic current"))
+        .count();
+    assert_eq!(currents, 1, "{reads:#?}");
+}
+
 #[test]
 fn mutating_calls_are_told_apart_from_reads() {
     for read in [

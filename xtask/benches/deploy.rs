@@ -133,6 +133,12 @@ fn runbook(stack: &Stack) -> Duration {
     let started = Instant::now();
     // `docker build` as the runbook's CLI runs it today: BuildKit (Debian's
     // CLI has it without buildx), the fixture's backend needing no network.
+    let mut steps: Vec<String> = Vec::new();
+    let mut step = |what: &str, since: &mut Instant| {
+        steps.push(format!("{what} {:.2}", since.elapsed().as_secs_f64()));
+        *since = Instant::now();
+    };
+    let mut since = started;
     let docker = |args: &[&str]| {
         let output = Command::new("/usr/bin/docker")
             .args(args)
@@ -157,9 +163,13 @@ fn runbook(stack: &Stack) -> Duration {
         &backend,
         "backend",
     ]);
+    step("build backend", &mut since);
     docker(&["push", "-q", &backend]);
+    step("push backend", &mut since);
     docker(&["build", "-q", "-t", &frontend, "frontend"]);
+    step("build frontend", &mut since);
     docker(&["push", "-q", &frontend]);
+    step("push frontend", &mut since);
     timed(
         "backup",
         stack,
@@ -198,6 +208,7 @@ fn runbook(stack: &Stack) -> Duration {
             "10m",
         ],
     );
+    step("backup + helm", &mut since);
     timed(
         "alembic current",
         stack,
@@ -225,6 +236,8 @@ fn runbook(stack: &Stack) -> Duration {
             "run-migrations",
         ],
     );
+    step("alembic current + logs", &mut since);
+    println!("  runbook steps: {}", steps.join(", "));
     started.elapsed()
 }
 

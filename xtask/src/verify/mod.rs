@@ -18,7 +18,9 @@ use crate::cluster::{self, Backend, RolloutState};
 use crate::config::{Component, Environment};
 
 mod prefetch;
+mod reading;
 pub use prefetch::Prefetch;
+use reading::Reading;
 
 pub const COMPLETE: &str = "Migrations complete.";
 const DETECTION: &str = "Detected pre-Alembic schema";
@@ -268,8 +270,6 @@ pub struct Collector {
     last: Option<Backend>,
 }
 
-type Reading = std::thread::JoinHandle<Result<cluster::Output>>;
-
 impl Collector {
     pub fn new(env: &Environment, before: u64) -> Collector {
         Collector {
@@ -291,10 +291,7 @@ impl Collector {
             let name = pod.name().to_string();
             if pod.init_succeeded(MIGRATIONS_CONTAINER) && !self.logs.contains_key(&name) {
                 let argv = kubectl::migrations_log_args(&self.env, &name);
-                self.logs.insert(
-                    name.clone(),
-                    std::thread::spawn(move || cluster::run(&argv)),
-                );
+                self.logs.insert(name.clone(), Reading::start(&argv));
             }
             if self.current.is_none() && answers_alembic(pod) {
                 self.start_alembic_current(name);
@@ -318,7 +315,7 @@ impl Collector {
 
     fn start_alembic_current(&mut self, pod: String) {
         let argv = kubectl::alembic_current_args(&self.env, &pod);
-        self.current = Some((pod, std::thread::spawn(move || cluster::run(&argv))));
+        self.current = Some((pod, Reading::start(&argv)));
     }
 
     /// The facts verify evaluates: the last look, the reads made early,
@@ -328,15 +325,14 @@ impl Collector {
             Some(backend) => backend,
             None => Backend::read(&self.env)?,
         };
-        let joined = |reading: Reading| reading.join().expect("an early read panicked").ok();
         let known = Known {
             alembic_current: self
                 .current
-                .and_then(|(name, reading)| joined(reading).map(|output| (name, output))),
+                .and_then(|(name, mut reading)| Some((name, reading.output()?))),
             logs: self
                 .logs
                 .into_iter()
-                .filter_map(|(name, reading)| joined(reading).map(|output| (name, output)))
+                .filter_map(|(name, mut reading)| Some((name, reading.output()?)))
                 .collect(),
         };
         gather_with(&self.env, expected, backend, known)

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Result};
 
+use super::reading::Reading;
 use super::{gather_with, pods_to_read, Expectation, Facts, Known};
 use crate::cluster::{self, kubectl, Backend};
 use crate::config::Environment;
-use crate::process::{self, Started};
 
 /// The reads under way; clones share them.
 #[derive(Clone)]
@@ -29,42 +29,6 @@ struct Reads {
     backend: Backend,
     alembic_current: Reading,
     logs: Vec<(String, Reading)>,
-}
-
-enum Reading {
-    Running(Box<Started>),
-    /// Finished; Err: it could not run (verify reads it again).
-    Done(Result<cluster::Output, String>),
-    /// Stopped before it finished (verify reads it again).
-    Stopped,
-}
-
-impl Reading {
-    fn start(argv: &[String]) -> Reading {
-        match process::start_capture(argv) {
-            Ok(started) => Reading::Running(Box::new(started)),
-            Err(e) => Reading::Done(Err(format!("{e:#}"))),
-        }
-    }
-
-    /// Waits for it if it runs; its answer, if it has one.
-    fn answer(&mut self) -> Option<&Result<cluster::Output, String>> {
-        if matches!(self, Reading::Running(_)) {
-            let Reading::Running(started) = std::mem::replace(self, Reading::Stopped) else {
-                unreachable!("matched above");
-            };
-            *self = Reading::Done(started.finish().map_err(|e| format!("{e:#}")));
-        }
-        match self {
-            Reading::Done(answer) => Some(answer),
-            _ => None,
-        }
-    }
-
-    /// The output, when it finished and could run.
-    fn output(&mut self) -> Option<cluster::Output> {
-        self.answer()?.as_ref().ok().cloned()
-    }
 }
 
 impl Prefetch {
@@ -107,12 +71,9 @@ impl Prefetch {
     /// Stops the reads still running (a deploy verifies the new pods).
     pub fn stop(&self) {
         let mut reads = self.reads.lock().expect("prefetch lock");
-        let running = |reading: &Reading| matches!(reading, Reading::Running(_));
-        if running(&reads.alembic_current) {
-            reads.alembic_current = Reading::Stopped;
-        }
-        for (_, log) in reads.logs.iter_mut().filter(|(_, log)| running(log)) {
-            *log = Reading::Stopped;
+        reads.alembic_current.stop();
+        for (_, log) in reads.logs.iter_mut() {
+            log.stop();
         }
     }
 

@@ -370,6 +370,12 @@ fn the_facts_do_not_wait_for_the_running_pods_alembic() {
         .find(|c| c.contains("run-migrations status"));
     assert!(runner_status.is_some(), "{}", stack.calls().join("\n"));
 
+    let reads = verified_no_op(&stack);
+    assert_eq!(alembic_currents(&reads), 1, "{reads:#?}");
+}
+
+/// A deploy with nothing to deploy, verified; the cluster calls it made.
+fn verified_no_op(stack: &Stack) -> Vec<String> {
     let calls = stack.calls().len();
     let again = stack.xtask(&["deploy", "colony-dev", "--yes", "--json"]);
     assert_eq!(again.code, 0, "{}", again.all());
@@ -377,12 +383,14 @@ fn the_facts_do_not_wait_for_the_running_pods_alembic() {
     assert_eq!(summary["decision"], "nothing to deploy", "{summary}");
     assert_eq!(summary["verified"], true, "{summary}");
     assert_eq!(summary["alembic"], "0002_activity_and_comments (head)");
-    let currents = stack
-        .calls_since(calls)
-        .into_iter()
+    stack.calls_since(calls)
+}
+
+fn alembic_currents(calls: &[String]) -> usize {
+    calls
+        .iter()
         .filter(|c| c.ends_with("alembic current"))
-        .count();
-    assert_eq!(currents, 1, "{}", stack.calls_since(calls).join("\n"));
+        .count()
 }
 
 /// Running pods whose image has no runner (a release installed before
@@ -400,22 +408,12 @@ fn without_a_runner_in_the_pods_the_facts_ask_alembic_once() {
         plan["facts"]["database"], "0002_activity_and_comments",
         "{plan}"
     );
-    let calls = stack.calls().len();
-    let again = stack.xtask(&["deploy", "colony-dev", "--yes", "--json"]);
-    assert_eq!(again.code, 0, "{}", again.all());
-    let summary: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
-    assert_eq!(summary["decision"], "nothing to deploy", "{summary}");
-    assert_eq!(summary["verified"], true, "{summary}");
-    let reads = stack.calls_since(calls);
+    let reads = verified_no_op(&stack);
     assert!(
         reads.iter().any(|c| c.contains("run-migrations status")),
         "{reads:#?}"
     );
-    let currents = reads
-        .iter()
-        .filter(|c| c.ends_with("alembic current"))
-        .count();
-    assert_eq!(currents, 1, "{reads:#?}");
+    assert_eq!(alembic_currents(&reads), 1, "{reads:#?}");
 }
 
 #[test]
@@ -1210,12 +1208,8 @@ fn an_interrupt_during_a_no_op_verify_starts_no_new_read() {
     let (exit, stderr) = started.exit_code();
     assert_eq!(exit, 130, "{stderr}");
     assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
-    let currents: Vec<String> = stack
-        .calls_since(calls)
-        .into_iter()
-        .filter(|c| c.ends_with("alembic current"))
-        .collect();
-    assert_eq!(currents.len(), 1, "{currents:#?}");
+    let reads = stack.calls_since(calls);
+    assert_eq!(alembic_currents(&reads), 1, "{reads:#?}");
 }
 
 /// Ctrl-C while the images build: nothing reaches Helm.

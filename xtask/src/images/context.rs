@@ -63,6 +63,7 @@ fn walk(
 }
 
 /// A file the tool adds to a context under a name of its own.
+#[derive(Clone)]
 pub struct Extra {
     pub name: PathBuf,
     pub source: ExtraSource,
@@ -70,6 +71,7 @@ pub struct Extra {
     pub mode: u32,
 }
 
+#[derive(Clone)]
 pub enum ExtraSource {
     Bytes(Vec<u8>),
     File(PathBuf),

@@ -1,11 +1,12 @@
-//! The Docker Engine API through bollard: connect, build from a tar
-//! stream, push with progress. No `docker` CLI in this path.
+//! The Docker Engine API through bollard: connect, build (the context by
+//! a session's file sync on a Unix socket, else as a tar stream), push
+//! with progress. No `docker` CLI in this path.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use bollard::auth::DockerCredentials;
-use bollard::models::{BuildInfoAux, ImageId};
+use bollard::models::{BuildInfo, BuildInfoAux, ImageId};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, BuilderVersion, PushImageOptionsBuilder,
 };
@@ -321,7 +322,7 @@ pub async fn build(
     docker: &Docker,
     request: &BuildRequest<'_>,
     context: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
-    mut on_event: impl FnMut(BuildEvent<'_>),
+    on_event: impl FnMut(BuildEvent<'_>),
 ) -> Result<String, BuildFailure> {
     let mut options = BuildImageOptionsBuilder::default()
         .dockerfile(request.dockerfile)
@@ -343,11 +344,154 @@ pub async fn build(
             .version(BuilderVersion::BuilderBuildKit)
             .session(&session_id(request.tag));
     }
-    let mut stream = docker.build_image(
-        options.build(),
-        None,
-        Some(bollard::body_try_stream(context)),
-    );
+    let stream = docker
+        .build_image(
+            options.build(),
+            None,
+            Some(bollard::body_try_stream(context)),
+        )
+        .map(|item| item.map_err(|e| e.to_string()));
+    follow(stream, on_event).await
+}
+
+/// A BuildKit build whose context the daemon reads from `session` by
+/// file sync (`images/session.rs`): `/build?remote=client-session`, sent
+/// here on the Unix socket, because bollard starts a session of its own
+/// for any BuildKit build it sends. Returns the image id.
+pub async fn build_from_session(
+    socket: &std::path::Path,
+    request: &BuildRequest<'_>,
+    session: &str,
+    on_event: impl FnMut(BuildEvent<'_>),
+) -> Result<String, BuildFailure> {
+    use http_body_util::BodyExt;
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        BuildLog::default().failure(&format!("{what}: {e}"))
+    };
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| failed("connecting to the Docker daemon", &e))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| failed("talking to the Docker daemon", &e))?;
+    tokio::spawn(connection);
+    let http = hyper::Request::post(format!("/build?{}", session_query(request, session)))
+        .header("Host", "docker")
+        .header("Content-Type", "application/x-tar")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| failed("the build request", &e))?;
+    let response = sender
+        .send_request(http)
+        .await
+        .map_err(|e| failed("the Docker daemon did not take the build", &e))?;
+    let status = response.status();
+    let body = response.into_body();
+    if !status.is_success() {
+        let text = body
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(String::from))
+            .unwrap_or(text);
+        return Err(BuildLog::default().failure(&mask_all(&format!("{status}: {message}"))));
+    }
+    follow(build_answers(body), on_event).await
+}
+
+/// `/build`'s query for a build from a session, as the docker CLI sends it.
+fn session_query(request: &BuildRequest<'_>, session: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    let build_args = serde_json::to_string(request.build_args).unwrap_or_else(|_| "{}".into());
+    let mut pairs = vec![
+        ("t", request.tag.to_string()),
+        ("dockerfile", request.dockerfile.to_string()),
+        ("buildargs", build_args),
+        ("rm", "1".into()),
+        ("forcerm", "1".into()),
+        ("version", "2".into()),
+        ("remote", "client-session".into()),
+        ("session", session.to_string()),
+    ];
+    pairs.extend(request.platform.map(|p| ("platform", p.to_string())));
+    pairs.extend(request.target.map(|t| ("target", t.to_string())));
+    pairs.extend(request.network.map(|n| ("networkmode", n.to_string())));
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", utf8_percent_encode(v, NON_ALPHANUMERIC)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The daemon's build answers: JSON objects one after another, split
+/// anywhere by the chunks that carry them.
+fn build_answers(
+    body: hyper::body::Incoming,
+) -> impl Stream<Item = Result<BuildInfo, String>> + Unpin {
+    use http_body_util::BodyExt;
+    let start = (body, Vec::new(), VecDeque::new(), false);
+    Box::pin(futures_util::stream::unfold(
+        start,
+        |(mut body, mut buffer, mut ready, mut ended)| async move {
+            loop {
+                if let Some(info) = ready.pop_front() {
+                    return Some((info, (body, buffer, ready, ended)));
+                }
+                if ended {
+                    return None;
+                }
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            buffer.extend_from_slice(&data);
+                            parse_answers(&mut buffer, &mut ready);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        ready.push_back(Err(e.to_string()));
+                        ended = true;
+                    }
+                    None => ended = true,
+                }
+            }
+        },
+    ))
+}
+
+/// Moves every whole answer at the front of `buffer` into `ready`.
+fn parse_answers(buffer: &mut Vec<u8>, ready: &mut VecDeque<Result<BuildInfo, String>>) {
+    let mut answers = serde_json::Deserializer::from_slice(buffer).into_iter::<BuildInfo>();
+    let mut consumed = 0;
+    loop {
+        match answers.next() {
+            Some(Ok(info)) => {
+                ready.push_back(Ok(info));
+                consumed = answers.byte_offset();
+            }
+            Some(Err(e)) if e.is_eof() => break,
+            Some(Err(e)) => {
+                ready.push_back(Err(format!("the daemon's build answer: {e}")));
+                consumed = buffer.len();
+                break;
+            }
+            None => {
+                consumed = answers.byte_offset();
+                break;
+            }
+        }
+    }
+    buffer.drain(..consumed);
+}
+
+/// Follows a build's answers: its progress to `on_event`, its end to the
+/// image id or the failure (with the failing step and its last lines).
+async fn follow(
+    mut stream: impl Stream<Item = Result<BuildInfo, String>> + Unpin,
+    mut on_event: impl FnMut(BuildEvent<'_>),
+) -> Result<String, BuildFailure> {
     let mut log = BuildLog::default();
     let mut image_id = None;
     while let Some(item) = stream.next().await {
@@ -357,7 +501,7 @@ pub async fn build(
             // ("bytes remaining on stream"): the build is done, as the
             // docker CLI would count it.
             Err(_) if image_id.is_some() => break,
-            Err(e) => return Err(log.failure(&e.to_string())),
+            Err(e) => return Err(log.failure(&e)),
         };
         if let Some(detail) = info.error_detail.and_then(|d| d.message) {
             return Err(log.failure(&detail));
@@ -378,7 +522,9 @@ pub async fn build(
 /// gRPC API (bollard's Moby driver) does: the session serves each secret's
 /// bytes when a `RUN` mounts it, so they reach no layer, no log and no
 /// image config. That API takes the context whole (held in memory) and
-/// reports no step progress, so only images with secrets are built so.
+/// reports no step progress, so only images with secrets on a daemon not
+/// reached by its Unix socket are built so (`images/session.rs` serves
+/// secrets on a socket).
 pub async fn build_with_secrets(
     docker: &Docker,
     request: &BuildRequest<'_>,
@@ -430,7 +576,7 @@ pub async fn build_with_secrets(
 }
 
 /// A session id of this build's own (BuildKit keys its session by it).
-fn session_id(tag: &str) -> String {
+pub fn session_id(tag: &str) -> String {
     use sha2::{Digest, Sha256};
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -13,11 +13,13 @@ pub mod context;
 pub mod copy;
 pub mod docker;
 pub mod dockerignore;
+pub mod filesync;
 pub mod gzip;
 pub mod machine_lock;
 pub mod push;
 pub mod registry;
 pub mod runner;
+pub mod session;
 pub mod ssh;
 pub mod trust;
 
@@ -162,6 +164,7 @@ pub async fn run(
             builder: options.builder.builder,
             push_method: env.image_push,
             pushing: Arc::new(AtomicBool::new(false)),
+            context_sent: Arc::default(),
         };
         let pushing = task.pushing.clone();
         let jobs = jobs.clone();
@@ -322,6 +325,9 @@ struct ImageTask {
     line: Arc<Line>,
     /// Set once its push starts: a failure elsewhere lets it finish.
     pushing: Arc<AtomicBool>,
+    /// Bytes of build context the daemon was sent (by file sync, only
+    /// what it did not have from the last build of this context).
+    context_sent: Arc<AtomicU64>,
 }
 
 impl ImageTask {
@@ -415,7 +421,11 @@ impl ImageTask {
         }
         report.build = StepOutcome::Done(started.elapsed());
         report.size = built.as_ref().map(|f| f.size);
-        let built_line = format!("built {target} in {:.1} s", started.elapsed().as_secs_f64());
+        let built_line = format!(
+            "built {target} in {:.1} s ({} of context sent)",
+            started.elapsed().as_secs_f64(),
+            human_bytes(self.context_sent.load(Ordering::Relaxed))
+        );
         // The push goes on on the same line; a finished line stays finished.
         match self.mode {
             Mode::Push => self.line.log(&built_line),
@@ -477,7 +487,7 @@ impl ImageTask {
         extras: Vec<Extra>,
         target: &str,
     ) -> Result<()> {
-        let files = {
+        let files: Vec<PathBuf> = {
             let (dir, user_dockerfile) = (dir.to_path_buf(), self.image.dockerfile.clone());
             tokio::task::spawn_blocking(move || context::list_files(&dir, &user_dockerfile))
                 .await??
@@ -485,8 +495,7 @@ impl ImageTask {
                 .filter(|f| !f.starts_with(RESERVED_DIR))
                 .collect()
         };
-        let sent = Arc::new(AtomicU64::new(0));
-        let stream = context::tar_stream(dir.to_path_buf(), files, extras, sent.clone());
+        let sent = self.context_sent.clone();
         let build_args: HashMap<String, String> =
             self.image.build_args.clone().into_iter().collect();
         let platform = self.image.platform.as_ref().map(ToString::to_string);
@@ -499,20 +508,50 @@ impl ImageTask {
             target: self.image.target.as_deref(),
             network: self.image.network.as_deref(),
         };
-        if !self.image.secrets.is_empty() && self.builder == builder::Builder::BuildKit {
+        let buildkit = self.builder == builder::Builder::BuildKit;
+        let socket = session::unix_socket(&docker::endpoint().host).filter(|_| buildkit);
+        if !self.image.secrets.is_empty() && buildkit && socket.is_none() {
+            let stream = context::tar_stream(dir.to_path_buf(), files, extras, sent);
             return self.build_with_secrets(&request, stream).await;
         }
         let line = self.line.clone();
-        self.line.log(&format!("building {target}"));
-        docker::build(&self.docker, &request, stream, |event| match event {
+        let names: Vec<&str> = self.image.secrets.keys().map(String::as_str).collect();
+        self.line.log(&match names.is_empty() {
+            true => format!("building {target}"),
+            false => format!(
+                "building {target} with the build secrets {}",
+                names.join(", ")
+            ),
+        });
+        let on_event = |event: BuildEvent<'_>| match event {
             BuildEvent::Step(step) => line.log(step),
             BuildEvent::Output(output) => line.set(&format!(
                 "{} sent; {output}",
                 human_bytes(sent.load(Ordering::Relaxed))
             )),
-        })
-        .await
-        .map_err(|failure| {
+        };
+        let session = match socket {
+            Some(socket) => {
+                self.file_sync(&socket, dir, &files, &extras, target)
+                    .await?
+            }
+            None => None,
+        };
+        let built = match session {
+            // The daemon reads the context by file sync, as from the CLI.
+            Some((socket, session)) => {
+                let built = docker::build_from_session(&socket, &request, &session.id, on_event);
+                built.await
+            }
+            None => {
+                let stream = context::tar_stream(dir.to_path_buf(), files, extras, sent.clone());
+                if !self.image.secrets.is_empty() && buildkit {
+                    return self.build_with_secrets(&request, stream).await;
+                }
+                docker::build(&self.docker, &request, stream, on_event).await
+            }
+        };
+        built.map_err(|failure| {
             anyhow!(
                 "{} image build {failure}{}",
                 self.image.component,
@@ -520,6 +559,36 @@ impl ImageTask {
             )
         })?;
         Ok(())
+    }
+
+    /// A session serving this context by file sync; None (said on the
+    /// image's line) when the daemon will not open one: the context then
+    /// goes as a tar.
+    async fn file_sync(
+        &self,
+        socket: &Path,
+        dir: &Path,
+        files: &[PathBuf],
+        extras: &[Extra],
+        target: &str,
+    ) -> Result<Option<(PathBuf, session::Session)>> {
+        let tree = {
+            let (root, files, extras) = (dir.to_path_buf(), files.to_vec(), extras.to_vec());
+            tokio::task::spawn_blocking(move || filesync::Tree::read(&root, &files, &extras))
+                .await?
+                .with_context(|| format!("reading the build context {}", dir.display()))?
+        };
+        let (id, key) = (docker::session_id(target), session::shared_key(dir));
+        let (secrets, sent) = (self.image.secrets.clone(), self.context_sent.clone());
+        match session::open(socket, &id, &key, tree, secrets, sent).await {
+            Ok(session) => Ok(Some((socket.to_path_buf(), session))),
+            Err(e) => {
+                self.line.log(&format!(
+                    "no build session ({e:#}): the context goes as a tar"
+                ));
+                Ok(None)
+            }
+        }
     }
 
     /// The build of an image with secrets (`docker::build_with_secrets`):
@@ -532,8 +601,8 @@ impl ImageTask {
         use futures_util::TryStreamExt;
         let names: Vec<&str> = self.image.secrets.keys().map(String::as_str).collect();
         self.line.log(&format!(
-            "building {} with the build secrets {} (BuildKit's gRPC session: the context is sent \
-             whole, steps are not shown)",
+            "building {} with the build secrets {} (BuildKit's gRPC API, as the daemon is not on \
+             a Unix socket: the context is sent whole, steps are not shown)",
             request.tag,
             names.join(", ")
         ));

@@ -237,6 +237,8 @@ COPY alembic.ini /app/alembic.ini
     );
     assert_eq!(run.code, 0, "{}", run.all());
     assert_contains(&run.stderr, "with the build secrets netrc, pypi_token");
+    // Served by this tool's own session: the build's steps are shown.
+    assert_contains(&run.stderr, "RUN --mount=type=secret,id=pypi_token");
     let pushed = reports(&run);
     let backend = pushed.iter().find(|r| r["component"] == "backend").unwrap();
     let tag = backend["tag"].as_str().unwrap();

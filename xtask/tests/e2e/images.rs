@@ -201,6 +201,23 @@ pub(crate) fn entries_in_image(registry: &str, name: &str, tag: &str) -> Vec<(St
     files
 }
 
+/// A file's bytes in a pushed image (the last layer that has it).
+fn file_in_image(registry: &str, name: &str, tag: &str, path: &str) -> Option<Vec<u8>> {
+    let mut found = None;
+    for layer in layers_and_config(registry, name, tag).0 {
+        let mut archive = tar::Archive::new(layer.as_slice());
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if entry.path().unwrap().display().to_string() == path {
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).unwrap();
+                found = Some(bytes);
+            }
+        }
+    }
+    found
+}
+
 #[test]
 fn both_images_are_built_pushed_and_pinned_by_the_digest_the_registry_serves() {
     let bed = TestBed::get();
@@ -287,6 +304,90 @@ fn build_contexts_keep_each_file_s_mode() {
     assert_eq!(mode("app/app/tool.sh"), 0o750);
 }
 
+/// The context reaches the daemon by file sync, as from the docker CLI:
+/// the daemon asks for the files it lacks, and keeps the last context of
+/// the same checkout, so a second build sends the file that changed and
+/// not the 4 MiB beside it. The image still has both.
+#[test]
+fn a_second_build_sends_only_the_context_files_that_changed() {
+    let bed = TestBed::get();
+    let repo = repo_named("filesync");
+    // Content no cache has seen: a seed of this run.
+    let mut state = unique("seed")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+        | 1;
+    let big: Vec<u8> = (0..4 * 1024 * 1024 / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(repo.root().join("frontend/big.bin"), &big).unwrap();
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-qm", "a big file"]);
+    let first = images(&repo, "build", &bed.registry, &[]);
+    assert_eq!(first.code, 0, "{}", first.all());
+    let sent = context_sent(&first.stderr, "frontend");
+    assert!(sent >= 4.0 * 1024.0 * 1024.0, "{sent} B: {}", first.stderr);
+
+    // The same size, other bytes: only the file's time tells the daemon.
+    let index = repo.root().join("frontend/index.html");
+    let changed = std::fs::read_to_string(&index).unwrap().to_uppercase();
+    std::fs::write(&index, &changed).unwrap();
+    repo.git(&["commit", "-qam", "a small change"]);
+    let second = images(&repo, "push", &bed.registry, &[]);
+    let reports = reports(&second);
+    let sent = context_sent(&second.stderr, "frontend");
+    assert!(
+        sent < 64.0 * 1024.0,
+        "{sent} B sent again: {}",
+        second.stderr
+    );
+    let tag = report(&reports, "frontend")["tag"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let name = repository(&repo, "frontend");
+    let file = |path: &str| {
+        file_in_image(
+            &bed.registry,
+            &name,
+            &tag,
+            &format!("usr/share/colony/{path}"),
+        )
+        .unwrap_or_else(|| panic!("{path} not in the image"))
+    };
+    assert_eq!(file("index.html"), changed.as_bytes());
+    assert_eq!(file("big.bin"), big);
+}
+
+/// The bytes of context a build line says were sent ("built … (4.00 MiB
+/// of context sent)").
+fn context_sent(stderr: &str, component: &str) -> f64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&format!("[{component}] built ")))
+        .unwrap_or_else(|| panic!("no built line for {component}: {stderr}"));
+    let said = line
+        .rsplit_once(" (")
+        .and_then(|(_, rest)| rest.strip_suffix(" of context sent)"))
+        .unwrap_or_else(|| panic!("{line}"));
+    let (number, unit) = said.split_once(' ').unwrap();
+    let scale = match unit {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        other => panic!("unit {other} in {line}"),
+    };
+    number.parse::<f64>().unwrap() * scale
+}
+
 #[test]
 fn dockerignore_keeps_files_out_and_exceptions_in() {
     let bed = TestBed::get();
@@ -327,12 +428,14 @@ fn a_dockerfile_error_names_the_step_and_stops_the_other_build() {
     )
     .unwrap();
     repo.set_backend_network(Some("host"));
-    // BuildKit names the step as `docker build --progress=plain` does.
+    // BuildKit names the step as `docker build --progress=plain` does
+    // (#3 is the context's file sync, as from the CLI).
     let run = images(&repo, "push", &bed.registry, &[]);
     assert_eq!(run.code, 1, "{}", run.all());
+    assert_contains(&run.stderr, "[frontend] #3 [internal] load build context");
     assert_contains(
         &run.stderr,
-        "frontend image build failed at #3 [1/1] COPY does-not-exist.txt /x: \
+        "frontend image build failed at #4 [1/1] COPY does-not-exist.txt /x: \
          failed to compute cache key: \"/does-not-exist.txt\" not found",
     );
     assert_contains(&run.stderr, "nothing was pushed");

@@ -17,24 +17,55 @@ use crate::images::dockerignore::DockerIgnore;
 const CHANNEL_CHUNKS: usize = 4;
 const CHUNK_SIZE: usize = 64 * 1024;
 
+/// The ignore file that BuildKit's Dockerfile frontend reads for
+/// `dockerfile` (both relative to the context), and the docker CLI with
+/// it: `<Dockerfile>.dockerignore` beside the Dockerfile when there is one,
+/// in place of the context's `.dockerignore`. The legacy builder's CLI
+/// reads `.dockerignore` only.
+pub fn ignore_file(context: &Path, dockerfile: &Path, buildkit: bool) -> PathBuf {
+    let mut own = dockerfile.as_os_str().to_owned();
+    own.push(".dockerignore");
+    match buildkit && context.join(&own).is_file() {
+        true => PathBuf::from(own),
+        false => PathBuf::from(".dockerignore"),
+    }
+}
+
 /// The files of `context` that go to the daemon, relative and sorted
-/// (directories before their contents). The Dockerfile and `.dockerignore`
-/// always go, as the Docker CLI sends them even when ignored.
-pub fn list_files(context: &Path, dockerfile: &Path) -> io::Result<Vec<PathBuf>> {
-    let ignore = match std::fs::read_to_string(context.join(".dockerignore")) {
+/// (directories before their contents), as `ignore_file` (relative to the
+/// context) lets them through. The Dockerfile and the ignore file always
+/// go, as the Docker CLI sends them even when ignored.
+pub fn list_files(
+    context: &Path,
+    dockerfile: &Path,
+    ignore_file: &Path,
+) -> io::Result<Vec<PathBuf>> {
+    let ignore = match std::fs::read_to_string(context.join(ignore_file)) {
         Ok(text) => DockerIgnore::parse(&text).map_err(|why| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{}: {why}", context.display()),
+                format!("{}: {why}", context.join(ignore_file).display()),
             )
         })?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => DockerIgnore::default(),
         Err(e) => return Err(e),
     };
-    let always = [PathBuf::from(".dockerignore"), dockerfile.to_path_buf()];
+    let always = [ignore_file.to_path_buf(), dockerfile.to_path_buf()];
     let mut files = Vec::new();
     walk(context, Path::new(""), &ignore, &always, &mut files)?;
     Ok(files)
+}
+
+/// The refusal of a socket, FIFO or device in a context: `docker build`
+/// refuses them too.
+pub fn not_sendable(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{} is not a file, directory or symbolic link",
+            path.display()
+        ),
+    )
 }
 
 fn walk(
@@ -166,14 +197,7 @@ fn append_with_mode<W: Write>(
     } else if kind.is_file() {
         tar.append_data(&mut header, name, std::fs::File::open(path)?)
     } else {
-        // Sockets, FIFOs and devices: `docker build` refuses them too.
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{} is not a file, directory or symbolic link",
-                path.display()
-            ),
-        ))
+        Err(not_sendable(path))
     }
 }
 
@@ -215,6 +239,50 @@ impl Write for ChannelWriter {
 mod tests {
     use super::*;
 
+    /// `docker build` with BuildKit reads `<Dockerfile>.dockerignore` in
+    /// place of `.dockerignore`; the legacy builder does not.
+    #[test]
+    fn a_dockerfile_of_its_own_ignore_file_replaces_dockerignore() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("docker")).unwrap();
+        for (file, text) in [
+            ("docker/prod.Dockerfile", "FROM scratch\n"),
+            ("docker/prod.Dockerfile.dockerignore", "*.md\n"),
+            (".dockerignore", "*.txt\n"),
+            ("notes.md", "x"),
+            ("notes.txt", "x"),
+        ] {
+            std::fs::write(root.join(file), text).unwrap();
+        }
+        let dockerfile = Path::new("docker/prod.Dockerfile");
+        let own = ignore_file(root, dockerfile, true);
+        assert_eq!(own, Path::new("docker/prod.Dockerfile.dockerignore"));
+        assert_eq!(
+            ignore_file(root, dockerfile, false),
+            Path::new(".dockerignore")
+        );
+        assert_eq!(
+            ignore_file(root, Path::new("Dockerfile"), true),
+            Path::new(".dockerignore")
+        );
+        let files: Vec<String> = list_files(root, dockerfile, &own)
+            .unwrap()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ".dockerignore",
+                "docker",
+                "docker/prod.Dockerfile",
+                "docker/prod.Dockerfile.dockerignore",
+                "notes.txt"
+            ]
+        );
+    }
+
     #[test]
     fn lists_what_dockerignore_lets_through() {
         let dir = tempfile::tempdir().unwrap();
@@ -236,7 +304,8 @@ mod tests {
             "*.md\n!README.md\ncache\n!cache/keep.txt\nDockerfile\n.dockerignore\n",
         )
         .unwrap();
-        let files: Vec<String> = list_files(root, Path::new("Dockerfile"))
+        let dockerignore = Path::new(".dockerignore");
+        let files: Vec<String> = list_files(root, Path::new("Dockerfile"), dockerignore)
             .unwrap()
             .iter()
             .map(|p| p.display().to_string())

@@ -462,7 +462,7 @@ impl ImageTask {
         let dir = self.root.join(&self.image.context);
         let dockerfile = std::fs::read_to_string(dir.join(&self.image.dockerfile))
             .with_context(|| format!("reading the backend Dockerfile in {}", dir.display()))?;
-        let extras = vec![
+        let mut extras = vec![
             Extra {
                 name: RESERVED_DOCKERFILE.into(),
                 source: ExtraSource::Bytes(
@@ -476,8 +476,24 @@ impl ImageTask {
                 mode: 0o755,
             },
         ];
+        // BuildKit reads the generated Dockerfile's own ignore file, if
+        // any, as it would have read the user's.
+        let ignore = self.ignore_file(&dir);
+        if ignore != Path::new(".dockerignore") {
+            extras.push(Extra {
+                name: format!("{RESERVED_DOCKERFILE}.dockerignore").into(),
+                source: ExtraSource::Bytes(std::fs::read(dir.join(&ignore))?),
+                mode: 0o644,
+            });
+        }
         self.build_dir(&dir, RESERVED_DOCKERFILE, extras, target)
             .await
+    }
+
+    /// The ignore file this image's build reads (`context::ignore_file`).
+    fn ignore_file(&self, dir: &Path) -> PathBuf {
+        let buildkit = self.builder == builder::Builder::BuildKit;
+        context::ignore_file(dir, &self.image.dockerfile, buildkit)
     }
 
     async fn build_dir(
@@ -489,11 +505,14 @@ impl ImageTask {
     ) -> Result<()> {
         let files: Vec<PathBuf> = {
             let (dir, user_dockerfile) = (dir.to_path_buf(), self.image.dockerfile.clone());
-            tokio::task::spawn_blocking(move || context::list_files(&dir, &user_dockerfile))
-                .await??
-                .into_iter()
-                .filter(|f| !f.starts_with(RESERVED_DIR))
-                .collect()
+            let ignore = self.ignore_file(&dir);
+            tokio::task::spawn_blocking(move || {
+                context::list_files(&dir, &user_dockerfile, &ignore)
+            })
+            .await??
+            .into_iter()
+            .filter(|f| !f.starts_with(RESERVED_DIR))
+            .collect()
         };
         let sent = self.context_sent.clone();
         let build_args: HashMap<String, String> =
@@ -510,19 +529,7 @@ impl ImageTask {
         };
         let buildkit = self.builder == builder::Builder::BuildKit;
         let socket = session::unix_socket(&docker::endpoint().host).filter(|_| buildkit);
-        if !self.image.secrets.is_empty() && buildkit && socket.is_none() {
-            let stream = context::tar_stream(dir.to_path_buf(), files, extras, sent);
-            return self.build_with_secrets(&request, stream).await;
-        }
         let line = self.line.clone();
-        let names: Vec<&str> = self.image.secrets.keys().map(String::as_str).collect();
-        self.line.log(&match names.is_empty() {
-            true => format!("building {target}"),
-            false => format!(
-                "building {target} with the build secrets {}",
-                names.join(", ")
-            ),
-        });
         let on_event = |event: BuildEvent<'_>| match event {
             BuildEvent::Step(step) => line.log(step),
             BuildEvent::Output(output) => line.set(&format!(
@@ -530,24 +537,22 @@ impl ImageTask {
                 human_bytes(sent.load(Ordering::Relaxed))
             )),
         };
-        let session = match socket {
-            Some(socket) => {
-                self.file_sync(&socket, dir, &files, &extras, target)
-                    .await?
-            }
+        let session = match &socket {
+            Some(socket) => self.file_sync(socket, dir, &files, &extras, target).await?,
             None => None,
         };
-        let built = match session {
+        let built = match (&socket, session) {
             // The daemon reads the context by file sync, as from the CLI.
-            Some((socket, session)) => {
-                let built = docker::build_from_session(&socket, &request, &session.id, on_event);
-                built.await
+            (Some(socket), Some(session)) => {
+                self.log_building(target);
+                docker::build_from_session(socket, &request, &session.id, on_event).await
             }
-            None => {
+            _ => {
                 let stream = context::tar_stream(dir.to_path_buf(), files, extras, sent.clone());
                 if !self.image.secrets.is_empty() && buildkit {
                     return self.build_with_secrets(&request, stream).await;
                 }
+                self.log_building(target);
                 docker::build(&self.docker, &request, stream, on_event).await
             }
         };
@@ -561,9 +566,21 @@ impl ImageTask {
         Ok(())
     }
 
+    /// "building X", and the build secrets it is given, if any.
+    fn log_building(&self, target: &str) {
+        let names: Vec<&str> = self.image.secrets.keys().map(String::as_str).collect();
+        self.line.log(&match names.is_empty() {
+            true => format!("building {target}"),
+            false => format!(
+                "building {target} with the build secrets {}",
+                names.join(", ")
+            ),
+        });
+    }
+
     /// A session serving this context by file sync; None (said on the
-    /// image's line) when the daemon will not open one: the context then
-    /// goes as a tar.
+    /// image's line) when the daemon will not open one or a file's name
+    /// cannot go by file sync: the context then goes as a tar.
     async fn file_sync(
         &self,
         socket: &Path,
@@ -571,7 +588,15 @@ impl ImageTask {
         files: &[PathBuf],
         extras: &[Extra],
         target: &str,
-    ) -> Result<Option<(PathBuf, session::Session)>> {
+    ) -> Result<Option<session::Session>> {
+        if let Some(name) = filesync::first_name_not_utf8(files) {
+            self.line.log(&format!(
+                "the context holds a file name that is not UTF-8 ({}), which file sync cannot \
+                 carry: the context goes as a tar",
+                name.display()
+            ));
+            return Ok(None);
+        }
         let tree = {
             let (root, files, extras) = (dir.to_path_buf(), files.to_vec(), extras.to_vec());
             tokio::task::spawn_blocking(move || filesync::Tree::read(&root, &files, &extras))
@@ -581,7 +606,7 @@ impl ImageTask {
         let (id, key) = (docker::session_id(target), session::shared_key(dir));
         let (secrets, sent) = (self.image.secrets.clone(), self.context_sent.clone());
         match session::open(socket, &id, &key, tree, secrets, sent).await {
-            Ok(session) => Ok(Some((socket.to_path_buf(), session))),
+            Ok(session) => Ok(Some(session)),
             Err(e) => {
                 self.line.log(&format!(
                     "no build session ({e:#}): the context goes as a tar"
@@ -601,8 +626,8 @@ impl ImageTask {
         use futures_util::TryStreamExt;
         let names: Vec<&str> = self.image.secrets.keys().map(String::as_str).collect();
         self.line.log(&format!(
-            "building {} with the build secrets {} (BuildKit's gRPC API, as the daemon is not on \
-             a Unix socket: the context is sent whole, steps are not shown)",
+            "building {} with the build secrets {} (BuildKit's gRPC API, without a build session \
+             on a Unix socket: the context is sent whole, steps are not shown)",
             request.tag,
             names.join(", ")
         ));

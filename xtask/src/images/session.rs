@@ -64,6 +64,9 @@ impl Drop for Session {
     }
 }
 
+/// How long the daemon may take to answer `/session`'s upgrade.
+const UPGRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Opens session `id` on the daemon at `socket`, serving `tree` as both
 /// of the build's local sources (`context` and `dockerfile`: the
 /// Dockerfile's path is relative to the context). `shared_key` names the
@@ -99,7 +102,16 @@ pub async fn open(
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await?;
-    let answer = read_head(&mut stream).await?;
+    // A daemon answers an upgrade at once or never: one that hangs must
+    // not hang the build, which can still go as a tar.
+    let answer = tokio::time::timeout(UPGRADE_TIMEOUT, read_head(&mut stream))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the Docker daemon did not answer the build session's upgrade in {} s",
+                UPGRADE_TIMEOUT.as_secs()
+            )
+        })??;
     if !answer.starts_with("HTTP/1.1 101") && !answer.starts_with("HTTP/1.0 101") {
         let status = answer.lines().next().unwrap_or_default();
         bail!("the Docker daemon refused a build session: {status}");
@@ -371,4 +383,35 @@ fn send_file(
     }
     out.blocking_send(Ok(data(Vec::new()))).map_err(closed)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A daemon that takes the connection and never answers the upgrade:
+    /// the session is refused after `UPGRADE_TIMEOUT` (so the build goes
+    /// as a tar) instead of hanging the build.
+    #[tokio::test(start_paused = true)]
+    async fn a_daemon_that_never_answers_the_upgrade_is_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let silent = tokio::spawn(async move {
+            let (connection, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(connection);
+        });
+        let sent = Arc::new(AtomicU64::new(0));
+        let opened = open(&socket, "id", "key", Tree::default(), BTreeMap::new(), sent).await;
+        let error = format!(
+            "{:#}",
+            opened.err().expect("no session from a silent daemon")
+        );
+        assert!(
+            error.contains("did not answer the build session's upgrade in 10 s"),
+            "{error}"
+        );
+        silent.abort();
+    }
 }

@@ -202,13 +202,13 @@ pub(crate) fn entries_in_image(registry: &str, name: &str, tag: &str) -> Vec<(St
 }
 
 /// A file's bytes in a pushed image (the last layer that has it).
-fn file_in_image(registry: &str, name: &str, tag: &str, path: &str) -> Option<Vec<u8>> {
+fn file_in_image(registry: &str, name: &str, tag: &str, path: impl AsRef<[u8]>) -> Option<Vec<u8>> {
     let mut found = None;
     for layer in layers_and_config(registry, name, tag).0 {
         let mut archive = tar::Archive::new(layer.as_slice());
         for entry in archive.entries().unwrap() {
             let mut entry = entry.unwrap();
-            if entry.path().unwrap().display().to_string() == path {
+            if entry.path_bytes().as_ref() == path.as_ref() {
                 let mut bytes = Vec::new();
                 entry.read_to_end(&mut bytes).unwrap();
                 found = Some(bytes);
@@ -358,12 +358,85 @@ fn a_second_build_sends_only_the_context_files_that_changed() {
             &bed.registry,
             &name,
             &tag,
-            &format!("usr/share/colony/{path}"),
+            format!("usr/share/colony/{path}"),
         )
         .unwrap_or_else(|| panic!("{path} not in the image"))
     };
     assert_eq!(file("index.html"), changed.as_bytes());
     assert_eq!(file("big.bin"), big);
+}
+
+/// `Dockerfile.dockerignore` replaces `.dockerignore` for a BuildKit
+/// build, as `docker build` has it; for the backend too, whose build
+/// reads the tool's Dockerfile (the user's with the runner's `COPY`).
+#[test]
+fn a_dockerfile_of_its_own_ignore_file_replaces_dockerignore() {
+    let bed = TestBed::get();
+    let repo = repo_named("ownignore");
+    let root = repo.root();
+    for (file, text) in [
+        ("frontend/.dockerignore", "*.txt\n"),
+        ("frontend/Dockerfile.dockerignore", "*.md\n"),
+        ("frontend/kept.txt", "kept"),
+        ("backend/.dockerignore", "app/*.txt\n"),
+        ("backend/Dockerfile.dockerignore", "app/*.md\n"),
+        ("backend/app/kept.txt", "kept"),
+        ("backend/app/left.md", "left"),
+    ] {
+        std::fs::write(root.join(file), text).unwrap();
+    }
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-qm", "ignore files of the Dockerfiles"]);
+    let pushed = images(&repo, "push", &bed.registry, &[]);
+    assert_eq!(pushed.code, 0, "{}", pushed.all());
+    let reports = reports(&pushed);
+    let file = |component: &str, path: &str| {
+        let tag = report(&reports, component)["tag"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        file_in_image(&bed.registry, &repository(&repo, component), &tag, path)
+    };
+    assert_eq!(
+        file("frontend", "usr/share/colony/kept.txt").as_deref(),
+        Some(b"kept".as_slice())
+    );
+    assert_eq!(file("frontend", "usr/share/colony/README.md"), None);
+    assert_eq!(
+        file("backend", "app/app/kept.txt").as_deref(),
+        Some(b"kept".as_slice())
+    );
+    assert_eq!(file("backend", "app/app/left.md"), None);
+}
+
+/// A name that is not UTF-8 (Latin-1 "café"), which file sync's stat
+/// cannot carry: the build says so and sends the context as a tar, and
+/// the file reaches the image under its very bytes.
+#[test]
+fn a_file_name_that_is_not_utf8_reaches_the_image_byte_for_byte() {
+    use std::os::unix::ffi::OsStrExt;
+    let bed = TestBed::get();
+    let repo = repo_named("latin1");
+    let name = b"caf\xe9.txt";
+    let file = repo
+        .root()
+        .join("frontend")
+        .join(std::ffi::OsStr::from_bytes(name));
+    std::fs::write(&file, "menu").unwrap();
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-qm", "a Latin-1 name"]);
+    let pushed = images(&repo, "push", &bed.registry, &[]);
+    assert_eq!(pushed.code, 0, "{}", pushed.all());
+    let said = "[frontend] the context holds a file name that is not UTF-8 (caf\u{fffd}.txt), \
+                which file sync cannot carry: the context goes as a tar";
+    assert!(pushed.stderr.contains(said), "{}", pushed.stderr);
+    let tag = report(&reports(&pushed), "frontend")["tag"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = [b"usr/share/colony/".as_slice(), name].concat();
+    let found = file_in_image(&bed.registry, &repository(&repo, "frontend"), &tag, path);
+    assert_eq!(found.as_deref(), Some(b"menu".as_slice()));
 }
 
 /// The bytes of context a build line says were sent ("built … (4.00 MiB

@@ -567,14 +567,26 @@ pub fn run_migrations_binary() -> PathBuf {
 }
 
 impl ColonyRepo {
-    /// The backend build's network (`images.backend.network`): the fixture
-    /// builds with `none`; `None` removes the setting.
+    /// The backend build's network (`images.backend.network`, the
+    /// fixture's only `network =` line; it builds with `none`); `None`
+    /// removes the setting.
     pub fn set_backend_network(&self, network: Option<&str>) {
         let text = std::fs::read_to_string(self.config()).expect("deploy.toml");
-        let line = "network = \"none\"\n";
-        assert!(text.contains(line), "the fixture's backend network: {text}");
-        let replacement = network.map(|n| format!("network = \"{n}\"\n"));
-        let text = text.replace(line, replacement.as_deref().unwrap_or(""));
+        let lines: Vec<&str> = text.lines().collect();
+        let set: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].starts_with("network = \""))
+            .collect();
+        assert_eq!(set.len(), 1, "the fixture's backend network: {text}");
+        let replacement = network.map(|n| format!("network = \"{n}\""));
+        let text: String = lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, line)| match i == set[0] {
+                true => replacement.clone(),
+                false => Some(line.to_string()),
+            })
+            .map(|line| line + "\n")
+            .collect();
         std::fs::write(self.config(), text).expect("write deploy.toml");
     }
 

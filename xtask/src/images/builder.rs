@@ -199,20 +199,28 @@ pub fn image_refusals(
         image.network.as_deref(),
         daemon,
     ));
-    found.extend(secrets_network_refusal(image));
+    found.extend(secrets_network_refusal(image, daemon));
     found
 }
 
-/// Builds with secrets go through BuildKit's gRPC API, which bollard calls
-/// without entitlements: `network.host` is not granted there, and a named
-/// network is not offered. `none` and the default network are.
-fn secrets_network_refusal(image: &crate::config::Image) -> Option<String> {
+/// Builds with secrets on a daemon this tool reaches by a Unix socket go
+/// through the session it serves (`images::session`), as `docker build`'s
+/// do, with any network. Elsewhere they go through BuildKit's gRPC API,
+/// which bollard calls without entitlements: `network.host` is not granted
+/// there, and a named network is not offered; `none` and the default
+/// network are.
+fn secrets_network_refusal(
+    image: &crate::config::Image,
+    daemon: Option<&DaemonView>,
+) -> Option<String> {
     let network = image.network.as_deref()?;
-    (!image.secrets.is_empty() && !matches!(network, "none" | "default")).then(|| {
+    let session = daemon.is_some_and(|d| d.session);
+    (!image.secrets.is_empty() && !session && !matches!(network, "none" | "default")).then(|| {
         format!(
-            "images.{0}.network = {network:?} cannot be used with build secrets: BuildKit's session \
-             for secrets is not granted other networks; use network = \"none\" (uv's cache and bind \
-             mounts need none), or the default network",
+            "images.{0}.network = {network:?} cannot be used with build secrets on a daemon \
+             that is not reached by a Unix socket: BuildKit's gRPC API, which such builds go \
+             through, is not granted other networks; use network = \"none\" (uv's cache and \
+             bind mounts need none), or the default network",
             image.component
         )
     })
@@ -387,6 +395,49 @@ COPY --chmod=0755 entrypoint.sh /entrypoint.sh
             }
         );
         assert!(!needs("FROM scratch\nCOPY . /app\n").runs);
+    }
+
+    /// Secrets on a Unix socket go by this tool's session, with any
+    /// network; elsewhere by BuildKit's gRPC API, without `network.host`.
+    #[test]
+    fn build_secrets_take_the_host_network_only_through_the_session() {
+        use crate::config::{Component, Image, SecretSource};
+        let image = Image {
+            component: Component::Backend,
+            context: "backend".into(),
+            dockerfile: "Dockerfile".into(),
+            reference: "registry/colony-backend".into(),
+            build_args: Default::default(),
+            also_tag_latest: false,
+            platform: None,
+            target: None,
+            network: Some("host".into()),
+            secrets: [("token".to_string(), SecretSource::Env("TOKEN".into()))].into(),
+        };
+        let socket = DaemonView {
+            session: true,
+            ..view(true)
+        };
+        assert_eq!(secrets_network_refusal(&image, Some(&socket)), None);
+        let refused = secrets_network_refusal(&image, Some(&view(true))).unwrap();
+        assert!(
+            refused.contains("not reached by a Unix socket"),
+            "{refused}"
+        );
+        assert!(secrets_network_refusal(&image, None).is_some());
+        let none = Image {
+            network: Some("none".into()),
+            ..image.clone()
+        };
+        assert_eq!(secrets_network_refusal(&none, Some(&view(true))), None);
+        let without_secrets = Image {
+            secrets: Default::default(),
+            ..image
+        };
+        assert_eq!(
+            secrets_network_refusal(&without_secrets, Some(&view(true))),
+            None
+        );
     }
 
     #[test]

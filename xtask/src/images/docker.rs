@@ -241,6 +241,7 @@ pub async fn registry_view(
             .filter_map(|cidr| cidr.parse().ok())
             .collect(),
         bridge,
+        session: crate::images::session::unix_socket(&endpoint().host).is_some(),
         buildkit: crate::images::builder::daemon_has_buildkit(
             info.os_type.as_deref().unwrap_or_default(),
             info.server_version.as_deref().unwrap_or_default(),

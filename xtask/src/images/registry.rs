@@ -34,6 +34,9 @@ pub struct DaemonView {
     pub bridge: bool,
     /// What it is, for messages: `Docker Engine 20.10.24+dfsg1 (linux)`.
     pub server: Option<String>,
+    /// It is reached by a Unix socket, where this tool serves BuildKit's
+    /// session itself (`images::session`): file sync and build secrets.
+    pub session: bool,
 }
 
 /// How we reach a registry: as the daemon would.

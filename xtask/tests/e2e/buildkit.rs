@@ -3,8 +3,8 @@
 //! bed's busybox base image (a shell for `RUN`; the bed's daemon has no
 //! bridge network, so `RUN` steps use the host's, as `--network host`).
 
-use crate::common::assert_contains;
 use crate::common::stack::{assert_no_mutating_call, Stack};
+use crate::common::{assert_contains, Run};
 use crate::images::{
     catalog, entries_in_image, has_tags, images, layers_and_config, repo_named, reports, repository,
 };
@@ -209,40 +209,90 @@ COPY alembic.ini /app/alembic.ini
         &repo,
         "secrets = { pypi_token = { env = \"COLONY_TEST_PYPI_TOKEN\" }, netrc = { file = \".home-netrc\" } }",
     );
+    // On the bed's Unix socket the build goes by this tool's session, which
+    // may take the host's network, as `docker build --network host` may.
     repo.set_backend_network(Some("host"));
-    // A build with secrets is not granted the host's network: refused first.
-    let run = images(
-        &repo,
-        "push",
-        &bed.registry,
-        &[("COLONY_TEST_PYPI_TOKEN", &token)],
-    );
-    assert_eq!(run.code, 2, "{}", run.all());
-    assert_contains(
-        &run.stderr,
-        "images.backend.network = \"host\" cannot be used with build secrets",
-    );
-    assert!(!run.stderr.contains("building"), "{}", run.stderr);
-    let text = std::fs::read_to_string(repo.config()).unwrap();
-    std::fs::write(
-        repo.config(),
-        text.replace("network = \"host\"", "network = \"none\""),
-    )
-    .unwrap();
-    let run = images(
-        &repo,
-        "push",
-        &bed.registry,
-        &[("COLONY_TEST_PYPI_TOKEN", &token)],
-    );
+    let token_env = [("COLONY_TEST_PYPI_TOKEN", token.as_str())];
+    let run = images(&repo, "push", &bed.registry, &token_env);
     assert_eq!(run.code, 0, "{}", run.all());
     assert_contains(&run.stderr, "with the build secrets netrc, pypi_token");
     // Served by this tool's own session: the build's steps are shown.
     assert_contains(&run.stderr, "RUN --mount=type=secret,id=pypi_token");
-    let pushed = reports(&run);
+    assert_secrets_ran_and_stayed_out(bed, &repo, &run, &token);
+
+    // Over TCP and TLS, BuildKit's gRPC API: not granted the host's
+    // network (refused first), and with none the secrets still reach RUN.
+    let certs = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("ca.pem", "ca.pem"),
+        ("client.pem", "cert.pem"),
+        ("client-key.pem", "key.pem"),
+    ] {
+        std::fs::copy(bed.tls_dir.join(from), certs.path().join(to)).unwrap();
+    }
+    let over_tls = [
+        ("COLONY_TEST_PYPI_TOKEN", token.as_str()),
+        ("DOCKER_HOST", bed.docker_tls_host.as_str()),
+        ("DOCKER_TLS_VERIFY", "1"),
+        ("DOCKER_CERT_PATH", certs.path().to_str().unwrap()),
+    ];
+    std::fs::write(repo.root().join("backend/app/over-tls.txt"), "tls").unwrap();
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-qm", "another image"]);
+    let run = images(&repo, "push", &bed.registry, &over_tls);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert_contains(
+        &run.stderr,
+        "images.backend.network = \"host\" cannot be used with build secrets on a daemon that \
+         is not reached by a Unix socket",
+    );
+    assert!(!run.stderr.contains("building"), "{}", run.stderr);
+    repo.set_backend_network(Some("none"));
+    let run = images(&repo, "push", &bed.registry, &over_tls);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_contains(&run.stderr, "(BuildKit's gRPC API, without a build session");
+    assert_secrets_ran_and_stayed_out(bed, &repo, &run, &token);
+    // The deploy plan says where each secret comes from, never what it is.
+    let config = std::fs::read_to_string(repo.config()).unwrap();
+    let stack = Stack::new(None);
+    std::fs::copy(
+        repo.root().join("backend/Dockerfile"),
+        stack.repo.root().join("backend/Dockerfile"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo.root().join(".home-netrc"),
+        stack.repo.root().join(".home-netrc"),
+    )
+    .unwrap();
+    let secrets_line = config
+        .lines()
+        .find(|l| l.starts_with("secrets = "))
+        .unwrap();
+    configure_backend(&stack.repo, secrets_line);
+    stack.repo.set_backend_network(Some("none"));
+    for args in [
+        &["deploy", "colony-dev", "--dry-run"][..],
+        &["deploy", "colony-dev", "--dry-run", "--json"],
+    ] {
+        let plan = stack.xtask_with(args, &[("COLONY_TEST_PYPI_TOKEN", &token)]);
+        assert_eq!(plan.code, 0, "{}", plan.all());
+        assert_contains(
+            &plan.stdout,
+            "pypi_token from the environment variable COLONY_TEST_PYPI_TOKEN",
+        );
+        assert!(!plan.all().contains(&token) && !plan.all().contains("f1le-s3cr3t"));
+    }
+}
+
+/// The backend image `run` pushed: its `RUN` hashed both secrets into
+/// `/secrets-sha256`, and neither value is in a layer, the config or the
+/// output.
+fn assert_secrets_ran_and_stayed_out(bed: &TestBed, repo: &ColonyRepo, run: &Run, token: &str) {
+    let pushed = reports(run);
     let backend = pushed.iter().find(|r| r["component"] == "backend").unwrap();
     let tag = backend["tag"].as_str().unwrap();
-    let name = repository(&repo, "backend");
+    let name = repository(repo, "backend");
     let files = entries_in_image(&bed.registry, &name, tag);
     assert!(
         files.iter().any(|(path, _)| path == "secrets-sha256"),
@@ -276,40 +326,9 @@ COPY alembic.ini /app/alembic.ini
     }
     for text in [&run.stdout, &run.stderr] {
         assert!(
-            !text.contains(&token) && !text.contains("f1le-s3cr3t"),
+            !text.contains(token) && !text.contains("f1le-s3cr3t"),
             "{text}"
         );
-    }
-    // The deploy plan says where each secret comes from, never what it is.
-    let config = std::fs::read_to_string(repo.config()).unwrap();
-    let stack = Stack::new(None);
-    std::fs::copy(
-        repo.root().join("backend/Dockerfile"),
-        stack.repo.root().join("backend/Dockerfile"),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo.root().join(".home-netrc"),
-        stack.repo.root().join(".home-netrc"),
-    )
-    .unwrap();
-    let secrets_line = config
-        .lines()
-        .find(|l| l.starts_with("secrets = "))
-        .unwrap();
-    configure_backend(&stack.repo, secrets_line);
-    stack.repo.set_backend_network(Some("none"));
-    for args in [
-        &["deploy", "colony-dev", "--dry-run"][..],
-        &["deploy", "colony-dev", "--dry-run", "--json"],
-    ] {
-        let plan = stack.xtask_with(args, &[("COLONY_TEST_PYPI_TOKEN", &token)]);
-        assert_eq!(plan.code, 0, "{}", plan.all());
-        assert_contains(
-            &plan.stdout,
-            "pypi_token from the environment variable COLONY_TEST_PYPI_TOKEN",
-        );
-        assert!(!plan.all().contains(&token) && !plan.all().contains("f1le-s3cr3t"));
     }
 }
 

@@ -51,6 +51,7 @@ pub fn say(line: impl std::fmt::Display) {
 #[derive(Clone)]
 pub struct Progress {
     multi: Option<MultiProgress>,
+    silent: bool,
 }
 
 impl Progress {
@@ -58,6 +59,16 @@ impl Progress {
     pub fn new() -> Progress {
         Progress {
             multi: live().then(MultiProgress::new),
+            silent: false,
+        }
+    }
+
+    /// Lines that say nothing: work done while the user reads something
+    /// else (a plan, a question).
+    pub fn silent() -> Progress {
+        Progress {
+            multi: None,
+            silent: true,
         }
     }
 
@@ -75,6 +86,7 @@ impl Progress {
         Line {
             bar,
             name: name.to_string(),
+            silent: self.silent,
         }
     }
 }
@@ -82,6 +94,7 @@ impl Progress {
 pub struct Line {
     bar: Option<ProgressBar>,
     name: String,
+    silent: bool,
 }
 
 impl Line {
@@ -97,6 +110,7 @@ impl Line {
         let message = mask_all(message);
         match &self.bar {
             Some(bar) => bar.set_message(message.to_string()),
+            None if self.silent => {}
             None => say(format!("[{}] {message}", self.name)),
         }
     }
@@ -106,6 +120,7 @@ impl Line {
         let message = mask_all(message);
         match &self.bar {
             Some(bar) => bar.finish_with_message(message.to_string()),
+            None if self.silent => {}
             None => say(format!("[{}] {message}", self.name)),
         }
     }

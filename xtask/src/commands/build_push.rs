@@ -34,6 +34,7 @@ fn build_or_push(args: ImageArgs, mode: Mode) -> Result<()> {
         jobs: args.jobs.into(),
         builder,
         runner: Some(runner),
+        silent: false,
     };
     let tags = images::tags(&env)?;
     let reports = crate::runtime::block_on(images::run(&env, &tags, &options, daemon.as_ref()))?;

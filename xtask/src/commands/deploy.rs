@@ -2,6 +2,7 @@
 //! (`plan::deploy::decide`), print it, then execute its steps one by one as
 //! printed. `--dry-run` prints the same plan and stops.
 
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -14,7 +15,7 @@ use crate::alembic::versions::{self, VersionsError};
 use crate::cli::DeployArgs;
 use crate::cluster::lock::Guard;
 use crate::cluster::{self, helm, release, Backend};
-use crate::commands::{hook, locking, plan_file, promote};
+use crate::commands::{hook, locking, plan_file, promote, warmup};
 use crate::config::{self, git, inputs, Component, Environment};
 use crate::database::backup;
 use crate::error::{input_error, Fact, FactError};
@@ -94,6 +95,12 @@ fn run_in(env: &Environment, args: &DeployArgs, event: &mut hook::Event) -> Resu
     let facts_took = started.elapsed();
     // The plan goes where the user reads; with --json, stdout is the summary only.
     plan.show_before_running(args.json, args.yes)?;
+    // While the user reads, the images are built (never pushed).
+    let asks = !args.yes && !only_verifies && std::io::stdin().is_terminal();
+    let warmup = match asks {
+        true => warmup::start(env, &plan, facts.daemon.as_ref().ok()),
+        false => None,
+    };
     confirm_changes(env, &facts, &plan, args.yes)?;
     // A plan that only verifies changes nothing: it needs no lock.
     let lock = match only_verifies {
@@ -103,6 +110,9 @@ fn run_in(env: &Environment, args: &DeployArgs, event: &mut hook::Event) -> Resu
             Some(locking::before_changes(env, &command, early_lock, seen)?)
         }
     };
+    if let Some(warmup) = warmup {
+        warmup.finish()?;
+    }
     let outcome = execute(env, &facts, &plan, lock.as_ref())?;
     let summary = Summary {
         plan: &plan,

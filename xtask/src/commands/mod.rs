@@ -17,3 +17,4 @@ pub mod rehearse;
 pub mod rollback;
 pub mod status;
 pub mod verify;
+pub mod warmup;

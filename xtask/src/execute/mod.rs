@@ -218,6 +218,7 @@ impl Executor<'_> {
             jobs: 2,
             runner: runner.clone(),
             builder: builder.clone(),
+            silent: false,
         };
         let reports = images::run(self.env, tags, &options, self.daemon.as_ref())
             .await

@@ -68,6 +68,8 @@ pub struct Options {
     /// The run-migrations binary for the backend image, decided before any
     /// build (`runner::decide`); None when it is not built.
     pub runner: Option<RunnerPlan>,
+    /// Say nothing (builds begun while the user reads the plan).
+    pub silent: bool,
 }
 
 /// What happened to one image.
@@ -135,7 +137,10 @@ pub async fn run(
     let credential = registry::credential_for(&host)?;
     // HTTPS, or plain HTTP too, exactly as the daemon will push.
     let access = registry::access_for(&env.registry, daemon_view);
-    let progress = Progress::new();
+    let progress = match options.silent {
+        true => Progress::silent(),
+        false => Progress::new(),
+    };
     let jobs = Arc::new(Semaphore::new(options.jobs.max(1)));
 
     // Each image checked, built and pushed on its own, all at once: one

@@ -1349,6 +1349,87 @@ fn on_a_terminal(stack: &Stack, args: &str) -> String {
     screen
 }
 
+/// On a terminal, the images are built while the user reads the plan:
+/// declined, the deploy leaves them in the local daemon only (nothing
+/// pushed, backed up or deployed); confirmed, its image stage finds them
+/// built (the image it pushes is the one built while the question waited).
+#[test]
+fn the_images_are_built_while_the_user_reads_the_plan() {
+    let stack = Stack::new(None);
+    let plan = stack.xtask(&["deploy", "colony-dev", "--dry-run"]);
+    let references: Vec<String> = plan
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once("push -> ").map(|(_, r)| r.trim().to_string()))
+        .collect();
+    assert_eq!(references.len(), 2, "{}", plan.stdout);
+    let local_id = |reference: &str| {
+        let inspected = crate::images::docker(&["image", "inspect", "-f", "{{.Id}}", reference]);
+        inspected.status.success().then(|| {
+            String::from_utf8_lossy(&inspected.stdout)
+                .trim()
+                .to_string()
+        })
+    };
+    let answer = |word: &str| {
+        let mut question = asked_on_a_terminal(&stack, "deploy colony-dev");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while references.iter().any(|r| local_id(r).is_none()) {
+            assert!(
+                Instant::now() < deadline,
+                "no image was built while the question waited"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let built: Vec<Option<String>> = references.iter().map(|r| local_id(r)).collect();
+        use std::io::Write;
+        let mut stdin = question.stdin.take().unwrap();
+        stdin.write_all(format!("{word}\n").as_bytes()).unwrap();
+        let output = question.wait_with_output().unwrap();
+        drop(stdin);
+        let screen = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), screen, built)
+    };
+
+    let (code, screen, _) = answer("n");
+    assert_eq!(code, Some(2), "{screen}");
+    assert_contains(&screen, "building the images while you read (kept in this machine's Docker; nothing is pushed before you answer)");
+    assert_contains(&screen, "not confirmed; nothing was changed");
+    for reference in &references {
+        let (name, tag) = reference.rsplit_once(':').unwrap();
+        let name = name.split_once('/').unwrap().1;
+        assert!(
+            crate::images::manifest(&testkit::TestBed::get().registry, name, tag).is_none(),
+            "{reference} was pushed"
+        );
+    }
+    assert_eq!(stack.backups(), 0);
+    assert_no_mutating_call(&stack.calls());
+
+    let (code, screen, built) = answer("y");
+    assert_eq!(code, Some(0), "{screen}");
+    assert_contains(&screen, "All 4 checks passed.");
+    let pushed: Vec<Option<String>> = references.iter().map(|r| local_id(r)).collect();
+    assert_eq!(pushed, built, "the image stage built other images");
+}
+
+/// `cargo xtask ARGS` on a terminal (a pty, through `script`), started:
+/// its question is answered on `stdin`; the screen is its stdout.
+fn asked_on_a_terminal(stack: &Stack, args: &str) -> std::process::Child {
+    let command = format!("{} {args}", env!("CARGO_BIN_EXE_xtask"));
+    std::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .current_dir(stack.repo.root())
+        .env_clear()
+        .env("LANG", "C.UTF-8")
+        .env("TERM", "xterm")
+        .envs(stack.env())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// The rollout as it happens: on a terminal (a pty, through `script`),
 /// each new pod's line and `backend x/y ready`; off a terminal, the same
 /// as plain lines.

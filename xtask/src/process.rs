@@ -330,6 +330,15 @@ pub fn wait_for_children(limit: Duration) {
     }
 }
 
+/// SIGTERM to every child this process started, then a wait of at most
+/// `grace` for them to end: for work given up on the way out (the builds
+/// begun while a declined question waited), which must not outlive us.
+pub fn terminate_children(grace: Duration) {
+    let pids = children().lock().map(|c| c.clone()).unwrap_or_default();
+    signal_all(&pids, Signal::SIGTERM);
+    wait_for_children(grace);
+}
+
 pub fn install_interrupts() -> Result<()> {
     // Once per process: a second handler thread would count every signal twice.
     static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

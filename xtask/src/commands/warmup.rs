@@ -21,6 +21,8 @@ use crate::{process, progress, runtime};
 /// The builds under way; `finish` waits for them.
 pub struct Warmup {
     finished: mpsc::Receiver<()>,
+    /// `finish` saw the builds end.
+    over: bool,
 }
 
 /// Starts the builds of `plan`'s image step, if it builds any (not with
@@ -56,25 +58,40 @@ pub fn start(env: &Environment, plan: &Plan, daemon: Option<&DaemonView>) -> Opt
         "building the images while you read (kept in this machine's Docker; nothing is pushed \
          before you answer)",
     );
-    Some(Warmup { finished })
+    Some(Warmup {
+        finished,
+        over: false,
+    })
+}
+
+/// Given up (the question declined, or another refusal after it): what
+/// the builds started (a `cargo build` of the runner) ends with us. The
+/// daemon stops a build whose connection closes by itself.
+impl Drop for Warmup {
+    fn drop(&mut self) {
+        if !self.over && self.finished.try_recv().is_err() {
+            process::terminate_children(Duration::from_secs(5));
+        }
+    }
 }
 
 impl Warmup {
     /// Waits for the builds to end, however they end; a Ctrl-C still
     /// stops the deploy (once its interrupt handler is installed).
-    pub fn finish(self) -> Result<()> {
-        if self.finished.try_recv().is_ok() {
-            return Ok(());
-        }
-        progress::say("images: finishing the builds begun while you read the plan");
-        loop {
-            if let Some(interrupt) = process::interrupted() {
-                return Err(interrupt.into());
+    pub fn finish(mut self) -> Result<()> {
+        if self.finished.try_recv().is_err() {
+            progress::say("images: finishing the builds begun while you read the plan");
+            loop {
+                if let Some(interrupt) = process::interrupted() {
+                    return Err(interrupt.into());
+                }
+                match self.finished.recv_timeout(Duration::from_millis(100)) {
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    _ => break,
+                }
             }
-            match self.finished.recv_timeout(Duration::from_millis(100)) {
-                Err(RecvTimeoutError::Timeout) => continue,
-                _ => return Ok(()),
-            }
         }
+        self.over = true;
+        Ok(())
     }
 }

@@ -3,6 +3,9 @@
 //! and push of each image, the backup script, `helm upgrade --install`, the
 //! two kubectl checks), same machine, same run. Prints figures.
 //!
+//! Also a deploy as a person runs it: asked on a terminal, answered after
+//! 5 s of reading, timed from the answer.
+//!
 //! Goals: deploy <= 0.6x the runbook; a no-op redeploy <= 0.1x the deploy,
 //! with no new Helm revision; the facts (start to the confirmation prompt)
 //! <= 1 s. Three rounds, interleaved, each with content never built before;
@@ -103,6 +106,76 @@ fn xtask_deploy(stack: &Stack) -> Measured {
         facts: Duration::from_secs_f64(summary["facts_seconds"].as_f64().unwrap()),
         decision: summary["decision"].as_str().unwrap().to_string(),
     }
+}
+
+/// How long the user of `deploy_answered` reads the plan before "y".
+const READING: Duration = Duration::from_secs(5);
+
+/// A deploy as a person runs it: on a terminal (a pty, through `script`),
+/// the question answered "y" `READING` after it was asked. Measured from
+/// the answer to the end: what the person waits for once they decided.
+fn deploy_answered(stack: &Stack) -> Duration {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let command = format!("{} deploy colony-dev --json", env!("CARGO_BIN_EXE_xtask"));
+    let mut child = Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .current_dir(stack.repo.root())
+        .env_clear()
+        .env("LANG", "C.UTF-8")
+        .env("TERM", "xterm")
+        .envs(stack.env())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let screen = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let (screen, mut stdout) = (screen.clone(), child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buffer) {
+                let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                screen.lock().unwrap().push_str(&text);
+            }
+        })
+    };
+    let asked = Instant::now();
+    while !screen.lock().unwrap().contains("[y/N]") {
+        assert!(asked.elapsed() < Duration::from_secs(120), "never asked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(READING);
+    let mut stdin = child.stdin.take().unwrap();
+    let answered = Instant::now();
+    stdin.write_all(b"y\n").unwrap();
+    let status = child.wait().unwrap();
+    let took = answered.elapsed();
+    drop(stdin);
+    reader.join().unwrap();
+    let screen = screen.lock().unwrap().replace("\r\n", "\n");
+    assert!(status.success(), "the answered deploy failed: {screen}");
+    let json = &screen[screen.find("{\"schema_version\"").unwrap()..=screen.rfind('}').unwrap()];
+    let summary: serde_json::Value = serde_json::from_str(json).unwrap();
+    let steps: Vec<String> = summary["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {:.2}",
+                s["name"].as_str().unwrap(),
+                s["seconds"].as_f64().unwrap()
+            )
+        })
+        .collect();
+    println!(
+        "  deploy answered after {} s of reading: {:.2} s from the answer: {}",
+        READING.as_secs(),
+        took.as_secs_f64(),
+        steps.join(", ")
+    );
+    took
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -252,6 +325,7 @@ fn main() {
     xtask_deploy(&theirs);
 
     let (mut deploys, mut manuals, mut noops, mut facts) = (vec![], vec![], vec![], vec![]);
+    let mut answered = vec![];
     let mut new_revisions_on_noop = 0;
     for round in 1..=ROUNDS {
         println!("round {round}/{ROUNDS}");
@@ -261,6 +335,8 @@ fn main() {
         change(&theirs);
         let manual = runbook(&theirs);
         println!("  runbook {:.2} s", manual.as_secs_f64());
+        change(&ours);
+        answered.push(deploy_answered(&ours).as_secs_f64());
         let before = ours.helm_revisions();
         let noop = xtask_deploy(&ours);
         assert_eq!(noop.decision, "nothing to deploy");
@@ -283,6 +359,13 @@ fn main() {
     println!(
         "deploy {deploy:.1} s vs runbook step by step {manual:.1} s: ratio {ratio:.2}x (goal <= 0.6x) {}",
         verdict(ratio <= 0.6)
+    );
+    let answered = median(answered);
+    println!(
+        "deploy on a terminal, answered after {} s of reading: {answered:.1} s from the answer: \
+         ratio {:.2}x the runbook (the images built while the plan was read)",
+        READING.as_secs(),
+        answered / manual
     );
     let noop_ratio = noop / deploy;
     println!(

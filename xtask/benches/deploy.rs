@@ -88,19 +88,7 @@ fn xtask_deploy(stack: &Stack) -> Measured {
         String::from_utf8_lossy(&output.stderr)
     );
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let steps: Vec<String> = summary["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            format!(
-                "{} {:.2}",
-                s["name"].as_str().unwrap(),
-                s["seconds"].as_f64().unwrap()
-            )
-        })
-        .collect();
-    println!("  deploy {:.2} s: {}", took.as_secs_f64(), steps.join(", "));
+    println!("  deploy {:.2} s: {}", took.as_secs_f64(), steps(&summary));
     Measured {
         took,
         facts: Duration::from_secs_f64(summary["facts_seconds"].as_f64().unwrap()),
@@ -117,14 +105,8 @@ const READING: Duration = Duration::from_secs(5);
 fn deploy_answered(stack: &Stack) -> Duration {
     use std::io::Read;
     use std::sync::{Arc, Mutex};
-    let command = format!("{} deploy colony-dev --json", env!("CARGO_BIN_EXE_xtask"));
-    let mut child = Command::new("script")
-        .args(["-qefc", &command, "/dev/null"])
-        .current_dir(stack.repo.root())
-        .env_clear()
-        .env("LANG", "C.UTF-8")
-        .env("TERM", "xterm")
-        .envs(stack.env())
+    let mut child = stack
+        .on_a_pty("deploy colony-dev --json")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -155,8 +137,21 @@ fn deploy_answered(stack: &Stack) -> Duration {
     reader.join().unwrap();
     let screen = screen.lock().unwrap().replace("\r\n", "\n");
     assert!(status.success(), "the answered deploy failed: {screen}");
-    let json = &screen[screen.find("{\"schema_version\"").unwrap()..=screen.rfind('}').unwrap()];
+    // The summary is the last thing on the screen, pretty-printed.
+    let key = screen.find("\"schema_version\"").expect("a --json summary");
+    let json = &screen[screen[..key].rfind('{').unwrap()..=screen.rfind('}').unwrap()];
     let summary: serde_json::Value = serde_json::from_str(json).unwrap();
+    println!(
+        "  deploy answered after {} s of reading: {:.2} s from the answer: {}",
+        READING.as_secs(),
+        took.as_secs_f64(),
+        steps(&summary)
+    );
+    took
+}
+
+/// A deploy summary's steps and their seconds, on one line.
+fn steps(summary: &serde_json::Value) -> String {
     let steps: Vec<String> = summary["steps"]
         .as_array()
         .unwrap()
@@ -169,13 +164,7 @@ fn deploy_answered(stack: &Stack) -> Duration {
             )
         })
         .collect();
-    println!(
-        "  deploy answered after {} s of reading: {:.2} s from the answer: {}",
-        READING.as_secs(),
-        took.as_secs_f64(),
-        steps.join(", ")
-    );
-    took
+    steps.join(", ")
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -222,14 +222,7 @@ COPY alembic.ini /app/alembic.ini
 
     // Over TCP and TLS, BuildKit's gRPC API: not granted the host's
     // network (refused first), and with none the secrets still reach RUN.
-    let certs = tempfile::tempdir().unwrap();
-    for (from, to) in [
-        ("ca.pem", "ca.pem"),
-        ("client.pem", "cert.pem"),
-        ("client-key.pem", "key.pem"),
-    ] {
-        std::fs::copy(bed.tls_dir.join(from), certs.path().join(to)).unwrap();
-    }
+    let certs = crate::images::docker_cert_path(bed);
     let over_tls = [
         ("COLONY_TEST_PYPI_TOKEN", token.as_str()),
         ("DOCKER_HOST", bed.docker_tls_host.as_str()),

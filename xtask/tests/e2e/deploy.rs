@@ -1333,14 +1333,8 @@ fn status_doctor_and_backup_speak_json() {
 /// `cargo xtask ARGS` on a terminal (a pty, through `script`): what the
 /// screen showed; the command must succeed.
 fn on_a_terminal(stack: &Stack, args: &str) -> String {
-    let command = format!("{} {args}", env!("CARGO_BIN_EXE_xtask"));
-    let output = std::process::Command::new("script")
-        .args(["-qefc", &command, "/dev/null"])
-        .current_dir(stack.repo.root())
-        .env_clear()
-        .env("LANG", "C.UTF-8")
-        .env("TERM", "xterm")
-        .envs(stack.env())
+    let output = stack
+        .on_a_pty(args)
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
@@ -1372,7 +1366,12 @@ fn the_images_are_built_while_the_user_reads_the_plan() {
         })
     };
     let answer = |word: &str| {
-        let mut question = asked_on_a_terminal(&stack, "deploy colony-dev");
+        let mut question = stack
+            .on_a_pty("deploy colony-dev")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
         while references.iter().any(|r| local_id(r).is_none()) {
             assert!(
@@ -1411,23 +1410,6 @@ fn the_images_are_built_while_the_user_reads_the_plan() {
     assert_contains(&screen, "All 4 checks passed.");
     let pushed: Vec<Option<String>> = references.iter().map(|r| local_id(r)).collect();
     assert_eq!(pushed, built, "the image stage built other images");
-}
-
-/// `cargo xtask ARGS` on a terminal (a pty, through `script`), started:
-/// its question is answered on `stdin`; the screen is its stdout.
-fn asked_on_a_terminal(stack: &Stack, args: &str) -> std::process::Child {
-    let command = format!("{} {args}", env!("CARGO_BIN_EXE_xtask"));
-    std::process::Command::new("script")
-        .args(["-qefc", &command, "/dev/null"])
-        .current_dir(stack.repo.root())
-        .env_clear()
-        .env("LANG", "C.UTF-8")
-        .env("TERM", "xterm")
-        .envs(stack.env())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 /// The rollout as it happens: on a terminal (a pty, through `script`),

@@ -939,14 +939,7 @@ fn a_docker_context_with_tls_files_is_where_images_are_built() {
     }
 
     // The environment variables' way, with the CLI's file names.
-    let cert_path = tempfile::tempdir().unwrap();
-    for (from, to) in [
-        ("ca.pem", "ca.pem"),
-        ("client.pem", "cert.pem"),
-        ("client-key.pem", "key.pem"),
-    ] {
-        std::fs::copy(bed.tls_dir.join(from), cert_path.path().join(to)).unwrap();
-    }
+    let cert_path = docker_cert_path(bed);
     let tls_env = [
         ("DOCKER_HOST", bed.docker_tls_host.as_str()),
         ("DOCKER_TLS_VERIFY", "1"),
@@ -975,6 +968,20 @@ fn a_docker_context_with_tls_files_is_where_images_are_built() {
             bed.docker_tls_host
         ),
     );
+}
+
+/// A `DOCKER_CERT_PATH` for the bed's TLS daemon, with the CLI's file
+/// names.
+pub(crate) fn docker_cert_path(bed: &TestBed) -> tempfile::TempDir {
+    let cert_path = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("ca.pem", "ca.pem"),
+        ("client.pem", "cert.pem"),
+        ("client-key.pem", "key.pem"),
+    ] {
+        std::fs::copy(bed.tls_dir.join(from), cert_path.path().join(to)).unwrap();
+    }
+    cert_path
 }
 
 /// The docker CLI against the bed's daemon (for reference builds and

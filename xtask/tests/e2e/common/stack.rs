@@ -101,6 +101,21 @@ impl Stack {
         xtask(self.repo.root(), args, &env)
     }
 
+    /// `cargo xtask ARGS` as on a terminal: a pty, through `script`, in
+    /// this stack's repo and environment; the screen is its stdout.
+    pub fn on_a_pty(&self, args: &str) -> std::process::Command {
+        let command = format!("{} {args}", env!("CARGO_BIN_EXE_xtask"));
+        let mut script = std::process::Command::new("script");
+        script
+            .args(["-qefc", &command, "/dev/null"])
+            .current_dir(self.repo.root())
+            .env_clear()
+            .env("LANG", "C.UTF-8")
+            .env("TERM", "xterm")
+            .envs(self.env());
+        script
+    }
+
     /// Builds and pushes the repo's images; returns `pinned` references by component.
     pub fn push_images(&self) -> Vec<(String, String, String, String)> {
         let run = self.xtask(&["push", "--json"]);

@@ -266,13 +266,8 @@ mod tests {
             ignore_file(root, Path::new("Dockerfile"), true),
             Path::new(".dockerignore")
         );
-        let files: Vec<String> = list_files(root, dockerfile, &own)
-            .unwrap()
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
         assert_eq!(
-            files,
+            listed(root, dockerfile, &own),
             [
                 ".dockerignore",
                 "docker",
@@ -281,6 +276,14 @@ mod tests {
                 "notes.txt"
             ]
         );
+    }
+
+    fn listed(root: &Path, dockerfile: &Path, ignore_file: &Path) -> Vec<String> {
+        list_files(root, dockerfile, ignore_file)
+            .unwrap()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
     }
 
     #[test]
@@ -305,13 +308,8 @@ mod tests {
         )
         .unwrap();
         let dockerignore = Path::new(".dockerignore");
-        let files: Vec<String> = list_files(root, Path::new("Dockerfile"), dockerignore)
-            .unwrap()
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
         assert_eq!(
-            files,
+            listed(root, Path::new("Dockerfile"), dockerignore),
             [
                 ".dockerignore",
                 "Dockerfile",

@@ -142,6 +142,12 @@ pub fn spawn_with(argv: &[String], vars: &[(String, String)]) -> Result<Running>
         .reader()
         .with_context(|| cannot_start(argv))?;
     let registered = Registered::new(reader.pids());
+    // Started as an interrupt arrived, after its handler signalled the
+    // children it knew: this one stops too, instead of running on unseen
+    // once we have exited.
+    if interrupted().is_some() {
+        signal_all(&reader.pids(), Signal::SIGTERM);
+    }
     Ok(Running {
         reader: Arc::new(reader),
         _registered: registered,

@@ -173,6 +173,11 @@ pub fn take(env: &Environment, argv: &[String]) -> Result<Backup> {
     // interrupt stops it with SIGTERM, and its trap removes the partial file.
     let mut script = argv.clone();
     script[0] = env.root.join(&argv[0]).display().to_string();
+    // Interrupted before it started (it runs beside the image stage): no
+    // dump begins that the exit would leave half written.
+    if let Some(interrupt) = crate::process::interrupted() {
+        return Err(interrupt.into());
+    }
     let running = crate::process::spawn(&script).with_context(|| format!("cannot run {SCRIPT}"))?;
     let mut last = String::new();
     let code = running.lines(|line| {

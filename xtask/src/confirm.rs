@@ -48,15 +48,12 @@ fn read_answer() -> Result<String> {
         let read = std::io::stdin().read_line(&mut line).map(|_| line);
         let _ = sender.send(read);
     });
-    loop {
-        if let Some(interrupt) = crate::process::interrupted() {
+    match crate::process::recv_unless_interrupted(&answer) {
+        Ok(Some(read)) => Ok(read?),
+        Ok(None) => Ok(String::new()),
+        Err(interrupt) => {
             eprintln!();
-            return Err(interrupt.into());
-        }
-        match answer.recv_timeout(std::time::Duration::from_millis(100)) {
-            Ok(read) => return Ok(read?),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(String::new()),
+            Err(interrupt.into())
         }
     }
 }

@@ -270,6 +270,24 @@ pub fn interrupted() -> Option<Interrupted> {
     }
 }
 
+/// What `receiver` brings (None: its sender went away without a word),
+/// unless an interrupt arrives first: a wait that Ctrl-C ends.
+pub fn recv_unless_interrupted<T>(
+    receiver: &std::sync::mpsc::Receiver<T>,
+) -> Result<Option<T>, Interrupted> {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        if let Some(interrupt) = interrupted() {
+            return Err(interrupt);
+        }
+        match receiver.recv_timeout(Duration::from_millis(100)) {
+            Ok(value) => return Ok(Some(value)),
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return Ok(None),
+        }
+    }
+}
+
 /// An interrupt, as an error the commands return; `main` maps it to 130/143.
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
 #[error("interrupted by {}", self.name())]

@@ -209,17 +209,11 @@ impl Executor<'_> {
         builder: &builder::Choice,
         use_existing: bool,
     ) -> Result<Output> {
-        let options = images::Options {
-            mode: if use_existing {
-                Mode::UseExisting
-            } else {
-                Mode::Push
-            },
-            jobs: 2,
-            runner: runner.clone(),
-            builder: builder.clone(),
-            silent: false,
+        let mode = match use_existing {
+            true => Mode::UseExisting,
+            false => Mode::Push,
         };
+        let options = images::Options::deploy(mode, runner.clone(), builder.clone());
         let reports = images::run(self.env, tags, &options, self.daemon.as_ref())
             .await
             .context("the image stage failed, so Helm was not run and the cluster is unchanged")?;

@@ -68,8 +68,22 @@ pub struct Options {
     /// The run-migrations binary for the backend image, decided before any
     /// build (`runner::decide`); None when it is not built.
     pub runner: Option<RunnerPlan>,
-    /// Say nothing (builds begun while the user reads the plan).
+    /// Say nothing (builds begun before the plan is shown).
     pub silent: bool,
+}
+
+impl Options {
+    /// A deploy's image stage, and the builds it begins early: both
+    /// images at once.
+    pub fn deploy(mode: Mode, runner: Option<RunnerPlan>, builder: builder::Choice) -> Options {
+        Options {
+            mode,
+            jobs: 2,
+            builder,
+            runner,
+            silent: false,
+        }
+    }
 }
 
 /// What happened to one image.

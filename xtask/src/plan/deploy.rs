@@ -1017,7 +1017,7 @@ fn missing(
     head: &Fact<String>,
     options: DeployOptions,
 ) -> Vec<String> {
-    let mut missing = build_problems(env, facts, options);
+    let mut missing = build_problems(env, facts.image_step(), options.skip_build);
     if let Err(why) = &facts.cluster {
         missing.push(why.to_string());
     }
@@ -1173,15 +1173,62 @@ fn not_linted(preview: &Preview) -> Vec<String> {
     }
 }
 
+/// The facts the image step is decided from (`build_problems`), and the
+/// builds begun while the plan is read (`builds_to_start`).
+#[derive(Clone, Copy)]
+pub struct ImageStepFacts<'a> {
+    pub images: &'a [ImageFacts],
+    pub daemon: &'a Fact<crate::images::registry::DaemonView>,
+    pub runner: &'a Fact<RunnerPlan>,
+    pub builder: &'a crate::images::builder::Choice,
+}
+
+impl DeployFacts {
+    pub fn image_step(&self) -> ImageStepFacts<'_> {
+        ImageStepFacts {
+            images: &self.images,
+            daemon: &self.daemon,
+            runner: &self.runner,
+            builder: &self.builder,
+        }
+    }
+}
+
+/// The tags a deploy's image step will build, when its facts leave no
+/// doubt that it builds: every image tagged from a commit, with its
+/// context and Dockerfile, the registry asked and lacking one at least,
+/// and nothing that step needs refused. It reads no cluster fact, so it
+/// could be asked before the cluster's are read; the warm-up asks it once
+/// the plan is shown (`commands::warmup`).
+pub fn builds_to_start(
+    env: &Environment,
+    facts: ImageStepFacts,
+) -> Option<Vec<(Component, String)>> {
+    let tags = facts
+        .images
+        .iter()
+        .map(|f| Some((f.component, f.tag.clone()?)))
+        .collect::<Option<Vec<_>>>()?;
+    let ready = facts
+        .images
+        .iter()
+        .all(|f| f.context_exists && f.dockerfile_exists && f.registry_digest.is_ok());
+    let lacking = facts
+        .images
+        .iter()
+        .any(|f| matches!(f.registry_digest, Ok(None)));
+    (ready && lacking && build_problems(env, facts, false).is_empty()).then_some(tags)
+}
+
 /// Images the registry lacks: built here (a runner and a daemon needed),
 /// or, with --skip-build, a refusal before anything (the backup) runs.
-fn build_problems(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Vec<String> {
+fn build_problems(env: &Environment, facts: ImageStepFacts, skip_build: bool) -> Vec<String> {
     let lacking: Vec<&ImageFacts> = facts
         .images
         .iter()
         .filter(|f| matches!(f.registry_digest, Ok(None)))
         .collect();
-    if options.skip_build {
+    if skip_build {
         return lacking
             .iter()
             .map(|image| {
@@ -1200,7 +1247,7 @@ fn build_problems(env: &Environment, facts: &DeployFacts, options: DeployOptions
         .flat_map(|image| {
             crate::images::builder::image_refusals(
                 env.image(image.component),
-                &facts.builder,
+                facts.builder,
                 &image.needs,
                 facts.daemon.as_ref().ok(),
             )
@@ -1208,11 +1255,11 @@ fn build_problems(env: &Environment, facts: &DeployFacts, options: DeployOptions
         .collect();
     if let (true, Err(why)) = (
         lacking.iter().any(|i| i.component == Component::Backend),
-        &facts.runner,
+        facts.runner,
     ) {
         problems.push(format!("the backend must be built, but {why}"));
     }
-    if let (false, Err(why)) = (lacking.is_empty(), &facts.daemon) {
+    if let (false, Err(why)) = (lacking.is_empty(), facts.daemon) {
         problems.push(format!(
             "no Docker daemon to build {}: {why}",
             lacking
@@ -1808,6 +1855,43 @@ mod tests {
             ["the backend must be built, but the backend image is linux/arm64, and this linux/amd64 machine \
               cannot build run-migrations for it"]
         );
+    }
+
+    /// The builds a deploy begins before its plan are those its image
+    /// step runs, and only when the facts read first leave no doubt.
+    #[test]
+    fn builds_begin_early_only_when_the_image_step_surely_builds() {
+        let env = env();
+        let early = |facts: &DeployFacts| builds_to_start(&env, facts.image_step());
+        let mut facts = facts(at("0002_activity_and_comments"));
+        // Both in the registry: nothing to build.
+        assert_eq!(early(&facts), None);
+        facts.images[1].registry_digest = Ok(None);
+        // Every tag goes to the image stage; it skips what the registry has.
+        let tags = [
+            (Component::Backend, "abc".to_string()),
+            (Component::Frontend, "abc".to_string()),
+        ];
+        assert_eq!(early(&facts).as_deref(), Some(&tags[..]));
+        // The cluster is not asked.
+        facts.cluster = Err(FactError::new("unreachable"));
+        assert_eq!(early(&facts).as_deref(), Some(&tags[..]));
+
+        let doubtful: [fn(&mut DeployFacts); 5] = [
+            |f| f.images[0].registry_digest = Err(FactError::new("registry down")),
+            |f| f.images[1].dockerfile_exists = false,
+            |f| f.images[0].tag = None,
+            |f| f.daemon = Err(FactError::new("no daemon")),
+            |f| {
+                f.images[0].registry_digest = Ok(None);
+                f.runner = Err(FactError::new("no musl target"));
+            },
+        ];
+        for (case, spoil) in doubtful.iter().enumerate() {
+            let mut spoiled = facts.clone();
+            spoil(&mut spoiled);
+            assert_eq!(early(&spoiled), None, "case {case}");
+        }
     }
 
     #[test]

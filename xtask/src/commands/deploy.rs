@@ -107,6 +107,10 @@ fn run_in(env: &Environment, args: &DeployArgs, event: &mut hook::Event) -> Resu
         warmup.tell_the_reader();
     }
     confirm_changes(env, &facts, &plan, args.yes)?;
+    // A build that failed meanwhile refuses the deploy before the lock.
+    if let Some(warmup) = warmup {
+        warmup.finish()?;
+    }
     // A plan that only verifies changes nothing: it needs no lock.
     let lock = match only_verifies {
         true => early_lock,
@@ -115,9 +119,6 @@ fn run_in(env: &Environment, args: &DeployArgs, event: &mut hook::Event) -> Resu
             Some(locking::before_changes(env, &command, early_lock, seen)?)
         }
     };
-    if let Some(warmup) = warmup {
-        warmup.finish()?;
-    }
     let outcome = execute(env, &facts, &plan, lock.as_ref())?;
     let summary = Summary {
         plan: &plan,

@@ -1350,13 +1350,7 @@ fn on_a_terminal(stack: &Stack, args: &str) -> String {
 #[test]
 fn the_images_are_built_while_the_user_reads_the_plan() {
     let stack = Stack::new(None);
-    let plan = stack.xtask(&["deploy", "colony-dev", "--dry-run"]);
-    let references: Vec<String> = plan
-        .stdout
-        .lines()
-        .filter_map(|l| l.split_once("push -> ").map(|(_, r)| r.trim().to_string()))
-        .collect();
-    assert_eq!(references.len(), 2, "{}", plan.stdout);
+    let references = planned_pushes(&stack);
     let local_id = |reference: &str| {
         let inspected = crate::images::docker(&["image", "inspect", "-f", "{{.Id}}", reference]);
         inspected.status.success().then(|| {
@@ -1394,14 +1388,7 @@ fn the_images_are_built_while_the_user_reads_the_plan() {
     assert_eq!(code, Some(2), "{screen}");
     assert_contains(&screen, "building the images while you read (kept in this machine's Docker; nothing is pushed before you answer)");
     assert_contains(&screen, "not confirmed; nothing was changed");
-    for reference in &references {
-        let (name, tag) = reference.rsplit_once(':').unwrap();
-        let name = name.split_once('/').unwrap().1;
-        assert!(
-            crate::images::manifest(&testkit::TestBed::get().registry, name, tag).is_none(),
-            "{reference} was pushed"
-        );
-    }
+    assert_not_pushed(&references);
     assert_eq!(stack.backups(), 0);
     assert_no_mutating_call(&stack.calls());
 
@@ -1410,6 +1397,65 @@ fn the_images_are_built_while_the_user_reads_the_plan() {
     assert_contains(&screen, "All 4 checks passed.");
     let pushed: Vec<Option<String>> = references.iter().map(|r| local_id(r)).collect();
     assert_eq!(pushed, built, "the image stage built other images");
+}
+
+/// A build that fails while the plan is read stops the deploy at "y",
+/// before its first change: the failing step is named with its output,
+/// and no lock, backup, push or Helm call follows.
+#[test]
+fn a_build_that_fails_while_the_plan_is_read_changes_nothing() {
+    let stack = Stack::new(None);
+    let dockerfile = stack.repo.root().join("frontend/Dockerfile");
+    let mut text = std::fs::read_to_string(&dockerfile).unwrap();
+    text.push_str("COPY no-such-file /usr/share/colony/\n");
+    std::fs::write(&dockerfile, text).unwrap();
+    let references = planned_pushes(&stack);
+    let mut question = stack
+        .on_a_pty("deploy colony-dev")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Answered at once: the deploy waits for the builds after "y".
+    use std::io::Write;
+    let mut stdin = question.stdin.take().unwrap();
+    stdin.write_all(b"y\n").unwrap();
+    let output = question.wait_with_output().unwrap();
+    drop(stdin);
+    let screen = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{screen}");
+    assert_contains(
+        &screen,
+        "the images did not build while you read the plan, so nothing was changed",
+    );
+    assert_contains(&screen, "frontend image build failed at");
+    assert_contains(&screen, "\"/no-such-file\" not found");
+    assert_eq!(stack.backups(), 0);
+    assert_no_mutating_call(&stack.calls());
+    assert_not_pushed(&references);
+}
+
+/// The references a deploy of the checkout as it is would push (`--dry-run`).
+fn planned_pushes(stack: &Stack) -> Vec<String> {
+    let plan = stack.xtask(&["deploy", "colony-dev", "--dry-run"]);
+    let references: Vec<String> = plan
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once("push -> ").map(|(_, r)| r.trim().to_string()))
+        .collect();
+    assert_eq!(references.len(), 2, "{}", plan.stdout);
+    references
+}
+
+fn assert_not_pushed(references: &[String]) {
+    for reference in references {
+        let (name, tag) = reference.rsplit_once(':').unwrap();
+        let name = name.split_once('/').unwrap().1;
+        assert!(
+            crate::images::manifest(&testkit::TestBed::get().registry, name, tag).is_none(),
+            "{reference} was pushed"
+        );
+    }
 }
 
 /// The rollout as it happens: on a terminal (a pty, through `script`),

@@ -353,12 +353,19 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(renewer) = self.renewer.take() {
-            let _ = renewer.join();
-        }
         let identity = self.holder.lock().expect("holder lock").identity.clone();
         // Only our own: a lock broken and taken by another stays theirs.
-        match read(&self.env) {
+        // Read while the renewer ends (woken now, not at its next tick): a
+        // renewal under way keeps the holder.
+        let lease = std::thread::scope(|scope| {
+            let lease = scope.spawn(|| read(&self.env));
+            if let Some(renewer) = self.renewer.take() {
+                renewer.thread().unpark();
+                let _ = renewer.join();
+            }
+            lease.join().expect("lease reader panicked")
+        });
+        match lease {
             Ok(Some(lease)) if lease.holder.identity == identity => {
                 let released = super::run(&kubectl::lease_delete_args(&self.env, &name(&self.env)));
                 if !released.is_ok_and(|o| o.code == 0) {
@@ -382,7 +389,8 @@ fn renew_until(env: &Environment, holder: &Mutex<Holder>, stop: &AtomicBool, bou
     let mut published = holder.lock().expect("holder lock").step.clone();
     let mut warned = false;
     while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
+        // Woken early by the guard's drop.
+        std::thread::park_timeout(Duration::from_millis(100));
         let current = holder.lock().expect("holder lock").clone();
         if last.elapsed() < every && current.step == published {
             continue;

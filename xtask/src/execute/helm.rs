@@ -15,20 +15,14 @@ use crate::verify;
 /// same time: a pod that will not recover stops Helm (SIGTERM, so it can
 /// mark the release failed) and the deploy, within seconds. The watch also
 /// starts verify's reads as they become possible; returns those reads.
+/// `before` is the newest ReplicaSet's revision just before Helm
+/// (`newest_replicaset_revision`): only a newer one is the deploy's.
 pub(super) async fn upgrade_watching_rollout(
     env: &Environment,
     argv: &[String],
     helm_revision: u32,
+    before: u64,
 ) -> Result<verify::Collector> {
-    // Read now, not taken from the facts: the images took minutes, and
-    // only a ReplicaSet newer than this one is the deploy's.
-    let before = {
-        let env = env.clone();
-        tokio::task::spawn_blocking(move || Backend::read(&env))
-            .await?
-            .map(|b| b.newest_revision())
-            .unwrap_or(0)
-    };
     progress::say(format!(
         "$ {}",
         process::echo_argv(argv, progress::verbose())
@@ -95,6 +89,18 @@ pub(super) async fn upgrade_watching_rollout(
         progress::say(indent(said.trim()));
     }
     Ok(collector)
+}
+
+/// The newest backend ReplicaSet's revision, read just before Helm (not
+/// taken from the facts: the images may have taken minutes); 0 when none
+/// can be read, so that any ReplicaSet counts as new.
+pub(super) async fn newest_replicaset_revision(env: &Environment) -> u64 {
+    let env = env.clone();
+    tokio::task::spawn_blocking(move || Backend::read(&env))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map_or(0, |b| b.newest_revision())
 }
 
 /// What to do after a failed upgrade: look before acting again.

@@ -170,10 +170,19 @@ impl Executor<'_> {
                 revision,
                 database_before,
             } => {
-                if let Some(before) = database_before {
-                    self.database_still_at(before).await?;
-                }
-                self.helm_upgrade(done, pinned, record, *helm_major, *revision)
+                // The two reads Helm waits for, at once: neither needs the other.
+                let (still, replicaset_before) = tokio::join!(
+                    async {
+                        match database_before {
+                            Some(before) => self.database_still_at(before).await,
+                            None => Ok(()),
+                        }
+                    },
+                    helm::newest_replicaset_revision(self.env)
+                );
+                still?;
+                let (major, revision) = (*helm_major, *revision);
+                self.helm_upgrade(done, pinned, record, major, revision, replicaset_before)
                     .await
             }
             Action::Rollout => self.rollout(done).await,
@@ -339,6 +348,8 @@ impl Executor<'_> {
         }
     }
 
+    /// `replicaset_before`: the newest backend ReplicaSet's revision
+    /// before Helm, which the watch must see exceeded.
     async fn helm_upgrade(
         &self,
         done: &Outcome,
@@ -346,6 +357,7 @@ impl Executor<'_> {
         record: &DeployRecord,
         helm_major: u32,
         revision: u32,
+        replicaset_before: u64,
     ) -> Result<Output> {
         let values = crate::cluster::helm::tool_values(
             self.env,
@@ -358,7 +370,8 @@ impl Executor<'_> {
             &values,
         )
         .context("cannot write this deploy's values file for Helm")?;
-        let collector = helm::upgrade_watching_rollout(self.env, &argv, revision).await?;
+        let collector =
+            helm::upgrade_watching_rollout(self.env, &argv, revision, replicaset_before).await?;
         Ok(Output::Released {
             revision,
             collector: Some(collector),

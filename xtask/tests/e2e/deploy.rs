@@ -1360,28 +1360,19 @@ fn the_images_are_built_while_the_user_reads_the_plan() {
         })
     };
     let answer = |word: &str| {
-        let mut question = stack
-            .on_a_pty("deploy colony-dev")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while references.iter().any(|r| local_id(r).is_none()) {
-            assert!(
-                Instant::now() < deadline,
-                "no image was built while the question waited"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let built: Vec<Option<String>> = references.iter().map(|r| local_id(r)).collect();
-        use std::io::Write;
-        let mut stdin = question.stdin.take().unwrap();
-        stdin.write_all(format!("{word}\n").as_bytes()).unwrap();
-        let output = question.wait_with_output().unwrap();
-        drop(stdin);
-        let screen = String::from_utf8_lossy(&output.stdout).into_owned();
-        (output.status.code(), screen, built)
+        let mut built = Vec::new();
+        let (code, screen) = stack.answer_on_a_pty("deploy colony-dev", word, || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while references.iter().any(|r| local_id(r).is_none()) {
+                assert!(
+                    Instant::now() < deadline,
+                    "no image was built while the question waited"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            built = references.iter().map(|r| local_id(r)).collect();
+        });
+        (code, screen, built)
     };
 
     let (code, screen, _) = answer("n");
@@ -1410,20 +1401,9 @@ fn a_build_that_fails_while_the_plan_is_read_changes_nothing() {
     text.push_str("COPY no-such-file /usr/share/colony/\n");
     std::fs::write(&dockerfile, text).unwrap();
     let references = planned_pushes(&stack);
-    let mut question = stack
-        .on_a_pty("deploy colony-dev")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // Answered at once: the deploy waits for the builds after "y".
-    use std::io::Write;
-    let mut stdin = question.stdin.take().unwrap();
-    stdin.write_all(b"y\n").unwrap();
-    let output = question.wait_with_output().unwrap();
-    drop(stdin);
-    let screen = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert_eq!(output.status.code(), Some(1), "{screen}");
+    let (code, screen) = stack.answer_on_a_pty("deploy colony-dev", "y", || {});
+    assert_eq!(code, Some(1), "{screen}");
     assert_contains(
         &screen,
         "the images did not build while you read the plan, so nothing was changed",

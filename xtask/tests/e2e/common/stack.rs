@@ -116,6 +116,31 @@ impl Stack {
         script
     }
 
+    /// `cargo xtask ARGS` on a pty that answers `word` to its question,
+    /// once `meanwhile` has returned (it runs while the command does): the
+    /// exit code and the screen.
+    pub fn answer_on_a_pty(
+        &self,
+        args: &str,
+        word: &str,
+        meanwhile: impl FnOnce(),
+    ) -> (Option<i32>, String) {
+        use std::io::Write;
+        let mut question = self
+            .on_a_pty(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        meanwhile();
+        let mut stdin = question.stdin.take().unwrap();
+        stdin.write_all(format!("{word}\n").as_bytes()).unwrap();
+        let output = question.wait_with_output().unwrap();
+        drop(stdin);
+        let screen = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), screen)
+    }
+
     /// Builds and pushes the repo's images; returns `pinned` references by component.
     pub fn push_images(&self) -> Vec<(String, String, String, String)> {
         let run = self.xtask(&["push", "--json"]);

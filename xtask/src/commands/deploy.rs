@@ -95,12 +95,10 @@ fn run_in(env: &Environment, args: &DeployArgs, event: &mut hook::Event) -> Resu
     let facts_took = started.elapsed();
     // The plan goes where the user reads; with --json, stdout is the summary only.
     plan.show_before_running(args.json, args.yes)?;
-    // While the user reads, the images are built (never pushed); not for
-    // --skip-build or --images-from, which build nothing.
+    // While the user reads, the images are built (never pushed).
     let asks = !args.yes && !only_verifies && std::io::stdin().is_terminal();
-    let may_build = !args.skip_build && promotion.is_none();
-    let warmup = match asks && may_build {
-        true => warmup::start(env, facts.image_step()),
+    let warmup = match asks {
+        true => warmup::start(env, &facts, options),
         false => None,
     };
     if let Some(warmup) = &warmup {

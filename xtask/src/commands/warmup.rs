@@ -21,7 +21,7 @@ use anyhow::{anyhow, Result};
 
 use crate::config::Environment;
 use crate::images::{self, Mode};
-use crate::plan::deploy::ImageStepFacts;
+use crate::plan::deploy::{DeployFacts, DeployOptions};
 use crate::{plan, process, progress, runtime};
 
 /// The builds under way; `finish` waits for them.
@@ -35,8 +35,9 @@ pub struct Warmup {
 /// Starts, in the background, the builds that the deploy's image step
 /// will run, as it would run them; None when the facts leave a doubt that
 /// it builds (`plan::deploy::builds_to_start`).
-pub fn start(env: &Environment, facts: ImageStepFacts) -> Option<Warmup> {
-    let tags = plan::deploy::builds_to_start(env, facts)?;
+pub fn start(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Option<Warmup> {
+    let tags = plan::deploy::builds_to_start(env, facts, options)?;
+    let facts = facts.image_step();
     let runner = facts.runner.as_ref().ok().cloned();
     let options = images::Options {
         silent: true,

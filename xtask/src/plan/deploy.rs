@@ -1195,15 +1195,20 @@ impl DeployFacts {
 }
 
 /// The tags a deploy's image step will build, when its facts leave no
-/// doubt that it builds: every image tagged from a commit, with its
-/// context and Dockerfile, the registry asked and lacking one at least,
-/// and nothing that step needs refused. It reads no cluster fact, so it
-/// could be asked before the cluster's are read; the warm-up asks it once
-/// the plan is shown (`commands::warmup`).
+/// doubt that it builds: a build asked for (no --skip-build, no images
+/// promoted from another environment), every image tagged from a commit,
+/// with its context and Dockerfile, the registry asked and lacking one at
+/// least, and nothing that step needs refused. It reads no cluster fact;
+/// the warm-up asks it once the plan is shown (`commands::warmup`).
 pub fn builds_to_start(
     env: &Environment,
-    facts: ImageStepFacts,
+    facts: &DeployFacts,
+    options: DeployOptions,
 ) -> Option<Vec<(Component, String)>> {
+    if options.skip_build || facts.promotion.is_some() {
+        return None;
+    }
+    let facts = facts.image_step();
     let tags = facts
         .images
         .iter()
@@ -1862,7 +1867,7 @@ mod tests {
     #[test]
     fn builds_begin_early_only_when_the_image_step_surely_builds() {
         let env = env();
-        let early = |facts: &DeployFacts| builds_to_start(&env, facts.image_step());
+        let early = |facts: &DeployFacts| builds_to_start(&env, facts, DeployOptions::default());
         let mut facts = facts(at("0002_activity_and_comments"));
         // Both in the registry: nothing to build.
         assert_eq!(early(&facts), None);
@@ -1876,6 +1881,19 @@ mod tests {
         // The cluster is not asked.
         facts.cluster = Err(FactError::new("unreachable"));
         assert_eq!(early(&facts).as_deref(), Some(&tags[..]));
+
+        let skip_build = DeployOptions {
+            skip_build: true,
+            ..DeployOptions::default()
+        };
+        assert_eq!(builds_to_start(&env, &facts, skip_build), None);
+        let mut promoted = facts.clone();
+        promoted.promotion = Some(Promotion {
+            from: "colony-staging".into(),
+            git_sha: "abc".into(),
+            images: Vec::new(),
+        });
+        assert_eq!(early(&promoted), None);
 
         let doubtful: [fn(&mut DeployFacts); 5] = [
             |f| f.images[0].registry_digest = Err(FactError::new("registry down")),

@@ -10,6 +10,8 @@
 #
 # What it brings up (see DESIGN.md section 5):
 #   - a Docker engine (only when no daemon already answers on DOCKER_HOST)
+#   - a second one, Debian 13's Docker 26 with the containerd image store,
+#     run from its packages' files (BuildKit pushes from the build there)
 #   - a plain-HTTP registry on 127.0.0.1:<free port> (Debian's docker-registry),
 #     a second one behind htpasswd auth, and a third over TLS with a
 #     certificate of the bed's own CA, trusted through /etc/docker/certs.d
@@ -286,6 +288,57 @@ publish_base_images() {
   log "base images in the registry: $addr/$SHELL_IMAGE, $addr/$PYTHON_IMAGE"
 }
 
+# ------------------------------------- a second engine: the containerd store
+# Debian 13's Docker 26 with its containerd 1.7, run from the packages'
+# files (extracted into the cache, nothing of the system's replaced), with
+# the containerd image store: there BuildKit pushes from the build
+# (`images::pushes_from_build`), which Docker 20.10's cannot. Its
+# containers run on the system's runc (Debian 13's needs a newer libc). It
+# has the base images, pulled from the bed's registry as a user's would be.
+CONTAINERD_DOCKER_PACKAGES=(docker.io containerd)
+
+fetch_containerd_docker() {
+  local root=$CACHE_DIR/docker-trixie/root apt=$CACHE_DIR/docker-trixie/apt
+  [ -x "$root/usr/sbin/dockerd" ] && return
+  log "downloading Debian 13's ${CONTAINERD_DOCKER_PACKAGES[*]} (the containerd-store engine)"
+  rm -rf "$apt" "$root.partial"
+  mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/debs" "$root.partial"
+  echo "deb http://deb.debian.org/debian trixie main" > "$apt/sources.list"
+  local options=(-o "Dir::Etc::sourcelist=$apt/sources.list" -o Dir::Etc::sourceparts=/dev/null
+    -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o APT::Sandbox::User=root)
+  apt-get "${options[@]}" -qq update
+  (cd "$apt/debs" && apt-get "${options[@]}" -qq download "${CONTAINERD_DOCKER_PACKAGES[@]}")
+  local deb
+  for deb in "$apt/debs"/*.deb; do dpkg-deb -x "$deb" "$root.partial"; done
+  mv "$root.partial" "$root"
+}
+
+start_containerd_docker() {
+  local dir=$BED_DIR/docker-containerd root=$CACHE_DIR/docker-trixie/root
+  local host=unix://$dir/docker.sock snapshotter=overlayfs
+  alive "$dir/dockerd.pid" && docker_answers "$host" && return
+  stop_pid dockerd-containerd "$dir/dockerd.pid"
+  fetch_containerd_docker
+  mkdir -p "$dir"
+  [ "$(cat "$BED_DIR/docker/driver" 2>/dev/null)" = vfs ] && snapshotter=native
+  printf '{"features": {"containerd-snapshotter": true}}\n' > "$dir/daemon.json"
+  log "starting Debian 13's dockerd $("$root/usr/sbin/dockerd" --version | cut -d' ' -f3 | tr -d ,) (containerd image store, $snapshotter)"
+  PATH=$root/usr/bin:$root/usr/sbin:$PATH setsid "$root/usr/sbin/dockerd" \
+    --config-file "$dir/daemon.json" --storage-driver "$snapshotter" \
+    --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" \
+    --iptables=false --ip6tables=false --bridge=none \
+    --host "$host" >"$dir/dockerd.log" 2>&1 < /dev/null &
+  wait_for 60 docker_answers "$host" \
+    || { tail -n 5 "$dir/dockerd.log" >&2; die "Debian 13's dockerd did not answer (log: $dir/dockerd.log)"; }
+  local addr image
+  addr=$(cat "$BED_DIR/registry/addr")
+  for image in "$SHELL_IMAGE" "$PYTHON_IMAGE"; do
+    DOCKER_HOST=$host docker pull -q "$addr/$image" >/dev/null \
+      || die "the containerd-store engine could not pull $addr/$image"
+    DOCKER_HOST=$host docker tag "$addr/$image" "$image"
+  done
+}
+
 # A PostgreSQL image as the chart's database image behaves (the official
 # image's POSTGRES_USER/PASSWORD/DB and PGDATA), from Debian's packages:
 # bookworm's postgresql-15, the bed's server version. Rehearsals restore
@@ -551,6 +604,7 @@ export COLONY_TEST_TLS_DIR=$BED_DIR/tls
 export COLONY_TEST_CERTS_D=$CERTS_D
 export COLONY_TEST_DOCKER_TLS_HOST=tcp://127.0.0.1:$(cat "$BED_DIR/docker/tls-port")
 export COLONY_TEST_DOCKER_SSH_HOST=ssh://$SSH_ALIAS
+export COLONY_TEST_CONTAINERD_DOCKER_HOST=unix://$BED_DIR/docker-containerd/docker.sock
 export COLONY_TEST_AUTH_PASSWORD=$(cat "$BED_DIR/auth-registry/password")
 export COLONY_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:$(cat "$BED_DIR/postgres/port")
 export COLONY_TEST_PG_BIN=$PG_BIN
@@ -585,6 +639,7 @@ up() {
   start_registry auth-registry auth
   start_registry tls-registry tls
   publish_base_images
+  start_containerd_docker
   trust_tls_registry
   start_sshd
   start_postgres
@@ -607,8 +662,9 @@ stop_pid() {
 # killed before it cleaned up leaves them running, and their shims would
 # outlive dockerd and keep its overlay mounts busy.
 remove_simulated_pods() {
-  alive "$BED_DIR/docker/dockerd.pid" || return 0
-  local host=unix://$BED_DIR/docker/docker.sock ids
+  local dir=$1
+  alive "$dir/dockerd.pid" || return 0
+  local host=unix://$dir/docker.sock ids
   ids=$(DOCKER_HOST=$host docker ps --all --quiet --filter label=colony-sim 2>/dev/null) || return 0
   [ -n "$ids" ] || return 0
   log "removing $(wc -w <<< "$ids") simulated pod container(s)"
@@ -628,8 +684,10 @@ down() {
   stop_pid tls-registry "$BED_DIR/tls-registry/registry.pid"
   untrust_tls_registry
   stop_sshd
-  remove_simulated_pods
+  remove_simulated_pods "$BED_DIR/docker"
   stop_pid dockerd "$BED_DIR/docker/dockerd.pid"
+  remove_simulated_pods "$BED_DIR/docker-containerd"
+  stop_pid dockerd-containerd "$BED_DIR/docker-containerd/dockerd.pid"
   remove_hosts
   rm -f "$BED_DIR/env"
 }

@@ -16,6 +16,8 @@ use std::sync::OnceLock;
 pub struct TestBed {
     pub dir: PathBuf,
     pub docker_host: String,
+    /// A second engine, Docker 26 with the containerd image store.
+    pub containerd_docker_host: String,
     /// `127.0.0.1:<port>`, plain HTTP.
     pub registry: String,
     /// The same registry by a hosts-file name resolving to 127.0.0.1,
@@ -91,6 +93,7 @@ impl TestBed {
         let bed = TestBed {
             dir: PathBuf::from(&dir),
             docker_host: var("DOCKER_HOST")?,
+            containerd_docker_host: var("COLONY_TEST_CONTAINERD_DOCKER_HOST")?,
             registry: var("COLONY_TEST_REGISTRY")?,
             named_registry: var("COLONY_TEST_NAMED_REGISTRY")?,
             secure_name: var("COLONY_TEST_SECURE_NAME")?,

@@ -581,7 +581,7 @@ fn parse_settings(
         Some("docker") => env.image_push = PushMethod::Docker,
         Some("fast") => env.image_push = PushMethod::Fast,
         Some(other) => problems.push(format!(
-            "images.push: {other:?} is not a way to push: \"auto\" (the default: the daemon pushes, and this tool takes over when most of the image is new to the registry), \"docker\" (the daemon pushes, as `docker push`) or \"fast\" (this tool pushes from the daemon's export, gzip at its fastest, incompressible bytes stored)"
+            "images.push: {other:?} is not a way to push: \"auto\" (the default: the daemon pushes, and this tool takes over when most of the image is new to the registry), \"docker\" (the daemon pushes, as `docker push`) or \"fast\" (this tool pushes from the daemon's export, gzip at its fastest, incompressible bytes stored); on a daemon with the containerd image store, \"auto\" and \"fast\" let BuildKit push from the build"
         )),
     }
     for (image, entry) in env

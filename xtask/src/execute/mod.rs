@@ -522,7 +522,10 @@ impl Outcome {
                 let note = reports
                     .iter()
                     .map(|r| {
-                        let pushed = matches!(r.push, images::StepOutcome::Done(_));
+                        let pushed = matches!(
+                            r.push,
+                            images::StepOutcome::Done(_) | images::StepOutcome::WithBuild
+                        );
                         format!(
                             "{} {}",
                             r.component,

@@ -227,7 +227,9 @@ pub async fn registry_view(
         })
     );
     let config = info.registry_config.unwrap_or_default();
+    let containerd_store = uses_containerd_store(info.driver_status.as_deref().unwrap_or_default());
     Ok(crate::images::registry::DaemonView {
+        containerd_store,
         index_secure: config
             .index_configs
             .unwrap_or_default()
@@ -316,7 +318,26 @@ pub struct BuildRequest<'a> {
     /// The network of `RUN` steps (`docker build --network`); None: the
     /// daemon's default.
     pub network: Option<&'a str>,
+    /// Pushed by the build itself, under `tag` and these names too
+    /// (`PUSH_FROM_BUILD`); only a build from a session honours it.
+    pub push_as_well: Option<&'a [String]>,
 }
+
+/// `docker info`'s `DriverStatus` of a daemon with the containerd image
+/// store: `["driver-type", "io.containerd.snapshotter.v1"]`. Pure.
+pub fn uses_containerd_store(driver_status: &[Vec<String>]) -> bool {
+    driver_status
+        .iter()
+        .any(|pair| matches!(pair.as_slice(), [key, value] if key == "driver-type" && value.starts_with("io.containerd.snapshotter.")))
+}
+
+/// What a build that pushes asks of BuildKit's image exporter (`moby`,
+/// the containerd image store's): push every name the image gets, each
+/// new layer gzipped at the fastest level (any registry and any puller
+/// takes gzip), as this tool's own push does; layers the registry holds
+/// (the base image's) are not sent again.
+const PUSH_FROM_BUILD: &str =
+    r#"[{"Type":"moby","Attrs":{"push":"true","compression":"gzip","compression-level":"1"}}]"#;
 
 /// Builds from a streamed tar; returns the image id.
 pub async fn build(
@@ -420,6 +441,10 @@ fn session_query(request: &BuildRequest<'_>, session: &str) -> String {
     pairs.extend(request.platform.map(|p| ("platform", p.to_string())));
     pairs.extend(request.target.map(|t| ("target", t.to_string())));
     pairs.extend(request.network.map(|n| ("networkmode", n.to_string())));
+    if let Some(names) = request.push_as_well {
+        pairs.extend(names.iter().map(|name| ("t", name.clone())));
+        pairs.push(("outputs", PUSH_FROM_BUILD.into()));
+    }
     pairs
         .iter()
         .map(|(k, v)| format!("{k}={}", utf8_percent_encode(v, NON_ALPHANUMERIC)))
@@ -945,6 +970,58 @@ pub async fn inspect(docker: &Docker, image: &str) -> Result<Option<InspectedIma
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_containerd_image_store_is_told_by_the_storage_driver_s_type() {
+        let status = |pairs: &[[&str; 2]]| -> Vec<Vec<String>> {
+            pairs
+                .iter()
+                .map(|p| p.iter().map(|s| s.to_string()).collect())
+                .collect()
+        };
+        // Docker 26 with `features.containerd-snapshotter`.
+        assert!(uses_containerd_store(&status(&[[
+            "driver-type",
+            "io.containerd.snapshotter.v1"
+        ]])));
+        // Docker 20.10 on overlay2, and a daemon that says nothing.
+        assert!(!uses_containerd_store(&status(&[
+            ["Backing Filesystem", "extfs"],
+            ["Supports d_type", "true"],
+        ])));
+        assert!(!uses_containerd_store(&[]));
+    }
+
+    #[test]
+    fn a_build_that_pushes_names_every_tag_and_asks_the_exporter_to_push() {
+        let args = HashMap::new();
+        let latest = vec!["r/app:latest".to_string()];
+        let mut request = BuildRequest {
+            tag: "r/app:v1",
+            dockerfile: "Dockerfile",
+            build_args: &args,
+            platform: None,
+            builder: Builder::BuildKit,
+            target: None,
+            network: None,
+            push_as_well: None,
+        };
+        let stored = session_query(&request, "s");
+        assert!(!stored.contains("outputs="), "{stored}");
+        request.push_as_well = Some(&latest);
+        let pushed = session_query(&request, "s");
+        assert!(pushed.contains("t=r%2Fapp%3Av1&"), "{pushed}");
+        assert!(pushed.contains("t=r%2Fapp%3Alatest&"), "{pushed}");
+        let outputs = pushed.split("outputs=").nth(1).unwrap();
+        let outputs = percent_encoding::percent_decode_str(outputs)
+            .decode_utf8()
+            .unwrap();
+        let outputs: serde_json::Value = serde_json::from_str(&outputs).unwrap();
+        assert_eq!(outputs[0]["Type"], "moby");
+        assert_eq!(outputs[0]["Attrs"]["push"], "true");
+        assert_eq!(outputs[0]["Attrs"]["compression"], "gzip");
+        assert_eq!(outputs[0]["Attrs"]["compression-level"], "1");
+    }
 
     #[test]
     fn a_registry_racing_another_push_or_failing_for_a_moment_is_retried() {

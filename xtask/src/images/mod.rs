@@ -104,6 +104,9 @@ pub enum StepOutcome {
     Done(Duration),
     /// The registry already holds the tag: nothing to build or push.
     InRegistry,
+    /// The build pushed the image itself (`pushes_from_build`); its time
+    /// is the build's.
+    WithBuild,
     NotRun,
 }
 
@@ -182,6 +185,7 @@ pub async fn run(
             runner: options.runner.clone(),
             builder: options.builder.builder,
             push_method: env.image_push,
+            containerd_store: daemon_view.is_some_and(|d| d.containerd_store),
             pushing: Arc::new(AtomicBool::new(false)),
             context_sent: Arc::default(),
         };
@@ -341,6 +345,8 @@ struct ImageTask {
     runner: Option<RunnerPlan>,
     builder: builder::Builder,
     push_method: PushMethod,
+    /// The daemon keeps images in containerd (`pushes_from_build`).
+    containerd_store: bool,
     line: Arc<Line>,
     /// Set once its push starts: a failure elsewhere lets it finish.
     pushing: Arc<AtomicBool>,
@@ -356,7 +362,9 @@ impl ImageTask {
             Mode::Build | Mode::Push => Some(self.lock().await?),
         };
         let (mut report, built) = self.build_unless_pushed().await?;
-        if self.mode == Mode::Push && report.digest.is_none() {
+        if report.push == StepOutcome::WithBuild {
+            report.digest = Some(self.digest_after_push().await?);
+        } else if self.mode == Mode::Push && report.digest.is_none() {
             self.pushing.store(true, Ordering::SeqCst);
             let (digest, took) = self.push(built.as_ref()).await?;
             report.digest = Some(digest);
@@ -412,14 +420,14 @@ impl ImageTask {
         }
         let started = Instant::now();
         let target = format!("{}:{}", self.image.reference, self.tag);
-        if self.image.component == Component::Backend {
-            self.build_with_runner(&target).await?;
+        let pushed = if self.image.component == Component::Backend {
+            self.build_with_runner(&target).await?
         } else {
             let dir = self.root.join(&self.image.context);
             let dockerfile = self.image.dockerfile.to_string_lossy().replace('\\', "/");
             self.build_dir(&dir, &dockerfile, Vec::new(), &target)
-                .await?;
-        }
+                .await?
+        };
         // One look at the built image: its platform (the backend's runner
         // must match it) and its size (for the table).
         let runner = self
@@ -441,16 +449,36 @@ impl ImageTask {
         report.build = StepOutcome::Done(started.elapsed());
         report.size = built.as_ref().map(|f| f.size);
         let built_line = format!(
-            "built {target} in {:.1} s ({} of context sent)",
+            "{} {target} in {:.1} s ({} of context sent{})",
+            if pushed { "built and pushed" } else { "built" },
             started.elapsed().as_secs_f64(),
-            human_bytes(self.context_sent.load(Ordering::Relaxed))
+            human_bytes(self.context_sent.load(Ordering::Relaxed)),
+            if pushed {
+                "; BuildKit pushed it, new layers gzipped at the fastest level"
+            } else {
+                ""
+            }
         );
+        if pushed {
+            report.push = StepOutcome::WithBuild;
+        }
         // The push goes on on the same line; a finished line stays finished.
         match self.mode {
             Mode::Push => self.line.log(&built_line),
             _ => self.line.finish(&built_line),
         }
         Ok((report, built))
+    }
+
+    /// The digest the registry serves for the tag just pushed.
+    async fn digest_after_push(&self) -> Result<String> {
+        let (repository, tag) = (&self.image.reference, &self.tag);
+        let digest = self.registry_digest().await?.ok_or_else(|| {
+            anyhow!("the registry does not list {repository}:{tag} after the push")
+        })?;
+        self.line
+            .finish(&format!("pushed {repository}:{tag}: {digest}"));
+        Ok(digest)
     }
 
     async fn registry_digest(&self) -> Result<Option<String>> {
@@ -467,8 +495,9 @@ impl ImageTask {
     /// plus the runner and the user's Dockerfile with a final `COPY` of it,
     /// under reserved names. The `COPY` lands in the last stage, runs as the
     /// builder (the user's `USER` stays in force for the container), and
-    /// the runner keeps the 0755 of its tar header.
-    async fn build_with_runner(&self, target: &str) -> Result<()> {
+    /// the runner keeps the 0755 of its tar header. True when the build
+    /// pushed the image too (`build_dir`).
+    async fn build_with_runner(&self, target: &str) -> Result<bool> {
         let plan = self
             .runner
             .clone()
@@ -515,13 +544,15 @@ impl ImageTask {
         context::ignore_file(dir, &self.image.dockerfile, buildkit)
     }
 
+    /// One build; true when it pushed the image too (`pushes_from_build`,
+    /// and the context went by file sync).
     async fn build_dir(
         &self,
         dir: &Path,
         dockerfile: &str,
         extras: Vec<Extra>,
         target: &str,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let files: Vec<PathBuf> = {
             let (dir, user_dockerfile) = (dir.to_path_buf(), self.image.dockerfile.clone());
             let ignore = self.ignore_file(&dir);
@@ -537,7 +568,18 @@ impl ImageTask {
         let build_args: HashMap<String, String> =
             self.image.build_args.clone().into_iter().collect();
         let platform = self.image.platform.as_ref().map(ToString::to_string);
-        let request = BuildRequest {
+        let also_latest: Vec<String> = match self.image.also_tag_latest {
+            true => vec![format!("{}:latest", self.image.reference)],
+            false => Vec::new(),
+        };
+        let push = pushes_from_build(
+            self.mode,
+            self.push_method,
+            self.builder,
+            self.containerd_store,
+            self.credential.is_some(),
+        );
+        let mut request = BuildRequest {
             tag: target,
             dockerfile,
             build_args: &build_args,
@@ -545,6 +587,7 @@ impl ImageTask {
             builder: self.builder,
             target: self.image.target.as_deref(),
             network: self.image.network.as_deref(),
+            push_as_well: None,
         };
         let buildkit = self.builder == builder::Builder::BuildKit;
         let socket = session::unix_socket(&docker::endpoint().host).filter(|_| buildkit);
@@ -564,12 +607,16 @@ impl ImageTask {
             // The daemon reads the context by file sync, as from the CLI.
             (Some(socket), Some(session)) => {
                 self.log_building(target);
+                request.push_as_well = push.then_some(also_latest.as_slice());
                 docker::build_from_session(socket, &request, &session.id, on_event).await
             }
             _ => {
                 let stream = context::tar_stream(dir.to_path_buf(), files, extras, sent.clone());
                 if !self.image.secrets.is_empty() && buildkit {
-                    return self.build_with_secrets(&request, stream).await;
+                    return self
+                        .build_with_secrets(&request, stream)
+                        .await
+                        .map(|()| false);
                 }
                 self.log_building(target);
                 docker::build(&self.docker, &request, stream, on_event).await
@@ -582,7 +629,7 @@ impl ImageTask {
                 network_hint(self.image.component, &failure.message)
             )
         })?;
-        Ok(())
+        Ok(request.push_as_well.is_some())
     }
 
     /// "building X", and the build secrets it is given, if any.
@@ -894,6 +941,26 @@ impl ImageTask {
     }
 }
 
+/// Whether the build pushes the image itself, with BuildKit's image
+/// exporter: on a daemon with the containerd image store (older daemons'
+/// BuildKit only stores images), unless `images.push = "docker"` asks for
+/// the daemon's own push, and only where no login is needed (this tool's
+/// session serves BuildKit no registry credentials). It saves the export
+/// and the second gzip of a separate push. Pure.
+fn pushes_from_build(
+    mode: Mode,
+    push_method: PushMethod,
+    builder: builder::Builder,
+    containerd_store: bool,
+    login_needed: bool,
+) -> bool {
+    mode == Mode::Push
+        && push_method != PushMethod::Docker
+        && builder == builder::Builder::BuildKit
+        && containerd_store
+        && !login_needed
+}
+
 /// The runner was chosen for the configured (or the daemon's) platform; a
 /// base image of another one would make an image it cannot run in.
 fn check_platform(expected: &runner::Platform, built: &docker::InspectedImage) -> Result<()> {
@@ -1090,6 +1157,7 @@ impl From<&StepOutcome> for OutcomeJson {
         let (status, seconds, reason) = match outcome {
             StepOutcome::Done(took) => ("done", Some(took.as_secs_f64()), None),
             StepOutcome::InRegistry => ("skipped", None, Some("in registry")),
+            StepOutcome::WithBuild => ("done", None, Some("with the build")),
             StepOutcome::NotRun => ("not run", None, None),
         };
         OutcomeJson {
@@ -1129,6 +1197,7 @@ pub fn render_table(reports: &[ImageReport]) -> String {
     let outcome = |o: &StepOutcome| match o {
         StepOutcome::Done(d) => format!("{:.1} s", d.as_secs_f64()),
         StepOutcome::InRegistry => "skipped (in registry)".into(),
+        StepOutcome::WithBuild => "with the build".into(),
         StepOutcome::NotRun => "-".into(),
     };
     let mut out = String::new();
@@ -1188,6 +1257,43 @@ mod tests {
         // (the build then says so): at the end.
         assert!(with_runner(dockerfile, Some("debug")).ends_with("/usr/local/bin/run-migrations\n"));
         assert!(with_runner(dockerfile, Some("nope")).ends_with("/usr/local/bin/run-migrations\n"));
+    }
+
+    #[test]
+    fn only_a_containerd_store_daemon_pushes_from_the_build_and_only_when_asked_to_push() {
+        use builder::Builder::{BuildKit, Legacy};
+        let pushes = |mode, method, builder, containerd, login| {
+            pushes_from_build(mode, method, builder, containerd, login)
+        };
+        assert!(pushes(Mode::Push, PushMethod::Auto, BuildKit, true, false));
+        assert!(pushes(Mode::Push, PushMethod::Fast, BuildKit, true, false));
+        // The daemon's own push, asked for by name.
+        assert!(!pushes(
+            Mode::Push,
+            PushMethod::Docker,
+            BuildKit,
+            true,
+            false
+        ));
+        // Docker 20.10's BuildKit stores only; the legacy builder pushes nothing.
+        assert!(!pushes(
+            Mode::Push,
+            PushMethod::Auto,
+            BuildKit,
+            false,
+            false
+        ));
+        assert!(!pushes(Mode::Push, PushMethod::Auto, Legacy, true, false));
+        // A registry login: the session serves BuildKit no credentials.
+        assert!(!pushes(Mode::Push, PushMethod::Auto, BuildKit, true, true));
+        // Builds alone (`build`, the warm-up) push nothing.
+        assert!(!pushes(
+            Mode::Build,
+            PushMethod::Auto,
+            BuildKit,
+            true,
+            false
+        ));
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct DaemonView {
     /// It is reached by a Unix socket, where this tool serves BuildKit's
     /// session itself (`images::session`): file sync and build secrets.
     pub session: bool,
+    /// It keeps images in containerd (`docker info`: a snapshotter as its
+    /// storage driver), whose BuildKit can push from the build itself.
+    pub containerd_store: bool,
 }
 
 /// How we reach a registry: as the daemon would.

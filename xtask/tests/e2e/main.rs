@@ -16,6 +16,7 @@ mod fast_push;
 mod images;
 mod lock;
 mod pods;
+mod push_from_build;
 mod registry_faults;
 mod rehearsal;
 mod reports;

@@ -609,3 +609,20 @@ impl ColonyRepo {
         std::fs::write(config, text).expect("write deploy.toml");
     }
 }
+
+/// The engine at `docker_host`, for a benchmark's header:
+/// `Docker 26.1.5+dfsg1, storage driver overlayfs`.
+pub fn docker_engine(docker_host: &str) -> String {
+    let output = std::process::Command::new("/usr/bin/docker")
+        .args([
+            "info",
+            "--format",
+            "Docker {{.ServerVersion}}, storage driver {{.Driver}}",
+        ])
+        .env("DOCKER_HOST", docker_host)
+        .output();
+    match output {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => "an engine that did not say what it is".into(),
+    }
+}

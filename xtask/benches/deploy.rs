@@ -10,6 +10,10 @@
 //! with no new Helm revision; the facts (start to the confirmation prompt)
 //! <= 1 s. Three rounds, interleaved, each with content never built before;
 //! the medians are reported.
+//!
+//! On the bed's second engine (Docker 26, containerd image store, where the
+//! build pushes): `DOCKER_HOST=$COLONY_TEST_CONTAINERD_DOCKER_HOST cargo
+//! bench -p xtask --bench deploy`; the runbook's CLI then drives it too.
 
 #[path = "../tests/e2e/common/mod.rs"]
 #[allow(dead_code)] // the bench uses a part of the tests' helpers
@@ -305,6 +309,9 @@ fn runbook(stack: &Stack) -> Duration {
 
 fn main() {
     const ROUNDS: usize = 3;
+    let bed = TestBed::get();
+    let engine = testkit::docker_engine(&bed.docker_host);
+    println!("test bed: {} ({engine})", bed.docker_host);
     let ours = Stack::new(Some("testdata/colony/pre-alembic.sql"));
     let theirs = Stack::new(Some("testdata/colony/pre-alembic.sql"));
     // Both start from an installed release, so the backup has a database.

@@ -223,13 +223,8 @@ fn main() {
 /// The contenders' rounds, then the no-op rerun.
 fn speed(run: u32) {
     let bed = TestBed::get();
-    let driver = Command::new("/usr/bin/docker")
-        .args(["info", "--format", "{{.Driver}}"])
-        .env("DOCKER_HOST", &bed.docker_host)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    println!("test bed: {} (storage driver {driver})", bed.docker_host);
+    let engine = testkit::docker_engine(&bed.docker_host);
+    println!("test bed: {} ({engine})", bed.docker_host);
 
     // Four contenders a round, each on content of its own, in an order
     // that rotates: xtask with the default push ("auto"), with the

@@ -17,7 +17,7 @@ fn docker(args: &[&str]) -> String {
 }
 
 /// The names of the live backend pods.
-fn backend_pods(stack: &Stack) -> Vec<String> {
+pub(crate) fn backend_pods(stack: &Stack) -> Vec<String> {
     stack
         .sim
         .state()

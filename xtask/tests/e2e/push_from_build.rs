@@ -5,6 +5,7 @@
 //! keeps the daemon's separate push, gzip at Go's default level.
 
 use crate::common::assert_contains;
+use crate::common::stack::Stack;
 use crate::images::{blob, docker_ok, images, manifest, repo_named, report, reports, repository};
 use testkit::{ColonyRepo, TestBed};
 
@@ -131,4 +132,60 @@ fn images_push_docker_keeps_the_daemon_s_own_push_on_a_containerd_store_daemon()
         report["tag"].as_str().unwrap(),
     );
     assert_eq!(newest_layer_xfl(&bed.registry, &name, tag), XFL_DEFAULT);
+}
+
+/// A deploy through the containerd-store engine: the build pushes, Helm pins
+/// what it pushed, and the pods (run by the bed's simulated kubelet, which
+/// pulls from the registry as a node does) run that digest: the init
+/// container completes the migrations inside it.
+#[test]
+fn a_deploy_through_a_containerd_store_daemon_runs_the_digest_its_build_pushed() {
+    let bed = TestBed::get();
+    let stack = Stack::new(Some("testdata/colony/pre-alembic.sql"));
+    let run = stack.xtask_with(
+        &["deploy", "colony-dev", "--yes", "--json"],
+        &[("DOCKER_HOST", &bed.containerd_docker_host)],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_contains(&run.stderr, "BuildKit pushed it");
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["verified"], true, "{summary}");
+    let values = stack.helm_values(1);
+    for image in summary["images"].as_array().unwrap() {
+        assert_eq!(image["push"]["reason"], "with the build", "{image}");
+        let component = image["component"].as_str().unwrap();
+        assert_eq!(
+            values[component]["image"]["digest"], image["digest"],
+            "{values}"
+        );
+    }
+    let pinned = summary["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["component"] == "backend")
+        .and_then(|i| i["pinned"].as_str())
+        .unwrap()
+        .to_string();
+    let runtime = stack.sim.state_dir().config().unwrap().runtime;
+    let pods = crate::pods::backend_pods(&stack);
+    assert!(!pods.is_empty());
+    for pod in &pods {
+        let init = runtime.container_name(pod, "run-migrations");
+        let docker = |args: &[&str]| {
+            let output = std::process::Command::new("docker")
+                .args(args)
+                .env("DOCKER_HOST", &runtime.host)
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "docker {args:?}: {output:?}");
+            String::from_utf8_lossy(&output.stdout).trim().to_string()
+        };
+        assert_eq!(
+            docker(&["inspect", "--format", "{{.Config.Image}}", &init]),
+            pinned
+        );
+        let log = docker(&["logs", &init]);
+        assert_eq!(log.lines().last(), Some("Migrations complete."), "{log}");
+    }
 }

@@ -579,6 +579,12 @@ impl ImageTask {
             self.containerd_store,
             self.credential.is_some(),
         );
+        if !push && self.containerd_store && self.credential.is_some() && self.mode == Mode::Push {
+            self.line.log(
+                "the daemon pushes after the build, not the build itself: this registry takes a \
+                 login, which this tool's build session does not hand to BuildKit",
+            );
+        }
         let mut request = BuildRequest {
             tag: target,
             dockerfile,

@@ -35,8 +35,12 @@ pub struct Warmup {
 /// Starts, in the background, the builds that the deploy's image step
 /// will run, as it would run them; None when the facts leave a doubt that
 /// it builds (`plan::deploy::builds_to_start`).
-pub fn start(env: &Environment, facts: &DeployFacts, options: DeployOptions) -> Option<Warmup> {
-    let tags = plan::deploy::builds_to_start(env, facts, options)?;
+pub fn start(
+    env: &Environment,
+    facts: &DeployFacts,
+    deploy_options: DeployOptions,
+) -> Option<Warmup> {
+    let tags = plan::deploy::builds_to_start(env, facts, deploy_options)?;
     let facts = facts.image_step();
     let runner = facts.runner.as_ref().ok().cloned();
     let options = images::Options {

@@ -577,14 +577,7 @@ impl ImageTask {
             self.push_method,
             self.builder,
             self.containerd_store,
-            self.credential.is_some(),
         );
-        if !push && self.containerd_store && self.credential.is_some() && self.mode == Mode::Push {
-            self.line.log(
-                "the daemon pushes after the build, not the build itself: this registry takes a \
-                 login, which this tool's build session does not hand to BuildKit",
-            );
-        }
         let mut request = BuildRequest {
             tag: target,
             dockerfile,
@@ -950,21 +943,20 @@ impl ImageTask {
 /// Whether the build pushes the image itself, with BuildKit's image
 /// exporter: on a daemon with the containerd image store (older daemons'
 /// BuildKit only stores images), unless `images.push = "docker"` asks for
-/// the daemon's own push, and only where no login is needed (this tool's
-/// session serves BuildKit no registry credentials). It saves the export
+/// the daemon's own push. The build session serves the registry's login
+/// (`session::RegistryLogins`); a build whose context goes as a tar has no
+/// such session and is pushed after it (`build_dir`). It saves the export
 /// and the second gzip of a separate push. Pure.
 fn pushes_from_build(
     mode: Mode,
     push_method: PushMethod,
     builder: builder::Builder,
     containerd_store: bool,
-    login_needed: bool,
 ) -> bool {
     mode == Mode::Push
         && push_method != PushMethod::Docker
         && builder == builder::Builder::BuildKit
         && containerd_store
-        && !login_needed
 }
 
 /// The runner was chosen for the configured (or the daemon's) platform; a
@@ -1268,38 +1260,17 @@ mod tests {
     #[test]
     fn only_a_containerd_store_daemon_pushes_from_the_build_and_only_when_asked_to_push() {
         use builder::Builder::{BuildKit, Legacy};
-        let pushes = |mode, method, builder, containerd, login| {
-            pushes_from_build(mode, method, builder, containerd, login)
-        };
-        assert!(pushes(Mode::Push, PushMethod::Auto, BuildKit, true, false));
-        assert!(pushes(Mode::Push, PushMethod::Fast, BuildKit, true, false));
+        use Mode::{Build, Push};
+        use PushMethod::{Auto, Docker, Fast};
+        assert!(pushes_from_build(Push, Auto, BuildKit, true));
+        assert!(pushes_from_build(Push, Fast, BuildKit, true));
         // The daemon's own push, asked for by name.
-        assert!(!pushes(
-            Mode::Push,
-            PushMethod::Docker,
-            BuildKit,
-            true,
-            false
-        ));
+        assert!(!pushes_from_build(Push, Docker, BuildKit, true));
         // Docker 20.10's BuildKit stores only; the legacy builder pushes nothing.
-        assert!(!pushes(
-            Mode::Push,
-            PushMethod::Auto,
-            BuildKit,
-            false,
-            false
-        ));
-        assert!(!pushes(Mode::Push, PushMethod::Auto, Legacy, true, false));
-        // A registry login: the session serves BuildKit no credentials.
-        assert!(!pushes(Mode::Push, PushMethod::Auto, BuildKit, true, true));
+        assert!(!pushes_from_build(Push, Auto, BuildKit, false));
+        assert!(!pushes_from_build(Push, Auto, Legacy, true));
         // Builds alone (`build`, the warm-up) push nothing.
-        assert!(!pushes(
-            Mode::Build,
-            PushMethod::Auto,
-            BuildKit,
-            true,
-            false
-        ));
+        assert!(!pushes_from_build(Build, Auto, BuildKit, true));
     }
 
     #[test]

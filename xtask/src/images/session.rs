@@ -31,7 +31,13 @@ use bollard_buildkit_proto::health::{
 };
 use bollard_buildkit_proto::moby::buildkit::secrets::v1::secrets_server::{Secrets, SecretsServer};
 use bollard_buildkit_proto::moby::buildkit::secrets::v1::{GetSecretRequest, GetSecretResponse};
+use bollard_buildkit_proto::moby::filesync::v1::auth_server::{Auth, AuthServer};
 use bollard_buildkit_proto::moby::filesync::v1::file_sync_server::{FileSync, FileSyncServer};
+use bollard_buildkit_proto::moby::filesync::v1::{
+    CredentialsRequest, CredentialsResponse, FetchTokenRequest, FetchTokenResponse,
+    GetTokenAuthorityRequest, GetTokenAuthorityResponse, VerifyTokenAuthorityRequest,
+    VerifyTokenAuthorityResponse,
+};
 use futures_util::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -40,6 +46,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::SecretSource;
 use crate::images::filesync::{self, Content, Tree};
+use crate::images::registry::{self, Credential};
 
 /// Bytes of a file in one `DATA` packet.
 const CHUNK: usize = 64 * 1024;
@@ -85,6 +92,7 @@ pub async fn open(
     let mut methods = vec![
         "/grpc.health.v1.Health/Check",
         "/moby.filesync.v1.FileSync/DiffCopy",
+        "/moby.filesync.v1.Auth/Credentials",
     ];
     if !secrets.is_empty() {
         methods.push("/moby.buildkit.secrets.v1.Secrets/GetSecret");
@@ -124,6 +132,7 @@ pub async fn open(
         .add_service(HealthServer::new(Healthy))
         .add_service(sync)
         .add_service(SecretsServer::new(BuildSecrets { secrets }))
+        .add_service(AuthServer::new(RegistryLogins))
         .serve_with_incoming(futures_util::stream::iter([Ok::<_, std::io::Error>(
             stream,
         )]));
@@ -221,6 +230,62 @@ impl Secrets for BuildSecrets {
         value
             .map(|data| Response::new(GetSecretResponse { data }))
             .map_err(|why| Status::not_found(format!("secret {id}: {why}")))
+    }
+}
+
+/// Registry logins, as the docker CLI's session serves them: BuildKit asks
+/// for a registry's when it pulls a base image from it or pushes there
+/// (`images::pushes_from_build`), and gets this machine's Docker config
+/// login for that host (a credential helper's included), or none. Only
+/// the daemon it is sent to sees it. BuildKit fetches registry tokens
+/// itself with it, so the token methods are not offered.
+struct RegistryLogins;
+
+#[tonic::async_trait]
+impl Auth for RegistryLogins {
+    async fn credentials(
+        &self,
+        request: Request<CredentialsRequest>,
+    ) -> Result<Response<CredentialsResponse>, Status> {
+        let host = request.into_inner().host;
+        let login = tokio::task::spawn_blocking(move || registry::credential_for(&host))
+            .await
+            .map_err(|e| Status::internal(format!("reading the Docker config: {e}")))?
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(match login {
+            Some(Credential::UsernamePassword { username, password }) => CredentialsResponse {
+                username,
+                secret: password,
+            },
+            Some(Credential::IdentityToken(token)) => CredentialsResponse {
+                username: String::new(),
+                secret: token,
+            },
+            None => CredentialsResponse::default(),
+        }))
+    }
+
+    async fn fetch_token(
+        &self,
+        _: Request<FetchTokenRequest>,
+    ) -> Result<Response<FetchTokenResponse>, Status> {
+        Err(Status::unimplemented(
+            "BuildKit fetches tokens with the credentials",
+        ))
+    }
+
+    async fn get_token_authority(
+        &self,
+        _: Request<GetTokenAuthorityRequest>,
+    ) -> Result<Response<GetTokenAuthorityResponse>, Status> {
+        Err(Status::unimplemented("no token authority"))
+    }
+
+    async fn verify_token_authority(
+        &self,
+        _: Request<VerifyTokenAuthorityRequest>,
+    ) -> Result<Response<VerifyTokenAuthorityResponse>, Status> {
+        Err(Status::unimplemented("no token authority"))
     }
 }
 

@@ -624,7 +624,7 @@ fn an_htpasswd_registry_takes_the_docker_config_credentials_and_never_shows_them
     assert_contains(&run.stderr, "requires a login");
 }
 
-fn base64_encode(text: &str) -> String {
+pub(crate) fn base64_encode(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
 }

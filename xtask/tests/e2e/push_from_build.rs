@@ -189,3 +189,42 @@ fn a_deploy_through_a_containerd_store_daemon_runs_the_digest_its_build_pushed()
         assert_eq!(log.lines().last(), Some("Migrations complete."), "{log}");
     }
 }
+
+/// A registry behind a login: the build session hands BuildKit this
+/// machine's Docker config login for it (as the docker CLI's session does),
+/// so the build pushes there too; the password is in no output.
+#[test]
+fn a_registry_login_reaches_buildkit_through_the_session_and_is_never_shown() {
+    let bed = TestBed::get();
+    let config = tempfile::tempdir().unwrap();
+    let auth = crate::images::base64_encode(&format!("{}:{}", bed.auth_user, bed.auth_password));
+    std::fs::write(
+        config.path().join("config.json"),
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}",
+            bed.auth_registry
+        ),
+    )
+    .unwrap();
+    let repo = repo_with_new_frontend("loginpush", "auto");
+    let run = images(
+        &repo,
+        "push",
+        &bed.auth_registry,
+        &[
+            ("DOCKER_HOST", &bed.containerd_docker_host),
+            ("DOCKER_CONFIG", config.path().to_str().unwrap()),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        !run.all().contains(&bed.auth_password),
+        "the password was printed"
+    );
+    let pushed = reports(&run);
+    for component in ["backend", "frontend"] {
+        let report = report(&pushed, component);
+        assert_eq!(report["push"]["reason"], "with the build", "{report}");
+        assert!(report["digest"].as_str().unwrap().starts_with("sha256:"));
+    }
+}

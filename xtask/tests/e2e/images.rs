@@ -571,19 +571,8 @@ fn a_registry_that_is_down_is_a_clear_error_and_nothing_is_reported_as_done() {
 #[test]
 fn an_htpasswd_registry_takes_the_docker_config_credentials_and_never_shows_them() {
     let bed = TestBed::get();
-    let docker_config = |password: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        let auth = base64_encode(&format!("{}:{password}", bed.auth_user));
-        std::fs::write(
-            dir.path().join("config.json"),
-            format!(
-                "{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}",
-                bed.auth_registry
-            ),
-        )
-        .unwrap();
-        dir
-    };
+    let docker_config =
+        |password: &str| docker_config_with_login(&bed.auth_registry, &bed.auth_user, password);
     let good = docker_config(&bed.auth_password);
     let repo = repo_named("authed");
     let run = images(
@@ -624,7 +613,23 @@ fn an_htpasswd_registry_takes_the_docker_config_credentials_and_never_shows_them
     assert_contains(&run.stderr, "requires a login");
 }
 
-pub(crate) fn base64_encode(text: &str) -> String {
+/// A Docker config directory whose `config.json` holds one login.
+pub(crate) fn docker_config_with_login(
+    registry: &str,
+    user: &str,
+    password: &str,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = base64_encode(&format!("{user}:{password}"));
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!("{{\"auths\": {{\"{registry}\": {{\"auth\": \"{auth}\"}}}}}}"),
+    )
+    .unwrap();
+    dir
+}
+
+fn base64_encode(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
 }

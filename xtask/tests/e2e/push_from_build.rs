@@ -196,16 +196,11 @@ fn a_deploy_through_a_containerd_store_daemon_runs_the_digest_its_build_pushed()
 #[test]
 fn a_registry_login_reaches_buildkit_through_the_session_and_is_never_shown() {
     let bed = TestBed::get();
-    let config = tempfile::tempdir().unwrap();
-    let auth = crate::images::base64_encode(&format!("{}:{}", bed.auth_user, bed.auth_password));
-    std::fs::write(
-        config.path().join("config.json"),
-        format!(
-            "{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}",
-            bed.auth_registry
-        ),
-    )
-    .unwrap();
+    let config = crate::images::docker_config_with_login(
+        &bed.auth_registry,
+        &bed.auth_user,
+        &bed.auth_password,
+    );
     let repo = repo_with_new_frontend("loginpush", "auto");
     let run = images(
         &repo,

@@ -185,7 +185,7 @@ pub async fn run(
             runner: options.runner.clone(),
             builder: options.builder.builder,
             push_method: env.image_push,
-            containerd_store: daemon_view.is_some_and(|d| d.containerd_store),
+            containerd_session: daemon_view.is_some_and(|d| d.containerd_store && d.session),
             pushing: Arc::new(AtomicBool::new(false)),
             context_sent: Arc::default(),
         };
@@ -345,8 +345,9 @@ struct ImageTask {
     runner: Option<RunnerPlan>,
     builder: builder::Builder,
     push_method: PushMethod,
-    /// The daemon keeps images in containerd (`pushes_from_build`).
-    containerd_store: bool,
+    /// The daemon keeps images in containerd and is reached by its Unix
+    /// socket (`pushes_from_build`).
+    containerd_session: bool,
     line: Arc<Line>,
     /// Set once its push starts: a failure elsewhere lets it finish.
     pushing: Arc<AtomicBool>,
@@ -576,7 +577,7 @@ impl ImageTask {
             self.mode,
             self.push_method,
             self.builder,
-            self.containerd_store,
+            self.containerd_session,
         );
         let mut request = BuildRequest {
             tag: target,
@@ -943,20 +944,22 @@ impl ImageTask {
 /// Whether the build pushes the image itself, with BuildKit's image
 /// exporter: on a daemon with the containerd image store (older daemons'
 /// BuildKit only stores images), unless `images.push = "docker"` asks for
-/// the daemon's own push. The build session serves the registry's login
-/// (`session::RegistryLogins`); a build whose context goes as a tar has no
-/// such session and is pushed after it (`build_dir`). It saves the export
-/// and the second gzip of a separate push. Pure.
-fn pushes_from_build(
+/// the daemon's own push, and only where the build goes by this tool's
+/// session (`containerd_session`: the store, and a Unix socket), which
+/// serves the registry's login (`session::RegistryLogins`); a build whose
+/// context falls back to a tar is pushed after it (`build_dir`). It saves
+/// the export and the second gzip of a separate push. The plan says it
+/// from the same rule. Pure.
+pub fn pushes_from_build(
     mode: Mode,
     push_method: PushMethod,
     builder: builder::Builder,
-    containerd_store: bool,
+    containerd_session: bool,
 ) -> bool {
     mode == Mode::Push
         && push_method != PushMethod::Docker
         && builder == builder::Builder::BuildKit
-        && containerd_store
+        && containerd_session
 }
 
 /// The runner was chosen for the configured (or the daemon's) platform; a

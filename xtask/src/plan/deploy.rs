@@ -154,6 +154,8 @@ struct DeploySpec {
     pub runner: Option<RunnerPlan>,
     /// The builder the images are built with.
     pub builder: crate::images::builder::Choice,
+    /// BuildKit pushes each image from its build (`images::pushes_from_build`).
+    pushes_from_build: bool,
 }
 
 const FAILURE_STATES: &str =
@@ -509,6 +511,14 @@ fn deploy_spec(env: &Environment, facts: &DeployFacts, head: &Fact<String>) -> D
             .map_or(0, |r| r.revision),
         runner: facts.runner.clone().ok(),
         builder: facts.builder.clone(),
+        pushes_from_build: facts.daemon.as_ref().is_ok_and(|daemon| {
+            crate::images::pushes_from_build(
+                crate::images::Mode::Push,
+                env.image_push,
+                facts.builder.builder,
+                daemon.containerd_store && daemon.session,
+            )
+        }),
     }
 }
 
@@ -732,6 +742,11 @@ fn images_step(env: &Environment, spec: &DeploySpec, options: DeployOptions) -> 
         }
     }
     match env.image_push {
+        _ if spec.pushes_from_build => items.push(note(
+            "pushed by BuildKit from the build (the daemon keeps images in containerd): each new \
+             layer gzipped at the fastest level, layers the registry has not sent again \
+             (images.push = \"docker\" keeps the daemon's own push)",
+        )),
         PushMethod::Fast => items.push(note(
             "pushed by this tool from the daemon's export (images.push = \"fast\"): each layer \
              gzipped at the fastest level, incompressible stretches stored",
@@ -1552,6 +1567,31 @@ mod tests {
             "{}",
             said(&env)
         );
+    }
+
+    #[test]
+    fn on_a_containerd_store_daemon_the_plan_says_that_the_build_pushes() {
+        use crate::images::registry::DaemonView;
+        let mut facts = facts(at("0002_activity_and_comments"));
+        let forced = DeployOptions {
+            force: true,
+            ..DeployOptions::default()
+        };
+        let env = env();
+        let daemon = |session| DaemonView {
+            containerd_store: true,
+            session,
+            ..DaemonView::default()
+        };
+        facts.daemon = Ok(daemon(true));
+        let said = decide(&env, &facts, forced).render(false);
+        assert!(said.contains("pushed by BuildKit from the build"), "{said}");
+        assert!(!said.contains("taken over by this tool"), "{said}");
+        // Over TCP or ssh the build has no session of this tool's: the
+        // push is a separate one, as on any daemon.
+        facts.daemon = Ok(daemon(false));
+        let said = decide(&env, &facts, forced).render(false);
+        assert!(!said.contains("pushed by BuildKit"), "{said}");
     }
 
     #[test]

@@ -147,6 +147,8 @@ fn a_deploy_through_a_containerd_store_daemon_runs_the_digest_its_build_pushed()
         &[("DOCKER_HOST", &bed.containerd_docker_host)],
     );
     assert_eq!(run.code, 0, "{}", run.all());
+    // The plan said it, and the build did it.
+    assert_contains(&run.stderr, "pushed by BuildKit from the build");
     assert_contains(&run.stderr, "BuildKit pushed it");
     let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(summary["verified"], true, "{summary}");

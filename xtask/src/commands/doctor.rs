@@ -232,7 +232,18 @@ fn builder_check(env: &Environment, daemon: Option<&DaemonView>) -> Prerequisite
         })
         .flatten()
         .collect();
-    let detail = format!("{} ({})", choice.builder, choice.why);
+    let mut detail = format!("{} ({})", choice.builder, choice.why);
+    let store_and_session = daemon.is_some_and(|d| d.containerd_store && d.session);
+    if images::pushes_from_build(
+        images::Mode::Push,
+        env.image_push,
+        choice.builder,
+        store_and_session,
+    ) {
+        detail.push_str(
+            "; it pushes each image from its build (the daemon's containerd image store)",
+        );
+    }
     match (refusals.is_empty(), choice.builder) {
         (false, _) => Prerequisite::fail("builder", refusals.join("; "), "see the line above"),
         (true, builder::Builder::Legacy) => Prerequisite::warn(

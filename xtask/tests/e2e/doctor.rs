@@ -96,6 +96,20 @@ fn everything_present_passes() {
     }
 }
 
+/// The bed's Docker 26 with the containerd image store: the builder's line
+/// says that the build pushes, as the plan does.
+#[test]
+fn a_containerd_store_daemon_is_said_to_push_from_the_build() {
+    let bed = TestBed::get();
+    let host = [("DOCKER_HOST", bed.containerd_docker_host.as_str())];
+    let run = doctor_with(&all_tools(), "homelab", &bed.registry, &host);
+    assert_contains(&run.stdout, "ok    docker      Docker Engine 26.");
+    assert_contains(
+        &run.stdout,
+        "ok    builder     BuildKit (the daemon's, as `docker build` uses); it pushes each image from its build (the daemon's containerd image store)",
+    );
+}
+
 #[test]
 fn the_legacy_builder_is_said_with_what_it_refuses() {
     let bed = TestBed::get();

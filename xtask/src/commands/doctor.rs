@@ -233,7 +233,7 @@ fn builder_check(env: &Environment, daemon: Option<&DaemonView>) -> Prerequisite
         .flatten()
         .collect();
     let mut detail = format!("{} ({})", choice.builder, choice.why);
-    let store_and_session = daemon.is_some_and(|d| d.containerd_store && d.session);
+    let store_and_session = daemon.is_some_and(DaemonView::builds_by_session_into_containerd);
     if images::pushes_from_build(
         images::Mode::Push,
         env.image_push,

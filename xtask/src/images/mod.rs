@@ -185,7 +185,8 @@ pub async fn run(
             runner: options.runner.clone(),
             builder: options.builder.builder,
             push_method: env.image_push,
-            containerd_session: daemon_view.is_some_and(|d| d.containerd_store && d.session),
+            containerd_session: daemon_view
+                .is_some_and(registry::DaemonView::builds_by_session_into_containerd),
             pushing: Arc::new(AtomicBool::new(false)),
             context_sent: Arc::default(),
         };

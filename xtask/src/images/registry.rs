@@ -42,6 +42,15 @@ pub struct DaemonView {
     pub containerd_store: bool,
 }
 
+impl DaemonView {
+    /// BuildKit builds here through this tool's session into the
+    /// containerd image store: where a build can push itself
+    /// (`images::pushes_from_build`).
+    pub fn builds_by_session_into_containerd(&self) -> bool {
+        self.containerd_store && self.session
+    }
+}
+
 /// How we reach a registry: as the daemon would.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Access {

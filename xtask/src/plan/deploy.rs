@@ -516,7 +516,7 @@ fn deploy_spec(env: &Environment, facts: &DeployFacts, head: &Fact<String>) -> D
                 crate::images::Mode::Push,
                 env.image_push,
                 facts.builder.builder,
-                daemon.containerd_store && daemon.session,
+                daemon.builds_by_session_into_containerd(),
             )
         }),
     }

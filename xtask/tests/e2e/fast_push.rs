@@ -6,7 +6,8 @@ use std::io::Read;
 
 use crate::common::assert_contains;
 use crate::images::{
-    blob, docker, images, layers_and_config, manifest, repo_named, report, reports, repository,
+    assert_docker_v2_gzip, blob, docker, images, layers_and_config, manifest, repo_named, report,
+    reports, repository,
 };
 use testkit::TestBed;
 
@@ -66,16 +67,8 @@ fn a_fast_push_is_plain_gzip_that_docker_pulls_and_no_layer_goes_up_twice() {
         .to_string();
     let (digest, served) = manifest(&bed.registry, &frontend, &tag).expect("pushed");
     assert_eq!(report(&first, "frontend")["digest"], digest.as_str());
-    assert_eq!(
-        served["mediaType"],
-        "application/vnd.docker.distribution.manifest.v2+json"
-    );
-    let layers = served["layers"].as_array().unwrap();
+    let layers = assert_docker_v2_gzip(&served);
     for layer in layers {
-        assert_eq!(
-            layer["mediaType"],
-            "application/vnd.docker.image.rootfs.diff.tar.gzip"
-        );
         let bytes = blob(&bed.registry, &frontend, layer["digest"].as_str().unwrap());
         assert_eq!(&bytes[..2], &[0x1f, 0x8b], "gzip's magic");
     }

@@ -613,6 +613,23 @@ fn an_htpasswd_registry_takes_the_docker_config_credentials_and_never_shows_them
     assert_contains(&run.stderr, "requires a login");
 }
 
+/// A manifest as every puller takes it: Docker's v2, gzip layers. Returns
+/// its layers.
+pub(crate) fn assert_docker_v2_gzip(served: &Value) -> &Vec<Value> {
+    assert_eq!(
+        served["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let layers = served["layers"].as_array().unwrap();
+    for layer in layers {
+        assert_eq!(
+            layer["mediaType"],
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+    }
+    layers
+}
+
 /// A Docker config directory whose `config.json` holds one login.
 pub(crate) fn docker_config_with_login(
     registry: &str,

@@ -6,7 +6,11 @@
 
 use crate::common::assert_contains;
 use crate::common::stack::Stack;
-use crate::images::{blob, docker_ok, images, manifest, repo_named, report, reports, repository};
+use crate::common::Run;
+use crate::images::{
+    assert_docker_v2_gzip, blob, docker_ok, images, manifest, repo_named, report, reports,
+    repository,
+};
 use testkit::{ColonyRepo, TestBed};
 
 /// The gzip header's XFL byte (RFC 1952): 4 when the compressor used its
@@ -35,21 +39,22 @@ fn repo_with_new_frontend(prefix: &str, push: &str) -> ColonyRepo {
     repo
 }
 
+/// `cargo xtask push` on the bed's Docker 26 (containerd store), which
+/// must succeed.
+fn push_through_the_second_engine(repo: &ColonyRepo, registry: &str, env: &[(&str, &str)]) -> Run {
+    let bed = TestBed::get();
+    let mut env = env.to_vec();
+    env.push(("DOCKER_HOST", &bed.containerd_docker_host));
+    let run = images(repo, "push", registry, &env);
+    assert_eq!(run.code, 0, "{}", run.all());
+    run
+}
+
 /// The XFL byte of the image's last (newest) layer, and the manifest's
 /// media types, checked to be Docker's v2 with gzip layers (any puller's).
 fn newest_layer_xfl(registry: &str, name: &str, tag: &str) -> u8 {
     let (_, served) = manifest(registry, name, tag).expect("pushed");
-    assert_eq!(
-        served["mediaType"],
-        "application/vnd.docker.distribution.manifest.v2+json"
-    );
-    let layers = served["layers"].as_array().unwrap();
-    for layer in layers {
-        assert_eq!(
-            layer["mediaType"],
-            "application/vnd.docker.image.rootfs.diff.tar.gzip"
-        );
-    }
+    let layers = assert_docker_v2_gzip(&served);
     let newest = layers.last().unwrap()["digest"].as_str().unwrap();
     let bytes = blob(registry, name, newest);
     assert_eq!(&bytes[..3], &[0x1f, 0x8b, 8], "gzip's magic and deflate");
@@ -60,13 +65,7 @@ fn newest_layer_xfl(registry: &str, name: &str, tag: &str) -> u8 {
 fn on_a_containerd_store_daemon_the_build_pushes_each_new_layer_gzipped_fast() {
     let bed = TestBed::get();
     let repo = repo_with_new_frontend("frombuild", "auto");
-    let run = images(
-        &repo,
-        "push",
-        &bed.registry,
-        &[("DOCKER_HOST", &bed.containerd_docker_host)],
-    );
-    assert_eq!(run.code, 0, "{}", run.all());
+    let run = push_through_the_second_engine(&repo, &bed.registry, &[]);
     assert_contains(&run.stderr, "BuildKit pushed it");
     let pushed = reports(&run);
     for component in ["backend", "frontend"] {
@@ -115,13 +114,7 @@ fn on_a_containerd_store_daemon_the_build_pushes_each_new_layer_gzipped_fast() {
 fn images_push_docker_keeps_the_daemon_s_own_push_on_a_containerd_store_daemon() {
     let bed = TestBed::get();
     let repo = repo_with_new_frontend("daemonpush", "docker");
-    let run = images(
-        &repo,
-        "push",
-        &bed.registry,
-        &[("DOCKER_HOST", &bed.containerd_docker_host)],
-    );
-    assert_eq!(run.code, 0, "{}", run.all());
+    let run = push_through_the_second_engine(&repo, &bed.registry, &[]);
     assert!(!run.stderr.contains("BuildKit pushed it"), "{}", run.all());
     let pushed = reports(&run);
     let report = report(&pushed, "frontend");
@@ -204,16 +197,11 @@ fn a_registry_login_reaches_buildkit_through_the_session_and_is_never_shown() {
         &bed.auth_password,
     );
     let repo = repo_with_new_frontend("loginpush", "auto");
-    let run = images(
+    let run = push_through_the_second_engine(
         &repo,
-        "push",
         &bed.auth_registry,
-        &[
-            ("DOCKER_HOST", &bed.containerd_docker_host),
-            ("DOCKER_CONFIG", config.path().to_str().unwrap()),
-        ],
+        &[("DOCKER_CONFIG", config.path().to_str().unwrap())],
     );
-    assert_eq!(run.code, 0, "{}", run.all());
     assert!(
         !run.all().contains(&bed.auth_password),
         "the password was printed"
